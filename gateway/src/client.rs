@@ -1,0 +1,815 @@
+//! One connected client: the task that runs its MQTT state machine from CONNECT to close.
+//!
+//! The data path reads top to bottom here: frames come off the socket (`connection`), are decoded
+//! (`codec`), inbound PUBLISHes become one shared `Message` handed to the `router`, and the session's
+//! queue is drained into encoded-once PUBLISH heads plus shared payload chunks for one vectored
+//! write. Everything that must happen when the connection ends (will, session expiry, hand-over)
+//! happens in `Drop`, so it also happens when the task unwinds from a panic.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedMutexGuard;
+use tracing::{debug, warn};
+
+use crate::broker::Context;
+use crate::codec::{
+    self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
+    Protocol, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::connection::{Connection, ReadError};
+use crate::message::{ForwardedProperties, Message};
+use crate::metrics::{CloseReason, DropReason};
+use crate::session::{Kick, Outgoing, Session, Stage};
+use crate::topic;
+
+/// Items taken from the session queue per wake-up; bounds the work done before yielding.
+const FILL_BATCH: usize = 256;
+/// Reading pauses while this much is waiting to be written: a client that does not read its
+/// acknowledgements is throttled by TCP instead of growing our buffers.
+const READ_PAUSE_BYTES: usize = 256 * 1024;
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Why and how the connection closes.
+struct Close {
+    reason: CloseReason,
+    /// v5 DISCONNECT reason code to send first, if any.
+    code: Option<u8>,
+    /// Whether the will is published.
+    will: bool,
+}
+
+impl Close {
+    fn protocol(code: u8) -> Close {
+        Close {
+            reason: CloseReason::ProtocolError,
+            code: Some(code),
+            will: true,
+        }
+    }
+}
+
+/// Outbound topic aliases towards a v5 client that accepts them.
+struct AliasesOut {
+    map: std::collections::HashMap<ByteString, u16>,
+    max: u16,
+}
+
+/// Per-connection state once the session is attached.
+pub struct Client {
+    ctx: Arc<Context>,
+    conn: Connection,
+    session: Arc<Session>,
+    _owner: OwnedMutexGuard<()>,
+    generation: u64,
+    protocol: Protocol,
+    keep_alive: Option<Duration>,
+    last_read: Instant,
+    send_window: usize,
+    client_max_packet: usize,
+    will: Option<Box<LastWill>>,
+    aliases_in: Option<Box<Vec<Option<ByteString>>>>,
+    aliases_out: Option<Box<AliasesOut>>,
+    close: CloseReason,
+    publish_will: bool,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: std::net::SocketAddr) {
+    let mut conn = Connection::new(stream);
+    let connect = match tokio::time::timeout(ctx.config.mqtt.connect_timeout, read_connect(&ctx, &mut conn)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(why)) => {
+            debug!(%peer, "connection refused before CONNECT completed: {why}");
+            conn.flush_within(CLOSE_FLUSH).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            ctx.metrics.closed(CloseReason::ConnectTimeout);
+            return;
+        }
+    };
+    let Some(mut client) = Client::attach(ctx, conn, *connect, peer).await else {
+        return;
+    };
+    client.run().await;
+}
+
+/// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
+async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connect>, String> {
+    let max = ctx.config.mqtt.max_packet_size as usize;
+    let mut frames = Vec::with_capacity(1);
+    loop {
+        conn.readable().await.map_err(|e| e.to_string())?;
+        match conn.try_read_frames(max, &mut frames) {
+            Ok(_) => {}
+            Err(ReadError::Decode(e)) => {
+                ctx.metrics.bad_input(e.kind());
+                return Err(e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let Some(frame) = frames.first().cloned() else {
+            continue;
+        };
+        let level = connect_level(&frame);
+        return match codec::decode_connect(frame) {
+            Ok(c) => Ok(Box::new(c)),
+            Err(e) => {
+                ctx.metrics.bad_input(e.kind());
+                if let DecodeError::UnsupportedProtocol { .. } = e {
+                    refuse(conn, Protocol::V311, reason::UNSUPPORTED_PROTOCOL_VERSION);
+                } else if level == Some(5) {
+                    refuse(conn, Protocol::V5, e.reason_code());
+                }
+                ctx.metrics.rejected("bad_connect");
+                Err(e.to_string())
+            }
+        };
+    }
+}
+
+/// The protocol level byte of a CONNECT frame, when it can be found, to answer errors in kind.
+fn connect_level(frame: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while *frame.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*frame.get(i + 1)?, *frame.get(i + 2)?]));
+    frame.get(i + 3 + name_len).copied()
+}
+
+fn refuse(conn: &mut Connection, protocol: Protocol, code: u8) {
+    let mut out = BytesMut::new();
+    codec::encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: code,
+            properties: Properties::default(),
+        }),
+        protocol,
+        &mut out,
+    );
+    conn.queue(out.freeze());
+}
+
+impl Client {
+    /// Validates CONNECT, takes the session over and answers CONNACK.
+    async fn attach(
+        ctx: Arc<Context>,
+        mut conn: Connection,
+        connect: Connect,
+        peer: std::net::SocketAddr,
+    ) -> Option<Client> {
+        let cfg = &ctx.config.mqtt;
+        let protocol = connect.protocol;
+        let v5 = protocol.is_v5();
+        let mut props = Properties::default();
+
+        if connect.properties.authentication_method.is_some() {
+            return refuse_and_close(&ctx, conn, protocol, reason::BAD_AUTHENTICATION_METHOD, peer).await;
+        }
+        let client_id = if connect.client_id.is_empty() {
+            if protocol == Protocol::V31 || (!v5 && !connect.clean_start) {
+                return refuse_and_close(&ctx, conn, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID, peer)
+                    .await;
+            }
+            let assigned = ByteString::from(format!("auto-{:016x}", rand_id()));
+            if v5 {
+                props.assigned_client_identifier = Some(assigned.clone());
+            }
+            assigned
+        } else {
+            connect.client_id.clone()
+        };
+        if let Some(will) = &connect.will {
+            if topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
+                return refuse_and_close(&ctx, conn, protocol, reason::TOPIC_NAME_INVALID, peer).await;
+            }
+            if !payload_format_ok(&will.properties, &will.payload) {
+                return refuse_and_close(&ctx, conn, protocol, reason::PAYLOAD_FORMAT_INVALID, peer).await;
+            }
+        }
+
+        let attached = ctx.registry.attach(&client_id, connect.clean_start, &ctx.router).await;
+        let session = attached.session;
+
+        let requested_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(cfg.session_expiry_max);
+        if v5 && expiry != requested_expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        session.set_expiry_interval(expiry);
+
+        let mut keep_alive = connect.keep_alive;
+        if keep_alive > cfg.max_keepalive || (keep_alive == 0 && v5 && cfg.max_keepalive < u16::MAX) {
+            keep_alive = cfg.max_keepalive;
+            if v5 {
+                props.server_keep_alive = Some(keep_alive);
+            }
+        }
+        if v5 {
+            props.receive_maximum = Some(cfg.receive_maximum);
+            props.maximum_packet_size = Some(cfg.max_packet_size);
+            if cfg.topic_alias_maximum > 0 {
+                props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            }
+        }
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        let mut out = BytesMut::new();
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: attached.present,
+                reason: reason::SUCCESS,
+                properties: props,
+            }),
+            protocol,
+            &mut out,
+        );
+        conn.queue(out.freeze());
+        session.set_online(true);
+        ctx.metrics.connections_current.increment(1.0);
+        debug!(client = %client_id, %peer, ?protocol, present = attached.present, "connected");
+
+        let mut client = Client {
+            generation: attached.generation,
+            _owner: attached.owner,
+            session,
+            protocol,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            last_read: Instant::now(),
+            send_window: usize::from(cfg.max_inflight.min(client_receive_max)),
+            client_max_packet: connect
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            will: connect.will.map(Box::new),
+            aliases_in: None,
+            aliases_out: (v5 && ctx.config.mqtt.outbound_topic_aliases && client_alias_max > 0).then(|| {
+                Box::new(AliasesOut {
+                    map: Default::default(),
+                    max: client_alias_max,
+                })
+            }),
+            close: CloseReason::Network,
+            publish_will: true,
+            conn,
+            ctx,
+        };
+        let mut resend = Vec::new();
+        client.session.inflight_for_resend(&mut resend);
+        client.write_outgoing(resend);
+        Some(client)
+    }
+
+    async fn run(&mut self) {
+        let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(86400)));
+        tokio::pin!(ka_sleep);
+        let mut frames = Vec::new();
+        let close = loop {
+            if let Some(kick) = self.session.take_kick() {
+                break match kick {
+                    Kick::TakenOver => Close {
+                        reason: CloseReason::TakenOver,
+                        code: Some(reason::SESSION_TAKEN_OVER),
+                        will: true,
+                    },
+                    Kick::Shutdown => Close {
+                        reason: CloseReason::Shutdown,
+                        code: Some(reason::SERVER_SHUTTING_DOWN),
+                        will: false,
+                    },
+                    Kick::Administrative => Close {
+                        reason: CloseReason::Administrative,
+                        code: Some(reason::ADMINISTRATIVE_ACTION),
+                        will: true,
+                    },
+                };
+            }
+            self.fill();
+            if self.conn.has_pending() {
+                match self.conn.try_flush() {
+                    Ok(n) => self.ctx.metrics.bytes_sent.increment(n as u64),
+                    Err(e) => {
+                        debug!(client = %self.session.client_id, "write failed: {e}");
+                        break Close { reason: CloseReason::Network, code: None, will: true };
+                    }
+                }
+            }
+            let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
+            let writing = self.conn.has_pending();
+            tokio::select! {
+                r = self.conn.readable(), if reading => {
+                    if r.is_err() {
+                        break Close { reason: CloseReason::Network, code: None, will: true };
+                    }
+                    if let Some(close) = self.read_and_handle(&mut frames) {
+                        break close;
+                    }
+                }
+                r = self.conn.writable(), if writing => {
+                    if r.is_err() {
+                        break Close { reason: CloseReason::Network, code: None, will: true };
+                    }
+                }
+                _ = self.session.woken() => {}
+                _ = &mut ka_sleep, if self.keep_alive.is_some() => {
+                    let deadline = self.last_read + self.keep_alive.unwrap_or_default();
+                    if Instant::now() >= deadline {
+                        debug!(client = %self.session.client_id, "keep-alive expired");
+                        break Close { reason: CloseReason::KeepAlive, code: Some(reason::KEEP_ALIVE_TIMEOUT), will: true };
+                    }
+                    ka_sleep.as_mut().reset(deadline.into());
+                }
+            }
+        };
+        self.finish(close).await;
+    }
+
+    /// Reads one batch and handles every complete packet in it.
+    fn read_and_handle(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
+        let max = self.ctx.config.mqtt.max_packet_size as usize;
+        match self.conn.try_read_frames(max, frames) {
+            Ok(0) => return None,
+            Ok(n) => {
+                self.ctx.metrics.bytes_received.increment(n as u64);
+                self.last_read = Instant::now();
+            }
+            Err(ReadError::Eof) => {
+                debug!(client = %self.session.client_id, "connection closed by client without DISCONNECT");
+                return Some(Close { reason: CloseReason::Network, code: None, will: true });
+            }
+            Err(ReadError::Io(e)) => {
+                debug!(client = %self.session.client_id, "read failed: {e}");
+                return Some(Close { reason: CloseReason::Network, code: None, will: true });
+            }
+            Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
+        }
+        let mut outcome = None;
+        for frame in frames.drain(..) {
+            let handled = match codec::decode(frame, self.protocol) {
+                Ok(packet) => self.handle(packet),
+                Err(e) => Err(self.bad_input(&e)),
+            };
+            if let Err(close) = handled {
+                outcome = Some(close);
+                break;
+            }
+        }
+        outcome
+    }
+
+    fn bad_input(&self, e: &DecodeError) -> Close {
+        self.ctx.metrics.bad_input(e.kind());
+        debug!(client = %self.session.client_id, "bad packet: {e}");
+        Close::protocol(e.reason_code())
+    }
+
+    fn violation(&self, code: u8, what: &'static str) -> Close {
+        self.ctx.metrics.bad_input("protocol");
+        debug!(client = %self.session.client_id, "protocol violation: {what}");
+        Close::protocol(code)
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                if !self.session.acknowledge(a.packet_id, Stage::PubAck) {
+                    debug!(client = %self.session.client_id, id = a.packet_id, "PUBACK for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                if a.reason >= 0x80 {
+                    self.session.abandon(a.packet_id);
+                    return Ok(());
+                }
+                let known = self.session.acknowledge(a.packet_id, Stage::PubRec);
+                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                self.send(&Packet::PubRel(ack(a.packet_id, code)));
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let code = if self.session.release_incoming(a.packet_id) {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(&Packet::PubComp(ack(a.packet_id, code)));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.session.acknowledge(a.packet_id, Stage::PubComp);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Auth(_) => Err(self.violation(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Connect(_) => Err(self.violation(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(self.violation(reason::PROTOCOL_ERROR, "server-to-client packet sent by client"))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config.mqtt;
+        ctx.metrics.messages_received[p.qos as usize].increment(1);
+        let topic = self.resolve_topic(&p)?;
+        if topic::validate_topic_name(&topic, cfg.max_topic_levels).is_err() {
+            return Err(self.violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"));
+        }
+        #[cfg(feature = "fault-injection")]
+        if &topic[..] == "$fault/panic" {
+            panic!("fault injection: panic requested by {}", self.session.client_id);
+        }
+        if !payload_format_ok(&p.properties, &p.payload) {
+            if p.qos == QoS::AtMostOnce {
+                return Err(self.violation(reason::PAYLOAD_FORMAT_INVALID, "payload is not UTF-8"));
+            }
+            self.ctx.metrics.bad_input("payload_format");
+            self.acknowledge_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
+            return Ok(());
+        }
+        let route = match p.qos {
+            QoS::ExactlyOnce => match self.session.incoming_qos2(p.packet_id, usize::from(cfg.receive_maximum)) {
+                Ok(new) => new,
+                Err(()) => {
+                    return Err(self.violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                }
+            },
+            _ => true,
+        };
+        if route {
+            let msg = Message::new(
+                &topic,
+                &p.payload,
+                p.qos,
+                p.retain,
+                self.session.id,
+                ForwardedProperties::from_properties(&p.properties),
+            );
+            self.ctx.router.publish(Arc::new(msg));
+        }
+        self.acknowledge_publish(&p, reason::SUCCESS);
+        Ok(())
+    }
+
+    fn acknowledge_publish(&mut self, p: &Publish, code: u8) {
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack(p.packet_id, code))),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack(p.packet_id, code))),
+        }
+    }
+
+    /// Applies v5 topic aliases: returns the topic the PUBLISH is for.
+    fn resolve_topic(&mut self, p: &Publish) -> Result<ByteString, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(self.violation(reason::PROTOCOL_ERROR, "empty topic without topic alias"));
+            }
+            return Ok(p.topic.clone());
+        };
+        let max = self.ctx.config.mqtt.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(self.violation(reason::TOPIC_ALIAS_INVALID, "topic alias 0 or above the maximum"));
+        }
+        let slots = self
+            .aliases_in
+            .get_or_insert_with(|| Box::new(vec![None; usize::from(max)]));
+        let slot = &mut slots[usize::from(alias - 1)];
+        if p.topic.is_empty() {
+            match slot {
+                Some(t) => Ok(t.clone()),
+                None => Err(self.violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
+            }
+        } else {
+            // The alias outlives this packet: own the topic instead of pinning the read buffer.
+            *slot = Some(ByteString::from(&p.topic[..]));
+            Ok(p.topic.clone())
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        let id = s.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        for (filter, options) in &s.filters {
+            let shared = filter.starts_with("$share/");
+            if shared && options.no_local && v5 {
+                return Err(self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
+            }
+            match self.ctx.router.subscribe(&self.session, filter, *options, id) {
+                Ok(sub) => {
+                    reasons.push(options.qos as u8);
+                    let send_retained = !shared
+                        && match options.retain_handling {
+                            0 => true,
+                            1 => !sub.replaced,
+                            _ => false,
+                        };
+                    if send_retained {
+                        let deliveries = self.ctx.router.retained_for(filter, *options, id);
+                        self.session.add_retained(deliveries);
+                    }
+                }
+                Err(e) => {
+                    debug!(client = %self.session.client_id, %filter, "subscription refused: {e}");
+                    self.ctx.metrics.bad_input("topic_filter");
+                    reasons.push(reason::TOPIC_FILTER_INVALID);
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let reasons = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.ctx.router.unsubscribe(&self.session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session.expiry_interval() == 0 && expiry != 0 {
+                return self.violation(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 on CONNECT");
+            }
+            self.session
+                .set_expiry_interval(expiry.min(self.ctx.config.mqtt.session_expiry_max));
+        }
+        debug!(client = %self.session.client_id, reason = d.reason, "client disconnected");
+        Close {
+            reason: CloseReason::Normal,
+            code: None,
+            will: d.reason == reason::DISCONNECT_WITH_WILL,
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(packet, self.protocol, &mut out);
+        self.conn.queue(out.freeze());
+    }
+
+    /// Moves what the session may send now into the write queue.
+    fn fill(&mut self) {
+        if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
+            return;
+        }
+        let mut ready = Vec::new();
+        let expired = self
+            .session
+            .take_ready(Instant::now(), self.send_window, FILL_BATCH, &mut ready);
+        if expired > 0 {
+            self.ctx.metrics.dropped(DropReason::Expired, expired as u64);
+        }
+        if !ready.is_empty() {
+            self.write_outgoing(ready);
+        }
+    }
+
+    /// Encodes outgoing items: shared heads patched per receiver, payloads by reference.
+    fn write_outgoing(&mut self, items: Vec<Outgoing>) {
+        let now = Instant::now();
+        let mut heads = BytesMut::with_capacity(items.len() * 8);
+        for o in items {
+            if o.pubrel {
+                let mut out = BytesMut::new();
+                codec::encode(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)), self.protocol, &mut out);
+                self.conn.queue(out.freeze());
+                continue;
+            }
+            let d = &o.delivery;
+            let msg = &d.msg;
+            let plain = msg.has_plain_layout(self.protocol)
+                && (d.subscription_ids.is_empty() || !self.protocol.is_v5())
+                && self.aliases_out.is_none();
+            let head = if plain {
+                let shared = msg.shared_head(self.protocol, d.qos);
+                let flags = first_byte(d.qos, o.dup, d.retain);
+                if flags == shared.bytes[0] && shared.packet_id_at.is_none() {
+                    shared.bytes.clone()
+                } else {
+                    heads.extend_from_slice(&shared.bytes);
+                    let mut h = heads.split();
+                    h[0] = flags;
+                    if let Some(at) = shared.packet_id_at {
+                        h[at..at + 2].copy_from_slice(&o.packet_id.to_be_bytes());
+                    }
+                    h.freeze()
+                }
+            } else {
+                let (topic, alias) = self.outbound_alias(&msg.topic);
+                let props = msg.v5_properties(self.protocol, now, &d.subscription_ids, alias);
+                codec::encode_publish_head(
+                    &mut heads,
+                    self.protocol,
+                    d.qos,
+                    o.dup,
+                    d.retain,
+                    topic,
+                    o.packet_id,
+                    &props,
+                    msg.payload.len(),
+                );
+                heads.split().freeze()
+            };
+            if head.len() + msg.payload.len() > self.client_max_packet {
+                self.ctx.metrics.dropped(DropReason::TooLarge, 1);
+                if o.packet_id != 0 {
+                    self.session.abandon(o.packet_id);
+                }
+                continue;
+            }
+            self.ctx.metrics.messages_delivered[d.qos as usize].increment(1);
+            self.conn.queue(head);
+            self.conn.queue(msg.payload.clone());
+        }
+    }
+
+    /// The topic to write and the alias to send with it, for clients that accept aliases.
+    fn outbound_alias<'a>(&mut self, topic: &'a ByteString) -> (&'a str, Option<u16>) {
+        let Some(a) = self.aliases_out.as_mut() else {
+            return (topic, None);
+        };
+        if let Some(&alias) = a.map.get(topic) {
+            return ("", Some(alias));
+        }
+        if a.map.len() < usize::from(a.max) {
+            let alias = a.map.len() as u16 + 1;
+            a.map.insert(ByteString::from(&topic[..]), alias);
+            return (topic, Some(alias));
+        }
+        (topic, None)
+    }
+
+    async fn finish(&mut self, close: Close) {
+        if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties::default(),
+            }));
+        }
+        self.conn.flush_within(CLOSE_FLUSH).await;
+        self.close = close.reason;
+        self.publish_will = close.will;
+    }
+
+    /// Publishes the will now or after its delay (cancelled if the client comes back in time).
+    fn dispatch_will(&mut self, session_ends: bool) {
+        let Some(will) = self.will.take() else { return };
+        let msg = Arc::new(Message::new(
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            self.session.id,
+            ForwardedProperties::from_properties(&will.properties),
+        ));
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let expiry = self.session.expiry_interval();
+        let wait = if session_ends { 0 } else { delay.min(expiry) };
+        if wait == 0 {
+            self.ctx.router.publish(msg);
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
+            ctx.router.publish(msg);
+        });
+        self.session.set_will_timer(Some(timer.abort_handle()));
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.close = CloseReason::Panic;
+            self.publish_will = true;
+        }
+        self.session.set_online(false);
+        self.ctx.metrics.connections_current.decrement(1.0);
+        self.ctx.metrics.closed(self.close);
+        let taken_over = self.close == CloseReason::TakenOver;
+        let session_ends = !taken_over && self.session.expiry_interval() == 0;
+        if self.publish_will {
+            let delayed = self
+                .will
+                .as_ref()
+                .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
+            // A takeover is a reconnection within any will delay: only an undelayed will goes out.
+            if !(taken_over && delayed) {
+                self.dispatch_will(session_ends);
+            }
+        }
+        if taken_over {
+            return;
+        }
+        if session_ends {
+            self.ctx.registry.end(&self.session, &self.ctx.router);
+        } else {
+            let after = Duration::from_secs(u64::from(self.session.expiry_interval()));
+            self.ctx.registry.expire_later(
+                self.session.clone(),
+                self.generation,
+                after,
+                self.ctx.router.clone(),
+            );
+        }
+        if self.close == CloseReason::Panic {
+            warn!(client = %self.session.client_id, "session task panicked; session closed");
+        }
+    }
+}
+
+async fn refuse_and_close(
+    ctx: &Context,
+    mut conn: Connection,
+    protocol: Protocol,
+    code: u8,
+    peer: std::net::SocketAddr,
+) -> Option<Client> {
+    debug!(%peer, code, "CONNECT refused");
+    ctx.metrics.rejected(reject_label(code));
+    refuse(&mut conn, protocol, code);
+    conn.flush_within(CLOSE_FLUSH).await;
+    None
+}
+
+fn reject_label(code: u8) -> &'static str {
+    match code {
+        reason::CLIENT_IDENTIFIER_NOT_VALID => "client_id_invalid",
+        reason::BAD_AUTHENTICATION_METHOD => "bad_auth_method",
+        reason::TOPIC_NAME_INVALID => "will_topic_invalid",
+        reason::PAYLOAD_FORMAT_INVALID => "will_payload_invalid",
+        _ => "other",
+    }
+}
+
+fn first_byte(qos: QoS, dup: bool, retain: bool) -> u8 {
+    0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain)
+}
+
+fn ack(packet_id: u16, code: u8) -> Ack {
+    Ack {
+        packet_id,
+        reason: code,
+        properties: Properties::default(),
+    }
+}
+
+/// A payload flagged as UTF-8 (payload format indicator 1) must be UTF-8.
+fn payload_format_ok(props: &Properties, payload: &Bytes) -> bool {
+    props.payload_format_indicator != Some(1) || std::str::from_utf8(payload).is_ok()
+}
+
+/// A process-unique, hard to guess suffix for assigned client identifiers.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}

@@ -1,0 +1,26 @@
+//! MQTT 3.1, 3.1.1 and 5.0 ingestion gateway: one lightweight tokio task per device session.
+//!
+//! The data path, module by module: `listener` accepts a socket and spawns `client::serve`;
+//! `connection` reads frames; `codec` decodes them; `client` runs the protocol state machine and
+//! hands each PUBLISH as one shared `message::Message` to the `router`, which matches it in the
+//! `topic_index` and queues a delivery on each receiving `session`; the receiving client's task
+//! encodes it once per layout and writes it with shared payload bytes. `registry` maps client ids to
+//! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
+
+pub mod broker;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod registry;
+pub mod retain;
+pub mod router;
+pub mod session;
+pub mod topic;
+pub mod topic_index;
+
+pub use broker::{Broker, Context};
+pub use config::Config;

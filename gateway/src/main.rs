@@ -1,0 +1,157 @@
+//! The `gateway` binary: turns the command line and an optional config file into a [`Config`],
+//! sets up logging and the tokio runtime, and runs the broker until SIGINT or SIGTERM.
+//!
+//! Everything about MQTT lives in the library; this file only owns process concerns: exit codes
+//! (2 for any configuration mistake, so supervisors can tell "fix the config" from a crash),
+//! the allocator, the log filter and signal handling.
+
+use std::io::IsTerminal as _;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use gateway::config::Config;
+use gateway::Broker;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+// mimalloc keeps fragmentation low with many small per-session allocations spread over threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for configuration mistakes, matching clap's code for usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+/// MQTT 3.1.1 / 5.0 ingestion gateway.
+///
+/// Without --config the built-in defaults apply (the same values config/gateway.toml documents).
+/// Flags override the file.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    /// TOML configuration file
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MQTT listen address, overrides mqtt.listen (e.g. 0.0.0.0:1883)
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<String>,
+    /// HTTP endpoint address, overrides http.listen; "off" disables the endpoint
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Log level or filter directive, overrides log.level (RUST_LOG still wins)
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+impl Cli {
+    /// Flag values are kept as text and handed to the config layer so that a bad flag is
+    /// reported with the same one-line message as the equivalent file entry.
+    fn config(&self) -> Result<Config, gateway::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let overrides = [
+            ("mqtt.listen", &self.mqtt_listen),
+            ("http.listen", &self.http_listen),
+            ("log.level", &self.log_level),
+        ];
+        for (key, value) in overrides {
+            if let Some(value) = value {
+                config.set(key, value)?;
+            }
+        }
+        // Overrides can break cross-field rules the file alone satisfied (e.g. equal addresses).
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = init_tracing(&config.log.level) {
+        eprintln!("{e:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// RUST_LOG, when set, wins over the configured level so a single run can be debugged without
+/// editing the deployed file.
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    // The parse error's message already embeds its cause, so it is formatted inline rather than
+    // chained, which would print the cause twice.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
+            .parse(&directives)
+            .map_err(|e| anyhow::anyhow!("invalid RUST_LOG {directives:?}: {e}"))?,
+        // log.level was validated by the config layer, so this parse cannot fail in practice.
+        _ => EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| anyhow::anyhow!("invalid log level {level:?}: {e}"))?,
+    };
+    // Logs go to stderr, keeping stdout free and matching where configuration errors go; colour
+    // only on a terminal so journald and log files get plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Handlers are installed before binding so a signal sent as soon as the listener is up
+    // (by a supervisor or a test) is never lost to the default disposition.
+    let shutdown = shutdown_signal()?;
+    let http = config.http.listen;
+    let broker = Broker::bind(config)
+        .await
+        .context("cannot start the MQTT listener")?;
+    match http {
+        Some(http) => tracing::info!(mqtt = %broker.local_addr(), %http, "gateway listening"),
+        None => tracing::info!(mqtt = %broker.local_addr(), http = "off", "gateway listening"),
+    }
+    broker.run(shutdown).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// A future that resolves on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down, draining sessions");
+    })
+}

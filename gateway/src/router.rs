@@ -1,0 +1,217 @@
+//! Routing: from one published message to the sessions that receive it.
+//!
+//! The router owns the subscription index and the retained store and is the only place that knows
+//! the delivery rules: one copy per session at the highest granted QoS with every matching
+//! subscription identifier (overlapping subscriptions), No Local, Retain As Published, one member
+//! per shared group, and retained messages on subscribe. It appends deliveries to session queues and
+//! never blocks on a slow receiver: a full queue drops and counts. A later NATS bridge plugs in here,
+//! at `publish`, without the sessions knowing.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::message::Message;
+use crate::metrics::{DropReason, Metrics};
+use crate::retain::RetainStore;
+use crate::session::{Delivery, Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord};
+use crate::topic::{self, TopicError};
+use crate::topic_index::TopicIndex;
+
+/// What the index stores for one subscription.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub session: Arc<Session>,
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+pub struct Router {
+    index: TopicIndex<SessionId, Subscriber>,
+    retained: RetainStore<Arc<Message>>,
+    limits: QueueLimits,
+    max_topic_levels: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The outcome of a subscribe, for SUBACK and retained handling.
+pub struct Subscribed {
+    /// A subscription to the same filter existed and was replaced.
+    pub replaced: bool,
+}
+
+impl Router {
+    pub fn new(
+        limits: QueueLimits,
+        retained_max: usize,
+        max_topic_levels: usize,
+        metrics: Arc<Metrics>,
+    ) -> Router {
+        Router {
+            index: TopicIndex::new(),
+            retained: RetainStore::new(retained_max),
+            limits,
+            max_topic_levels,
+            metrics,
+        }
+    }
+
+    pub fn max_topic_levels(&self) -> usize {
+        self.max_topic_levels
+    }
+
+    /// Stores or clears the retained copy (when flagged) and hands a delivery to every receiver.
+    /// Returns how many sessions it was queued for.
+    pub fn publish(&self, msg: Arc<Message>) -> usize {
+        if msg.retain {
+            self.retain(&msg);
+        }
+        let matches = self.index.matches(&msg.topic);
+        let mut delivered = 0;
+        let mut plain = matches.plain.iter().peekable();
+        while let Some((key, first)) = plain.next() {
+            let mut d = Delivery {
+                msg: msg.clone(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+            };
+            let mut wanted = false;
+            let mut sub = Some(first);
+            while let Some(s) = sub {
+                if !(s.options.no_local && msg.origin == *key) {
+                    wanted = true;
+                    d.qos = d.qos.max(s.options.qos);
+                    d.retain |= s.options.retain_as_published && msg.retain;
+                    if let Some(id) = s.id {
+                        d.subscription_ids.push(id);
+                    }
+                }
+                sub = plain.next_if(|(k, _)| k == key).map(|(_, s)| s);
+            }
+            if wanted {
+                d.qos = d.qos.min(msg.qos);
+                delivered += self.offer(&first.session, d);
+            }
+        }
+        for group in &matches.shared {
+            if let Some((_, member)) = group.pick(|_, s| s.session.is_online()) {
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: member.options.qos.min(msg.qos),
+                    retain: member.options.retain_as_published && msg.retain,
+                    subscription_ids: member.id.into_iter().collect(),
+                };
+                delivered += self.offer(&member.session, d);
+            }
+        }
+        if delivered == 0 {
+            self.metrics.dropped(DropReason::NoSubscribers, 1);
+        }
+        delivered
+    }
+
+    fn offer(&self, session: &Session, d: Delivery) -> usize {
+        match session.enqueue(d, self.limits) {
+            Enqueued::Queued => 1,
+            Enqueued::QueueFull => {
+                self.metrics.dropped(DropReason::QueueFull, 1);
+                0
+            }
+            Enqueued::OfflineQos0 => {
+                self.metrics.dropped(DropReason::OfflineQos0, 1);
+                0
+            }
+        }
+    }
+
+    fn retain(&self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else if self.retained.set(&msg.topic, msg.clone()).is_err() {
+            self.metrics.dropped(DropReason::RetainedFull, 1);
+        }
+    }
+
+    /// Adds (or replaces) a subscription of `session` and records it in the session.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<Subscribed, TopicError> {
+        let (group, plain_filter) = match topic::parse_shared(filter)? {
+            Some((g, f)) => (Some(g), f),
+            None => {
+                topic::validate_topic_filter(filter, self.max_topic_levels)?;
+                (None, &filter[..])
+            }
+        };
+        if group.is_some() {
+            topic::validate_topic_filter(plain_filter, self.max_topic_levels)?;
+        }
+        let sub = Subscriber {
+            session: session.clone(),
+            options,
+            id,
+        };
+        let previous = self.index.insert(plain_filter, group, session.id, sub);
+        session.record_subscription(SubscriptionRecord {
+            filter: filter.clone(),
+            options,
+            id,
+        });
+        Ok(Subscribed {
+            replaced: previous.is_some(),
+        })
+    }
+
+    /// Removes a subscription; false when it did not exist.
+    pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
+        let removed = match topic::parse_shared(filter) {
+            Ok(Some((group, f))) => self.index.remove(f, Some(group), &session.id).is_some(),
+            Ok(None) => self.index.remove(filter, None, &session.id).is_some(),
+            Err(_) => false,
+        };
+        session.forget_subscription(filter);
+        removed
+    }
+
+    /// Removes every subscription the index holds for these records (a session that ended).
+    pub fn unsubscribe_all(&self, session: &Session, records: &[SubscriptionRecord]) {
+        for r in records {
+            self.unsubscribe(session, &r.filter);
+        }
+    }
+
+    /// Retained messages matching a new subscription, as deliveries at the granted QoS with the
+    /// RETAIN flag set (as the specification requires for messages sent because of a subscribe).
+    pub fn retained_for(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Vec<Delivery> {
+        let mut found = Vec::new();
+        self.retained.matching(filter, &mut found);
+        found
+            .into_iter()
+            .map(|msg| Delivery {
+                qos: options.qos.min(msg.qos),
+                retain: true,
+                subscription_ids: id.into_iter().collect(),
+                msg,
+            })
+            .collect()
+    }
+
+    pub fn retained_len(&self) -> usize {
+        self.retained.len()
+    }
+
+    pub fn subscription_len(&self) -> usize {
+        self.index.len()
+    }
+}

@@ -1,0 +1,541 @@
+//! The state of one MQTT session that outlives its network connection.
+//!
+//! A `Session` is what the specification calls session state on the server: subscriptions, the
+//! queue of messages not yet sent, outbound QoS 1/2 messages awaiting acknowledgement, and inbound
+//! QoS 2 packet ids awaiting PUBREL. It is shared (`Arc`) between the router, which appends
+//! deliveries from any publisher's task, and the one connection task attached to it, which drains
+//! them. Everything here is bounded: the queue by `max_queued_messages`, inflight by the send window,
+//! inbound QoS 2 by the receive maximum. Keeping this state apart from the connection is what makes
+//! resume, takeover and (later) persistence a hand-over of one object rather than a copy.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::message::Message;
+
+pub type SessionId = u64;
+
+/// One message to be sent to this session, at the QoS and with the flags of its subscription.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 subscription identifiers of every matching subscription; empty for most deliveries.
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 sent, waiting for PUBACK.
+    PubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    PubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    PubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub stage: Stage,
+}
+
+/// A subscription as the session remembers it, to replay, list or remove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// The filter as the client sent it, `$share/` prefix included.
+    pub filter: ByteString,
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// What became of a message offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// The queue was at its bound; the message was dropped (and must be counted by the caller).
+    QueueFull,
+    /// QoS 0 for an offline session that does not queue QoS 0.
+    OfflineQos0,
+}
+
+/// One item ready to be written, as handed to the connection task.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub delivery: Delivery,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+    pub dup: bool,
+    /// A PUBREL to (re)send instead of the PUBLISH.
+    pub pubrel: bool,
+}
+
+/// Why a connection attached to this session must close, raised by another task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    TakenOver,
+    Shutdown,
+    Administrative,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Delivery>,
+    inflight: Vec<Inflight>,
+    /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not come.
+    incoming_qos2: Vec<u16>,
+    subscriptions: Vec<SubscriptionRecord>,
+    next_packet_id: u16,
+    expiry_interval: u32,
+    /// Deliveries of retained messages after a SUBSCRIBE, fed into the window in slices.
+    retained_backlog: VecDeque<Delivery>,
+    /// Cancels a pending delayed will when the client comes back in time.
+    will_timer: Option<tokio::task::AbortHandle>,
+    /// Bumped on every attach; an expiry timer acts only on the generation it was set for.
+    generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub client_id: ByteString,
+    state: Mutex<State>,
+    wake: Notify,
+    online: AtomicBool,
+    kick: AtomicU8,
+    /// Held by the connection task attached to this session: owning the lock is owning the session.
+    owner: Arc<tokio::sync::Mutex<()>>,
+    /// Set when the registry has let go of this session; attachers must look it up again.
+    discarded: AtomicBool,
+}
+
+/// Bounds applied when queueing, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_queued: usize,
+    pub queue_qos0_offline: bool,
+}
+
+const KICK_NONE: u8 = 0;
+
+impl Session {
+    pub fn new(id: SessionId, client_id: ByteString) -> Session {
+        Session {
+            id,
+            client_id,
+            state: Mutex::new(State {
+                next_packet_id: 1,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            online: AtomicBool::new(false),
+            kick: AtomicU8::new(KICK_NONE),
+            owner: Arc::new(tokio::sync::Mutex::new(())),
+            discarded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    pub fn is_discarded(&self) -> bool {
+        self.discarded.load(Ordering::Acquire)
+    }
+
+    pub fn mark_discarded(&self) {
+        self.discarded.store(true, Ordering::Release);
+    }
+
+    pub fn owner_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.owner.clone()
+    }
+
+    /// Resolves when something was queued for this session or a kick was raised.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Asks the attached connection (if any) to close.
+    pub fn kick(&self, why: Kick) {
+        let v = match why {
+            Kick::TakenOver => 1,
+            Kick::Shutdown => 2,
+            Kick::Administrative => 3,
+        };
+        self.kick.store(v, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn take_kick(&self) -> Option<Kick> {
+        match self.kick.swap(KICK_NONE, Ordering::AcqRel) {
+            1 => Some(Kick::TakenOver),
+            2 => Some(Kick::Shutdown),
+            3 => Some(Kick::Administrative),
+            _ => None,
+        }
+    }
+
+    /// Offers a delivery: queued up to the bound, otherwise dropped and reported.
+    pub fn enqueue(&self, d: Delivery, limits: QueueLimits) -> Enqueued {
+        if d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline && !self.is_online() {
+            return Enqueued::OfflineQos0;
+        }
+        {
+            let mut st = self.state.lock();
+            if st.queue.len() >= limits.max_queued {
+                return Enqueued::QueueFull;
+            }
+            st.queue.push_back(d);
+        }
+        self.wake.notify_one();
+        Enqueued::Queued
+    }
+
+    /// Queues retained messages found for a new subscription; they are sent in slices behind the
+    /// live queue's window so that a subscribe matching 100k retained messages stalls nobody.
+    pub fn add_retained(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        self.state.lock().retained_backlog.extend(deliveries);
+        self.wake.notify_one();
+    }
+
+    /// Moves up to `max` items that may be sent now into `out`: QoS 0 freely, QoS 1/2 while the
+    /// inflight window has room (they enter inflight with a fresh packet id). Expired messages are
+    /// dropped and their number returned.
+    pub fn take_ready(
+        &self,
+        now: Instant,
+        window: usize,
+        max: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> usize {
+        let mut st = self.state.lock();
+        let mut expired = 0;
+        let mut taken = 0;
+        while taken < max {
+            let from_backlog =
+                st.queue.is_empty() || (!st.retained_backlog.is_empty() && taken < max / 2);
+            let next = if from_backlog {
+                st.retained_backlog.front()
+            } else {
+                st.queue.front()
+            };
+            let Some(front) = next else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let d = if from_backlog {
+                st.retained_backlog.pop_front()
+            } else {
+                st.queue.pop_front()
+            };
+            let Some(d) = d else { break };
+            if d.msg.is_expired(now) {
+                expired += 1;
+                continue;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                let id = st.allocate_packet_id();
+                let stage = if d.qos == QoS::AtLeastOnce {
+                    Stage::PubAck
+                } else {
+                    Stage::PubRec
+                };
+                st.inflight.push(Inflight {
+                    packet_id: id,
+                    delivery: d.clone(),
+                    stage,
+                });
+                id
+            };
+            out.push(Outgoing {
+                delivery: d,
+                packet_id,
+                dup: false,
+                pubrel: false,
+            });
+            taken += 1;
+        }
+        expired
+    }
+
+    /// Everything still unacknowledged, to resend on resume: PUBLISH with DUP, or PUBREL.
+    pub fn inflight_for_resend(&self, out: &mut Vec<Outgoing>) {
+        let st = self.state.lock();
+        for i in &st.inflight {
+            out.push(Outgoing {
+                delivery: i.delivery.clone(),
+                packet_id: i.packet_id,
+                dup: i.stage != Stage::PubComp,
+                pubrel: i.stage == Stage::PubComp,
+            });
+        }
+    }
+
+    /// Applies a PUBACK, PUBREC or PUBCOMP. Returns false when no message with that id was waiting
+    /// for that acknowledgement.
+    pub fn acknowledge(&self, packet_id: u16, ack: Stage) -> bool {
+        let mut st = self.state.lock();
+        let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.stage == ack)
+        else {
+            return false;
+        };
+        match ack {
+            Stage::PubRec => st.inflight[pos].stage = Stage::PubComp,
+            Stage::PubAck | Stage::PubComp => {
+                st.inflight.remove(pos);
+                drop(st);
+                // A slot in the window opened: the connection may send more.
+                self.wake.notify_one();
+            }
+        }
+        true
+    }
+
+    /// A PUBREC with a failure reason ends the QoS 2 flow for that id.
+    pub fn abandon(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        let before = st.inflight.len();
+        st.inflight.retain(|i| i.packet_id != packet_id);
+        let found = st.inflight.len() != before;
+        drop(st);
+        if found {
+            self.wake.notify_one();
+        }
+        found
+    }
+
+    /// Records an inbound QoS 2 packet id. Returns Ok(true) when it is new (route the message),
+    /// Ok(false) for a resent one, Err(()) when the receive maximum would be exceeded.
+    pub fn incoming_qos2(&self, packet_id: u16, receive_maximum: usize) -> Result<bool, ()> {
+        let mut st = self.state.lock();
+        if st.incoming_qos2.contains(&packet_id) {
+            return Ok(false);
+        }
+        if st.incoming_qos2.len() >= receive_maximum {
+            return Err(());
+        }
+        st.incoming_qos2.push(packet_id);
+        Ok(true)
+    }
+
+    /// Applies a PUBREL; false when the id was unknown.
+    pub fn release_incoming(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        let before = st.incoming_qos2.len();
+        st.incoming_qos2.retain(|&p| p != packet_id);
+        st.incoming_qos2.len() != before
+    }
+
+    pub fn expiry_interval(&self) -> u32 {
+        self.state.lock().expiry_interval
+    }
+
+    pub fn set_expiry_interval(&self, secs: u32) {
+        self.state.lock().expiry_interval = secs;
+    }
+
+    /// Adds or replaces a subscription record; returns true when it replaced one for the same filter.
+    pub fn record_subscription(&self, rec: SubscriptionRecord) -> bool {
+        let mut st = self.state.lock();
+        if let Some(existing) = st.subscriptions.iter_mut().find(|s| s.filter == rec.filter) {
+            *existing = rec;
+            true
+        } else {
+            st.subscriptions.push(rec);
+            false
+        }
+    }
+
+    pub fn forget_subscription(&self, filter: &str) -> bool {
+        let mut st = self.state.lock();
+        let before = st.subscriptions.len();
+        st.subscriptions.retain(|s| s.filter != filter);
+        st.subscriptions.len() != before
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.state.lock().subscriptions.len()
+    }
+
+    pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {
+        self.state.lock().subscriptions.clone()
+    }
+
+    /// Empties the session for a clean start; returns the subscriptions to remove from the index.
+    pub fn reset(&self) -> Vec<SubscriptionRecord> {
+        let mut st = self.state.lock();
+        let subs = std::mem::take(&mut st.subscriptions);
+        let generation = st.generation;
+        let will_timer = st.will_timer.take();
+        *st = State {
+            next_packet_id: 1,
+            generation,
+            will_timer,
+            ..State::default()
+        };
+        subs
+    }
+
+    /// Starts a new attachment; returns its generation.
+    pub fn begin_generation(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.generation += 1;
+        st.generation
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    pub fn set_will_timer(&self, handle: Option<tokio::task::AbortHandle>) {
+        let old = std::mem::replace(&mut self.state.lock().will_timer, handle);
+        if let Some(h) = old {
+            h.abort();
+        }
+    }
+
+    pub fn queue_len(&self) -> usize {
+        let st = self.state.lock();
+        st.queue.len() + st.retained_backlog.len()
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+}
+
+impl State {
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let msg = Message::new(
+            &ByteString::from_static("t"),
+            &Bytes::from_static(b"p"),
+            qos,
+            false,
+            0,
+            None,
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_queued: 2,
+        queue_qos0_offline: false,
+    };
+
+    #[test]
+    fn queue_is_bounded_and_reports_drops() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        s.set_online(true);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::QueueFull);
+        assert_eq!(s.queue_len(), 2);
+    }
+
+    #[test]
+    fn offline_qos0_is_not_queued_unless_configured() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce), LIMITS), Enqueued::OfflineQos0);
+        let keep = QueueLimits {
+            queue_qos0_offline: true,
+            ..LIMITS
+        };
+        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce), keep), Enqueued::Queued);
+    }
+
+    #[test]
+    fn window_limits_inflight_and_acks_free_it() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        s.set_online(true);
+        let limits = QueueLimits {
+            max_queued: 10,
+            queue_qos0_offline: false,
+        };
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::AtLeastOnce), limits);
+        }
+        let mut out = Vec::new();
+        s.take_ready(Instant::now(), 2, 100, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(s.inflight_len(), 2);
+        assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
+        assert!(!s.acknowledge(out[0].packet_id, Stage::PubAck));
+        out.clear();
+        s.take_ready(Instant::now(), 2, 100, &mut out);
+        assert_eq!(out.len(), 1);
+        let mut resend = Vec::new();
+        s.inflight_for_resend(&mut resend);
+        assert_eq!(resend.len(), 2);
+        assert!(resend.iter().all(|o| o.dup));
+    }
+
+    #[test]
+    fn qos2_flow_moves_to_pubcomp_then_completes() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        s.set_online(true);
+        s.enqueue(delivery(QoS::ExactlyOnce), LIMITS);
+        let mut out = Vec::new();
+        s.take_ready(Instant::now(), 5, 5, &mut out);
+        let id = out[0].packet_id;
+        assert!(s.acknowledge(id, Stage::PubRec));
+        let mut resend = Vec::new();
+        s.inflight_for_resend(&mut resend);
+        assert!(resend[0].pubrel);
+        assert!(s.acknowledge(id, Stage::PubComp));
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    #[test]
+    fn incoming_qos2_detects_resends_and_bound() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        assert_eq!(s.incoming_qos2(7, 2), Ok(true));
+        assert_eq!(s.incoming_qos2(7, 2), Ok(false));
+        assert_eq!(s.incoming_qos2(8, 2), Ok(true));
+        assert_eq!(s.incoming_qos2(9, 2), Err(()));
+        assert!(s.release_incoming(7));
+        assert!(!s.release_incoming(7));
+    }
+}
