@@ -40,6 +40,28 @@ pub struct Context {
     pub idle: Notify,
 }
 
+/// One open client connection, counted from accept until its last task ends (also by unwinding).
+pub struct ConnectionSlot(Arc<Context>);
+
+impl ConnectionSlot {
+    pub fn new(ctx: Arc<Context>) -> ConnectionSlot {
+        ctx.connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot(ctx)
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 pub struct Broker {
     ctx: Arc<Context>,
     listener: TcpListener,
@@ -92,7 +114,10 @@ impl Broker {
     }
 
     /// Serves until `shutdown` resolves, then drains connections and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let ctx = self.ctx.clone();
         tokio::select! {
             _ = listener::accept_loop(ctx.clone(), self.listener) => {}

@@ -6,7 +6,9 @@
 //! write. Everything that must happen when the connection ends (will, session expiry, hand-over)
 //! happens in `Drop`, so it also happens when the task unwinds from a panic.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -15,15 +17,16 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedMutexGuard;
 use tracing::{debug, warn};
 
-use crate::broker::Context;
+use crate::broker::{ConnectionSlot, Context};
 use crate::codec::{
     self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
     Protocol, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::connection::{Connection, ReadError};
+use crate::listener;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason};
-use crate::session::{Kick, Outgoing, Session, Stage};
+use crate::session::{IncomingQos2, Kick, Outgoing, Session, Stage};
 use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
@@ -53,6 +56,14 @@ impl Close {
     }
 }
 
+/// What woke the connection task.
+enum Event {
+    Readable,
+    Writable,
+    Woken,
+    KeepAliveTimer,
+}
+
 /// Outbound topic aliases towards a v5 client that accepts them.
 struct AliasesOut {
     map: std::collections::HashMap<ByteString, u16>,
@@ -72,32 +83,51 @@ pub struct Client {
     send_window: usize,
     client_max_packet: usize,
     will: Option<Box<LastWill>>,
-    aliases_in: Option<Box<Vec<Option<ByteString>>>>,
+    aliases_in: Option<Box<[Option<ByteString>]>>,
     aliases_out: Option<Box<AliasesOut>>,
     close: CloseReason,
     publish_will: bool,
+    _slot: ConnectionSlot,
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: std::net::SocketAddr) {
+/// Serves one accepted socket. The handshake runs in this task; the session then runs in a task
+/// of its own, so an idle session's task holds only the session's state, not the larger state the
+/// handshake needed (a decoded CONNECT, CONNACK properties, the connect timer).
+pub async fn serve(slot: ConnectionSlot, stream: TcpStream, peer: std::net::SocketAddr) {
+    if let Some(client) = handshake(slot, stream, peer).await {
+        let ctx = client.ctx.clone();
+        listener::spawn_isolated(ctx, peer, Box::new(client).run());
+    }
+}
+
+/// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
+async fn handshake(
+    slot: ConnectionSlot,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<Client> {
+    let ctx = slot.context().clone();
     let mut conn = Connection::new(stream);
-    let connect = match tokio::time::timeout(ctx.config.mqtt.connect_timeout, read_connect(&ctx, &mut conn)).await {
+    let connect = match tokio::time::timeout(
+        ctx.config.mqtt.connect_timeout,
+        read_connect(&ctx, &mut conn),
+    )
+    .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             debug!(%peer, "connection refused before CONNECT completed: {why}");
             conn.flush_within(CLOSE_FLUSH).await;
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within the connect timeout");
             ctx.metrics.closed(CloseReason::ConnectTimeout);
-            return;
+            return None;
         }
     };
-    let Some(mut client) = Client::attach(ctx, conn, *connect, peer).await else {
-        return;
-    };
-    client.run().await;
+    Client::attach(ctx, slot, conn, connect, peer).await
 }
 
 /// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
@@ -118,7 +148,9 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
             continue;
         };
         let level = connect_level(&frame);
-        return match codec::decode_connect(frame) {
+        // The session keeps client id and will for its lifetime: decode them from a compact copy
+        // rather than from slices that would pin the shared read buffer.
+        return match codec::decode_connect(Bytes::copy_from_slice(&frame)) {
             Ok(c) => Ok(Box::new(c)),
             Err(e) => {
                 ctx.metrics.bad_input(e.kind());
@@ -135,7 +167,11 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
 }
 
 /// The protocol level byte of a CONNECT frame, when it can be found, to answer errors in kind.
+/// Any other packet type has no level: a first packet that is not CONNECT gets no answer.
 fn connect_level(frame: &[u8]) -> Option<u8> {
+    if *frame.first()? >> 4 != 1 {
+        return None;
+    }
     let mut i = 1;
     while *frame.get(i)? & 0x80 != 0 {
         i += 1;
@@ -162,8 +198,9 @@ impl Client {
     /// Validates CONNECT, takes the session over and answers CONNACK.
     async fn attach(
         ctx: Arc<Context>,
+        slot: ConnectionSlot,
         mut conn: Connection,
-        connect: Connect,
+        connect: Box<Connect>,
         peer: std::net::SocketAddr,
     ) -> Option<Client> {
         let cfg = &ctx.config.mqtt;
@@ -172,12 +209,25 @@ impl Client {
         let mut props = Properties::default();
 
         if connect.properties.authentication_method.is_some() {
-            return refuse_and_close(&ctx, conn, protocol, reason::BAD_AUTHENTICATION_METHOD, peer).await;
+            return refuse_and_close(
+                &ctx,
+                conn,
+                protocol,
+                reason::BAD_AUTHENTICATION_METHOD,
+                peer,
+            )
+            .await;
         }
         let client_id = if connect.client_id.is_empty() {
             if protocol == Protocol::V31 || (!v5 && !connect.clean_start) {
-                return refuse_and_close(&ctx, conn, protocol, reason::CLIENT_IDENTIFIER_NOT_VALID, peer)
-                    .await;
+                return refuse_and_close(
+                    &ctx,
+                    conn,
+                    protocol,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    peer,
+                )
+                .await;
             }
             let assigned = ByteString::from(format!("auto-{:016x}", rand_id()));
             if v5 {
@@ -189,14 +239,33 @@ impl Client {
         };
         if let Some(will) = &connect.will {
             if topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
-                return refuse_and_close(&ctx, conn, protocol, reason::TOPIC_NAME_INVALID, peer).await;
+                if !v5 {
+                    // 3.x has no return code for this: a non-conforming CONNECT is closed without
+                    // CONNACK [MQTT-3.1.4-1].
+                    debug!(%peer, "CONNECT refused: invalid will topic");
+                    ctx.metrics
+                        .rejected(reject_label(reason::TOPIC_NAME_INVALID));
+                    return None;
+                }
+                return refuse_and_close(&ctx, conn, protocol, reason::TOPIC_NAME_INVALID, peer)
+                    .await;
             }
             if !payload_format_ok(&will.properties, &will.payload) {
-                return refuse_and_close(&ctx, conn, protocol, reason::PAYLOAD_FORMAT_INVALID, peer).await;
+                return refuse_and_close(
+                    &ctx,
+                    conn,
+                    protocol,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    peer,
+                )
+                .await;
             }
         }
 
-        let attached = ctx.registry.attach(&client_id, connect.clean_start, &ctx.router).await;
+        let attached = ctx
+            .registry
+            .attach(&client_id, connect.clean_start, &ctx.router)
+            .await;
         let session = attached.session;
 
         let requested_expiry = if v5 {
@@ -213,7 +282,8 @@ impl Client {
         session.set_expiry_interval(expiry);
 
         let mut keep_alive = connect.keep_alive;
-        if keep_alive > cfg.max_keepalive || (keep_alive == 0 && v5 && cfg.max_keepalive < u16::MAX) {
+        if keep_alive > cfg.max_keepalive || (keep_alive == 0 && v5 && cfg.max_keepalive < u16::MAX)
+        {
             keep_alive = cfg.max_keepalive;
             if v5 {
                 props.server_keep_alive = Some(keep_alive);
@@ -248,7 +318,8 @@ impl Client {
             _owner: attached.owner,
             session,
             protocol,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_read: Instant::now(),
             send_window: usize::from(cfg.max_inflight.min(client_receive_max)),
             client_max_packet: connect
@@ -257,16 +328,18 @@ impl Client {
                 .map_or(usize::MAX, |m| m as usize),
             will: connect.will.map(Box::new),
             aliases_in: None,
-            aliases_out: (v5 && ctx.config.mqtt.outbound_topic_aliases && client_alias_max > 0).then(|| {
-                Box::new(AliasesOut {
-                    map: Default::default(),
-                    max: client_alias_max,
-                })
-            }),
+            aliases_out: (v5 && ctx.config.mqtt.outbound_topic_aliases && client_alias_max > 0)
+                .then(|| {
+                    Box::new(AliasesOut {
+                        map: Default::default(),
+                        max: client_alias_max,
+                    })
+                }),
             close: CloseReason::Network,
             publish_will: true,
             conn,
             ctx,
+            _slot: slot,
         };
         let mut resend = Vec::new();
         client.session.inflight_for_resend(&mut resend);
@@ -274,7 +347,8 @@ impl Client {
         Some(client)
     }
 
-    async fn run(&mut self) {
+    /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
+    async fn run(mut self: Box<Self>) {
         let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(86400)));
         tokio::pin!(ka_sleep);
         let mut frames = Vec::new();
@@ -298,38 +372,74 @@ impl Client {
                     },
                 };
             }
-            self.fill();
+            let more = self.fill();
             if self.conn.has_pending() {
                 match self.conn.try_flush() {
                     Ok(n) => self.ctx.metrics.bytes_sent.increment(n as u64),
                     Err(e) => {
                         debug!(client = %self.session.client_id, "write failed: {e}");
-                        break Close { reason: CloseReason::Network, code: None, will: true };
+                        break Close {
+                            reason: CloseReason::Network,
+                            code: None,
+                            will: true,
+                        };
                     }
                 }
             }
+            if more && !self.conn.has_pending() {
+                // The queue holds more than one batch and nothing will wake us for it (its wake-up
+                // was consumed): come back for the rest after letting other tasks run.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
-            tokio::select! {
-                r = self.conn.readable(), if reading => {
-                    if r.is_err() {
-                        break Close { reason: CloseReason::Network, code: None, will: true };
+            let session = &self.session;
+            let conn = &self.conn;
+            let watch_keep_alive = self.keep_alive.is_some();
+            let event = std::future::poll_fn(|cx| {
+                if reading {
+                    if let Poll::Ready(r) = conn.poll_read_ready(cx) {
+                        return Poll::Ready(r.map(|()| Event::Readable));
                     }
+                }
+                if writing {
+                    if let Poll::Ready(r) = conn.poll_write_ready(cx) {
+                        return Poll::Ready(r.map(|()| Event::Writable));
+                    }
+                }
+                if session.poll_woken(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Woken));
+                }
+                if watch_keep_alive && ka_sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::KeepAliveTimer));
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Err(_) => {
+                    break Close {
+                        reason: CloseReason::Network,
+                        code: None,
+                        will: true,
+                    }
+                }
+                Ok(Event::Readable) => {
                     if let Some(close) = self.read_and_handle(&mut frames) {
                         break close;
                     }
                 }
-                r = self.conn.writable(), if writing => {
-                    if r.is_err() {
-                        break Close { reason: CloseReason::Network, code: None, will: true };
-                    }
-                }
-                _ = self.session.woken() => {}
-                _ = &mut ka_sleep, if self.keep_alive.is_some() => {
+                Ok(Event::Writable | Event::Woken) => {}
+                Ok(Event::KeepAliveTimer) => {
                     let deadline = self.last_read + self.keep_alive.unwrap_or_default();
                     if Instant::now() >= deadline {
                         debug!(client = %self.session.client_id, "keep-alive expired");
-                        break Close { reason: CloseReason::KeepAlive, code: Some(reason::KEEP_ALIVE_TIMEOUT), will: true };
+                        break Close {
+                            reason: CloseReason::KeepAlive,
+                            code: Some(reason::KEEP_ALIVE_TIMEOUT),
+                            will: true,
+                        };
                     }
                     ka_sleep.as_mut().reset(deadline.into());
                 }
@@ -349,11 +459,19 @@ impl Client {
             }
             Err(ReadError::Eof) => {
                 debug!(client = %self.session.client_id, "connection closed by client without DISCONNECT");
-                return Some(Close { reason: CloseReason::Network, code: None, will: true });
+                return Some(Close {
+                    reason: CloseReason::Network,
+                    code: None,
+                    will: true,
+                });
             }
             Err(ReadError::Io(e)) => {
                 debug!(client = %self.session.client_id, "read failed: {e}");
-                return Some(Close { reason: CloseReason::Network, code: None, will: true });
+                return Some(Close {
+                    reason: CloseReason::Network,
+                    code: None,
+                    will: true,
+                });
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
@@ -398,7 +516,11 @@ impl Client {
                     return Ok(());
                 }
                 let known = self.session.acknowledge(a.packet_id, Stage::PubRec);
-                let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
                 self.send(&Packet::PubRel(ack(a.packet_id, code)));
                 Ok(())
             }
@@ -425,10 +547,16 @@ impl Client {
                 Ok(())
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
-            Packet::Auth(_) => Err(self.violation(reason::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Auth(_) => Err(self.violation(
+                reason::PROTOCOL_ERROR,
+                "AUTH without an authentication method",
+            )),
             Packet::Connect(_) => Err(self.violation(reason::PROTOCOL_ERROR, "second CONNECT")),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(self.violation(reason::PROTOCOL_ERROR, "server-to-client packet sent by client"))
+                Err(self.violation(
+                    reason::PROTOCOL_ERROR,
+                    "server-to-client packet sent by client",
+                ))
             }
         }
     }
@@ -437,13 +565,23 @@ impl Client {
         let ctx = self.ctx.clone();
         let cfg = &ctx.config.mqtt;
         ctx.metrics.messages_received[p.qos as usize].increment(1);
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server sends subscription identifiers in PUBLISH [MQTT-3.3.4-6].
+            return Err(self.violation(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in PUBLISH from a client",
+            ));
+        }
         let topic = self.resolve_topic(&p)?;
         if topic::validate_topic_name(&topic, cfg.max_topic_levels).is_err() {
             return Err(self.violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"));
         }
         #[cfg(feature = "fault-injection")]
         if &topic[..] == "$fault/panic" {
-            panic!("fault injection: panic requested by {}", self.session.client_id);
+            panic!(
+                "fault injection: panic requested by {}",
+                self.session.client_id
+            );
         }
         if !payload_format_ok(&p.properties, &p.payload) {
             if p.qos == QoS::AtMostOnce {
@@ -454,10 +592,15 @@ impl Client {
             return Ok(());
         }
         let route = match p.qos {
-            QoS::ExactlyOnce => match self.session.incoming_qos2(p.packet_id, usize::from(cfg.receive_maximum)) {
-                Ok(new) => new,
-                Err(()) => {
-                    return Err(self.violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+            QoS::ExactlyOnce => match self
+                .session
+                .incoming_qos2(p.packet_id, usize::from(cfg.receive_maximum))
+            {
+                IncomingQos2::New => true,
+                IncomingQos2::Resent => false,
+                IncomingQos2::ReceiveMaximumExceeded => {
+                    return Err(self
+                        .violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
                 }
             },
             _ => true,
@@ -489,17 +632,22 @@ impl Client {
     fn resolve_topic(&mut self, p: &Publish) -> Result<ByteString, Close> {
         let Some(alias) = p.properties.topic_alias else {
             if p.topic.is_empty() {
-                return Err(self.violation(reason::PROTOCOL_ERROR, "empty topic without topic alias"));
+                return Err(
+                    self.violation(reason::PROTOCOL_ERROR, "empty topic without topic alias")
+                );
             }
             return Ok(p.topic.clone());
         };
         let max = self.ctx.config.mqtt.topic_alias_maximum;
         if alias == 0 || alias > max {
-            return Err(self.violation(reason::TOPIC_ALIAS_INVALID, "topic alias 0 or above the maximum"));
+            return Err(self.violation(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias 0 or above the maximum",
+            ));
         }
         let slots = self
             .aliases_in
-            .get_or_insert_with(|| Box::new(vec![None; usize::from(max)]));
+            .get_or_insert_with(|| vec![None; usize::from(max)].into_boxed_slice());
         let slot = &mut slots[usize::from(alias - 1)];
         if p.topic.is_empty() {
             match slot {
@@ -520,9 +668,15 @@ impl Client {
         for (filter, options) in &s.filters {
             let shared = filter.starts_with("$share/");
             if shared && options.no_local && v5 {
-                return Err(self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription"));
+                return Err(
+                    self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription")
+                );
             }
-            match self.ctx.router.subscribe(&self.session, filter, *options, id) {
+            match self
+                .ctx
+                .router
+                .subscribe(&self.session, filter, *options, id)
+            {
                 Ok(sub) => {
                     reasons.push(options.qos as u8);
                     let send_retained = !shared
@@ -573,7 +727,10 @@ impl Client {
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.session.expiry_interval() == 0 && expiry != 0 {
-                return self.violation(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 on CONNECT");
+                return self.violation(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 on CONNECT",
+                );
             }
             self.session
                 .set_expiry_interval(expiry.min(self.ctx.config.mqtt.session_expiry_max));
@@ -592,21 +749,26 @@ impl Client {
         self.conn.queue(out.freeze());
     }
 
-    /// Moves what the session may send now into the write queue.
-    fn fill(&mut self) {
+    /// Moves what the session may send now into the write queue. Returns true when it may have
+    /// left sendable items behind (a full batch taken, or skipped while the write queue is full).
+    fn fill(&mut self) -> bool {
         if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
-            return;
+            return true;
         }
         let mut ready = Vec::new();
-        let expired = self
-            .session
-            .take_ready(Instant::now(), self.send_window, FILL_BATCH, &mut ready);
+        let expired =
+            self.session
+                .take_ready(Instant::now(), self.send_window, FILL_BATCH, &mut ready);
         if expired > 0 {
-            self.ctx.metrics.dropped(DropReason::Expired, expired as u64);
+            self.ctx
+                .metrics
+                .dropped(DropReason::Expired, expired as u64);
         }
+        let full = ready.len() >= FILL_BATCH;
         if !ready.is_empty() {
             self.write_outgoing(ready);
         }
+        full
     }
 
     /// Encodes outgoing items: shared heads patched per receiver, payloads by reference.
@@ -616,7 +778,11 @@ impl Client {
         for o in items {
             if o.pubrel {
                 let mut out = BytesMut::new();
-                codec::encode(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)), self.protocol, &mut out);
+                codec::encode(
+                    &Packet::PubRel(ack(o.packet_id, reason::SUCCESS)),
+                    self.protocol,
+                    &mut out,
+                );
                 self.conn.queue(out.freeze());
                 continue;
             }
@@ -690,8 +856,11 @@ impl Client {
                 reason: code,
                 properties: Properties::default(),
             }));
+            // The DISCONNECT must reach the client, even one still sending (takeover, shutdown).
+            Box::pin(self.conn.close_gracefully(CLOSE_FLUSH)).await;
+        } else {
+            Box::pin(self.conn.flush_within(CLOSE_FLUSH)).await;
         }
-        self.conn.flush_within(CLOSE_FLUSH).await;
         self.close = close.reason;
         self.publish_will = close.will;
     }
@@ -812,4 +981,21 @@ fn rand_id() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, F: Future>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The session task's future is most of an idle session's memory: keep it small.
+    #[test]
+    fn session_future_stays_small() {
+        let size = future_size(Client::run);
+        println!("session task future: {size} bytes");
+        assert!(size <= 512, "session task future grew to {size} bytes");
+    }
 }

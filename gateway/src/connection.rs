@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -54,6 +55,16 @@ impl Connection {
 
     pub async fn readable(&self) -> io::Result<()> {
         self.stream.readable().await
+    }
+
+    /// Poll functions rather than futures: the connection task waits on them for its whole life,
+    /// and futures here would make every idle session larger.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
+
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_write_ready(cx)
     }
 
     pub async fn writable(&self) -> io::Result<()> {
@@ -148,7 +159,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        if self.pending.is_empty() && self.pending.capacity() > 16 {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
             // An idle connection keeps no write queue storage.
             self.pending = VecDeque::new();
         }
@@ -182,6 +193,24 @@ impl Connection {
                     return;
                 }
             }
+        })
+        .await;
+    }
+
+    /// Flushes what is queued, closes the sending side, then discards what the peer still sends
+    /// until it closes too, all within `within`. Closing with unread input would make the kernel
+    /// answer with a reset that can destroy the last packets (a v5 DISCONNECT and its reason
+    /// code) before the peer reads them.
+    pub async fn close_gracefully(&mut self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        self.flush_within(within).await;
+        let _ = tokio::time::timeout_at(deadline, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if self.stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 1024];
+            while let Ok(1..) = self.stream.read(&mut sink).await {}
         })
         .await;
     }

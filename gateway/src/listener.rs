@@ -15,7 +15,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, error, warn};
 
-use crate::broker::Context;
+use crate::broker::{ConnectionSlot, Context};
 use crate::client;
 
 /// Backlog when /proc/sys/net/core/somaxconn cannot be read.
@@ -93,14 +93,20 @@ fn admit(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "set_nodelay failed: {e}");
     }
-    ctx.connections.fetch_add(1, Ordering::AcqRel);
-    let ctx = ctx.clone();
+    let slot = ConnectionSlot::new(ctx.clone());
+    spawn_isolated(ctx.clone(), peer, client::serve(slot, stream, peer));
+}
+
+/// Spawns a connection's task so that a panic in it ends that task only: caught, logged and
+/// counted; its `Drop`s still run (session cleanup, will, connection count).
+pub fn spawn_isolated(
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     tokio::spawn(async move {
         use futures_util::FutureExt;
-        let served = std::panic::AssertUnwindSafe(client::serve(ctx.clone(), stream, peer))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = served {
+        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
             ctx.metrics.task_panics.increment(1);
             let what = panic
                 .downcast_ref::<String>()
@@ -108,9 +114,6 @@ fn admit(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown");
             error!(%peer, "connection task panicked: {what}");
-        }
-        if ctx.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-            ctx.idle.notify_waiters();
         }
     });
 }

@@ -28,13 +28,19 @@ pub struct ForwardedProperties {
 impl ForwardedProperties {
     /// Takes the forwardable subset of a PUBLISH's (or will's) properties; None when there is none.
     pub fn from_properties(p: &Properties) -> Option<Box<ForwardedProperties>> {
+        // Deep copies: the decoded strings are slices of the read buffer, which must not be pinned.
+        let own = |s: &ByteString| ByteString::from(&s[..]);
         let f = ForwardedProperties {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
-            content_type: p.content_type.clone(),
-            response_topic: p.response_topic.clone(),
-            correlation_data: p.correlation_data.clone(),
-            user_properties: p.user_properties.clone(),
+            content_type: p.content_type.as_ref().map(own),
+            response_topic: p.response_topic.as_ref().map(own),
+            correlation_data: p.correlation_data.as_deref().map(Bytes::copy_from_slice),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
         };
         (f != ForwardedProperties::default()).then(|| Box::new(f))
     }

@@ -76,7 +76,8 @@ impl Metrics {
                 counter!(name, "qos" => "2"),
             ]
         };
-        let dropped = |reason: &'static str| counter!("gateway_messages_dropped_total", "reason" => reason);
+        let dropped =
+            |reason: &'static str| counter!("gateway_messages_dropped_total", "reason" => reason);
         Metrics {
             connections_accepted: counter!("gateway_connections_accepted_total"),
             connections_current: gauge!("gateway_connections"),

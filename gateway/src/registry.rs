@@ -70,7 +70,12 @@ impl Registry {
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
-    pub async fn attach(&self, client_id: &ByteString, clean_start: bool, router: &Router) -> Attached {
+    pub async fn attach(
+        &self,
+        client_id: &ByteString,
+        clean_start: bool,
+        router: &Router,
+    ) -> Attached {
         loop {
             let (session, existed) = match self.sessions.entry(client_id.clone()) {
                 Entry::Occupied(e) => (e.get().clone(), true),
@@ -88,7 +93,9 @@ impl Registry {
                 Err(_) => loop {
                     took_over = true;
                     session.kick(Kick::TakenOver);
-                    if let Ok(g) = tokio::time::timeout(REKICK_EVERY, lock.clone().lock_owned()).await {
+                    if let Ok(g) =
+                        tokio::time::timeout(REKICK_EVERY, lock.clone().lock_owned()).await
+                    {
                         break g;
                     }
                 },
@@ -124,7 +131,13 @@ impl Registry {
     }
 
     /// Ends the session after `after` unless a connection attached to it in the meantime.
-    pub fn expire_later(self: &Arc<Self>, session: Arc<Session>, generation: u64, after: Duration, router: Arc<Router>) {
+    pub fn expire_later(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        generation: u64,
+        after: Duration,
+        router: Arc<Router>,
+    ) {
         let registry = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;

@@ -159,7 +159,8 @@ impl Router {
         };
         let previous = self.index.insert(plain_filter, group, session.id, sub);
         session.record_subscription(SubscriptionRecord {
-            filter: filter.clone(),
+            // Owned: the decoded filter is a slice of the read buffer.
+            filter: ByteString::from(&filter[..]),
             options,
             id,
         });

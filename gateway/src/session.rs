@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
@@ -79,6 +80,17 @@ pub struct Outgoing {
     pub pubrel: bool,
 }
 
+/// An inbound QoS 2 PUBLISH seen against the packet ids awaiting PUBREL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingQos2 {
+    /// A new message: route it.
+    New,
+    /// A resend of one already routed: acknowledge only.
+    Resent,
+    /// More unreleased QoS 2 messages than the receive maximum allows.
+    ReceiveMaximumExceeded,
+}
+
 /// Why a connection attached to this session must close, raised by another task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
@@ -109,7 +121,9 @@ pub struct Session {
     pub id: SessionId,
     pub client_id: ByteString,
     state: Mutex<State>,
-    wake: Notify,
+    /// The attached connection task's waker; `signalled` records a wake-up it has not seen yet.
+    waker: AtomicWaker,
+    signalled: AtomicBool,
     online: AtomicBool,
     kick: AtomicU8,
     /// Held by the connection task attached to this session: owning the lock is owning the session.
@@ -136,7 +150,8 @@ impl Session {
                 next_packet_id: 1,
                 ..State::default()
             }),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            signalled: AtomicBool::new(false),
             online: AtomicBool::new(false),
             kick: AtomicU8::new(KICK_NONE),
             owner: Arc::new(tokio::sync::Mutex::new(())),
@@ -164,9 +179,21 @@ impl Session {
         self.owner.clone()
     }
 
-    /// Resolves when something was queued for this session or a kick was raised.
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// Ready once something was queued for this session, a window slot opened or a kick was
+    /// raised since the last call. A poll function rather than a future keeps the connection
+    /// task, which waits on it for its whole life, small.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn wake(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Asks the attached connection (if any) to close.
@@ -177,7 +204,7 @@ impl Session {
             Kick::Administrative => 3,
         };
         self.kick.store(v, Ordering::Release);
-        self.wake.notify_one();
+        self.wake();
     }
 
     pub fn take_kick(&self) -> Option<Kick> {
@@ -201,7 +228,7 @@ impl Session {
             }
             st.queue.push_back(d);
         }
-        self.wake.notify_one();
+        self.wake();
         Enqueued::Queued
     }
 
@@ -212,7 +239,7 @@ impl Session {
             return;
         }
         self.state.lock().retained_backlog.extend(deliveries);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Moves up to `max` items that may be sent now into `out`: QoS 0 freely, QoS 1/2 while the
@@ -307,7 +334,7 @@ impl Session {
                 st.inflight.remove(pos);
                 drop(st);
                 // A slot in the window opened: the connection may send more.
-                self.wake.notify_one();
+                self.wake();
             }
         }
         true
@@ -321,23 +348,22 @@ impl Session {
         let found = st.inflight.len() != before;
         drop(st);
         if found {
-            self.wake.notify_one();
+            self.wake();
         }
         found
     }
 
-    /// Records an inbound QoS 2 packet id. Returns Ok(true) when it is new (route the message),
-    /// Ok(false) for a resent one, Err(()) when the receive maximum would be exceeded.
-    pub fn incoming_qos2(&self, packet_id: u16, receive_maximum: usize) -> Result<bool, ()> {
+    /// Records an inbound QoS 2 packet id.
+    pub fn incoming_qos2(&self, packet_id: u16, receive_maximum: usize) -> IncomingQos2 {
         let mut st = self.state.lock();
         if st.incoming_qos2.contains(&packet_id) {
-            return Ok(false);
+            return IncomingQos2::Resent;
         }
         if st.incoming_qos2.len() >= receive_maximum {
-            return Err(());
+            return IncomingQos2::ReceiveMaximumExceeded;
         }
         st.incoming_qos2.push(packet_id);
-        Ok(true)
+        IncomingQos2::New
     }
 
     /// Applies a PUBREL; false when the id was unknown.
@@ -469,16 +495,28 @@ mod tests {
     fn queue_is_bounded_and_reports_drops() {
         let s = Session::new(1, ByteString::from_static("c"));
         s.set_online(true);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), LIMITS), Enqueued::QueueFull);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            Enqueued::QueueFull
+        );
         assert_eq!(s.queue_len(), 2);
     }
 
     #[test]
     fn offline_qos0_is_not_queued_unless_configured() {
         let s = Session::new(1, ByteString::from_static("c"));
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce), LIMITS), Enqueued::OfflineQos0);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), LIMITS),
+            Enqueued::OfflineQos0
+        );
         let keep = QueueLimits {
             queue_qos0_offline: true,
             ..LIMITS
@@ -531,10 +569,10 @@ mod tests {
     #[test]
     fn incoming_qos2_detects_resends_and_bound() {
         let s = Session::new(1, ByteString::from_static("c"));
-        assert_eq!(s.incoming_qos2(7, 2), Ok(true));
-        assert_eq!(s.incoming_qos2(7, 2), Ok(false));
-        assert_eq!(s.incoming_qos2(8, 2), Ok(true));
-        assert_eq!(s.incoming_qos2(9, 2), Err(()));
+        assert_eq!(s.incoming_qos2(7, 2), IncomingQos2::New);
+        assert_eq!(s.incoming_qos2(7, 2), IncomingQos2::Resent);
+        assert_eq!(s.incoming_qos2(8, 2), IncomingQos2::New);
+        assert_eq!(s.incoming_qos2(9, 2), IncomingQos2::ReceiveMaximumExceeded);
         assert!(s.release_incoming(7));
         assert!(!s.release_incoming(7));
     }

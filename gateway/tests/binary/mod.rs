@@ -1,0 +1,136 @@
+//! The real `gateway` binary as a child process: started on an OS-chosen port (read back from its
+//! start-up log line), signalled, and waited for with a bound. Killed if a test fails first.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the binary with `args` after the listener flags.
+    pub fn start(args: &[&str]) -> Gateway {
+        Gateway::spawn(Command::new(env!("CARGO_BIN_EXE_gateway")), args)
+    }
+
+    /// Starts the binary under an open-file limit of `nofile` (soft and hard).
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Gateway {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_gateway"));
+        Gateway::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Gateway {
+        let mut child = command
+            .args([
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--log-level",
+                "info",
+            ])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keeps draining after the receiver is gone so the gateway never blocks on the pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("gateway listening") => {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("mqtt="))
+                        .and_then(|a| a.parse().ok());
+                    break addr.unwrap_or_else(|| panic!("no mqtt address in {line:?}"));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("gateway printed no start-up line within 10 s");
+                }
+            }
+        };
+        Gateway { child, addr }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.pid();
+        // SAFETY: kill(2) on our own child with a valid signal number touches no memory.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// CPU time (user + system) the process has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Open file descriptors of the process, from /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/<pid>/fd")
+            .count()
+    }
+
+    /// Waits for the exit; fails if it takes longer than `within`.
+    pub async fn exit_status(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for gateway") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway still running {within:?} after the signal"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! MQTT 5.0 features end to end: forwarded publish properties (user properties in order with
+//! duplicates, content type, response topic, correlation data, payload format indicator), message
+//! expiry for queued messages, topic aliases in both directions, the client's maximum packet size,
+//! assigned client identifiers, server keep alive, the advertised receive maximum, and
+//! subscription identifiers.
+
+mod clients;
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clients::raw::{self, Raw};
+use clients::{unique_id, v5, WAIT};
+use common::TestBroker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_properties_are_forwarded() {
+    let broker = TestBroker::start().await;
+    let mut sub = v5::connect(broker.addr, &unique_id("sub")).await;
+    sub.subscribe("props/t", v5::QoS::AtLeastOnce).await;
+    let publ = v5::connect(broker.addr, &unique_id("pub")).await;
+    let user = vec![
+        ("b".to_owned(), "1".to_owned()),
+        ("a".to_owned(), "2".to_owned()),
+        ("b".to_owned(), "3".to_owned()),
+        ("b".to_owned(), "1".to_owned()),
+    ];
+    let props = v5::PublishProperties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        response_topic: Some("props/reply".into()),
+        correlation_data: Some(Bytes::from_static(&[0, 1, 2, 0xFF])),
+        user_properties: user.clone(),
+        ..Default::default()
+    };
+    for qos in [
+        v5::QoS::AtMostOnce,
+        v5::QoS::AtLeastOnce,
+        v5::QoS::ExactlyOnce,
+    ] {
+        publ.publish_with("props/t", qos, false, "{\"x\":1}", props.clone())
+            .await;
+        let p = sub.next_publish(WAIT).await;
+        let got = p.properties.expect("forwarded properties");
+        assert_eq!(
+            got.user_properties, user,
+            "user properties: order and duplicates kept ({qos:?})"
+        );
+        assert_eq!(got.content_type.as_deref(), Some("application/json"));
+        assert_eq!(got.response_topic.as_deref(), Some("props/reply"));
+        assert_eq!(
+            got.correlation_data.as_deref(),
+            Some(&[0u8, 1, 2, 0xFF][..])
+        );
+        assert_eq!(got.payload_format_indicator, Some(1));
+        assert_eq!(got.message_expiry_interval, None, "no expiry was set");
+        assert_eq!(&p.payload[..], b"{\"x\":1}");
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_not_delivered_from_an_offline_queue() {
+    let broker = TestBroker::start().await;
+    let id = unique_id("expiry");
+    let mut c = v5::Client::connect(v5::persistent(broker.addr, &id, 60)).await;
+    c.subscribe("exp/t", v5::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+
+    let mut publ = v5::connect(broker.addr, &unique_id("pub")).await;
+    let with_expiry = |secs| v5::PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    };
+    publ.publish_confirmed_with(
+        "exp/t",
+        v5::QoS::AtLeastOnce,
+        false,
+        "short",
+        Some(with_expiry(1)),
+    )
+    .await;
+    publ.publish_confirmed_with(
+        "exp/t",
+        v5::QoS::AtLeastOnce,
+        false,
+        "long",
+        Some(with_expiry(60)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut c = v5::Client::connect(v5::persistent(broker.addr, &id, 60)).await;
+    assert!(c.connack.session_present);
+    let p = c.next_publish(WAIT).await;
+    assert_eq!(
+        &p.payload[..],
+        b"long",
+        "a message whose 1 s expiry passed was delivered"
+    );
+    let left = p
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("remaining message expiry forwarded");
+    assert!(
+        (1..=58).contains(&left),
+        "remaining expiry after ~2 s of a 60 s expiry must be counted down (<= 58), got {left}"
+    );
+    c.expect_no_publish(Duration::from_millis(300)).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alias_from_the_client_is_resolved() {
+    let broker = TestBroker::start().await;
+    let mut sub = v5::connect(broker.addr, &unique_id("sub")).await;
+    sub.subscribe("alias/#", v5::QoS::AtLeastOnce).await;
+    let publ = v5::connect(broker.addr, &unique_id("pub")).await;
+    assert!(
+        publ.connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.topic_alias_max)
+            .unwrap_or(0)
+            >= 3,
+        "broker must advertise a topic alias maximum"
+    );
+    let alias = |a| v5::PublishProperties {
+        topic_alias: Some(a),
+        ..Default::default()
+    };
+    publ.publish_with(
+        "alias/full/topic",
+        v5::QoS::AtLeastOnce,
+        false,
+        "1",
+        alias(3),
+    )
+    .await;
+    publ.publish_with("", v5::QoS::AtLeastOnce, false, "2", alias(3))
+        .await;
+    // Re-map the alias to another topic, then use it again.
+    publ.publish_with("alias/other", v5::QoS::AtMostOnce, false, "3", alias(3))
+        .await;
+    publ.publish_with("", v5::QoS::ExactlyOnce, false, "4", alias(3))
+        .await;
+    for (payload, topic) in [
+        ("1", "alias/full/topic"),
+        ("2", "alias/full/topic"),
+        ("3", "alias/other"),
+        ("4", "alias/other"),
+    ] {
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], payload.as_bytes());
+        assert_eq!(
+            v5::topic_of(&p),
+            topic,
+            "subscriber must get the full topic"
+        );
+        let props = p.properties.unwrap_or_default();
+        assert_eq!(
+            props.topic_alias, None,
+            "an inbound alias leaked to a client that allows none"
+        );
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_aliases_towards_a_client_that_allows_them() {
+    let broker = TestBroker::start().await;
+    let mut o = v5::options(broker.addr, &unique_id("sub"));
+    o.set_topic_alias_max(Some(5));
+    let mut sub = v5::Client::connect(o).await;
+    sub.subscribe("out/#", v5::QoS::AtLeastOnce).await;
+
+    // A raw subscriber shows what is on the wire: the topic only with the first use of an alias.
+    let rawsub_id = unique_id("rawsub");
+    let mut connect = raw::Connect::v5(&rawsub_id, true, 0);
+    connect.properties = vec![0x22, 0, 5];
+    let (mut rawsub, _) = Raw::connect(broker.addr, &connect).await;
+    rawsub.subscribe(true, 1, "out/#", 0).await;
+
+    let publ = v5::connect(broker.addr, &unique_id("pub")).await;
+    for i in 0..3u8 {
+        publ.publish("out/long/topic/name", v5::QoS::AtLeastOnce, false, vec![i])
+            .await;
+    }
+    let mut aliases = Vec::new();
+    for i in 0..3u8 {
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], &[i]);
+        assert_eq!(
+            v5::topic_of(&p),
+            "out/long/topic/name",
+            "rumqttc resolves the alias"
+        );
+        let alias = p.properties.unwrap_or_default().topic_alias;
+        assert!(
+            matches!(alias, Some(1..=5)),
+            "publish {i} carries no valid alias: {alias:?}"
+        );
+        aliases.push(alias);
+    }
+    assert!(
+        aliases.windows(2).all(|w| w[0] == w[1]),
+        "one alias per topic: {aliases:?}"
+    );
+
+    let wire: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let f = rawsub.expect_kind(raw::PUBLISH, WAIT).await;
+            v.push(raw::publish_of(&f, true).topic);
+        }
+        v
+    };
+    assert_eq!(
+        wire,
+        ["out/long/topic/name", "", ""],
+        "topics on the wire with aliases"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_above_the_client_maximum_packet_size_are_not_sent_to_it() {
+    let broker = TestBroker::start().await;
+    let mut o = v5::options(broker.addr, &unique_id("small"));
+    o.set_max_packet_size(Some(100));
+    let mut small = v5::Client::connect(o).await;
+    small.subscribe("size/t", v5::QoS::AtLeastOnce).await;
+    let mut big = v5::connect(broker.addr, &unique_id("big")).await;
+    big.subscribe("size/t", v5::QoS::AtLeastOnce).await;
+
+    let publ = v5::connect(broker.addr, &unique_id("pub")).await;
+    publ.publish("size/t", v5::QoS::AtLeastOnce, false, vec![7u8; 500])
+        .await;
+    publ.publish("size/t", v5::QoS::AtLeastOnce, false, "ok")
+        .await;
+    // If the 500-byte packet were sent, rumqttc would fail the connection here.
+    let p = small.next_publish(WAIT).await;
+    assert_eq!(
+        &p.payload[..],
+        b"ok",
+        "a packet above the client's maximum was sent"
+    );
+    small.expect_no_publish(Duration::from_millis(300)).await;
+    // The oversized message was only skipped for that client.
+    assert_eq!(big.next_publish(WAIT).await.payload.len(), 500);
+    assert_eq!(&big.next_publish(WAIT).await.payload[..], b"ok");
+    // Later small messages still flow to the limited client (its window was not leaked).
+    for i in 0..40u8 {
+        publ.publish("size/t", v5::QoS::AtLeastOnce, false, vec![7u8; 500])
+            .await;
+        publ.publish("size/t", v5::QoS::AtLeastOnce, false, vec![i])
+            .await;
+    }
+    for i in 0..40u8 {
+        assert_eq!(&small.next_publish(WAIT).await.payload[..], &[i]);
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id_gets_an_assigned_identifier() {
+    let broker = TestBroker::start().await;
+    let mut c = v5::connect(broker.addr, "").await;
+    let assigned = c
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.assigned_client_identifier.clone())
+        .expect("CONNACK must carry an assigned client identifier");
+    assert!(!assigned.is_empty());
+    let other = v5::connect(broker.addr, "").await;
+    let assigned2 = other
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.assigned_client_identifier.clone())
+        .expect("assigned client identifier");
+    assert_ne!(assigned, assigned2, "assigned identifiers must be unique");
+    // The session works.
+    c.subscribe("assigned/t", v5::QoS::AtLeastOnce).await;
+    other
+        .publish("assigned/t", v5::QoS::AtLeastOnce, false, "hi")
+        .await;
+    assert_eq!(&c.next_publish(WAIT).await.payload[..], b"hi");
+    // A named client gets none.
+    let named = v5::connect(broker.addr, &unique_id("named")).await;
+    let none = named
+        .connack
+        .properties
+        .clone()
+        .and_then(|p| p.assigned_client_identifier);
+    assert_eq!(none, None);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_caps_the_requested_keep_alive() {
+    let broker = TestBroker::with(|cfg| cfg.mqtt.max_keepalive = 10).await;
+    let mut o = v5::options(broker.addr, &unique_id("ka100"));
+    o.set_keep_alive(Duration::from_secs(100));
+    let c = v5::Client::connect(o).await;
+    let ska = c
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.server_keep_alive);
+    assert_eq!(
+        ska,
+        Some(10),
+        "CONNACK server keep alive for a request of 100 s with max 10"
+    );
+
+    let mut o = v5::options(broker.addr, &unique_id("ka5"));
+    o.set_keep_alive(Duration::from_secs(5));
+    let c = v5::Client::connect(o).await;
+    let ska = c
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.server_keep_alive);
+    assert_eq!(
+        ska, None,
+        "no server keep alive when the request is within the maximum"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_is_advertised_from_the_config() {
+    let broker = TestBroker::with(|cfg| cfg.mqtt.receive_maximum = 17).await;
+    let c = v5::connect(broker.addr, &unique_id("rm")).await;
+    let props = c.connack.properties.clone().expect("CONNACK properties");
+    assert_eq!(props.receive_max, Some(17));
+    assert_eq!(
+        props.max_packet_size,
+        Some(1_048_576),
+        "maximum packet size advertised"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_identifiers_are_sent_with_matching_publishes() {
+    let broker = TestBroker::start().await;
+    let mut sub = v5::connect(broker.addr, &unique_id("sid")).await;
+    sub.subscribe_with(v5::Filter::new("sid/+", v5::QoS::AtLeastOnce), Some(7))
+        .await;
+    sub.subscribe_with(v5::Filter::new("plain/#", v5::QoS::AtLeastOnce), None)
+        .await;
+    let mut publ = v5::connect(broker.addr, &unique_id("pub")).await;
+
+    publ.publish_confirmed("sid/a", v5::QoS::AtLeastOnce, false, "a")
+        .await;
+    let p = sub.next_publish(WAIT).await;
+    assert_eq!(
+        p.properties.unwrap_or_default().subscription_identifiers,
+        [7]
+    );
+
+    publ.publish_confirmed("plain/x", v5::QoS::AtLeastOnce, false, "x")
+        .await;
+    let p = sub.next_publish(WAIT).await;
+    assert!(
+        p.properties
+            .unwrap_or_default()
+            .subscription_identifiers
+            .is_empty(),
+        "a subscription without identifier must not get one"
+    );
+
+    // Re-subscribing replaces the identifier.
+    sub.subscribe_with(
+        v5::Filter::new("sid/+", v5::QoS::AtLeastOnce),
+        Some(268_435_455),
+    )
+    .await;
+    publ.publish_confirmed("sid/b", v5::QoS::AtLeastOnce, false, "b")
+        .await;
+    let p = sub.next_publish(WAIT).await;
+    assert_eq!(
+        p.properties.unwrap_or_default().subscription_identifiers,
+        [268_435_455],
+        "the largest identifier, replacing the old one"
+    );
+
+    // Retained messages sent on subscribe carry the new subscription's identifier too.
+    publ.publish_confirmed("ret/sid", v5::QoS::AtLeastOnce, true, "r")
+        .await;
+    sub.subscribe_with(v5::Filter::new("ret/#", v5::QoS::AtLeastOnce), Some(42))
+        .await;
+    let p = sub.next_publish(WAIT).await;
+    assert!(p.retain);
+    assert_eq!(
+        p.properties.unwrap_or_default().subscription_identifiers,
+        [42]
+    );
+    broker.shutdown().await;
+}
