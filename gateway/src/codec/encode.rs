@@ -50,12 +50,9 @@ pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
         Packet::PingReq => out.put_slice(&[0xC0, 0]),
         Packet::PingResp => out.put_slice(&[0xD0, 0]),
         Packet::Disconnect(d) if v5 => {
-            if d.properties.is_empty() {
-                if d.reason == reason::SUCCESS {
-                    out.put_slice(&[0xE0, 0]);
-                } else {
-                    out.put_slice(&[0xE0, 1, d.reason]);
-                }
+            // As for acknowledgements, a reason code always comes with its property length.
+            if d.properties.is_empty() && d.reason == reason::SUCCESS {
+                out.put_slice(&[0xE0, 0]);
             } else {
                 reason_and_properties(0xE0, d.reason, &d.properties, out);
             }
@@ -244,13 +241,11 @@ fn connack(c: &ConnAck, protocol: Protocol, out: &mut BytesMut) {
 }
 
 fn ack(first: u8, a: &Ack, protocol: Protocol, out: &mut BytesMut) {
+    // With a reason code, the property length is written even when zero: the specification lets
+    // it be omitted, but some clients (rumqttc 0.24) cannot read the shorter form.
     if !protocol.is_v5() || (a.reason == reason::SUCCESS && a.properties.is_empty()) {
         header(out, first, 2);
         out.put_u16(a.packet_id);
-    } else if a.properties.is_empty() {
-        header(out, first, 3);
-        out.put_u16(a.packet_id);
-        out.put_u8(a.reason);
     } else {
         header(out, first, 3 + properties::wire_len(&a.properties));
         out.put_u16(a.packet_id);
@@ -630,7 +625,7 @@ mod tests {
             })
         };
         assert_eq!(bytes_of(&ack(0), Protocol::V5), [0x40, 2, 0, 3]);
-        assert_eq!(bytes_of(&ack(0x10), Protocol::V5), [0x40, 3, 0, 3, 0x10]);
+        assert_eq!(bytes_of(&ack(0x10), Protocol::V5), [0x40, 4, 0, 3, 0x10, 0]);
         let disconnect = |reason| {
             Packet::Disconnect(Disconnect {
                 reason,
@@ -638,7 +633,10 @@ mod tests {
             })
         };
         assert_eq!(bytes_of(&disconnect(0), Protocol::V5), [0xE0, 0]);
-        assert_eq!(bytes_of(&disconnect(0x8B), Protocol::V5), [0xE0, 1, 0x8B]);
+        assert_eq!(
+            bytes_of(&disconnect(0x8B), Protocol::V5),
+            [0xE0, 2, 0x8B, 0]
+        );
         let auth = Packet::Auth(Auth {
             reason: 0x18,
             properties: Properties::default(),
