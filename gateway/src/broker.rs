@@ -1,14 +1,16 @@
 //! The broker as a whole: shared context, start-up and graceful shutdown.
 //!
 //! `Context` is what every connection task shares: configuration, router, session registry and
-//! metrics. `Broker::run` serves until its shutdown future resolves, then stops accepting, asks
-//! every connected client to leave (v5: DISCONNECT 0x8B) and waits for their tasks to finish.
+//! metrics. `Broker::bind` binds the MQTT listener and the HTTP endpoint (which answers at once,
+//! not ready until the broker runs); `Broker::run` serves until its shutdown future resolves,
+//! then marks itself not ready, stops accepting, asks every connected client to leave (v5:
+//! DISCONNECT 0x8B) and waits for their tasks to finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -16,11 +18,11 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::config::Config;
-use crate::listener;
-use crate::metrics::Metrics;
+use crate::metrics::{BrokerState, Metrics};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::session::{Kick, QueueLimits};
+use crate::{http, listener, sys};
 
 /// How long shutdown waits for connections to close before returning anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +40,34 @@ pub struct Context {
     pub max_connections: usize,
     /// Notified when the last connection closes.
     pub idle: Notify,
+    /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
+    pub ready: AtomicBool,
+    pub started: Instant,
+}
+
+impl Context {
+    /// The broker's state as `/metrics`, `$SYS` and the admin API report it: one walk over the
+    /// sessions (two short lock acquisitions each), cheap enough per scrape or status tick.
+    pub fn state(&self) -> BrokerState {
+        let mut state = BrokerState {
+            connections: self.connections.load(Ordering::Relaxed),
+            subscriptions: self.router.subscription_len(),
+            shared_subscriptions: self.router.shared_subscription_len(),
+            retained_messages: self.router.retained_len(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ..BrokerState::default()
+        };
+        for session in self.registry.all() {
+            if session.is_online() {
+                state.sessions_online += 1;
+            } else {
+                state.sessions_offline += 1;
+            }
+            state.queued_messages += session.queue_len();
+            state.inflight_messages += session.inflight_len();
+        }
+        state
+    }
 }
 
 /// One open client connection, counted from accept until its last task ends (also by unwinding).
@@ -66,15 +96,27 @@ pub struct Broker {
     ctx: Arc<Context>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    http: Option<http::Server>,
 }
 
 impl Broker {
-    /// Binds the MQTT listener and builds the shared state.
+    /// Binds the MQTT listener and the HTTP endpoint and builds the shared state.
     pub async fn bind(config: Config) -> anyhow::Result<Broker> {
         let fd_limit = listener::raise_fd_limit();
         let max_connections =
             fd_limit.saturating_sub(u64::from(config.mqtt.fd_reserve) + BASE_FDS) as usize;
-        let metrics = Arc::new(Metrics::new());
+        // Without an HTTP endpoint nobody can read the metrics: keep the hot path's handles no-ops.
+        let (metrics, http) = match config.http.listen {
+            Some(addr) => {
+                let (metrics, exporter) = Metrics::prometheus()?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
+                (metrics, Some((listener, exporter)))
+            }
+            None => (Metrics::new(), None),
+        };
+        let metrics = Arc::new(metrics);
         let limits = QueueLimits {
             max_queued: config.mqtt.max_queued_messages,
             queue_qos0_offline: config.mqtt.queue_qos0_offline,
@@ -89,6 +131,7 @@ impl Broker {
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;
         info!(%local_addr, fd_limit, max_connections, "MQTT listener bound");
+
         let ctx = Arc::new(Context {
             config,
             router,
@@ -97,16 +140,30 @@ impl Broker {
             connections: AtomicUsize::new(0),
             max_connections,
             idle: Notify::new(),
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
         });
+        let http = match http {
+            Some((listener, exporter)) => {
+                Some(http::Server::start(ctx.clone(), exporter, listener)?)
+            }
+            None => None,
+        };
         Ok(Broker {
             ctx,
             listener,
             local_addr,
+            http,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTP endpoint's address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(http::Server::local_addr)
     }
 
     pub fn context(&self) -> Arc<Context> {
@@ -119,10 +176,16 @@ impl Broker {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let ctx = self.ctx.clone();
+        let interval = ctx.config.sys.interval;
+        // Dropped (aborted) when `run` returns: the status topics stop with the broker.
+        let _sys = (interval > 0)
+            .then(|| sys::spawn(ctx.clone(), Duration::from_secs(u64::from(interval))));
+        ctx.ready.store(true, Ordering::Release);
         tokio::select! {
             _ = listener::accept_loop(ctx.clone(), self.listener) => {}
             _ = shutdown => {}
         }
+        ctx.ready.store(false, Ordering::Release);
         info!("shutting down: listener closed, disconnecting clients");
         let idle = ctx.idle.notified();
         tokio::pin!(idle);
@@ -139,6 +202,7 @@ impl Broker {
             remaining = ctx.connections.load(Ordering::Acquire),
             "shutdown complete"
         );
+        drop(self.http);
         Ok(())
     }
 }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedMutexGuard;
 use tracing::{debug, warn};
 
 use crate::broker::{ConnectionSlot, Context};
@@ -25,8 +24,8 @@ use crate::codec::{
 use crate::connection::{Connection, ReadError};
 use crate::listener;
 use crate::message::{ForwardedProperties, Message};
-use crate::metrics::{CloseReason, DropReason};
-use crate::session::{IncomingQos2, Kick, Outgoing, Session, Stage};
+use crate::metrics::{CloseReason, DropReason, SentBatch};
+use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Session, Stage};
 use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
@@ -75,7 +74,7 @@ pub struct Client {
     ctx: Arc<Context>,
     conn: Connection,
     session: Arc<Session>,
-    _owner: OwnedMutexGuard<()>,
+    _owner: Ownership,
     generation: u64,
     protocol: Protocol,
     keep_alive: Option<Duration>,
@@ -137,7 +136,7 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
     loop {
         conn.readable().await.map_err(|e| e.to_string())?;
         match conn.try_read_frames(max, &mut frames) {
-            Ok(_) => {}
+            Ok(n) => ctx.metrics.add_bytes_received(n as u64),
             Err(ReadError::Decode(e)) => {
                 ctx.metrics.bad_input(e.kind());
                 return Err(e.to_string());
@@ -147,6 +146,7 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
         let Some(frame) = frames.first().cloned() else {
             continue;
         };
+        ctx.metrics.received_frames(std::slice::from_ref(&frame));
         let level = connect_level(&frame);
         // The session keeps client id and will for its lifetime: decode them from a compact copy
         // rather than from slices that would pin the shared read buffer.
@@ -155,9 +155,14 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
             Err(e) => {
                 ctx.metrics.bad_input(e.kind());
                 if let DecodeError::UnsupportedProtocol { .. } = e {
-                    refuse(conn, Protocol::V311, reason::UNSUPPORTED_PROTOCOL_VERSION);
+                    refuse(
+                        ctx,
+                        conn,
+                        Protocol::V311,
+                        reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    );
                 } else if level == Some(5) {
-                    refuse(conn, Protocol::V5, e.reason_code());
+                    refuse(ctx, conn, Protocol::V5, e.reason_code());
                 }
                 ctx.metrics.rejected("bad_connect");
                 Err(e.to_string())
@@ -180,17 +185,15 @@ fn connect_level(frame: &[u8]) -> Option<u8> {
     frame.get(i + 3 + name_len).copied()
 }
 
-fn refuse(conn: &mut Connection, protocol: Protocol, code: u8) {
+fn refuse(ctx: &Context, conn: &mut Connection, protocol: Protocol, code: u8) {
     let mut out = BytesMut::new();
-    codec::encode(
-        &Packet::ConnAck(ConnAck {
-            session_present: false,
-            reason: code,
-            properties: Properties::default(),
-        }),
-        protocol,
-        &mut out,
-    );
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason: code,
+        properties: Properties::default(),
+    });
+    codec::encode(&connack, protocol, &mut out);
+    ctx.metrics.packet_sent(&connack);
     conn.queue(out.freeze());
 }
 
@@ -299,17 +302,16 @@ impl Client {
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         let client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         let mut out = BytesMut::new();
-        codec::encode(
-            &Packet::ConnAck(ConnAck {
-                session_present: attached.present,
-                reason: reason::SUCCESS,
-                properties: props,
-            }),
-            protocol,
-            &mut out,
-        );
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.present,
+            reason: reason::SUCCESS,
+            properties: props,
+        });
+        codec::encode(&connack, protocol, &mut out);
+        ctx.metrics.packet_sent(&connack);
         conn.queue(out.freeze());
         session.set_online(true);
+        session.set_connection(ConnectionInfo::now(peer, protocol));
         ctx.metrics.connections_current.increment(1.0);
         debug!(client = %client_id, %peer, ?protocol, present = attached.present, "connected");
 
@@ -375,7 +377,7 @@ impl Client {
             let more = self.fill();
             if self.conn.has_pending() {
                 match self.conn.try_flush() {
-                    Ok(n) => self.ctx.metrics.bytes_sent.increment(n as u64),
+                    Ok(n) => self.ctx.metrics.add_bytes_sent(n as u64),
                     Err(e) => {
                         debug!(client = %self.session.client_id, "write failed: {e}");
                         break Close {
@@ -454,7 +456,7 @@ impl Client {
         match self.conn.try_read_frames(max, frames) {
             Ok(0) => return None,
             Ok(n) => {
-                self.ctx.metrics.bytes_received.increment(n as u64);
+                self.ctx.metrics.add_bytes_received(n as u64);
                 self.last_read = Instant::now();
             }
             Err(ReadError::Eof) => {
@@ -475,6 +477,7 @@ impl Client {
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
+        self.ctx.metrics.received_frames(frames);
         let mut outcome = None;
         for frame in frames.drain(..) {
             let handled = match codec::decode(frame, self.protocol) {
@@ -564,7 +567,6 @@ impl Client {
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let ctx = self.ctx.clone();
         let cfg = &ctx.config.mqtt;
-        ctx.metrics.messages_received[p.qos as usize].increment(1);
         if !p.properties.subscription_identifiers.is_empty() {
             // Only the server sends subscription identifiers in PUBLISH [MQTT-3.3.4-6].
             return Err(self.violation(
@@ -746,6 +748,7 @@ impl Client {
     fn send(&mut self, packet: &Packet) {
         let mut out = BytesMut::new();
         codec::encode(packet, self.protocol, &mut out);
+        self.ctx.metrics.packet_sent(packet);
         self.conn.queue(out.freeze());
     }
 
@@ -775,15 +778,10 @@ impl Client {
     fn write_outgoing(&mut self, items: Vec<Outgoing>) {
         let now = Instant::now();
         let mut heads = BytesMut::with_capacity(items.len() * 8);
+        let mut sent = SentBatch::default();
         for o in items {
             if o.pubrel {
-                let mut out = BytesMut::new();
-                codec::encode(
-                    &Packet::PubRel(ack(o.packet_id, reason::SUCCESS)),
-                    self.protocol,
-                    &mut out,
-                );
-                self.conn.queue(out.freeze());
+                self.send(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)));
                 continue;
             }
             let d = &o.delivery;
@@ -828,10 +826,15 @@ impl Client {
                 }
                 continue;
             }
-            self.ctx.metrics.messages_delivered[d.qos as usize].increment(1);
+            // Redeliveries and retained copies (RETAIN set) waited for reasons other than
+            // delivery: they count as sent but stay out of the latency histogram.
+            let retained_copy = d.retain && msg.retain;
+            let live = !(o.dup || retained_copy);
+            sent.add(d.qos as usize, live.then_some(msg.read_at));
             self.conn.queue(head);
             self.conn.queue(msg.payload.clone());
         }
+        self.ctx.metrics.sent_batch(&sent);
     }
 
     /// The topic to write and the alias to send with it, for clients that accept aliases.
@@ -942,7 +945,7 @@ async fn refuse_and_close(
 ) -> Option<Client> {
     debug!(%peer, code, "CONNECT refused");
     ctx.metrics.rejected(reject_label(code));
-    refuse(&mut conn, protocol, code);
+    refuse(ctx, &mut conn, protocol, code);
     conn.flush_within(CLOSE_FLUSH).await;
     None
 }

@@ -21,6 +21,7 @@ use toml::{Table, Value};
 pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
+    pub sys: SysConfig,
     pub log: LogConfig,
 }
 
@@ -58,11 +59,20 @@ pub struct MqttConfig {
     pub fd_reserve: u32,
 }
 
-/// The `[http]` section: the health and metrics endpoint.
+/// The `[http]` section: the health, metrics and admin endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Address the HTTP endpoint binds; `None` when disabled (`"off"` or `""` in the file).
     pub listen: Option<SocketAddr>,
+    /// Bearer token of the admin API; `None` (`""` in the file) disables the API.
+    pub admin_token: Option<String>,
+}
+
+/// The `[sys]` section: the broker's `$SYS/` status topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysConfig {
+    /// Seconds between publications of the `$SYS/` topics; 0 disables them.
+    pub interval: u32,
 }
 
 /// The `[log]` section.
@@ -97,7 +107,14 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9883))),
+            admin_token: None,
         }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval: 10 }
     }
 }
 
@@ -157,6 +174,10 @@ const RETAINED_MAX: Bounds = Bounds::new(0, UNBOUNDED);
 const MAX_TOPIC_LEVELS: Bounds = Bounds::new(1, UNBOUNDED);
 const TOPIC_ALIAS_MAXIMUM: Bounds = Bounds::new(0, u16::MAX as u64);
 const FD_RESERVE: Bounds = Bounds::new(0, u32::MAX as u64);
+/// A day: longer intervals would make the load averages and uptime meaningless.
+const SYS_INTERVAL: Bounds = Bounds::new(0, 86_400);
+/// Shorter tokens are guessable by brute force over the network.
+const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
 impl Bounds {
     const fn new(min: u64, max: u64) -> Bounds {
@@ -187,7 +208,7 @@ impl Config {
         let table: Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         let mut config = Config::default();
         for (section, body) in &table {
-            if !matches!(section.as_str(), "mqtt" | "http" | "log") {
+            if !matches!(section.as_str(), "mqtt" | "http" | "sys" | "log") {
                 return Err(ConfigError::UnknownKey {
                     key: section.clone(),
                     value: render(body),
@@ -273,6 +294,10 @@ impl Config {
             TOPIC_ALIAS_MAXIMUM,
         )?;
         check("mqtt.fd_reserve", m.fd_reserve.into(), FD_RESERVE)?;
+        check("sys.interval", self.sys.interval.into(), SYS_INTERVAL)?;
+        if let Some(token) = &self.http.admin_token {
+            check_admin_token("http.admin_token", token)?;
+        }
         // Port 0 asks the OS for distinct free ports, so only a fixed port can collide.
         if let Some(http) = self.http.listen {
             if http == m.listen && http.port() != 0 {
@@ -320,6 +345,16 @@ impl Config {
             }
             ("mqtt", "fd_reserve") => m.fd_reserve = integer(k, value, FD_RESERVE)?,
             ("http", "listen") => self.http.listen = optional_socket_addr(k, value)?,
+            ("http", "admin_token") => {
+                let token = string(k, value, ADMIN_TOKEN_HINT)?;
+                self.http.admin_token = if token.is_empty() {
+                    None
+                } else {
+                    check_admin_token(k, token)?;
+                    Some(token.to_owned())
+                };
+            }
+            ("sys", "interval") => self.sys.interval = integer(k, value, SYS_INTERVAL)?,
             ("log", "level") => {
                 let level = string(k, value, LEVEL_HINT)?;
                 check_log_level(k, level)?;
@@ -415,6 +450,24 @@ fn seconds(key: &str, value: &Value) -> Result<Duration, ConfigError> {
         return Err(not_positive());
     }
     Ok(duration)
+}
+
+const ADMIN_TOKEN_HINT: &str =
+    "expected at least 16 printable ASCII characters without spaces, or \"\" to disable the API";
+
+/// The token travels in an `Authorization` header: it must be a valid header value and long
+/// enough not to be guessed.
+fn check_admin_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    let printable = token.bytes().all(|b| b.is_ascii_graphic());
+    if printable && token.len() >= ADMIN_TOKEN_MIN_LEN {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key: key.to_owned(),
+            value: render(&Value::String(token.to_owned())),
+            reason: ADMIN_TOKEN_HINT.to_owned(),
+        })
+    }
 }
 
 fn check_log_level(key: &str, level: &str) -> Result<(), ConfigError> {
@@ -560,9 +613,10 @@ mod tests {
         // Parsing alone would accept a file that omits keys; the file is meant to document all.
         let table: Table = text.parse().unwrap();
         let count = |section: &str| table[section].as_table().unwrap().len();
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.len(), 4);
         assert_eq!(count("mqtt"), 14);
-        assert_eq!(count("http"), 1);
+        assert_eq!(count("http"), 2);
+        assert_eq!(count("sys"), 1);
         assert_eq!(count("log"), 1);
     }
 
@@ -586,6 +640,9 @@ mod tests {
             fd_reserve = 128
             [http]
             listen = "0.0.0.0:8080"
+            admin_token = "0123456789abcdef-token"
+            [sys]
+            interval = 0
             [log]
             level = "warn,gateway=debug"
         "#;
@@ -608,7 +665,9 @@ mod tests {
             },
             http: HttpConfig {
                 listen: Some("0.0.0.0:8080".parse().unwrap()),
+                admin_token: Some("0123456789abcdef-token".to_owned()),
             },
+            sys: SysConfig { interval: 0 },
             log: LogConfig {
                 level: "warn,gateway=debug".to_owned(),
             },
@@ -625,6 +684,43 @@ mod tests {
         assert_eq!(c.mqtt.max_packet_size, 268_435_455);
         assert_eq!(c.mqtt.session_expiry_max, u32::MAX);
         assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn admin_token_and_sys_interval_are_checked_and_named_with_their_value() {
+        assert_eq!(
+            Config::from_toml("[http]\nadmin_token = \"\"")
+                .unwrap()
+                .http
+                .admin_token,
+            None
+        );
+        for token in [
+            "short",
+            "has a space in the token",
+            "tab\tseparated-token-value",
+        ] {
+            assert_eq!(
+                error(&format!("[http]\nadmin_token = {token:?}")),
+                format!(
+                    "config: invalid value for `http.admin_token`: {token:?} ({ADMIN_TOKEN_HINT})"
+                )
+            );
+        }
+        assert_eq!(
+            error("[sys]\ninterval = 86401"),
+            "config: invalid value for `sys.interval`: 86401 (must be 0..=86400)"
+        );
+        assert_eq!(
+            error("[sys]\ninterval = \"10\""),
+            "config: invalid value for `sys.interval`: \"10\" (expected an integer)"
+        );
+        let mut c = Config::default();
+        c.http.admin_token = Some("x".to_owned());
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            format!("config: invalid value for `http.admin_token`: \"x\" ({ADMIN_TOKEN_HINT})")
+        );
     }
 
     #[test]

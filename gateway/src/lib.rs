@@ -6,19 +6,25 @@
 //! `topic_index` and queues a delivery on each receiving `session`; the receiving client's task
 //! encodes it once per layout and writes it with shared payload bytes. `registry` maps client ids to
 //! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
+//! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
+//! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
+pub mod admin;
 pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod sys;
 pub mod topic;
 pub mod topic_index;
 

@@ -104,18 +104,23 @@ pub fn spawn_isolated(
     peer: SocketAddr,
     task: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    tokio::spawn(async move {
-        use futures_util::FutureExt;
-        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-            ctx.metrics.task_panics.increment(1);
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown");
-            error!(%peer, "connection task panicked: {what}");
-        }
-    });
+    use futures_util::FutureExt;
+    // Combinators rather than an `async` block: a block would hold the task future twice (as
+    // captured value and as awaited value), doubling every session task's size.
+    let guarded = std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .map(move |outcome| {
+            if let Err(panic) = outcome {
+                ctx.metrics.task_panics.increment(1);
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                error!(%peer, "connection task panicked: {what}");
+            }
+        });
+    tokio::spawn(guarded);
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

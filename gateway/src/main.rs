@@ -17,10 +17,6 @@ use gateway::Broker;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-// mimalloc keeps fragmentation low with many small per-session allocations spread over threads.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for configuration mistakes, matching clap's code for usage errors.
 const EXIT_CONFIG: u8 = 2;
 
@@ -129,11 +125,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers are installed before binding so a signal sent as soon as the listener is up
     // (by a supervisor or a test) is never lost to the default disposition.
     let shutdown = shutdown_signal()?;
-    let http = config.http.listen;
     let broker = Broker::bind(config)
         .await
         .context("cannot start the MQTT listener")?;
-    match http {
+    match broker.http_addr() {
         Some(http) => tracing::info!(mqtt = %broker.local_addr(), %http, "gateway listening"),
         None => tracing::info!(mqtt = %broker.local_addr(), http = "off", "gateway listening"),
     }

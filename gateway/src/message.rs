@@ -59,6 +59,8 @@ pub struct Message {
     pub properties: Option<Box<ForwardedProperties>>,
     /// When the message expiry interval runs out; undelivered copies are dropped after it.
     pub expires_at: Option<Instant>,
+    /// When the broker took the message in (its PUBLISH was read), for the delivery latency.
+    pub read_at: Instant,
     heads: [OnceLock<Head>; 4],
 }
 
@@ -81,10 +83,11 @@ impl Message {
         origin: Origin,
         properties: Option<Box<ForwardedProperties>>,
     ) -> Message {
+        let read_at = Instant::now();
         let expires_at = properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval)
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+            .map(|secs| read_at + Duration::from_secs(u64::from(secs)));
         Message {
             topic: ByteString::from(topic.as_ref()),
             payload: Bytes::copy_from_slice(payload),
@@ -93,6 +96,7 @@ impl Message {
             origin,
             properties,
             expires_at,
+            read_at,
             heads: Default::default(),
         }
     }

@@ -1,7 +1,7 @@
 //! Client id -> session, and the hand-over of a session between connections.
 //!
-//! Attaching to a session means holding its owner lock; a second CONNECT with the same client id
-//! kicks the current holder and waits for the lock, so takeover is one atomic hand-over: the old
+//! Attaching to a session means owning it (`Ownership`); a second CONNECT with the same client id
+//! kicks the current owner and waits until it lets go, so takeover is one atomic hand-over: the old
 //! connection has stopped touching the session (queue, inflight, QoS 2 state stay in it) before the
 //! new one starts. Sessions leave the map when they end (expiry 0 at close, or their expiry timer),
 //! never while a connection holds them. DashMap guards are never held across an `.await`.
@@ -13,13 +13,14 @@ use std::time::Duration;
 use bytestring::ByteString;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::OwnedMutexGuard;
 
 use crate::router::Router;
-use crate::session::{Kick, Session};
+use crate::session::{Kick, Ownership, Session};
 
-/// How often a waiting attacher repeats its kick, in case the holder missed it while handing over.
-const REKICK_EVERY: Duration = Duration::from_millis(50);
+/// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
+/// usually completes within a millisecond) backing off to a bound.
+const TAKEOVER_POLL_MIN: Duration = Duration::from_millis(1);
+const TAKEOVER_POLL_MAX: Duration = Duration::from_millis(20);
 
 pub struct Registry {
     sessions: DashMap<ByteString, Arc<Session>>,
@@ -29,7 +30,7 @@ pub struct Registry {
 /// A session now owned by the calling connection.
 pub struct Attached {
     pub session: Arc<Session>,
-    pub owner: OwnedMutexGuard<()>,
+    pub owner: Ownership,
     /// Session state was carried over (CONNACK session present).
     pub present: bool,
     pub generation: u64,
@@ -86,19 +87,17 @@ impl Registry {
                     (s, false)
                 }
             };
-            let lock = session.owner_lock();
             let mut took_over = false;
-            let owner = match lock.clone().try_lock_owned() {
-                Ok(g) => g,
-                Err(_) => loop {
-                    took_over = true;
-                    session.kick(Kick::TakenOver);
-                    if let Ok(g) =
-                        tokio::time::timeout(REKICK_EVERY, lock.clone().lock_owned()).await
-                    {
-                        break g;
-                    }
-                },
+            let mut pause = TAKEOVER_POLL_MIN;
+            let owner = loop {
+                if let Some(o) = session.try_own() {
+                    break o;
+                }
+                took_over = true;
+                // Repeated: the holder may have been between its kick check and letting go.
+                session.kick(Kick::TakenOver);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(TAKEOVER_POLL_MAX);
             };
             if session.is_discarded() {
                 continue;
@@ -141,7 +140,7 @@ impl Registry {
         let registry = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let Ok(_owner) = session.owner_lock().try_lock_owned() else {
+            let Some(_owner) = session.try_own() else {
                 return;
             };
             if session.generation() == generation && !session.is_discarded() {

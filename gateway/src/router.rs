@@ -106,17 +106,27 @@ impl Router {
                 delivered += self.offer(&member.session, d);
             }
         }
-        if delivered == 0 {
+        // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
+        // listens; counting them would bury the drops that matter.
+        if delivered == 0 && msg.origin != 0 {
             self.metrics.dropped(DropReason::NoSubscribers, 1);
         }
         delivered
     }
 
     fn offer(&self, session: &Session, d: Delivery) -> usize {
+        let qos0 = d.qos == QoS::AtMostOnce;
         match session.enqueue(d, self.limits) {
             Enqueued::Queued => 1,
             Enqueued::QueueFull => {
-                self.metrics.dropped(DropReason::QueueFull, 1);
+                // A full queue of a connected session means its client reads too slowly; losing
+                // QoS 0 there is expected MQTT behaviour and is told apart from QoS 1/2 losses.
+                let reason = if qos0 && session.is_online() {
+                    DropReason::SlowConsumerQos0
+                } else {
+                    DropReason::QueueFull
+                };
+                self.metrics.dropped(reason, 1);
                 0
             }
             Enqueued::OfflineQos0 => {
@@ -214,5 +224,9 @@ impl Router {
 
     pub fn subscription_len(&self) -> usize {
         self.index.len()
+    }
+
+    pub fn shared_subscription_len(&self) -> usize {
+        self.index.shared_len()
     }
 }

@@ -114,6 +114,33 @@ struct State {
     will_timer: Option<tokio::task::AbortHandle>,
     /// Bumped on every attach; an expiry timer acts only on the generation it was set for.
     generation: u64,
+    /// The latest connection attached to this session, for the admin API.
+    connection: Option<ConnectionInfo>,
+}
+
+/// Who is (or was last) connected to a session. Compact (24 bytes): every session carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+    pub protocol: crate::codec::Protocol,
+    /// Seconds since the Unix epoch.
+    pub since: u32,
+}
+
+impl ConnectionInfo {
+    /// A connection from `peer` attaching now.
+    pub fn now(peer: std::net::SocketAddr, protocol: crate::codec::Protocol) -> ConnectionInfo {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        ConnectionInfo {
+            ip: peer.ip(),
+            port: peer.port(),
+            protocol,
+            since,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -126,10 +153,20 @@ pub struct Session {
     signalled: AtomicBool,
     online: AtomicBool,
     kick: AtomicU8,
-    /// Held by the connection task attached to this session: owning the lock is owning the session.
-    owner: Arc<tokio::sync::Mutex<()>>,
+    /// Set while a connection owns (is attached to) this session; see `Ownership`.
+    owned: AtomicBool,
     /// Set when the registry has let go of this session; attachers must look it up again.
     discarded: AtomicBool,
+}
+
+/// Proof of owning a session; released when dropped (also when a task unwinds).
+#[derive(Debug)]
+pub struct Ownership(Arc<Session>);
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.0.owned.store(false, Ordering::Release);
+    }
 }
 
 /// Bounds applied when queueing, from the configuration.
@@ -154,7 +191,7 @@ impl Session {
             signalled: AtomicBool::new(false),
             online: AtomicBool::new(false),
             kick: AtomicU8::new(KICK_NONE),
-            owner: Arc::new(tokio::sync::Mutex::new(())),
+            owned: AtomicBool::new(false),
             discarded: AtomicBool::new(false),
         }
     }
@@ -175,8 +212,14 @@ impl Session {
         self.discarded.store(true, Ordering::Release);
     }
 
-    pub fn owner_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
-        self.owner.clone()
+    /// Takes ownership when no connection holds it. A plain flag rather than an async lock: a
+    /// lock would cost every session an allocation, and contention is rare (takeover only),
+    /// where the waiter polls.
+    pub fn try_own(self: &Arc<Self>) -> Option<Ownership> {
+        self.owned
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then(|| Ownership(self.clone()))
     }
 
     /// Ready once something was queued for this session, a window slot opened or a kick was
@@ -449,6 +492,14 @@ impl Session {
 
     pub fn inflight_len(&self) -> usize {
         self.state.lock().inflight.len()
+    }
+
+    pub fn set_connection(&self, info: ConnectionInfo) {
+        self.state.lock().connection = Some(info);
+    }
+
+    pub fn connection(&self) -> Option<ConnectionInfo> {
+        self.state.lock().connection
     }
 }
 

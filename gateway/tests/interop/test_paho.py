@@ -6,17 +6,18 @@ subscribe, v5 retain-as-published and retain handling 0/1/2, none for shared sub
 will messages (abrupt close, none on normal DISCONNECT, v5 DISCONNECT 0x04, v5 will delay and
 its cancellation by a reconnect); keep-alive enforcement at 1.5x and the max_keepalive setting
 (from a --config file); persistent sessions with queued QoS 1/2 messages and session present;
-v5 session expiry; session takeover (v5 DISCONNECT 0x8E); `+` / `#` wildcards; `$` topics
-hidden from leading wildcards; shared subscriptions across 3.1.1 and 5 members; v5 user
-properties (order and duplicates), content type, response topic, correlation data, message
-expiry (queued and retained), subscription identifiers, no-local, inbound topic aliases, payload
-format indicator (PUBACK 0x99 on invalid UTF-8), assigned client identifier; 3.1.1 <-> 5
-cross-version delivery; malformed input over raw sockets (unsupported protocol level, first
-packet not CONNECT, wildcard / invalid UTF-8 topic names, QoS 3, bad topic alias), after each of
-which a well-behaved client still works; byte-level QoS flows (a QoS 2 PUBLISH resent with DUP
-before PUBREL is delivered once, an unacknowledged QoS 1 message is resent with DUP=1 when the
-session resumes, v5 Receive Maximum 1 is honoured); unsubscribe; max_packet_size from a config
-file (v5 DISCONNECT 0x95); clean exit on SIGTERM with clients connected.
+v5 session expiry; session takeover (v5 DISCONNECT 0x8E, persistent session carried over);
+`+` / `#` wildcards; `$` topics hidden from leading wildcards; shared subscriptions across 3.1.1
+and 5 members; v5 user properties (order and duplicates), content type, response topic,
+correlation data, message expiry (queued and retained), subscription identifiers, no-local,
+inbound topic aliases, payload format indicator (PUBACK 0x99 on invalid UTF-8), assigned client
+identifier; 3.1.1 <-> 5 cross-version delivery; malformed input over raw sockets (unsupported
+protocol level, first packet not CONNECT, wildcard / invalid UTF-8 topic names, QoS 3, bad topic
+alias), after each of which a well-behaved client still works; byte-level QoS flows (a QoS 2
+PUBLISH resent with DUP before PUBREL is delivered once, an unacknowledged QoS 1 message is
+resent with DUP=1 when the session resumes, v5 Receive Maximum 1 is honoured); unsubscribe;
+invalid subscription filters never granted; max_packet_size from a config file (v5 DISCONNECT
+0x95); clean exit on SIGTERM with clients connected.
 
 Every wait is bounded; negative checks ("nothing arrives") use a sentinel message published after
 the event when ordering makes that meaningful, and a short fixed window only where time itself
@@ -979,3 +980,45 @@ def test_oversized_packet_closes_connection(gateway_factory, paho, raw, v5):
     ok.publish("big/fits", b"y" * 900, 1)
     m = spy.get()
     assert (m.topic, len(m.payload)) == ("big/fits", 900)
+
+
+@VERSIONS
+def test_takeover_keeps_persistent_session(broker, paho, v5):
+    expiry = 60 if v5 else None
+    first = paho(broker, v5=v5, client_id="roaming", clean=False)
+    first.connect(session_expiry=expiry)
+    first.subscribe("roam/#", 1)
+    second = paho(broker, v5=v5, client_id="roaming", clean=False)
+    assert second.connect(session_expiry=expiry).session_present is True
+    first.wait_disconnected()
+    pub = connected(paho, broker, v5=v5, client_id="pub")
+    pub.publish("roam/x", b"follows the session", 1)
+    m = second.get()
+    assert (m.topic, m.payload) == ("roam/x", b"follows the session")
+
+
+@VERSIONS
+@pytest.mark.parametrize("bad_filter", ["a/#/b", "a/b#", "a/+b", "$share/g"])
+def test_invalid_subscription_filter_refused(broker, paho, raw, v5, bad_filter):
+    """Never granted: refused in the SUBACK (the valid filter beside it still granted), or the
+    connection is closed as for a protocol error (v5: DISCONNECT with an error reason)."""
+    dev = raw(broker)
+    dev.connect("filters", v5=v5)
+    dev.send(subscribe_packet(3, [(bad_filter, 1), ("ok/#", 1)], v5=v5))
+    pkt = dev.read_packet()
+    if pkt is not None and pkt.type == SUBACK:
+        codes = pkt.body[2:]
+        if v5:
+            _, codes = parse_props(codes)
+        assert len(codes) == 2 and codes[0] >= 0x80, f"{bad_filter!r} granted: {list(codes)}"
+        assert codes[1] == 1, f"valid filter beside it: {list(codes)}"
+        dev.send(packet(PINGREQ << 4, b""))
+        dev.expect(PINGRESP)
+    else:
+        rest = [] if pkt is None else [pkt, *dev.read_until_closed()]
+        if v5:
+            assert [p.type for p in rest] in ([], [DISCONNECT]), rest
+            assert not rest or rest[0].reason_code() >= 0x80, rest
+        else:
+            assert rest == [], rest
+    assert_broker_healthy(broker, paho)

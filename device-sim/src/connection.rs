@@ -1,0 +1,247 @@
+//! One MQTT connection as the simulator holds it: the socket, plus only a partial packet's tail
+//! and unsent bytes when there are any. Reads land in a per-thread scratch buffer and writes
+//! are encoded into another, so an idle connection owns no buffer at all.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::codec::{self, CodecError, ConnectOptions, Incoming};
+use crate::scenario::Protocol;
+
+/// Why a connection attempt failed or a connection ended; a metric and report label.
+pub type Reason = Cow<'static, str>;
+
+/// Bytes asked of the kernel per read; a burst larger than this takes several reads.
+const SCRATCH: usize = 64 * 1024;
+/// Reads per wake-up before yielding, so one busy subscriber cannot starve the rest.
+const READS_PER_WAKE: usize = 16;
+
+thread_local! {
+    static RX: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static TX: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+pub fn io_reason(e: &io::Error) -> Reason {
+    Cow::Borrowed(match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files",
+        Some(libc::EADDRNOTAVAIL) => "address_not_available",
+        Some(libc::EADDRINUSE) => "address_in_use",
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::ECONNRESET) => "reset",
+        Some(libc::ETIMEDOUT) => "timeout",
+        Some(libc::EPIPE) => "broken_pipe",
+        _ => "io_error",
+    })
+}
+
+fn codec_reason(e: CodecError) -> Reason {
+    match e {
+        CodecError::Malformed(_) => Cow::Borrowed("malformed_packet"),
+        CodecError::Encode(_) => Cow::Borrowed("encode_error"),
+    }
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    tail: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+async fn tcp_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let (Some(ip), true) = (source, target.is_ipv4()) {
+        // Without this, bind() picks the port before the destination is known, which caps a
+        // source address at one ephemeral range for all targets together.
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.bind(SocketAddr::new(ip.into(), 0))?;
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// TCP connect, CONNECT, CONNACK, within `timeout`. Returns the connection and whether the
+/// broker had a session.
+pub async fn establish(
+    target: SocketAddr,
+    source: Option<Ipv4Addr>,
+    protocol: Protocol,
+    options: &ConnectOptions<'_>,
+    timeout: Duration,
+) -> Result<(Conn, bool), Reason> {
+    let handshake = async {
+        let stream = tcp_connect(target, source)
+            .await
+            .map_err(|e| io_reason(&e))?;
+        let mut conn = Conn {
+            stream,
+            tail: Vec::new(),
+            pending: Vec::new(),
+        };
+        conn.send(|buf| codec::connect(buf, protocol, options))?;
+        let mut connack: Option<Result<bool, Reason>> = None;
+        loop {
+            conn.flush_pending().await?;
+            conn.stream.readable().await.map_err(|e| io_reason(&e))?;
+            let open = conn.read(protocol, |packet, _| {
+                if let Incoming::ConnAck { code, name } = packet {
+                    connack.get_or_insert(if code == 0 {
+                        Ok(false)
+                    } else {
+                        Err(Cow::Owned(format!("connack_{name}")))
+                    });
+                }
+                Ok(())
+            })?;
+            if let Some(result) = connack.take() {
+                return result.map(|session| (conn, session));
+            }
+            if !open {
+                return Err(Cow::Borrowed("closed_before_connack"));
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(result) => result,
+        Err(_) => Err(Cow::Borrowed("timeout")),
+    }
+}
+
+impl Conn {
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Reads what the socket has and hands each complete packet to `on_packet`, which may
+    /// encode replies into the buffer it is given; replies go out after the batch.
+    /// `Ok(false)` means the broker closed the connection.
+    pub fn read(
+        &mut self,
+        protocol: Protocol,
+        mut on_packet: impl FnMut(Incoming, &mut BytesMut) -> Result<(), Reason>,
+    ) -> Result<bool, Reason> {
+        RX.with(|rx| {
+            TX.with(|tx| {
+                let (mut rx, mut tx) = (rx.borrow_mut(), tx.borrow_mut());
+                rx.clear();
+                tx.clear();
+                rx.extend_from_slice(&self.tail);
+                self.tail = Vec::new();
+                let mut open = true;
+                for _ in 0..READS_PER_WAKE {
+                    rx.reserve(SCRATCH);
+                    match self.stream.try_read_buf(&mut *rx) {
+                        Ok(0) => open = false,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(io_reason(&e)),
+                    }
+                    while let Some(packet) =
+                        codec::decode(&mut rx, protocol).map_err(codec_reason)?
+                    {
+                        on_packet(packet, &mut tx)?;
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+                // Only a partial packet survives the batch, copied to fit.
+                if !rx.is_empty() {
+                    self.tail.extend_from_slice(&rx);
+                }
+                if !tx.is_empty() {
+                    self.write_now(&tx)?;
+                }
+                Ok(open)
+            })
+        })
+    }
+
+    /// Encodes one packet and writes it, keeping what the socket does not take yet.
+    pub fn send(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
+    ) -> Result<(), Reason> {
+        TX.with(|tx| {
+            let mut tx = tx.borrow_mut();
+            tx.clear();
+            encode(&mut tx).map_err(codec_reason)?;
+            self.write_now(&tx)
+        })
+    }
+
+    fn write_now(&mut self, bytes: &[u8]) -> Result<(), Reason> {
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.stream.try_write(&bytes[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io_reason(&e)),
+            }
+        }
+        self.pending.extend_from_slice(&bytes[written..]);
+        Ok(())
+    }
+
+    /// Writes unsent bytes as far as the socket takes them without waiting.
+    pub fn flush(&mut self) -> Result<(), Reason> {
+        let mut written = 0;
+        while written < self.pending.len() {
+            match self.stream.try_write(&self.pending[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io_reason(&e)),
+            }
+        }
+        self.pending.drain(..written);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Waits until every unsent byte is written.
+    pub async fn flush_pending(&mut self) -> Result<(), Reason> {
+        while self.has_pending() {
+            self.stream.writable().await.map_err(|e| io_reason(&e))?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A normal DISCONNECT, best effort: the socket closes right after.
+    pub fn disconnect(mut self) {
+        let _ = self.send(|buf| {
+            codec::disconnect(buf);
+            Ok(())
+        });
+    }
+}

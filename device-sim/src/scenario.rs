@@ -1,0 +1,513 @@
+//! Scenario files and the resolved settings of a run: the file is read, flags override it, and
+//! defaults fill the rest. Everything is validated here so the load loops never see bad input.
+
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::RunArgs;
+use crate::payload::{Payload, PayloadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid duration for `{key}`: {value:?} ({source})")]
+    Duration {
+        key: &'static str,
+        value: String,
+        source: humantime::DurationError,
+    },
+    #[error("invalid value for `{key}`: {value} ({why})")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("cannot resolve target {target:?}: {why}")]
+    Target { target: String, why: String },
+    #[error("payload: {0}")]
+    Payload(#[from] PayloadError),
+}
+
+/// A payload given in TOML as a number (size) or a string (size or JSON template).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PayloadValue {
+    Size(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    targets: Option<Vec<String>>,
+    devices: Option<u64>,
+    connect_rate: Option<f64>,
+    client_id: Option<String>,
+    topic: Option<String>,
+    payload: Option<PayloadValue>,
+    publish_interval: Option<String>,
+    jitter: Option<String>,
+    qos: Option<u8>,
+    protocol: Option<String>,
+    clean_session: Option<bool>,
+    session_expiry: Option<String>,
+    keep_alive: Option<String>,
+    subscribers: Option<u32>,
+    subscriber_client_id: Option<String>,
+    share_group: Option<String>,
+    subscribe_filter: Option<String>,
+    cluster: Option<bool>,
+    duration: Option<String>,
+    drain: Option<String>,
+    connect_timeout: Option<String>,
+    source_ips: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    disconnect: Option<DisconnectFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectFile {
+    at: String,
+    share: f64,
+    who: Option<Who>,
+    offline_for: Option<String>,
+    backoff_min: Option<String>,
+    backoff_max: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Who {
+    Devices,
+    Subscribers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+/// A share of the devices or subscribers dropped at once, offline for a while, reconnecting
+/// with exponential backoff and full jitter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub at: Duration,
+    pub share: f64,
+    pub who: Who,
+    pub offline_for: Duration,
+}
+
+/// Everything a process needs to simulate its part of the fleet; sent to workers as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub targets: Vec<SocketAddr>,
+    pub devices: u64,
+    pub connect_rate: f64,
+    pub client_id: String,
+    pub topic: String,
+    pub payload: Payload,
+    pub publish_interval: Option<Duration>,
+    pub jitter: Duration,
+    pub qos: u8,
+    pub protocol: Protocol,
+    pub clean_session: bool,
+    pub session_expiry: Option<u32>,
+    pub keep_alive: u16,
+    pub subscribers: u32,
+    pub subscriber_client_id: String,
+    pub share_group: Option<String>,
+    pub subscribe_filter: String,
+    pub cluster: bool,
+    pub duration: Duration,
+    pub drain: Duration,
+    pub connect_timeout: Duration,
+    pub source_ips: Vec<Ipv4Addr>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub disconnect: Option<Disconnect>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ScenarioError> {
+    humantime::parse_duration(value).map_err(|source| ScenarioError::Duration {
+        key,
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn opt_duration(
+    key: &'static str,
+    flag: Option<Duration>,
+    file: Option<&String>,
+) -> Result<Option<Duration>, ScenarioError> {
+    match (flag, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(s)) => parse_duration(key, s).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn invalid(key: &'static str, value: impl ToString, why: &'static str) -> ScenarioError {
+    ScenarioError::Invalid {
+        key,
+        value: value.to_string(),
+        why,
+    }
+}
+
+/// `127.0.0.2-127.0.0.60`, `127.0.0.2,127.0.0.3` or a mix of both.
+pub fn parse_source_ips(spec: &str) -> Result<Vec<Ipv4Addr>, ScenarioError> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || invalid("source_ips", part, "expected A.B.C.D or A.B.C.D-E.F.G.H");
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let first: Ipv4Addr = first.parse().map_err(|_| bad())?;
+        let last: Ipv4Addr = last.parse().map_err(|_| bad())?;
+        let (first, last) = (u32::from(first), u32::from(last));
+        if last < first || last - first > 1 << 20 {
+            return Err(bad());
+        }
+        out.extend((first..=last).map(Ipv4Addr::from));
+    }
+    Ok(out)
+}
+
+fn resolve_target(target: &str) -> Result<SocketAddr, ScenarioError> {
+    let err = |why: String| ScenarioError::Target {
+        target: target.to_string(),
+        why,
+    };
+    let mut addrs = target.to_socket_addrs().map_err(|e| err(e.to_string()))?;
+    // Source addresses are IPv4, so prefer an IPv4 address of the target.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| err("no address".to_string()))
+}
+
+/// A client id or topic for one device: `{id}` becomes its number.
+pub fn render(template: &str, id: u64) -> String {
+    template.replace("{id}", &id.to_string())
+}
+
+/// The subscription filter derived from a topic template: every `{id}` level becomes `+`.
+pub fn wildcard_filter(topic: &str) -> String {
+    topic
+        .split('/')
+        .map(|level| if level.contains("{id}") { "+" } else { level })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Settings {
+    /// Reads the scenario (if any), applies the flags over it and validates the result.
+    pub fn resolve(args: &RunArgs) -> Result<Settings, ScenarioError> {
+        let file = match &args.scenario {
+            Some(path) => read_file(path)?,
+            None => ScenarioFile::default(),
+        };
+        let targets_text = if !args.targets.is_empty() {
+            args.targets.clone()
+        } else {
+            file.targets
+                .clone()
+                .unwrap_or_else(|| vec!["127.0.0.1:1883".to_string()])
+        };
+        if targets_text.is_empty() {
+            return Err(invalid("targets", "[]", "at least one target"));
+        }
+        let targets = targets_text
+            .iter()
+            .map(|t| resolve_target(t))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let devices = args.devices.or(file.devices).unwrap_or(100);
+        let connect_rate = args.connect_rate.or(file.connect_rate).unwrap_or(1000.0);
+        if !(connect_rate > 0.0 && connect_rate.is_finite()) {
+            return Err(invalid("connect_rate", connect_rate, "must be > 0"));
+        }
+        let client_id = args
+            .client_id
+            .clone()
+            .or(file.client_id)
+            .unwrap_or_else(|| "dev-{id}".to_string());
+        if !client_id.contains("{id}") {
+            return Err(invalid("client_id", client_id, "must contain {id}"));
+        }
+        let topic = args
+            .topic
+            .clone()
+            .or(file.topic)
+            .unwrap_or_else(|| "devices/{id}/telemetry".to_string());
+        if topic.contains(['+', '#']) || topic.is_empty() {
+            return Err(invalid("topic", topic, "a topic name without wildcards"));
+        }
+        let payload_text = match (&args.payload, file.payload) {
+            (Some(p), _) => p.clone(),
+            (None, Some(PayloadValue::Size(n))) => n.to_string(),
+            (None, Some(PayloadValue::Text(t))) => t,
+            (None, None) => "64".to_string(),
+        };
+        let payload = Payload::parse(&payload_text)?;
+
+        let publish_interval = opt_duration(
+            "publish_interval",
+            args.publish_interval,
+            file.publish_interval.as_ref(),
+        )?
+        .unwrap_or(Duration::from_secs(1));
+        let publish_interval = (!publish_interval.is_zero()).then_some(publish_interval);
+        let jitter = opt_duration("jitter", args.jitter, file.jitter.as_ref())?.unwrap_or_default();
+        if let Some(interval) = publish_interval {
+            if jitter >= interval {
+                return Err(invalid(
+                    "jitter",
+                    humantime::format_duration(jitter),
+                    "must be below publish_interval",
+                ));
+            }
+        }
+        let qos = args.qos.or(file.qos).unwrap_or(1);
+        if qos > 2 {
+            return Err(invalid("qos", qos, "0, 1 or 2"));
+        }
+        let protocol = match args
+            .protocol
+            .as_deref()
+            .or(file.protocol.as_deref())
+            .unwrap_or("3.1.1")
+        {
+            "3.1.1" | "4" | "v4" => Protocol::V311,
+            "5" | "5.0" | "v5" => Protocol::V5,
+            other => return Err(invalid("protocol", other, "3.1.1 or 5")),
+        };
+        let clean_session = args.clean_session.or(file.clean_session).unwrap_or(true);
+        let session_expiry = opt_duration(
+            "session_expiry",
+            args.session_expiry,
+            file.session_expiry.as_ref(),
+        )?
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let keep_alive = opt_duration("keep_alive", args.keep_alive, file.keep_alive.as_ref())?
+            .unwrap_or(Duration::from_secs(60));
+        let keep_alive = u16::try_from(keep_alive.as_secs())
+            .map_err(|_| invalid("keep_alive", keep_alive.as_secs(), "at most 65535 s"))?;
+        if keep_alive == 0 {
+            return Err(invalid("keep_alive", 0, "at least 1 s"));
+        }
+        let subscribers = args.subscribers.or(file.subscribers).unwrap_or(1);
+        let subscriber_client_id = file
+            .subscriber_client_id
+            .unwrap_or_else(|| "device-sim-sub-{id}".to_string());
+        let share_group = args.share_group.clone().or(file.share_group);
+        let base_filter = args
+            .subscribe_filter
+            .clone()
+            .or(file.subscribe_filter)
+            .unwrap_or_else(|| wildcard_filter(&topic));
+        let subscribe_filter = match &share_group {
+            Some(group) => format!("$share/{group}/{base_filter}"),
+            None => base_filter,
+        };
+        let cluster = args.cluster.or(file.cluster).unwrap_or(false);
+        let duration = opt_duration("duration", args.duration, file.duration.as_ref())?
+            .unwrap_or(Duration::from_secs(10));
+        let drain = opt_duration("drain", args.drain, file.drain.as_ref())?
+            .unwrap_or(Duration::from_secs(3));
+        let connect_timeout = opt_duration(
+            "connect_timeout",
+            args.connect_timeout,
+            file.connect_timeout.as_ref(),
+        )?
+        .unwrap_or(Duration::from_secs(10));
+        let source_ips = match args.source_ips.as_deref().or(file.source_ips.as_deref()) {
+            Some(spec) => parse_source_ips(spec)?,
+            None => Vec::new(),
+        };
+        let username = args.username.clone().or(file.username);
+        let password = args.password.clone().or(file.password);
+        let (disconnect, backoff_min, backoff_max) = match file.disconnect {
+            Some(d) => {
+                if !(0.0..=1.0).contains(&d.share) {
+                    return Err(invalid("disconnect.share", d.share, "between 0 and 1"));
+                }
+                let offline_for =
+                    opt_duration("disconnect.offline_for", None, d.offline_for.as_ref())?
+                        .unwrap_or_default();
+                let backoff_min =
+                    opt_duration("disconnect.backoff_min", None, d.backoff_min.as_ref())?;
+                let backoff_max =
+                    opt_duration("disconnect.backoff_max", None, d.backoff_max.as_ref())?;
+                (
+                    Some(Disconnect {
+                        at: parse_duration("disconnect.at", &d.at)?,
+                        share: d.share,
+                        who: d.who.unwrap_or(Who::Devices),
+                        offline_for,
+                    }),
+                    backoff_min,
+                    backoff_max,
+                )
+            }
+            None => (None, None, None),
+        };
+        let backoff_min = backoff_min.unwrap_or(Duration::from_millis(100));
+        let backoff_max = backoff_max.unwrap_or(Duration::from_secs(5));
+        if backoff_min.is_zero() || backoff_max < backoff_min {
+            return Err(invalid(
+                "disconnect.backoff_max",
+                humantime::format_duration(backoff_max),
+                "backoff_min > 0 and backoff_max >= backoff_min",
+            ));
+        }
+        Ok(Settings {
+            targets,
+            devices,
+            connect_rate,
+            client_id,
+            topic,
+            payload,
+            publish_interval,
+            jitter,
+            qos,
+            protocol,
+            clean_session,
+            session_expiry,
+            keep_alive,
+            subscribers,
+            subscriber_client_id,
+            share_group,
+            subscribe_filter,
+            cluster,
+            duration,
+            drain,
+            connect_timeout,
+            source_ips,
+            username,
+            password,
+            disconnect,
+            backoff_min,
+            backoff_max,
+        })
+    }
+
+    /// Subscribers that receive one message of a device on `target` (none, one per group,
+    /// or every subscriber on the same broker or cluster).
+    pub fn deliveries_per_message(&self, target: usize) -> u64 {
+        let t = self.targets.len() as u64;
+        let on_target = if self.cluster {
+            u64::from(self.subscribers)
+        } else {
+            (0..u64::from(self.subscribers))
+                .filter(|k| k % t == target as u64)
+                .count() as u64
+        };
+        if self.share_group.is_some() {
+            on_target.min(1)
+        } else {
+            on_target
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges_expand() {
+        let ips = parse_source_ips("127.0.0.2-127.0.0.4,127.0.1.1").expect("valid");
+        assert_eq!(ips.len(), 4);
+        assert_eq!(ips[3], Ipv4Addr::new(127, 0, 1, 1));
+        assert!(parse_source_ips("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_source_ips("nonsense").is_err());
+    }
+
+    #[test]
+    fn wildcard_replaces_id_levels() {
+        assert_eq!(
+            wildcard_filter("devices/{id}/telemetry"),
+            "devices/+/telemetry"
+        );
+        assert_eq!(wildcard_filter("t/dev-{id}"), "t/+");
+    }
+
+    #[test]
+    fn every_scenario_file_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/scenarios");
+        for name in [
+            "smoke",
+            "fleet-10k",
+            "reconnect-storm",
+            "persistent-offline",
+            "million",
+        ] {
+            let args = RunArgs {
+                scenario: Some(dir.join(format!("{name}.toml"))),
+                ..RunArgs::default()
+            };
+            Settings::resolve(&args).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_named() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/scenarios");
+        let args = RunArgs {
+            scenario: Some(dir.join("smoke.toml")),
+            devices: Some(7),
+            qos: Some(0),
+            ..RunArgs::default()
+        };
+        let s = Settings::resolve(&args).expect("valid");
+        assert_eq!((s.devices, s.qos), (7, 0));
+        let bad = RunArgs {
+            client_id: Some("no-placeholder".into()),
+            ..RunArgs::default()
+        };
+        let err = Settings::resolve(&bad).expect_err("rejected");
+        assert!(err.to_string().contains("client_id"), "{err}");
+    }
+}

@@ -1,0 +1,163 @@
+//! The simulator against the gateway (in-process, on a free port): a clean QoS 1 run, a
+//! deliberately lossy one the verifier must catch, persistent sessions that must get their
+//! queued messages, and a fleet split across worker processes.
+
+mod common;
+
+use common::{scenario, simulate, Gateway};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_scenario_connects_everyone_and_loses_nothing() {
+    let gateway = Gateway::start(|_| {}).await;
+    let target = gateway.addr.to_string();
+    let smoke = scenario("smoke");
+    let run = simulate(
+        &[
+            "--scenario",
+            smoke.to_str().expect("utf-8 path"),
+            "--target",
+            &target,
+            "--duration",
+            "3s",
+            "--max-loss",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    run.assert_clean(200);
+    assert_eq!(run.n("messages_acked"), run.n("messages_published"));
+    assert!(run.stdout.contains("lost"), "a summary table: {}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_qos2_json_payloads_and_source_addresses() {
+    let gateway = Gateway::start(|_| {}).await;
+    let target = gateway.addr.to_string();
+    let run = simulate(
+        &[
+            "--target",
+            &target,
+            "--devices",
+            "100",
+            "--protocol",
+            "5",
+            "--qos",
+            "2",
+            "--payload",
+            r#"{"id":"{id}","seq":{seq},"ts":{ts},"temp":{rand:10..40}}"#,
+            "--publish-interval",
+            "200ms",
+            "--source-ips",
+            "127.0.0.2-127.0.0.5",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    run.assert_clean(100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_into_a_one_message_queue_is_reported_as_loss() {
+    let gateway = Gateway::start(|config| config.mqtt.max_queued_messages = 1).await;
+    let target = gateway.addr.to_string();
+    let run = simulate(
+        &[
+            "--target",
+            &target,
+            "--devices",
+            "300",
+            "--qos",
+            "0",
+            "--payload",
+            "1000",
+            "--publish-interval",
+            "5ms",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+            "--max-loss",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    assert!(run.n("lost") > 0, "the verifier must see the drops: {}", run.report);
+    assert!(
+        run.n("lost") + run.n("messages_received") >= run.n("messages_published"),
+        "{}",
+        run.report
+    );
+    assert!(!run.success, "--max-loss 0 must fail the run");
+    assert!(run.stderr.contains("--max-loss"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_above_the_per_process_cap_splits_into_workers_and_merges() {
+    let gateway = Gateway::start(|_| {}).await;
+    let target = gateway.addr.to_string();
+    let run = simulate(
+        &[
+            "--target",
+            &target,
+            "--devices",
+            "300",
+            "--subscribers",
+            "1",
+            "--publish-interval",
+            "300ms",
+            "--duration",
+            "3s",
+            "--drain",
+            "1s",
+        ],
+        // 300 devices + 1 subscriber at 110 per process: three processes.
+        &[("DEVICE_SIM_MAX_PER_PROCESS", "110")],
+    )
+    .await;
+    assert_eq!(run.n("processes"), 3, "{}", run.report);
+    run.assert_clean(300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_subscribers_get_what_was_queued_while_offline() {
+    let gateway = Gateway::start(|_| {}).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("offline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"targets = ["{}"]
+devices = 50
+publish_interval = "100ms"
+qos = 1
+protocol = "5"
+clean_session = false
+session_expiry = "10m"
+subscribers = 1
+subscriber_client_id = "offline-test-sub-{{id}}"
+duration = "5s"
+drain = "2s"
+
+[disconnect]
+at = "1500ms"
+share = 1.0
+who = "subscribers"
+offline_for = "1500ms"
+backoff_min = "50ms"
+backoff_max = "100ms"
+"#,
+            gateway.addr
+        ),
+    )
+    .expect("writes scenario");
+    let run = simulate(&["--scenario", file.to_str().expect("utf-8 path")], &[]).await;
+    assert_eq!(run.report["disconnects_by_reason"]["disconnect_event"], 1, "{}", run.report);
+    assert_eq!(run.n("lost"), 0, "{}\n{}", run.report, run.stderr);
+    assert!(run.n("messages_received") >= run.n("messages_published"), "{}", run.report);
+}

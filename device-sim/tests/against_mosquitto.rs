@@ -1,0 +1,39 @@
+//! The simulator against Mosquitto (a broker it shares no code with): every device connects
+//! and nothing is lost at QoS 1, in MQTT 3.1.1 and 5.0.
+
+mod common;
+
+use common::{simulate, Mosquitto};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_qos1_loses_nothing_in_both_protocols() {
+    let mosquitto = Mosquitto::start();
+    let target = mosquitto.addr.to_string();
+    for protocol in ["3.1.1", "5"] {
+        let run = simulate(
+            &[
+                "--target",
+                &target,
+                "--devices",
+                "200",
+                "--qos",
+                "1",
+                "--protocol",
+                protocol,
+                "--client-id",
+                &format!("mosq-{protocol}-{{id}}"),
+                "--publish-interval",
+                "250ms",
+                "--duration",
+                "3s",
+                "--drain",
+                "1s",
+                "--max-loss",
+                "0",
+            ],
+            &[],
+        )
+        .await;
+        run.assert_clean(200);
+    }
+}

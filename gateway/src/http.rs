@@ -1,0 +1,156 @@
+//! The observability HTTP endpoint (`[http] listen`): `/metrics`, `/healthz`, `/readyz` and the
+//! admin API under `/api/v1/`.
+//!
+//! It is deliberately small: HTTP/1.1 only (scrapers, probes and `curl` need nothing more), a
+//! handful of fixed routes matched by hand, no request bodies. It runs in the broker's runtime
+//! from `Broker::bind` on, so probes get an answer (503, not ready) while the broker is still
+//! starting, and it stops when `Broker::run` returns. It never touches the MQTT data path:
+//! everything it reports is read from the shared `Context`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use crate::admin;
+use crate::broker::Context;
+use crate::metrics::Exporter;
+
+/// Histogram samples are moved into buckets at least this often, also when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// A client must send its request head within this time, so idle sockets cannot pile up.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub type Body = Full<Bytes>;
+
+/// The running endpoint; stops serving when dropped.
+pub struct Server {
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts serving on an already bound listener.
+    pub fn start(
+        ctx: Arc<Context>,
+        exporter: Exporter,
+        listener: TcpListener,
+    ) -> std::io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        info!(%local_addr, "HTTP endpoint listening");
+        let exporter = Arc::new(exporter);
+        let upkeep = tokio::spawn({
+            let exporter = exporter.clone();
+            async move {
+                let mut tick = tokio::time::interval(UPKEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    exporter.run_upkeep();
+                }
+            }
+        });
+        let accept = tokio::spawn(accept_loop(ctx, exporter, listener));
+        Ok(Server {
+            local_addr,
+            accept,
+            upkeep,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.upkeep.abort();
+    }
+}
+
+async fn accept_loop(ctx: Arc<Context>, exporter: Arc<Exporter>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                debug!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let exporter = exporter.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = route(&ctx, &exporter, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, "HTTP connection ended with an error: {e}");
+            }
+        });
+    }
+}
+
+fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(admin::PREFIX) {
+        return admin::handle(ctx, req, rest);
+    }
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path {
+        "/metrics" | "/healthz" | "/readyz" if !get => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        "/metrics" => {
+            let mut r = Response::new(Body::from(exporter.render(&ctx.state())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
+            r
+        }
+        // Alive as long as the runtime answers at all.
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if ctx.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: starting or shutting down\n",
+                )
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
