@@ -3,6 +3,8 @@
 #
 # On a fresh Debian 12 machine with Rust it first installs what the tests need:
 #   - mosquitto + mosquitto-clients (apt, only when mosquitto_sub is missing; needs root or sudo),
+#   - prometheus (apt, only when prometheus or promtool is missing): the dashboard test runs a real
+#     Prometheus on its own loopback port, and promtool checks the /metrics output,
 #   - python3-venv (apt) when `python3 -m venv` is unavailable,
 #   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt).
 # Then, stopping at the first failure:
@@ -44,6 +46,9 @@ stage "Installing test dependencies"
 if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
     apt_install mosquitto mosquitto-clients
 fi
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    apt_install --no-install-recommends prometheus
+fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
@@ -55,6 +60,7 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r gateway/tests/interop/requirements.txt
 echo "mosquitto_sub: $(command -v mosquitto_sub)"
+echo "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
 "$VENV/bin/python" -c 'import paho.mqtt, pytest; print("paho-mqtt", paho.mqtt.__version__, "/ pytest", pytest.__version__)'
 
 stage "cargo fmt --all -- --check"

@@ -104,10 +104,7 @@ fn from_v4(packet: v4::Packet) -> Incoming {
         v4::Packet::PubRel(a) => Incoming::PubRel { pkid: a.pkid },
         v4::Packet::PubComp(a) => Incoming::PubComp { pkid: a.pkid },
         v4::Packet::SubAck(a) => Incoming::SubAck {
-            refused: a
-                .return_codes
-                .iter()
-                .any(|c| *c == v4::SubscribeReasonCode::Failure),
+            refused: a.return_codes.contains(&v4::SubscribeReasonCode::Failure),
         },
         v4::Packet::PingResp => Incoming::PingResp,
         _ => Incoming::Unexpected,
@@ -240,22 +237,22 @@ pub fn subscribe(
 /// The acknowledgements a client sends: PUBACK, PUBREC, PUBREL, PUBCOMP.
 #[derive(Debug, Clone, Copy)]
 pub enum Ack {
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
+    Puback,
+    Pubrec,
+    Pubrel,
+    Pubcomp,
 }
 
 pub fn ack(buf: &mut BytesMut, protocol: Protocol, kind: Ack, pkid: u16) -> Result<(), CodecError> {
     let written = match (protocol, kind) {
-        (Protocol::V311, Ack::PubAck) => v4::PubAck::new(pkid).write(buf),
-        (Protocol::V311, Ack::PubRec) => v4::PubRec::new(pkid).write(buf),
-        (Protocol::V311, Ack::PubRel) => v4::PubRel::new(pkid).write(buf),
-        (Protocol::V311, Ack::PubComp) => v4::PubComp::new(pkid).write(buf),
-        (Protocol::V5, Ack::PubAck) => v5::PubAck::new(pkid).write(buf),
-        (Protocol::V5, Ack::PubRec) => v5::PubRec::new(pkid).write(buf),
-        (Protocol::V5, Ack::PubRel) => v5::PubRel::new(pkid).write(buf),
-        (Protocol::V5, Ack::PubComp) => v5::PubComp::new(pkid).write(buf),
+        (Protocol::V311, Ack::Puback) => v4::PubAck::new(pkid).write(buf),
+        (Protocol::V311, Ack::Pubrec) => v4::PubRec::new(pkid).write(buf),
+        (Protocol::V311, Ack::Pubrel) => v4::PubRel::new(pkid).write(buf),
+        (Protocol::V311, Ack::Pubcomp) => v4::PubComp::new(pkid).write(buf),
+        (Protocol::V5, Ack::Puback) => v5::PubAck::new(pkid).write(buf),
+        (Protocol::V5, Ack::Pubrec) => v5::PubRec::new(pkid).write(buf),
+        (Protocol::V5, Ack::Pubrel) => v5::PubRel::new(pkid).write(buf),
+        (Protocol::V5, Ack::Pubcomp) => v5::PubComp::new(pkid).write(buf),
     };
     written.map(drop).map_err(encode_err)
 }
@@ -279,7 +276,7 @@ mod tests {
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut wire = BytesMut::new();
             publish(&mut wire, protocol, "a/b".into(), 1, 7, b"hello").expect("encodes");
-            ack(&mut wire, protocol, Ack::PubAck, 7).expect("encodes");
+            ack(&mut wire, protocol, Ack::Puback, 7).expect("encodes");
             let whole = wire.split().freeze();
             let mut buf = BytesMut::new();
             let mut got = Vec::new();

@@ -52,6 +52,8 @@ pub struct Conn {
     pub stream: TcpStream,
     tail: Vec<u8>,
     pending: Vec<u8>,
+    /// `tail` may hold complete packets: the handshake stopped reading at CONNACK.
+    stopped_early: bool,
 }
 
 async fn tcp_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
@@ -101,21 +103,25 @@ pub async fn establish(
             stream,
             tail: Vec::new(),
             pending: Vec::new(),
+            stopped_early: false,
         };
         conn.send(|buf| codec::connect(buf, protocol, options))?;
         let mut connack: Option<Result<bool, Reason>> = None;
         loop {
             conn.flush_pending().await?;
             conn.stream.readable().await.map_err(|e| io_reason(&e))?;
-            let open = conn.read(protocol, |packet, _| {
+            // Stop at CONNACK: a resumed session's messages may follow in the same segment,
+            // and they belong to the client's main loop (to be verified and acknowledged).
+            let open = conn.read_until(protocol, |packet, _| {
                 if let Incoming::ConnAck { code, name } = packet {
-                    connack.get_or_insert(if code == 0 {
+                    connack = Some(if code == 0 {
                         Ok(false)
                     } else {
                         Err(Cow::Owned(format!("connack_{name}")))
                     });
+                    return Ok(false);
                 }
-                Ok(())
+                Ok(true)
             })?;
             if let Some(result) = connack.take() {
                 return result.map(|session| (conn, session));
@@ -138,11 +144,24 @@ impl Conn {
 
     /// Reads what the socket has and hands each complete packet to `on_packet`, which may
     /// encode replies into the buffer it is given; replies go out after the batch.
-    /// `Ok(false)` means the broker closed the connection.
+    /// `Ok(false)` means the broker closed the connection. Packets left over by the handshake
+    /// are handled first.
     pub fn read(
         &mut self,
         protocol: Protocol,
         mut on_packet: impl FnMut(Incoming, &mut BytesMut) -> Result<(), Reason>,
+    ) -> Result<bool, Reason> {
+        self.read_until(protocol, |packet, reply| {
+            on_packet(packet, reply).map(|()| true)
+        })
+    }
+
+    /// `read`, stopping right after a packet for which `on_packet` returns `false`: what
+    /// follows it stays buffered for the next `read`.
+    fn read_until(
+        &mut self,
+        protocol: Protocol,
+        mut on_packet: impl FnMut(Incoming, &mut BytesMut) -> Result<bool, Reason>,
     ) -> Result<bool, Reason> {
         RX.with(|rx| {
             TX.with(|tx| {
@@ -152,7 +171,21 @@ impl Conn {
                 rx.extend_from_slice(&self.tail);
                 self.tail = Vec::new();
                 let mut open = true;
-                for _ in 0..READS_PER_WAKE {
+                let mut more = true;
+                let mut reads = 0;
+                while more {
+                    while let Some(packet) =
+                        codec::decode(&mut rx, protocol).map_err(codec_reason)?
+                    {
+                        if !on_packet(packet, &mut tx)? {
+                            more = false;
+                            break;
+                        }
+                    }
+                    if !more || !open || reads == READS_PER_WAKE {
+                        break;
+                    }
+                    reads += 1;
                     rx.reserve(SCRATCH);
                     match self.stream.try_read_buf(&mut *rx) {
                         Ok(0) => open = false,
@@ -160,16 +193,9 @@ impl Conn {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(io_reason(&e)),
                     }
-                    while let Some(packet) =
-                        codec::decode(&mut rx, protocol).map_err(codec_reason)?
-                    {
-                        on_packet(packet, &mut tx)?;
-                    }
-                    if !open {
-                        break;
-                    }
                 }
-                // Only a partial packet survives the batch, copied to fit.
+                self.stopped_early = !more;
+                // Only unprocessed bytes survive the batch, copied to fit.
                 if !rx.is_empty() {
                     self.tail.extend_from_slice(&rx);
                 }
@@ -179,6 +205,11 @@ impl Conn {
                 Ok(open)
             })
         })
+    }
+
+    /// Whether complete packets may be waiting in the buffer (left by the handshake).
+    pub fn has_buffered(&self) -> bool {
+        self.stopped_early && !self.tail.is_empty()
     }
 
     /// Encodes one packet and writes it, keeping what the socket does not take yet.

@@ -9,8 +9,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::BytesMut;
-use tokio::time::Instant;
+use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
+use tokio::time::{Instant, Sleep};
 
 use crate::codec::{self, Ack, Incoming};
 use crate::connection::{self, Conn, Reason};
@@ -84,6 +90,64 @@ pub async fn run(ctx: Arc<Ctx>, id: u64) {
     ctx.task_done();
 }
 
+async fn handshake(
+    ctx: &Ctx,
+    id: u64,
+    target: std::net::SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+) -> Result<Conn, Reason> {
+    let settings = &ctx.settings;
+    let client_id = render(&settings.client_id, id);
+    connection::establish(
+        target,
+        source,
+        settings.protocol,
+        &ctx.connect_options(&client_id),
+        settings.connect_timeout,
+    )
+    .await
+    .map(|(conn, _)| conn)
+}
+
+enum Event {
+    Woken,
+    Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
+    Timer,
+}
+
+/// Waits for the first of: a wake-up, socket readiness, the timer. Polls readiness directly
+/// (the socket keeps the waker) instead of holding `readable()`/`writable()` futures, which
+/// would add ~300 bytes to every idle device.
+async fn wait(
+    stream: &TcpStream,
+    buffered: bool,
+    pending: bool,
+    mut woken: Pin<&mut Notified<'_>>,
+    mut sleep: Pin<&mut Sleep>,
+) -> Event {
+    std::future::poll_fn(|cx| {
+        if woken.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Woken);
+        }
+        if !buffered {
+            if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                return Poll::Ready(Event::Readable(ready));
+            }
+        }
+        if pending {
+            if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                return Poll::Ready(Event::Writable(ready));
+            }
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// The next interval, varied by up to plus or minus `jitter`.
 fn jittered(interval: Duration, jitter: Duration) -> Duration {
     if jitter.is_zero() {
@@ -102,18 +166,10 @@ impl Device {
         let epoch = ctx.disconnect_epoch();
         ctx.stats.connect_attempts.fetch_add(1, Relaxed);
         let started = Instant::now();
-        let client_id = render(&settings.client_id, self.id);
-        let established = connection::establish(
-            target,
-            source,
-            settings.protocol,
-            &ctx.connect_options(&client_id),
-            settings.connect_timeout,
-        )
-        .await;
-        drop(client_id);
-        let mut conn = match established {
-            Ok((conn, _)) => conn,
+        // Boxed: the handshake's state (connect future, timer, client id) is large and lives
+        // only for the handshake; inline, every idle device future would be sized for it.
+        let mut conn = match Box::pin(handshake(ctx, self.id, target, source)).await {
+            Ok(conn) => conn,
             Err(reason) => {
                 ctx.stats.connect_failed(&reason);
                 return Outcome::ConnectFailed;
@@ -184,14 +240,33 @@ impl Device {
                 deadline = deadline.min(at);
             }
             sleep.as_mut().reset(deadline);
-            tokio::select! {
-                _ = &mut woken => {
+            if conn.has_buffered() {
+                let leftover = conn.read(settings.protocol, |packet, reply| {
+                    self.on_packet(ctx, packet, reply)
+                });
+                if let Err(reason) = leftover {
+                    return self.dropped(ctx, reason);
+                }
+            }
+            let (buffered, pending) = (conn.has_buffered(), conn.has_pending());
+            let event = wait(
+                &conn.stream,
+                buffered,
+                pending,
+                woken.as_mut(),
+                sleep.as_mut(),
+            )
+            .await;
+            match event {
+                Event::Woken => {
                     woken.set(ctx.wake().notified());
                     woken.as_mut().enable();
                 }
-                ready = conn.stream.readable() => {
+                Event::Readable(ready) => {
                     let read = match ready {
-                        Ok(()) => conn.read(settings.protocol, |packet, reply| self.on_packet(ctx, packet, reply)),
+                        Ok(()) => conn.read(settings.protocol, |packet, reply| {
+                            self.on_packet(ctx, packet, reply)
+                        }),
                         Err(e) => Err(connection::io_reason(&e)),
                     };
                     match read {
@@ -200,7 +275,7 @@ impl Device {
                         Err(reason) => return self.dropped(ctx, reason),
                     }
                 }
-                ready = conn.stream.writable(), if conn.has_pending() => {
+                Event::Writable(ready) => {
                     let flushed = match ready {
                         Ok(()) => conn.flush(),
                         Err(e) => Err(connection::io_reason(&e)),
@@ -209,7 +284,7 @@ impl Device {
                         return self.dropped(ctx, reason);
                     }
                 }
-                _ = &mut sleep => {
+                Event::Timer => {
                     let now = Instant::now();
                     if publishing && next_publish.is_some_and(|at| at <= now) {
                         if let Err(reason) = self.publish(ctx, conn, target_index) {
@@ -280,7 +355,7 @@ impl Device {
         match packet {
             Incoming::PubAck { pkid } | Incoming::PubComp { pkid } => self.acknowledged(ctx, pkid),
             Incoming::PubRec { pkid } => {
-                codec::ack(reply, ctx.settings.protocol, Ack::PubRel, pkid)
+                codec::ack(reply, ctx.settings.protocol, Ack::Pubrel, pkid)
                     .map_err(|_| Reason::Borrowed("encode_error"))?
             }
             Incoming::Disconnect { reason } => {
@@ -308,5 +383,57 @@ impl Device {
             // Give the memory back: most of a device's life has nothing in flight.
             self.inflight = VecDeque::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_future_size() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let _guard = rt.enter();
+        let args = crate::cli::RunArgs::default();
+        let settings = crate::scenario::Settings::resolve(&args).expect("valid");
+        let engine = crate::engine::Engine::new(
+            settings,
+            crate::engine::Slice {
+                devices: 0..1,
+                subscribers: 0..0,
+                connect_rate: 1.0,
+            },
+            0,
+        );
+        let ctx = engine.ctx_for_test();
+        let ctx2 = ctx.clone();
+        let fut = run(ctx, 0);
+        println!("device future: {} bytes", std::mem::size_of_val(&fut));
+        let mut d = Device {
+            id: 0,
+            seq: 0,
+            pkid: 0,
+            inflight: VecDeque::new(),
+        };
+        println!("session {}", std::mem::size_of_val(&d.session(&ctx2)));
+        println!("sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+        println!(
+            "notified {}",
+            std::mem::size_of_val(&ctx2.wake().notified())
+        );
+        let std_stream = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| std::net::TcpStream::connect(l.local_addr()?))
+            .expect("conn");
+        std_stream.set_nonblocking(true).expect("nb");
+        let stream = tokio::net::TcpStream::from_std(std_stream).expect("stream");
+        println!("readable {}", std::mem::size_of_val(&stream.readable()));
+        println!("tcpstream {}", std::mem::size_of_val(&stream));
+        println!(
+            "pause {}",
+            std::mem::size_of_val(&ctx2.pause(Duration::from_secs(1)))
+        );
     }
 }

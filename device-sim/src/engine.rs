@@ -197,6 +197,11 @@ impl Engine {
         }
     }
 
+    #[cfg(test)]
+    pub fn ctx_for_test(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.ctx.stats.snapshot(
             self.slice.devices.end - self.slice.devices.start,

@@ -203,7 +203,7 @@ fn random_part(name: &str) -> Result<Option<Part>, PayloadError> {
             min.trim().parse().map_err(|_| bad())?,
             max.trim().parse().map_err(|_| bad())?,
         );
-        if !(min <= max) {
+        if min.partial_cmp(&max).map_or(true, |o| o.is_gt()) {
             return Err(bad());
         }
         Ok(Some(Part::Rand { min, max }))

@@ -65,7 +65,10 @@ impl Progress {
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
-        } else if self.last_plain.is_none_or(|at| elapsed >= at + PLAIN_EVERY) {
+        } else if self
+            .last_plain
+            .map_or(true, |at| elapsed >= at + PLAIN_EVERY)
+        {
             self.last_plain = Some(elapsed);
             let _ = writeln!(err, "{line}");
         }

@@ -123,12 +123,20 @@ impl Subscriber {
                 return Outcome::Offline;
             }
             sleep.as_mut().reset(last_sent + keep_alive);
+            if conn.has_buffered() {
+                let leftover = conn.read(settings.protocol, |packet, reply| {
+                    self.on_packet(ctx, packet, reply)
+                });
+                if let Err(reason) = leftover {
+                    return failed(ctx, reason);
+                }
+            }
             tokio::select! {
                 _ = &mut woken => {
                     woken.set(ctx.wake().notified());
                     woken.as_mut().enable();
                 }
-                ready = conn.stream.readable() => {
+                ready = conn.stream.readable(), if !conn.has_buffered() => {
                     let read = match ready {
                         Ok(()) => conn.read(settings.protocol, |packet, reply| self.on_packet(ctx, packet, reply)),
                         Err(e) => Err(connection::io_reason(&e)),
@@ -173,12 +181,12 @@ impl Subscriber {
             Incoming::Publish { qos, pkid, payload } => {
                 self.verify(ctx, &payload);
                 match qos {
-                    1 => codec::ack(reply, protocol, Ack::PubAck, pkid),
-                    2 => codec::ack(reply, protocol, Ack::PubRec, pkid),
+                    1 => codec::ack(reply, protocol, Ack::Puback, pkid),
+                    2 => codec::ack(reply, protocol, Ack::Pubrec, pkid),
                     _ => Ok(()),
                 }
             }
-            Incoming::PubRel { pkid } => codec::ack(reply, protocol, Ack::PubComp, pkid),
+            Incoming::PubRel { pkid } => codec::ack(reply, protocol, Ack::Pubcomp, pkid),
             Incoming::SubAck { refused: true } => return Err(Reason::Borrowed("suback_refused")),
             Incoming::SubAck { refused: false } => {
                 if !self.counted_ready {

@@ -27,7 +27,11 @@ async fn smoke_scenario_connects_everyone_and_loses_nothing() {
     .await;
     run.assert_clean(200);
     assert_eq!(run.n("messages_acked"), run.n("messages_published"));
-    assert!(run.stdout.contains("lost"), "a summary table: {}", run.stdout);
+    assert!(
+        run.stdout.contains("lost"),
+        "a summary table: {}",
+        run.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +91,11 @@ async fn qos0_into_a_one_message_queue_is_reported_as_loss() {
         &[],
     )
     .await;
-    assert!(run.n("lost") > 0, "the verifier must see the drops: {}", run.report);
+    assert!(
+        run.n("lost") > 0,
+        "the verifier must see the drops: {}",
+        run.report
+    );
     assert!(
         run.n("lost") + run.n("messages_received") >= run.n("messages_published"),
         "{}",
@@ -127,37 +135,11 @@ async fn fleet_above_the_per_process_cap_splits_into_workers_and_merges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_subscribers_get_what_was_queued_while_offline() {
     let gateway = Gateway::start(|_| {}).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("offline.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"targets = ["{}"]
-devices = 50
-publish_interval = "100ms"
-qos = 1
-protocol = "5"
-clean_session = false
-session_expiry = "10m"
-subscribers = 1
-subscriber_client_id = "offline-test-sub-{{id}}"
-duration = "5s"
-drain = "2s"
-
-[disconnect]
-at = "1500ms"
-share = 1.0
-who = "subscribers"
-offline_for = "1500ms"
-backoff_min = "50ms"
-backoff_max = "100ms"
-"#,
-            gateway.addr
-        ),
-    )
-    .expect("writes scenario");
-    let run = simulate(&["--scenario", file.to_str().expect("utf-8 path")], &[]).await;
-    assert_eq!(run.report["disconnects_by_reason"]["disconnect_event"], 1, "{}", run.report);
+    let run = common::persistent_offline(gateway.addr).await;
+    assert_eq!(
+        run.report["disconnects_by_reason"]["disconnect_event"], 1,
+        "{}",
+        run.report
+    );
     assert_eq!(run.n("lost"), 0, "{}\n{}", run.report, run.stderr);
-    assert!(run.n("messages_received") >= run.n("messages_published"), "{}", run.report);
 }

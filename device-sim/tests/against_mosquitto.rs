@@ -1,5 +1,6 @@
 //! The simulator against Mosquitto (a broker it shares no code with): every device connects
-//! and nothing is lost at QoS 1, in MQTT 3.1.1 and 5.0.
+//! and nothing is lost at QoS 1, in MQTT 3.1.1 and 5.0, including what was queued for
+//! persistent subscribers while they were offline.
 
 mod common;
 
@@ -36,4 +37,17 @@ async fn mosquitto_qos1_loses_nothing_in_both_protocols() {
         .await;
         run.assert_clean(200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_keeps_messages_for_offline_persistent_subscribers() {
+    let mosquitto = Mosquitto::start();
+    let run = common::persistent_offline(mosquitto.addr).await;
+    assert_eq!(
+        run.report["disconnects_by_reason"]["disconnect_event"], 1,
+        "{}",
+        run.report
+    );
+    assert_eq!(run.n("lost"), 0, "{}\n{}", run.report, run.stderr);
+    assert_eq!(run.n("duplicates"), 0, "{}", run.report);
 }

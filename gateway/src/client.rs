@@ -300,7 +300,13 @@ impl Client {
             }
         }
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        let client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        // Aliases towards the client cost a map entry each: bounded by our own maximum too, so a
+        // client announcing 65535 cannot make us keep 65535 topics for it.
+        let client_alias_max = connect
+            .properties
+            .topic_alias_maximum
+            .unwrap_or(0)
+            .min(cfg.topic_alias_maximum);
         let mut out = BytesMut::new();
         let connack = Packet::ConnAck(ConnAck {
             session_present: attached.present,

@@ -188,14 +188,14 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_current: Gauge,
     pub accept_errors: Counter,
-    pub messages_received: [Counter; 3],
-    pub messages_delivered: [Counter; 3],
-    pub bytes_received: Counter,
-    pub bytes_sent: Counter,
     pub task_panics: Counter,
-    pub delivery_seconds: Histogram,
-    pub auth_failures: Counter,
     pub totals: Totals,
+    messages_received: [Counter; 3],
+    messages_delivered: [Counter; 3],
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    delivery_seconds: Histogram,
+    auth_failures: Counter,
     dropped: [Counter; DROP_REASONS.len()],
     closed: [Counter; CLOSE_REASONS.len()],
     rejected: [Counter; REJECT_REASONS.len()],
@@ -567,5 +567,75 @@ impl Exporter {
     /// between scrapes bounds the memory samples take when nobody scrapes.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(exposition: &str, series: &str) -> Option<f64> {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn label_tables_follow_the_enum_order() {
+        for (i, (reason, _)) in DROP_REASONS.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for (i, reason) in CLOSE_REASONS.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn batches_are_counted_by_type_and_qos_and_unknown_labels_fall_back_to_other() {
+        let (m, exporter) = Metrics::prometheus().unwrap();
+        let frames = [
+            Bytes::from_static(&[0x30, 0]),
+            Bytes::from_static(&[0x32, 0]),
+            Bytes::from_static(&[0x34, 0]),
+            Bytes::from_static(&[0x34, 0]),
+            Bytes::from_static(&[0xC0, 0]),
+            Bytes::new(),
+        ];
+        m.received_frames(&frames);
+        let mut batch = SentBatch::default();
+        batch.add(1, Some(Instant::now()));
+        batch.add(1, None);
+        m.sent_batch(&batch);
+        m.rejected("not-a-listed-reason");
+        m.rejected("bad_auth_method");
+        m.bad_input("something-new");
+        m.dropped(DropReason::SlowConsumerQos0, 3);
+        m.closed(CloseReason::Administrative);
+        let text = exporter.render(&BrokerState::default());
+        let v = |series: &str| value(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+        assert_eq!(v("gateway_packets_received_total{type=\"publish\"}"), 4.0);
+        assert_eq!(v("gateway_packets_received_total{type=\"pingreq\"}"), 1.0);
+        assert_eq!(v("gateway_messages_received_total{qos=\"0\"}"), 1.0);
+        assert_eq!(v("gateway_messages_received_total{qos=\"1\"}"), 1.0);
+        assert_eq!(v("gateway_messages_received_total{qos=\"2\"}"), 2.0);
+        assert_eq!(m.totals.messages_received.load(Ordering::Relaxed), 4);
+        assert_eq!(v("gateway_messages_delivered_total{qos=\"1\"}"), 2.0);
+        assert_eq!(v("gateway_packets_sent_total{type=\"publish\"}"), 2.0);
+        assert_eq!(v("gateway_delivery_latency_seconds_count"), 1.0);
+        assert_eq!(
+            v("gateway_connections_rejected_total{reason=\"other\"}"),
+            1.0
+        );
+        assert_eq!(v("gateway_auth_failures_total"), 1.0);
+        assert_eq!(v("gateway_malformed_packets_total{kind=\"other\"}"), 1.0);
+        assert_eq!(
+            v("gateway_messages_dropped_total{reason=\"slow_consumer_qos0\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("gateway_connections_closed_total{reason=\"administrative\"}"),
+            1.0
+        );
+        assert!(!text.contains("type=\"reserved\""));
     }
 }

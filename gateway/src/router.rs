@@ -207,8 +207,10 @@ impl Router {
     ) -> Vec<Delivery> {
         let mut found = Vec::new();
         self.retained.matching(filter, &mut found);
+        let now = std::time::Instant::now();
         found
             .into_iter()
+            .filter(|msg| !msg.is_expired(now))
             .map(|msg| Delivery {
                 qos: options.qos.min(msg.qos),
                 retain: true,

@@ -168,8 +168,8 @@ mod tests {
         let mut load = Load::new();
         load.update(1_000, 10.0);
         assert_eq!(load.averages, [0.0; 3], "no rate from the first sample");
-        // 100 messages every 10 s is 600 per minute.
-        for i in 1..=360 {
+        // 100 messages every 10 s is 600 per minute; three hours settle even the 15-minute load.
+        for i in 1..=1080 {
             load.update(1_000 + i * 100, 10.0);
         }
         for avg in load.averages {

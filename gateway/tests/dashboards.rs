@@ -71,7 +71,10 @@ impl Prometheus {
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
             ))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,7 +197,11 @@ fn checks(dashboard: &Value) -> Vec<Check> {
             });
         }
     }
-    let mut panels: Vec<&Value> = dashboard["panels"].as_array().into_iter().flatten().collect();
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     while let Some(panel) = panels.pop() {
         panels.extend(panel["panels"].as_array().into_iter().flatten());
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -249,9 +256,9 @@ async fn traffic(addr: SocketAddr, stop: Arc<AtomicBool>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let Some(binary) = prometheus_binary() else {
-        eprintln!(
-            "\n!!!!! SKIPPED: the dashboard test needs Debian's `prometheus` package \
-             (`apt-get install prometheus`; scripts/test.sh installs it). No query was checked. !!!!!\n"
+        observe::loud(
+            "SKIPPED: the dashboard test needs Debian's `prometheus` package \
+             (`apt-get install prometheus`; scripts/test.sh installs it). No query was checked.",
         );
         return;
     };
@@ -270,11 +277,11 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         let checks = checks(&dashboard);
         assert!(checks.len() >= 5, "{file}: only {} queries", checks.len());
         if feed == Feed::ValidityOnly {
-            eprintln!(
-                "\n!!!!! {file}: {} queries checked for validity only; device-sim does not \
-                 expose its metrics yet, so they cannot return series here. !!!!!\n",
+            observe::loud(&format!(
+                "{file}: {} queries checked for validity only; device-sim does not \
+                 expose its metrics yet, so they cannot return series here.",
                 checks.len()
-            );
+            ));
         }
         for check in checks {
             pending.push((file, feed, check));
@@ -319,9 +326,7 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
 #[test]
 fn the_example_prometheus_config_is_valid() {
     let Some(promtool) = observe::tool("promtool") else {
-        eprintln!(
-            "\n!!!!! SKIPPED: `promtool` not found (Debian's `prometheus` package). !!!!!\n"
-        );
+        observe::loud("SKIPPED: `promtool` not found (Debian's `prometheus` package).");
         return;
     };
     let out = Command::new(promtool)

@@ -168,11 +168,19 @@ impl Run {
     /// All devices connected, nothing lost, duplicated or reordered, every key present.
     pub fn assert_clean(&self, devices: u64) {
         for key in REPORT_KEYS {
-            assert!(self.report.get(*key).is_some(), "report lacks {key}: {}", self.report);
+            assert!(
+                self.report.get(*key).is_some(),
+                "report lacks {key}: {}",
+                self.report
+            );
         }
         for key in ["latency_ms", "connect_ms"] {
             for q in ["p50", "p99", "p999", "max"] {
-                assert!(self.report[key][q].is_number(), "{key}.{q} missing: {}", self.report);
+                assert!(
+                    self.report[key][q].is_number(),
+                    "{key}.{q} missing: {}",
+                    self.report
+                );
             }
         }
         let context = format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
@@ -184,6 +192,45 @@ impl Run {
         assert_eq!(self.n("lost"), 0, "{context}");
         assert_eq!(self.n("duplicates"), 0, "{context}");
         assert_eq!(self.n("out_of_order"), 0, "{context}");
-        assert_eq!(self.n("messages_received"), self.n("messages_published"), "{context}");
+        assert_eq!(
+            self.n("messages_received"),
+            self.n("messages_published"),
+            "{context}"
+        );
     }
+}
+
+/// Persistent-session subscribers dropped for 1.5 s while 50 devices publish at QoS 1.
+pub async fn persistent_offline(target: SocketAddr) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("offline.toml");
+    // A fresh client id per run: a session left by an earlier run would replay old messages.
+    let sub_id = format!("offline-sub-{}-{{id}}", std::process::id());
+    std::fs::write(
+        &file,
+        format!(
+            r#"targets = ["{target}"]
+devices = 50
+publish_interval = "100ms"
+qos = 1
+protocol = "5"
+clean_session = false
+session_expiry = "10m"
+subscribers = 1
+subscriber_client_id = "{sub_id}"
+duration = "5s"
+drain = "2s"
+
+[disconnect]
+at = "1500ms"
+share = 1.0
+who = "subscribers"
+offline_for = "1500ms"
+backoff_min = "50ms"
+backoff_max = "100ms"
+"#
+        ),
+    )
+    .expect("writes scenario");
+    simulate(&["--scenario", file.to_str().expect("utf-8 path")], &[]).await
 }

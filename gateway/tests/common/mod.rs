@@ -26,6 +26,8 @@ impl TestBroker {
         let mut config = Config::default();
         config.mqtt.listen = "127.0.0.1:0".parse().expect("literal address");
         config.http.listen = None;
+        // The broker's own $SYS messages would interleave with what the tests expect to receive.
+        config.sys.interval = 0;
         tune(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addr();

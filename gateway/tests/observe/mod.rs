@@ -190,3 +190,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
+
+/// Prints past the test harness's output capture, so that a skipped check is seen even when the
+/// test passes.
+pub fn loud(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n!!!!! {message} !!!!!\n");
+}
