@@ -2,7 +2,9 @@
 # Runs every test of the repository; the one command for developers and CI (.ci/run).
 #
 # On a fresh Debian 12 machine with Rust it first installs what the tests need:
-#   - mosquitto + mosquitto-clients (apt, only when mosquitto_sub is missing; needs root or sudo),
+#   - mosquitto + mosquitto-clients (apt, only when mosquitto_sub, mosquitto_pub or
+#     mosquitto_passwd is missing; needs root or sudo; the auth tests write password files with
+#     the real mosquitto_passwd),
 #   - prometheus (apt, only when prometheus or promtool is missing): the dashboard test runs a real
 #     Prometheus on its own loopback port, and promtool checks the /metrics output,
 #   - python3-venv (apt) when `python3 -m venv` is unavailable,
@@ -43,7 +45,8 @@ apt_install() {
 }
 
 stage "Installing test dependencies"
-if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1 \
+    || ! command -v mosquitto_passwd >/dev/null 2>&1; then
     apt_install mosquitto mosquitto-clients
 fi
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then

@@ -161,7 +161,6 @@ impl Device {
         if ctx.stopping() {
             return Outcome::Stopped;
         }
-        let settings = &ctx.settings;
         let (target_index, target, source) = ctx.device_route(self.id);
         let epoch = ctx.disconnect_epoch();
         ctx.stats.connect_attempts.fetch_add(1, Relaxed);
@@ -389,51 +388,26 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Engine, Slice};
+    use crate::scenario::Settings;
 
+    /// The task future is most of an idle device's memory; this guards its size.
     #[test]
-    fn device_future_size() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    fn idle_device_future_stays_small() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("rt");
-        let _guard = rt.enter();
-        let args = crate::cli::RunArgs::default();
-        let settings = crate::scenario::Settings::resolve(&args).expect("valid");
-        let engine = crate::engine::Engine::new(
-            settings,
-            crate::engine::Slice {
-                devices: 0..1,
-                subscribers: 0..0,
-                connect_rate: 1.0,
-            },
-            0,
-        );
-        let ctx = engine.ctx_for_test();
-        let ctx2 = ctx.clone();
-        let fut = run(ctx, 0);
-        println!("device future: {} bytes", std::mem::size_of_val(&fut));
-        let mut d = Device {
-            id: 0,
-            seq: 0,
-            pkid: 0,
-            inflight: VecDeque::new(),
+            .expect("runtime");
+        let _entered = runtime.enter();
+        let settings = Settings::resolve(&crate::cli::RunArgs::default()).expect("valid");
+        let slice = Slice {
+            devices: 0..1,
+            subscribers: 0..0,
+            connect_rate: 1.0,
         };
-        println!("session {}", std::mem::size_of_val(&d.session(&ctx2)));
-        println!("sleep {}", std::mem::size_of::<tokio::time::Sleep>());
-        println!(
-            "notified {}",
-            std::mem::size_of_val(&ctx2.wake().notified())
-        );
-        let std_stream = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| std::net::TcpStream::connect(l.local_addr()?))
-            .expect("conn");
-        std_stream.set_nonblocking(true).expect("nb");
-        let stream = tokio::net::TcpStream::from_std(std_stream).expect("stream");
-        println!("readable {}", std::mem::size_of_val(&stream.readable()));
-        println!("tcpstream {}", std::mem::size_of_val(&stream));
-        println!(
-            "pause {}",
-            std::mem::size_of_val(&ctx2.pause(Duration::from_secs(1)))
-        );
+        let engine = Engine::new(settings, slice, 0);
+        let device = run(engine.ctx_for_test(), 0);
+        let size = std::mem::size_of_val(&device);
+        assert!(size <= 704, "device future grew to {size} bytes");
     }
 }

@@ -23,11 +23,6 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
-// Freed per-connection memory goes back to a shared pool instead of per-thread glibc arenas,
-// which keeps RSS close to what the fleet holds.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

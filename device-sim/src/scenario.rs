@@ -12,21 +12,19 @@ use crate::payload::{Payload, PayloadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("scenario {path}: {source}")]
+    // Causes are part of the message (one line for the user), not chained sources.
+    #[error("cannot read scenario {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("scenario {path}: {error}")]
     Parse {
         path: String,
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
-    #[error("invalid duration for `{key}`: {value:?} ({source})")]
+    #[error("invalid duration for `{key}`: {value:?} ({error})")]
     Duration {
         key: &'static str,
         value: String,
-        source: humantime::DurationError,
+        error: humantime::DurationError,
     },
     #[error("invalid value for `{key}`: {value} ({why})")]
     Invalid {
@@ -154,10 +152,10 @@ pub struct Settings {
 }
 
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ScenarioError> {
-    humantime::parse_duration(value).map_err(|source| ScenarioError::Duration {
+    humantime::parse_duration(value).map_err(|error| ScenarioError::Duration {
         key,
         value: value.to_string(),
-        source,
+        error,
     })
 }
 
@@ -442,13 +440,13 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
-    toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+    toml::from_str(&text).map_err(|error| ScenarioError::Parse {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 

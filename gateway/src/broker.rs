@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
 
+use crate::auth::Security;
 use crate::config::Config;
 use crate::metrics::{BrokerState, Metrics};
 use crate::registry::Registry;
@@ -34,6 +35,8 @@ pub struct Context {
     pub router: Arc<Router>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Password file, ACL and the login hashing limiter (`[auth]`), reloaded on SIGHUP.
+    pub security: Security,
     /// Open client connections.
     pub connections: AtomicUsize,
     /// Connections refused beyond this (open-file limit minus reserve).
@@ -102,6 +105,8 @@ pub struct Broker {
 impl Broker {
     /// Binds the MQTT listener and the HTTP endpoint and builds the shared state.
     pub async fn bind(config: Config) -> anyhow::Result<Broker> {
+        // Files first: a bad password or ACL file is a configuration error (exit 2 in `main`).
+        let security = Security::load(&config)?;
         let fd_limit = listener::raise_fd_limit();
         let max_connections =
             fd_limit.saturating_sub(u64::from(config.mqtt.fd_reserve) + BASE_FDS) as usize;
@@ -137,6 +142,7 @@ impl Broker {
             router,
             registry: Arc::new(Registry::new()),
             metrics,
+            security,
             connections: AtomicUsize::new(0),
             max_connections,
             idle: Notify::new(),

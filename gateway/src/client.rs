@@ -16,6 +16,8 @@ use bytestring::ByteString;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::acl::{ClientAcl, Principal};
+use crate::auth::Refusal;
 use crate::broker::{ConnectionSlot, Context};
 use crate::codec::{
     self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
@@ -84,6 +86,8 @@ pub struct Client {
     will: Option<Box<LastWill>>,
     aliases_in: Option<Box<[Option<ByteString>]>>,
     aliases_out: Option<Box<AliasesOut>>,
+    /// Present only when an ACL file is configured: without one, one branch per check.
+    acl: Option<Box<ClientAcl>>,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,
@@ -265,6 +269,12 @@ impl Client {
             }
         }
 
+        // Before the session is touched: a refused client must not take over anyone's session.
+        let acl = match authorize(&ctx, &connect, &client_id).await {
+            Ok(acl) => acl,
+            Err(code) => return refuse_and_close(&ctx, conn, protocol, code, peer).await,
+        };
+
         let attached = ctx
             .registry
             .attach(&client_id, connect.clean_start, &ctx.router)
@@ -343,6 +353,7 @@ impl Client {
                         max: client_alias_max,
                     })
                 }),
+            acl,
             close: CloseReason::Network,
             publish_will: true,
             conn,
@@ -599,6 +610,14 @@ impl Client {
             self.acknowledge_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
             return Ok(());
         }
+        if let Some(acl) = self.acl.as_mut() {
+            if !acl.may_write(&topic) {
+                debug!(client = %self.session.client_id, %topic, "PUBLISH not authorized");
+                self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
+                self.acknowledge_publish(&p, reason::NOT_AUTHORIZED);
+                return Ok(());
+            }
+        }
         let route = match p.qos {
             QoS::ExactlyOnce => match self
                 .session
@@ -680,6 +699,11 @@ impl Client {
                     self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription")
                 );
             }
+            if !self.may_subscribe(filter) {
+                debug!(client = %self.session.client_id, %filter, "subscription not authorized");
+                reasons.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
             match self
                 .ctx
                 .router
@@ -711,6 +735,19 @@ impl Client {
             properties: Properties::default(),
         }));
         Ok(())
+    }
+
+    /// ACL check of a SUBSCRIBE filter; for `$share/{group}/F` the filter F is what is read.
+    fn may_subscribe(&mut self, filter: &str) -> bool {
+        let Some(acl) = self.acl.as_mut() else {
+            return true;
+        };
+        // A malformed shared filter is left for the router to refuse with its own reason code.
+        let plain = match topic::parse_shared(filter) {
+            Ok(Some((_, f))) => f,
+            _ => filter,
+        };
+        acl.may_subscribe(plain)
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
@@ -792,6 +829,17 @@ impl Client {
             }
             let d = &o.delivery;
             let msg = &d.msg;
+            // The last gate of every route to this client (live, queued, retained, resent,
+            // shared): a wildcard subscription never carries a topic the client may not read.
+            if let Some(acl) = self.acl.as_mut() {
+                if !acl.may_read(&msg.topic) {
+                    self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
+                    if o.packet_id != 0 {
+                        self.session.abandon(o.packet_id);
+                    }
+                    continue;
+                }
+            }
             let plain = msg.has_plain_layout(self.protocol)
                 && (d.subscription_ids.is_empty() || !self.protocol.is_v5())
                 && self.aliases_out.is_none();
@@ -942,6 +990,41 @@ impl Drop for Client {
     }
 }
 
+/// Authenticates the CONNECT and checks its will against the ACL (at CONNECT rather than at
+/// publication, so a client learns at once, CONNACK 5 / 0x87, that its will could never go out).
+/// Returns the client's ACL view (when an ACL file is configured) or the CONNACK reason code.
+async fn authorize(
+    ctx: &Context,
+    connect: &Connect,
+    client_id: &ByteString,
+) -> Result<Option<Box<ClientAcl>>, u8> {
+    let username = ctx
+        .security
+        .authenticate(connect.username.as_ref(), connect.password.as_deref())
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+            Refusal::NotAuthorized => reason::NOT_AUTHORIZED,
+        })?;
+    let Some(handle) = ctx.security.acl() else {
+        return Ok(None);
+    };
+    let mut acl = ClientAcl::new(
+        handle.clone(),
+        Principal {
+            // Owned copies: the principal lives as long as the connection.
+            client_id: ByteString::from(&client_id[..]),
+            username: username.map(|u| ByteString::from(&u[..])),
+        },
+    );
+    if let Some(will) = &connect.will {
+        if !acl.may_write(&will.topic) {
+            return Err(reason::NOT_AUTHORIZED);
+        }
+    }
+    Ok(Some(Box::new(acl)))
+}
+
 async fn refuse_and_close(
     ctx: &Context,
     mut conn: Connection,
@@ -962,6 +1045,8 @@ fn reject_label(code: u8) -> &'static str {
         reason::BAD_AUTHENTICATION_METHOD => "bad_auth_method",
         reason::TOPIC_NAME_INVALID => "will_topic_invalid",
         reason::PAYLOAD_FORMAT_INVALID => "will_payload_invalid",
+        reason::BAD_USERNAME_OR_PASSWORD => "bad_credentials",
+        reason::NOT_AUTHORIZED => "not_authorized",
         _ => "other",
     }
 }

@@ -23,6 +23,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub sys: SysConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 /// The `[mqtt]` section: the listener and the per-connection and per-session limits.
@@ -73,6 +74,18 @@ pub struct HttpConfig {
 pub struct SysConfig {
     /// Seconds between publications of the `$SYS/` topics; 0 disables them.
     pub interval: u32,
+}
+
+/// The `[auth]` section: who may connect, and the rules on what they may read and write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Whether clients without a (verified) username are accepted; they also are when no
+    /// password file is set and the MQTT listener is on a loopback address (see `auth`).
+    pub allow_anonymous: bool,
+    /// Mosquitto-style password file (`$7$` PBKDF2-SHA512 and argon2 entries).
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-style ACL file; `None` allows every client everything.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// The `[log]` section.
@@ -208,7 +221,7 @@ impl Config {
         let table: Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         let mut config = Config::default();
         for (section, body) in &table {
-            if !matches!(section.as_str(), "mqtt" | "http" | "sys" | "log") {
+            if !matches!(section.as_str(), "mqtt" | "http" | "sys" | "log" | "auth") {
                 return Err(ConfigError::UnknownKey {
                     key: section.clone(),
                     value: render(body),
@@ -355,6 +368,9 @@ impl Config {
                 };
             }
             ("sys", "interval") => self.sys.interval = integer(k, value, SYS_INTERVAL)?,
+            ("auth", "allow_anonymous") => self.auth.allow_anonymous = boolean(k, value)?,
+            ("auth", "password_file") => self.auth.password_file = optional_path(k, value)?,
+            ("auth", "acl_file") => self.auth.acl_file = optional_path(k, value)?,
             ("log", "level") => {
                 let level = string(k, value, LEVEL_HINT)?;
                 check_log_level(k, level)?;
@@ -431,6 +447,11 @@ fn optional_socket_addr(key: &str, value: &Value) -> Result<Option<SocketAddr>, 
             .map(Some)
             .map_err(|_| invalid(key, value, hint)),
     }
+}
+
+fn optional_path(key: &str, value: &Value) -> Result<Option<PathBuf>, ConfigError> {
+    let path = string(key, value, "expected a file path, or \"\" for none")?;
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
 }
 
 /// Accepts integer or fractional seconds so sub-second timeouts can be set for tests and labs.
@@ -613,11 +634,12 @@ mod tests {
         // Parsing alone would accept a file that omits keys; the file is meant to document all.
         let table: Table = text.parse().unwrap();
         let count = |section: &str| table[section].as_table().unwrap().len();
-        assert_eq!(table.len(), 4);
+        assert_eq!(table.len(), 5);
         assert_eq!(count("mqtt"), 14);
         assert_eq!(count("http"), 2);
         assert_eq!(count("sys"), 1);
         assert_eq!(count("log"), 1);
+        assert_eq!(count("auth"), 3);
     }
 
     #[test]
@@ -645,6 +667,10 @@ mod tests {
             interval = 0
             [log]
             level = "warn,gateway=debug"
+            [auth]
+            allow_anonymous = true
+            password_file = "/etc/gateway/passwd"
+            acl_file = "acl"
         "#;
         let expected = Config {
             mqtt: MqttConfig {
@@ -670,6 +696,11 @@ mod tests {
             sys: SysConfig { interval: 0 },
             log: LogConfig {
                 level: "warn,gateway=debug".to_owned(),
+            },
+            auth: AuthConfig {
+                allow_anonymous: true,
+                password_file: Some("/etc/gateway/passwd".into()),
+                acl_file: Some("acl".into()),
             },
         };
         assert_eq!(Config::from_toml(text).unwrap(), expected);

@@ -6,10 +6,14 @@
 //! `topic_index` and queues a delivery on each receiving `session`; the receiving client's task
 //! encodes it once per layout and writes it with shared payload bytes. `registry` maps client ids to
 //! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
+//! `auth` checks CONNECT credentials against the password file and `acl` decides who may read and
+//! write which topic.
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
+pub mod acl;
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod codec;

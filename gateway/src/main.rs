@@ -3,7 +3,8 @@
 //!
 //! Everything about MQTT lives in the library; this file only owns process concerns: exit codes
 //! (2 for any configuration mistake, so supervisors can tell "fix the config" from a crash),
-//! the allocator, the log filter and signal handling.
+//! the allocator, the log filter and signal handling (SIGHUP reloads the password and ACL files),
+//! and the `gateway passwd FILE USER` subcommand that writes password file entries.
 
 use std::io::IsTerminal as _;
 use std::num::NonZeroUsize;
@@ -39,6 +40,15 @@ struct Cli {
     /// Log level or filter directive, overrides log.level (RUST_LOG still wins)
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add or replace USER's entry (argon2id) in the password FILE (created with mode 0600).
+    /// Prompts twice on a terminal; otherwise reads one line from stdin.
+    Passwd { file: PathBuf, user: String },
 }
 
 impl Cli {
@@ -67,6 +77,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return passwd(file, user);
+    }
     let config = match cli.config() {
         Ok(config) => config,
         Err(e) => {
@@ -80,8 +93,49 @@ fn main() -> ExitCode {
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        // A bad password or ACL file is found while starting, but is a configuration mistake.
+        Err(e) => match e.downcast_ref::<gateway::config::ConfigError>() {
+            Some(config) => {
+                eprintln!("{config}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            None => {
+                eprintln!("gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// `gateway passwd FILE USER`: the password comes from a prompt (typed twice) on a terminal, so
+/// a typo is caught, or from one line of stdin for scripts.
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Reenter password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("gateway passwd: passwords do not match");
+                return ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("gateway passwd: cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("gateway passwd: cannot read the password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    match gateway::auth::set_password(file, user, &password) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gateway: {e:#}");
+            eprintln!("gateway passwd: {e}");
             ExitCode::FAILURE
         }
     }
@@ -125,6 +179,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers are installed before binding so a signal sent as soon as the listener is up
     // (by a supervisor or a test) is never lost to the default disposition.
     let shutdown = shutdown_signal()?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     let broker = Broker::bind(config)
         .await
         .context("cannot start the MQTT listener")?;
@@ -132,6 +187,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(http) => tracing::info!(mqtt = %broker.local_addr(), %http, "gateway listening"),
         None => tracing::info!(mqtt = %broker.local_addr(), http = "off", "gateway listening"),
     }
+    let ctx = broker.context();
+    // Aborted with the runtime when `serve` returns.
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match ctx.security.reload() {
+                Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous files"),
+            }
+        }
+    });
     broker.run(shutdown).await?;
     tracing::info!("gateway stopped");
     Ok(())

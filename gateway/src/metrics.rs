@@ -61,11 +61,13 @@ const PUBLISH: usize = 3;
 
 /// Labels of `gateway_connections_rejected_total`; callers pass one of these, anything else is
 /// counted as "other".
-const REJECT_REASONS: [&str; 7] = [
+const REJECT_REASONS: [&str; 9] = [
     "fd_limit",
     "bad_connect",
     "client_id_invalid",
     "bad_auth_method",
+    "bad_credentials",
+    "not_authorized",
     "will_topic_invalid",
     "will_payload_invalid",
     "other",
@@ -94,9 +96,11 @@ pub enum DropReason {
     RetainedFull,
     /// A QoS 0 message for a connected session whose queue is full: its client reads too slowly.
     SlowConsumerQos0,
+    /// The publisher may not write the topic, or the receiver may not read it (ACL).
+    NotAuthorized,
 }
 
-const DROP_REASONS: [(DropReason, &str); 7] = [
+const DROP_REASONS: [(DropReason, &str); 8] = [
     (DropReason::QueueFull, "queue_full"),
     (DropReason::Expired, "expired"),
     (DropReason::TooLarge, "too_large"),
@@ -104,6 +108,7 @@ const DROP_REASONS: [(DropReason, &str); 7] = [
     (DropReason::OfflineQos0, "offline_qos0"),
     (DropReason::RetainedFull, "retained_full"),
     (DropReason::SlowConsumerQos0, "slow_consumer_qos0"),
+    (DropReason::NotAuthorized, "not_authorized"),
 ];
 
 /// Why a connection ended.
@@ -280,7 +285,10 @@ impl Metrics {
 
     /// Rare path (a refused connection): the label is looked up in a short list.
     pub fn rejected(&self, reason: &'static str) {
-        if reason == "bad_auth_method" {
+        if matches!(
+            reason,
+            "bad_auth_method" | "bad_credentials" | "not_authorized"
+        ) {
             self.auth_failures.increment(1);
         }
         self.rejected[label_index(&REJECT_REASONS, reason)].increment(1);

@@ -5,16 +5,17 @@
 //! A property test throws random bytes after a valid CONNECT and checks that no session task
 //! panics and the broker keeps serving.
 
+mod clients;
 mod common;
-mod rawmqtt;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clients::raw::{connect_raw, packet, string, varint, End, Frame, Raw, V};
+use clients::Healthy;
 use common::TestBroker;
 use proptest::prelude::*;
-use rawmqtt::{connect_raw, packet, string, varint, End, Frame, Healthy, Raw, V};
 use tokio::io::AsyncWriteExt;
 
 // v5 reason codes used below.
@@ -46,9 +47,8 @@ async fn assert_rejected(
 
 /// Opens a raw connection whose first packet is `first`, and asserts a close without answer.
 async fn assert_closed_without_answer(broker: &TestBroker, first: &[u8], what: &str) {
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(first).await;
-    raw.expect_closed_silently(what).await;
+    let mut raw = Raw::open_with(broker.addr, first).await;
+    raw.expect_closed(what).await;
 }
 
 async fn started() -> (TestBroker, Healthy) {
@@ -108,8 +108,7 @@ async fn connect_with_client_id_past_the_end() {
     let (broker, mut healthy) = started().await;
     let truncated_id = [0, 10, b'i', b'd'];
     let v5 = connect_raw(b"MQTT", 5, 0x02, Some(&[]), &truncated_id);
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&v5).await;
+    let mut raw = Raw::open_with(broker.addr, &v5).await;
     raw.expect_connack_refusal(MALFORMED, "v5 CONNECT with truncated client id")
         .await;
 
@@ -202,8 +201,8 @@ async fn unsupported_protocol_name_or_level() {
         (b"MQIsdp", 4, None),
     ];
     for (name, level, props) in cases {
-        let mut raw = Raw::open(broker.addr).await;
-        raw.send(&connect_raw(name, level, 0x02, props, &id)).await;
+        let mut raw =
+            Raw::open_with(broker.addr, &connect_raw(name, level, 0x02, props, &id)).await;
         let what = format!("protocol {:?} level {level}", String::from_utf8_lossy(name));
         let frame = raw.expect_packet(&what).await;
         // 3.1.1 form: flags 0, return code 1 (unacceptable protocol version), no properties.
@@ -262,9 +261,11 @@ async fn invalid_utf8_and_nul_in_strings() {
         .await;
     }
     // In CONNECT: v5 answers CONNACK 0x81, 3.1.1 closes without a word.
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQTT", 5, 0x02, Some(&[]), &string(b"id\0")))
-        .await;
+    let mut raw = Raw::open_with(
+        broker.addr,
+        &connect_raw(b"MQTT", 5, 0x02, Some(&[]), &string(b"id\0")),
+    )
+    .await;
     raw.expect_connack_refusal(MALFORMED, "U+0000 in v5 client id")
         .await;
     let v311 = connect_raw(b"MQTT", 4, 0x02, None, &string(&[b'i', 0xFF]));
@@ -410,9 +411,7 @@ async fn remaining_length_overflow_and_non_minimal() {
 async fn connect_with_reserved_flag_bit() {
     let (broker, mut healthy) = started().await;
     let id = string(b"offender");
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQTT", 5, 0x03, Some(&[]), &id))
-        .await;
+    let mut raw = Raw::open_with(broker.addr, &connect_raw(b"MQTT", 5, 0x03, Some(&[]), &id)).await;
     raw.expect_connack_refusal(MALFORMED, "v5 CONNECT with reserved flag")
         .await;
     let v311 = connect_raw(b"MQTT", 4, 0x03, None, &id);
@@ -434,8 +433,7 @@ async fn empty_client_id_without_clean_session() {
     let (broker, mut healthy) = started().await;
     let empty = string(b"");
     // 3.1.1, clean session 0: identifier rejected, return code 2.
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQTT", 4, 0x00, None, &empty)).await;
+    let mut raw = Raw::open_with(broker.addr, &connect_raw(b"MQTT", 4, 0x00, None, &empty)).await;
     let frame = raw.expect_packet("CONNACK").await;
     assert_eq!(
         frame,
@@ -447,9 +445,7 @@ async fn empty_client_id_without_clean_session() {
     raw.expect_closed("3.1.1 empty client id, clean session 0")
         .await;
     // 3.1 never allows an empty identifier.
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQIsdp", 3, 0x02, None, &empty))
-        .await;
+    let mut raw = Raw::open_with(broker.addr, &connect_raw(b"MQIsdp", 3, 0x02, None, &empty)).await;
     let frame = raw.expect_packet("CONNACK").await;
     assert_eq!(
         frame,
@@ -460,8 +456,7 @@ async fn empty_client_id_without_clean_session() {
     );
     raw.expect_closed("3.1 empty client id").await;
     // Control: 3.1.1 with clean session 1 is accepted.
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQTT", 4, 0x02, None, &empty)).await;
+    let mut raw = Raw::open_with(broker.addr, &connect_raw(b"MQTT", 4, 0x02, None, &empty)).await;
     let frame = raw.expect_packet("CONNACK").await;
     assert_eq!(
         frame,
@@ -504,14 +499,10 @@ async fn connect_with_authentication_method() {
     let (broker, mut healthy) = started().await;
     let mut props = vec![0x15];
     props.extend(string(b"SCRAM-SHA-1"));
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(
-        b"MQTT",
-        5,
-        0x02,
-        Some(&props),
-        &string(b"offender"),
-    ))
+    let mut raw = Raw::open_with(
+        broker.addr,
+        &connect_raw(b"MQTT", 5, 0x02, Some(&props), &string(b"offender")),
+    )
     .await;
     raw.expect_connack_refusal(BAD_AUTH_METHOD, "CONNECT with authentication method")
         .await;
@@ -545,8 +536,7 @@ fn connack_u16_property(body: &[u8], id: u8) -> Option<u16> {
 async fn receive_maximum_exceeded() {
     let broker = TestBroker::with(|c| c.mqtt.receive_maximum = 2).await;
     let mut healthy = Healthy::start(broker.addr, "healthy").await;
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&V::V5.connect("offender")).await;
+    let mut raw = Raw::open_with(broker.addr, &V::V5.connect("offender")).await;
     let connack = raw.expect_packet("CONNACK").await;
     assert_eq!(connack.body.get(1), Some(&0), "{connack:?}");
     assert_eq!(
@@ -732,9 +722,11 @@ async fn will_topic_with_wildcard() {
     v5_payload.push(0);
     v5_payload.extend(string(b"will/+"));
     v5_payload.extend(string(b"bye"));
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&connect_raw(b"MQTT", 5, 0x06, Some(&[]), &v5_payload))
-        .await;
+    let mut raw = Raw::open_with(
+        broker.addr,
+        &connect_raw(b"MQTT", 5, 0x06, Some(&[]), &v5_payload),
+    )
+    .await;
     raw.expect_connack_refusal(TOPIC_NAME_INVALID, "v5 will topic with wildcard")
         .await;
     // 3.1.1 has no return code for this: a CONNECT that does not conform is closed without

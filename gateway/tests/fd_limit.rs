@@ -4,12 +4,12 @@
 //! once others leave.
 
 mod binary;
-mod rawmqtt;
+mod clients;
 
 use std::time::Duration;
 
 use binary::Gateway;
-use rawmqtt::{End, Raw, V};
+use clients::raw::{End, Raw, V};
 
 const NOFILE: u32 = 200;
 const FD_RESERVE: u32 = 64;

@@ -3,17 +3,18 @@
 //! QoS 1 messages lose nothing and see no stall, the failed client's will is published once,
 //! and it can reconnect with the same client id and work normally.
 
+mod clients;
 mod common;
-mod rawmqtt;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clients::v3::{self, AsyncClient, Event, MqttOptions, Packet, QoS};
+use clients::WAIT;
 use common::TestBroker;
-use rawmqtt::{spawn_client, wait_suback, Ev, WAIT};
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use rumqttc::LastWill;
 
 const CLIENTS: usize = 50;
 const VICTIM: usize = 0;
@@ -78,8 +79,7 @@ struct Peer {
 }
 
 fn options(id: &str, addr: std::net::SocketAddr, will: bool) -> MqttOptions {
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(30));
+    let mut opts = v3::options(addr, id);
     if will {
         opts.set_last_will(LastWill::new(
             WILL_TOPIC,
@@ -93,19 +93,19 @@ fn options(id: &str, addr: std::net::SocketAddr, will: bool) -> MqttOptions {
 
 /// Connects `id`, subscribes it to `topic` and records what it receives.
 async fn connect(addr: std::net::SocketAddr, id: &str, topic: &str, will: bool) -> Peer {
-    let (client, mut events, task) = spawn_client(options(id, addr, will));
-    client
-        .subscribe(topic, QoS::AtLeastOnce)
-        .await
-        .expect("queue SUBSCRIBE");
-    wait_suback(&mut events, id).await;
+    let mut c = v3::Client::connect(options(id, addr, will)).await;
+    c.subscribe(topic, QoS::AtLeastOnce).await;
+    let client = c.client.clone();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let record = seen.clone();
+    // Owns the client: its event loop ends on its own at the first error.
     let collector = tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
+        loop {
+            let ev = c.next_event().await;
             let mut seen = record.lock().expect("seen lock");
             match ev {
-                Ev::Message(topic, payload) => {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let (topic, payload) = (p.topic, p.payload.to_vec());
                     let parsed = std::str::from_utf8(&payload).ok().and_then(|s| {
                         let (from, seq) = s.split_once(':')?;
                         Some((from.parse().ok()?, seq.parse().ok()?))
@@ -117,12 +117,14 @@ async fn connect(addr: std::net::SocketAddr, id: &str, topic: &str, will: bool) 
                         _ => seen.other.push((topic, payload)),
                     }
                 }
-                Ev::Failed(e) => seen.failed = Some((Instant::now(), e)),
-                Ev::SubAck => {}
+                Ok(_) => {}
+                Err(e) => {
+                    seen.failed = Some((Instant::now(), e));
+                    return;
+                }
             }
         }
     });
-    drop(task); // detached: the event loop ends on its own at the first error
     Peer {
         client,
         seen,
@@ -358,24 +360,17 @@ async fn panic_of_a_persistent_session_keeps_its_subscriptions() {
     let addr = broker.addr;
     let mut opts = options("persistent", addr, true);
     opts.set_clean_session(false);
-    let (client, mut events, _task) = spawn_client(opts);
-    client
-        .subscribe("keep/t", QoS::AtLeastOnce)
-        .await
-        .expect("queue SUBSCRIBE");
-    wait_suback(&mut events, "persistent").await;
+    let mut client = v3::Client::connect(opts).await;
+    client.subscribe("keep/t", QoS::AtLeastOnce).await;
     let observer = connect(addr, "observer", WILL_TOPIC, false).await;
 
     client
         .publish("$fault/panic", QoS::AtLeastOnce, false, "boom")
-        .await
-        .expect("queue fault PUBLISH");
+        .await;
     let failed = tokio::time::timeout(WAIT, async {
         loop {
-            match events.recv().await {
-                Some(Ev::Failed(e)) => return e,
-                Some(_) => {}
-                None => return "event loop ended".to_owned(),
+            if let Err(e) = client.next_event().await {
+                return e;
             }
         }
     })
@@ -399,21 +394,22 @@ async fn panic_of_a_persistent_session_keeps_its_subscriptions() {
 
     let mut opts = options("persistent", addr, false);
     opts.set_clean_session(false);
-    let (_client, mut events, task) = spawn_client(opts);
-    let got = tokio::time::timeout(WAIT, async {
+    let (got, back) = tokio::time::timeout(WAIT, async {
+        let mut back = v3::Client::connect(opts).await;
         loop {
-            match events.recv().await {
-                Some(Ev::Message(t, p)) => return (t, p),
-                Some(Ev::Failed(e)) => panic!("reconnection failed: {e}"),
-                Some(Ev::SubAck) => {}
-                None => panic!("event loop ended"),
+            match back.next_event().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    return ((p.topic, p.payload.to_vec()), back)
+                }
+                Ok(_) => {}
+                Err(e) => panic!("reconnection failed: {e}"),
             }
         }
     })
     .await
     .expect("queued message delivered after reconnecting");
     assert_eq!(got, ("keep/t".to_owned(), b"while away".to_vec()));
-    task.abort();
+    drop(back);
     other.task.abort();
     observer.task.abort();
 }

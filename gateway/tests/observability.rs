@@ -45,7 +45,7 @@ async fn readiness_is_503_while_starting_and_draining_and_health_is_200() {
 }
 
 /// A v5 CONNECT with an authentication method, which the broker refuses (0x8C).
-fn connect_with_auth_method(id: &str) -> bytes::BytesMut {
+fn connect_with_auth_method(id: &str) -> Vec<u8> {
     let mut c = raw::Connect::v5(id, true, 30);
     let mut prop = vec![0x15];
     prop.extend_from_slice(&(4u16).to_be_bytes());
@@ -95,7 +95,7 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     offline.disconnect().await;
     let (mut stalled, _) =
         raw::Raw::connect(addr, &raw::Connect::v311("obs-stalled", true, 0)).await;
-    stalled.subscribe(false, 1, "queue/x", 1).await;
+    stalled.subscribe(raw::V::V311, "queue/x", 1).await;
     for i in 0..60 {
         publ.publish_confirmed("queue/x", v3::QoS::AtLeastOnce, false, format!("q{i}"))
             .await;
@@ -114,15 +114,14 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     let (mut bad, _) = raw::Raw::connect(addr, &raw::Connect::v311("obs-bad", true, 0)).await;
     bad.send(&[0x00, 0x00]).await;
     bad.until_closed(WAIT).await;
-    let mut refused = raw::Raw::open(addr).await;
-    refused
-        .send(&raw::encode_connect(&raw::Connect::v311("", false, 0)))
-        .await;
+    let mut refused = raw::Raw::open_with(
+        addr,
+        &raw::encode_connect(&raw::Connect::v311("", false, 0)),
+    )
+    .await;
     refused.until_closed(WAIT).await;
-    let mut unauthenticated = raw::Raw::open(addr).await;
-    unauthenticated
-        .send(&connect_with_auth_method("obs-auth"))
-        .await;
+    let mut unauthenticated =
+        raw::Raw::open_with(addr, &connect_with_auth_method("obs-auth")).await;
     unauthenticated.until_closed(WAIT).await;
     let mut doomed = v3::connect(addr, &unique_id("obs-panic")).await;
     doomed

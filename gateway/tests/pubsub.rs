@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use clients::raw::{self, Raw, V};
 use clients::{unique_id, v3, v5, WAIT};
 use common::TestBroker;
 
@@ -439,21 +440,14 @@ async fn a_qos0_burst_queued_at_once_is_delivered_completely() {
     let broker = TestBroker::start().await;
     let mut sub = v3::connect(broker.addr, &unique_id("sub")).await;
     sub.subscribe("burst/t", v3::QoS::AtMostOnce).await;
-    let (mut publ, _) = clients::raw::Raw::connect(
+    let (mut publ, _) = Raw::connect(
         broker.addr,
-        &clients::raw::Connect::v311(&unique_id("burst"), true, 0),
+        &raw::Connect::v311(&unique_id("burst"), true, 0),
     )
     .await;
     let mut burst = Vec::new();
     for i in 0..N {
-        burst.extend_from_slice(&clients::raw::encode_publish(
-            false,
-            "burst/t",
-            0,
-            false,
-            0,
-            &i.to_be_bytes(),
-        ));
+        burst.extend_from_slice(&V::V311.publish(0x30, b"burst/t", None, &[], &i.to_be_bytes()));
     }
     publ.send(&burst).await;
     for i in 0..N {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clients::raw::{self, Raw};
+use clients::raw::{self, Raw, V};
 use clients::{unique_id, v3, v5, within, WAIT};
 use common::TestBroker;
 
@@ -186,12 +186,11 @@ async fn hundred_thousand_retained_to_one_subscriber_while_others_stay_responsiv
     let mut burst = bytes::BytesMut::with_capacity(N * 32);
     for i in 0..N {
         let topic = format!("sensors/{i}/temp");
-        burst.extend_from_slice(&raw::encode_publish(
-            false,
-            &topic,
-            0,
-            true,
-            0,
+        burst.extend_from_slice(&V::V311.publish(
+            0x31,
+            topic.as_bytes(),
+            None,
+            &[],
             &(i as u32).to_be_bytes(),
         ));
     }
@@ -242,8 +241,7 @@ async fn hundred_thousand_retained_to_one_subscriber_while_others_stay_responsiv
     // The subscriber: raw, QoS 0, counting every retained topic exactly once.
     let t_sub = Instant::now();
     let (mut sub, _) = Raw::connect(broker.addr, &raw::Connect::v311("flood-sub", true, 0)).await;
-    sub.send(&raw::encode_subscribe(false, 1, "sensors/#", 0))
-        .await;
+    sub.send(&V::V311.subscribe("sensors/#", 0)).await;
     let mut seen = vec![false; N];
     let mut received = 0usize;
     let mut suback = false;
@@ -256,7 +254,7 @@ async fn hundred_thousand_retained_to_one_subscriber_while_others_stay_responsiv
                 suback = true;
                 continue;
             }
-            let p = raw::publish_of(&f, false);
+            let p = raw::publish_of(&f, V::V311);
             assert!(p.retain, "retained delivery without RETAIN: {}", p.topic);
             let i: usize = p
                 .topic

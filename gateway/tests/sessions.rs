@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clients::raw::{self, Raw};
+use clients::raw::{self, Raw, V};
 use clients::{unique_id, v3, v5, within, QUIET, WAIT};
 use common::TestBroker;
 
@@ -184,7 +184,7 @@ async fn takeover_kicks_the_first_connection_and_loses_nothing() {
     let mut connect = raw::Connect::v5(&id, false, 0);
     connect.properties = raw::prop_u32(0x11, 60);
     let (mut first, _) = Raw::connect(broker.addr, &connect).await;
-    first.subscribe(true, 1, "tk/seq", 1).await;
+    first.subscribe(V::V5, "tk/seq", 1).await;
 
     // A third client publishes a numbered QoS 1 stream throughout the takeover.
     let publ = v5::connect(broker.addr, &unique_id("pub")).await;
@@ -207,7 +207,7 @@ async fn takeover_kicks_the_first_connection_and_loses_nothing() {
     // Part of the stream reaches the first connection (acknowledged), then the takeover starts.
     let mut from_first: Vec<u32> = Vec::new();
     while from_first.len() < 200 {
-        let p = raw::publish_of(&first.expect_kind(raw::PUBLISH, WAIT).await, true);
+        let p = raw::publish_of(&first.expect_kind(raw::PUBLISH, WAIT).await, V::V5);
         first.send(&raw::encode_puback(p.packet_id)).await;
         from_first.push(seq_of(&p.payload));
     }
@@ -223,7 +223,7 @@ async fn takeover_kicks_the_first_connection_and_loses_nothing() {
         loop {
             match first.read_frame().await {
                 Some(f) if f.kind() == raw::PUBLISH => {
-                    from_first.push(seq_of(&raw::publish_of(&f, true).payload));
+                    from_first.push(seq_of(&raw::publish_of(&f, V::V5).payload));
                 }
                 Some(f) if f.kind() == raw::DISCONNECT => return f.body.first().copied(),
                 Some(_) => {}
@@ -328,12 +328,12 @@ async fn unacknowledged_qos1_is_resent_with_dup_and_the_same_packet_id() {
     let id = unique_id("dup");
     let (mut s, present) = Raw::connect(broker.addr, &raw::Connect::v311(&id, false, 0)).await;
     assert!(!present);
-    s.subscribe(false, 1, "dup/t", 1).await;
+    s.subscribe(V::V311, "dup/t", 1).await;
 
     let mut publ = v3::connect(broker.addr, &unique_id("pub")).await;
     publ.publish_confirmed("dup/t", v3::QoS::AtLeastOnce, false, "once")
         .await;
-    let first = raw::publish_of(&s.expect_kind(raw::PUBLISH, WAIT).await, false);
+    let first = raw::publish_of(&s.expect_kind(raw::PUBLISH, WAIT).await, V::V311);
     assert_eq!(
         (first.qos, first.dup, &first.payload[..]),
         (1, false, &b"once"[..])
@@ -343,7 +343,7 @@ async fn unacknowledged_qos1_is_resent_with_dup_and_the_same_packet_id() {
 
     let (mut s, present) = Raw::connect(broker.addr, &raw::Connect::v311(&id, false, 0)).await;
     assert!(present, "session present on resume");
-    let again = raw::publish_of(&s.expect_kind(raw::PUBLISH, WAIT).await, false);
+    let again = raw::publish_of(&s.expect_kind(raw::PUBLISH, WAIT).await, V::V311);
     assert_eq!(
         again.packet_id, first.packet_id,
         "resent with the same packet id"
@@ -360,7 +360,7 @@ async fn unacknowledged_qos1_is_resent_with_dup_and_the_same_packet_id() {
     let (mut s, present) = Raw::connect(broker.addr, &raw::Connect::v311(&id, false, 0)).await;
     assert!(present);
     s.send(&raw::encode_pingreq()).await;
-    let f = s.expect_frame(WAIT).await;
+    let f = s.expect_packet("PINGRESP").await;
     assert_eq!(
         f.kind(),
         raw::PINGRESP,

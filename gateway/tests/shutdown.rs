@@ -3,12 +3,12 @@
 //! connections are refused, and the process exits with status 0 within 10 seconds.
 
 mod binary;
-mod rawmqtt;
+mod clients;
 
 use std::time::{Duration, Instant};
 
 use binary::Gateway;
-use rawmqtt::{Raw, V};
+use clients::raw::{Raw, V};
 
 const SERVER_SHUTTING_DOWN: u8 = 0x8B;
 const EXIT_WITHIN: Duration = Duration::from_secs(10);
@@ -98,8 +98,7 @@ async fn connections_without_connect_do_not_block_the_exit() {
     // are closed and the process still exits 0 within the bound.
     let mut gateway = Gateway::start(&[]);
     let mut silent = Raw::open(gateway.addr).await;
-    let mut partial = Raw::open(gateway.addr).await;
-    partial.send(&V::V5.connect("partial")[..6]).await;
+    let mut partial = Raw::open_with(gateway.addr, &V::V5.connect("partial")[..6]).await;
     let mut ready = Raw::connected(gateway.addr, V::V5, "ready").await;
     let signalled = Instant::now();
     gateway.signal(libc::SIGTERM);

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clients::raw::{self, Raw};
+use clients::raw::{self, Raw, V};
 use clients::{unique_id, v5, WAIT};
 use common::TestBroker;
 
@@ -180,7 +180,7 @@ async fn topic_aliases_towards_a_client_that_allows_them() {
     let mut connect = raw::Connect::v5(&rawsub_id, true, 0);
     connect.properties = vec![0x22, 0, 5];
     let (mut rawsub, _) = Raw::connect(broker.addr, &connect).await;
-    rawsub.subscribe(true, 1, "out/#", 0).await;
+    rawsub.subscribe(V::V5, "out/#", 0).await;
 
     let publ = v5::connect(broker.addr, &unique_id("pub")).await;
     for i in 0..3u8 {
@@ -212,7 +212,7 @@ async fn topic_aliases_towards_a_client_that_allows_them() {
         let mut v = Vec::new();
         for _ in 0..3 {
             let f = rawsub.expect_kind(raw::PUBLISH, WAIT).await;
-            v.push(raw::publish_of(&f, true).topic);
+            v.push(raw::publish_of(&f, V::V5).topic);
         }
         v
     };

@@ -108,7 +108,7 @@ async fn keep_alive_is_extended_by_any_packet() {
     while started.elapsed() < Duration::from_millis(3000) {
         tokio::time::sleep(Duration::from_millis(700)).await;
         s.send(&raw::encode_pingreq()).await;
-        let f = s.expect_frame(WAIT).await;
+        let f = s.expect_packet("PINGRESP").await;
         assert_eq!(
             f.kind(),
             raw::PINGRESP,
@@ -263,6 +263,6 @@ async fn connection_without_connect_is_closed_after_the_connect_timeout() {
         Raw::connect(broker.addr, &raw::Connect::v311(&unique_id("ok"), true, 0)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ok.send(&raw::encode_pingreq()).await;
-    assert_eq!(ok.expect_frame(WAIT).await.kind(), raw::PINGRESP);
+    assert_eq!(ok.expect_packet("PINGRESP").await.kind(), raw::PINGRESP);
     broker.shutdown().await;
 }

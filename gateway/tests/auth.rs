@@ -1,0 +1,277 @@
+//! Authentication with real clients: password files written by the real `mosquitto_passwd` and
+//! by `gateway passwd`; the CONNACK codes for 3.1.1 and 5.0; anonymous clients refused once a
+//! password file is set; failures costing the same whether the user exists; and a login flood
+//! that must not stall an established session.
+
+mod clients;
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clients::{unique_id, v3, v5, WAIT};
+use common::TestBroker;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Held by the tests that measure time, so that they do not load the machine for each other.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A fresh directory for this test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `mosquitto_passwd -b FILE USER PASS` (the real one, from Debian's mosquitto package).
+fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
+    let status = Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .status()
+        .expect("mosquitto_passwd runs (apt install mosquitto)");
+    assert!(status.success(), "mosquitto_passwd failed: {status}");
+}
+
+/// `gateway passwd FILE USER` with the password on stdin.
+fn gateway_passwd(file: &Path, user: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway passwd");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "{password}").expect("write password");
+    drop(stdin);
+    let status = child.wait().expect("gateway passwd exits");
+    assert!(status.success(), "gateway passwd failed: {status}");
+}
+
+/// A password file with alice (mosquitto_passwd, `$7$`) and bob (gateway passwd, argon2id).
+fn password_file(name: &str) -> PathBuf {
+    let file = temp_dir(name).join("passwd");
+    std::fs::write(&file, "").expect("create password file");
+    mosquitto_passwd(&file, "alice", "alice-pw");
+    gateway_passwd(&file, "bob", "bob-pw");
+    file
+}
+
+async fn broker(file: &Path) -> TestBroker {
+    let file = file.to_owned();
+    TestBroker::with(move |c| c.auth.password_file = Some(file)).await
+}
+
+/// The 3.1.1 CONNACK return code rumqttc reports for these credentials (0 = accepted).
+async fn connect_v3(addr: std::net::SocketAddr, creds: Option<(&str, &str)>) -> String {
+    let mut o = v3::options(addr, &unique_id("v3"));
+    if let Some((u, p)) = creds {
+        o.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = v3::AsyncClient::new(o, 10);
+    let outcome = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("CONNACK in time");
+    drop(client);
+    match outcome {
+        Ok(v3::Event::Incoming(v3::Packet::ConnAck(c))) => format!("{:?}", c.code),
+        Ok(other) => panic!("unexpected first event {other:?}"),
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => format!("{code:?}"),
+        Err(e) => panic!("connect failed otherwise: {e}"),
+    }
+}
+
+async fn connect_v5(addr: std::net::SocketAddr, creds: Option<(&str, &str)>) -> String {
+    let mut o = v5::options(addr, &unique_id("v5"));
+    if let Some((u, p)) = creds {
+        o.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = v5::AsyncClient::new(o, 10);
+    let outcome = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("CONNACK in time");
+    drop(client);
+    match outcome {
+        Ok(v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(c))) => format!("{:?}", c.code),
+        Ok(other) => panic!("unexpected first event {other:?}"),
+        Err(v5::ConnectionError::ConnectionRefused(code)) => format!("{code:?}"),
+        Err(e) => panic!("connect failed otherwise: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn mosquitto_and_gateway_password_files_give_the_right_connack_codes() {
+    let file = password_file("codes");
+    let b = broker(&file).await;
+    for (creds, v3_code, v5_code) in [
+        (Some(("alice", "alice-pw")), "Success", "Success"),
+        (Some(("bob", "bob-pw")), "Success", "Success"),
+        (
+            Some(("alice", "bob-pw")),
+            "BadUserNamePassword",
+            "BadUserNamePassword",
+        ),
+        (
+            Some(("bob", "alice-pw")),
+            "BadUserNamePassword",
+            "BadUserNamePassword",
+        ),
+        (
+            Some(("mallory", "alice-pw")),
+            "BadUserNamePassword",
+            "BadUserNamePassword",
+        ),
+        (None, "NotAuthorized", "NotAuthorized"),
+    ] {
+        assert_eq!(connect_v3(b.addr, creds).await, v3_code, "3.1.1 {creds:?}");
+        assert_eq!(connect_v5(b.addr, creds).await, v5_code, "5.0 {creds:?}");
+    }
+    // Replacing an entry: the old password stops working.
+    gateway_passwd(&file, "alice", "new-pw");
+    let reloaded = broker(&file).await;
+    assert_eq!(
+        connect_v3(reloaded.addr, Some(("alice", "alice-pw"))).await,
+        "BadUserNamePassword"
+    );
+    assert_eq!(
+        connect_v3(reloaded.addr, Some(("alice", "new-pw"))).await,
+        "Success"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_is_allowed_on_loopback_without_a_password_file_or_when_configured() {
+    let open = TestBroker::start().await;
+    assert_eq!(connect_v3(open.addr, None).await, "Success");
+    let file = password_file("anon");
+    let file2 = file.clone();
+    let allowed = TestBroker::with(move |c| {
+        c.auth.password_file = Some(file2);
+        c.auth.allow_anonymous = true;
+    })
+    .await;
+    assert_eq!(connect_v5(allowed.addr, None).await, "Success");
+    assert_eq!(
+        connect_v5(allowed.addr, Some(("bob", "nope"))).await,
+        "BadUserNamePassword"
+    );
+}
+
+/// Median times of `n` refused logins of each user, interleaved so that whatever else the machine
+/// does at the time weighs on both alike.
+async fn refused_login_times(
+    addr: std::net::SocketAddr,
+    users: [&str; 2],
+    n: usize,
+) -> [Duration; 2] {
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..n {
+        for (user, times) in users.iter().zip(times.iter_mut()) {
+            let t = Instant::now();
+            assert_eq!(
+                connect_v3(addr, Some((user, "wrong"))).await,
+                "BadUserNamePassword"
+            );
+            times.push(t.elapsed());
+        }
+    }
+    times.map(|mut t| {
+        t.sort();
+        t[n / 2]
+    })
+}
+
+#[tokio::test]
+async fn unknown_and_known_users_fail_in_the_same_time() {
+    let _alone = TIMED.lock().await;
+    let file = temp_dir("timing").join("passwd");
+    gateway_passwd(&file, "bob", "bob-pw");
+    let b = broker(&file).await;
+    // The reference: one argon2 verification as this machine runs it, outside the broker.
+    let phc = std::fs::read_to_string(&file).expect("read file");
+    let phc = phc.trim().split_once(':').expect("user:hash").1.to_owned();
+    let t = Instant::now();
+    for _ in 0..3 {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+        let h = PasswordHash::new(&phc).expect("phc");
+        assert!(argon2::Argon2::default().verify_password(b"x", &h).is_err());
+    }
+    let hash_time = t.elapsed() / 3;
+    let [known, unknown] = refused_login_times(b.addr, ["bob", "nobody"], 9).await;
+    println!("hash {hash_time:?}, known user {known:?}, unknown user {unknown:?}");
+    assert!(
+        known > hash_time / 2 && unknown > hash_time / 2,
+        "a refusal skipped the hash: hash {hash_time:?}, known {known:?}, unknown {unknown:?}"
+    );
+    let (fast, slow) = (known.min(unknown), known.max(unknown));
+    assert!(
+        slow < fast * 2,
+        "known {known:?} and unknown {unknown:?} users fail at different costs"
+    );
+}
+
+/// A 3.1.1 CONNECT with username and password, hand-encoded.
+fn connect_packet(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for s in [client_id, user, password] {
+        body.extend((s.len() as u16).to_be_bytes());
+        body.extend(s.as_bytes());
+    }
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// One bad login over a raw socket; returns the CONNACK return code.
+async fn bad_login(addr: std::net::SocketAddr, i: usize) -> u8 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&connect_packet(&format!("flood-{i}"), "bob", "wrong"))
+        .await
+        .expect("send CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!(connack[0], 0x20, "CONNACK expected, got {connack:02X?}");
+    connack[3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_does_not_stall_established_sessions() {
+    let _alone = TIMED.lock().await;
+    let file = temp_dir("flood").join("passwd");
+    gateway_passwd(&file, "bob", "bob-pw");
+    let b = broker(&file).await;
+    let mut o = v3::options(b.addr, "established");
+    o.set_credentials("bob", "bob-pw");
+    let mut c = v3::Client::connect(o).await;
+    c.subscribe("echo", v3::QoS::AtLeastOnce).await;
+
+    let flood: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(bad_login(b.addr, i)))
+        .collect();
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while !flood.iter().all(|h| h.is_finished()) && started.elapsed() < Duration::from_secs(60) {
+        let t = Instant::now();
+        c.publish("echo", v3::QoS::AtLeastOnce, false, "ping").await;
+        c.next_publish(WAIT).await;
+        worst = worst.max(t.elapsed());
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flood_time = started.elapsed();
+    for h in flood {
+        assert_eq!(h.await.expect("login task"), 4, "bad credentials");
+    }
+    println!("flood of 200 bad logins took {flood_time:?}; {rounds} round trips, worst {worst:?}");
+    assert!(rounds >= 5, "the flood ended too soon to measure anything");
+    assert!(
+        worst < Duration::from_millis(250),
+        "QoS 1 round trip took {worst:?} during the login flood"
+    );
+}
