@@ -1,6 +1,9 @@
 //! The simulator's own Prometheus metrics (`--http-listen`), fed from the merged snapshot once
 //! a second, so one process exposes the whole fleet whether it runs alone or with workers.
 //! Histograms get the per-second difference of the merged HDR histograms, in seconds.
+//! Every series the device-sim dashboard queries exists from `install` on (at 0 until it moves),
+//! the labelled failure counters for each reason in `CONNECT_FAILURE_REASONS` and
+//! `DISCONNECT_REASONS`, so a panel shows zero rather than no data.
 
 use std::net::SocketAddr;
 
@@ -19,11 +22,37 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Reasons any connect attempt or connection can end with: `connection::io_reason`'s and the
+/// codec's.
+const IO_REASONS: &[&str] = &[
+    "too_many_open_files",
+    "address_not_available",
+    "address_in_use",
+    "refused",
+    "reset",
+    "timeout",
+    "broken_pipe",
+    "io_error",
+    "malformed_packet",
+    "encode_error",
+];
+
+/// `device_sim_connect_failures_total{reason}` series present at 0 from the start. Other reasons
+/// (`connack_*` with the broker's refusal) appear when they first happen.
+const CONNECT_FAILURE_REASONS: &[&[&str]] = &[IO_REASONS, &["closed_before_connack"]];
+
+/// `device_sim_disconnects_total{reason}` series present at 0 from the start. Other reasons
+/// (`server_disconnect_0x..` with the broker's reason code) appear when they first happen.
+const DISCONNECT_REASONS: &[&[&str]] = &[
+    IO_REASONS,
+    &["closed_by_broker", "disconnect_event", "suback_refused"],
+];
+
 pub struct Exporter {
     previous: Snapshot,
 }
 
-pub fn install(addr: SocketAddr, targets: usize) -> Result<Exporter, BuildError> {
+pub fn install(addr: SocketAddr, settings: &Settings) -> Result<Exporter, BuildError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), BUCKETS)?
@@ -64,7 +93,7 @@ pub fn install(addr: SocketAddr, targets: usize) -> Result<Exporter, BuildError>
     );
     describe_counter!(
         "device_sim_messages_lost_total",
-        "Deliveries never received (set when the run ends)."
+        "Deliveries never received (0 until the run ends, then set)."
     );
     describe_counter!(
         "device_sim_messages_duplicate_total",
@@ -89,9 +118,48 @@ pub fn install(addr: SocketAddr, targets: usize) -> Result<Exporter, BuildError>
         Unit::Seconds,
         "PUBLISH to PUBACK (QoS 1) or PUBCOMP (QoS 2)."
     );
+    let _ = register_at_zero;
     Ok(Exporter {
-        previous: Snapshot::empty(targets),
+        previous: Snapshot::empty(settings.targets.len()),
     })
+}
+
+/// Creates every series of the dashboard before the run starts: gauges and counters at 0 (the
+/// target at its value), the histograms with empty buckets.
+fn register_at_zero(settings: &Settings) {
+    for name in [
+        "device_sim_devices_connected",
+        "device_sim_subscribers_connected",
+        "device_sim_messages_missing",
+    ] {
+        gauge!(name).set(0.0);
+    }
+    gauge!("device_sim_devices_target").set(settings.devices as f64);
+    for name in [
+        "device_sim_connect_attempts_total",
+        "device_sim_messages_published_total",
+        "device_sim_messages_acked_total",
+        "device_sim_messages_received_total",
+        "device_sim_messages_lost_total",
+        "device_sim_messages_duplicate_total",
+        "device_sim_messages_out_of_order_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for reason in CONNECT_FAILURE_REASONS.iter().copied().flatten() {
+        counter!("device_sim_connect_failures_total", "reason" => *reason).absolute(0);
+    }
+    for reason in DISCONNECT_REASONS.iter().copied().flatten() {
+        counter!("device_sim_disconnects_total", "reason" => *reason).absolute(0);
+    }
+    for name in [
+        "device_sim_latency_seconds",
+        "device_sim_connect_seconds",
+        "device_sim_ack_seconds",
+    ] {
+        // Registering is enough: the exporter renders a histogram without samples as 0 buckets.
+        let _ = histogram!(name);
+    }
 }
 
 fn record_difference(name: &'static str, now: &Histogram<u64>, before: &Histogram<u64>) {
@@ -143,5 +211,21 @@ impl Exporter {
 
     pub fn finish(&mut self, lost: u64) {
         counter!("device_sim_messages_lost_total").absolute(lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::io_reason;
+
+    #[test]
+    fn every_io_reason_is_registered_at_zero() {
+        for errno in 0..=libc::EHWPOISON {
+            let reason = io_reason(&std::io::Error::from_raw_os_error(errno));
+            assert!(IO_REASONS.contains(&&*reason), "{reason} (errno {errno})");
+        }
+        let custom = std::io::Error::other("no errno");
+        assert!(IO_REASONS.contains(&&*io_reason(&custom)));
     }
 }

@@ -27,7 +27,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_start_us = now_us();
     let mut exporter = match args.http_listen {
         Some(addr) => Some(
-            metrics::install(addr, settings.targets.len())
+            metrics::install(addr, &settings)
                 .with_context(|| format!("cannot serve metrics on {addr}"))?,
         ),
         None => None,

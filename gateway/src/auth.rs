@@ -257,12 +257,17 @@ impl Security {
         let name = user.to_string();
         let password = password.unwrap_or_default().to_vec();
         // A closed semaphore cannot happen (it is never closed); refuse rather than panic.
-        let Ok(_permit) = self.hashing.clone().acquire_owned().await else {
+        let Ok(permit) = self.hashing.clone().acquire_owned().await else {
             return Err(Refusal::BadCredentials);
         };
-        let ok = tokio::task::spawn_blocking(move || file.verify(&name, &password))
-            .await
-            .unwrap_or(false);
+        // The permit moves into the hashing closure: if this handshake is dropped mid-hash, the
+        // hash still holds its CPU slot until it really ends.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            file.verify(&name, &password)
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             Ok(Some(user.clone()))
         } else {
@@ -476,6 +481,31 @@ mod tests {
             message.ends_with("(cannot read it: No such file or directory)"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_the_password_file_and_a_bad_one_keeps_the_old() {
+        let path = std::env::temp_dir().join(format!("gateway-reload-{}", std::process::id()));
+        std::fs::write(&path, format!("{MOSQUITTO_ALICE}\n")).unwrap();
+        let mut config = Config::default();
+        config.auth.password_file = Some(path.clone());
+        let security = Security::load(&config).unwrap();
+        let alice = ByteString::from("alice");
+        let login = |pw: &'static [u8]| security.authenticate(Some(&alice), Some(pw));
+        assert_eq!(login(b"secret").await, Ok(Some(alice.clone())));
+        set_password(&path, "alice", "changed").unwrap();
+        security.reload().unwrap();
+        assert_eq!(login(b"secret").await, Err(Refusal::BadCredentials));
+        assert_eq!(login(b"changed").await, Ok(Some(alice.clone())));
+        std::fs::write(&path, "alice\n").unwrap();
+        assert!(security.reload().is_err());
+        assert_eq!(login(b"changed").await, Ok(Some(alice.clone())));
+        assert_eq!(
+            security.authenticate(None, None).await,
+            Err(Refusal::NotAuthorized),
+            "a password file on loopback ends the anonymous exception"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     proptest! {

@@ -81,6 +81,8 @@ pub struct Client {
     protocol: Protocol,
     keep_alive: Option<Duration>,
     last_read: Instant,
+    /// When the socket last took bytes from us; a client that stops reading is detected by it.
+    last_write: Instant,
     send_window: usize,
     client_max_packet: usize,
     will: Option<Box<LastWill>>,
@@ -339,6 +341,7 @@ impl Client {
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_read: Instant::now(),
+            last_write: Instant::now(),
             send_window: usize::from(cfg.max_inflight.min(client_receive_max)),
             client_max_packet: connect
                 .properties
@@ -394,7 +397,12 @@ impl Client {
             let more = self.fill();
             if self.conn.has_pending() {
                 match self.conn.try_flush() {
-                    Ok(n) => self.ctx.metrics.add_bytes_sent(n as u64),
+                    Ok(n) => {
+                        if n > 0 {
+                            self.last_write = Instant::now();
+                        }
+                        self.ctx.metrics.add_bytes_sent(n as u64);
+                    }
                     Err(e) => {
                         debug!(client = %self.session.client_id, "write failed: {e}");
                         break Close {
@@ -451,8 +459,24 @@ impl Client {
                 }
                 Ok(Event::Writable | Event::Woken) => {}
                 Ok(Event::KeepAliveTimer) => {
-                    let deadline = self.last_read + self.keep_alive.unwrap_or_default();
-                    if Instant::now() >= deadline {
+                    let period = self.keep_alive.unwrap_or_default();
+                    let now = Instant::now();
+                    // A client that stops reading is as gone as one that stops sending: with data
+                    // waiting and no byte taken for a keep-alive period, it is closed. Checked
+                    // first: its silence may only be our read pause (write backpressure).
+                    let waiting = self.conn.has_pending();
+                    if waiting && now >= self.last_write + period {
+                        debug!(client = %self.session.client_id, "not reading: closed as a slow consumer");
+                        break Close {
+                            reason: CloseReason::SlowConsumer,
+                            code: None,
+                            will: true,
+                        };
+                    }
+                    // While our write backlog pauses reading, the client's packets wait unread:
+                    // its silence is ours, and the slow-consumer rule above judges it.
+                    let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+                    if !read_paused && now >= self.last_read + period {
                         debug!(client = %self.session.client_id, "keep-alive expired");
                         break Close {
                             reason: CloseReason::KeepAlive,
@@ -460,7 +484,12 @@ impl Client {
                             will: true,
                         };
                     }
-                    ka_sleep.as_mut().reset(deadline.into());
+                    let next = match (waiting, read_paused) {
+                        (true, true) => self.last_write + period,
+                        (true, false) => (self.last_read + period).min(self.last_write + period),
+                        _ => self.last_read + period,
+                    };
+                    ka_sleep.as_mut().reset(next.into());
                 }
             }
         };

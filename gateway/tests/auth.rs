@@ -275,3 +275,37 @@ async fn a_login_flood_does_not_stall_established_sessions() {
         "QoS 1 round trip took {worst:?} during the login flood"
     );
 }
+
+#[test]
+fn a_bad_password_file_stops_the_binary_with_one_line_and_exit_code_2() {
+    let dir = temp_dir("badfile");
+    let file = dir.join("passwd");
+    std::fs::write(&file, "alice:$7$101$AA==$AA==\nbob:plaintext\n").expect("write file");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\npassword_file = {:?}\n", file.display().to_string()),
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "config: invalid value for `auth.password_file`: {:?} (line 2: unsupported hash \
+             (expected a `$7$` mosquitto_passwd or `$argon2` entry))",
+            file.display().to_string()
+        )
+    );
+}

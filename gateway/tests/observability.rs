@@ -6,11 +6,10 @@
 mod clients;
 mod observe;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clients::{raw, unique_id, v3, v5, WAIT};
+use observe::prometheus::promtool_accepts;
 use observe::{families, listed_metrics, repo_root, request, samples, total, Observed, TOKEN};
 use serde_json::Value;
 
@@ -256,39 +255,6 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     obs.shutdown().await;
 }
 
-fn promtool_accepts(exposition: &str) {
-    let Some(promtool) = observe::tool("promtool") else {
-        observe::loud(
-            "SKIPPED `promtool check metrics`: promtool not found on PATH. \
-             Install Debian's `prometheus` package (scripts/test.sh does).",
-        );
-        return;
-    };
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics complained:\n{report}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operations_metric_list_is_exactly_what_metrics_serves() {
     let obs = Observed::start(|_| {}).await;
@@ -449,5 +415,60 @@ async fn sys_topics_are_published_retained_and_kept_from_wildcards() {
     everything
         .expect_no_publish(Duration::from_millis(300))
         .await;
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let obs = Observed::start(|_| {}).await;
+    let mut watcher = v3::connect(obs.mqtt, &unique_id("watcher")).await;
+    watcher.subscribe("will/#", v3::QoS::AtLeastOnce).await;
+    let id = unique_id("nonreader");
+    let mut c = raw::Connect::v311(&id, true, 1);
+    c.will = Some(raw::Will {
+        topic: "will/slow",
+        payload: b"stalled",
+        qos: 1,
+        retain: false,
+        properties: Vec::new(),
+    });
+    let (mut slow, _) = raw::Raw::connect(obs.mqtt, &c).await;
+    slow.send(&raw::V::V311.subscribe("flood/t", 0)).await;
+    slow.expect_packet("SUBACK").await;
+    // The flood fills the kernel's socket buffers (several MB on loopback) and then the
+    // broker's own write backlog; the client never reads again but keeps pinging.
+    let mut flooder = raw::Raw::connected(obs.mqtt, raw::V::V311, &unique_id("flooder")).await;
+    let flood = raw::V::V311.publish(0x30, b"flood/t", None, &[], &[7u8; 16 * 1024]);
+    for _ in 0..1_500 {
+        flooder.send(&flood).await;
+    }
+    let started = std::time::Instant::now();
+    let will = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a client that stopped reading was never closed"
+        );
+        slow.send_lenient(&[0xC0, 0]).await;
+        if let Some(p) = watcher.try_next_publish(Duration::from_millis(400)).await {
+            break p;
+        }
+    };
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("will/slow", &b"stalled"[..])
+    );
+    let s = samples(&obs.metrics().await);
+    assert_eq!(
+        total(
+            &s,
+            "gateway_connections_closed_total",
+            &["reason=\"slow_consumer\""]
+        ),
+        1.0,
+        "the close is counted as a slow consumer: {:?}",
+        s.iter()
+            .filter(|(k, v)| k.starts_with("gateway_connections_closed_total") && **v > 0.0)
+            .collect::<Vec<_>>()
+    );
     obs.shutdown().await;
 }

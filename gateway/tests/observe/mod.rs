@@ -1,8 +1,11 @@
 //! Shared by the observability tests: a broker with its HTTP endpoint on a free loopback port, a
 //! minimal HTTP/1.1 client (the tests need GET/POST with a header, nothing more), a parser for
-//! the Prometheus text format, and the metric list of the README's operations section.
+//! the Prometheus text format, and the metric list of the README's operations section; a real
+//! Prometheus and promtool in `prometheus`. device-sim's tests include this module too.
 
 #![allow(dead_code)]
+
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
