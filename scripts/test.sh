@@ -5,8 +5,9 @@
 #   - mosquitto + mosquitto-clients (apt, only when mosquitto_sub, mosquitto_pub or
 #     mosquitto_passwd is missing; needs root or sudo; the auth tests write password files with
 #     the real mosquitto_passwd),
-#   - prometheus (apt, only when prometheus or promtool is missing): the dashboard test runs a real
-#     Prometheus on its own loopback port, and promtool checks the /metrics output,
+#   - prometheus (apt, only when prometheus or promtool is missing): the dashboard tests (gateway's
+#     and device-sim's) run a real Prometheus on its own loopback port, and promtool checks the
+#     /metrics outputs; without it these tests skip loudly, or fail when CI is set,
 #   - python3-venv (apt) when `python3 -m venv` is unavailable,
 #   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt).
 # Then, stopping at the first failure:

@@ -118,7 +118,7 @@ pub fn install(addr: SocketAddr, settings: &Settings) -> Result<Exporter, BuildE
         Unit::Seconds,
         "PUBLISH to PUBACK (QoS 1) or PUBCOMP (QoS 2)."
     );
-    let _ = register_at_zero;
+    register_at_zero(settings);
     Ok(Exporter {
         previous: Snapshot::empty(settings.targets.len()),
     })
