@@ -2,7 +2,7 @@
 //! a second, so one process exposes the whole fleet whether it runs alone or with workers.
 //! Histograms get the per-second difference of the merged HDR histograms, in seconds.
 //! Every series the device-sim dashboard queries exists from `install` on (at 0 until it moves),
-//! the labelled failure counters for each reason in `CONNECT_FAILURE_REASONS` and
+//! including the labelled failure counters for each reason in `CONNECT_FAILURE_REASONS` and
 //! `DISCONNECT_REASONS`, so a panel shows zero rather than no data.
 
 use std::net::SocketAddr;

@@ -3,16 +3,15 @@
 //! This module owns who may read and write which topic, so the decision is made in one place and
 //! the data path only asks yes/no questions.
 //!
-//! File syntax (Mosquitto's `acl_file`): `#` starts a comment line; `topic [ACCESS] FILTER` before
-//! any `user` line applies to every client, anonymous ones included; `user NAME` starts a block
-//! whose `topic` lines apply to that authenticated username only; `pattern [ACCESS] FILTER`
-//! applies to every client wherever it appears, with `%c` replaced by the client id and `%u` by
-//! the username. ACCESS is `read`, `write`, `readwrite` (the default) or `deny`; the filter is
-//! the rest of the line and may use `+` and `#`. Unlike Mosquitto, where the lines before the
-//! first `user` apply to anonymous clients only, they apply to everyone here.
+//! File syntax (Mosquitto's `acl_file`, so that operators bring theirs as it is): `#` starts a
+//! comment line; `topic [ACCESS] FILTER` before any `user` line applies to anonymous clients, as in
+//! Mosquitto; `user NAME` starts a block whose `topic` lines apply to that authenticated username
+//! only; `pattern [ACCESS] FILTER` applies to every client wherever it appears, with `%c` replaced
+//! by the client id and `%u` by the username. ACCESS is `read`, `write`, `readwrite` (the
+//! default) or `deny`; the filter is the rest of the line and may use `+` and `#`.
 //!
-//! Semantics, for one client: its applicable rules are the global `topic` lines, its own user
-//! block, and the patterns. A `deny` rule that matches wins; otherwise access is granted when any
+//! Semantics, for one client: its applicable rules are its own user block (for an anonymous
+//! client, the `topic` lines before the first `user`), and the patterns. A `deny` rule that matches wins; otherwise access is granted when any
 //! applicable rule grants it; nothing matching means no access (default deny once a file is
 //! configured; without `acl_file` everything is allowed and none of this code runs).
 //!
@@ -70,7 +69,8 @@ struct Rule {
 /// A parsed rules file.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Acl {
-    global: Vec<Rule>,
+    /// `topic` lines before the first `user` line: anonymous clients' rules.
+    anonymous: Vec<Rule>,
     users: std::collections::HashMap<String, Vec<Rule>>,
     patterns: Vec<Rule>,
 }
@@ -110,7 +110,7 @@ impl Acl {
                     match (keyword, &user) {
                         ("pattern", _) => acl.patterns.push(rule),
                         (_, Some(name)) => acl.users.entry(name.clone()).or_default().push(rule),
-                        (_, None) => acl.global.push(rule),
+                        (_, None) => acl.anonymous.push(rule),
                     }
                 }
                 other => {
@@ -125,10 +125,10 @@ impl Acl {
 
     /// The rules that apply to one client, with patterns substituted.
     fn rules_for(&self, who: &Principal) -> Vec<Rule> {
-        let mut rules = self.global.clone();
-        if let Some(own) = who.username.as_ref().and_then(|u| self.users.get(&u[..])) {
-            rules.extend(own.iter().cloned());
-        }
+        let mut rules = match &who.username {
+            None => self.anonymous.clone(),
+            Some(u) => self.users.get(&u[..]).cloned().unwrap_or_default(),
+        };
         for p in &self.patterns {
             let uses_user = p.filter.contains("%u");
             let username = who.username.as_deref();
@@ -328,9 +328,9 @@ mod tests {
              pattern deny secret/%u\nuser bob\ntopic readwrite b/#\n",
         )
         .unwrap();
-        assert_eq!(acl.global.len(), 2);
-        assert_eq!(acl.global[1].access, Access::ReadWrite);
-        assert_eq!(acl.global[1].filter, "pub/x");
+        assert_eq!(acl.anonymous.len(), 2);
+        assert_eq!(acl.anonymous[1].access, Access::ReadWrite);
+        assert_eq!(acl.anonymous[1].filter, "pub/x");
         assert_eq!(acl.users["alice"][0].filter, "a/b c");
         assert_eq!(acl.patterns[0].access, Access::Deny);
         assert_eq!(acl.users["bob"].len(), 1);
@@ -373,7 +373,9 @@ mod tests {
         let text = "topic read all\nuser alice\ntopic a/#\nuser bob\ntopic b/#";
         let mut alice = client(text, who("x", Some("alice")));
         let mut anon = client(text, who("x", None));
-        assert!(alice.may_write("a/1") && !alice.may_write("b/1") && alice.may_read("all"));
+        assert!(alice.may_write("a/1") && !alice.may_write("b/1"));
+        // As in Mosquitto, the lines before the first `user` are the anonymous clients' rules.
+        assert!(!alice.may_read("all"));
         assert!(!anon.may_write("a/1") && anon.may_read("all"));
     }
 

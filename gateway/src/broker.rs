@@ -23,7 +23,7 @@ use crate::metrics::{BrokerState, Metrics};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::session::{Kick, QueueLimits};
-use crate::{http, listener, sys};
+use crate::{http, limits, listener, sys};
 
 /// How long shutdown waits for connections to close before returning anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +41,8 @@ pub struct Context {
     pub connections: AtomicUsize,
     /// Connections refused beyond this (open-file limit minus reserve).
     pub max_connections: usize,
+    /// Accepted connections not yet answered with CONNACK (`limits.max_handshakes`).
+    pub handshakes: AtomicUsize,
     /// Notified when the last connection closes.
     pub idle: Notify,
     /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
@@ -145,6 +147,7 @@ impl Broker {
             security,
             connections: AtomicUsize::new(0),
             max_connections,
+            handshakes: AtomicUsize::new(0),
             idle: Notify::new(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -186,6 +189,8 @@ impl Broker {
         // Dropped (aborted) when `run` returns: the status topics stop with the broker.
         let _sys = (interval > 0)
             .then(|| sys::spawn(ctx.clone(), Duration::from_secs(u64::from(interval))));
+        let high_water = ctx.config.limits.memory_high_water;
+        let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
         ctx.ready.store(true, Ordering::Release);
         tokio::select! {
             _ = listener::accept_loop(ctx.clone(), self.listener) => {}

@@ -7,6 +7,7 @@
 //! happens in `Drop`, so it also happens when the task unwinds from a panic.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -24,9 +25,10 @@ use crate::codec::{
     Protocol, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::connection::{Connection, ReadError};
+use crate::limits::{Handshake, PublishQuota, QuotaExceeded};
 use crate::listener;
 use crate::message::{ForwardedProperties, Message};
-use crate::metrics::{CloseReason, DropReason, SentBatch};
+use crate::metrics::{CloseReason, DropReason, LimitExceeded, SentBatch};
 use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Session, Stage};
 use crate::topic;
 
@@ -90,6 +92,8 @@ pub struct Client {
     aliases_out: Option<Box<AliasesOut>>,
     /// Present only when an ACL file is configured: without one, one branch per check.
     acl: Option<Box<ClientAcl>>,
+    /// `limits.max_publish_rate` and `max_publish_bytes_rate`; untouched when both are 0.
+    quota: PublishQuota,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,
@@ -99,8 +103,21 @@ pub struct Client {
 /// Serves one accepted socket. The handshake runs in this task; the session then runs in a task
 /// of its own, so an idle session's task holds only the session's state, not the larger state the
 /// handshake needed (a decoded CONNECT, CONNACK properties, the connect timer).
-pub async fn serve(slot: ConnectionSlot, stream: TcpStream, peer: std::net::SocketAddr) {
-    if let Some(client) = handshake(slot, stream, peer).await {
+pub async fn serve(
+    slot: ConnectionSlot,
+    admission: Handshake,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    if let Some(at) = admission.not_before {
+        // Paced by `limits.connect_rate`: the client's CONNECT waits in the socket until this
+        // connection's slot, and the connect timeout starts then.
+        tokio::time::sleep_until(at.into()).await;
+    }
+    let client = handshake(slot, stream, peer).await;
+    // CONNACK is queued (or the connection refused): the handshake no longer counts.
+    drop(admission);
+    if let Some(client) = client {
         let ctx = client.ctx.clone();
         listener::spawn_isolated(ctx, peer, Box::new(client).run());
     }
@@ -217,6 +234,10 @@ impl Client {
         let v5 = protocol.is_v5();
         let mut props = Properties::default();
 
+        // First: above the memory high-water mark nothing else about the client matters.
+        if ctx.router.overloaded.load(Ordering::Relaxed) {
+            return refuse_and_close(&ctx, conn, protocol, reason::SERVER_BUSY, peer).await;
+        }
         if connect.properties.authentication_method.is_some() {
             return refuse_and_close(
                 &ctx,
@@ -247,7 +268,8 @@ impl Client {
             connect.client_id.clone()
         };
         if let Some(will) = &connect.will {
-            if topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
+            let too_long = will.topic.len() > ctx.config.limits.max_topic_length;
+            if too_long || topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
                 if !v5 {
                     // 3.x has no return code for this: a non-conforming CONNECT is closed without
                     // CONNACK [MQTT-3.1.4-1].
@@ -357,6 +379,7 @@ impl Client {
                     })
                 }),
             acl,
+            quota: PublishQuota::default(),
             close: CloseReason::Network,
             publish_will: true,
             conn,
@@ -621,6 +644,15 @@ impl Client {
             ));
         }
         let topic = self.resolve_topic(&p)?;
+        let limits = &ctx.config.limits;
+        if topic.len() > limits.max_topic_length {
+            self.ctx.metrics.limit_exceeded(LimitExceeded::TopicLength);
+            debug!(client = %self.session.client_id, len = topic.len(), "PUBLISH topic longer than limits.max_topic_length");
+            return Err(Close::protocol(reason::TOPIC_NAME_INVALID));
+        }
+        if limits.max_publish_rate > 0 || limits.max_publish_bytes_rate > 0 {
+            self.charge_quota(topic.len() + p.payload.len())?;
+        }
         if topic::validate_topic_name(&topic, cfg.max_topic_levels).is_err() {
             return Err(self.violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"));
         }
@@ -676,6 +708,34 @@ impl Client {
         Ok(())
     }
 
+    /// Charges one PUBLISH against the client's quotas; over either, the client is disconnected
+    /// (v5: 0x96 message rate / 0x97 bytes; 3.1.1 has no way to say it and is closed).
+    fn charge_quota(&mut self, bytes: usize) -> Result<(), Close> {
+        let limits = &self.ctx.config.limits;
+        // The read batch's time: no clock read per message.
+        let now = self.last_read.saturating_duration_since(self.ctx.started);
+        let charged = self.quota.charge(
+            now.as_nanos() as u64,
+            bytes,
+            limits.max_publish_rate,
+            limits.max_publish_bytes_rate,
+        );
+        let Err(exceeded) = charged else {
+            return Ok(());
+        };
+        let (limit, code) = match exceeded {
+            QuotaExceeded::Messages => (LimitExceeded::PublishRate, reason::MESSAGE_RATE_TOO_HIGH),
+            QuotaExceeded::Bytes => (LimitExceeded::PublishBytesRate, reason::QUOTA_EXCEEDED),
+        };
+        self.ctx.metrics.limit_exceeded(limit);
+        debug!(client = %self.session.client_id, ?exceeded, "publish quota exceeded: disconnecting");
+        Err(Close {
+            reason: CloseReason::QuotaExceeded,
+            code: Some(code),
+            will: true,
+        })
+    }
+
     fn acknowledge_publish(&mut self, p: &Publish, code: u8) {
         match p.qos {
             QoS::AtMostOnce => {}
@@ -727,6 +787,23 @@ impl Client {
                 return Err(
                     self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription")
                 );
+            }
+            let limits = &self.ctx.config.limits;
+            if filter.len() > limits.max_topic_length {
+                self.ctx.metrics.limit_exceeded(LimitExceeded::TopicLength);
+                reasons.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let max_subscriptions = limits.max_subscriptions_per_client;
+            if max_subscriptions > 0
+                && !self.session.may_subscribe_within(filter, max_subscriptions)
+            {
+                self.ctx
+                    .metrics
+                    .limit_exceeded(LimitExceeded::Subscriptions);
+                debug!(client = %self.session.client_id, %filter, "subscription refused: limits.max_subscriptions_per_client");
+                reasons.push(reason::QUOTA_EXCEEDED);
+                continue;
             }
             if !self.may_subscribe(filter) {
                 debug!(client = %self.session.client_id, %filter, "subscription not authorized");
@@ -1076,6 +1153,7 @@ fn reject_label(code: u8) -> &'static str {
         reason::PAYLOAD_FORMAT_INVALID => "will_payload_invalid",
         reason::BAD_USERNAME_OR_PASSWORD => "bad_credentials",
         reason::NOT_AUTHORIZED => "not_authorized",
+        reason::SERVER_BUSY => "memory",
         _ => "other",
     }
 }

@@ -24,6 +24,7 @@ pub struct Config {
     pub sys: SysConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
 }
 
 /// The `[mqtt]` section: the listener and the per-connection and per-session limits.
@@ -88,6 +89,32 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
 }
 
+/// The `[limits]` section: overload protection. Per-listener connection limits come with the
+/// listeners work (issue 7); `[mqtt] max_topic_levels` stays where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Open connections (handshakes included) beyond which new ones are closed at once; 0 leaves
+    /// only the open-file limit.
+    pub max_connections: u64,
+    /// New connections served per second; 0 disables pacing.
+    pub connect_rate: u32,
+    /// Connections served at once before `connect_rate` paces them.
+    pub connect_burst: u32,
+    /// Connections accepted and not yet answered with CONNACK; 0 means no limit.
+    pub max_handshakes: u64,
+    /// PUBLISH packets per second per client; 0 means no limit.
+    pub max_publish_rate: u32,
+    /// PUBLISH payload and topic bytes per second per client; 0 means no limit.
+    pub max_publish_bytes_rate: u64,
+    /// Subscriptions one session may hold; 0 means no limit.
+    pub max_subscriptions_per_client: usize,
+    /// Bytes; longest topic name or subscription filter accepted.
+    pub max_topic_length: usize,
+    /// Bytes of resident memory above which new connections are refused and QoS 0 is shed; 0
+    /// disables the check.
+    pub memory_high_water: u64,
+}
+
 /// The `[log]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -112,6 +139,22 @@ impl Default for MqttConfig {
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,
             fd_reserve: 64,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            connect_rate: 2000,
+            connect_burst: 2000,
+            max_handshakes: 10_000,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_subscriptions_per_client: 10_000,
+            max_topic_length: 1024,
+            memory_high_water: 0,
         }
     }
 }
@@ -187,6 +230,17 @@ const RETAINED_MAX: Bounds = Bounds::new(0, UNBOUNDED);
 const MAX_TOPIC_LEVELS: Bounds = Bounds::new(1, UNBOUNDED);
 const TOPIC_ALIAS_MAXIMUM: Bounds = Bounds::new(0, u16::MAX as u64);
 const FD_RESERVE: Bounds = Bounds::new(0, u32::MAX as u64);
+const MAX_CONNECTIONS: Bounds = Bounds::new(0, UNBOUNDED);
+const CONNECT_RATE: Bounds = Bounds::new(0, u32::MAX as u64);
+/// A burst of 0 would never admit anyone while pacing is on.
+const CONNECT_BURST: Bounds = Bounds::new(1, u32::MAX as u64);
+const MAX_HANDSHAKES: Bounds = Bounds::new(0, UNBOUNDED);
+const MAX_PUBLISH_RATE: Bounds = Bounds::new(0, u32::MAX as u64);
+const MAX_PUBLISH_BYTES_RATE: Bounds = Bounds::new(0, UNBOUNDED);
+const MAX_SUBSCRIPTIONS: Bounds = Bounds::new(0, UNBOUNDED);
+/// A topic of one byte must fit; 65535 is the longest an MQTT string can be.
+const MAX_TOPIC_LENGTH: Bounds = Bounds::new(1, u16::MAX as u64);
+const MEMORY_HIGH_WATER: Bounds = Bounds::new(0, UNBOUNDED);
 /// A day: longer intervals would make the load averages and uptime meaningless.
 const SYS_INTERVAL: Bounds = Bounds::new(0, 86_400);
 /// Shorter tokens are guessable by brute force over the network.
@@ -221,7 +275,10 @@ impl Config {
         let table: Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         let mut config = Config::default();
         for (section, body) in &table {
-            if !matches!(section.as_str(), "mqtt" | "http" | "sys" | "log" | "auth") {
+            if !matches!(
+                section.as_str(),
+                "mqtt" | "http" | "sys" | "log" | "auth" | "limits"
+            ) {
                 return Err(ConfigError::UnknownKey {
                     key: section.clone(),
                     value: render(body),
@@ -308,6 +365,40 @@ impl Config {
         )?;
         check("mqtt.fd_reserve", m.fd_reserve.into(), FD_RESERVE)?;
         check("sys.interval", self.sys.interval.into(), SYS_INTERVAL)?;
+        let l = &self.limits;
+        check("limits.max_connections", l.max_connections, MAX_CONNECTIONS)?;
+        check("limits.connect_rate", l.connect_rate.into(), CONNECT_RATE)?;
+        check(
+            "limits.connect_burst",
+            l.connect_burst.into(),
+            CONNECT_BURST,
+        )?;
+        check("limits.max_handshakes", l.max_handshakes, MAX_HANDSHAKES)?;
+        check(
+            "limits.max_publish_rate",
+            l.max_publish_rate.into(),
+            MAX_PUBLISH_RATE,
+        )?;
+        check(
+            "limits.max_publish_bytes_rate",
+            l.max_publish_bytes_rate,
+            MAX_PUBLISH_BYTES_RATE,
+        )?;
+        check(
+            "limits.max_subscriptions_per_client",
+            l.max_subscriptions_per_client as u64,
+            MAX_SUBSCRIPTIONS,
+        )?;
+        check(
+            "limits.max_topic_length",
+            l.max_topic_length as u64,
+            MAX_TOPIC_LENGTH,
+        )?;
+        check(
+            "limits.memory_high_water",
+            l.memory_high_water,
+            MEMORY_HIGH_WATER,
+        )?;
         if let Some(token) = &self.http.admin_token {
             check_admin_token("http.admin_token", token)?;
         }
@@ -368,6 +459,33 @@ impl Config {
                 };
             }
             ("sys", "interval") => self.sys.interval = integer(k, value, SYS_INTERVAL)?,
+            ("limits", "max_connections") => {
+                self.limits.max_connections = integer(k, value, MAX_CONNECTIONS)?;
+            }
+            ("limits", "connect_rate") => {
+                self.limits.connect_rate = integer(k, value, CONNECT_RATE)?;
+            }
+            ("limits", "connect_burst") => {
+                self.limits.connect_burst = integer(k, value, CONNECT_BURST)?;
+            }
+            ("limits", "max_handshakes") => {
+                self.limits.max_handshakes = integer(k, value, MAX_HANDSHAKES)?;
+            }
+            ("limits", "max_publish_rate") => {
+                self.limits.max_publish_rate = integer(k, value, MAX_PUBLISH_RATE)?;
+            }
+            ("limits", "max_publish_bytes_rate") => {
+                self.limits.max_publish_bytes_rate = integer(k, value, MAX_PUBLISH_BYTES_RATE)?;
+            }
+            ("limits", "max_subscriptions_per_client") => {
+                self.limits.max_subscriptions_per_client = integer(k, value, MAX_SUBSCRIPTIONS)?;
+            }
+            ("limits", "max_topic_length") => {
+                self.limits.max_topic_length = integer(k, value, MAX_TOPIC_LENGTH)?;
+            }
+            ("limits", "memory_high_water") => {
+                self.limits.memory_high_water = integer(k, value, MEMORY_HIGH_WATER)?;
+            }
             ("auth", "allow_anonymous") => self.auth.allow_anonymous = boolean(k, value)?,
             ("auth", "password_file") => self.auth.password_file = optional_path(k, value)?,
             ("auth", "acl_file") => self.auth.acl_file = optional_path(k, value)?,
@@ -624,6 +742,15 @@ mod tests {
         assert_eq!(c.mqtt.fd_reserve, 64);
         assert_eq!(c.http.listen, Some("127.0.0.1:9883".parse().unwrap()));
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.limits.max_connections, 0);
+        assert_eq!(c.limits.connect_rate, 2000);
+        assert_eq!(c.limits.connect_burst, 2000);
+        assert_eq!(c.limits.max_handshakes, 10_000);
+        assert_eq!(c.limits.max_publish_rate, 0);
+        assert_eq!(c.limits.max_publish_bytes_rate, 0);
+        assert_eq!(c.limits.max_subscriptions_per_client, 10_000);
+        assert_eq!(c.limits.max_topic_length, 1024);
+        assert_eq!(c.limits.memory_high_water, 0);
         c.validate().unwrap();
     }
 
@@ -634,12 +761,13 @@ mod tests {
         // Parsing alone would accept a file that omits keys; the file is meant to document all.
         let table: Table = text.parse().unwrap();
         let count = |section: &str| table[section].as_table().unwrap().len();
-        assert_eq!(table.len(), 5);
+        assert_eq!(table.len(), 6);
         assert_eq!(count("mqtt"), 14);
         assert_eq!(count("http"), 2);
         assert_eq!(count("sys"), 1);
         assert_eq!(count("log"), 1);
         assert_eq!(count("auth"), 3);
+        assert_eq!(count("limits"), 9);
     }
 
     #[test]
@@ -671,6 +799,16 @@ mod tests {
             allow_anonymous = true
             password_file = "/etc/gateway/passwd"
             acl_file = "acl"
+            [limits]
+            max_connections = 5000
+            connect_rate = 0
+            connect_burst = 1
+            max_handshakes = 0
+            max_publish_rate = 50
+            max_publish_bytes_rate = 100000
+            max_subscriptions_per_client = 0
+            max_topic_length = 65535
+            memory_high_water = 1073741824
         "#;
         let expected = Config {
             mqtt: MqttConfig {
@@ -701,6 +839,17 @@ mod tests {
                 allow_anonymous: true,
                 password_file: Some("/etc/gateway/passwd".into()),
                 acl_file: Some("acl".into()),
+            },
+            limits: LimitsConfig {
+                max_connections: 5000,
+                connect_rate: 0,
+                connect_burst: 1,
+                max_handshakes: 0,
+                max_publish_rate: 50,
+                max_publish_bytes_rate: 100_000,
+                max_subscriptions_per_client: 0,
+                max_topic_length: 65535,
+                memory_high_water: 1 << 30,
             },
         };
         assert_eq!(Config::from_toml(text).unwrap(), expected);
@@ -966,6 +1115,26 @@ mod tests {
             let message = format!("config: invalid value for `{key}`: {value} ({reason})");
             assert_eq!(error(&format!("[mqtt]\n{line}")), message, "for {line:?}");
         }
+    }
+
+    #[test]
+    fn bad_limits_are_named_with_their_value() {
+        assert_eq!(
+            error("[limits]\nconnect_burst = 0"),
+            "config: invalid value for `limits.connect_burst`: 0 (must be 1..=4294967295)"
+        );
+        assert_eq!(
+            error("[limits]\nmax_topic_length = 65536"),
+            "config: invalid value for `limits.max_topic_length`: 65536 (must be 1..=65535)"
+        );
+        assert_eq!(
+            error("[limits]\nmemory_high_water = \"1G\""),
+            "config: invalid value for `limits.memory_high_water`: \"1G\" (expected an integer)"
+        );
+        assert_eq!(
+            error("[limits]\nmax_publish_rate = -1"),
+            "config: invalid value for `limits.max_publish_rate`: -1 (must be 0..=4294967295)"
+        );
     }
 
     #[test]

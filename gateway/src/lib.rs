@@ -7,7 +7,8 @@
 //! encodes it once per layout and writes it with shared payload bytes. `registry` maps client ids to
 //! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
 //! `auth` checks CONNECT credentials against the password file and `acl` decides who may read and
-//! write which topic.
+//! write which topic; `limits` holds the overload protection's state (connect pacing, publish
+//! quotas, the memory watch).
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -4,12 +4,15 @@
 //! and makes clients wait for SYN retries). It reads the open-file limit at start and refuses
 //! new connections cleanly before the limit, keeping a reserve for the broker's own files; when
 //! accept still fails with EMFILE/ENFILE it backs off briefly and counts instead of spinning.
+//! The `[limits]` on connections are checked here too, each refusal a close at once: the
+//! configured connection limit, the handshakes in flight, and the connect pacer (which never
+//! pauses the loop either: a paced socket waits in its own task, see `limits::ConnectPacer`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +20,7 @@ use tracing::{debug, error, warn};
 
 use crate::broker::{ConnectionSlot, Context};
 use crate::client;
+use crate::limits::{ConnectPacer, Handshake, Pace};
 
 /// Backlog when /proc/sys/net/core/somaxconn cannot be read.
 const DEFAULT_BACKLOG: i32 = 4096;
@@ -66,9 +70,11 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Accepts until the listener is dropped (the caller selects this against shutdown).
 pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener) {
+    let limits = &ctx.config.limits;
+    let mut pacer = ConnectPacer::new(limits.connect_rate, limits.connect_burst, Instant::now());
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => admit(&ctx, stream, peer),
+            Ok((stream, peer)) => admit(&ctx, pacer.as_mut(), stream, peer),
             Err(e) if is_fd_exhaustion(&e) => {
                 ctx.metrics.accept_errors.increment(1);
                 warn!("accept failed, out of file descriptors: {e}");
@@ -82,19 +88,50 @@ pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener) {
     }
 }
 
-fn admit(ctx: &Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+fn admit(
+    ctx: &Arc<Context>,
+    pacer: Option<&mut ConnectPacer>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let open = ctx.connections.load(Ordering::Relaxed);
     if open >= ctx.max_connections {
         ctx.metrics.rejected("fd_limit");
         debug!(%peer, open, "refusing connection: at the open-file limit minus reserve");
         return;
     }
+    let limits = &ctx.config.limits;
+    if limits.max_connections > 0 && open as u64 >= limits.max_connections {
+        ctx.metrics.rejected("max_connections");
+        debug!(%peer, open, "refusing connection: at limits.max_connections");
+        return;
+    }
+    let handshakes = ctx.handshakes.load(Ordering::Relaxed);
+    if limits.max_handshakes > 0 && handshakes as u64 >= limits.max_handshakes {
+        ctx.metrics.rejected("handshakes");
+        debug!(%peer, handshakes, "refusing connection: at limits.max_handshakes");
+        return;
+    }
+    let not_before = match pacer.map(|p| p.pace(Instant::now())) {
+        Some(Pace::Refuse) => {
+            ctx.metrics.rejected("connect_rate");
+            debug!(%peer, "refusing connection: its connect_rate slot is too far away");
+            return;
+        }
+        Some(Pace::At(at)) => Some(at),
+        Some(Pace::Now) | None => None,
+    };
     ctx.metrics.connections_accepted.increment(1);
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "set_nodelay failed: {e}");
     }
     let slot = ConnectionSlot::new(ctx.clone());
-    spawn_isolated(ctx.clone(), peer, client::serve(slot, stream, peer));
+    let handshake = Handshake::new(ctx.clone(), not_before);
+    spawn_isolated(
+        ctx.clone(),
+        peer,
+        client::serve(slot, handshake, stream, peer),
+    );
 }
 
 /// Spawns a connection's task so that a panic in it ends that task only: caught, logged and

@@ -61,8 +61,12 @@ const PUBLISH: usize = 3;
 
 /// Labels of `gateway_connections_rejected_total`; callers pass one of these, anything else is
 /// counted as "other".
-const REJECT_REASONS: [&str; 9] = [
+const REJECT_REASONS: [&str; 13] = [
     "fd_limit",
+    "max_connections",
+    "connect_rate",
+    "handshakes",
+    "memory",
     "bad_connect",
     "client_id_invalid",
     "bad_auth_method",
@@ -98,9 +102,11 @@ pub enum DropReason {
     SlowConsumerQos0,
     /// The publisher may not write the topic, or the receiver may not read it (ACL).
     NotAuthorized,
+    /// A QoS 0 copy shed while memory is above `limits.memory_high_water`.
+    MemoryShed,
 }
 
-const DROP_REASONS: [(DropReason, &str); 8] = [
+const DROP_REASONS: [(DropReason, &str); 9] = [
     (DropReason::QueueFull, "queue_full"),
     (DropReason::Expired, "expired"),
     (DropReason::TooLarge, "too_large"),
@@ -109,6 +115,23 @@ const DROP_REASONS: [(DropReason, &str); 8] = [
     (DropReason::RetainedFull, "retained_full"),
     (DropReason::SlowConsumerQos0, "slow_consumer_qos0"),
     (DropReason::NotAuthorized, "not_authorized"),
+    (DropReason::MemoryShed, "memory_shed"),
+];
+
+/// A per-client `[limits]` a client ran into, labelled with the key's name.
+#[derive(Debug, Clone, Copy)]
+pub enum LimitExceeded {
+    PublishRate,
+    PublishBytesRate,
+    Subscriptions,
+    TopicLength,
+}
+
+const LIMITS_EXCEEDED: [(LimitExceeded, &str); 4] = [
+    (LimitExceeded::PublishRate, "max_publish_rate"),
+    (LimitExceeded::PublishBytesRate, "max_publish_bytes_rate"),
+    (LimitExceeded::Subscriptions, "max_subscriptions_per_client"),
+    (LimitExceeded::TopicLength, "max_topic_length"),
 ];
 
 /// Why a connection ended.
@@ -124,9 +147,11 @@ pub enum CloseReason {
     Network,
     Panic,
     ConnectTimeout,
+    /// The client exceeded `max_publish_rate` or `max_publish_bytes_rate`.
+    QuotaExceeded,
 }
 
-const CLOSE_REASONS: [CloseReason; 10] = [
+const CLOSE_REASONS: [CloseReason; 11] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -137,6 +162,7 @@ const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::Network,
     CloseReason::Panic,
     CloseReason::ConnectTimeout,
+    CloseReason::QuotaExceeded,
 ];
 
 impl CloseReason {
@@ -152,6 +178,7 @@ impl CloseReason {
             CloseReason::Network => "network",
             CloseReason::Panic => "panic",
             CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -204,6 +231,7 @@ pub struct Metrics {
     dropped: [Counter; DROP_REASONS.len()],
     closed: [Counter; CLOSE_REASONS.len()],
     rejected: [Counter; REJECT_REASONS.len()],
+    limits_exceeded: [Counter; LIMITS_EXCEEDED.len()],
     malformed: [Counter; MALFORMED_KINDS.len()],
     packets_received: [Counter; 16],
     packets_sent: [Counter; 16],
@@ -247,6 +275,8 @@ impl Metrics {
             ),
             rejected: REJECT_REASONS
                 .map(|reason| counter!("gateway_connections_rejected_total", "reason" => reason)),
+            limits_exceeded: LIMITS_EXCEEDED
+                .map(|(_, limit)| counter!("gateway_limits_exceeded_total", "limit" => limit)),
             malformed: MALFORMED_KINDS
                 .map(|kind| counter!("gateway_malformed_packets_total", "kind" => kind)),
             packets_received: by_type("gateway_packets_received_total", &RECEIVED_TYPES),
@@ -281,6 +311,10 @@ impl Metrics {
 
     pub fn closed(&self, reason: CloseReason) {
         self.closed[reason as usize].increment(1);
+    }
+
+    pub fn limit_exceeded(&self, limit: LimitExceeded) {
+        self.limits_exceeded[limit as usize].increment(1);
     }
 
     /// Rare path (a refused connection): the label is looked up in a short list.
@@ -459,6 +493,11 @@ fn describe() {
         "Connections refused for failed authentication."
     );
     describe_counter!(
+        "gateway_limits_exceeded_total",
+        "Client actions refused by a per-client [limits] key (publish quotas: the client is \
+         disconnected; subscriptions and topic length: the filter or the client is refused)."
+    );
+    describe_counter!(
         "gateway_malformed_packets_total",
         "Invalid packets or protocol violations from clients, by kind."
     );
@@ -595,6 +634,9 @@ mod tests {
         }
         for (i, reason) in CLOSE_REASONS.iter().enumerate() {
             assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for (i, (limit, _)) in LIMITS_EXCEEDED.iter().enumerate() {
+            assert_eq!(*limit as usize, i, "{limit:?}");
         }
     }
 

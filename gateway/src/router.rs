@@ -7,6 +7,7 @@
 //! never blocks on a slow receiver: a full queue drops and counts. A later NATS bridge plugs in here,
 //! at `publish`, without the sessions knowing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytestring::ByteString;
@@ -33,6 +34,10 @@ pub struct Router {
     limits: QueueLimits,
     max_topic_levels: usize,
     metrics: Arc<Metrics>,
+    /// Set by the memory watch (`limits`) while RSS is above `limits.memory_high_water`: QoS 0
+    /// copies are shed here and new connections refused (`client`). Kept here, next to the
+    /// enqueue it guards, so a delivery costs one relaxed load.
+    pub overloaded: AtomicBool,
 }
 
 /// The outcome of a subscribe, for SUBACK and retained handling.
@@ -54,6 +59,7 @@ impl Router {
             limits,
             max_topic_levels,
             metrics,
+            overloaded: AtomicBool::new(false),
         }
     }
 
@@ -116,6 +122,10 @@ impl Router {
 
     fn offer(&self, session: &Session, d: Delivery) -> usize {
         let qos0 = d.qos == QoS::AtMostOnce;
+        if qos0 && self.overloaded.load(Ordering::Relaxed) {
+            self.metrics.dropped(DropReason::MemoryShed, 1);
+            return 0;
+        }
         match session.enqueue(d, self.limits) {
             Enqueued::Queued => 1,
             Enqueued::QueueFull => {

@@ -448,6 +448,13 @@ impl Session {
         self.state.lock().subscriptions.len()
     }
 
+    /// Whether subscribing to `filter` keeps the session within `max` subscriptions: replacing
+    /// an existing one always does.
+    pub fn may_subscribe_within(&self, filter: &str, max: usize) -> bool {
+        let st = self.state.lock();
+        st.subscriptions.len() < max || st.subscriptions.iter().any(|s| s.filter == filter)
+    }
+
     pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {
         self.state.lock().subscriptions.clone()
     }

@@ -16,10 +16,12 @@ use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Code};
 use rumqttc::SubscribeReasonCode as V3Code;
 
 /// alice may read and write everything but `admin/`; eve reads `#` but is denied `secret/`, and
-/// writes only `open/`; every client owns `devices/{client id}/` and reads its user's inbox.
+/// writes only `open/`; bob and anonymous clients read `public/`; every client owns
+/// `devices/{client id}/` and reads its user's inbox.
 const RULES: &str = "\
-# every client
+# anonymous clients (as in Mosquitto, the lines before the first `user`)
 topic read public/#
+# every client
 pattern readwrite devices/%c/#
 pattern read users/%u/inbox
 
@@ -33,6 +35,9 @@ user eve
 topic read #
 topic write open/#
 topic deny secret/#
+
+user bob
+topic read public/#
 ";
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -360,7 +365,7 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones() {
         format!("[auth]\nacl_file = {:?}\n", acl.display().to_string()),
     )
     .expect("write config");
-    // Loopback without a password file: anonymous clients, subject to the global rules.
+    // Loopback without a password file: anonymous clients, subject to the rules before `user`.
     let gw = binary::Gateway::start(&["--config", config.to_str().expect("UTF-8 path")]);
     assert!(granted(gw.addr, "a/x").await);
     assert!(!granted(gw.addr, "b/x").await);

@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Benchmark harness: the gateway against Mosquitto, nats-server (MQTT) and rumqttd.
+
+Runs each workload against every broker, alternating brokers, each run on a fresh broker process
+started with the same open-file limit, logging off, no persistence and raised queue limits, with
+device-sim as the load generator. Reads broker CPU (utime+stime from /proc/PID/stat) and RSS
+(/proc/PID/status) around each run, takes the median of the runs, prints a table with ratios
+gateway / peer and writes everything as JSON. Started by bench/run.sh (see BENCHMARKS.md).
+Python 3 standard library only.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIM = os.path.join(ROOT, "target", "release", "device-sim")
+GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
+NOFILE = 20000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SIM_HTTP = "127.0.0.1:29890"
+SOURCE_IPS = "127.0.0.2-127.0.0.11"
+
+PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
+
+CHILDREN = []  # Popen objects this harness started, killed by PID on exit
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def set_limits():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+def stop(proc, sig=signal.SIGTERM, grace=5.0):
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def cleanup(*_):
+    for p in CHILDREN:
+        stop(p, signal.SIGKILL, 2.0)
+    CHILDREN.clear()
+
+
+# ---------------------------------------------------------------- brokers
+
+
+class Broker:
+    def __init__(self, name, workdir):
+        self.name = name
+        self.port = PORTS[name]
+        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=workdir)
+        self.proc = None
+
+    def command(self):
+        d, port = self.dir, self.port
+        if self.name == "gateway":
+            conf = f"""# written by bench/harness.py
+[mqtt]
+listen = "127.0.0.1:{port}"
+max_queued_messages = 100000
+max_inflight = 65535
+[http]
+listen = "off"
+[sys]
+interval = 0
+[log]
+level = "error"
+"""
+            cmd = [GATEWAY, "--config", f"{d}/gateway.toml"]
+            path = f"{d}/gateway.toml"
+        elif self.name == "mosquitto":
+            conf = f"""# written by bench/harness.py
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest none
+max_queued_messages 100000
+max_queued_bytes 0
+max_inflight_messages 0
+max_connections -1
+sys_interval 0
+"""
+            path = f"{d}/mosquitto.conf"
+            cmd = ["/usr/sbin/mosquitto", "-c", path]
+        elif self.name == "nats":
+            conf = f"""# written by bench/harness.py
+server_name: bench_nats
+listen: 127.0.0.1:{port + 1000}
+max_connections: 100000
+jetstream {{
+  store_dir: "{d}/js"
+  max_memory_store: 1GB
+  max_file_store: 10GB
+}}
+mqtt {{
+  listen: 127.0.0.1:{port}
+  max_ack_pending: 65535
+}}
+"""
+            path = f"{d}/nats.conf"
+            cmd = ["nats-server", "-c", path]
+        elif self.name == "rumqttd":
+            conf = f"""# written by bench/harness.py
+id = 0
+[router]
+id = 0
+max_connections = 30000
+max_outgoing_packet_count = 100000
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 65535
+    dynamic_filters = true
+"""
+            path = f"{d}/rumqttd.toml"
+            cmd = [rumqttd_bin(), "-q", "-c", path]
+        else:
+            raise ValueError(self.name)
+        with open(path, "w") as f:
+            f.write(conf)
+        return cmd
+
+    def start(self):
+        cmd = self.command()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{self.dir}/stderr.log", "w"),
+            preexec_fn=set_limits,
+            cwd=self.dir,
+        )
+        CHILDREN.append(self.proc)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {self.dir}/stderr.log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+                time.sleep(0.3)  # let it settle (nats starts JetStream)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on {self.port}")
+
+    def stop(self, keep_dir=False):
+        if self.proc is not None:
+            stop(self.proc)
+            CHILDREN.remove(self.proc)
+            self.proc = None
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart(self):
+        """A fresh process (same configuration), e.g. between the sizes of one workload."""
+        self.stop(keep_dir=True)
+        for sub in ("js",):
+            shutil.rmtree(os.path.join(self.dir, sub), ignore_errors=True)
+        time.sleep(0.5)
+        self.start()
+
+    def cpu(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state): utime is field 14, stime field 15
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def rumqttd_bin():
+    found = shutil.which("rumqttd") or os.path.expanduser("~/.cargo/bin/rumqttd")
+    return found
+
+
+def available_brokers(wanted):
+    ok = []
+    for b in wanted:
+        if b == "gateway" and not os.path.exists(GATEWAY):
+            log("gateway binary missing; run cargo build --release -p gateway")
+        elif b == "mosquitto" and not os.path.exists("/usr/sbin/mosquitto"):
+            log("mosquitto missing (apt-get install -y mosquitto); skipped")
+        elif b == "nats" and not shutil.which("nats-server"):
+            log("nats-server missing (apt-get install -y nats-server); skipped")
+        elif b == "rumqttd" and not os.path.exists(rumqttd_bin()):
+            log("rumqttd missing (cargo install rumqttd --version 0.20.0); skipped")
+        else:
+            ok.append(b)
+    return ok
+
+
+# ---------------------------------------------------------------- device-sim
+
+
+def sim_metric(name):
+    try:
+        with urllib.request.urlopen(f"http://{SIM_HTTP}/metrics", timeout=1) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
+def run_sim(broker, workdir, args, watch=None):
+    """Runs device-sim against `broker` with `args`; returns (report, broker cpu s, extra).
+
+    `watch(sim_proc, broker)` (optional) runs while the simulator runs and returns extra figures.
+    """
+    report_path = os.path.join(workdir, "report.json")
+    if os.path.exists(report_path):
+        os.remove(report_path)
+    cmd = [SIM, "run", "--target", f"127.0.0.1:{broker.port}", "--source-ips", SOURCE_IPS,
+           "--report", report_path, "--http-listen", SIM_HTTP] + args
+    cpu0 = broker.cpu()
+    load0 = os.getloadavg()[0]
+    sim = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=open(os.path.join(workdir, "sim.log"), "w"),
+                           preexec_fn=set_limits)
+    CHILDREN.append(sim)
+    extra = watch(sim, broker) if watch else {}
+    try:
+        sim.wait(timeout=600)
+    finally:
+        stop(sim, signal.SIGKILL)
+        CHILDREN.remove(sim)
+    cpu = broker.cpu() - cpu0
+    if not os.path.exists(report_path):
+        raise RuntimeError(f"device-sim wrote no report; see {workdir}/sim.log")
+    with open(report_path) as f:
+        report = json.load(f)
+    extra["loadavg_1m"] = round(max(load0, os.getloadavg()[0]), 2)
+    return report, cpu, extra
+
+
+# ---------------------------------------------------------------- workloads
+# Each returns {figure name: value}; figure names carry the unit.
+
+
+def wl_idle(broker, workdir, opts):
+    out = {}
+    for i, n in enumerate(opts.idle_sizes):
+        if i > 0:
+            broker.restart()
+        rss0 = broker.rss()
+
+        def watch(sim, b, n=n):
+            # Wait until the simulator reports every device connected (1 s resolution), let the
+            # broker settle, read its RSS, then stop the simulator (SIGINT: it reports).
+            deadline = time.time() + opts.idle_timeout
+            got = None
+            while time.time() < deadline and sim.poll() is None:
+                got = sim_metric("device_sim_devices_connected")
+                if got is not None and got >= n:
+                    break
+                time.sleep(0.25)
+            time.sleep(1.5)
+            rss = b.rss()
+            if sim.poll() is None:
+                os.kill(sim.pid, signal.SIGINT)
+            return {"rss": rss}
+
+        report, _, extra = run_sim(broker, workdir, [
+            "--devices", str(n), "--subscribers", "0", "--publish-interval", "0",
+            "--keep-alive", "300s", "--connect-rate", str(opts.unpaced_rate),
+            "--duration", f"{opts.idle_timeout + 5}s", "--drain", "0s",
+            "--connect-timeout", "30s", "--client-id", "idle-{id}",
+        ], watch)
+        connected = report["devices_connected"]
+        out[f"a_rss_per_session_B@{n}"] = (extra["rss"] - rss0) / max(connected, 1)
+        out[f"a_connected@{n}"] = connected
+        if n == max(opts.idle_sizes):
+            cm = report["connect_ms"]
+            # All handshakes start within n / rate seconds; the last one completes by then plus
+            # the slowest handshake.
+            span = cm["max"] / 1000 + n / opts.unpaced_rate
+            out[f"a_connect_rate_unpaced_per_s@{n}"] = connected / span if span > 0 else 0
+            out[f"a_connect_p99_ms_unpaced@{n}"] = cm["p99"]
+        out["loadavg_1m"] = max(out.get("loadavg_1m", 0), extra["loadavg_1m"])
+    return out
+
+
+def wl_fanin(qos):
+    def run(broker, workdir, opts):
+        report, cpu, extra = run_sim(broker, workdir, [
+            "--devices", "100", "--subscribers", "1", "--qos", str(qos), "--payload", "64",
+            "--publish-interval", opts.fanin_interval, "--connect-rate", "1000",
+            "--duration", opts.duration, "--drain", "3s", "--client-id", f"fanin{qos}-{{id}}",
+            "--topic", "fanin/{id}/t",
+        ])
+        key = "b" if qos == 0 else "c"
+        rx = report["messages_received"]
+        return {
+            f"{key}_cpu_s_per_1M_delivered": cpu / (rx / 1e6) if rx else None,
+            f"{key}_delivered_per_s": report["receive_rate"],
+            f"{key}_published": report["messages_published"],
+            f"{key}_lost": report["lost"],
+            f"{key}_latency_p99_ms": report["latency_ms"]["p99"],
+            "loadavg_1m": extra["loadavg_1m"],
+        }
+    return run
+
+
+def wl_fanout(broker, workdir, opts):
+    report, cpu, extra = run_sim(broker, workdir, [
+        "--devices", "1", "--subscribers", str(opts.fanout_subscribers), "--qos", "0",
+        "--payload", "64", "--publish-interval", "1ms", "--connect-rate", "1000",
+        "--duration", opts.duration, "--drain", "3s", "--client-id", "fanout-{id}",
+        "--topic", "fanout/{id}/t",
+    ])
+    rx = report["messages_received"]
+    expected = report["messages_expected"]
+    return {
+        "d_cpu_s_per_1M_delivered": cpu / (rx / 1e6) if rx else None,
+        "d_delivered_pct": 100.0 * rx / expected if expected else None,
+        "d_delivered_per_s": report["receive_rate"],
+        "loadavg_1m": extra["loadavg_1m"],
+    }
+
+
+def wl_latency(broker, workdir, opts):
+    report, cpu, extra = run_sim(broker, workdir, [
+        "--devices", "1000", "--subscribers", "1", "--qos", "1", "--payload", "64",
+        "--publish-interval", "100ms", "--connect-rate", "2000",
+        "--duration", opts.duration, "--drain", "3s", "--client-id", "lat-{id}",
+        "--topic", "lat/{id}/t",
+    ])
+    lat = report["latency_ms"]
+    rx = report["messages_received"]
+    return {
+        "e_p50_ms": lat["p50"], "e_p99_ms": lat["p99"], "e_p999_ms": lat["p999"],
+        "e_lost": report["lost"],
+        "e_cpu_s_per_1M_delivered": cpu / (rx / 1e6) if rx else None,
+        "loadavg_1m": extra["loadavg_1m"],
+    }
+
+
+def wl_storm(broker, workdir, opts):
+    n = opts.storm_devices
+    at = 12.0
+    scen = os.path.join(workdir, "storm.toml")
+    with open(scen, "w") as f:
+        f.write(f"""# written by bench/harness.py: every device drops at once and reconnects
+devices = {n}
+connect_rate = 5000
+client_id = "storm-{{id}}"
+topic = "storm/{{id}}/t"
+payload = 64
+publish_interval = "0s"
+keep_alive = "300s"
+subscribers = 0
+duration = "{int(at) + opts.storm_window}s"
+drain = "0s"
+connect_timeout = "30s"
+[disconnect]
+at = "{int(at)}s"
+share = 1.0
+who = "devices"
+offline_for = "0s"
+backoff_min = "10ms"
+backoff_max = "1s"
+""")
+
+    def watch(sim, b):
+        # Poll the simulator's connected gauge (it updates once a second): the storm starts when
+        # it falls below n after `at`, and ends when it is back at n.
+        t0 = time.time()
+        dropped_at = back_at = None
+        while sim.poll() is None and time.time() - t0 < at + opts.storm_window + 10:
+            c = sim_metric("device_sim_devices_connected")
+            now = time.time()
+            if c is not None:
+                if dropped_at is None and now - t0 > at - 2 and c < n:
+                    dropped_at = now
+                elif dropped_at is not None and c >= n:
+                    back_at = now
+                    break
+            time.sleep(0.1)
+        if sim.poll() is None:
+            os.kill(sim.pid, signal.SIGINT)
+        return {"storm_s": (back_at - dropped_at) if back_at and dropped_at else None}
+
+    report, _, extra = run_sim(broker, workdir, ["--scenario", scen], watch)
+    return {
+        "f_all_back_s": extra["storm_s"],
+        "f_connected_at_end": report["devices_connected"],
+        "loadavg_1m": extra["loadavg_1m"],
+    }
+
+
+WORKLOADS = {
+    "a": ("idle connections: RSS per session, connect rate", wl_idle),
+    "b": ("QoS 0 fan-in: 100 publishers -> 1 wildcard subscriber, 64 B", wl_fanin(0)),
+    "c": ("QoS 1 fan-in: 100 publishers -> 1 wildcard subscriber, 64 B", wl_fanin(1)),
+    "d": ("fan-out: 1 publisher at 1,000 msg/s -> N subscribers", wl_fanout),
+    "e": ("latency: 1,000 QoS 1 publishers at 10 msg/s -> 1 wildcard subscriber", wl_latency),
+    "f": ("reconnect storm: every session dropped at once", wl_storm),
+}
+
+# Figures where lower is better (for the "best peer" column); others: higher is better.
+HIGHER_BETTER = ("rate", "delivered_per_s", "delivered_pct", "connected")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default="abcdef", help="letters of the workloads to run")
+    ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", default="15s", help="publishing time of (b)-(e)")
+    ap.add_argument("--fanin-interval", default="2ms",
+                    help="per-publisher interval in (b)/(c): 2ms = ~50k msg/s offered")
+    ap.add_argument("--fanout-subscribers", type=int, default=1000)
+    ap.add_argument("--idle-sizes", default="1000,10000,19000")
+    ap.add_argument("--idle-timeout", type=int, default=40)
+    ap.add_argument("--unpaced-rate", type=int, default=1000000)
+    ap.add_argument("--storm-devices", type=int, default=10000)
+    ap.add_argument("--storm-window", type=int, default=30)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
+    opts = ap.parse_args()
+    opts.idle_sizes = [int(x) for x in opts.idle_sizes.split(",")]
+
+    signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(143)))
+    brokers = available_brokers(opts.brokers.split(","))
+    workdir = tempfile.mkdtemp(prefix="mqtt-bench-")
+    results = {}  # workload -> broker -> list of figure dicts
+    started = time.time()
+    try:
+        for wl in opts.workloads:
+            title, fn = WORKLOADS[wl]
+            results[wl] = {b: [] for b in brokers}
+            for r in range(opts.runs):
+                # Alternate the order so no broker always runs first (warm caches, load).
+                order = brokers[r % len(brokers):] + brokers[:r % len(brokers)]
+                for name in order:
+                    broker = Broker(name, workdir)
+                    try:
+                        broker.start()
+                        log(f"({wl}) run {r + 1}/{opts.runs} {name}")
+                        figs = fn(broker, workdir, opts)
+                        log(f"({wl}) {name}: {figs}")
+                        results[wl][name].append(figs)
+                    except Exception as e:  # one failed run must not lose the others
+                        log(f"({wl}) {name} failed: {e}")
+                        results[wl][name].append({"error": str(e)})
+                    finally:
+                        broker.stop()
+                    time.sleep(1)
+    finally:
+        cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = summarize(results, brokers)
+    doc = {
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+        "options": {k: v for k, v in vars(opts).items()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "summary": summary,
+        "runs": results,
+    }
+    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
+    with open(opts.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print_table(summary, brokers)
+    log(f"wrote {opts.out}")
+
+
+def summarize(results, brokers):
+    summary = {}
+    for wl, per_broker in results.items():
+        names = []
+        for runs in per_broker.values():
+            for figs in runs:
+                for k in figs:
+                    if k not in names and k != "error":
+                        names.append(k)
+        for k in names:
+            row = {}
+            for b in brokers:
+                vals = [f[k] for f in per_broker.get(b, []) if f.get(k) is not None]
+                row[b] = {
+                    "median": statistics.median(vals) if vals else None,
+                    "runs": vals,
+                    "max_loadavg_1m": max((f.get("loadavg_1m", 0) for f in per_broker[b]),
+                                          default=None),
+                }
+            summary[k] = row
+    return summary
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def print_table(summary, brokers):
+    peers = [b for b in brokers if b != "gateway"]
+    head = ["figure (median)"] + brokers + [f"gw/{p}" for p in peers]
+    rows = []
+    for k, row in summary.items():
+        if k == "loadavg_1m":
+            continue
+        cells = [k] + [fmt(row[b]["median"]) for b in brokers]
+        g = row.get("gateway", {}).get("median")
+        for p in peers:
+            pv = row[p]["median"]
+            cells.append(f"{g / pv:.2f}" if g is not None and pv else "-")
+        rows.append(cells)
+    if "loadavg_1m" in summary:
+        row = summary["loadavg_1m"]
+        rows.append(["max 1-min load avg"] + [fmt(row[b]["median"]) for b in brokers]
+                    + [""] * len(peers))
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def machine():
+    info = {"cpus": os.cpu_count(), "kernel": os.uname().release}
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_kB"] = int(f.readline().split()[1])
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for name, cmd in [("mosquitto", ["/usr/sbin/mosquitto", "-h"]),
+                      ("nats", ["nats-server", "--version"])]:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            versions[name] = (r.stdout + r.stderr).splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            pass
+    versions["rumqttd"] = "0.20.0 (cargo install rumqttd --version 0.20.0)"
+    info["versions"] = versions
+    return info
+
+
+if __name__ == "__main__":
+    main()
