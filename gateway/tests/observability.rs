@@ -95,7 +95,8 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     let (mut stalled, _) =
         raw::Raw::connect(addr, &raw::Connect::v311("obs-stalled", true, 0)).await;
     stalled.subscribe(raw::V::V311, "queue/x", 1).await;
-    for i in 0..60 {
+    // 90 > inflight window (32) + queue bound (50): both queues overflow.
+    for i in 0..90 {
         publ.publish_confirmed("queue/x", v3::QoS::AtLeastOnce, false, format!("q{i}"))
             .await;
     }
@@ -198,6 +199,12 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     );
     at_least("gateway_messages_dropped_total", &["\"queue_full\""], 10.0);
     at_least("gateway_messages_dropped_total", &["\"offline_qos0\""], 1.0);
+    // The stalled subscriber's queue is full when the QoS 0 message comes.
+    at_least(
+        "gateway_messages_dropped_total",
+        &["\"slow_consumer_qos0\""],
+        1.0,
+    );
     at_least("gateway_task_panics_total", &[], 1.0);
     at_least("gateway_delivery_latency_seconds_count", &[], 1.0);
     at_least(
@@ -470,5 +477,68 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             .filter(|(k, v)| k.starts_with("gateway_connections_closed_total") && **v > 0.0)
             .collect::<Vec<_>>()
     );
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_too_large_and_retained_full_drops_are_counted() {
+    let obs = Observed::start(|c| {
+        c.mqtt.retained_max = 1;
+        c.sys.interval = 0;
+    })
+    .await;
+    let addr = obs.mqtt;
+    let mut publ = v5::connect(addr, &unique_id("drops-pub")).await;
+
+    // Too large for a client that announced a 100-byte maximum packet size.
+    let mut o = v5::options(addr, &unique_id("drops-small"));
+    o.set_max_packet_size(Some(100));
+    let mut small = v5::Client::connect(o).await;
+    small.subscribe("drops/size", v5::QoS::AtLeastOnce).await;
+    publ.publish_confirmed("drops/size", v5::QoS::AtLeastOnce, false, vec![7u8; 500])
+        .await;
+    publ.publish_confirmed("drops/size", v5::QoS::AtLeastOnce, false, "ok")
+        .await;
+    assert_eq!(&small.next_publish(WAIT).await.payload[..], b"ok");
+
+    // Expired while queued for an offline session.
+    let id = unique_id("drops-offline");
+    let mut c = v5::Client::connect(v5::persistent(addr, &id, 60)).await;
+    c.subscribe("drops/exp", v5::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let expiring = v5::PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publ.publish_confirmed_with(
+        "drops/exp",
+        v5::QoS::AtLeastOnce,
+        false,
+        "short",
+        Some(expiring),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut c = v5::Client::connect(v5::persistent(addr, &id, 60)).await;
+    c.expect_no_publish(Duration::from_millis(300)).await;
+
+    // A second retained topic beyond `retained_max = 1`.
+    publ.publish_confirmed("drops/r1", v5::QoS::AtLeastOnce, true, "kept")
+        .await;
+    publ.publish_confirmed("drops/r2", v5::QoS::AtLeastOnce, true, "refused")
+        .await;
+
+    let s = samples(&obs.metrics().await);
+    for reason in ["too_large", "expired", "retained_full"] {
+        assert_eq!(
+            total(
+                &s,
+                "gateway_messages_dropped_total",
+                &[&format!("reason=\"{reason}\"")]
+            ),
+            1.0,
+            "dropped with reason {reason}"
+        );
+    }
     obs.shutdown().await;
 }

@@ -1,0 +1,437 @@
+//! Overload protection (`[limits]`) with real clients: each limit is driven past its bound over
+//! raw sockets or rumqttc, the answer checked to the reason code (or the bare close), the
+//! clients already connected checked to be unaffected, and the refusal found in `/metrics`.
+
+mod clients;
+mod observe;
+
+use std::time::{Duration, Instant};
+
+use clients::raw::{packet, string, End, Raw, V};
+use clients::{unique_id, v5, within, QUIET, WAIT};
+use observe::{samples, total, Observed};
+
+const SERVER_BUSY: u8 = 0x89;
+const TOPIC_FILTER_INVALID: u8 = 0x8F;
+const TOPIC_NAME_INVALID: u8 = 0x90;
+const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
+const QUOTA_EXCEEDED: u8 = 0x97;
+
+/// A broker with HTTP on, `$SYS` off (its QoS 0 messages would blur the counts) and `tune`.
+async fn broker(tune: impl FnOnce(&mut gateway::Config)) -> Observed {
+    Observed::start(|c| {
+        c.sys.interval = 0;
+        tune(c);
+    })
+    .await
+}
+
+/// The sum of a metric's samples whose labels contain `label` (e.g. `"\"memory\""`).
+async fn metric(obs: &Observed, name: &str, label: &str) -> f64 {
+    let text = obs.metrics().await;
+    let labels: &[&str] = if label.is_empty() { &[] } else { &[label] };
+    total(&samples(&text), name, labels)
+}
+
+/// Waits (within `WAIT`) for a metric to reach `want`, returning its last value.
+async fn metric_reaches(obs: &Observed, name: &str, label: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = metric(obs, name, label).await;
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a socket, sends a CONNECT and reports the answer: `Ok(raw)` on a successful CONNACK,
+/// `Err(Some(code))` on a refusing CONNACK, `Err(None)` when closed without one.
+async fn try_connect(addr: std::net::SocketAddr, v: V, id: &str) -> Result<Raw, Option<u8>> {
+    let mut raw = Raw::open(addr).await;
+    raw.send_lenient(&v.connect(id)).await;
+    match raw.read_packet().await {
+        Ok(f) if f.first == 0x20 && f.body.get(1) == Some(&0) => Ok(raw),
+        Ok(f) if f.first == 0x20 => Err(f.body.get(1).copied()),
+        Ok(f) => panic!("{id}: expected CONNACK, got {f:?}"),
+        Err(End::Closed) => Err(None),
+        Err(End::Silent) => panic!("{id}: neither CONNACK nor close within {WAIT:?}"),
+    }
+}
+
+/// A SUBSCRIBE (packet id 7) of several filters at QoS 0.
+fn subscribe_many(v: V, filters: &[&str]) -> Vec<u8> {
+    let mut body = vec![0, 7];
+    body.extend_from_slice(v.no_props());
+    for f in filters {
+        body.extend(string(f.as_bytes()));
+        body.push(0);
+    }
+    packet(0x82, &body)
+}
+
+/// The SUBACK's reason codes.
+async fn suback_codes(raw: &mut Raw, v: V) -> Vec<u8> {
+    let f = raw.expect_kind(clients::raw::SUBACK, WAIT).await;
+    // Packet id, then (v5) the property length, which the broker sends as 0 here.
+    let skip = if v.is_v5() { 3 } else { 2 };
+    f.body[skip..].to_vec()
+}
+
+/// Proves a connected raw client is still served both ways: subscribe, publish, receive.
+async fn still_served(raw: &mut Raw, v: V, topic: &str) {
+    raw.subscribe(v, topic, 0).await;
+    raw.send(&v.publish(0x30, topic.as_bytes(), None, &[], b"alive"))
+        .await;
+    let f = raw.expect_kind(clients::raw::PUBLISH, WAIT).await;
+    assert!(f.body.ends_with(b"alive"), "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed_and_existing_ones_unaffected() {
+    let obs = broker(|c| c.limits.max_connections = 3).await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let v = if n % 2 == 0 { V::V311 } else { V::V5 };
+        held.push((v, Raw::connected(obs.mqtt, v, &format!("maxc-{n}")).await));
+    }
+    for n in 0..5 {
+        let refused = try_connect(obs.mqtt, V::V5, &format!("maxc-extra-{n}")).await;
+        assert_eq!(refused.err(), Some(None), "extra client {n} not closed at once");
+    }
+    assert_eq!(
+        metric_reaches(&obs, "gateway_connections_rejected_total", "\"max_connections\"", 5.0)
+            .await,
+        5.0
+    );
+    for (i, (v, raw)) in held.iter_mut().enumerate() {
+        still_served(raw, *v, &format!("maxc/{i}")).await;
+    }
+    // One leaves: a newcomer gets its place.
+    held.pop();
+    let mut admitted = None;
+    for attempt in 0..100 {
+        if let Ok(raw) = try_connect(obs.mqtt, V::V311, &format!("maxc-again-{attempt}")).await {
+            admitted = Some(raw);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admitted.expect("admitted after a client left").ping().await;
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_rate_paces_a_storm_and_refuses_what_would_wait_too_long() {
+    const RATE: u32 = 100;
+    const BURST: u32 = 10;
+    const STORM: usize = 200;
+    let obs = broker(|c| {
+        c.limits.connect_rate = RATE;
+        c.limits.connect_burst = BURST;
+    })
+    .await;
+    let addr = obs.mqtt;
+    let start = Instant::now();
+    let attempts: Vec<_> = (0..STORM)
+        .map(|n| {
+            tokio::spawn(async move {
+                let outcome = try_connect(addr, V::V311, &format!("storm-{n}")).await;
+                (outcome.map_err(|code| (n, code)), start.elapsed())
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for a in attempts {
+        match a.await.expect("attempt task") {
+            (Ok(raw), at) => admitted.push((raw, at)),
+            (Err((n, code)), _) => {
+                assert_eq!(code, None, "storm-{n}: refusal must be a bare close");
+                refused.push(n);
+            }
+        }
+    }
+    let last = admitted.iter().map(|(_, at)| *at).max().expect("someone admitted");
+    let early = admitted
+        .iter()
+        .filter(|(_, at)| *at < Duration::from_millis(500))
+        .count();
+    eprintln!(
+        "{} admitted (last after {last:?}, {early} within 0.5 s), {} refused",
+        admitted.len(),
+        refused.len()
+    );
+    // The burst at once, then RATE per second for at most one second of waiting.
+    let expected = (BURST + RATE) as usize;
+    assert!(
+        admitted.len() >= expected - 15 && admitted.len() <= expected + 5,
+        "{} admitted; expected about {expected}",
+        admitted.len()
+    );
+    assert!(
+        last >= Duration::from_millis(900),
+        "the paced clients were all served after {last:?}"
+    );
+    assert!(
+        early <= BURST as usize + RATE as usize / 2 + 5,
+        "{early} served within 0.5 s: not smoothed"
+    );
+    assert_eq!(
+        metric_reaches(&obs, "gateway_connections_rejected_total", "\"connect_rate\"", refused.len() as f64).await,
+        refused.len() as f64
+    );
+    // The refused clients retry on a backoff and all get in.
+    within(Duration::from_secs(15), "every refused client to get in", async {
+        let mut pending = refused;
+        let mut backoff = Duration::from_millis(300);
+        while !pending.is_empty() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let mut still = Vec::new();
+            for n in pending {
+                match try_connect(addr, V::V311, &format!("storm-{n}")).await {
+                    Ok(raw) => admitted.push((raw, start.elapsed())),
+                    Err(_) => still.push(n),
+                }
+            }
+            pending = still;
+        }
+    })
+    .await;
+    assert_eq!(admitted.len(), STORM);
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_flight_are_bounded() {
+    let obs = broker(|c| {
+        c.limits.max_handshakes = 5;
+        c.limits.connect_rate = 0;
+    })
+    .await;
+    // Connected clients are past their handshake: they do not count.
+    let mut connected = Vec::new();
+    for n in 0..6 {
+        connected.push(Raw::connected(obs.mqtt, V::V5, &format!("hs-ok-{n}")).await);
+    }
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(Raw::open(obs.mqtt).await);
+    }
+    assert_eq!(
+        metric_reaches(&obs, "gateway_connections_accepted_total", "", 11.0).await,
+        11.0
+    );
+    let refused = try_connect(obs.mqtt, V::V5, "hs-extra").await;
+    assert_eq!(refused.err(), Some(None), "a sixth handshake must be closed at once");
+    assert_eq!(
+        metric_reaches(&obs, "gateway_connections_rejected_total", "\"handshakes\"", 1.0).await,
+        1.0
+    );
+    still_served(&mut connected[0], V::V5, "hs/alive").await;
+    // A silent socket that sends its CONNECT completes its handshake and frees its place.
+    silent[0].send(&V::V311.connect("hs-late")).await;
+    assert_eq!(silent[0].expect_packet("CONNACK").await.first, 0x20);
+    try_connect(obs.mqtt, V::V5, "hs-next")
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("admitted once a handshake completed")
+        .ping()
+        .await;
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_quota_disconnects_v5_with_0x96_and_closes_3_1_1() {
+    let obs = broker(|c| c.limits.max_publish_rate = 20).await;
+    // A client within its rate keeps going.
+    let mut calm = v5::connect(obs.mqtt, &unique_id("rate-calm")).await;
+    for i in 0..10 {
+        calm.publish_confirmed("rate/calm", v5::QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+    }
+    // rumqttc 5.0 sending a burst of 60: DISCONNECT 0x96.
+    let mut fast = v5::connect(obs.mqtt, &unique_id("rate-fast")).await;
+    for i in 0..60 {
+        fast.publish("rate/fast", v5::QoS::AtMostOnce, false, format!("{i}"))
+            .await;
+    }
+    assert_eq!(fast.closed(WAIT).await, Some(MESSAGE_RATE_TOO_HIGH));
+    // 3.1.1 has no reason code: closed.
+    let mut raw = Raw::connected(obs.mqtt, V::V311, "rate-v3").await;
+    let burst: Vec<u8> = (0..60)
+        .flat_map(|_| V::V311.publish(0x30, b"rate/v3", None, &[], b"x"))
+        .collect();
+    raw.send_lenient(&burst).await;
+    raw.until_closed(WAIT).await;
+    calm.publish_confirmed("rate/calm", v5::QoS::AtLeastOnce, false, "still")
+        .await;
+    assert_eq!(
+        metric_reaches(&obs, "gateway_limits_exceeded_total", "\"max_publish_rate\"", 2.0).await,
+        2.0
+    );
+    assert_eq!(
+        metric_reaches(&obs, "gateway_connections_closed_total", "\"quota_exceeded\"", 2.0).await,
+        2.0
+    );
+    calm.disconnect().await;
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_byte_quota_disconnects_v5_with_0x97_and_closes_3_1_1() {
+    let obs = broker(|c| c.limits.max_publish_bytes_rate = 1000).await;
+    for v in V::BOTH {
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("bytes-{v:?}")).await;
+        // Two messages of 404 bytes (topic included) fit into the second's 1000 bytes.
+        for _ in 0..2 {
+            raw.send(&v.publish(0x30, b"b/t1", None, &[], &[7; 400])).await;
+        }
+        raw.ping().await;
+        // The third does not.
+        raw.send_lenient(&v.publish(0x30, b"b/t1", None, &[], &[7; 400]))
+            .await;
+        raw.expect_rejected(v, QUOTA_EXCEEDED, "third message over the byte quota")
+            .await;
+    }
+    // A single message larger than the whole second's quota never fits.
+    let mut raw = Raw::connected(obs.mqtt, V::V5, "bytes-big").await;
+    raw.send_lenient(&V::V5.publish(0x30, b"b/big", None, &[], &[1; 1001]))
+        .await;
+    raw.expect_disconnect(QUOTA_EXCEEDED, "one message over the quota")
+        .await;
+    assert_eq!(
+        metric_reaches(&obs, "gateway_limits_exceeded_total", "\"max_publish_bytes_rate\"", 3.0).await,
+        3.0
+    );
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_limit_are_refused_in_suback() {
+    let obs = broker(|c| c.limits.max_subscriptions_per_client = 3).await;
+    for (v, refused) in [(V::V5, QUOTA_EXCEEDED), (V::V311, 0x80)] {
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("subs-{v:?}")).await;
+        raw.send(&subscribe_many(v, &["s/1", "s/2", "s/3", "s/4", "s/5"]))
+            .await;
+        assert_eq!(suback_codes(&mut raw, v).await, [0, 0, 0, refused, refused]);
+        // Replacing an existing subscription still works; a new one still does not.
+        raw.send(&subscribe_many(v, &["s/2", "s/6"])).await;
+        assert_eq!(suback_codes(&mut raw, v).await, [0, refused]);
+        // The granted ones deliver.
+        raw.send(&v.publish(0x30, b"s/3", None, &[], b"granted"))
+            .await;
+        let f = raw.expect_kind(clients::raw::PUBLISH, WAIT).await;
+        assert!(f.body.ends_with(b"granted"), "{f:?}");
+        raw.send(&v.publish(0x30, b"s/4", None, &[], b"refused"))
+            .await;
+        assert!(
+            matches!(raw.read_packet_within(QUIET).await, Err(End::Silent)),
+            "a refused subscription delivered"
+        );
+    }
+    assert_eq!(
+        metric_reaches(&obs, "gateway_limits_exceeded_total", "\"max_subscriptions_per_client\"", 6.0).await,
+        6.0
+    );
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_filters_beyond_max_topic_length_are_refused() {
+    let obs = broker(|c| c.limits.max_topic_length = 16).await;
+    let fits = "len/0123456789ab"; // 16 bytes
+    let long = "len/0123456789abc"; // 17 bytes
+    for (v, filter_refused) in [(V::V5, TOPIC_FILTER_INVALID), (V::V311, 0x80)] {
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("len-{v:?}")).await;
+        raw.send(&subscribe_many(v, &[fits, long, "len/+/0123456789"]))
+            .await;
+        assert_eq!(suback_codes(&mut raw, v).await, [0, filter_refused, filter_refused]);
+        raw.send(&v.publish(0x30, fits.as_bytes(), None, &[], b"ok"))
+            .await;
+        let f = raw.expect_kind(clients::raw::PUBLISH, WAIT).await;
+        assert!(f.body.ends_with(b"ok"), "{f:?}");
+        raw.send_lenient(&v.publish(0x30, long.as_bytes(), None, &[], b"no"))
+            .await;
+        raw.expect_rejected(v, TOPIC_NAME_INVALID, "PUBLISH topic too long")
+            .await;
+    }
+    assert_eq!(
+        metric_reaches(&obs, "gateway_limits_exceeded_total", "\"max_topic_length\"", 6.0).await,
+        6.0
+    );
+    obs.shutdown().await;
+}
+
+/// This process's resident memory: the broker under test runs in it.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm resident field");
+    // SAFETY: sysconf only reads a configuration value.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_memory_high_water_connections_are_refused_and_qos0_is_shed() {
+    const MIB: u64 = 1 << 20;
+    // The broker shares this test process: growing the process's RSS by well over the margin
+    // takes the broker above its high-water mark, and freeing it brings it back.
+    let high_water = rss() + 300 * MIB;
+    let obs = broker(|c| c.limits.memory_high_water = high_water).await;
+    let mut sub = Raw::connected(obs.mqtt, V::V5, "mem-sub").await;
+    sub.subscribe(V::V5, "mem/#", 1).await;
+    let mut publ = Raw::connected(obs.mqtt, V::V311, "mem-pub").await;
+
+    // Touched pages count in RSS; a large Vec is its own mapping, returned to the OS on drop.
+    let ballast = vec![1u8; (600 * MIB) as usize];
+    let refused = within(WAIT, "the memory watch to refuse a new client", async {
+        loop {
+            match try_connect(obs.mqtt, V::V5, "mem-new").await {
+                Err(Some(code)) => break code,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(None) => panic!("closed without CONNACK"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused, SERVER_BUSY, "v5 refusal code");
+    assert_eq!(try_connect(obs.mqtt, V::V311, "mem-new-3").await.err(), Some(Some(3)));
+    // QoS 0 is shed, QoS 1 still delivered.
+    publ.send(&V::V311.publish(0x30, b"mem/q0", None, &[], b"shed"))
+        .await;
+    publ.send(&V::V311.publish(0x32, b"mem/q1", Some(1), &[], b"kept"))
+        .await;
+    assert_eq!(publ.expect_kind(clients::raw::PUBACK, WAIT).await.first, 0x40);
+    let f = sub.expect_kind(clients::raw::PUBLISH, WAIT).await;
+    let p = clients::raw::publish_of(&f, V::V5);
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("mem/q1", &b"kept"[..]));
+    assert_eq!(
+        metric_reaches(&obs, "gateway_messages_dropped_total", "\"memory_shed\"", 1.0).await,
+        1.0
+    );
+    assert!(metric(&obs, "gateway_connections_rejected_total", "\"memory\"").await >= 2.0);
+    assert_eq!(ballast[ballast.len() / 2], 1);
+
+    // Below the mark again: connections and QoS 0 are back.
+    drop(ballast);
+    let mut back = within(WAIT, "a client to be admitted again", async {
+        loop {
+            if let Ok(raw) = try_connect(obs.mqtt, V::V5, "mem-back").await {
+                break raw;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    back.ping().await;
+    publ.send(&V::V311.publish(0x30, b"mem/q0", None, &[], b"delivered"))
+        .await;
+    let f = sub.expect_kind(clients::raw::PUBLISH, WAIT).await;
+    assert!(f.body.ends_with(b"delivered"), "{f:?}");
+    obs.shutdown().await;
+}
