@@ -48,12 +48,48 @@ fn codec_reason(e: CodecError) -> Reason {
     }
 }
 
+/// Bytes kept between wake-ups; one pointer while empty, which is nearly always.
+#[derive(Default)]
+struct Spill(Option<Box<SpillBytes>>);
+
+#[derive(Default)]
+struct SpillBytes {
+    bytes: Vec<u8>,
+    /// For `tail`: it may hold complete packets (the handshake stopped reading at CONNACK).
+    stopped_early: bool,
+}
+
+impl Spill {
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], |spill| &spill.bytes)
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let spill = self.0.get_or_insert_with(Box::default);
+            spill.bytes.extend_from_slice(bytes);
+        }
+    }
+
+    /// Drops the first `n` bytes, and the buffer with them when nothing is left.
+    fn consume(&mut self, n: usize) {
+        if let Some(spill) = &mut self.0 {
+            spill.bytes.drain(..n);
+            if spill.bytes.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 pub struct Conn {
     pub stream: TcpStream,
-    tail: Vec<u8>,
-    pending: Vec<u8>,
-    /// `tail` may hold complete packets: the handshake stopped reading at CONNACK.
-    stopped_early: bool,
+    tail: Spill,
+    pending: Spill,
 }
 
 async fn tcp_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
@@ -101,9 +137,8 @@ pub async fn establish(
             .map_err(|e| io_reason(&e))?;
         let mut conn = Conn {
             stream,
-            tail: Vec::new(),
-            pending: Vec::new(),
-            stopped_early: false,
+            tail: Spill::default(),
+            pending: Spill::default(),
         };
         conn.send(|buf| codec::connect(buf, protocol, options))?;
         let mut connack: Option<Result<bool, Reason>> = None;
@@ -168,8 +203,8 @@ impl Conn {
                 let (mut rx, mut tx) = (rx.borrow_mut(), tx.borrow_mut());
                 rx.clear();
                 tx.clear();
-                rx.extend_from_slice(&self.tail);
-                self.tail = Vec::new();
+                rx.extend_from_slice(self.tail.as_slice());
+                self.tail = Spill::default();
                 let mut open = true;
                 let mut more = true;
                 let mut reads = 0;
@@ -194,10 +229,12 @@ impl Conn {
                         Err(e) => return Err(io_reason(&e)),
                     }
                 }
-                self.stopped_early = !more;
                 // Only unprocessed bytes survive the batch, copied to fit.
                 if !rx.is_empty() {
-                    self.tail.extend_from_slice(&rx);
+                    self.tail.extend(&rx);
+                    if let Some(tail) = &mut self.tail.0 {
+                        tail.stopped_early = !more;
+                    }
                 }
                 if !tx.is_empty() {
                     self.write_now(&tx)?;
@@ -209,7 +246,7 @@ impl Conn {
 
     /// Whether complete packets may be waiting in the buffer (left by the handshake).
     pub fn has_buffered(&self) -> bool {
-        self.stopped_early && !self.tail.is_empty()
+        self.tail.0.as_ref().is_some_and(|tail| tail.stopped_early)
     }
 
     /// Encodes one packet and writes it, keeping what the socket does not take yet.
@@ -227,7 +264,7 @@ impl Conn {
 
     fn write_now(&mut self, bytes: &[u8]) -> Result<(), Reason> {
         if !self.pending.is_empty() {
-            self.pending.extend_from_slice(bytes);
+            self.pending.extend(bytes);
             return Ok(());
         }
         let mut written = 0;
@@ -238,24 +275,22 @@ impl Conn {
                 Err(e) => return Err(io_reason(&e)),
             }
         }
-        self.pending.extend_from_slice(&bytes[written..]);
+        self.pending.extend(&bytes[written..]);
         Ok(())
     }
 
     /// Writes unsent bytes as far as the socket takes them without waiting.
     pub fn flush(&mut self) -> Result<(), Reason> {
         let mut written = 0;
-        while written < self.pending.len() {
-            match self.stream.try_write(&self.pending[written..]) {
+        let pending = self.pending.as_slice();
+        while written < pending.len() {
+            match self.stream.try_write(&pending[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(io_reason(&e)),
             }
         }
-        self.pending.drain(..written);
-        if self.pending.is_empty() {
-            self.pending = Vec::new();
-        }
+        self.pending.consume(written);
         Ok(())
     }
 
@@ -269,7 +304,7 @@ impl Conn {
     }
 
     /// A normal DISCONNECT, best effort: the socket closes right after.
-    pub fn disconnect(mut self) {
+    pub fn disconnect(&mut self) {
         let _ = self.send(|buf| {
             codec::disconnect(buf);
             Ok(())
