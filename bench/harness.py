@@ -32,6 +32,10 @@ SIM_HTTP = "127.0.0.1:29890"
 SOURCE_IPS = "127.0.0.2-127.0.0.11"
 
 PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
+# Every broker process gets a port no earlier process used: the connections a stopped broker
+# closed linger in TIME_WAIT on its port, and a new client reusing such a 4-tuple waits 1 s for
+# a SYN retry, which would distort connect figures.
+PORT_STEP = [0]
 
 CHILDREN = []  # Popen objects this harness started, killed by PID on exit
 
@@ -92,6 +96,11 @@ listen = "off"
 interval = 0
 [log]
 level = "error"
+[limits]
+# The gateway paces connects (2,000/s) and caps handshakes by default; peers do neither.
+connect_rate = 0
+max_handshakes = 0
+max_subscriptions_per_client = 0
 """
             cmd = [GATEWAY, "--config", f"{d}/gateway.toml"]
             path = f"{d}/gateway.toml"
@@ -112,7 +121,7 @@ sys_interval 0
         elif self.name == "nats":
             conf = f"""# written by bench/harness.py
 server_name: bench_nats
-listen: 127.0.0.1:{port + 1000}
+listen: 127.0.0.1:{port + 5}
 max_connections: 100000
 jetstream {{
   store_dir: "{d}/js"
@@ -154,6 +163,8 @@ next_connection_delay_ms = 0
         return cmd
 
     def start(self):
+        PORT_STEP[0] += 1
+        self.port = PORTS[self.name] + 10 * PORT_STEP[0]
         cmd = self.command()
         self.proc = subprocess.Popen(
             cmd,
@@ -167,7 +178,9 @@ next_connection_delay_ms = 0
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start; see {self.dir}/stderr.log")
+                with open(f"{self.dir}/stderr.log") as f:
+                    tail = f.read()[-500:]
+                raise RuntimeError(f"{self.name} exited at start: {tail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
