@@ -36,10 +36,29 @@ async fn readiness_is_503_while_starting_and_draining_and_health_is_200() {
     // A socket that never sends CONNECT holds the drain open (until the 5 s drain timeout),
     // which is when the endpoint must say "not ready" while still answering.
     let _silent = raw::Raw::open(obs.mqtt).await;
+    let mut leaving = v5::connect(obs.mqtt, &unique_id("leaving")).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     obs.stop();
     assert!(eventually_status(http, "/readyz", 503).await);
     assert_eq!(request(http, "GET", "/healthz", None).await.0, 200);
+    // Connected clients are sent away during the drain, and counted as such.
+    assert_eq!(leaving.closed(WAIT).await, Some(0x8B));
+    let mut counted = 0.0;
+    for _ in 0..200 {
+        let (status, text) = request(http, "GET", "/metrics", None).await;
+        assert_eq!(status, 200, "metrics are served while draining");
+        let s = samples(&text);
+        counted = total(
+            &s,
+            "gateway_connections_closed_total",
+            &["reason=\"shutdown\""],
+        );
+        if counted >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted, 1.0, "the shutdown close is counted");
     obs.shutdown().await;
 }
 
