@@ -225,14 +225,17 @@ impl Broker {
         let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
+        // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.
         let extra = self
             .extra
             .into_iter()
             .zip(ctx.listeners.clone())
-            .map(|(socket, l)| listener::accept_loop(ctx.clone(), socket, Some(l), pacer.clone()));
+            .map(|(socket, l)| (socket, Some(l)));
+        let loops = std::iter::once((self.listener, None))
+            .chain(extra)
+            .map(|(socket, l)| listener::accept_loop(ctx.clone(), socket, l, pacer.clone()));
         tokio::select! {
-            _ = listener::accept_loop(ctx.clone(), self.listener, None, pacer.clone()) => {}
-            _ = futures_util::future::join_all(extra) => {}
+            _ = futures_util::future::join_all(loops) => {}
             _ = shutdown => {}
         }
         ctx.ready.store(false, Ordering::Release);

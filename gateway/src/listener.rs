@@ -271,8 +271,11 @@ async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, 
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(tls::certificate_identity)
-            .ok_or("client certificate names no CN or DNS SAN to use as username")?;
+            .and_then(tls::certificate_identity);
+        let Some(name) = name else {
+            ctx.metrics.rejected("not_authorized");
+            return Err("client certificate names no CN or DNS SAN to use as username".to_owned());
+        };
         Some(ByteString::from(name))
     } else {
         None
