@@ -145,15 +145,19 @@ impl Broker {
             config.mqtt.max_topic_levels,
             metrics.clone(),
         ));
+        // Certificates before any socket: a bad file is a configuration error (exit 2 in `main`).
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, l)| listener::Extra::load(index, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;
         info!(%local_addr, fd_limit, max_connections, "MQTT listener bound");
         let mut extra = Vec::with_capacity(config.listeners.len());
-        let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, l) in config.listeners.iter().enumerate() {
-            // Certificates first: a bad file is a configuration error (exit 2 in `main`).
-            listeners.push(Arc::new(listener::Extra::load(index, l)?));
             let socket = listener::bind(l.bind).with_context(|| {
                 format!("cannot listen on {} (listeners[{index}].bind)", l.bind)
             })?;

@@ -402,3 +402,34 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
         b"still here"
     );
 }
+
+#[test]
+fn unreadable_certificate_exits_2_naming_the_listener_key() {
+    let dir = temp_dir("badcert");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("config: invalid value for `listeners[1].cert`: \"missing.pem\""),
+        "{stderr}"
+    );
+}
