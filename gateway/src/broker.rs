@@ -45,6 +45,8 @@ pub struct Context {
     pub handshakes: AtomicUsize,
     /// Notified when the last connection closes.
     pub idle: Notify,
+    /// The `[[listeners]]` entries (SIGHUP reloads their certificates).
+    pub listeners: Vec<Arc<listener::Extra>>,
     /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
     pub ready: AtomicBool,
     pub started: Instant,
@@ -76,12 +78,16 @@ impl Context {
 }
 
 /// One open client connection, counted from accept until its last task ends (also by unwinding).
-pub struct ConnectionSlot(Arc<Context>);
+pub struct ConnectionSlot(Arc<Context>, Option<Arc<AtomicUsize>>);
 
 impl ConnectionSlot {
-    pub fn new(ctx: Arc<Context>) -> ConnectionSlot {
+    /// `listener_open`: the open-connection count of a `[[listeners]]` entry, held the same way.
+    pub fn new(ctx: Arc<Context>, listener_open: Option<Arc<AtomicUsize>>) -> ConnectionSlot {
         ctx.connections.fetch_add(1, Ordering::AcqRel);
-        ConnectionSlot(ctx)
+        if let Some(open) = &listener_open {
+            open.fetch_add(1, Ordering::AcqRel);
+        }
+        ConnectionSlot(ctx, listener_open)
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -91,6 +97,9 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        if let Some(open) = &self.1 {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -101,6 +110,8 @@ pub struct Broker {
     ctx: Arc<Context>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `[[listeners]]` sockets, in `ctx.listeners` order.
+    extra: Vec<TcpListener>,
     http: Option<http::Server>,
 }
 
@@ -134,10 +145,25 @@ impl Broker {
             config.mqtt.max_topic_levels,
             metrics.clone(),
         ));
+        // Certificates before any socket: a bad file is a configuration error (exit 2 in `main`).
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, l)| listener::Extra::load(index, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;
         info!(%local_addr, fd_limit, max_connections, "MQTT listener bound");
+        let mut extra = Vec::with_capacity(config.listeners.len());
+        for (index, l) in config.listeners.iter().enumerate() {
+            let socket = listener::bind(l.bind).with_context(|| {
+                format!("cannot listen on {} (listeners[{index}].bind)", l.bind)
+            })?;
+            info!(kind = l.kind.as_str(), local_addr = %socket.local_addr()?, "listener bound");
+            extra.push(socket);
+        }
 
         let ctx = Arc::new(Context {
             config,
@@ -149,6 +175,7 @@ impl Broker {
             max_connections,
             handshakes: AtomicUsize::new(0),
             idle: Notify::new(),
+            listeners,
             ready: AtomicBool::new(false),
             started: Instant::now(),
         });
@@ -162,12 +189,21 @@ impl Broker {
             ctx,
             listener,
             local_addr,
+            extra,
             http,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound addresses of the `[[listeners]]`, in file order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.extra
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The HTTP endpoint's address, when it is on.
@@ -192,8 +228,18 @@ impl Broker {
         let high_water = ctx.config.limits.memory_high_water;
         let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
         ctx.ready.store(true, Ordering::Release);
+        let pacer = listener::shared_pacer(&ctx);
+        // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.
+        let extra = self
+            .extra
+            .into_iter()
+            .zip(ctx.listeners.clone())
+            .map(|(socket, l)| (socket, Some(l)));
+        let loops = std::iter::once((self.listener, None))
+            .chain(extra)
+            .map(|(socket, l)| listener::accept_loop(ctx.clone(), socket, l, pacer.clone()));
         tokio::select! {
-            _ = listener::accept_loop(ctx.clone(), self.listener) => {}
+            _ = futures_util::future::join_all(loops) => {}
             _ = shutdown => {}
         }
         ctx.ready.store(false, Ordering::Release);

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::acl::{ClientAcl, Principal};
@@ -99,14 +98,21 @@ pub struct Client {
     _slot: ConnectionSlot,
 }
 
-/// Serves one accepted socket until it closes.
+/// An accepted connection ready for MQTT bytes.
+pub struct Opened {
+    pub conn: Connection,
+    /// The client certificate's name on a `use_identity_as_username` listener: the username,
+    /// in place of CONNECT's username and password.
+    pub identity: Option<ByteString>,
+}
+
 /// Serves one accepted socket. The handshake runs in this task; the session then runs in a task
 /// of its own, so an idle session's task holds only the session's state, not the larger state the
 /// handshake needed (a decoded CONNECT, CONNACK properties, the connect timer).
 pub async fn serve(
     slot: ConnectionSlot,
     admission: Handshake,
-    stream: TcpStream,
+    open: impl Future<Output = Option<Opened>>,
     peer: std::net::SocketAddr,
 ) {
     if let Some(at) = admission.not_before {
@@ -114,7 +120,11 @@ pub async fn serve(
         // connection's slot, and the connect timeout starts then.
         tokio::time::sleep_until(at.into()).await;
     }
-    let client = handshake(slot, stream, peer).await;
+    // The TLS / WebSocket handshake, if any: after pacing, counted as a handshake in flight.
+    let Some(opened) = open.await else {
+        return;
+    };
+    let client = handshake(slot, opened, peer).await;
     // CONNACK is queued (or the connection refused): the handshake no longer counts.
     drop(admission);
     if let Some(client) = client {
@@ -126,11 +136,11 @@ pub async fn serve(
 /// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
 async fn handshake(
     slot: ConnectionSlot,
-    stream: TcpStream,
+    opened: Opened,
     peer: std::net::SocketAddr,
 ) -> Option<Client> {
     let ctx = slot.context().clone();
-    let mut conn = Connection::new(stream);
+    let Opened { mut conn, identity } = opened;
     let connect = match tokio::time::timeout(
         ctx.config.mqtt.connect_timeout,
         read_connect(&ctx, &mut conn),
@@ -149,7 +159,7 @@ async fn handshake(
             return None;
         }
     };
-    Client::attach(ctx, slot, conn, connect, peer).await
+    Client::attach(ctx, slot, conn, connect, identity, peer).await
 }
 
 /// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
@@ -227,6 +237,7 @@ impl Client {
         slot: ConnectionSlot,
         mut conn: Connection,
         connect: Box<Connect>,
+        identity: Option<ByteString>,
         peer: std::net::SocketAddr,
     ) -> Option<Client> {
         let cfg = &ctx.config.mqtt;
@@ -294,7 +305,7 @@ impl Client {
         }
 
         // Before the session is touched: a refused client must not take over anyone's session.
-        let acl = match authorize(&ctx, &connect, &client_id).await {
+        let acl = match authorize(&ctx, &connect, &client_id, identity).await {
             Ok(acl) => acl,
             Err(code) => return refuse_and_close(&ctx, conn, protocol, code, peer).await,
         };
@@ -445,7 +456,7 @@ impl Client {
             let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
             let session = &self.session;
-            let conn = &self.conn;
+            let conn = &mut self.conn;
             let watch_keep_alive = self.keep_alive.is_some();
             let event = std::future::poll_fn(|cx| {
                 if reading {
@@ -1103,15 +1114,20 @@ async fn authorize(
     ctx: &Context,
     connect: &Connect,
     client_id: &ByteString,
+    identity: Option<ByteString>,
 ) -> Result<Option<Box<ClientAcl>>, u8> {
-    let username = ctx
-        .security
-        .authenticate(connect.username.as_ref(), connect.password.as_deref())
-        .await
-        .map_err(|refusal| match refusal {
-            Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
-            Refusal::NotAuthorized => reason::NOT_AUTHORIZED,
-        })?;
+    // A verified client certificate is the credential: its name is the username.
+    let username = match identity {
+        Some(name) => Some(name),
+        None => ctx
+            .security
+            .authenticate(connect.username.as_ref(), connect.password.as_deref())
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+                Refusal::NotAuthorized => reason::NOT_AUTHORIZED,
+            })?,
+    };
     let Some(handle) = ctx.security.acl() else {
         return Ok(None);
     };

@@ -25,6 +25,58 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    /// `[[listeners]]`: listeners besides `mqtt.listen`, in file order.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// What a `[[listeners]]` entry speaks on its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    /// The `kind` value, also the `listener` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// One `[[listeners]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    /// PEM certificate chain (tls, wss).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (tls, wss).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// Mutual TLS: a client without a certificate signed by `ca` fails the handshake.
+    pub require_client_cert: bool,
+    /// The client certificate's subject CN (or first DNS SAN) is the username; no password check.
+    pub use_identity_as_username: bool,
+    /// HTTP path of the WebSocket upgrade (ws, wss).
+    pub path: String,
+    /// Open connections on this listener at most; 0: only the global limits.
+    pub max_connections: u64,
 }
 
 /// The `[mqtt]` section: the listener and the per-connection and per-session limits.
@@ -275,6 +327,10 @@ impl Config {
         let table: Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         let mut config = Config::default();
         for (section, body) in &table {
+            if section == "listeners" {
+                config.listeners = listeners(body)?;
+                continue;
+            }
             if !matches!(
                 section.as_str(),
                 "mqtt" | "http" | "sys" | "log" | "auth" | "limits"
@@ -503,6 +559,138 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses the `[[listeners]]` array; keys are reported as `listeners[INDEX].KEY`, from 0.
+fn listeners(body: &Value) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let Value::Array(items) = body else {
+        return Err(invalid(
+            "listeners",
+            body,
+            "expected [[listeners]] tables (an array of tables)",
+        ));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Table(keys) = item else {
+            return Err(invalid(
+                &format!("listeners[{i}]"),
+                item,
+                "expected a table",
+            ));
+        };
+        out.push(listener(i, keys)?);
+    }
+    Ok(out)
+}
+
+fn listener(i: usize, keys: &Table) -> Result<ListenerConfig, ConfigError> {
+    let key = |name: &str| format!("listeners[{i}].{name}");
+    let missing = |name: &str, why: &str| ConfigError::InvalidValue {
+        key: key(name),
+        value: "(missing)".to_owned(),
+        reason: why.to_owned(),
+    };
+    let mut kind = None;
+    let mut bind = None;
+    let mut l = ListenerConfig {
+        kind: ListenerKind::Tcp,
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        cert: None,
+        key: None,
+        ca: None,
+        require_client_cert: false,
+        use_identity_as_username: false,
+        path: "/mqtt".to_owned(),
+        max_connections: 0,
+    };
+    for (name, value) in keys {
+        let k = key(name);
+        let k = k.as_str();
+        match name.as_str() {
+            "kind" => {
+                let hint = "expected \"tcp\", \"tls\", \"ws\" or \"wss\"";
+                kind = Some(match string(k, value, hint)? {
+                    "tcp" => ListenerKind::Tcp,
+                    "tls" => ListenerKind::Tls,
+                    "ws" => ListenerKind::Ws,
+                    "wss" => ListenerKind::Wss,
+                    _ => return Err(invalid(k, value, hint)),
+                });
+            }
+            "bind" => bind = Some(socket_addr(k, value)?),
+            "cert" => l.cert = optional_path(k, value)?,
+            "key" => l.key = optional_path(k, value)?,
+            "ca" => l.ca = optional_path(k, value)?,
+            "require_client_cert" => l.require_client_cert = boolean(k, value)?,
+            "use_identity_as_username" => l.use_identity_as_username = boolean(k, value)?,
+            "path" => {
+                let hint = "expected an HTTP path starting with /";
+                let path = string(k, value, hint)?;
+                if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                    return Err(invalid(k, value, hint));
+                }
+                l.path = path.to_owned();
+            }
+            "max_connections" => l.max_connections = integer(k, value, MAX_CONNECTIONS)?,
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: k.to_owned(),
+                    value: render(value),
+                })
+            }
+        }
+    }
+    l.kind = kind.ok_or_else(|| {
+        missing(
+            "kind",
+            "every listener needs kind = \"tcp\", \"tls\", \"ws\" or \"wss\"",
+        )
+    })?;
+    l.bind = bind.ok_or_else(|| missing("bind", LISTEN_HINT))?;
+    if l.kind.is_tls() {
+        if l.cert.is_none() {
+            return Err(missing(
+                "cert",
+                "a tls or wss listener needs a PEM certificate file",
+            ));
+        }
+        if l.key.is_none() {
+            return Err(missing(
+                "key",
+                "a tls or wss listener needs a PEM private key file",
+            ));
+        }
+    } else {
+        for (name, set) in [
+            ("cert", l.cert.is_some()),
+            ("key", l.key.is_some()),
+            ("ca", l.ca.is_some()),
+            ("require_client_cert", l.require_client_cert),
+        ] {
+            if set {
+                return Err(ConfigError::InvalidValue {
+                    key: key(name),
+                    value: render(&keys[name]),
+                    reason: format!("only for tls and wss listeners, not {}", l.kind.as_str()),
+                });
+            }
+        }
+    }
+    if l.require_client_cert && l.ca.is_none() {
+        return Err(missing(
+            "ca",
+            "require_client_cert = true needs the CA that signs client certificates",
+        ));
+    }
+    if l.use_identity_as_username && !l.require_client_cert {
+        return Err(ConfigError::InvalidValue {
+            key: key("use_identity_as_username"),
+            value: "true".to_owned(),
+            reason: "needs require_client_cert = true".to_owned(),
+        });
+    }
+    Ok(l)
 }
 
 fn invalid(key: &str, value: &Value, reason: impl Into<String>) -> ConfigError {
@@ -771,6 +959,50 @@ mod tests {
     }
 
     #[test]
+    fn listeners_are_parsed_and_checked() {
+        let text = r#"
+            [[listeners]]
+            kind = "tls"
+            bind = "0.0.0.0:8883"
+            cert = "server.pem"
+            key = "server.key"
+            ca = "ca.pem"
+            require_client_cert = true
+            use_identity_as_username = true
+            max_connections = 10
+            [[listeners]]
+            kind = "ws"
+            bind = "127.0.0.1:8080"
+            path = "/ws"
+        "#;
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].kind, ListenerKind::Tls);
+        assert!(c.listeners[0].use_identity_as_username);
+        assert_eq!(c.listeners[0].max_connections, 10);
+        assert_eq!(c.listeners[1].path, "/ws");
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert_eq!(
+            err("[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1\"\n[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:2\"\nkey = \"k\""),
+            "config: invalid value for `listeners[1].cert`: (missing) (a tls or wss listener needs a PEM certificate file)"
+        );
+        assert!(
+            err("[[listeners]]\nkind = \"quic\"\nbind = \"127.0.0.1:1\"")
+                .starts_with("config: invalid value for `listeners[0].kind`: \"quic\"")
+        );
+        assert!(
+            err("[[listeners]]\nkind = \"ws\"\nbind = \"127.0.0.1:1\"\npath = \"mqtt\"")
+                .starts_with("config: invalid value for `listeners[0].path`: \"mqtt\"")
+        );
+        assert!(err("[[listeners]]\nkind = \"ws\"\nbind = \"x\"")
+            .starts_with("config: invalid value for `listeners[0].bind`: \"x\""));
+        assert!(
+            err("[[listeners]]\nkind = \"ws\"\nbind = \"127.0.0.1:1\"\nport = 1")
+                .starts_with("config: unknown key `listeners[0].port`")
+        );
+    }
+
+    #[test]
     fn every_key_is_parsed() {
         let text = r#"
             [mqtt]
@@ -851,6 +1083,7 @@ mod tests {
                 max_topic_length: 65535,
                 memory_high_water: 1 << 30,
             },
+            listeners: Vec::new(),
         };
         assert_eq!(Config::from_toml(text).unwrap(), expected);
     }

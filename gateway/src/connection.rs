@@ -5,13 +5,22 @@
 //! arrived is copied into a buffer of the connection's own (sized to that packet, freed once it is
 //! complete). Writes are a queue of `Bytes` chunks (shared message payloads among them) drained with
 //! one vectored write per batch, so many messages cost one syscall and no payload is copied.
+//!
+//! TLS and WebSocket connections are a second transport, a boxed byte stream: for them socket
+//! readiness is not readiness of MQTT bytes (a TLS record may be incomplete, a WebSocket frame may
+//! be a ping), so waiting for input means polling the stream's `poll_read` itself, into the same
+//! scratch buffer, and keeping what it returned until `try_read_frames` takes it. Their writes
+//! go through `poll_write_vectored` and `poll_flush`; what the stream buffered but has not
+//! flushed counts as pending. The plain TCP path is untouched by this.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::codec::{self, DecodeError};
@@ -35,8 +44,29 @@ pub enum ReadError {
     Decode(#[from] DecodeError),
 }
 
+/// A byte stream carrying MQTT that is not a plain TCP socket (TLS, WebSocket, WebSocket on TLS).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncStream for T {}
+
+enum Transport {
+    Tcp(TcpStream),
+    /// Boxed: a TLS session's state is large and only TLS/WebSocket connections pay for it.
+    Stream(Box<StreamIo>),
+}
+
+struct StreamIo {
+    io: Box<dyn AsyncStream>,
+    /// Bytes `poll_read` returned while the task waited for input, not yet framed.
+    received: Option<Bytes>,
+    /// The stream ended (read returned 0 bytes).
+    eof: bool,
+    /// Bytes written into the stream's own buffers (TLS records, WebSocket frames) not yet flushed.
+    unflushed: bool,
+}
+
 pub struct Connection {
-    stream: TcpStream,
+    transport: Transport,
     /// The beginning of a packet that has not fully arrived.
     partial: Option<BytesMut>,
     pending: VecDeque<Bytes>,
@@ -45,30 +75,61 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream) -> Connection {
+        Connection::with(Transport::Tcp(stream))
+    }
+
+    /// A TLS or WebSocket connection.
+    pub fn stream(io: Box<dyn AsyncStream>) -> Connection {
+        Connection::with(Transport::Stream(Box::new(StreamIo {
+            io,
+            received: None,
+            eof: false,
+            unflushed: false,
+        })))
+    }
+
+    fn with(transport: Transport) -> Connection {
         Connection {
-            stream,
+            transport,
             partial: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
         }
     }
 
-    pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match &self.transport {
+            Transport::Tcp(stream) => stream.readable().await,
+            Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_read_ready(cx)).await,
+        }
     }
 
     /// Poll functions rather than futures: the connection task waits on them for its whole life,
-    /// and futures here would make every idle session larger.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream.poll_read_ready(cx)
+    /// and futures here would make every idle session larger. On a stream transport this reads:
+    /// ready means bytes (or the end of the stream) are kept for `try_read_frames`.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.transport {
+            Transport::Tcp(stream) => stream.poll_read_ready(cx),
+            Transport::Stream(s) => s.poll_receive(cx),
+        }
     }
 
-    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream.poll_write_ready(cx)
+    /// On a stream transport this writes: ready means the queue moved (or there was an error).
+    pub fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.transport {
+            Transport::Tcp(stream) => stream.poll_write_ready(cx),
+            Transport::Stream(_) => match self.poll_flush_stream(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(drop)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
-        self.stream.writable().await
+    pub async fn writable(&mut self) -> io::Result<()> {
+        match &self.transport {
+            Transport::Tcp(stream) => stream.writable().await,
+            Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_write_ready(cx)).await,
+        }
     }
 
     /// Reads what the socket has and appends every complete frame to `frames`. Returns the number
@@ -78,11 +139,29 @@ impl Connection {
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
     ) -> Result<usize, ReadError> {
-        let (mut data, n) = match self.partial.take() {
+        let stream = match &mut self.transport {
+            Transport::Tcp(stream) => stream,
+            Transport::Stream(s) => {
+                let Some(chunk) = s.received.take() else {
+                    return if s.eof { Err(ReadError::Eof) } else { Ok(0) };
+                };
+                let n = chunk.len();
+                let data = match self.partial.take() {
+                    Some(mut p) => {
+                        p.extend_from_slice(&chunk);
+                        p.freeze()
+                    }
+                    None => chunk,
+                };
+                self.frame(data, max_packet_size, frames)?;
+                return Ok(n);
+            }
+        };
+        let (data, n) = match self.partial.take() {
             Some(mut p) => {
                 // Grows geometrically for a large packet arriving over many reads.
                 p.reserve(SCRATCH_SIZE.max(p.len()));
-                match self.stream.try_read_buf(&mut p) {
+                match stream.try_read_buf(&mut p) {
                     Ok(0) => return Err(ReadError::Eof),
                     Ok(n) => (p.freeze(), n),
                     Err(e) => {
@@ -95,7 +174,7 @@ impl Connection {
                 let read = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
                     s.reserve(SCRATCH_SIZE);
-                    match self.stream.try_read_buf(&mut *s) {
+                    match stream.try_read_buf(&mut *s) {
                         Ok(0) => Err(ReadError::Eof),
                         Ok(n) => Ok(Some((s.split().freeze(), n))),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -108,6 +187,17 @@ impl Connection {
                 }
             }
         };
+        self.frame(data, max_packet_size, frames)?;
+        Ok(n)
+    }
+
+    /// Slices every complete frame off `data`; keeps an incomplete tail as `partial`.
+    fn frame(
+        &mut self,
+        mut data: Bytes,
+        max_packet_size: usize,
+        frames: &mut Vec<Bytes>,
+    ) -> Result<(), ReadError> {
         loop {
             match codec::frame_len(&data, max_packet_size) {
                 Ok(Some(len)) => frames.push(data.split_to(len)),
@@ -120,7 +210,7 @@ impl Connection {
             p.extend_from_slice(&data);
             self.partial = Some(p);
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Queues a chunk to be written in order after everything already queued.
@@ -136,11 +226,20 @@ impl Connection {
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || matches!(&self.transport, Transport::Stream(s) if s.unflushed)
     }
 
     /// Writes as much of the queue as the socket takes without waiting. Returns bytes written.
     pub fn try_flush(&mut self) -> io::Result<usize> {
+        let Transport::Tcp(stream) = &self.transport else {
+            // Nothing waits on this context: the task's next wait polls the stream again with its
+            // own (`poll_write_ready`), which replaces the registration made here.
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            return match self.poll_flush_stream(&mut cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => Ok(0),
+            };
+        };
         let mut written = 0;
         while !self.pending.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -149,11 +248,11 @@ impl Connection {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
-            match self.stream.try_write_vectored(&iov[..count]) {
+            match stream.try_write_vectored(&iov[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     written += n;
-                    self.advance(n);
+                    advance(&mut self.pending, &mut self.pending_bytes, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -166,19 +265,45 @@ impl Connection {
         Ok(written)
     }
 
-    fn advance(&mut self, mut n: usize) {
-        self.pending_bytes -= n;
-        while n > 0 {
-            let Some(front) = self.pending.front_mut() else {
-                return;
-            };
-            if front.len() <= n {
-                n -= front.len();
-                self.pending.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
+    /// Writes the queue into a stream transport and flushes it. Ready with the bytes taken once
+    /// the stream took some or all is flushed; pending when it took nothing.
+    fn poll_flush_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Transport::Stream(s) = &mut self.transport else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut written = 0;
+        while !self.pending.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (slot, chunk) in iov.iter_mut().zip(self.pending.iter()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
             }
+            match Pin::new(&mut s.io).poll_write_vectored(cx, &iov[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    s.unflushed = true;
+                    advance(&mut self.pending, &mut self.pending_bytes, n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = VecDeque::new();
+        }
+        if s.unflushed {
+            match Pin::new(&mut s.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => s.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if written > 0 || !self.has_pending() {
+            Poll::Ready(Ok(written))
+        } else {
+            Poll::Pending
         }
     }
 
@@ -206,13 +331,64 @@ impl Connection {
         self.flush_within(within).await;
         let _ = tokio::time::timeout_at(deadline, async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if self.stream.shutdown().await.is_err() {
-                return;
-            }
             let mut sink = [0u8; 1024];
-            while let Ok(1..) = self.stream.read(&mut sink).await {}
+            match &mut self.transport {
+                Transport::Tcp(stream) => {
+                    if stream.shutdown().await.is_err() {
+                        return;
+                    }
+                    while let Ok(1..) = stream.read(&mut sink).await {}
+                }
+                Transport::Stream(s) => {
+                    if s.io.shutdown().await.is_err() {
+                        return;
+                    }
+                    while let Ok(1..) = s.io.read(&mut sink).await {}
+                }
+            }
         })
         .await;
+    }
+}
+
+impl StreamIo {
+    /// Reads what the stream has into the worker's scratch buffer and keeps it.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.received.is_some() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.reserve(SCRATCH_SIZE);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *scratch) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.received = Some(scratch.split().freeze());
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usize) {
+    *pending_bytes -= n;
+    while n > 0 {
+        let Some(front) = pending.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            pending.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
 //! `auth` checks CONNECT credentials against the password file and `acl` decides who may read and
 //! write which topic; `limits` holds the overload protection's state (connect pacing, publish
-//! quotas, the memory watch).
+//! quotas, the memory watch). `tls` and `ws` turn a `[[listeners]]` socket into the byte stream
+//! `connection` reads when the listener is not plain TCP.
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
@@ -31,8 +32,10 @@ pub mod retain;
 pub mod router;
 pub mod session;
 pub mod sys;
+pub mod tls;
 pub mod topic;
 pub mod topic_index;
+pub mod ws;
 
 pub use broker::{Broker, Context};
 pub use config::Config;

@@ -7,20 +7,28 @@
 //! The `[limits]` on connections are checked here too, each refusal a close at once: the
 //! configured connection limit, the handshakes in flight, and the connect pacer (which never
 //! pauses the loop either: a paced socket waits in its own task, see `limits::ConnectPacer`).
+//! The `[[listeners]]` entries run the same loop with their own connection limit; a TLS or
+//! WebSocket connection's handshake runs in the connection's task, under the connect timeout.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
+use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, error, warn};
 
 use crate::broker::{ConnectionSlot, Context};
-use crate::client;
+use crate::client::{self, Opened};
+use crate::config::{ConfigError, ListenerConfig, ListenerKind};
+use crate::connection::{AsyncStream, Connection};
 use crate::limits::{ConnectPacer, Handshake, Pace};
+use crate::tls::{self, TlsFiles};
+use crate::ws;
 
 /// Backlog when /proc/sys/net/core/somaxconn cannot be read.
 const DEFAULT_BACKLOG: i32 = 4096;
@@ -68,13 +76,65 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Accepts until the listener is dropped (the caller selects this against shutdown).
-pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener) {
+/// One `[[listeners]]` entry at run time: its settings, certificates and open connections.
+pub struct Extra {
+    config: ListenerConfig,
+    tls: Option<TlsFiles>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Extra {
+    /// Reads the listener's certificates (tls, wss); `index` names it in errors.
+    pub fn load(index: usize, config: &ListenerConfig) -> Result<Extra, ConfigError> {
+        let tls = if config.kind.is_tls() {
+            Some(TlsFiles::load(index, config)?)
+        } else {
+            None
+        };
+        Ok(Extra {
+            config: config.clone(),
+            tls,
+            open: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn kind(&self) -> ListenerKind {
+        self.config.kind
+    }
+
+    /// Re-reads the certificate files of a TLS listener for new handshakes; `Ok(false)` when the
+    /// listener has none.
+    pub fn reload_certificates(&self) -> Result<bool, ConfigError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// The connect pacer, one for all listeners: `limits.connect_rate` is the node's rate.
+pub type SharedPacer = Arc<Mutex<Option<ConnectPacer>>>;
+
+pub fn shared_pacer(ctx: &Context) -> SharedPacer {
     let limits = &ctx.config.limits;
-    let mut pacer = ConnectPacer::new(limits.connect_rate, limits.connect_burst, Instant::now());
+    Arc::new(Mutex::new(ConnectPacer::new(
+        limits.connect_rate,
+        limits.connect_burst,
+        Instant::now(),
+    )))
+}
+
+/// Accepts until the listener is dropped (the caller selects this against shutdown). `extra` is
+/// the `[[listeners]]` entry, `None` for the `mqtt.listen` listener.
+pub async fn accept_loop(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    extra: Option<Arc<Extra>>,
+    pacer: SharedPacer,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => admit(&ctx, pacer.as_mut(), stream, peer),
+            Ok((stream, peer)) => admit(&ctx, extra.as_ref(), &pacer, stream, peer),
             Err(e) if is_fd_exhaustion(&e) => {
                 ctx.metrics.accept_errors.increment(1);
                 warn!("accept failed, out of file descriptors: {e}");
@@ -90,7 +150,8 @@ pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener) {
 
 fn admit(
     ctx: &Arc<Context>,
-    pacer: Option<&mut ConnectPacer>,
+    extra: Option<&Arc<Extra>>,
+    pacer: &SharedPacer,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -106,13 +167,22 @@ fn admit(
         debug!(%peer, open, "refusing connection: at limits.max_connections");
         return;
     }
+    if let Some(l) = extra {
+        let max = l.config.max_connections;
+        if max > 0 && l.open.load(Ordering::Relaxed) as u64 >= max {
+            ctx.metrics.rejected("max_connections");
+            debug!(%peer, kind = l.kind().as_str(), "refusing connection: at the listener's max_connections");
+            return;
+        }
+    }
     let handshakes = ctx.handshakes.load(Ordering::Relaxed);
     if limits.max_handshakes > 0 && handshakes as u64 >= limits.max_handshakes {
         ctx.metrics.rejected("handshakes");
         debug!(%peer, handshakes, "refusing connection: at limits.max_handshakes");
         return;
     }
-    let not_before = match pacer.map(|p| p.pace(Instant::now())) {
+    let pace = pacer.lock().as_mut().map(|p| p.pace(Instant::now()));
+    let not_before = match pace {
         Some(Pace::Refuse) => {
             ctx.metrics.rejected("connect_rate");
             debug!(%peer, "refusing connection: its connect_rate slot is too far away");
@@ -121,17 +191,107 @@ fn admit(
         Some(Pace::At(at)) => Some(at),
         Some(Pace::Now) | None => None,
     };
-    ctx.metrics.connections_accepted.increment(1);
+    ctx.metrics
+        .accepted(extra.map_or(ListenerKind::Tcp, |l| l.kind()));
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "set_nodelay failed: {e}");
     }
-    let slot = ConnectionSlot::new(ctx.clone());
+    let slot = ConnectionSlot::new(ctx.clone(), extra.map(|l| l.open.clone()));
     let handshake = Handshake::new(ctx.clone(), not_before);
-    spawn_isolated(
-        ctx.clone(),
-        peer,
-        client::serve(slot, handshake, stream, peer),
-    );
+    match extra {
+        Some(l) if l.kind() != ListenerKind::Tcp => {
+            let open = open_stream(ctx.clone(), l.clone(), stream, peer);
+            spawn_isolated(
+                ctx.clone(),
+                peer,
+                client::serve(slot, handshake, open, peer),
+            );
+        }
+        _ => {
+            let open = std::future::ready(Some(Opened {
+                conn: Connection::new(stream),
+                identity: None,
+            }));
+            spawn_isolated(
+                ctx.clone(),
+                peer,
+                client::serve(slot, handshake, open, peer),
+            );
+        }
+    }
+}
+
+/// The TLS and/or WebSocket handshake of a connection on a `[[listeners]]` entry, within the
+/// connect timeout. `None` (connection closed) when it fails.
+async fn open_stream(
+    ctx: Arc<Context>,
+    l: Arc<Extra>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Opened> {
+    let timeout = ctx.config.mqtt.connect_timeout;
+    match tokio::time::timeout(timeout, upgrade(&ctx, &l, stream)).await {
+        Ok(Ok(opened)) => Some(opened),
+        Ok(Err(why)) => {
+            debug!(%peer, kind = l.kind().as_str(), "handshake failed: {why}");
+            None
+        }
+        Err(_) => {
+            if l.kind().is_tls() {
+                ctx.metrics.tls_handshake_failures.increment(1);
+            }
+            debug!(%peer, kind = l.kind().as_str(), "no handshake within the connect timeout");
+            None
+        }
+    }
+}
+
+async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, String> {
+    // Room for the largest MQTT packet the gateway accepts plus its fixed header.
+    let max_frame = ctx.config.mqtt.max_packet_size as usize + 8;
+    let Some(tls) = &l.tls else {
+        let ws = ws::accept(stream, &l.config.path, max_frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Opened {
+            conn: Connection::stream(Box::new(ws)),
+            identity: None,
+        });
+    };
+    let secured = match tls.acceptor().accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.metrics.tls_handshake_failures.increment(1);
+            return Err(format!("TLS: {e}"));
+        }
+    };
+    let identity = if l.config.use_identity_as_username {
+        let name = secured
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(tls::certificate_identity);
+        let Some(name) = name else {
+            ctx.metrics.rejected("not_authorized");
+            return Err("client certificate names no CN or DNS SAN to use as username".to_owned());
+        };
+        Some(ByteString::from(name))
+    } else {
+        None
+    };
+    let io: Box<dyn AsyncStream> = if l.kind().is_websocket() {
+        let ws = ws::accept(secured, &l.config.path, max_frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        Box::new(ws)
+    } else {
+        Box::new(secured)
+    };
+    Ok(Opened {
+        conn: Connection::stream(io),
+        identity,
+    })
 }
 
 /// Spawns a connection's task so that a panic in it ends that task only: caught, logged and

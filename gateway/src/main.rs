@@ -195,6 +195,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous files"),
             }
+            // Each listener on its own: one bad file keeps only that listener's old certificate.
+            for l in &ctx.listeners {
+                match l.reload_certificates() {
+                    Ok(true) => {
+                        tracing::info!(kind = l.kind().as_str(), "SIGHUP: certificates reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous certificates"),
+                }
+            }
         }
     });
     broker.run(shutdown).await?;

@@ -24,6 +24,7 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::Packet;
+use crate::config::ListenerKind;
 use crate::process;
 
 /// Upper bounds of the delivery latency histogram, in seconds: loopback deliveries take tens of
@@ -216,8 +217,18 @@ impl SentBatch {
     }
 }
 
+/// `listener` label values of `gateway_connections_accepted_total`, indexed by `ListenerKind`.
+const LISTENER_KINDS: [ListenerKind; 4] = [
+    ListenerKind::Tcp,
+    ListenerKind::Tls,
+    ListenerKind::Ws,
+    ListenerKind::Wss,
+];
+
 pub struct Metrics {
-    pub connections_accepted: Counter,
+    connections_accepted: [Counter; LISTENER_KINDS.len()],
+    /// TLS handshakes (tls and wss listeners) that failed or timed out.
+    pub tls_handshake_failures: Counter,
     pub connections_current: Gauge,
     pub accept_errors: Counter,
     pub task_panics: Counter,
@@ -238,6 +249,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// One connection accepted on a listener of this kind.
+    pub fn accepted(&self, kind: ListenerKind) {
+        // `LISTENER_KINDS` lists the kinds in declaration order.
+        self.connections_accepted[kind as usize].increment(1);
+    }
+
     /// Registers every handle with the current recorder (a no-op one when none is installed).
     pub fn new() -> Metrics {
         let qos = |name: &'static str| {
@@ -257,7 +274,10 @@ impl Metrics {
             })
         };
         Metrics {
-            connections_accepted: counter!("gateway_connections_accepted_total"),
+            connections_accepted: LISTENER_KINDS.map(
+                |kind| counter!("gateway_connections_accepted_total", "listener" => kind.as_str()),
+            ),
+            tls_handshake_failures: counter!("gateway_tls_handshake_failures_total"),
             connections_current: gauge!("gateway_connections"),
             accept_errors: counter!("gateway_accept_errors_total"),
             messages_received: qos("gateway_messages_received_total"),
@@ -441,7 +461,11 @@ fn packet_type(packet: &Packet) -> usize {
 fn describe() {
     describe_counter!(
         "gateway_connections_accepted_total",
-        "TCP connections accepted by the MQTT listener."
+        "Connections accepted, by listener kind (tcp, tls, ws, wss)."
+    );
+    describe_counter!(
+        "gateway_tls_handshake_failures_total",
+        "TLS handshakes on tls and wss listeners that failed or timed out."
     );
     describe_gauge!(
         "gateway_connections",

@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The `[[listeners]]` addresses, in configuration order.
+    pub listeners: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -31,12 +33,14 @@ impl TestBroker {
         tune(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addr();
+        let listeners = broker.listener_addrs();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(broker.run(async move {
             let _ = stopped.await;
         }));
         TestBroker {
             addr,
+            listeners,
             stop: Some(stop),
             task: Some(task),
         }

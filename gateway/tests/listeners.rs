@@ -1,0 +1,435 @@
+//! The `[[listeners]]` with real clients: `mosquitto_pub`/`mosquitto_sub` over TLS and mutual TLS
+//! (the certificate's CN as the username, proven through an ACL `%u` pattern), a client without a
+//! certificate refused where one is required, rumqttc over TLS, per-listener `max_connections`,
+//! and certificates rotated on SIGHUP while an established TLS session keeps working.
+//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`.
+
+mod binary;
+mod clients;
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clients::{unique_id, v3, WAIT};
+use common::TestBroker;
+use gateway::config::{ListenerConfig, ListenerKind};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
+
+/// A fresh directory for this test's files.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-listeners-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A CA, a server certificate for localhost / 127.0.0.1, and client certificates, as PEM files.
+struct Pki {
+    dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("CA key");
+        let ca = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+        Pki {
+            dir: dir.to_owned(),
+            ca,
+        }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes `{file}.pem` and `{file}.key`: a certificate with subject CN `cn` (if any) and
+    /// `sans`, signed by this CA.
+    fn issue(&self, file: &str, cn: Option<&str>, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
+        // rcgen's default subject has a CN of its own.
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+
+    fn server(&self) -> (PathBuf, PathBuf) {
+        self.issue("server", Some("localhost"), &["localhost", "127.0.0.1"])
+    }
+}
+
+fn tls_listener(cert: &Path, key: &Path) -> ListenerConfig {
+    ListenerConfig {
+        kind: ListenerKind::Tls,
+        bind: "127.0.0.1:0".parse().expect("literal"),
+        cert: Some(cert.to_owned()),
+        key: Some(key.to_owned()),
+        ca: None,
+        require_client_cert: false,
+        use_identity_as_username: false,
+        path: "/mqtt".to_owned(),
+        max_connections: 0,
+    }
+}
+
+/// Runs a mosquitto client to completion (bounded by `-W` where it subscribes).
+fn mosquitto(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (apt install mosquitto-clients): {e}"))
+}
+
+/// `mosquitto_sub` for one message in the background, then `mosquitto_pub`; the message seen.
+async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> String {
+    let port = addr.port().to_string();
+    let mut common = vec!["-h", "localhost", "-p", &port, "-V", "mqttv311"];
+    common.extend_from_slice(tls);
+    let mut sub_args = common.clone();
+    sub_args.extend_from_slice(&["-t", topic, "-C", "1", "-W", "10", "-i", "sub-tls"]);
+    let sub = Command::new("mosquitto_sub")
+        .args(&sub_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    // mosquitto_sub has no ready signal: publish until it has seen one (its subscription is in).
+    let mut pub_args = common.clone();
+    pub_args.extend_from_slice(&["-t", topic, "-m", payload, "-q", "1", "-i", "pub-tls"]);
+    let sub = tokio::task::spawn_blocking(move || sub.wait_with_output());
+    for _ in 0..20 {
+        let out = mosquitto("mosquitto_pub", &pub_args);
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if sub.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = sub.await.expect("join").expect("mosquitto_sub output");
+    assert!(
+        out.status.success(),
+        "mosquitto_sub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
+    let dir = temp_dir("mosquitto");
+    let pki = Pki::new(&dir, "mosquitto test CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-7", Some("device-7"), &[]);
+    let (san_cert, san_key) = pki.issue("san-only", None, &["device-9.example"]);
+    let acl = dir.join("acl");
+    // Anonymous clients (the CA-only TLS listener) may use open/#; identified ones their own tree.
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+    let (tls_addr, mutual_addr) = (broker.listeners[0], broker.listeners[1]);
+    let ca = pki.ca_path();
+    let ca = ca.to_str().expect("utf-8 path");
+
+    let seen = pub_sub(tls_addr, &["--cafile", ca], "open/a", "over-tls").await;
+    assert_eq!(seen, "over-tls");
+
+    let (c, k) = (
+        dev_cert.to_str().expect("path"),
+        dev_key.to_str().expect("path"),
+    );
+    let seen = pub_sub(
+        mutual_addr,
+        &["--cafile", ca, "--cert", c, "--key", k],
+        "dev/device-7/temp",
+        "by-cn",
+    )
+    .await;
+    assert_eq!(
+        seen, "by-cn",
+        "the CN is the username the %u pattern grants"
+    );
+
+    let (c, k) = (
+        san_cert.to_str().expect("path"),
+        san_key.to_str().expect("path"),
+    );
+    let seen = pub_sub(
+        mutual_addr,
+        &["--cafile", ca, "--cert", c, "--key", k],
+        "dev/device-9.example/temp",
+        "by-san",
+    )
+    .await;
+    assert_eq!(
+        seen, "by-san",
+        "without a CN the first DNS SAN is the username"
+    );
+
+    // No client certificate where one is required: the TLS handshake fails.
+    let port = mutual_addr.port().to_string();
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "--cafile",
+            ca,
+            "-t",
+            "open/x",
+            "-m",
+            "x",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was accepted"
+    );
+    broker.shutdown().await;
+}
+
+fn rumqttc_tls(addr: SocketAddr, ca_pem: Vec<u8>) -> v3::MqttOptions {
+    let mut o = v3::MqttOptions::new(unique_id("tls"), "localhost", addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+        ca: ca_pem,
+        alpn: None,
+        client_auth: None,
+    }));
+    o
+}
+
+/// Connects over TLS; Err with the reason when the connection fails.
+async fn try_tls_connect(options: v3::MqttOptions) -> Result<(), String> {
+    let (_client, mut eventloop) = v3::AsyncClient::new(options, 10);
+    match tokio::time::timeout(WAIT, eventloop.poll()).await {
+        Ok(Ok(v3::Event::Incoming(v3::Packet::ConnAck(_)))) => Ok(()),
+        Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timeout".to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn rumqttc_over_tls_publishes_and_subscribes() {
+    let dir = temp_dir("rumqttc");
+    let pki = Pki::new(&dir, "rumqttc test CA");
+    let (cert, key) = pki.server();
+    let tls = tls_listener(&cert, &key);
+    let broker = TestBroker::with(move |c| c.listeners = vec![tls]).await;
+    let addr = broker.listeners[0];
+    let ca = std::fs::read(pki.ca_path()).expect("CA");
+
+    let mut sub = v3::Client::connect(rumqttc_tls(addr, ca.clone())).await;
+    sub.subscribe("tls/#", v3::QoS::AtLeastOnce).await;
+    let mut publisher = v3::Client::connect(rumqttc_tls(addr, ca)).await;
+    // Larger than one TLS record: the packet arrives in pieces.
+    let big = vec![7u8; 100_000];
+    publisher
+        .publish_confirmed("tls/big", v3::QoS::AtLeastOnce, false, big.clone())
+        .await;
+    for i in 0..50u32 {
+        publisher
+            .publish(
+                "tls/small",
+                v3::QoS::AtMostOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await;
+    }
+    let first = sub.next_publish(WAIT).await;
+    assert_eq!(first.payload.as_ref(), &big[..]);
+    for i in 0..50u32 {
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(p.payload.as_ref(), &i.to_be_bytes());
+    }
+
+    // The plain listener still speaks plain MQTT next to it.
+    let plain = v3::connect(broker.addr, &unique_id("plain")).await;
+    plain
+        .publish("tls/plain", v3::QoS::AtMostOnce, false, "p")
+        .await;
+    assert_eq!(sub.next_publish(WAIT).await.payload.as_ref(), b"p");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_listener_max_connections() {
+    let listener = ListenerConfig {
+        kind: ListenerKind::Tcp,
+        bind: "127.0.0.1:0".parse().expect("literal"),
+        cert: None,
+        key: None,
+        ca: None,
+        require_client_cert: false,
+        use_identity_as_username: false,
+        path: "/mqtt".to_owned(),
+        max_connections: 2,
+    };
+    let broker = TestBroker::with(move |c| c.listeners = vec![listener]).await;
+    let limited = broker.listeners[0];
+    let a = v3::connect(limited, &unique_id("a")).await;
+    let _b = v3::connect(limited, &unique_id("b")).await;
+    let mut o = v3::options(limited, &unique_id("c"));
+    o.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut eventloop) = v3::AsyncClient::new(o, 10);
+    let third = tokio::time::timeout(WAIT, eventloop.poll())
+        .await
+        .expect("answer in time");
+    assert!(third.is_err(), "a third connection was accepted: {third:?}");
+    // The default listener is not limited by it.
+    let _plain = v3::connect(broker.addr, &unique_id("plain")).await;
+    // A slot freed on the listener is usable again.
+    a.disconnect().await;
+    let mut admitted = false;
+    for _ in 0..50 {
+        let (_c, mut ev) = v3::AsyncClient::new(v3::options(limited, &unique_id("d")), 10);
+        if let Ok(Ok(_)) = tokio::time::timeout(WAIT, ev.poll()).await {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the freed slot was not reused");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_without_dropping_connections() {
+    let dir = temp_dir("sighup");
+    let old_dir = dir.join("old");
+    let new_dir = dir.join("new");
+    std::fs::create_dir_all(&old_dir).expect("dir");
+    std::fs::create_dir_all(&new_dir).expect("dir");
+    let old = Pki::new(&old_dir, "old CA");
+    let (cert, key) = old.server();
+    let new = Pki::new(&new_dir, "new CA");
+    let (new_cert, new_key) = new.server();
+    // A free port for the TLS listener (the binary logs only the default listener's address).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let live_cert = dir.join("live.pem");
+    let live_key = dir.join("live.key");
+    std::fs::copy(&cert, &live_cert).expect("copy");
+    std::fs::copy(&key, &live_key).expect("copy");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\n",
+            live_cert.display().to_string(),
+            live_key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let gateway = binary::Gateway::start(&["--config", config.to_str().expect("path")]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let old_ca = std::fs::read(old.ca_path()).expect("CA");
+    let new_ca = std::fs::read(new.ca_path()).expect("CA");
+
+    let mut established = v3::Client::connect(rumqttc_tls(addr, old_ca.clone())).await;
+    established
+        .subscribe("rotate/#", v3::QoS::AtLeastOnce)
+        .await;
+    assert!(try_tls_connect(rumqttc_tls(addr, new_ca.clone()))
+        .await
+        .is_err());
+
+    std::fs::copy(&new_cert, &live_cert).expect("rotate cert");
+    std::fs::copy(&new_key, &live_key).expect("rotate key");
+    gateway.signal(libc::SIGHUP);
+    let mut rotated = false;
+    for _ in 0..50 {
+        if try_tls_connect(rumqttc_tls(addr, new_ca.clone()))
+            .await
+            .is_ok()
+        {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "new handshakes did not get the new certificate");
+    assert!(
+        try_tls_connect(rumqttc_tls(addr, old_ca)).await.is_err(),
+        "a client trusting only the old CA still connected"
+    );
+
+    // The connection made before the rotation still works both ways.
+    established
+        .publish_confirmed("rotate/x", v3::QoS::AtLeastOnce, false, "still here")
+        .await;
+    assert_eq!(
+        established.next_publish(WAIT).await.payload.as_ref(),
+        b"still here"
+    );
+}
+
+#[test]
+fn unreadable_certificate_exits_2_naming_the_listener_key() {
+    let dir = temp_dir("badcert");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("config: invalid value for `listeners[1].cert`: \"missing.pem\""),
+        "{stderr}"
+    );
+}
