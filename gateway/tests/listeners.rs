@@ -165,6 +165,17 @@ async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
 
     let seen = pub_sub(tls_addr, &["--cafile", ca], "open/a", "over-tls").await;
     assert_eq!(seen, "over-tls");
+    // Both protocol versions the listener offers, each pinned on the client side.
+    for version in ["tlsv1.2", "tlsv1.3"] {
+        let seen = pub_sub(
+            tls_addr,
+            &["--cafile", ca, "--tls-version", version],
+            "open/v",
+            version,
+        )
+        .await;
+        assert_eq!(seen, version);
+    }
 
     let (c, k) = (
         dev_cert.to_str().expect("path"),
