@@ -243,11 +243,7 @@ impl Connection {
         let mut written = 0;
         while !self.pending.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, chunk) in iov.iter_mut().zip(self.pending.iter()) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
+            let count = gather(&self.pending, &mut iov);
             match stream.try_write_vectored(&iov[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
@@ -274,11 +270,7 @@ impl Connection {
         let mut written = 0;
         while !self.pending.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, chunk) in iov.iter_mut().zip(self.pending.iter()) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
+            let count = gather(&self.pending, &mut iov);
             match Pin::new(&mut s.io).poll_write_vectored(cx, &iov[..count]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
@@ -398,4 +390,14 @@ fn would_block_or(e: io::Error) -> Result<usize, ReadError> {
     } else {
         Err(ReadError::Io(e))
     }
+}
+
+/// Points `iov` at the front of the write queue (as many chunks as fit); returns how many.
+fn gather<'a>(pending: &'a VecDeque<Bytes>, iov: &mut [IoSlice<'a>]) -> usize {
+    let mut count = 0;
+    for (slot, chunk) in iov.iter_mut().zip(pending.iter()) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    count
 }
