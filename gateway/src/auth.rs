@@ -9,8 +9,9 @@
 //! Who is accepted: a client presenting a username is checked against the password file when one
 //! is set (wrong password or unknown user: CONNACK 4 / 0x86). Without a password file usernames
 //! are not verified, so such a client is anonymous. Anonymous clients are accepted when
-//! `allow_anonymous` is true, or when no password file is set and the MQTT listener is on a
-//! loopback address (so a bare `gateway` serves local tools); otherwise CONNACK 5 / 0x87.
+//! `allow_anonymous` is true, or, on the default `[mqtt] listen` listener only, when no password
+//! file is set and that listener is on a loopback address (so a bare `gateway` serves local
+//! tools); otherwise CONNACK 5 / 0x87. `[[listeners]]` never get that exception.
 //!
 //! Hashes are deliberately slow, so they run on tokio's blocking pool behind a semaphore of one
 //! permit per CPU: a flood of logins queues there instead of occupying the I/O workers that serve
@@ -185,7 +186,10 @@ pub enum Refusal {
 
 /// The `[auth]` state: loaded files (swapped whole on reload) and the hashing limiter.
 pub struct Security {
+    /// `allow_anonymous`: anonymous clients on every listener.
     anonymous: bool,
+    /// The loopback exception, for the default listener only.
+    anonymous_on_default: bool,
     password_path: Option<std::path::PathBuf>,
     acl_path: Option<std::path::PathBuf>,
     passwords: Option<RwLock<Arc<PasswordFile>>>,
@@ -205,11 +209,13 @@ impl Security {
             Some(path) => Some(Arc::new(AclHandle::new(load_acl(path)?))),
             None => None,
         };
-        let anonymous = auth.allow_anonymous
-            || (auth.password_file.is_none() && config.mqtt.listen.ip().is_loopback());
+        let anonymous = auth.allow_anonymous;
+        let anonymous_on_default =
+            auth.password_file.is_none() && config.mqtt.listen.ip().is_loopback();
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         Ok(Security {
             anonymous,
+            anonymous_on_default,
             password_path: auth.password_file.clone(),
             acl_path: auth.acl_file.clone(),
             passwords,
@@ -241,13 +247,15 @@ impl Security {
     }
 
     /// Checks CONNECT credentials: the verified username (`None`: anonymous) or why not.
+    /// `default_listener`: the connection came through `[mqtt] listen`.
     pub async fn authenticate(
         &self,
         username: Option<&ByteString>,
         password: Option<&[u8]>,
+        default_listener: bool,
     ) -> Result<Option<ByteString>, Refusal> {
         let (Some(user), Some(slot)) = (username, &self.passwords) else {
-            return if self.anonymous {
+            return if self.anonymous || (default_listener && self.anonymous_on_default) {
                 Ok(None)
             } else {
                 Err(Refusal::NotAuthorized)
@@ -446,16 +454,21 @@ mod tests {
     async fn anonymous_rules() {
         let run = |toml: &str| Security::load(&Config::from_toml(toml).unwrap()).unwrap();
         let local = run("");
-        assert_eq!(local.authenticate(None, None).await, Ok(None));
+        assert_eq!(local.authenticate(None, None, true).await, Ok(None));
         let user = ByteString::from("u");
-        assert_eq!(local.authenticate(Some(&user), None).await, Ok(None));
+        assert_eq!(local.authenticate(Some(&user), None, true).await, Ok(None));
+        // The loopback exception belongs to the default listener, not to `[[listeners]]`.
+        assert_eq!(
+            local.authenticate(None, None, false).await,
+            Err(Refusal::NotAuthorized)
+        );
         let remote = run("[mqtt]\nlisten = \"0.0.0.0:1883\"");
         assert_eq!(
-            remote.authenticate(None, None).await,
+            remote.authenticate(None, None, true).await,
             Err(Refusal::NotAuthorized)
         );
         let allowed = run("[mqtt]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = true");
-        assert_eq!(allowed.authenticate(None, None).await, Ok(None));
+        assert_eq!(allowed.authenticate(None, None, false).await, Ok(None));
     }
 
     #[test]
@@ -491,7 +504,7 @@ mod tests {
         config.auth.password_file = Some(path.clone());
         let security = Security::load(&config).unwrap();
         let alice = ByteString::from("alice");
-        let login = |pw: &'static [u8]| security.authenticate(Some(&alice), Some(pw));
+        let login = |pw: &'static [u8]| security.authenticate(Some(&alice), Some(pw), true);
         assert_eq!(login(b"secret").await, Ok(Some(alice.clone())));
         set_password(&path, "alice", "changed").unwrap();
         security.reload().unwrap();
@@ -501,7 +514,7 @@ mod tests {
         assert!(security.reload().is_err());
         assert_eq!(login(b"changed").await, Ok(Some(alice.clone())));
         assert_eq!(
-            security.authenticate(None, None).await,
+            security.authenticate(None, None, true).await,
             Err(Refusal::NotAuthorized),
             "a password file on loopback ends the anonymous exception"
         );

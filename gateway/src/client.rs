@@ -104,6 +104,9 @@ pub struct Opened {
     /// The client certificate's name on a `use_identity_as_username` listener: the username,
     /// in place of CONNECT's username and password.
     pub identity: Option<ByteString>,
+    /// Accepted by the default (`[mqtt] listen`) listener, where anonymous access may be allowed
+    /// without `allow_anonymous` (see `auth`).
+    pub default_listener: bool,
 }
 
 /// Serves one accepted socket. The handshake runs in this task; the session then runs in a task
@@ -140,7 +143,11 @@ async fn handshake(
     peer: std::net::SocketAddr,
 ) -> Option<Client> {
     let ctx = slot.context().clone();
-    let Opened { mut conn, identity } = opened;
+    let Opened {
+        mut conn,
+        identity,
+        default_listener,
+    } = opened;
     let connect = match tokio::time::timeout(
         ctx.config.mqtt.connect_timeout,
         read_connect(&ctx, &mut conn),
@@ -159,7 +166,7 @@ async fn handshake(
             return None;
         }
     };
-    Client::attach(ctx, slot, conn, connect, identity, peer).await
+    Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await
 }
 
 /// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
@@ -237,7 +244,7 @@ impl Client {
         slot: ConnectionSlot,
         mut conn: Connection,
         connect: Box<Connect>,
-        identity: Option<ByteString>,
+        (identity, default_listener): (Option<ByteString>, bool),
         peer: std::net::SocketAddr,
     ) -> Option<Client> {
         let cfg = &ctx.config.mqtt;
@@ -305,7 +312,7 @@ impl Client {
         }
 
         // Before the session is touched: a refused client must not take over anyone's session.
-        let acl = match authorize(&ctx, &connect, &client_id, identity).await {
+        let acl = match authorize(&ctx, &connect, &client_id, identity, default_listener).await {
             Ok(acl) => acl,
             Err(code) => return refuse_and_close(&ctx, conn, protocol, code, peer).await,
         };
@@ -1115,13 +1122,18 @@ async fn authorize(
     connect: &Connect,
     client_id: &ByteString,
     identity: Option<ByteString>,
+    default_listener: bool,
 ) -> Result<Option<Box<ClientAcl>>, u8> {
     // A verified client certificate is the credential: its name is the username.
     let username = match identity {
         Some(name) => Some(name),
         None => ctx
             .security
-            .authenticate(connect.username.as_ref(), connect.password.as_deref())
+            .authenticate(
+                connect.username.as_ref(),
+                connect.password.as_deref(),
+                default_listener,
+            )
             .await
             .map_err(|refusal| match refusal {
                 Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,

@@ -211,6 +211,7 @@ fn admit(
             let open = std::future::ready(Some(Opened {
                 conn: Connection::new(stream),
                 identity: None,
+                default_listener: extra.is_none(),
             }));
             spawn_isolated(
                 ctx.clone(),
@@ -256,6 +257,7 @@ async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, 
         return Ok(Opened {
             conn: Connection::stream(Box::new(ws)),
             identity: None,
+            default_listener: false,
         });
     };
     let secured = match tls.acceptor().accept(stream).await {
@@ -291,6 +293,7 @@ async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, 
     Ok(Opened {
         conn: Connection::stream(io),
         identity,
+        default_listener: false,
     })
 }
 

@@ -156,6 +156,7 @@ async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
     mutual.use_identity_as_username = true;
     let broker = TestBroker::with(move |c| {
         c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
         c.listeners = vec![tls, mutual];
     })
     .await;
@@ -262,7 +263,11 @@ async fn rumqttc_over_tls_publishes_and_subscribes() {
     let pki = Pki::new(&dir, "rumqttc test CA");
     let (cert, key) = pki.server();
     let tls = tls_listener(&cert, &key);
-    let broker = TestBroker::with(move |c| c.listeners = vec![tls]).await;
+    let broker = TestBroker::with(move |c| {
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls];
+    })
+    .await;
     let addr = broker.listeners[0];
     let ca = std::fs::read(pki.ca_path()).expect("CA");
 
@@ -300,6 +305,25 @@ async fn rumqttc_over_tls_publishes_and_subscribes() {
     broker.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_are_refused_on_extra_listeners_unless_allowed() {
+    let dir = temp_dir("anonymous");
+    let pki = Pki::new(&dir, "anonymous CA");
+    let (cert, key) = pki.server();
+    let tls = tls_listener(&cert, &key);
+    let broker = TestBroker::with(move |c| c.listeners = vec![tls]).await;
+    let ca = std::fs::read(pki.ca_path()).expect("CA");
+    // The loopback default listener keeps serving local tools anonymously ...
+    let _local = v3::connect(broker.addr, &unique_id("anon-local")).await;
+    // ... but a `[[listeners]]` entry does not, without `allow_anonymous`.
+    let refused = try_tls_connect(rumqttc_tls(broker.listeners[0], ca)).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("NotAuthorized")),
+        "anonymous client on a TLS listener: {refused:?}"
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn per_listener_max_connections() {
     let listener = ListenerConfig {
@@ -313,7 +337,11 @@ async fn per_listener_max_connections() {
         path: "/mqtt".to_owned(),
         max_connections: 2,
     };
-    let broker = TestBroker::with(move |c| c.listeners = vec![listener]).await;
+    let broker = TestBroker::with(move |c| {
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![listener];
+    })
+    .await;
     let limited = broker.listeners[0];
     let a = v3::connect(limited, &unique_id("a")).await;
     let _b = v3::connect(limited, &unique_id("b")).await;
@@ -365,7 +393,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
     std::fs::write(
         &config,
         format!(
-            "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\n",
+            "[auth]\nallow_anonymous = true\n[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\n",
             live_cert.display().to_string(),
             live_key.display().to_string()
         ),

@@ -47,6 +47,9 @@ def ws_gateway(gateway_factory, tmp_path):
     ca, cert, key = make_certs(tmp_path)
     ws_port, wss_port = free_port(), free_port()
     config = f"""
+[auth]
+allow_anonymous = true
+
 [[listeners]]
 kind = "ws"
 bind = "127.0.0.1:{ws_port}"
