@@ -164,7 +164,7 @@ async fn anonymous_is_allowed_on_loopback_without_a_password_file_or_when_config
     );
 }
 
-/// Median times of `n` refused logins of each user, interleaved so that whatever else the machine
+/// Fastest times of `n` refused logins of each user, interleaved so that whatever else the machine
 /// does at the time weighs on both alike.
 async fn refused_login_times(
     addr: std::net::SocketAddr,
@@ -182,10 +182,9 @@ async fn refused_login_times(
             times.push(t.elapsed());
         }
     }
-    times.map(|mut t| {
-        t.sort();
-        t[n / 2]
-    })
+    // The fastest sample of each: load from elsewhere on the machine only ever adds time, so
+    // the minimum is the cost of the refusal itself.
+    times.map(|t| t.into_iter().min().unwrap_or_default())
 }
 
 #[tokio::test]
