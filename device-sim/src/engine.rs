@@ -7,7 +7,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 use crate::codec::ConnectOptions;
 use crate::scenario::{Settings, Who};
 use crate::stats::{Snapshot, Stats};
+use crate::timer::Timers;
 use crate::verify::Tracker;
 use crate::{device, subscriber};
 
@@ -60,12 +60,10 @@ pub struct Ctx {
     wake: Notify,
     disconnect_epoch: AtomicU32,
     live_tasks: AtomicUsize,
-    /// The first device number of the slice: `parked[id - first_device]` is device `id`'s.
-    first_device: u64,
-    /// Each device task's waker, registered once (a task's waker does not change): phase
-    /// changes and the disconnect event wake devices through it, which costs an idle device
-    /// 16 bytes here instead of a `Notified` future (~70 bytes) in its task.
-    parked: Mutex<Vec<Option<Waker>>>,
+    /// The devices' deadlines and wakers: phase changes and the disconnect event wake devices
+    /// through them too, which costs an idle device a 16-byte waker slot instead of a
+    /// `Notified` future (~70 bytes) in its task.
+    timers: Timers,
 }
 
 impl Ctx {
@@ -87,25 +85,12 @@ impl Ctx {
     /// taken, so a device either sees it or is registered and gets woken.
     fn wake_all(&self) {
         self.wake.notify_waiters();
-        for waker in self.parked.lock().iter().flatten() {
-            waker.wake_by_ref();
-        }
+        self.timers.wake_all();
     }
 
-    /// Registers device `id`'s task waker for [`Ctx::signal`] changes.
-    pub fn park(&self, id: u64, waker: &Waker) {
-        let index = id.wrapping_sub(self.first_device);
-        if let Some(slot) = self.parked.lock().get_mut(index as usize) {
-            *slot = Some(waker.clone());
-        }
-    }
-
-    /// Forgets device `id`'s waker (its task ends).
-    pub fn unpark(&self, id: u64) {
-        let index = id.wrapping_sub(self.first_device);
-        if let Some(slot) = self.parked.lock().get_mut(index as usize) {
-            *slot = None;
-        }
+    /// Where a device registers its waker (for [`Ctx::signal`] changes) and its deadlines.
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     /// Changes on every phase change and disconnect event: what parked devices are woken for.
@@ -229,11 +214,7 @@ impl Engine {
                 wake: Notify::new(),
                 disconnect_epoch: AtomicU32::new(0),
                 live_tasks: AtomicUsize::new(0),
-                first_device: slice.devices.start,
-                parked: Mutex::new(vec![
-                    None;
-                    (slice.devices.end - slice.devices.start) as usize
-                ]),
+                timers: Timers::new(slice.devices.clone()),
             }),
             slice,
         }
@@ -288,6 +269,10 @@ impl Engine {
         let ctx = &self.ctx;
         let settings = &ctx.settings;
         ctx.set_phase(Phase::Publishing);
+        let timers = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.timers.drive().await }
+        });
         let start = Instant::now();
         tokio::spawn(pace(
             ctx.clone(),
@@ -330,6 +315,7 @@ impl Engine {
         // now; who was connected comes from before the stop.
         let closed = self.snapshot();
         last.unacked = closed.unacked;
+        timers.abort();
         last
     }
 }

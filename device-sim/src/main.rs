@@ -14,6 +14,7 @@ mod run;
 mod scenario;
 mod stats;
 mod subscriber;
+mod timer;
 mod verify;
 mod workers;
 
