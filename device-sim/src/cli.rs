@@ -55,9 +55,15 @@ pub struct RunArgs {
     /// `{seq}`, `{ts}`, `{rand:MIN..MAX}` and `{randint:MIN..MAX}`.
     #[arg(long, value_name = "SIZE|JSON")]
     pub payload: Option<String>,
-    /// Time between two messages of one device; 0 means the devices only keep alive.
+    /// Time between two messages of one device; 0 means the devices only keep alive (with
+    /// `--window`: publish whenever the window has room).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub publish_interval: Option<Duration>,
+    /// Closed loop: each device keeps at most N messages outstanding (QoS 1/2: not yet
+    /// acknowledged; QoS 0: not yet seen by the subscribers, which must run in the devices'
+    /// process) and, with `--publish-interval 0`, sends the next as soon as one completes.
+    #[arg(long, value_name = "N")]
+    pub window: Option<u32>,
     /// Each interval varies uniformly by up to plus or minus this much.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub jitter: Option<Duration>,

@@ -24,10 +24,11 @@ use crate::payload::Stamp;
 use crate::scenario::{render, Who};
 use crate::stats::micros;
 use crate::timer::{ms, ms_of, now_ms, NEVER};
+use crate::window::QOS0_STALL;
 
 /// Unacknowledged messages per device before further ones are skipped (and counted): a
 /// broker that stops acknowledging must not make the simulator grow without bound.
-const MAX_INFLIGHT: usize = 64;
+pub const MAX_INFLIGHT: usize = 64;
 /// How long a device leaving in the disconnect event waits for its acknowledgements.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
@@ -112,7 +113,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                 });
                 // When the disconnect event's grace ends for this device, or NEVER.
                 let mut leaving = NEVER;
-                let outcome = loop {
+                let outcome = 'connected: loop {
                     // Read before the checks: any change after it wakes the wait below.
                     let seen = ctx.signal();
                     if ctx.stopping() {
@@ -133,6 +134,34 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                     if publishing {
                         deadline = deadline.min(next_publish);
                     }
+                    if publishing && ctx.settings.closed_loop() {
+                        // Fill the window; a completion (a PUBACK read below, or a subscriber's
+                        // wake at QoS 0) brings the device back here.
+                        let window = ctx.settings.window;
+                        let mut burst = 0;
+                        while burst < window && device.window_room(&ctx, id) {
+                            if let Err(reason) = device.publish(&ctx, &mut conn, id) {
+                                break 'connected device.dropped(&ctx, reason);
+                            }
+                            burst += 1;
+                        }
+                        if burst > 0 {
+                            last_sent = now_ms();
+                        }
+                        if burst == window {
+                            // The window may still have room: let other tasks run first.
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        if let (0, Some(seen)) = (ctx.settings.qos, ctx.seen()) {
+                            let stalled = last_sent.saturating_add(ms_of(QOS0_STALL));
+                            if now_ms() >= stalled {
+                                seen.write_off(id, u64::from(device.seq));
+                                continue;
+                            }
+                            deadline = deadline.min(stalled);
+                        }
+                    }
                     if conn.has_buffered() {
                         let leftover = conn.read(ctx.settings.protocol, |packet, reply| {
                             device.on_packet(&ctx, packet, reply)
@@ -149,6 +178,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         seen,
                         read: !conn.has_buffered(),
                         write: conn.has_pending(),
+                        polled: false,
                     }
                     .await;
                     match event {
@@ -241,6 +271,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                     seen,
                     read: false,
                     write: false,
+                    polled: false,
                 }
                 .await;
                 if let Event::Timer = event {
@@ -287,7 +318,8 @@ enum Event {
 }
 
 /// Waits for the first of: a change of [`Ctx::signal`] from `seen` (the task's waker is
-/// registered with the process's timers), socket readiness, the deadline. Polls readiness
+/// registered with the process's timers), socket readiness, the deadline, any other wake of
+/// the task (a subscriber's, when a closed-loop window opens at QoS 0). Polls readiness
 /// directly (the socket keeps the waker) instead of holding `readable()`/`writable()` futures,
 /// which would add ~300 bytes to every idle device.
 struct Wait<'a> {
@@ -301,6 +333,7 @@ struct Wait<'a> {
     read: bool,
     /// Wait for writing (only with unsent bytes).
     write: bool,
+    polled: bool,
 }
 
 impl Future for Wait<'_> {
@@ -326,6 +359,10 @@ impl Future for Wait<'_> {
         if now_ms() >= this.deadline {
             return Poll::Ready(Event::Timer);
         }
+        if this.polled {
+            return Poll::Ready(Event::Woken);
+        }
+        this.polled = true;
         this.ctx.timers().arm(this.id, this.deadline);
         Poll::Pending
     }
@@ -349,7 +386,7 @@ impl Device {
         let settings = &ctx.settings;
         let (target_index, _, _) = ctx.device_route(id);
         let qos = settings.qos;
-        if qos > 0 && self.inflight.as_ref().map_or(0, |q| q.len()) >= MAX_INFLIGHT {
+        if !self.window_room(ctx, id) {
             ctx.stats.skipped.fetch_add(1, Relaxed);
             return Ok(());
         }
@@ -378,6 +415,22 @@ impl Device {
                 .push_back((pkid, Instant::now()));
         }
         Ok(())
+    }
+
+    /// Whether another message may go out: fewer unacknowledged than the window (or than
+    /// [`MAX_INFLIGHT`]) at QoS 1/2, fewer unseen than the window at QoS 0 in a closed loop.
+    fn window_room(&self, ctx: &Ctx, id: u64) -> bool {
+        let window = ctx.settings.window;
+        if ctx.settings.qos > 0 {
+            let limit = if window > 0 {
+                window as usize
+            } else {
+                MAX_INFLIGHT
+            };
+            return self.inflight.as_ref().map_or(0, |q| q.len()) < limit;
+        }
+        ctx.seen()
+            .map_or(true, |seen| seen.room(id, u64::from(self.seq), window))
     }
 
     fn on_packet(

@@ -19,6 +19,7 @@ use crate::scenario::{Settings, Who};
 use crate::stats::{Snapshot, Stats};
 use crate::timer::Timers;
 use crate::verify::Tracker;
+use crate::window::Seen;
 use crate::{device, subscriber};
 
 /// How long stopping connections get to send DISCONNECT and close.
@@ -64,6 +65,8 @@ pub struct Ctx {
     /// through them too, which costs an idle device a 16-byte waker slot instead of a
     /// `Notified` future (~70 bytes) in its task.
     timers: Timers,
+    /// Closed-loop completions at QoS 0; absent otherwise.
+    seen: Option<Seen>,
 }
 
 impl Ctx {
@@ -91,6 +94,12 @@ impl Ctx {
     /// Where a device registers its waker (for [`Ctx::signal`] changes) and its deadlines.
     pub fn timers(&self) -> &Timers {
         &self.timers
+    }
+
+    /// Where subscribers report what they see and devices find their QoS 0 window, when a
+    /// closed-loop run publishes at QoS 0.
+    pub fn seen(&self) -> Option<&Seen> {
+        self.seen.as_ref()
     }
 
     /// Changes on every phase change and disconnect event: what parked devices are woken for.
@@ -205,6 +214,14 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: Settings, slice: Slice, run_start_us: u64) -> Engine {
         let targets = settings.targets.len();
+        let devices = slice.devices.end - slice.devices.start;
+        let seen = (settings.window > 0 && settings.qos == 0).then(|| {
+            let copies = match settings.share_group {
+                Some(_) => 1,
+                None => u64::from(slice.subscribers.end - slice.subscribers.start),
+            };
+            Seen::new(slice.devices.start, devices, copies)
+        });
         Engine {
             ctx: Arc::new(Ctx {
                 settings,
@@ -215,6 +232,7 @@ impl Engine {
                 disconnect_epoch: AtomicU32::new(0),
                 live_tasks: AtomicUsize::new(0),
                 timers: Timers::new(slice.devices.clone()),
+                seen,
             }),
             slice,
         }

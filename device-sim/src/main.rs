@@ -16,6 +16,7 @@ mod stats;
 mod subscriber;
 mod timer;
 mod verify;
+mod window;
 mod workers;
 
 use std::process::ExitCode;

@@ -12,6 +12,11 @@ pub const FD_RESERVE: u64 = 256;
 pub enum PlanError {
     #[error("a process may hold {0} connections; at least 1 is needed")]
     NoRoom(u64),
+    #[error(
+        "window at QoS 0 completes messages through the subscribers of the devices' process, \
+         but {0} devices and subscribers need {1} processes"
+    )]
+    WindowAcrossProcesses(u64, u64),
 }
 
 /// Raises the soft open-file limit to the hard one and returns the limit now in force.
@@ -51,6 +56,12 @@ pub fn split(settings: &Settings, capacity: u64) -> Result<Vec<Slice>, PlanError
     let devices = settings.devices;
     let subscribers = u64::from(settings.subscribers);
     let processes = (devices + subscribers).div_ceil(capacity).max(1);
+    if settings.window > 0 && settings.qos == 0 && processes > 1 {
+        return Err(PlanError::WindowAcrossProcesses(
+            devices + subscribers,
+            processes,
+        ));
+    }
     let share = |total: u64, i: u64| total * i / processes;
     Ok((0..processes)
         .map(|i| Slice {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::RunArgs;
+use crate::device::MAX_INFLIGHT;
 use crate::payload::{Payload, PayloadError};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,7 @@ struct ScenarioFile {
     topic: Option<String>,
     payload: Option<PayloadValue>,
     publish_interval: Option<String>,
+    window: Option<u32>,
     jitter: Option<String>,
     qos: Option<u8>,
     protocol: Option<String>,
@@ -100,6 +102,13 @@ pub enum Protocol {
     V5,
 }
 
+impl Settings {
+    /// Devices publish whenever their window has room, not on an interval.
+    pub fn closed_loop(&self) -> bool {
+        self.window > 0 && self.publish_interval.is_none()
+    }
+}
+
 impl Protocol {
     pub fn label(self) -> &'static str {
         match self {
@@ -129,6 +138,8 @@ pub struct Settings {
     pub topic: String,
     pub payload: Payload,
     pub publish_interval: Option<Duration>,
+    /// Closed-loop window (see `window`); 0 when off.
+    pub window: u32,
     pub jitter: Duration,
     pub qos: u8,
     pub protocol: Protocol,
@@ -300,6 +311,14 @@ impl Settings {
         if qos > 2 {
             return Err(invalid("qos", qos, "0, 1 or 2"));
         }
+        let window = args.window.or(file.window).unwrap_or(0);
+        if window as usize > MAX_INFLIGHT {
+            return Err(invalid(
+                "window",
+                window,
+                "at most 64, a device's in-flight bound",
+            ));
+        }
         let protocol = match args
             .protocol
             .as_deref()
@@ -397,6 +416,7 @@ impl Settings {
             topic,
             payload,
             publish_interval,
+            window,
             jitter,
             qos,
             protocol,

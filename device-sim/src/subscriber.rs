@@ -229,6 +229,9 @@ impl Subscriber {
                 return;
             }
         }
+        if let Some(seen) = ctx.seen() {
+            seen.seen(stamp.device, ctx.timers());
+        }
         let latency = now_us().saturating_sub(stamp.sent_us);
         stats.hists.lock().latency.saturating_record(latency.max(1));
     }

@@ -97,6 +97,13 @@ impl Timers {
         }
     }
 
+    /// Wakes device `id` now.
+    pub fn wake(&self, id: u64) {
+        if let Some(Some(waker)) = self.inner.lock().wakers.get(self.index(id)) {
+            waker.wake_by_ref();
+        }
+    }
+
     /// Wakes every registered device.
     pub fn wake_all(&self) {
         for waker in self.inner.lock().wakers.iter().flatten() {
