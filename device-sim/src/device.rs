@@ -24,7 +24,7 @@ use crate::payload::Stamp;
 use crate::scenario::{render, Who};
 use crate::stats::micros;
 use crate::timer::{ms, ms_of, now_ms, NEVER};
-use crate::window::QOS0_STALL;
+use crate::window::STALL;
 
 /// Unacknowledged messages per device before further ones are skipped (and counted): a
 /// broker that stops acknowledging must not make the simulator grow without bound.
@@ -105,7 +105,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         }
                     }
                 };
-                ctx.stats.devices_connected.fetch_add(1, Relaxed);
+                ctx.device_connected();
                 let mut last_sent = ms(Instant::now());
                 // A random phase within the interval spreads the fleet's messages evenly.
                 let mut next_publish = ctx.settings.publish_interval.map_or(NEVER, |i| {
@@ -153,8 +153,8 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                             tokio::task::yield_now().await;
                             continue;
                         }
-                        if let (0, Some(seen)) = (ctx.settings.qos, ctx.seen()) {
-                            let stalled = last_sent.saturating_add(ms_of(QOS0_STALL));
+                        if let Some(seen) = ctx.seen() {
+                            let stalled = last_sent.saturating_add(ms_of(STALL));
                             if now_ms() >= stalled {
                                 seen.write_off(id, u64::from(device.seq));
                                 continue;
@@ -216,7 +216,15 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                                 }
                                 last_sent = now;
                                 next_publish = ctx.settings.publish_interval.map_or(NEVER, |i| {
-                                    now.saturating_add(ms_of(jittered(i, ctx.settings.jitter)))
+                                    // From the due time, not from now: wake-up lateness (up to
+                                    // a timer tick) must not lower the rate. A device more
+                                    // than an interval behind starts afresh from now.
+                                    let due = if now - next_publish > ms_of(i) {
+                                        now
+                                    } else {
+                                        next_publish
+                                    };
+                                    due.saturating_add(ms_of(jittered(i, ctx.settings.jitter)))
                                 });
                             }
                             if now >= last_sent.saturating_add(keep_alive(&ctx)) {
@@ -417,8 +425,9 @@ impl Device {
         Ok(())
     }
 
-    /// Whether another message may go out: fewer unacknowledged than the window (or than
-    /// [`MAX_INFLIGHT`]) at QoS 1/2, fewer unseen than the window at QoS 0 in a closed loop.
+    /// Whether another message may go out: at QoS 1/2 fewer unacknowledged than the window
+    /// (or than [`MAX_INFLIGHT`]), and, in a one-process closed loop, fewer than the window not
+    /// yet seen by the subscribers.
     fn window_room(&self, ctx: &Ctx, id: u64) -> bool {
         let window = ctx.settings.window;
         if ctx.settings.qos > 0 {
@@ -427,7 +436,9 @@ impl Device {
             } else {
                 MAX_INFLIGHT
             };
-            return self.inflight.as_ref().map_or(0, |q| q.len()) < limit;
+            if self.inflight.as_ref().map_or(0, |q| q.len()) >= limit {
+                return false;
+            }
         }
         ctx.seen()
             .map_or(true, |seen| seen.room(id, u64::from(self.seq), window))

@@ -61,11 +61,13 @@ pub struct Ctx {
     wake: Notify,
     disconnect_epoch: AtomicU32,
     live_tasks: AtomicUsize,
+    /// Devices in this process's slice.
+    devices: u64,
     /// The devices' deadlines and wakers: phase changes and the disconnect event wake devices
     /// through them too, which costs an idle device a 16-byte waker slot instead of a
     /// `Notified` future (~70 bytes) in its task.
     timers: Timers,
-    /// Closed-loop completions at QoS 0; absent otherwise.
+    /// Closed-loop completions seen by the subscribers, in a one-process closed-loop run.
     seen: Option<Seen>,
 }
 
@@ -96,8 +98,8 @@ impl Ctx {
         &self.timers
     }
 
-    /// Where subscribers report what they see and devices find their QoS 0 window, when a
-    /// closed-loop run publishes at QoS 0.
+    /// Where subscribers report what they see and devices find their window, in a one-process
+    /// closed-loop run.
     pub fn seen(&self) -> Option<&Seen> {
         self.seen.as_ref()
     }
@@ -201,6 +203,15 @@ impl Ctx {
         }
     }
 
+    /// Counts a device's new connection; the moment the whole slice is connected again after
+    /// the disconnect event is the storm's end.
+    pub fn device_connected(&self) {
+        let connected = self.stats.devices_connected.fetch_add(1, Relaxed) + 1;
+        if connected as u64 == self.devices && self.stats.event_at_us.load(Relaxed) > 0 {
+            self.stats.back_at_us.store(now_us(), Relaxed);
+        }
+    }
+
     pub fn task_done(&self) {
         self.live_tasks.fetch_sub(1, Relaxed);
     }
@@ -215,11 +226,14 @@ impl Engine {
     pub fn new(settings: Settings, slice: Slice, run_start_us: u64) -> Engine {
         let targets = settings.targets.len();
         let devices = slice.devices.end - slice.devices.start;
-        let seen = (settings.window > 0 && settings.qos == 0).then(|| {
-            let copies = match settings.share_group {
-                Some(_) => 1,
-                None => u64::from(slice.subscribers.end - slice.subscribers.start),
-            };
+        // Every subscriber in this process: they see every device's messages that reach them.
+        let whole_run = devices == settings.devices
+            && u64::from(slice.subscribers.end - slice.subscribers.start)
+                == u64::from(settings.subscribers);
+        let seen = (settings.window > 0 && whole_run).then(|| {
+            let copies = (0..targets)
+                .map(|t| settings.deliveries_per_message(t))
+                .collect();
             Seen::new(slice.devices.start, devices, copies)
         });
         Engine {
@@ -231,6 +245,7 @@ impl Engine {
                 wake: Notify::new(),
                 disconnect_epoch: AtomicU32::new(0),
                 live_tasks: AtomicUsize::new(0),
+                devices,
                 timers: Timers::new(slice.devices.clone()),
                 seen,
             }),
@@ -308,6 +323,7 @@ impl Engine {
                 _ = ticker.tick() => report(self.snapshot()),
                 _ = tokio::time::sleep_until(event_at.unwrap_or(end)), if event_pending => {
                     event_pending = false;
+                    ctx.stats.event_at_us.store(now_us(), Relaxed);
                     ctx.disconnect_epoch.fetch_add(1, Relaxed);
                     ctx.wake_all();
                 }

@@ -59,9 +59,12 @@ pub struct Report {
     pub connect_failures: u64,
     pub connect_failures_by_reason: BTreeMap<String, u64>,
     pub disconnects_by_reason: BTreeMap<String, u64>,
+    /// From the disconnect event until every device was connected again; absent without an
+    /// event or when the fleet was not all back by the end.
+    pub reconnect_all_back_ms: Option<f64>,
     pub messages_published: u64,
     /// QoS 1/2 messages acknowledged (PUBACK / PUBCOMP), unacknowledged at the end, skipped
-    /// because 64 were already unacknowledged.
+    /// because the device's window (or its bound of 64) was full.
     pub messages_acked: u64,
     pub messages_unacked: u64,
     pub messages_skipped: u64,
@@ -114,6 +117,7 @@ impl Report {
             connect_failures: s.connect_failures_total(),
             connect_failures_by_reason: s.connect_failures.clone(),
             disconnects_by_reason: s.disconnects.clone(),
+            reconnect_all_back_ms: s.all_back_ms,
             messages_published: s.published_total(),
             messages_acked: s.acked,
             messages_unacked: s.unacked,
@@ -183,6 +187,9 @@ impl Report {
             ),
         );
         row(&mut t, "disconnects", reasons(&self.disconnects_by_reason));
+        if let Some(ms) = self.reconnect_all_back_ms {
+            row(&mut t, "all back after event", format!("{ms:.1} ms"));
+        }
         row(
             &mut t,
             "published",

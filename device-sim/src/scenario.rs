@@ -408,7 +408,7 @@ impl Settings {
                 "backoff_min > 0 and backoff_max >= backoff_min",
             ));
         }
-        Ok(Settings {
+        let settings = Settings {
             targets,
             devices,
             connect_rate,
@@ -437,7 +437,19 @@ impl Settings {
             disconnect,
             backoff_min,
             backoff_max,
-        })
+        };
+        // At QoS 0 only the subscribers can complete a message.
+        if settings.window > 0
+            && settings.qos == 0
+            && (0..settings.targets.len()).any(|t| settings.deliveries_per_message(t) == 0)
+        {
+            return Err(invalid(
+                "window",
+                settings.window,
+                "at QoS 0 needs a subscriber seeing every target",
+            ));
+        }
+        Ok(settings)
     }
 
     /// Subscribers that receive one message of a device on `target` (none, one per group,
@@ -527,5 +539,23 @@ mod tests {
         };
         let err = Settings::resolve(&bad).expect_err("rejected");
         assert!(err.to_string().contains("client_id"), "{err}");
+    }
+
+    #[test]
+    fn a_window_is_bounded_and_at_qos0_needs_a_subscriber() {
+        let window = |window, qos, subscribers| {
+            Settings::resolve(&RunArgs {
+                window: Some(window),
+                qos: Some(qos),
+                subscribers: Some(subscribers),
+                ..RunArgs::default()
+            })
+        };
+        assert_eq!(window(64, 1, 0).expect("valid").window, 64);
+        assert!(window(10, 0, 1).is_ok());
+        for (w, q, s) in [(65, 1, 1), (10, 0, 0)] {
+            let err = window(w, q, s).expect_err("rejected");
+            assert!(err.to_string().contains("window"), "{err}");
+        }
     }
 }

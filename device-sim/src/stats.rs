@@ -45,6 +45,10 @@ pub struct Stats {
     pub stale: AtomicU64,
     pub foreign: AtomicU64,
     pub open_gaps: AtomicU64,
+    /// When the disconnect event struck (µs since the epoch), 0 before.
+    pub event_at_us: AtomicU64,
+    /// The last time after the event at which every device of the process was connected.
+    pub back_at_us: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     disconnects: Mutex<BTreeMap<String, u64>>,
     pub hists: Mutex<Hists>,
@@ -67,6 +71,8 @@ impl Stats {
             stale: AtomicU64::new(0),
             foreign: AtomicU64::new(0),
             open_gaps: AtomicU64::new(0),
+            event_at_us: AtomicU64::new(0),
+            back_at_us: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             disconnects: Mutex::new(BTreeMap::new()),
             hists: Mutex::new(Hists {
@@ -110,6 +116,11 @@ impl Stats {
             stale: self.stale.load(Relaxed),
             foreign: self.foreign.load(Relaxed),
             open_gaps: self.open_gaps.load(Relaxed),
+            all_back_ms: {
+                let event = self.event_at_us.load(Relaxed);
+                let back = self.back_at_us.load(Relaxed);
+                (event > 0 && back >= event).then(|| (back - event) as f64 / 1000.0)
+            },
             latency: hists.latency.clone(),
             connect: hists.connect.clone(),
             puback: hists.puback.clone(),
@@ -138,6 +149,9 @@ pub struct Snapshot {
     pub stale: u64,
     pub foreign: u64,
     pub open_gaps: u64,
+    /// From the disconnect event until every device was connected again (the latest such
+    /// moment), when it has happened.
+    pub all_back_ms: Option<f64>,
     #[serde(with = "histogram_b64")]
     pub latency: Histogram<u64>,
     #[serde(with = "histogram_b64")]
@@ -152,6 +166,16 @@ impl Snapshot {
     }
 
     pub fn merge(&mut self, other: &Snapshot) {
+        // The fleet is back when the last process's devices are; a process without devices
+        // has no say, one whose devices are not all back yet keeps the fleet's figure open.
+        if self.devices_target == 0 {
+            self.all_back_ms = other.all_back_ms;
+        } else if other.devices_target > 0 {
+            self.all_back_ms = match (self.all_back_ms, other.all_back_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
         self.devices_target += other.devices_target;
         self.devices_connected += other.devices_connected;
         self.subscribers_target += other.subscribers_target;

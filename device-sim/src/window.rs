@@ -1,38 +1,48 @@
 //! Closed-loop publishing (`--window N`): a device keeps at most N messages outstanding and,
 //! without a publish interval, sends the next as soon as one completes, so the rate measured is
-//! what the broker sustains rather than what it can buffer. At QoS 1 and 2 a message completes
-//! with its PUBACK or PUBCOMP (the device's own in-flight list); at QoS 0 the broker
-//! acknowledges nothing, so a message completes when this process's subscribers have seen it,
-//! which this module counts per device and reports back to the device's task.
+//! what the broker sustains rather than what it can buffer. When the run's subscribers share
+//! the devices' process, a message completes when they have all seen it (and, at QoS 1 and 2,
+//! it is acknowledged): a broker that acknowledges at once but delivers slowly would otherwise
+//! only fill its queues. This module counts, per device, the copies the subscribers have seen
+//! and wakes the device's task when its window opens. Across processes, QoS 1 and 2 fall back
+//! to the acknowledgement alone; QoS 0 has nothing else, so it needs one process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::timer::Timers;
 
-/// At QoS 0, a device whose window stays full this long writes its outstanding messages off
-/// (the verifier counts them as lost if they never arrive) rather than stall for the run.
-pub const QOS0_STALL: Duration = Duration::from_secs(1);
+/// A device whose window stays full this long writes its unseen messages off (the verifier
+/// counts them as lost if they never arrive) rather than stall for the rest of the run.
+pub const STALL: Duration = Duration::from_secs(1);
 
 /// Set in a device's counter while its task waits for a completion.
 const WAITING: u64 = 1 << 63;
 
-/// The QoS 0 feedback: per device of the process, the copies its subscribers have seen.
+/// The subscribers' feedback: per device, the copies of its messages they have seen.
 pub struct Seen {
     first: u64,
-    /// Copies of each message the process's subscribers see (one per plain subscriber, one
-    /// for a `$share` group).
-    copies: u64,
+    /// Per target, the copies of one message the subscribers see (one per plain subscriber on
+    /// that broker, one for a `$share` group); 0 where no subscriber sees the target.
+    copies: Vec<u64>,
     counts: Vec<AtomicU64>,
 }
 
 impl Seen {
-    pub fn new(first: u64, devices: u64, copies: u64) -> Seen {
+    pub fn new(first: u64, devices: u64, copies: Vec<u64>) -> Seen {
         Seen {
             first,
-            copies: copies.max(1),
+            copies,
             counts: (0..devices).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    fn copies(&self, id: u64) -> u64 {
+        let targets = self.copies.len().max(1) as u64;
+        self.copies
+            .get((id % targets) as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn counter(&self, id: u64) -> Option<&AtomicU64> {
@@ -40,12 +50,17 @@ impl Seen {
             .get(usize::try_from(id.wrapping_sub(self.first)).ok()?)
     }
 
-    /// Messages of device `id` that are sent but not yet completed.
+    /// Messages of device `id` that are sent but not yet seen by every subscriber meant to see
+    /// them (none when no subscriber sees its target).
     pub fn outstanding(&self, id: u64, sent: u64) -> u64 {
+        let copies = self.copies(id);
+        if copies == 0 {
+            return 0;
+        }
         let seen = self
             .counter(id)
             .map_or(0, |c| c.load(Ordering::Acquire) & !WAITING);
-        sent.saturating_sub(seen / self.copies)
+        sent.saturating_sub(seen / copies)
     }
 
     /// Whether device `id` may send another message with `sent` sent so far; when it may not,
@@ -72,12 +87,12 @@ impl Seen {
         }
     }
 
-    /// Counts every message of device `id` sent so far as completed (see [`QOS0_STALL`]).
+    /// Counts every message of device `id` sent so far as completed (see [`STALL`]).
     pub fn write_off(&self, id: u64, sent: u64) {
         let Some(counter) = self.counter(id) else {
             return;
         };
-        let all = sent.saturating_mul(self.copies) & !WAITING;
+        let all = sent.saturating_mul(self.copies(id)) & !WAITING;
         // Infallible: the closure always returns a value.
         let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
             Some((count & WAITING) | (count & !WAITING).max(all))
@@ -92,7 +107,7 @@ mod tests {
     #[test]
     fn a_message_completes_when_every_copy_is_seen() {
         let timers = Timers::new(5..7);
-        let seen = Seen::new(5, 2, 2);
+        let seen = Seen::new(5, 2, vec![2]);
         assert!(seen.room(5, 1, 2));
         assert!(!seen.room(5, 2, 2));
         seen.seen(5, &timers);
@@ -109,11 +124,23 @@ mod tests {
     #[test]
     fn a_write_off_opens_the_window_and_late_copies_do_not_close_it() {
         let timers = Timers::new(0..1);
-        let seen = Seen::new(0, 1, 1);
+        let seen = Seen::new(0, 1, vec![1]);
         assert!(!seen.room(0, 3, 3));
         seen.write_off(0, 3);
         assert!(seen.room(0, 3, 3));
         seen.seen(0, &timers);
         assert_eq!(seen.outstanding(0, 4), 0);
+    }
+
+    #[test]
+    fn copies_follow_the_device_target() {
+        let timers = Timers::new(0..2);
+        // Device 0 is on target 0 (seen by two subscribers), device 1 on target 1 (by none).
+        let seen = Seen::new(0, 2, vec![2, 0]);
+        seen.seen(0, &timers);
+        assert_eq!(seen.outstanding(0, 1), 1);
+        seen.seen(0, &timers);
+        assert_eq!(seen.outstanding(0, 1), 0);
+        assert_eq!(seen.outstanding(1, 5), 0);
     }
 }
