@@ -234,8 +234,27 @@ impl Report {
     }
 
     /// The thresholds this run broke, for a non-zero exit.
-    pub fn violations(&self, max_loss: Option<u64>, max_p99: Option<Duration>) -> Vec<String> {
+    /// What makes the run fail: the limits given, and, when nothing was meant to take devices
+    /// or subscribers offline (`expect_connected`), any of them not connected at the end.
+    pub fn violations(
+        &self,
+        max_loss: Option<u64>,
+        max_p99: Option<Duration>,
+        expect_connected: bool,
+    ) -> Vec<String> {
         let mut out = Vec::new();
+        if expect_connected && self.devices_connected < self.devices_target {
+            out.push(format!(
+                "{} of {} devices connected at the end",
+                self.devices_connected, self.devices_target
+            ));
+        }
+        if expect_connected && self.subscribers_connected < self.subscribers_target {
+            out.push(format!(
+                "{} of {} subscribers connected at the end",
+                self.subscribers_connected, self.subscribers_target
+            ));
+        }
         if let Some(limit) = max_loss {
             if self.lost > limit {
                 out.push(format!(
@@ -292,10 +311,12 @@ mod tests {
         let r = Report::build(&settings, &stats.snapshot(5, 3), 1, Duration::from_secs(1));
         assert_eq!(r.messages_expected, 30);
         assert_eq!(r.lost, 3);
-        let violations = r.violations(Some(2), None);
+        let violations = r.violations(Some(2), None, false);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(r
-            .violations(Some(3), Some(Duration::from_secs(1)))
+            .violations(Some(3), Some(Duration::from_secs(1)), false)
             .is_empty());
+        // None of the 5 devices and 3 subscribers is connected.
+        assert_eq!(r.violations(None, None, true).len(), 2);
     }
 }
