@@ -48,6 +48,9 @@ pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub stage: Stage,
+    /// Which packet id allocation of the session this was (wrapping): tells whether an entry is
+    /// old enough to hold the id being allocated (see `State::allocate_packet_id`).
+    serial: u32,
 }
 
 /// A subscription as the session remembers it, to replay, list or remove it.
@@ -102,11 +105,15 @@ pub enum Kick {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Delivery>,
-    inflight: Vec<Inflight>,
+    /// In allocation order, oldest first: acknowledgements mostly come in that order, so the
+    /// entry they end is found at the front and removed there.
+    inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not come.
     incoming_qos2: Vec<u16>,
     subscriptions: Vec<SubscriptionRecord>,
     next_packet_id: u16,
+    /// Packet id allocations so far (wrapping).
+    allocations: u32,
     expiry_interval: u32,
     /// Deliveries of retained messages after a SUBSCRIBE, fed into the window in slices.
     retained_backlog: VecDeque<Delivery>,
@@ -329,10 +336,12 @@ impl Session {
                 } else {
                     Stage::PubRec
                 };
-                st.inflight.push(Inflight {
+                let serial = st.allocations;
+                st.inflight.push_back(Inflight {
                     packet_id: id,
                     delivery: d.clone(),
                     stage,
+                    serial,
                 });
                 id
             };
@@ -511,11 +520,20 @@ impl Session {
 }
 
 impl State {
+    /// The next free packet id. Ids go round 1..=65535, so an id can only still be in flight
+    /// from an allocation at least 65,535 allocations ago; the oldest entry is at the front, and
+    /// only when it is that old is the window searched (otherwise every allocation would scan
+    /// the whole window, which is quadratic in a large one).
     fn allocate_packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            self.allocations = self.allocations.wrapping_add(1);
+            let allocations = self.allocations;
+            let stale = self.inflight.front().is_some_and(|oldest| {
+                allocations.wrapping_sub(oldest.serial) >= u32::from(u16::MAX)
+            });
+            if !stale || !self.inflight.iter().any(|i| i.packet_id == id) {
                 return id;
             }
         }
@@ -606,6 +624,34 @@ mod tests {
         s.inflight_for_resend(&mut resend);
         assert_eq!(resend.len(), 2);
         assert!(resend.iter().all(|o| o.dup));
+    }
+
+    #[test]
+    fn a_packet_id_still_in_flight_after_a_full_round_is_skipped() {
+        let s = Session::new(1, ByteString::from_static("c"));
+        s.set_online(true);
+        let limits = QueueLimits {
+            max_queued: 10,
+            queue_qos0_offline: false,
+        };
+        let mut out = Vec::new();
+        s.enqueue(delivery(QoS::AtLeastOnce), limits);
+        s.take_ready(Instant::now(), 2, 1, &mut out);
+        let stuck = out[0].packet_id;
+        // 65,534 more deliveries, each acknowledged at once: every other id goes round.
+        for _ in 1..u16::MAX {
+            out.clear();
+            s.enqueue(delivery(QoS::AtLeastOnce), limits);
+            s.take_ready(Instant::now(), 2, 1, &mut out);
+            assert_ne!(out[0].packet_id, stuck);
+            assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
+        }
+        out.clear();
+        s.enqueue(delivery(QoS::AtLeastOnce), limits);
+        s.take_ready(Instant::now(), 2, 1, &mut out);
+        assert_eq!(out[0].packet_id, stuck.wrapping_add(1));
+        assert_eq!(s.inflight_len(), 2);
+        assert!(s.acknowledge(stuck, Stage::PubAck));
     }
 
     #[test]
