@@ -49,5 +49,7 @@ async fn mosquitto_keeps_messages_for_offline_persistent_subscribers() {
         run.report
     );
     assert_eq!(run.n("lost"), 0, "{}\n{}", run.report, run.stderr);
-    assert_eq!(run.n("duplicates"), 0, "{}", run.report);
+    // QoS 1 is at least once: what was in flight to the subscriber when it left comes again
+    // (DUP) when it is back, at most Mosquitto's window (max_inflight_messages, 20 by default).
+    assert!(run.n("duplicates") <= 20, "{}", run.report);
 }
