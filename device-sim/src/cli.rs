@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// New connections per second across the whole fleet.
     #[arg(long, value_name = "PER_SEC")]
     pub connect_rate: Option<f64>,
+    /// At most N first handshakes (TCP connect to CONNACK) in flight across the fleet, on top
+    /// of the rate; 0 for no bound.
+    #[arg(long, value_name = "N")]
+    pub connect_window: Option<u32>,
     /// Client identifier template; `{id}` is the device number.
     #[arg(long, value_name = "TEMPLATE")]
     pub client_id: Option<String>,

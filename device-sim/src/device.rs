@@ -77,6 +77,8 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
             inflight: None,
         };
         let mut failures = 0u32;
+        // The first handshake holds a place in the fleet's connect window (see `engine::pace`).
+        let mut first = true;
         loop {
             let outcome = 'session: {
                 if ctx.stopping() {
@@ -90,7 +92,11 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                     // Boxed: the handshake's state (connect future, timer, client id) is large
                     // and lives only for the handshake; inline, every idle device future would be
                     // sized for it.
-                    match Box::pin(handshake(&ctx, id, target, source)).await {
+                    let handshake = Box::pin(handshake(&ctx, id, target, source)).await;
+                    if std::mem::take(&mut first) {
+                        ctx.first_handshake_done();
+                    }
+                    match handshake {
                         Ok(conn) => {
                             ctx.stats
                                 .hists
@@ -506,6 +512,7 @@ mod tests {
             devices: 0..1,
             subscribers: 0..0,
             connect_rate: 1.0,
+            connect_window: 0,
         };
         let engine = Engine::new(settings, slice, 0);
         let device = run(engine.ctx_for_test(), 0);

@@ -33,6 +33,8 @@ pub struct Slice {
     pub subscribers: Range<u32>,
     /// This process's share of the fleet's connect rate.
     pub connect_rate: f64,
+    /// This process's share of the fleet's connect window (0: no bound).
+    pub connect_window: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,6 +63,9 @@ pub struct Ctx {
     wake: Notify,
     disconnect_epoch: AtomicU32,
     live_tasks: AtomicUsize,
+    /// Devices started whose first handshake has not finished: bounded by the connect window.
+    connecting: AtomicUsize,
+    handshake_done: Notify,
     /// Devices in this process's slice.
     devices: u64,
     /// The devices' deadlines and wakers: phase changes and the disconnect event wake devices
@@ -207,9 +212,22 @@ impl Ctx {
     /// the disconnect event is the storm's end.
     pub fn device_connected(&self) {
         let connected = self.stats.devices_connected.fetch_add(1, Relaxed) + 1;
-        if connected as u64 == self.devices && self.stats.event_at_us.load(Relaxed) > 0 {
-            self.stats.back_at_us.store(now_us(), Relaxed);
+        if connected as u64 == self.devices {
+            let now = now_us();
+            // Only the first time: reconnections after drops do not move it.
+            let _ = self
+                .stats
+                .all_connected_us
+                .compare_exchange(0, now, Relaxed, Relaxed);
+            if self.stats.event_at_us.load(Relaxed) > 0 {
+                self.stats.back_at_us.store(now, Relaxed);
+            }
         }
+    }
+
+    pub fn first_handshake_done(&self) {
+        self.connecting.fetch_sub(1, Relaxed);
+        self.handshake_done.notify_one();
     }
 
     pub fn task_done(&self) {
@@ -245,6 +263,8 @@ impl Engine {
                 wake: Notify::new(),
                 disconnect_epoch: AtomicU32::new(0),
                 live_tasks: AtomicUsize::new(0),
+                connecting: AtomicUsize::new(0),
+                handshake_done: Notify::new(),
                 devices,
                 timers: Timers::new(slice.devices.clone()),
                 seen,
@@ -307,11 +327,7 @@ impl Engine {
             async move { ctx.timers.drive().await }
         });
         let start = Instant::now();
-        tokio::spawn(pace(
-            ctx.clone(),
-            self.slice.devices.clone(),
-            self.slice.connect_rate,
-        ));
+        tokio::spawn(pace(ctx.clone(), self.slice.clone()));
         let end = start + settings.duration;
         let event_at = settings.disconnect.as_ref().map(|d| start + d.at);
         let mut event_pending = event_at.is_some_and(|at| at < end);
@@ -354,18 +370,28 @@ impl Engine {
     }
 }
 
-/// Spawns device tasks at `rate` per second until the slice is connected or publishing ends.
-async fn pace(ctx: Arc<Ctx>, devices: Range<u64>, rate: f64) {
+/// Spawns device tasks at the slice's rate, with at most its connect window of first
+/// handshakes in flight, until the slice is connected or publishing ends.
+async fn pace(ctx: Arc<Ctx>, slice: Slice) {
+    let devices = slice.devices;
+    let window = slice.connect_window as usize;
     let start = Instant::now();
+    ctx.stats.connect_started_us.store(now_us(), Relaxed);
     let mut next = devices.start;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     while next < devices.end {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            // A finished handshake frees a place in the window at once.
+            _ = ctx.handshake_done.notified(), if window > 0 => {}
+        }
         if ctx.phase() >= Phase::Draining {
             break;
         }
-        let due = devices.start + (start.elapsed().as_secs_f64() * rate) as u64 + 1;
-        while next < due.min(devices.end) {
+        let due = devices.start + (start.elapsed().as_secs_f64() * slice.connect_rate) as u64 + 1;
+        while next < due.min(devices.end) && (window == 0 || ctx.connecting.load(Relaxed) < window)
+        {
+            ctx.connecting.fetch_add(1, Relaxed);
             ctx.live_tasks.fetch_add(1, Relaxed);
             tokio::spawn(device::run(ctx.clone(), next));
             next += 1;

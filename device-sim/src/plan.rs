@@ -69,6 +69,7 @@ pub fn split(settings: &Settings, capacity: u64) -> Result<Vec<Slice>, PlanError
             // Subscriber counts fit u32 by construction (the setting is a u32).
             subscribers: share(subscribers, i) as u32..share(subscribers, i + 1) as u32,
             connect_rate: settings.connect_rate / processes as f64,
+            connect_window: settings.connect_window.div_ceil(processes as u32),
         })
         .collect())
 }

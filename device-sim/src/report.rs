@@ -59,6 +59,10 @@ pub struct Report {
     pub connect_failures: u64,
     pub connect_failures_by_reason: BTreeMap<String, u64>,
     pub disconnects_by_reason: BTreeMap<String, u64>,
+    /// From the first connection attempt until every device had connected once, and the
+    /// fleet's connect rate over that time; absent when not every device connected.
+    pub all_connected_ms: Option<f64>,
+    pub connect_rate_per_s: Option<f64>,
     /// From the disconnect event until every device was connected again; absent without an
     /// event or when the fleet was not all back by the end.
     pub reconnect_all_back_ms: Option<f64>,
@@ -117,6 +121,11 @@ impl Report {
             connect_failures: s.connect_failures_total(),
             connect_failures_by_reason: s.connect_failures.clone(),
             disconnects_by_reason: s.disconnects.clone(),
+            all_connected_ms: s.all_connected_ms,
+            connect_rate_per_s: s
+                .all_connected_ms
+                .filter(|ms| *ms > 0.0)
+                .map(|ms| settings.devices as f64 * 1000.0 / ms),
             reconnect_all_back_ms: s.all_back_ms,
             messages_published: s.published_total(),
             messages_acked: s.acked,
@@ -187,6 +196,13 @@ impl Report {
             ),
         );
         row(&mut t, "disconnects", reasons(&self.disconnects_by_reason));
+        if let (Some(ms), Some(rate)) = (self.all_connected_ms, self.connect_rate_per_s) {
+            row(
+                &mut t,
+                "all connected after",
+                format!("{ms:.1} ms ({rate:.0} connects/s)"),
+            );
+        }
         if let Some(ms) = self.reconnect_all_back_ms {
             row(&mut t, "all back after event", format!("{ms:.1} ms"));
         }

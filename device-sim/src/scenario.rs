@@ -53,6 +53,7 @@ struct ScenarioFile {
     targets: Option<Vec<String>>,
     devices: Option<u64>,
     connect_rate: Option<f64>,
+    connect_window: Option<u32>,
     client_id: Option<String>,
     topic: Option<String>,
     payload: Option<PayloadValue>,
@@ -134,6 +135,8 @@ pub struct Settings {
     pub targets: Vec<SocketAddr>,
     pub devices: u64,
     pub connect_rate: f64,
+    /// First handshakes in flight across the fleet; 0 for no bound.
+    pub connect_window: u32,
     pub client_id: String,
     pub topic: String,
     pub payload: Payload,
@@ -266,6 +269,7 @@ impl Settings {
         if !(connect_rate > 0.0 && connect_rate.is_finite()) {
             return Err(invalid("connect_rate", connect_rate, "must be > 0"));
         }
+        let connect_window = args.connect_window.or(file.connect_window).unwrap_or(0);
         let client_id = args
             .client_id
             .clone()
@@ -412,6 +416,7 @@ impl Settings {
             targets,
             devices,
             connect_rate,
+            connect_window,
             client_id,
             topic,
             payload,

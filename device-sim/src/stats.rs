@@ -45,6 +45,10 @@ pub struct Stats {
     pub stale: AtomicU64,
     pub foreign: AtomicU64,
     pub open_gaps: AtomicU64,
+    /// When the first device started connecting, and when every device had connected once
+    /// (µs since the epoch; 0 until then).
+    pub connect_started_us: AtomicU64,
+    pub all_connected_us: AtomicU64,
     /// When the disconnect event struck (µs since the epoch), 0 before.
     pub event_at_us: AtomicU64,
     /// The last time after the event at which every device of the process was connected.
@@ -71,6 +75,8 @@ impl Stats {
             stale: AtomicU64::new(0),
             foreign: AtomicU64::new(0),
             open_gaps: AtomicU64::new(0),
+            connect_started_us: AtomicU64::new(0),
+            all_connected_us: AtomicU64::new(0),
             event_at_us: AtomicU64::new(0),
             back_at_us: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
@@ -116,6 +122,11 @@ impl Stats {
             stale: self.stale.load(Relaxed),
             foreign: self.foreign.load(Relaxed),
             open_gaps: self.open_gaps.load(Relaxed),
+            all_connected_ms: {
+                let started = self.connect_started_us.load(Relaxed);
+                let done = self.all_connected_us.load(Relaxed);
+                (started > 0 && done >= started).then(|| (done - started) as f64 / 1000.0)
+            },
             all_back_ms: {
                 let event = self.event_at_us.load(Relaxed);
                 let back = self.back_at_us.load(Relaxed);
@@ -149,6 +160,8 @@ pub struct Snapshot {
     pub stale: u64,
     pub foreign: u64,
     pub open_gaps: u64,
+    /// From the first connection attempt until every device had connected once.
+    pub all_connected_ms: Option<f64>,
     /// From the disconnect event until every device was connected again (the latest such
     /// moment), when it has happened.
     pub all_back_ms: Option<f64>,
@@ -168,13 +181,16 @@ impl Snapshot {
     pub fn merge(&mut self, other: &Snapshot) {
         // The fleet is back when the last process's devices are; a process without devices
         // has no say, one whose devices are not all back yet keeps the fleet's figure open.
+        let slowest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
         if self.devices_target == 0 {
+            self.all_connected_ms = other.all_connected_ms;
             self.all_back_ms = other.all_back_ms;
         } else if other.devices_target > 0 {
-            self.all_back_ms = match (self.all_back_ms, other.all_back_ms) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                _ => None,
-            };
+            self.all_connected_ms = slowest(self.all_connected_ms, other.all_connected_ms);
+            self.all_back_ms = slowest(self.all_back_ms, other.all_back_ms);
         }
         self.devices_target += other.devices_target;
         self.devices_connected += other.devices_connected;
