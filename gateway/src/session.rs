@@ -163,6 +163,15 @@ pub struct Session {
 #[derive(Debug)]
 pub struct Ownership(Arc<Session>);
 
+/// An owner reaches the session through its proof: a connection keeps one pointer, not two.
+impl std::ops::Deref for Ownership {
+    type Target = Arc<Session>;
+
+    fn deref(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
 impl Drop for Ownership {
     fn drop(&mut self) {
         self.0.owned.store(false, Ordering::Release);
