@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytestring::ByteString;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
@@ -23,7 +22,8 @@ const TAKEOVER_POLL_MIN: Duration = Duration::from_millis(1);
 const TAKEOVER_POLL_MAX: Duration = Duration::from_millis(20);
 
 pub struct Registry {
-    sessions: DashMap<ByteString, Arc<Session>>,
+    /// Keyed by the session's own `client_id`: the map and the session share one allocation.
+    sessions: DashMap<Arc<str>, Arc<Session>>,
     next_id: AtomicU64,
 }
 
@@ -71,18 +71,14 @@ impl Registry {
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
-    pub async fn attach(
-        &self,
-        client_id: &ByteString,
-        clean_start: bool,
-        router: &Router,
-    ) -> Attached {
+    pub async fn attach(&self, client_id: &str, clean_start: bool, router: &Router) -> Attached {
+        let key: Arc<str> = Arc::from(client_id);
         loop {
-            let (session, existed) = match self.sessions.entry(client_id.clone()) {
+            let (session, existed) = match self.sessions.entry(key.clone()) {
                 Entry::Occupied(e) => (e.get().clone(), true),
                 Entry::Vacant(v) => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let s = Arc::new(Session::new(id, client_id.clone()));
+                    let s = Arc::new(Session::new(id, key.clone()));
                     v.insert(s.clone());
                     (s, false)
                 }
