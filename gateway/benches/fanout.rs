@@ -30,7 +30,7 @@ fn fanout(c: &mut Criterion) {
     let filter = ByteString::from_static("fleet/+/telemetry");
     let sessions: Vec<Arc<Session>> = (1..=SESSIONS)
         .map(|id| {
-            let s = Arc::new(Session::new(id, ByteString::from(format!("sub-{id}"))));
+            let s = Arc::new(Session::new(id, format!("sub-{id}").into()));
             s.set_online(true);
             let options = SubscriptionOptions {
                 qos: QoS::AtLeastOnce,

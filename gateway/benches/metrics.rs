@@ -41,7 +41,7 @@ impl Bench {
         let filter = ByteString::from_static("fleet/+/telemetry");
         let sessions: Vec<Arc<Session>> = (1..=SUBSCRIBERS)
             .map(|id| {
-                let s = Arc::new(Session::new(id, ByteString::from(format!("sub-{id}"))));
+                let s = Arc::new(Session::new(id, format!("sub-{id}").into()));
                 s.set_online(true);
                 router
                     .subscribe(&s, &filter, SubscriptionOptions::default(), None)

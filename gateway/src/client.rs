@@ -7,6 +7,7 @@
 //! happens in `Drop`, so it also happens when the task unwinds from a panic.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -28,7 +29,7 @@ use crate::limits::{Handshake, PublishQuota, QuotaExceeded};
 use crate::listener;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded, SentBatch};
-use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Session, Stage};
+use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Stage};
 use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
@@ -72,27 +73,34 @@ struct AliasesOut {
     max: u16,
 }
 
-/// Per-connection state once the session is attached.
+/// Per-connection state once the session is attached. Every idle session keeps one, so fields
+/// are as narrow as their values allow: times are nanoseconds on the broker's clock
+/// (`ctx.started`) rather than 16-byte `Instant`s, limits use the width the protocol gives them.
 pub struct Client {
     ctx: Arc<Context>,
     conn: Connection,
-    session: Arc<Session>,
-    _owner: Ownership,
-    generation: u64,
+    /// The session, owned for the connection's lifetime; ownership ends when the client drops.
+    session: Ownership,
+    generation: u32,
     protocol: Protocol,
-    keep_alive: Option<Duration>,
-    last_read: Instant,
-    /// When the socket last took bytes from us; a client that stops reading is detected by it.
-    last_write: Instant,
-    send_window: usize,
-    client_max_packet: usize,
+    /// The keep-alive deadline, 1.5 times the negotiated keep-alive; `None` without keep-alive.
+    keep_alive_ms: Option<NonZeroU32>,
+    /// When bytes last came from the client, in nanoseconds since `ctx.started`.
+    last_read: u64,
+    /// When the socket last took bytes from us (same clock); a client that stops reading is
+    /// detected by it.
+    last_write: u64,
+    send_window: u16,
+    /// The client's Maximum Packet Size (a four-byte integer in MQTT); `u32::MAX` when unset.
+    client_max_packet: u32,
     will: Option<Box<LastWill>>,
     aliases_in: Option<Box<[Option<ByteString>]>>,
     aliases_out: Option<Box<AliasesOut>>,
     /// Present only when an ACL file is configured: without one, one branch per check.
     acl: Option<Box<ClientAcl>>,
-    /// `limits.max_publish_rate` and `max_publish_bytes_rate`; untouched when both are 0.
-    quota: PublishQuota,
+    /// `limits.max_publish_rate` and `max_publish_bytes_rate`: boxed on the first charged PUBLISH,
+    /// so without those limits (or without publishing) a session does not carry the buckets.
+    quota: Option<Box<PublishQuota>>,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,
@@ -223,6 +231,12 @@ fn connect_level(frame: &[u8]) -> Option<u8> {
     }
     let name_len = usize::from(u16::from_be_bytes([*frame.get(i + 1)?, *frame.get(i + 2)?]));
     frame.get(i + 3 + name_len).copied()
+}
+
+/// Now on the broker's clock: nanoseconds since `ctx.started`, the unit of a client's
+/// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen).
+fn broker_nanos(ctx: &Context) -> u64 {
+    u64::try_from(ctx.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn refuse(ctx: &Context, conn: &mut Connection, protocol: Protocol, code: u8) {
@@ -373,20 +387,16 @@ impl Client {
         ctx.metrics.connections_current.increment(1.0);
         debug!(client = %client_id, %peer, ?protocol, present = attached.present, "connected");
 
+        let now = broker_nanos(&ctx);
         let mut client = Client {
             generation: attached.generation,
-            _owner: attached.owner,
-            session,
+            session: attached.owner,
             protocol,
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-            last_read: Instant::now(),
-            last_write: Instant::now(),
-            send_window: usize::from(cfg.max_inflight.min(client_receive_max)),
-            client_max_packet: connect
-                .properties
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m as usize),
+            keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
+            last_read: now,
+            last_write: now,
+            send_window: cfg.max_inflight.min(client_receive_max),
+            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
             will: connect.will.map(Box::new),
             aliases_in: None,
             aliases_out: (v5 && ctx.config.mqtt.outbound_topic_aliases && client_alias_max > 0)
@@ -397,7 +407,7 @@ impl Client {
                     })
                 }),
             acl,
-            quota: PublishQuota::default(),
+            quota: None,
             close: CloseReason::Network,
             publish_will: true,
             conn,
@@ -412,7 +422,10 @@ impl Client {
 
     /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
     async fn run(mut self: Box<Self>) {
-        let ka_sleep = tokio::time::sleep(self.keep_alive.unwrap_or(Duration::from_secs(86400)));
+        let ka_sleep =
+            tokio::time::sleep(self.keep_alive_ms.map_or(Duration::from_secs(86400), |ms| {
+                Duration::from_millis(u64::from(ms.get()))
+            }));
         tokio::pin!(ka_sleep);
         let mut frames = Vec::new();
         let close = loop {
@@ -440,7 +453,7 @@ impl Client {
                 match self.conn.try_flush() {
                     Ok(n) => {
                         if n > 0 {
-                            self.last_write = Instant::now();
+                            self.last_write = broker_nanos(&self.ctx);
                         }
                         self.ctx.metrics.add_bytes_sent(n as u64);
                     }
@@ -464,7 +477,7 @@ impl Client {
             let writing = self.conn.has_pending();
             let session = &self.session;
             let conn = &mut self.conn;
-            let watch_keep_alive = self.keep_alive.is_some();
+            let watch_keep_alive = self.keep_alive_ms.is_some();
             let event = std::future::poll_fn(|cx| {
                 if reading {
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
@@ -500,13 +513,15 @@ impl Client {
                 }
                 Ok(Event::Writable | Event::Woken) => {}
                 Ok(Event::KeepAliveTimer) => {
-                    let period = self.keep_alive.unwrap_or_default();
-                    let now = Instant::now();
+                    let period = self
+                        .keep_alive_ms
+                        .map_or(0, |ms| u64::from(ms.get()) * 1_000_000);
+                    let now = broker_nanos(&self.ctx);
                     // A client that stops reading is as gone as one that stops sending: with data
                     // waiting and no byte taken for a keep-alive period, it is closed. Checked
                     // first: its silence may only be our read pause (write backpressure).
                     let waiting = self.conn.has_pending();
-                    if waiting && now >= self.last_write + period {
+                    if waiting && now >= self.last_write.saturating_add(period) {
                         debug!(client = %self.session.client_id, "not reading: closed as a slow consumer");
                         break Close {
                             reason: CloseReason::SlowConsumer,
@@ -517,7 +532,7 @@ impl Client {
                     // While our write backlog pauses reading, the client's packets wait unread:
                     // its silence is ours, and the slow-consumer rule above judges it.
                     let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
-                    if !read_paused && now >= self.last_read + period {
+                    if !read_paused && now >= self.last_read.saturating_add(period) {
                         debug!(client = %self.session.client_id, "keep-alive expired");
                         break Close {
                             reason: CloseReason::KeepAlive,
@@ -526,11 +541,13 @@ impl Client {
                         };
                     }
                     let next = match (waiting, read_paused) {
-                        (true, true) => self.last_write + period,
-                        (true, false) => (self.last_read + period).min(self.last_write + period),
-                        _ => self.last_read + period,
-                    };
-                    ka_sleep.as_mut().reset(next.into());
+                        (true, true) => self.last_write,
+                        (true, false) => self.last_read.min(self.last_write),
+                        _ => self.last_read,
+                    }
+                    .saturating_add(period);
+                    let at = self.ctx.started + Duration::from_nanos(next);
+                    ka_sleep.as_mut().reset(at.into());
                 }
             }
         };
@@ -544,7 +561,7 @@ impl Client {
             Ok(0) => return None,
             Ok(n) => {
                 self.ctx.metrics.add_bytes_received(n as u64);
-                self.last_read = Instant::now();
+                self.last_read = broker_nanos(&self.ctx);
             }
             Err(ReadError::Eof) => {
                 debug!(client = %self.session.client_id, "connection closed by client without DISCONNECT");
@@ -731,9 +748,8 @@ impl Client {
     fn charge_quota(&mut self, bytes: usize) -> Result<(), Close> {
         let limits = &self.ctx.config.limits;
         // The read batch's time: no clock read per message.
-        let now = self.last_read.saturating_duration_since(self.ctx.started);
-        let charged = self.quota.charge(
-            now.as_nanos() as u64,
+        let charged = self.quota.get_or_insert_with(Box::default).charge(
+            self.last_read,
             bytes,
             limits.max_publish_rate,
             limits.max_publish_bytes_rate,
@@ -926,9 +942,12 @@ impl Client {
             return true;
         }
         let mut ready = Vec::new();
-        let expired =
-            self.session
-                .take_ready(Instant::now(), self.send_window, FILL_BATCH, &mut ready);
+        let expired = self.session.take_ready(
+            Instant::now(),
+            usize::from(self.send_window),
+            FILL_BATCH,
+            &mut ready,
+        );
         if expired > 0 {
             self.ctx
                 .metrics
@@ -997,7 +1016,7 @@ impl Client {
                 );
                 heads.split().freeze()
             };
-            if head.len() + msg.payload.len() > self.client_max_packet {
+            if head.len() + msg.payload.len() > self.client_max_packet as usize {
                 self.ctx.metrics.dropped(DropReason::TooLarge, 1);
                 if o.packet_id != 0 {
                     self.session.abandon(o.packet_id);
@@ -1226,5 +1245,13 @@ mod tests {
         let size = future_size(Client::run);
         println!("session task future: {size} bytes");
         assert!(size <= 512, "session task future grew to {size} bytes");
+    }
+
+    /// Every idle session keeps one boxed `Client`: 232 bytes is a 240-byte malloc chunk.
+    #[test]
+    fn client_stays_small() {
+        let size = std::mem::size_of::<Client>();
+        println!("Client: {size} bytes");
+        assert!(size <= 232, "Client grew to {size} bytes");
     }
 }

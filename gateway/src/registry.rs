@@ -6,11 +6,12 @@
 //! new one starts. Sessions leave the map when they end (expiry 0 at close, or their expiry timer),
 //! never while a connection holds them. DashMap guards are never held across an `.await`.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytestring::ByteString;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
@@ -23,8 +24,34 @@ const TAKEOVER_POLL_MIN: Duration = Duration::from_millis(1);
 const TAKEOVER_POLL_MAX: Duration = Duration::from_millis(20);
 
 pub struct Registry {
-    sessions: DashMap<ByteString, Arc<Session>>,
+    /// A set of sessions looked up by client id: each slot is one pointer, not a key and a value.
+    sessions: DashMap<Mapped, ()>,
     next_id: AtomicU64,
+}
+
+/// A session as the map holds it, hashed and compared by its client id, so that the map finds it
+/// by a `&str` without storing the id a second time.
+struct Mapped(Arc<Session>);
+
+impl Hash for Mapped {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: `Borrow<str>` requires the same hash for the same id.
+        self.0.client_id[..].hash(state);
+    }
+}
+
+impl PartialEq for Mapped {
+    fn eq(&self, other: &Mapped) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for Mapped {}
+
+impl Borrow<str> for Mapped {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
 }
 
 /// A session now owned by the calling connection.
@@ -33,7 +60,7 @@ pub struct Attached {
     pub owner: Ownership,
     /// Session state was carried over (CONNACK session present).
     pub present: bool,
-    pub generation: u64,
+    pub generation: u32,
     /// Another connection held the session and was kicked.
     pub took_over: bool,
 }
@@ -61,31 +88,21 @@ impl Registry {
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.sessions.get(client_id).map(|s| s.value().clone())
+        self.sessions.get(client_id).map(|s| s.key().0.clone())
     }
 
     /// Every session, for shutdown and statistics.
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions.iter().map(|s| s.value().clone()).collect()
+        self.sessions.iter().map(|s| s.key().0.clone()).collect()
     }
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
-    pub async fn attach(
-        &self,
-        client_id: &ByteString,
-        clean_start: bool,
-        router: &Router,
-    ) -> Attached {
+    pub async fn attach(&self, client_id: &str, clean_start: bool, router: &Router) -> Attached {
         loop {
-            let (session, existed) = match self.sessions.entry(client_id.clone()) {
-                Entry::Occupied(e) => (e.get().clone(), true),
-                Entry::Vacant(v) => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let s = Arc::new(Session::new(id, client_id.clone()));
-                    v.insert(s.clone());
-                    (s, false)
-                }
+            let (session, existed) = match self.sessions.get(client_id) {
+                Some(s) => (s.key().0.clone(), true),
+                None => self.insert(client_id),
             };
             let mut took_over = false;
             let mut pause = TAKEOVER_POLL_MIN;
@@ -120,10 +137,24 @@ impl Registry {
         }
     }
 
+    /// A new session for `client_id`, or the one another connection mapped first. The map is keyed
+    /// by sessions, so the candidate exists before the map is asked; a lost race only discards it.
+    fn insert(&self, client_id: &str) -> (Arc<Session>, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Session::new(id, Arc::from(client_id)));
+        match self.sessions.entry(Mapped(fresh.clone())) {
+            Entry::Occupied(e) => (e.key().0.clone(), true),
+            Entry::Vacant(v) => {
+                v.insert(());
+                (fresh, false)
+            }
+        }
+    }
+
     /// Ends a session: out of the map (if still mapped to it), out of the index. The caller owns it.
     pub fn end(&self, session: &Arc<Session>, router: &Router) {
         self.sessions
-            .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
+            .remove_if(&session.client_id[..], |s, _| Arc::ptr_eq(&s.0, session));
         session.mark_discarded();
         let subs = session.reset();
         router.unsubscribe_all(session, &subs);
@@ -133,7 +164,7 @@ impl Registry {
     pub fn expire_later(
         self: &Arc<Self>,
         session: Arc<Session>,
-        generation: u64,
+        generation: u32,
         after: Duration,
         router: Arc<Router>,
     ) {
