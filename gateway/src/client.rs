@@ -33,6 +33,13 @@ use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
 const FILL_BATCH: usize = 256;
+
+thread_local! {
+    /// The items of one fill, reused by every connection on the worker thread: a fill runs
+    /// without awaiting, and a fresh vector per fill was an allocation (and a free) per write
+    /// batch, i.e. per delivery when subscribers get one message at a time (fan-out).
+    static READY: std::cell::RefCell<Vec<Outgoing>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// Reading pauses while this much is waiting to be written: a client that does not read its
 /// acknowledgements is throttled by TCP instead of growing our buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
@@ -406,7 +413,7 @@ impl Client {
         };
         let mut resend = Vec::new();
         client.session.inflight_for_resend(&mut resend);
-        client.write_outgoing(resend);
+        client.write_outgoing(&mut resend, Instant::now());
         Some(client)
     }
 
@@ -925,10 +932,11 @@ impl Client {
         if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
             return true;
         }
-        let mut ready = Vec::new();
-        let expired =
-            self.session
-                .take_ready(Instant::now(), self.send_window, FILL_BATCH, &mut ready);
+        let mut ready = READY.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        let now = Instant::now();
+        let expired = self
+            .session
+            .take_ready(now, self.send_window, FILL_BATCH, &mut ready);
         if expired > 0 {
             self.ctx
                 .metrics
@@ -936,17 +944,20 @@ impl Client {
         }
         let full = ready.len() >= FILL_BATCH;
         if !ready.is_empty() {
-            self.write_outgoing(ready);
+            self.write_outgoing(&mut ready, now);
         }
+        READY.with(|r| *r.borrow_mut() = ready);
         full
     }
 
-    /// Encodes outgoing items: shared heads patched per receiver, payloads by reference.
-    fn write_outgoing(&mut self, items: Vec<Outgoing>) {
-        let now = Instant::now();
-        let mut heads = BytesMut::with_capacity(items.len() * 8);
+    /// Encodes outgoing items (and empties `items`): shared heads patched per receiver, payloads
+    /// by reference.
+    fn write_outgoing(&mut self, items: &mut Vec<Outgoing>, now: Instant) {
+        // Empty until a head must be patched or encoded: a QoS 0 delivery of a shared head
+        // allocates nothing here.
+        let mut heads = BytesMut::new();
         let mut sent = SentBatch::default();
-        for o in items {
+        for o in items.drain(..) {
             if o.pubrel {
                 self.send(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)));
                 continue;
