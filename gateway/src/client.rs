@@ -40,6 +40,7 @@ thread_local! {
     /// batch, i.e. per delivery when subscribers get one message at a time (fan-out).
     static READY: std::cell::RefCell<Vec<Outgoing>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
 /// Reading pauses while this much is waiting to be written: a client that does not read its
 /// acknowledgements is throttled by TCP instead of growing our buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
@@ -953,11 +954,13 @@ impl Client {
     /// Encodes outgoing items (and empties `items`): shared heads patched per receiver, payloads
     /// by reference.
     fn write_outgoing(&mut self, items: &mut Vec<Outgoing>, now: Instant) {
-        // Empty until a head must be patched or encoded: a QoS 0 delivery of a shared head
-        // allocates nothing here.
+        // Empty until a head must be patched or encoded (a QoS 0 delivery of a shared head
+        // allocates nothing here), then sized for the rest of the batch: one allocation per
+        // batch rather than per patched head.
         let mut heads = BytesMut::new();
         let mut sent = SentBatch::default();
-        for o in items.drain(..) {
+        let count = items.len();
+        for (i, o) in items.drain(..).enumerate() {
             if o.pubrel {
                 self.send(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)));
                 continue;
@@ -984,6 +987,9 @@ impl Client {
                 if flags == shared.bytes[0] && shared.packet_id_at.is_none() {
                     shared.bytes.clone()
                 } else {
+                    if heads.capacity() < shared.bytes.len() {
+                        heads.reserve(shared.bytes.len() * (count - i));
+                    }
                     heads.extend_from_slice(&shared.bytes);
                     let mut h = heads.split();
                     h[0] = flags;
