@@ -39,6 +39,8 @@ thread_local! {
     /// without awaiting, and a fresh vector per fill was an allocation (and a free) per write
     /// batch, i.e. per delivery when subscribers get one message at a time (fan-out).
     static READY: std::cell::RefCell<Vec<Outgoing>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Where control packets (acknowledgements mostly: one per QoS 1 PUBLISH) are encoded.
+    static ENCODED: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Reading pauses while this much is waiting to be written: a client that does not read its
@@ -921,10 +923,16 @@ impl Client {
     }
 
     fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(packet, self.protocol, &mut out);
+        let out = ENCODED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            codec::encode(packet, self.protocol, &mut buf);
+            // An exact-size copy is one allocation; freezing a fresh, larger encode buffer was two
+            // (the buffer, then the shared header `Bytes` needs when length and capacity differ).
+            Bytes::copy_from_slice(&buf)
+        });
         self.ctx.metrics.packet_sent(packet);
-        self.conn.queue(out.freeze());
+        self.conn.queue(out);
     }
 
     /// Moves what the session may send now into the write queue. Returns true when it may have
