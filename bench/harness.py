@@ -167,8 +167,13 @@ next_connection_delay_ms = 0
         return cmd
 
     def start(self):
-        PORT_STEP[0] += 1
-        self.port = PORTS[self.kind] + 10 * PORT_STEP[0]
+        # Skips ports something else holds (on a shared machine, other clients' ephemeral
+        # ports land anywhere in 1024-65535).
+        while True:
+            PORT_STEP[0] += 1
+            self.port = PORTS[self.kind] + 10 * PORT_STEP[0]
+            if port_free(self.port):
+                break
         cmd = self.command()
         self.proc = subprocess.Popen(
             cmd,
@@ -222,6 +227,17 @@ next_connection_delay_ms = 0
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+
+def port_free(port):
+    """Whether a broker could listen on 127.0.0.1:`port` now (SO_REUSEADDR, as brokers bind)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def rumqttd_bin():
