@@ -26,6 +26,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM = os.path.join(ROOT, "target", "release", "device-sim")
 GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
+# Gateway binaries under test, by broker name: "gateway" alone, or "gateway:LABEL" per
+# --gateway-bin (A/B runs of two builds, alternated like peers).
+GATEWAYS = {"gateway": GATEWAY}
 NOFILE = 20000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIM_HTTP_PORT = 29890
@@ -38,18 +41,6 @@ PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
 # a SYN retry, which would distort connect figures.
 PORT_STEP = [0]
 
-
-def port_free(port):
-    """Whether a broker could listen on 127.0.0.1:`port`: the ephemeral range may include our
-    ports, so an outgoing connection of any process can sit on one. SO_REUSEADDR as the brokers
-    set it: connections in TIME_WAIT do not count."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 CHILDREN = []  # Popen objects this harness started, killed by PID on exit
 
@@ -92,13 +83,14 @@ def cleanup(*_):
 class Broker:
     def __init__(self, name, workdir):
         self.name = name
-        self.port = PORTS[name]
-        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=workdir)
+        self.kind = name.split(":", 1)[0]
+        self.port = PORTS[self.kind]
+        self.dir = tempfile.mkdtemp(prefix=f"{name.replace(':', '-')}-", dir=workdir)
         self.proc = None
 
     def command(self):
         d, port = self.dir, self.port
-        if self.name == "gateway":
+        if self.kind == "gateway":
             conf = f"""# written by bench/harness.py
 [mqtt]
 listen = "127.0.0.1:{port}"
@@ -116,7 +108,7 @@ connect_rate = 0
 max_handshakes = 0
 max_subscriptions_per_client = 0
 """
-            cmd = [GATEWAY, "--config", f"{d}/gateway.toml"]
+            cmd = [GATEWAYS[self.name], "--config", f"{d}/gateway.toml"]
             path = f"{d}/gateway.toml"
         elif self.name == "mosquitto":
             conf = f"""# written by bench/harness.py
@@ -177,12 +169,14 @@ next_connection_delay_ms = 0
         return cmd
 
     def start(self):
-        while True:
-            PORT_STEP[0] += 1
-            self.port = PORTS[self.name] + 10 * PORT_STEP[0]
-            # nats also listens on port + 5 (its client port).
-            if port_free(self.port) and (self.name != "nats" or port_free(self.port + 5)):
-                break
+        PORT_STEP[0] += 1
+        self.port = PORTS[self.kind] + 10 * PORT_STEP[0]
+        # nats also listens on port + 5 (its client port).
+        if (self.port + 5 > 65535 or not port_free(self.port)
+                or (self.kind == "nats" and not port_free(self.port + 5))):
+            # Something else holds it (on a shared machine, other clients' ephemeral ports land
+            # anywhere in 1024-65535): a port the kernel picks is free and not in TIME_WAIT.
+            self.port = os_port()
         cmd = self.command()
         self.proc = subprocess.Popen(
             cmd,
@@ -238,6 +232,23 @@ next_connection_delay_ms = 0
         return 0
 
 
+def port_free(port):
+    """Whether a broker could listen on 127.0.0.1:`port` now (SO_REUSEADDR, as brokers bind)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def os_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def rumqttd_bin():
     found = shutil.which("rumqttd") or os.path.expanduser("~/.cargo/bin/rumqttd")
     return found
@@ -246,8 +257,8 @@ def rumqttd_bin():
 def available_brokers(wanted):
     ok = []
     for b in wanted:
-        if b == "gateway" and not os.path.exists(GATEWAY):
-            log("gateway binary missing; run cargo build --release -p gateway")
+        if b in GATEWAYS and not os.path.exists(GATEWAYS[b]):
+            log(f"{b} binary {GATEWAYS[b]} missing; run cargo build --release -p gateway")
         elif b == "mosquitto" and not os.path.exists("/usr/sbin/mosquitto"):
             log("mosquitto missing (apt-get install -y mosquitto); skipped")
         elif b == "nats" and not shutil.which("nats-server"):
@@ -516,20 +527,44 @@ def main():
                     help="connects per second of the paced run in (a)")
     ap.add_argument("--storm-devices", type=int, default=10000)
     ap.add_argument("--storm-window", type=int, default=20)
+    ap.add_argument("--gateway-bin", action="append", default=[], metavar="LABEL=PATH",
+                    help="run this gateway binary as broker gateway:LABEL in place of "
+                    "target/release/gateway; repeat for an A/B comparison of builds (the first "
+                    "is the reference of the ratio columns), e.g. --brokers gateway "
+                    "--gateway-bin base=/tmp/gw-base --gateway-bin new=target/release/gateway")
+    ap.add_argument("--port-offset", type=int, default=0,
+                    help="added to every broker port and to device-sim's HTTP port, so two "
+                    "harness runs on one machine do not collide")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
     opts = ap.parse_args()
     opts.idle_sizes = [int(x) for x in opts.idle_sizes.split(",")]
+    global SIM, SIM_HTTP_PORT
+    for k in PORTS:
+        PORTS[k] += opts.port_offset
+    SIM_HTTP_PORT += opts.port_offset
+    wanted = opts.brokers.split(",")
+    if opts.gateway_bin:
+        GATEWAYS.clear()
+        for spec in opts.gateway_bin:
+            label, sep, path = spec.partition("=")
+            if not sep or not label or not path:
+                ap.error(f"--gateway-bin {spec!r}: expected LABEL=PATH")
+            GATEWAYS[f"gateway:{label}"] = os.path.abspath(path)
+        at = wanted.index("gateway") if "gateway" in wanted else 0
+        wanted[at:at + 1] = list(GATEWAYS)
 
     signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(143)))
-    brokers = available_brokers(opts.brokers.split(","))
+    brokers = available_brokers(wanted)
     workdir = tempfile.mkdtemp(prefix="mqtt-bench-")
     # Private copies of the binaries: a build in the shared target directory during the run must
     # not swap the code under test between runs.
-    global SIM, GATEWAY
-    for name in ("SIM", "GATEWAY"):
-        copy = os.path.join(workdir, os.path.basename(globals()[name]))
-        shutil.copy2(globals()[name], copy)
-        globals()[name] = copy
+    copy = os.path.join(workdir, os.path.basename(SIM))
+    shutil.copy2(SIM, copy)
+    SIM = copy
+    for i, (name, path) in enumerate(GATEWAYS.items()):
+        copy = os.path.join(workdir, f"gateway-{i}")
+        shutil.copy2(path, copy)
+        GATEWAYS[name] = copy
     results = {}  # workload -> broker -> list of figure dicts
     started = time.time()
     try:
@@ -607,14 +642,15 @@ def fmt(v):
 
 
 def print_table(summary, brokers):
-    peers = [b for b in brokers if b != "gateway"]
-    head = ["figure (median)"] + brokers + [f"gw/{p}" for p in peers]
+    ref = next((b for b in brokers if b in GATEWAYS), "gateway")
+    peers = [b for b in brokers if b != ref]
+    head = ["figure (median)"] + brokers + [f"{ref}/{p}" for p in peers]
     rows = []
     for k, row in summary.items():
         if k == "loadavg_1m":
             continue
         cells = [k] + [fmt(row[b]["median"]) for b in brokers]
-        g = row.get("gateway", {}).get("median")
+        g = row.get(ref, {}).get("median")
         for p in peers:
             pv = row[p]["median"]
             cells.append(f"{g / pv:.2f}" if g is not None and pv else "-")

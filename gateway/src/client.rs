@@ -34,6 +34,16 @@ use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
 const FILL_BATCH: usize = 256;
+
+thread_local! {
+    /// The items of one fill, reused by every connection on the worker thread: a fill runs
+    /// without awaiting, and a fresh vector per fill was an allocation (and a free) per write
+    /// batch, i.e. per delivery when subscribers get one message at a time (fan-out).
+    static READY: std::cell::RefCell<Vec<Outgoing>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Where control packets (acknowledgements mostly: one per QoS 1 PUBLISH) are encoded.
+    static ENCODED: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// Reading pauses while this much is waiting to be written: a client that does not read its
 /// acknowledgements is throttled by TCP instead of growing our buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
@@ -416,7 +426,7 @@ impl Client {
         };
         let mut resend = Vec::new();
         client.session.inflight_for_resend(&mut resend);
-        client.write_outgoing(resend);
+        client.write_outgoing(&mut resend, Instant::now());
         Some(client)
     }
 
@@ -929,10 +939,16 @@ impl Client {
     }
 
     fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(packet, self.protocol, &mut out);
+        let out = ENCODED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            codec::encode(packet, self.protocol, &mut buf);
+            // An exact-size copy is one allocation; freezing a fresh, larger encode buffer was two
+            // (the buffer, then the shared header `Bytes` needs when length and capacity differ).
+            Bytes::copy_from_slice(&buf)
+        });
         self.ctx.metrics.packet_sent(packet);
-        self.conn.queue(out.freeze());
+        self.conn.queue(out);
     }
 
     /// Moves what the session may send now into the write queue. Returns true when it may have
@@ -941,13 +957,11 @@ impl Client {
         if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
             return true;
         }
-        let mut ready = Vec::new();
-        let expired = self.session.take_ready(
-            Instant::now(),
-            usize::from(self.send_window),
-            FILL_BATCH,
-            &mut ready,
-        );
+        let mut ready = READY.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        let now = Instant::now();
+        let expired =
+            self.session
+                .take_ready(now, usize::from(self.send_window), FILL_BATCH, &mut ready);
         if expired > 0 {
             self.ctx
                 .metrics
@@ -955,17 +969,22 @@ impl Client {
         }
         let full = ready.len() >= FILL_BATCH;
         if !ready.is_empty() {
-            self.write_outgoing(ready);
+            self.write_outgoing(&mut ready, now);
         }
+        READY.with(|r| *r.borrow_mut() = ready);
         full
     }
 
-    /// Encodes outgoing items: shared heads patched per receiver, payloads by reference.
-    fn write_outgoing(&mut self, items: Vec<Outgoing>) {
-        let now = Instant::now();
-        let mut heads = BytesMut::with_capacity(items.len() * 8);
+    /// Encodes outgoing items (and empties `items`): shared heads patched per receiver, payloads
+    /// by reference.
+    fn write_outgoing(&mut self, items: &mut Vec<Outgoing>, now: Instant) {
+        // Empty until a head must be patched or encoded (a QoS 0 delivery of a shared head
+        // allocates nothing here), then sized for the rest of the batch: one allocation per
+        // batch rather than per patched head.
+        let mut heads = BytesMut::new();
         let mut sent = SentBatch::default();
-        for o in items {
+        let count = items.len();
+        for (i, o) in items.drain(..).enumerate() {
             if o.pubrel {
                 self.send(&Packet::PubRel(ack(o.packet_id, reason::SUCCESS)));
                 continue;
@@ -992,6 +1011,9 @@ impl Client {
                 if flags == shared.bytes[0] && shared.packet_id_at.is_none() {
                     shared.bytes.clone()
                 } else {
+                    if heads.capacity() < shared.bytes.len() {
+                        heads.reserve(shared.bytes.len() * (count - i));
+                    }
                     heads.extend_from_slice(&shared.bytes);
                     let mut h = heads.split();
                     h[0] = flags;

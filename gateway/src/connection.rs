@@ -161,23 +161,24 @@ impl Connection {
             Some(mut p) => {
                 // Grows geometrically for a large packet arriving over many reads.
                 p.reserve(SCRATCH_SIZE.max(p.len()));
-                match stream.try_read_buf(&mut p) {
-                    Ok(0) => return Err(ReadError::Eof),
-                    Ok(n) => (p.freeze(), n),
-                    Err(e) => {
+                match read_now(stream, &mut p) {
+                    Ok(Some(0)) => return Err(ReadError::Eof),
+                    Ok(Some(n)) => (p.freeze(), n),
+                    Ok(None) => {
                         self.partial = Some(p);
-                        return would_block_or(e);
+                        return Ok(0);
                     }
+                    Err(e) => return Err(ReadError::Io(e)),
                 }
             }
             None => {
                 let read = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
                     s.reserve(SCRATCH_SIZE);
-                    match stream.try_read_buf(&mut *s) {
-                        Ok(0) => Err(ReadError::Eof),
-                        Ok(n) => Ok(Some((s.split().freeze(), n))),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    match read_now(stream, &mut s) {
+                        Ok(Some(0)) => Err(ReadError::Eof),
+                        Ok(Some(n)) => Ok(Some((s.split().freeze(), n))),
+                        Ok(None) => Ok(None),
                         Err(e) => Err(ReadError::Io(e)),
                     }
                 })?;
@@ -384,11 +385,18 @@ fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usiz
     }
 }
 
-fn would_block_or(e: io::Error) -> Result<usize, ReadError> {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        Ok(0)
-    } else {
-        Err(ReadError::Io(e))
+/// One read from the socket into `buf` without waiting; `None` when it had nothing.
+///
+/// Through `poll_read` rather than `try_read_buf`: a read that does not fill the buffer tells
+/// tokio the socket is drained (epoll is edge-triggered), so the next wait parks at once instead
+/// of first reading again only to get `WouldBlock`. That second read was one extra syscall per
+/// inbound packet for devices sending one packet at a time. Nothing waits on this context: the
+/// task's next wait registers its own waker (`poll_read_ready`), replacing any registered here.
+fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf) {
+        Poll::Ready(r) => r.map(Some),
+        Poll::Pending => Ok(None),
     }
 }
 
