@@ -141,8 +141,8 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         deadline = deadline.min(next_publish);
                     }
                     if publishing && ctx.settings.closed_loop() {
-                        // Fill the window; a completion (a PUBACK read below, or a subscriber's
-                        // wake at QoS 0) brings the device back here.
+                        // Fill the window; a completion (a PUBACK read below, or the wake of a
+                        // subscriber that has seen one of its messages) brings the device back.
                         let window = ctx.settings.window;
                         let mut burst = 0;
                         while burst < window && device.window_room(&ctx, id) {
