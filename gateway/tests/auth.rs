@@ -3,6 +3,7 @@
 //! password file is set; failures costing the same whether the user exists; and a login flood
 //! that must not stall an established session.
 
+mod binary;
 mod clients;
 mod common;
 
@@ -292,17 +293,7 @@ fn a_bad_password_file_stops_the_binary_with_one_line_and_exit_code_2() {
         format!("[auth]\npassword_file = {:?}\n", file.display().to_string()),
     )
     .expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "off",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("run gateway");
+    let out = binary::run_refused_config(&config);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

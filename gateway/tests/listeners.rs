@@ -452,17 +452,7 @@ fn unreadable_certificate_exits_2_naming_the_listener_key() {
          [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
     )
     .expect("config");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "off",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("run gateway");
+    let out = binary::run_refused_config(&config);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();

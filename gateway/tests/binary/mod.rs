@@ -5,9 +5,29 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// Runs the binary on `config` (loopback listener, HTTP off) until it exits: for configurations
+/// it must refuse at start-up, whose exit code and stderr `main` produces. A valid one would run
+/// until killed.
+pub fn run_refused_config(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+        // RUST_LOG overrides the configured level; an inherited value must not change stderr.
+        .env_remove("RUST_LOG")
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .expect("run gateway")
+}
 
 pub struct Gateway {
     pub child: Child,
