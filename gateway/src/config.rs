@@ -79,6 +79,23 @@ pub struct ListenerConfig {
     pub max_connections: u64,
 }
 
+impl ListenerConfig {
+    /// A listener of `kind` on `bind` with every other key at its documented default.
+    pub fn new(kind: ListenerKind, bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            kind,
+            bind,
+            cert: None,
+            key: None,
+            ca: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            path: "/mqtt".to_owned(),
+            max_connections: 0,
+        }
+    }
+}
+
 /// The `[mqtt]` section: the listener and the per-connection and per-session limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
@@ -593,17 +610,10 @@ fn listener(i: usize, keys: &Table) -> Result<ListenerConfig, ConfigError> {
     };
     let mut kind = None;
     let mut bind = None;
-    let mut l = ListenerConfig {
-        kind: ListenerKind::Tcp,
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        cert: None,
-        key: None,
-        ca: None,
-        require_client_cert: false,
-        use_identity_as_username: false,
-        path: "/mqtt".to_owned(),
-        max_connections: 0,
-    };
+    let mut l = ListenerConfig::new(
+        ListenerKind::Tcp,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    );
     for (name, value) in keys {
         let k = key(name);
         let k = k.as_str();

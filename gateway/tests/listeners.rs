@@ -80,15 +80,9 @@ impl Pki {
 
 fn tls_listener(cert: &Path, key: &Path) -> ListenerConfig {
     ListenerConfig {
-        kind: ListenerKind::Tls,
-        bind: "127.0.0.1:0".parse().expect("literal"),
         cert: Some(cert.to_owned()),
         key: Some(key.to_owned()),
-        ca: None,
-        require_client_cert: false,
-        use_identity_as_username: false,
-        path: "/mqtt".to_owned(),
-        max_connections: 0,
+        ..ListenerConfig::new(ListenerKind::Tls, "127.0.0.1:0".parse().expect("literal"))
     }
 }
 
@@ -327,15 +321,8 @@ async fn anonymous_clients_are_refused_on_extra_listeners_unless_allowed() {
 #[tokio::test]
 async fn per_listener_max_connections() {
     let listener = ListenerConfig {
-        kind: ListenerKind::Tcp,
-        bind: "127.0.0.1:0".parse().expect("literal"),
-        cert: None,
-        key: None,
-        ca: None,
-        require_client_cert: false,
-        use_identity_as_username: false,
-        path: "/mqtt".to_owned(),
         max_connections: 2,
+        ..ListenerConfig::new(ListenerKind::Tcp, "127.0.0.1:0".parse().expect("literal"))
     };
     let broker = TestBroker::with(move |c| {
         c.auth.allow_anonymous = true;
