@@ -18,7 +18,9 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::auth::Security;
+use crate::client::Client;
 use crate::config::Config;
+use crate::hibernate::Parker;
 use crate::metrics::{BrokerState, Metrics};
 use crate::registry::Registry;
 use crate::router::Router;
@@ -50,6 +52,8 @@ pub struct Context {
     /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
     pub ready: AtomicBool,
     pub started: Instant,
+    /// Holds idle sessions without their tasks (`mqtt.hibernate_after`).
+    pub parker: Arc<Parker<Client>>,
 }
 
 impl Context {
@@ -62,6 +66,7 @@ impl Context {
             shared_subscriptions: self.router.shared_subscription_len(),
             retained_messages: self.router.retained_len(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            sessions_hibernating: self.parker.len(),
             ..BrokerState::default()
         };
         for session in self.registry.all() {
@@ -103,6 +108,15 @@ impl Drop for ConnectionSlot {
         if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// Aborts a background task of the broker when `Broker::run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -178,6 +192,7 @@ impl Broker {
             listeners,
             ready: AtomicBool::new(false),
             started: Instant::now(),
+            parker: Parker::new().context("cannot create the hibernation epoll set")?,
         });
         let http = match http {
             Some((listener, exporter)) => {
@@ -227,6 +242,9 @@ impl Broker {
             .then(|| sys::spawn(ctx.clone(), Duration::from_secs(u64::from(interval))));
         let high_water = ctx.config.limits.memory_high_water;
         let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
+        // Aborted when `run` returns, after the drain below resumed (and so closed) every
+        // hibernating session; any left over is dropped with it.
+        let _parker = AbortOnDrop(tokio::spawn(ctx.parker.clone().run()));
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
         // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.

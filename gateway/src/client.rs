@@ -25,6 +25,7 @@ use crate::codec::{
     Protocol, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::connection::{Connection, ReadError};
+use crate::hibernate::Sleeper;
 use crate::limits::{Handshake, PublishQuota, QuotaExceeded};
 use crate::listener;
 use crate::message::{ForwardedProperties, Message};
@@ -74,7 +75,10 @@ enum Event {
     Readable,
     Writable,
     Woken,
-    KeepAliveTimer,
+    /// Just attached and nothing to do: hibernate.
+    Idle,
+    /// Keep-alive is due, or the connection may have been silent long enough to hibernate.
+    Timer,
 }
 
 /// Outbound topic aliases towards a v5 client that accepts them.
@@ -150,7 +154,7 @@ pub async fn serve(
     drop(admission);
     if let Some(client) = client {
         let ctx = client.ctx.clone();
-        listener::spawn_isolated(ctx, peer, Box::new(client).run());
+        listener::spawn_isolated(ctx, peer, Box::new(client).run(true));
     }
 }
 
@@ -431,12 +435,13 @@ impl Client {
     }
 
     /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
-    async fn run(mut self: Box<Self>) {
-        let ka_sleep =
-            tokio::time::sleep(self.keep_alive_ms.map_or(Duration::from_secs(86400), |ms| {
-                Duration::from_millis(u64::from(ms.get()))
-            }));
-        tokio::pin!(ka_sleep);
+    /// `fresh`: just attached, so a first wait with nothing to do hibernates at once (a device
+    /// that connects and then talks every few minutes never keeps a task for the wait).
+    async fn run(mut self: Box<Self>, mut fresh: bool) {
+        let hibernation = self.ctx.config.mqtt.hibernate_after.map(duration_nanos);
+        let first = self.next_timer(hibernation, broker_nanos(&self.ctx));
+        let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
+        tokio::pin!(timer);
         let mut frames = Vec::new();
         let close = loop {
             if let Some(kick) = self.session.take_kick() {
@@ -485,9 +490,11 @@ impl Client {
             }
             let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
+            let idle_now = fresh && hibernation.is_some() && self.conn.may_hibernate();
+            fresh = false;
             let session = &self.session;
             let conn = &mut self.conn;
-            let watch_keep_alive = self.keep_alive_ms.is_some();
+            let timed = first.is_some();
             let event = std::future::poll_fn(|cx| {
                 if reading {
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
@@ -502,8 +509,11 @@ impl Client {
                 if session.poll_woken(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Woken));
                 }
-                if watch_keep_alive && ka_sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(Event::KeepAliveTimer));
+                if idle_now {
+                    return Poll::Ready(Ok(Event::Idle));
+                }
+                if timed && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Timer));
                 }
                 Poll::Pending
             })
@@ -522,46 +532,127 @@ impl Client {
                     }
                 }
                 Ok(Event::Writable | Event::Woken) => {}
-                Ok(Event::KeepAliveTimer) => {
-                    let period = self
-                        .keep_alive_ms
-                        .map_or(0, |ms| u64::from(ms.get()) * 1_000_000);
+                Ok(Event::Idle) => match self.hibernate() {
+                    Ok(()) => return,
+                    Err(me) => self = me,
+                },
+                Ok(Event::Timer) => {
                     let now = broker_nanos(&self.ctx);
-                    // A client that stops reading is as gone as one that stops sending: with data
-                    // waiting and no byte taken for a keep-alive period, it is closed. Checked
-                    // first: its silence may only be our read pause (write backpressure).
-                    let waiting = self.conn.has_pending();
-                    if waiting && now >= self.last_write.saturating_add(period) {
-                        debug!(client = %self.session.client_id, "not reading: closed as a slow consumer");
-                        break Close {
-                            reason: CloseReason::SlowConsumer,
-                            code: None,
-                            will: true,
-                        };
+                    if let Some(close) = self.keep_alive_expired(now) {
+                        break close;
                     }
-                    // While our write backlog pauses reading, the client's packets wait unread:
-                    // its silence is ours, and the slow-consumer rule above judges it.
-                    let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
-                    if !read_paused && now >= self.last_read.saturating_add(period) {
-                        debug!(client = %self.session.client_id, "keep-alive expired");
-                        break Close {
-                            reason: CloseReason::KeepAlive,
-                            code: Some(reason::KEEP_ALIVE_TIMEOUT),
-                            will: true,
-                        };
+                    if let Some(after) = hibernation {
+                        if now >= self.last_read.max(self.last_write).saturating_add(after) {
+                            match self.hibernate() {
+                                Ok(()) => return,
+                                // Busy (a write backlog, half a packet) or refused: look again
+                                // after another silent period rather than at once.
+                                Err(me) => {
+                                    self = me;
+                                    self.last_write = now;
+                                }
+                            }
+                        }
                     }
-                    let next = match (waiting, read_paused) {
-                        (true, true) => self.last_write,
-                        (true, false) => self.last_read.min(self.last_write),
-                        _ => self.last_read,
-                    }
-                    .saturating_add(period);
-                    let at = self.ctx.started + Duration::from_nanos(next);
-                    ka_sleep.as_mut().reset(at.into());
+                    let next = self.next_timer(hibernation, now).unwrap_or(u64::MAX);
+                    timer.as_mut().reset(self.instant(next).into());
                 }
             }
         };
         self.finish(close).await;
+    }
+
+    /// The keep-alive period in nanoseconds; `None` without keep-alive.
+    fn keep_alive_period(&self) -> Option<u64> {
+        self.keep_alive_ms
+            .map(|ms| u64::from(ms.get()) * 1_000_000)
+    }
+
+    /// The close a silent client (or one that stopped reading) has earned by `now`, if any.
+    fn keep_alive_expired(&self, now: u64) -> Option<Close> {
+        let period = self.keep_alive_period()?;
+        // A client that stops reading is as gone as one that stops sending: with data waiting
+        // and no byte taken for a keep-alive period, it is closed. Checked first: its silence
+        // may only be our read pause (write backpressure).
+        let waiting = self.conn.has_pending();
+        if waiting && now >= self.last_write.saturating_add(period) {
+            debug!(client = %self.session.client_id, "not reading: closed as a slow consumer");
+            return Some(Close {
+                reason: CloseReason::SlowConsumer,
+                code: None,
+                will: true,
+            });
+        }
+        // While our write backlog pauses reading, the client's packets wait unread: its
+        // silence is ours, and the slow-consumer rule above judges it.
+        let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+        if !read_paused && now >= self.last_read.saturating_add(period) {
+            debug!(client = %self.session.client_id, "keep-alive expired");
+            return Some(Close {
+                reason: CloseReason::KeepAlive,
+                code: Some(reason::KEEP_ALIVE_TIMEOUT),
+                will: true,
+            });
+        }
+        None
+    }
+
+    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check
+    /// and, with hibernation on, the end of a silent period. `None` when neither applies.
+    fn next_timer(&self, hibernation: Option<u64>, now: u64) -> Option<u64> {
+        let keep_alive = self.keep_alive_period().map(|period| {
+            let waiting = self.conn.has_pending();
+            let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+            match (waiting, read_paused) {
+                (true, true) => self.last_write,
+                (true, false) => self.last_read.min(self.last_write),
+                _ => self.last_read,
+            }
+            .saturating_add(period)
+        });
+        let silent = hibernation.map(|after| {
+            self.last_read
+                .max(self.last_write)
+                .saturating_add(after)
+                .max(now)
+        });
+        match (keep_alive, silent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A time on the broker's clock as an `Instant` (far in the future for `u64::MAX`).
+    fn instant(&self, nanos: u64) -> Instant {
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        self.ctx
+            .started
+            .checked_add(Duration::from_nanos(nanos))
+            .map_or(far, |at| at.min(far))
+    }
+
+    /// Ends the task and leaves the client to the parker, its socket off tokio's reactor, until
+    /// the client sends something, the session is woken or keep-alive is due. Gives the client
+    /// back when it cannot hibernate now.
+    fn hibernate(mut self: Box<Self>) -> Result<(), Box<Self>> {
+        if !self.conn.may_hibernate() {
+            return Err(self);
+        }
+        if let Err(e) = self.conn.hibernate() {
+            // The socket is lost with the error: the task's next I/O fails and closes it.
+            debug!(client = %self.session.client_id, "cannot hibernate: {e}");
+            return Err(self);
+        }
+        let deadline = self
+            .keep_alive_period()
+            .map(|period| self.instant(self.last_read.saturating_add(period)));
+        let parker = self.ctx.parker.clone();
+        parker.park(self, deadline).map_err(|mut me| {
+            if let Err(e) = me.conn.resume() {
+                debug!(client = %me.session.client_id, "cannot resume after a refused hibernation: {e}");
+            }
+            me
+        })
     }
 
     /// Reads one batch and handles every complete packet in it.
@@ -1155,6 +1246,33 @@ impl Drop for Client {
     }
 }
 
+/// A hibernating client wakes up into a new task of its own.
+impl Sleeper for Client {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.conn.hibernating_fd()
+    }
+
+    fn arm(&mut self, waker: &std::task::Waker) -> bool {
+        self.session
+            .poll_woken(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    fn resume(mut self: Box<Self>) {
+        if let Err(e) = self.conn.resume() {
+            // Dropped here: closed as a network failure, will and session handled by `Drop`.
+            debug!(client = %self.session.client_id, "cannot resume from hibernation: {e}");
+            return;
+        }
+        let peer = self.session.connection().map_or_else(
+            || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            |c| std::net::SocketAddr::new(c.ip, c.port),
+        );
+        let ctx = self.ctx.clone();
+        listener::spawn_isolated(ctx, peer, self.run(false));
+    }
+}
+
 /// Authenticates the CONNECT and checks its will against the ACL (at CONNECT rather than at
 /// publication, so a client learns at once, CONNACK 5 / 0x87, that its will could never go out).
 /// Returns the client's ACL view (when an ACL file is configured) or the CONNACK reason code.
@@ -1245,6 +1363,10 @@ fn payload_format_ok(props: &Properties, payload: &Bytes) -> bool {
 }
 
 /// A process-unique, hard to guess suffix for assigned client identifiers.
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -1257,14 +1379,14 @@ fn rand_id() -> u64 {
 mod tests {
     use super::*;
 
-    fn future_size<A, F: Future>(_: fn(A) -> F) -> usize {
+    fn future_size<F: Future>(_: impl FnOnce(Box<Client>) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    /// The session task's future is most of an idle session's memory: keep it small.
+    /// The session task's future is most of an active session's memory: keep it small.
     #[test]
     fn session_future_stays_small() {
-        let size = future_size(Client::run);
+        let size = future_size(|c| c.run(true));
         println!("session task future: {size} bytes");
         assert!(size <= 512, "session task future grew to {size} bytes");
     }

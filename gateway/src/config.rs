@@ -128,6 +128,9 @@ pub struct MqttConfig {
     pub outbound_topic_aliases: bool,
     /// File descriptors kept free below RLIMIT_NOFILE; connections are refused past that point.
     pub fd_reserve: u32,
+    /// Silence after which a session hibernates (its task ends, its socket leaves tokio's
+    /// reactor); a new session also hibernates at once when it has nothing to do. `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 /// The `[http]` section: the health, metrics and admin endpoint.
@@ -208,6 +211,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,
             fd_reserve: 64,
+            hibernate_after: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -521,6 +525,7 @@ impl Config {
                 m.outbound_topic_aliases = boolean(k, value)?;
             }
             ("mqtt", "fd_reserve") => m.fd_reserve = integer(k, value, FD_RESERVE)?,
+            ("mqtt", "hibernate_after") => m.hibernate_after = seconds_or_never(k, value)?,
             ("http", "listen") => self.http.listen = optional_socket_addr(k, value)?,
             ("http", "admin_token") => {
                 let token = string(k, value, ADMIN_TOKEN_HINT)?;
@@ -789,6 +794,17 @@ fn seconds(key: &str, value: &Value) -> Result<Duration, ConfigError> {
     Ok(duration)
 }
 
+/// Like `seconds`, with 0 meaning "never".
+fn seconds_or_never(key: &str, value: &Value) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Value::Integer(0) => Ok(None),
+        Value::Float(secs) if *secs == 0.0 => Ok(None),
+        _ => seconds(key, value)
+            .map(Some)
+            .map_err(|_| invalid(key, value, "expected a number of seconds >= 0 (0: never)")),
+    }
+}
+
 const ADMIN_TOKEN_HINT: &str =
     "expected at least 16 printable ASCII characters without spaces, or \"\" to disable the API";
 
@@ -938,6 +954,9 @@ mod tests {
         assert_eq!(c.mqtt.topic_alias_maximum, 64);
         assert!(c.mqtt.outbound_topic_aliases);
         assert_eq!(c.mqtt.fd_reserve, 64);
+        assert_eq!(c.mqtt.hibernate_after, Some(Duration::from_secs(10)));
+        let never = Config::from_toml("[mqtt]\nhibernate_after = 0").unwrap();
+        assert_eq!(never.mqtt.hibernate_after, None);
         assert_eq!(c.http.listen, Some("127.0.0.1:9883".parse().unwrap()));
         assert_eq!(c.log.level, "info");
         assert_eq!(c.limits.max_connections, 0);
@@ -960,7 +979,7 @@ mod tests {
         let table: Table = text.parse().unwrap();
         let count = |section: &str| table[section].as_table().unwrap().len();
         assert_eq!(table.len(), 6);
-        assert_eq!(count("mqtt"), 14);
+        assert_eq!(count("mqtt"), 15);
         assert_eq!(count("http"), 2);
         assert_eq!(count("sys"), 1);
         assert_eq!(count("log"), 1);
@@ -1030,6 +1049,7 @@ mod tests {
             topic_alias_maximum = 0
             outbound_topic_aliases = false
             fd_reserve = 128
+            hibernate_after = 0.5
             [http]
             listen = "0.0.0.0:8080"
             admin_token = "0123456789abcdef-token"
@@ -1068,6 +1088,7 @@ mod tests {
                 topic_alias_maximum: 0,
                 outbound_topic_aliases: false,
                 fd_reserve: 128,
+                hibernate_after: Some(Duration::from_millis(500)),
             },
             http: HttpConfig {
                 listen: Some("0.0.0.0:8080".parse().unwrap()),
@@ -1328,6 +1349,12 @@ mod tests {
                 "mqtt.connect_timeout",
                 "NaN",
                 "must be > 0 seconds",
+            ),
+            (
+                "hibernate_after = -1",
+                "mqtt.hibernate_after",
+                "-1",
+                "expected a number of seconds >= 0 (0: never)",
             ),
             (
                 "max_topic_levels = 0",

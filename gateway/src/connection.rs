@@ -53,6 +53,9 @@ enum Transport {
     Tcp(TcpStream),
     /// Boxed: a TLS session's state is large and only TLS/WebSocket connections pay for it.
     Stream(Box<StreamIo>),
+    /// A TCP socket taken off tokio's reactor while its session hibernates (see `hibernate`);
+    /// `None` once lost on the way (deregistering failed). Every I/O call fails until `resume`.
+    Hibernating(Option<std::net::TcpStream>),
 }
 
 struct StreamIo {
@@ -101,6 +104,50 @@ impl Connection {
         match &self.transport {
             Transport::Tcp(stream) => stream.readable().await,
             Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_read_ready(cx)).await,
+            Transport::Hibernating(_) => Err(hibernating()),
+        }
+    }
+
+    /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
+    /// be written, no packet half read.
+    pub fn may_hibernate(&self) -> bool {
+        matches!(self.transport, Transport::Tcp(_)) && self.pending.is_empty() && self.partial.is_none()
+    }
+
+    /// Deregisters the socket from tokio's reactor, keeping it open.
+    pub fn hibernate(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
+            Transport::Tcp(stream) => {
+                self.transport = Transport::Hibernating(Some(stream.into_std()?));
+                Ok(())
+            }
+            other => {
+                self.transport = other;
+                Err(io::Error::other("only a plain TCP connection hibernates"))
+            }
+        }
+    }
+
+    /// Registers a hibernating socket with the reactor again; inside the runtime.
+    pub fn resume(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
+            Transport::Hibernating(Some(stream)) => {
+                self.transport = Transport::Tcp(TcpStream::from_std(stream)?);
+                Ok(())
+            }
+            other => {
+                self.transport = other;
+                Err(hibernating())
+            }
+        }
+    }
+
+    /// The hibernating socket's descriptor (-1 when there is none).
+    pub fn hibernating_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.transport {
+            Transport::Hibernating(Some(stream)) => stream.as_raw_fd(),
+            _ => -1,
         }
     }
 
@@ -111,6 +158,7 @@ impl Connection {
         match &mut self.transport {
             Transport::Tcp(stream) => stream.poll_read_ready(cx),
             Transport::Stream(s) => s.poll_receive(cx),
+            Transport::Hibernating(_) => Poll::Ready(Err(hibernating())),
         }
     }
 
@@ -122,6 +170,7 @@ impl Connection {
                 Poll::Ready(r) => Poll::Ready(r.map(drop)),
                 Poll::Pending => Poll::Pending,
             },
+            Transport::Hibernating(_) => Poll::Ready(Err(hibernating())),
         }
     }
 
@@ -129,6 +178,7 @@ impl Connection {
         match &self.transport {
             Transport::Tcp(stream) => stream.writable().await,
             Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_write_ready(cx)).await,
+            Transport::Hibernating(_) => Err(hibernating()),
         }
     }
 
@@ -156,6 +206,7 @@ impl Connection {
                 self.frame(data, max_packet_size, frames)?;
                 return Ok(n);
             }
+            Transport::Hibernating(_) => return Err(ReadError::Io(hibernating())),
         };
         let (data, n) = match self.partial.take() {
             Some(mut p) => {
@@ -232,7 +283,10 @@ impl Connection {
 
     /// Writes as much of the queue as the socket takes without waiting. Returns bytes written.
     pub fn try_flush(&mut self) -> io::Result<usize> {
-        let Transport::Tcp(stream) = &self.transport else {
+        let stream = match &self.transport {
+            Transport::Tcp(stream) => stream,
+            Transport::Hibernating(_) => return Err(hibernating()),
+            Transport::Stream(_) => {
             // Nothing waits on this context: the task's next wait polls the stream again with its
             // own (`poll_write_ready`), which replaces the registration made here.
             let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
@@ -240,6 +294,7 @@ impl Connection {
                 Poll::Ready(r) => r,
                 Poll::Pending => Ok(0),
             };
+            }
         };
         let mut written = 0;
         while !self.pending.is_empty() {
@@ -338,6 +393,7 @@ impl Connection {
                     }
                     while let Ok(1..) = s.io.read(&mut sink).await {}
                 }
+                Transport::Hibernating(_) => {}
             }
         })
         .await;
@@ -367,6 +423,10 @@ impl StreamIo {
             }
         })
     }
+}
+
+fn hibernating() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket hibernating")
 }
 
 fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usize) {

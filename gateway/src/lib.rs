@@ -9,7 +9,8 @@
 //! `auth` checks CONNECT credentials against the password file and `acl` decides who may read and
 //! write which topic; `limits` holds the overload protection's state (connect pacing, publish
 //! quotas, the memory watch). `tls` and `ws` turn a `[[listeners]]` socket into the byte stream
-//! `connection` reads when the listener is not plain TCP.
+//! `connection` reads when the listener is not plain TCP. `hibernate` holds idle sessions without
+//! their tasks: one epoll set, one timer heap and one task for all of them.
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
@@ -21,6 +22,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod hibernate;
 pub mod http;
 pub mod limits;
 pub mod listener;

@@ -558,6 +558,10 @@ fn describe() {
         "Outbound QoS 1/2 messages sent and awaiting acknowledgement."
     );
     describe_gauge!(
+        "gateway_sessions_hibernating",
+        "Online sessions hibernating: no task, socket off the reactor (mqtt.hibernate_after)."
+    );
+    describe_gauge!(
         "gateway_uptime_seconds",
         "Seconds since the broker started."
     );
@@ -579,6 +583,8 @@ pub struct BrokerState {
     pub queued_messages: usize,
     pub inflight_messages: usize,
     pub uptime_seconds: u64,
+    /// Online sessions without a task, waiting in the parker (`hibernate`).
+    pub sessions_hibernating: usize,
 }
 
 /// Gauges set from a `BrokerState` right before rendering.
@@ -591,6 +597,7 @@ struct StateGauges {
     queued: Gauge,
     inflight: Gauge,
     uptime: Gauge,
+    hibernating: Gauge,
 }
 
 impl StateGauges {
@@ -605,6 +612,7 @@ impl StateGauges {
             queued: gauge!("gateway_queued_messages"),
             inflight: gauge!("gateway_inflight_messages"),
             uptime: gauge!("gateway_uptime_seconds"),
+            hibernating: gauge!("gateway_sessions_hibernating"),
         }
     }
 }
@@ -628,6 +636,7 @@ impl Exporter {
         s.retained.set(state.retained_messages as f64);
         s.queued.set(state.queued_messages as f64);
         s.inflight.set(state.inflight_messages as f64);
+        s.hibernating.set(state.sessions_hibernating as f64);
         s.uptime.set(state.uptime_seconds as f64);
         let mut out = self.handle.render();
         process::render(&mut out);

@@ -1,0 +1,505 @@
+//! Hibernation: idle sessions held without a task or a reactor registration.
+//!
+//! A tokio task plus a socket registered with tokio's reactor cost ~940 B of RSS per connection
+//! (`examples/tokio_floor.rs`): more than Mosquitto's whole idle session. An idle session needs
+//! neither. It waits for one of three things: bytes (or a hang-up) from its client, a wake-up from
+//! the broker (a delivery, a takeover, a kick, shutdown), or its keep-alive deadline. The `Parker`
+//! waits for all three on behalf of every hibernating session at once: their sockets sit in one
+//! epoll set of its own, their wake-ups are tokens queued for it, their deadlines one heap, and a
+//! single task drives it. A hibernating session keeps only its own state (the `Sleeper`) and a
+//! slot here; on any of the three the parker hands the sleeper back (`Sleeper::resume`), which
+//! registers its socket with tokio again and spawns its task. Erlang's `hibernate` does the same
+//! for an idle process.
+//!
+//! Tokens carry the slot's generation, so a wake-up, an epoll event or a deadline that arrives
+//! after its sleeper was resumed (and the slot reused) finds a newer generation and is ignored.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Weak};
+use std::task::{Wake, Waker};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
+
+/// The state of an idle session that owns a socket, while it hibernates.
+pub trait Sleeper: Send + 'static {
+    /// The socket whose readability (or hang-up) resumes it.
+    fn fd(&self) -> RawFd;
+    /// Takes the waker that resumes it from the broker's side. Returns true when a wake-up came
+    /// before the waker could be in place: the sleeper is then resumed at once.
+    fn arm(&mut self, waker: &Waker) -> bool;
+    /// Back to work; called on the parker's task, inside the runtime.
+    fn resume(self: Box<Self>);
+}
+
+/// Deadline of a sleeper without one.
+const NEVER: u64 = u64::MAX;
+/// Epoll events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+struct Slot<S> {
+    sleeper: Option<Box<S>>,
+    /// Milliseconds since the parker's epoch; `NEVER` when none.
+    deadline: u64,
+    /// Bumped on every resume: tokens of earlier sleepers in this slot go stale.
+    generation: u32,
+}
+
+struct Slots<S> {
+    slots: Vec<Slot<S>>,
+    free: Vec<u32>,
+    /// (deadline, token), earliest first. Entries of resumed sleepers stay until they come up or
+    /// the heap is rebuilt, which happens once it holds twice as many entries as sleepers.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    sleeping: usize,
+}
+
+pub struct Parker<S> {
+    epoll: AsyncFd<OwnedFd>,
+    slots: Mutex<Slots<S>>,
+    /// Tokens whose wakers fired, for the parker's task to resume.
+    woken: Mutex<Vec<u64>>,
+    notify: Notify,
+    epoch: Instant,
+}
+
+fn token(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | key as u64
+}
+
+impl<S: Sleeper> Parker<S> {
+    /// A parker with its own epoll set; inside a tokio runtime. Nothing is resumed until `run`.
+    pub fn new() -> io::Result<Arc<Parker<S>>> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the `OwnedFd` is a valid descriptor, closed only when the `AsyncFd` drops it.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? };
+        Ok(Arc::new(Parker {
+            epoll,
+            slots: Mutex::new(Slots {
+                slots: Vec::new(),
+                free: Vec::new(),
+                timers: BinaryHeap::new(),
+                sleeping: 0,
+            }),
+            woken: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            epoch: Instant::now(),
+        }))
+    }
+
+    /// How many sleepers hibernate now.
+    pub fn len(&self) -> usize {
+        self.slots.lock().sleeping
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts `sleeper` to sleep until its socket is readable, its waker fires or `deadline`
+    /// passes. Gives it back when its socket cannot join the epoll set.
+    pub fn park(self: &Arc<Self>, mut sleeper: Box<S>, deadline: Option<Instant>) -> Result<(), Box<S>> {
+        let fd = sleeper.fd();
+        let at = deadline.map_or(NEVER, |d| self.millis(d));
+        let mut s = self.slots.lock();
+        let key = match s.free.pop() {
+            Some(key) => key as usize,
+            None => {
+                s.slots.push(Slot {
+                    sleeper: None,
+                    deadline: NEVER,
+                    generation: 0,
+                });
+                s.slots.len() - 1
+            }
+        };
+        let token = token(key, s.slots[key].generation);
+        // Armed under the lock: no wake-up can be processed before the slot holds the sleeper.
+        let waker = Waker::from(Arc::new(Wakeup {
+            parker: Arc::downgrade(self),
+            token,
+        }));
+        let woken = sleeper.arm(&waker);
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: token,
+        };
+        // SAFETY: `event` outlives the call; the kernel copies it. A bad descriptor is an error.
+        let added = unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        };
+        if added < 0 {
+            let slot = &mut s.slots[key];
+            slot.generation = slot.generation.wrapping_add(1);
+            s.free.push(key as u32);
+            return Err(sleeper);
+        }
+        let slot = &mut s.slots[key];
+        slot.sleeper = Some(sleeper);
+        slot.deadline = at;
+        s.sleeping += 1;
+        let earliest = at != NEVER && s.timers.peek().is_none_or(|Reverse((t, _))| at < *t);
+        if at != NEVER {
+            s.timers.push(Reverse((at, token)));
+            s.compact_timers();
+        }
+        drop(s);
+        if woken {
+            self.woken.lock().push(token);
+        }
+        if woken || earliest {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Resumes sleepers as their sockets, wakers and deadlines call for; runs until dropped
+    /// (aborted with the broker), which drops whoever still sleeps, polled or not.
+    pub fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+        let release = Release(self.clone());
+        async move {
+            let _release = release;
+            self.drive().await;
+        }
+    }
+
+    async fn drive(&self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        let mut due = Vec::new();
+        loop {
+            let next = self.next_deadline();
+            let timer = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ready = self.epoll.readable() => match ready {
+                    Ok(mut guard) => loop {
+                        // SAFETY: `events` has room for EVENTS entries; the descriptor is ours.
+                        let n = unsafe {
+                            libc::epoll_wait(
+                                self.epoll.as_raw_fd(),
+                                events.as_mut_ptr(),
+                                EVENTS as i32,
+                                0,
+                            )
+                        };
+                        let n = usize::try_from(n).unwrap_or(0);
+                        due.extend(events[..n].iter().map(|e| e.u64));
+                        if n < EVENTS {
+                            guard.clear_ready();
+                            break;
+                        }
+                    },
+                    Err(e) => tracing::error!("hibernation epoll set failed: {e}"),
+                },
+                () = self.notify.notified() => {}
+                () = timer => {}
+            }
+            due.append(&mut self.woken.lock());
+            self.take_expired(&mut due);
+            for token in due.drain(..) {
+                if let Some(sleeper) = self.take(token) {
+                    sleeper.resume();
+                }
+            }
+        }
+    }
+
+    /// Takes the sleeper a token names, if it still sleeps there, out of the slot and the epoll set.
+    fn take(&self, token: u64) -> Option<Box<S>> {
+        let key = (token & u64::from(u32::MAX)) as usize;
+        let generation = (token >> 32) as u32;
+        let mut s = self.slots.lock();
+        let slot = s.slots.get_mut(key)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let sleeper = slot.sleeper.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.deadline = NEVER;
+        s.free.push(key as u32);
+        s.sleeping -= 1;
+        drop(s);
+        // SAFETY: a null event is allowed for EPOLL_CTL_DEL. The sleeper still owns the socket.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                sleeper.fd(),
+                std::ptr::null_mut(),
+            );
+        }
+        Some(sleeper)
+    }
+
+    fn take_expired(&self, due: &mut Vec<u64>) {
+        let now = self.millis(Instant::now());
+        let mut s = self.slots.lock();
+        while let Some(&Reverse((at, token))) = s.timers.peek() {
+            if at > now {
+                break;
+            }
+            s.timers.pop();
+            due.push(token);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let s = self.slots.lock();
+        let &Reverse((at, _)) = s.timers.peek()?;
+        Some(self.epoch + std::time::Duration::from_millis(at))
+    }
+
+    /// Rounded up: a sleeper is never resumed before its deadline.
+    fn millis(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.epoch);
+        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        u64::try_from(ms).unwrap_or(NEVER - 1)
+    }
+}
+
+impl<S> Slots<S> {
+    /// Keeps the heap within twice the sleepers (plus a little): rebuilt from the slots, which
+    /// hold each sleeper's one current deadline, so it costs O(1) per park amortized.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.sleeping + 64 {
+            return;
+        }
+        self.timers = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.sleeper.is_some() && slot.deadline != NEVER)
+            .map(|(key, slot)| Reverse((slot.deadline, token(key, slot.generation))))
+            .collect();
+    }
+}
+
+/// Drops whoever still sleeps when the parker's task ends: a sleeper may hold the context that
+/// holds the parker, and nothing would resume it any more.
+struct Release<S: Sleeper>(Arc<Parker<S>>);
+
+impl<S: Sleeper> Drop for Release<S> {
+    fn drop(&mut self) {
+        let sleepers: Vec<Box<S>> = {
+            let mut s = self.0.slots.lock();
+            s.sleeping = 0;
+            s.timers.clear();
+            s.slots.iter_mut().filter_map(|slot| slot.sleeper.take()).collect()
+        };
+        drop(sleepers);
+    }
+}
+
+/// A hibernating sleeper's waker: queues its token for the parker's task.
+struct Wakeup<S> {
+    parker: Weak<Parker<S>>,
+    token: u64,
+}
+
+impl<S: Sleeper> Wake for Wakeup<S> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(parker) = self.parker.upgrade() {
+            parker.woken.lock().push(self.token);
+            parker.notify.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// Reports its name when resumed; hands its waker out.
+    struct Probe {
+        name: &'static str,
+        socket: TcpStream,
+        already_woken: bool,
+        waker: Arc<Mutex<Option<Waker>>>,
+        resumed: mpsc::UnboundedSender<&'static str>,
+    }
+
+    impl Sleeper for Probe {
+        fn fd(&self) -> RawFd {
+            self.socket.as_raw_fd()
+        }
+
+        fn arm(&mut self, waker: &Waker) -> bool {
+            *self.waker.lock() = Some(waker.clone());
+            self.already_woken
+        }
+
+        fn resume(self: Box<Self>) {
+            let _ = self.resumed.send(self.name);
+        }
+    }
+
+    struct Fixture {
+        parker: Arc<Parker<Probe>>,
+        task: tokio::task::JoinHandle<()>,
+        resumed: mpsc::UnboundedReceiver<&'static str>,
+        tx: mpsc::UnboundedSender<&'static str>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let parker = Parker::new().expect("epoll");
+            let task = tokio::spawn(parker.clone().run());
+            let (tx, resumed) = mpsc::unbounded_channel();
+            Fixture {
+                parker,
+                task,
+                resumed,
+                tx,
+            }
+        }
+
+        /// Parks a probe over one end of a fresh connection; returns the other end and its waker.
+        fn park(
+            &self,
+            name: &'static str,
+            deadline: Option<Instant>,
+            already_woken: bool,
+        ) -> (TcpStream, Arc<Mutex<Option<Waker>>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (socket, _) = listener.accept().expect("accept");
+            let waker = Arc::new(Mutex::new(None));
+            let probe = Box::new(Probe {
+                name,
+                socket,
+                already_woken,
+                waker: waker.clone(),
+                resumed: self.tx.clone(),
+            });
+            assert!(self.parker.park(probe, deadline).is_ok());
+            (peer, waker)
+        }
+
+        async fn next(&mut self) -> Option<&'static str> {
+            tokio::time::timeout(Duration::from_secs(2), self.resumed.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+
+        async fn nothing_within(&mut self, ms: u64) -> bool {
+            tokio::time::timeout(Duration::from_millis(ms), self.resumed.recv())
+                .await
+                .is_err()
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_from_the_client_resume_only_their_sleeper() {
+        let mut f = Fixture::new();
+        let (mut a, _) = f.park("a", None, false);
+        let (_b, _) = f.park("b", None, false);
+        assert_eq!(f.parker.len(), 2);
+        a.write_all(&[0xc0, 0]).expect("write");
+        assert_eq!(f.next().await, Some("a"));
+        assert!(f.nothing_within(100).await);
+        assert_eq!(f.parker.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_resumes_its_sleeper() {
+        let mut f = Fixture::new();
+        let (a, _) = f.park("a", None, false);
+        drop(a);
+        assert_eq!(f.next().await, Some("a"));
+    }
+
+    #[tokio::test]
+    async fn the_waker_resumes_its_sleeper_once() {
+        let mut f = Fixture::new();
+        let (_a, waker) = f.park("a", None, false);
+        let w = waker.lock().clone().expect("armed");
+        w.wake_by_ref();
+        w.wake_by_ref();
+        assert_eq!(f.next().await, Some("a"));
+        assert!(f.nothing_within(100).await);
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_before_the_waker_was_in_place_resumes_at_once() {
+        let mut f = Fixture::new();
+        let (_a, _) = f.park("a", None, true);
+        assert_eq!(f.next().await, Some("a"));
+    }
+
+    #[tokio::test]
+    async fn a_deadline_resumes_its_sleeper_not_before() {
+        let mut f = Fixture::new();
+        let start = Instant::now();
+        let (_late, _) = f.park("late", Some(start + Duration::from_millis(300)), false);
+        let (_early, _) = f.park("early", Some(start + Duration::from_millis(100)), false);
+        assert_eq!(f.next().await, Some("early"));
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert_eq!(f.next().await, Some("late"));
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_stale_waker_does_not_resume_the_next_sleeper_in_its_slot() {
+        let mut f = Fixture::new();
+        let (_a, waker) = f.park("a", None, false);
+        let old = waker.lock().clone().expect("armed");
+        old.wake_by_ref();
+        assert_eq!(f.next().await, Some("a"));
+        let (_b, _) = f.park("b", None, false);
+        assert_eq!(f.parker.slots.lock().slots.len(), 1, "the slot is reused");
+        old.wake_by_ref();
+        assert!(f.nothing_within(150).await);
+        assert_eq!(f.parker.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deadlines_of_resumed_sleepers_do_not_pile_up() {
+        let mut f = Fixture::new();
+        let far = Instant::now() + Duration::from_secs(3600);
+        for _ in 0..1000 {
+            let (_peer, waker) = f.park("x", Some(far), false);
+            waker.lock().take().expect("armed").wake();
+            assert_eq!(f.next().await, Some("x"));
+        }
+        let timers = f.parker.slots.lock().timers.len();
+        assert!(timers <= 64 + 2, "{timers} timer entries for at most one sleeper");
+    }
+
+    #[tokio::test]
+    async fn ending_the_parker_closes_whoever_sleeps() {
+        let f = Fixture::new();
+        let (mut a, _) = f.park("a", None, false);
+        f.task.abort();
+        let _ = f.task.await;
+        a.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut buf = [0u8; 1];
+        assert_eq!(a.read(&mut buf).expect("read"), 0, "closed by the parker");
+        assert_eq!(f.parker.len(), 0);
+    }
+}
