@@ -564,8 +564,7 @@ impl Client {
 
     /// The keep-alive period in nanoseconds; `None` without keep-alive.
     fn keep_alive_period(&self) -> Option<u64> {
-        self.keep_alive_ms
-            .map(|ms| u64::from(ms.get()) * 1_000_000)
+        self.keep_alive_ms.map(|ms| u64::from(ms.get()) * 1_000_000)
     }
 
     /// The close a silent client (or one that stopped reading) has earned by `now`, if any.

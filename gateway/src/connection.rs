@@ -111,7 +111,9 @@ impl Connection {
     /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
     /// be written, no packet half read.
     pub fn may_hibernate(&self) -> bool {
-        matches!(self.transport, Transport::Tcp(_)) && self.pending.is_empty() && self.partial.is_none()
+        matches!(self.transport, Transport::Tcp(_))
+            && self.pending.is_empty()
+            && self.partial.is_none()
     }
 
     /// Deregisters the socket from tokio's reactor, keeping it open.
@@ -287,13 +289,13 @@ impl Connection {
             Transport::Tcp(stream) => stream,
             Transport::Hibernating(_) => return Err(hibernating()),
             Transport::Stream(_) => {
-            // Nothing waits on this context: the task's next wait polls the stream again with its
-            // own (`poll_write_ready`), which replaces the registration made here.
-            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            return match self.poll_flush_stream(&mut cx) {
-                Poll::Ready(r) => r,
-                Poll::Pending => Ok(0),
-            };
+                // Nothing waits on this context: the task's next wait polls the stream again with its
+                // own (`poll_write_ready`), which replaces the registration made here.
+                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                return match self.poll_flush_stream(&mut cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Ok(0),
+                };
             }
         };
         let mut written = 0;

@@ -111,7 +111,11 @@ impl<S: Sleeper> Parker<S> {
 
     /// Puts `sleeper` to sleep until its socket is readable, its waker fires or `deadline`
     /// passes. Gives it back when its socket cannot join the epoll set.
-    pub fn park(self: &Arc<Self>, mut sleeper: Box<S>, deadline: Option<Instant>) -> Result<(), Box<S>> {
+    pub fn park(
+        self: &Arc<Self>,
+        mut sleeper: Box<S>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Box<S>> {
         let fd = sleeper.fd();
         let at = deadline.map_or(NEVER, |d| self.millis(d));
         let mut s = self.slots.lock();
@@ -138,9 +142,8 @@ impl<S: Sleeper> Parker<S> {
             u64: token,
         };
         // SAFETY: `event` outlives the call; the kernel copies it. A bad descriptor is an error.
-        let added = unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
-        };
+        let added =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if added < 0 {
             let slot = &mut s.slots[key];
             slot.generation = slot.generation.wrapping_add(1);
@@ -151,7 +154,7 @@ impl<S: Sleeper> Parker<S> {
         slot.sleeper = Some(sleeper);
         slot.deadline = at;
         s.sleeping += 1;
-        let earliest = at != NEVER && s.timers.peek().is_none_or(|Reverse((t, _))| at < *t);
+        let earliest = at != NEVER && s.timers.peek().map_or(true, |Reverse((t, _))| at < *t);
         if at != NEVER {
             s.timers.push(Reverse((at, token)));
             s.compact_timers();
@@ -301,7 +304,10 @@ impl<S: Sleeper> Drop for Release<S> {
             let mut s = self.0.slots.lock();
             s.sleeping = 0;
             s.timers.clear();
-            s.slots.iter_mut().filter_map(|slot| slot.sleeper.take()).collect()
+            s.slots
+                .iter_mut()
+                .filter_map(|slot| slot.sleeper.take())
+                .collect()
         };
         drop(sleepers);
     }
@@ -488,7 +494,10 @@ mod tests {
             assert_eq!(f.next().await, Some("x"));
         }
         let timers = f.parker.slots.lock().timers.len();
-        assert!(timers <= 64 + 2, "{timers} timer entries for at most one sleeper");
+        assert!(
+            timers <= 64 + 2,
+            "{timers} timer entries for at most one sleeper"
+        );
     }
 
     #[tokio::test]
@@ -497,7 +506,8 @@ mod tests {
         let (mut a, _) = f.park("a", None, false);
         f.task.abort();
         let _ = f.task.await;
-        a.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        a.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         let mut buf = [0u8; 1];
         assert_eq!(a.read(&mut buf).expect("read"), 0, "closed by the parker");
         assert_eq!(f.parker.len(), 0);

@@ -13,6 +13,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The `[[listeners]]` addresses, in configuration order.
     pub listeners: Vec<SocketAddr>,
+    /// The broker's shared state, to read what it holds (`state()`).
+    pub ctx: std::sync::Arc<gateway::Context>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,6 +36,7 @@ impl TestBroker {
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addr();
         let listeners = broker.listener_addrs();
+        let ctx = broker.context();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(broker.run(async move {
             let _ = stopped.await;
@@ -41,6 +44,7 @@ impl TestBroker {
         TestBroker {
             addr,
             listeners,
+            ctx,
             stop: Some(stop),
             task: Some(task),
         }

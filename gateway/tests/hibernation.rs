@@ -1,0 +1,135 @@
+//! Hibernation (`mqtt.hibernate_after`): an idle session gives up its task and its reactor
+//! registration and comes back, unchanged to its client, on a packet, a delivery, a takeover,
+//! its keep-alive deadline or shutdown.
+
+mod clients;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clients::raw::{self, Connect, End, Raw, V};
+use clients::{unique_id, v3, v5, WAIT};
+use common::{eventually, TestBroker};
+
+const SESSION_TAKEN_OVER: u8 = 0x8E;
+const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+
+async fn broker() -> TestBroker {
+    TestBroker::with(|c| c.mqtt.hibernate_after = Some(Duration::from_millis(300))).await
+}
+
+fn hibernating(broker: &TestBroker) -> usize {
+    broker.ctx.state().sessions_hibernating
+}
+
+async fn until_hibernating(broker: &TestBroker, n: usize) {
+    assert!(
+        eventually(WAIT, || hibernating(broker) == n).await,
+        "{} sessions hibernating, expected {n}",
+        hibernating(broker)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_wake_a_hibernating_subscriber_and_it_sleeps_again() {
+    let broker = broker().await;
+    let mut sub = v3::connect(broker.addr, &unique_id("hib-sub")).await;
+    sub.subscribe("hib/#", v3::QoS::AtLeastOnce).await;
+    until_hibernating(&broker, 1).await;
+
+    let mut publ = v5::connect(broker.addr, &unique_id("hib-pub")).await;
+    for i in 0..20u8 {
+        publ.publish_confirmed("hib/t", v5::QoS::AtLeastOnce, false, vec![i])
+            .await;
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], &[i], "in order, nothing lost");
+        assert_eq!(p.qos, v3::QoS::AtLeastOnce);
+        // Long enough for both to hibernate between some of the messages.
+        if i % 5 == 0 {
+            until_hibernating(&broker, 2).await;
+        }
+    }
+    sub.expect_no_publish(Duration::from_millis(200)).await;
+    until_hibernating(&broker, 2).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_its_keep_alive_while_hibernating() {
+    let broker = broker().await;
+    let id = unique_id("hib-ka");
+    let (mut raw, _) = Raw::connect(broker.addr, &Connect::v311(&id, true, 1)).await;
+    let connected = Instant::now();
+    until_hibernating(&broker, 1).await;
+    match raw.read_packet_within(Duration::from_secs(4)).await {
+        Err(End::Closed) => {}
+        other => panic!("expected the keep-alive close, got {other:?}"),
+    }
+    let after = connected.elapsed();
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_millis(2500),
+        "closed after {after:?}; keep-alive 1 s allows 1.5 s of silence"
+    );
+    assert!(eventually(WAIT, || hibernating(&broker) == 0).await);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernating_client_is_answered_and_can_be_taken_over() {
+    let broker = broker().await;
+    let id = unique_id("hib-take");
+    let mut first = Raw::connected(broker.addr, V::V5, &id).await;
+    until_hibernating(&broker, 1).await;
+
+    first.send(&raw::encode_pingreq()).await;
+    let pong = first.expect_packet("PINGRESP").await;
+    assert_eq!(pong.first, raw::PINGRESP);
+    until_hibernating(&broker, 1).await;
+
+    let mut second = Raw::connected(broker.addr, V::V5, &id).await;
+    let bye = first.expect_packet("DISCONNECT").await;
+    assert_eq!(bye.first, raw::DISCONNECT);
+    assert_eq!(bye.body.first(), Some(&SESSION_TAKEN_OVER));
+    assert!(matches!(first.read_packet().await, Err(End::Closed)));
+
+    second.send(&raw::encode_pingreq()).await;
+    assert_eq!(second.expect_packet("PINGRESP").await.first, raw::PINGRESP);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wakes_and_closes_every_hibernating_session() {
+    let broker = broker().await;
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(Raw::connected(broker.addr, V::V5, &unique_id(&format!("hib-sd{i}"))).await);
+    }
+    until_hibernating(&broker, 50).await;
+    let started = Instant::now();
+    broker.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    for c in &mut clients {
+        let bye = c.expect_packet("DISCONNECT").await;
+        assert_eq!(bye.first, raw::DISCONNECT);
+        assert_eq!(bye.body.first(), Some(&SERVER_SHUTTING_DOWN));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernation_off_keeps_every_session_in_its_task() {
+    let broker = TestBroker::with(|c| c.mqtt.hibernate_after = None).await;
+    let mut sub = v5::connect(broker.addr, &unique_id("hib-off")).await;
+    sub.subscribe("off/#", v5::QoS::AtMostOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hibernating(&broker), 0);
+    let mut publ = v5::connect(broker.addr, &unique_id("hib-off-pub")).await;
+    publ.publish_confirmed("off/t", v5::QoS::AtLeastOnce, false, b"x".to_vec())
+        .await;
+    assert_eq!(&sub.next_publish(WAIT).await.payload[..], b"x");
+    assert_eq!(hibernating(&broker), 0);
+    broker.shutdown().await;
+}
