@@ -438,8 +438,10 @@ impl Client {
     /// `fresh`: just attached, so a first wait with nothing to do hibernates at once (a device
     /// that connects and then talks every few minutes never keeps a task for the wait).
     async fn run(mut self: Box<Self>, mut fresh: bool) {
-        let hibernation = self.ctx.config.mqtt.hibernate_after.map(duration_nanos);
-        let first = self.next_timer(hibernation, broker_nanos(&self.ctx));
+        // Only what the loop needs across waits lives here: this future is every active
+        // session's task.
+        let first = self.next_timer(broker_nanos(&self.ctx));
+        let timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
         let mut frames = Vec::new();
@@ -490,12 +492,13 @@ impl Client {
             }
             let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
-            let idle_now = fresh && hibernation.is_some() && self.conn.may_hibernate();
+            let idle_now = fresh && self.hibernation().is_some() && self.conn.may_hibernate();
             fresh = false;
             let session = &self.session;
             let conn = &mut self.conn;
-            let timed = first.is_some();
-            let event = std::future::poll_fn(|cx| {
+            let mut wait = timer.as_mut();
+            // `move`: the flags by value, a byte each in the task's future rather than a pointer.
+            let event = std::future::poll_fn(move |cx| {
                 if reading {
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
                         return Poll::Ready(r.map(|()| Event::Readable));
@@ -512,7 +515,7 @@ impl Client {
                 if idle_now {
                     return Poll::Ready(Ok(Event::Idle));
                 }
-                if timed && timer.as_mut().poll(cx).is_ready() {
+                if timed && wait.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Timer));
                 }
                 Poll::Pending
@@ -541,7 +544,7 @@ impl Client {
                     if let Some(close) = self.keep_alive_expired(now) {
                         break close;
                     }
-                    if let Some(after) = hibernation {
+                    if let Some(after) = self.hibernation() {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
@@ -554,12 +557,17 @@ impl Client {
                             }
                         }
                     }
-                    let next = self.next_timer(hibernation, now).unwrap_or(u64::MAX);
+                    let next = self.next_timer(now).unwrap_or(u64::MAX);
                     timer.as_mut().reset(self.instant(next).into());
                 }
             }
         };
         self.finish(close).await;
+    }
+
+    /// The silence (nanoseconds) after which this session hibernates; `None`: never.
+    fn hibernation(&self) -> Option<u64> {
+        self.ctx.config.mqtt.hibernate_after.map(duration_nanos)
     }
 
     /// The keep-alive period in nanoseconds; `None` without keep-alive.
@@ -598,7 +606,7 @@ impl Client {
 
     /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check
     /// and, with hibernation on, the end of a silent period. `None` when neither applies.
-    fn next_timer(&self, hibernation: Option<u64>, now: u64) -> Option<u64> {
+    fn next_timer(&self, now: u64) -> Option<u64> {
         let keep_alive = self.keep_alive_period().map(|period| {
             let waiting = self.conn.has_pending();
             let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
@@ -609,7 +617,7 @@ impl Client {
             }
             .saturating_add(period)
         });
-        let silent = hibernation.map(|after| {
+        let silent = self.hibernation().map(|after| {
             self.last_read
                 .max(self.last_write)
                 .saturating_add(after)

@@ -13,16 +13,21 @@
 //!
 //! Tokens carry the slot's generation, so a wake-up, an epoll event or a deadline that arrives
 //! after its sleeper was resumed (and the slot reused) finds a newer generation and is ignored.
+//! Generations are 16 bits: a token 65,536 hibernations stale could resume the slot's current
+//! sleeper early, which costs it one spurious trip through its task and nothing else.
+//!
+//! A hibernating session's waker allocates nothing: it is the token itself plus the parker's
+//! index in a process-wide table (`PARKERS`), packed into the waker's data word.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Weak};
-use std::task::{Wake, Waker};
+use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
@@ -45,22 +50,23 @@ const EVENTS: usize = 256;
 
 struct Slot<S> {
     sleeper: Option<Box<S>>,
-    /// Milliseconds since the parker's epoch; `NEVER` when none.
-    deadline: u64,
     /// Bumped on every resume: tokens of earlier sleepers in this slot go stale.
-    generation: u32,
+    generation: u16,
 }
 
 struct Slots<S> {
     slots: Vec<Slot<S>>,
     free: Vec<u32>,
-    /// (deadline, token), earliest first. Entries of resumed sleepers stay until they come up or
-    /// the heap is rebuilt, which happens once it holds twice as many entries as sleepers.
+    /// (deadline in milliseconds since the epoch, token), earliest first. Entries of resumed
+    /// sleepers stay until they come up or are swept, once the heap holds twice as many entries
+    /// as sleepers.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     sleeping: usize,
 }
 
 pub struct Parker<S> {
+    /// This parker's place in `PARKERS`, carried by its wakers.
+    index: u16,
     epoll: AsyncFd<OwnedFd>,
     slots: Mutex<Slots<S>>,
     /// Tokens whose wakers fired, for the parker's task to resume.
@@ -69,8 +75,16 @@ pub struct Parker<S> {
     epoch: Instant,
 }
 
-fn token(key: usize, generation: u32) -> u64 {
+fn token(key: usize, generation: u16) -> u64 {
     (u64::from(generation) << 32) | key as u64
+}
+
+fn key_of(token: u64) -> usize {
+    (token & u64::from(u32::MAX)) as usize
+}
+
+fn generation_of(token: u64) -> u16 {
+    (token >> 32) as u16
 }
 
 impl<S: Sleeper> Parker<S> {
@@ -86,18 +100,25 @@ impl<S: Sleeper> Parker<S> {
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: the `OwnedFd` is a valid descriptor, closed only when the `AsyncFd` drops it.
         let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? };
-        Ok(Arc::new(Parker {
-            epoll,
-            slots: Mutex::new(Slots {
-                slots: Vec::new(),
-                free: Vec::new(),
-                timers: BinaryHeap::new(),
-                sleeping: 0,
-            }),
-            woken: Mutex::new(Vec::new()),
-            notify: Notify::new(),
-            epoch: Instant::now(),
-        }))
+        let mut index = Err(io::Error::other("more than 65,536 live parkers"));
+        let parker = Arc::new_cyclic(|me: &Weak<Parker<S>>| {
+            let me: Weak<dyn Wakeups> = me.clone();
+            index = enlist(me);
+            Parker {
+                index: *index.as_ref().unwrap_or(&0),
+                epoll,
+                slots: Mutex::new(Slots {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    timers: BinaryHeap::new(),
+                    sleeping: 0,
+                }),
+                woken: Mutex::new(Vec::new()),
+                notify: Notify::new(),
+                epoch: Instant::now(),
+            }
+        });
+        index.map(|_| parker)
     }
 
     /// How many sleepers hibernate now.
@@ -124,7 +145,6 @@ impl<S: Sleeper> Parker<S> {
             None => {
                 s.slots.push(Slot {
                     sleeper: None,
-                    deadline: NEVER,
                     generation: 0,
                 });
                 s.slots.len() - 1
@@ -132,11 +152,7 @@ impl<S: Sleeper> Parker<S> {
         };
         let token = token(key, s.slots[key].generation);
         // Armed under the lock: no wake-up can be processed before the slot holds the sleeper.
-        let waker = Waker::from(Arc::new(Wakeup {
-            parker: Arc::downgrade(self),
-            token,
-        }));
-        let woken = sleeper.arm(&waker);
+        let woken = sleeper.arm(&self.waker(token));
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: token,
@@ -150,9 +166,7 @@ impl<S: Sleeper> Parker<S> {
             s.free.push(key as u32);
             return Err(sleeper);
         }
-        let slot = &mut s.slots[key];
-        slot.sleeper = Some(sleeper);
-        slot.deadline = at;
+        s.slots[key].sleeper = Some(sleeper);
         s.sleeping += 1;
         let earliest = at != NEVER && s.timers.peek().map_or(true, |Reverse((t, _))| at < *t);
         if at != NEVER {
@@ -226,16 +240,14 @@ impl<S: Sleeper> Parker<S> {
 
     /// Takes the sleeper a token names, if it still sleeps there, out of the slot and the epoll set.
     fn take(&self, token: u64) -> Option<Box<S>> {
-        let key = (token & u64::from(u32::MAX)) as usize;
-        let generation = (token >> 32) as u32;
+        let key = key_of(token);
         let mut s = self.slots.lock();
         let slot = s.slots.get_mut(key)?;
-        if slot.generation != generation {
+        if slot.generation != generation_of(token) {
             return None;
         }
         let sleeper = slot.sleeper.take()?;
         slot.generation = slot.generation.wrapping_add(1);
-        slot.deadline = NEVER;
         s.free.push(key as u32);
         s.sleeping -= 1;
         drop(s);
@@ -278,19 +290,18 @@ impl<S: Sleeper> Parker<S> {
 }
 
 impl<S> Slots<S> {
-    /// Keeps the heap within twice the sleepers (plus a little): rebuilt from the slots, which
-    /// hold each sleeper's one current deadline, so it costs O(1) per park amortized.
+    /// Keeps the heap within twice the sleepers (plus a little) by sweeping out the entries of
+    /// resumed ones: O(1) per park amortized.
     fn compact_timers(&mut self) {
         if self.timers.len() <= 2 * self.sleeping + 64 {
             return;
         }
-        self.timers = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| slot.sleeper.is_some() && slot.deadline != NEVER)
-            .map(|(key, slot)| Reverse((slot.deadline, token(key, slot.generation))))
-            .collect();
+        let slots = &self.slots;
+        self.timers.retain(|Reverse((_, token))| {
+            slots.get(key_of(*token)).is_some_and(|slot| {
+                slot.sleeper.is_some() && slot.generation == generation_of(*token)
+            })
+        });
     }
 }
 
@@ -313,24 +324,83 @@ impl<S: Sleeper> Drop for Release<S> {
     }
 }
 
-/// A hibernating sleeper's waker: queues its token for the parker's task.
-struct Wakeup<S> {
-    parker: Weak<Parker<S>>,
-    token: u64,
+/// What a waker reaches: the parker's queue of woken tokens.
+trait Wakeups: Send + Sync {
+    fn woken(&self, token: u64);
 }
 
-impl<S: Sleeper> Wake for Wakeup<S> {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+impl<S: Sleeper> Wakeups for Parker<S> {
+    fn woken(&self, token: u64) {
+        self.woken.lock().push(token);
+        self.notify.notify_one();
     }
+}
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(parker) = self.parker.upgrade() {
-            parker.woken.lock().push(self.token);
-            parker.notify.notify_one();
+/// Every live parker, by index; a dead entry's index is reused.
+static PARKERS: RwLock<Vec<Weak<dyn Wakeups>>> = RwLock::new(Vec::new());
+
+fn enlist(parker: Weak<dyn Wakeups>) -> io::Result<u16> {
+    let mut all = PARKERS.write();
+    let index = match all.iter().position(|p| p.strong_count() == 0) {
+        Some(i) => i,
+        None => {
+            all.push(Weak::<Parker<Never>>::new());
+            all.len() - 1
         }
+    };
+    let index =
+        u16::try_from(index).map_err(|_| io::Error::other("more than 65,536 live parkers"))?;
+    all[usize::from(index)] = parker;
+    Ok(index)
+}
+
+/// A sleeper type for the empty `Weak` placeholders in `PARKERS`.
+enum Never {}
+
+impl Sleeper for Never {
+    fn fd(&self) -> RawFd {
+        match *self {}
+    }
+
+    fn arm(&mut self, _: &Waker) -> bool {
+        match *self {}
+    }
+
+    fn resume(self: Box<Self>) {
+        match *self {}
     }
 }
+
+// The waker's data word holds the parker's index and the token.
+const _: () = assert!(usize::BITS == 64);
+
+impl<S: Sleeper> Parker<S> {
+    fn waker(&self, token: u64) -> Waker {
+        let data = (u64::from(self.index) << 48) | token;
+        // SAFETY: the data is a plain integer, never dereferenced; the vtable's functions
+        // uphold the `RawWaker` contract for it (cloning copies it, dropping does nothing).
+        unsafe { Waker::from_raw(RawWaker::new(data as usize as *const (), &WAKER)) }
+    }
+}
+
+static WAKER: RawWakerVTable = RawWakerVTable::new(clone_waker, wake, wake, drop_waker);
+
+fn clone_waker(data: *const ()) -> RawWaker {
+    RawWaker::new(data, &WAKER)
+}
+
+fn wake(data: *const ()) {
+    let data = data as usize as u64;
+    let parker = PARKERS
+        .read()
+        .get((data >> 48) as usize)
+        .and_then(Weak::upgrade);
+    if let Some(parker) = parker {
+        parker.woken(data & ((1 << 48) - 1));
+    }
+}
+
+fn drop_waker(_: *const ()) {}
 
 #[cfg(test)]
 mod tests {
