@@ -154,7 +154,11 @@ pub async fn serve(
     drop(admission);
     if let Some(client) = client {
         let ctx = client.ctx.clone();
-        listener::spawn_isolated(ctx, peer, Box::new(client).run(true));
+        // A new session with nothing to do waits for its first packet hibernating, without ever
+        // spawning its task: connecting costs one task, not two.
+        if let Err(client) = Box::new(client).hibernate_at_once() {
+            listener::spawn_isolated(ctx, peer, client.run(true));
+        }
     }
 }
 
@@ -636,6 +640,23 @@ impl Client {
             .started
             .checked_add(Duration::from_nanos(nanos))
             .map_or(far, |at| at.min(far))
+    }
+
+    /// Right after CONNACK: writes it and hibernates when the socket took everything and the
+    /// session has nothing queued. Gives the client back otherwise, for its task.
+    fn hibernate_at_once(mut self: Box<Self>) -> Result<(), Box<Self>> {
+        if self.hibernation().is_none() || self.session.queue_len() > 0 {
+            return Err(self);
+        }
+        match self.conn.try_flush() {
+            Ok(n) => {
+                self.last_write = broker_nanos(&self.ctx);
+                self.ctx.metrics.add_bytes_sent(n as u64);
+            }
+            // The task meets the error again and closes the connection.
+            Err(_) => return Err(self),
+        }
+        self.hibernate()
     }
 
     /// Ends the task and leaves the client to the parker, its socket off tokio's reactor, until
