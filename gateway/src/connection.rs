@@ -27,6 +27,8 @@ use crate::codec::{self, DecodeError};
 
 /// Bytes read per readiness event at most; also the per-worker scratch size.
 const SCRATCH_SIZE: usize = 64 * 1024;
+/// Write queue storage kept by an empty queue, in chunks (two per delivered message).
+const KEPT_CHUNKS: usize = 16;
 /// Chunks handed to one vectored write (well under IOV_MAX).
 const MAX_IOV: usize = 256;
 
@@ -120,6 +122,9 @@ impl Connection {
     pub fn hibernate(&mut self) -> io::Result<()> {
         match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
             Transport::Tcp(stream) => {
+                // A working connection keeps its write queue's storage (freeing it whenever it
+                // empties cost an allocation per delivery); a hibernating one keeps none.
+                self.pending = VecDeque::new();
                 self.transport = Transport::Hibernating(Some(stream.into_std()?));
                 Ok(())
             }
@@ -312,11 +317,16 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        if self.pending.is_empty() && self.pending.capacity() > 0 {
-            // An idle connection keeps no write queue storage.
+        self.release_burst_storage();
+        Ok(written)
+    }
+
+    /// The write queue keeps the storage of a few chunks between batches (freeing it whenever it
+    /// emptied cost an allocation per delivery) but not what a burst grew it to.
+    fn release_burst_storage(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > KEPT_CHUNKS {
             self.pending = VecDeque::new();
         }
-        Ok(written)
     }
 
     /// Writes the queue into a stream transport and flushes it. Ready with the bytes taken once
@@ -340,9 +350,10 @@ impl Connection {
                 Poll::Pending => break,
             }
         }
-        if self.pending.is_empty() && self.pending.capacity() > 0 {
-            self.pending = VecDeque::new();
-        }
+        self.release_burst_storage();
+        let Transport::Stream(s) = &mut self.transport else {
+            return Poll::Ready(Ok(written));
+        };
         if s.unflushed {
             match Pin::new(&mut s.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => s.unflushed = false,

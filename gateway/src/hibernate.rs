@@ -45,6 +45,8 @@ pub trait Sleeper: Send + 'static {
 
 /// Deadline of a sleeper without one.
 const NEVER: u64 = u64::MAX;
+/// Sleepers resumed between two yields of the parker's task.
+const RESUME_BATCH: usize = 128;
 /// Epoll events taken per `epoll_wait`.
 const EVENTS: usize = 256;
 
@@ -230,9 +232,14 @@ impl<S: Sleeper> Parker<S> {
             }
             due.append(&mut self.woken.lock());
             self.take_expired(&mut due);
-            for token in due.drain(..) {
+            for (i, token) in due.drain(..).enumerate() {
                 if let Some(sleeper) = self.take(token) {
                     sleeper.resume();
+                }
+                // A reconnect storm or a broadcast wakes thousands at once: let the tasks just
+                // resumed (and everyone else on this worker) run between batches.
+                if i % RESUME_BATCH == RESUME_BATCH - 1 {
+                    tokio::task::yield_now().await;
                 }
             }
         }
