@@ -111,10 +111,17 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Aborts a background task of the broker when `Broker::run` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A task that runs beside the broker (the parker, `$SYS` topics, the memory watch, the HTTP
+/// endpoint) and stops when dropped, with whatever holds it.
+pub struct Background(tokio::task::JoinHandle<()>);
 
-impl Drop for AbortOnDrop {
+impl Background {
+    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Background {
+        Background(tokio::spawn(task))
+    }
+}
+
+impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -244,7 +251,7 @@ impl Broker {
         let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
         // Aborted when `run` returns, after the drain below resumed (and so closed) every
         // hibernating session; any left over is dropped with it.
-        let _parker = AbortOnDrop(tokio::spawn(ctx.parker.clone().run()));
+        let _parker = Background::spawn(ctx.parker.clone().run());
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
         // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.

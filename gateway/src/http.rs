@@ -20,11 +20,10 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::admin;
-use crate::broker::Context;
+use crate::broker::{Background, Context};
 use crate::metrics::Exporter;
 
 /// Histogram samples are moved into buckets at least this often, also when nobody scrapes.
@@ -39,8 +38,9 @@ pub type Body = Full<Bytes>;
 /// The running endpoint; stops serving when dropped.
 pub struct Server {
     local_addr: SocketAddr,
-    accept: JoinHandle<()>,
-    upkeep: JoinHandle<()>,
+    /// Held for their `Drop`: the endpoint's tasks stop with it.
+    _accept: Background,
+    _upkeep: Background,
 }
 
 impl Server {
@@ -53,7 +53,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         info!(%local_addr, "HTTP endpoint listening");
         let exporter = Arc::new(exporter);
-        let upkeep = tokio::spawn({
+        let upkeep = Background::spawn({
             let exporter = exporter.clone();
             async move {
                 let mut tick = tokio::time::interval(UPKEEP_EVERY);
@@ -63,23 +63,16 @@ impl Server {
                 }
             }
         });
-        let accept = tokio::spawn(accept_loop(ctx, exporter, listener));
+        let accept = Background::spawn(accept_loop(ctx, exporter, listener));
         Ok(Server {
             local_addr,
-            accept,
-            upkeep,
+            _accept: accept,
+            _upkeep: upkeep,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.upkeep.abort();
     }
 }
 

@@ -10,10 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::broker::Context;
+use crate::broker::{Background, Context};
 
 /// Longest a connection may wait for its connect-rate slot. Kept well under the connect timeouts
 /// of common clients (rumqttc 5 s, Paho 30 s), so that a paced client is still waiting when its
@@ -168,19 +167,10 @@ fn charge(
     Ok(next as u64)
 }
 
-/// Stops the memory watch when dropped (with the broker's run).
-pub struct MemoryWatch(JoinHandle<()>);
-
-impl Drop for MemoryWatch {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Samples RSS every `MEMORY_SAMPLE` and raises the router's overload flag while it is above
 /// `high_water` bytes: the data path reads one relaxed atomic, never /proc.
-pub fn watch_memory(ctx: Arc<Context>, high_water: u64) -> MemoryWatch {
-    MemoryWatch(tokio::spawn(async move {
+pub fn watch_memory(ctx: Arc<Context>, high_water: u64) -> Background {
+    Background::spawn(async move {
         // SAFETY: sysconf only reads a configuration value.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
         let mut tick = tokio::time::interval(MEMORY_SAMPLE);
@@ -198,7 +188,7 @@ pub fn watch_memory(ctx: Arc<Context>, high_water: u64) -> MemoryWatch {
                 }
             }
         }
-    }))
+    })
 }
 
 /// RSS from /proc/self/statm (its second field, in pages): one small read, no parsing of

@@ -13,26 +13,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use tokio::task::JoinHandle;
 
-use crate::broker::Context;
+use crate::broker::{Background, Context};
 use crate::codec::QoS;
 use crate::message::Message;
 
 /// Averaging windows of the load topics, in seconds, with their topic suffix.
 const LOAD_WINDOWS: [(f64, &str); 3] = [(60.0, "1min"), (300.0, "5min"), (900.0, "15min")];
 
-/// The running publisher; stops when dropped.
-pub struct Publisher(JoinHandle<()>);
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-pub fn spawn(ctx: Arc<Context>, interval: Duration) -> Publisher {
-    Publisher(tokio::spawn(async move {
+/// Publishes the status topics every `interval` until dropped.
+pub fn spawn(ctx: Arc<Context>, interval: Duration) -> Background {
+    Background::spawn(async move {
         let mut status = Status::new(interval);
         let mut tick = tokio::time::interval(interval);
         loop {
@@ -49,7 +40,7 @@ pub fn spawn(ctx: Arc<Context>, interval: Duration) -> Publisher {
                 ctx.router.publish(Arc::new(msg));
             }
         }
-    }))
+    })
 }
 
 /// Exponentially decaying per-minute rates of one total, as Mosquitto computes its load topics.
