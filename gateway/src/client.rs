@@ -552,12 +552,9 @@ impl Client {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
-                                // Busy (a write backlog, half a packet) or refused: look again
-                                // after another silent period rather than at once.
-                                Err(me) => {
-                                    self = me;
-                                    self.last_write = now;
-                                }
+                                // Busy (a write backlog, half a packet) or refused: `next_timer`
+                                // looks again after another silent period, not at once.
+                                Err(me) => self = me,
                             }
                         }
                     }
@@ -622,10 +619,14 @@ impl Client {
             .saturating_add(period)
         });
         let silent = self.hibernation().map(|after| {
-            self.last_read
-                .max(self.last_write)
-                .saturating_add(after)
-                .max(now)
+            let at = self.last_read.max(self.last_write).saturating_add(after);
+            // Past it without hibernating (busy or refused), or just resumed after a long
+            // silence: the next look is a whole period away.
+            if at <= now {
+                now.saturating_add(after)
+            } else {
+                at
+            }
         });
         match (keep_alive, silent) {
             (Some(a), Some(b)) => Some(a.min(b)),

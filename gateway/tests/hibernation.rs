@@ -133,3 +133,29 @@ async fn hibernation_off_keeps_every_session_in_its_task() {
     assert_eq!(hibernating(&broker), 0);
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_still_closed_when_silence_would_hibernate_it() {
+    // Keep-alive 2 s (3 s to the slow-consumer close) against hibernation after 0.3 s: the
+    // hibernation checks in between must not count as the client taking bytes.
+    let broker = broker().await;
+    let id = unique_id("hib-slow");
+    let (mut slow, _) = Raw::connect(broker.addr, &Connect::v311(&id, true, 2)).await;
+    slow.send(&V::V311.subscribe("hflood/t", 0)).await;
+    slow.expect_packet("SUBACK").await;
+    let mut flooder = Raw::connected(broker.addr, V::V311, &unique_id("hib-flooder")).await;
+    let flood = V::V311.publish(0x30, b"hflood/t", None, &[], &[7u8; 16 * 1024]);
+    for _ in 0..1_500 {
+        flooder.send(&flood).await;
+    }
+    let started = Instant::now();
+    while broker.ctx.state().connections > 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a client that stopped reading was never closed"
+        );
+        slow.send_lenient(&raw::encode_pingreq()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    broker.shutdown().await;
+}
