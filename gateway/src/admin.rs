@@ -21,8 +21,8 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::broker::Context;
 use crate::codec::Protocol;
+use crate::context::Context;
 use crate::http::Body;
 use crate::metrics::BrokerState;
 use crate::session::{Kick, Session, SubscriptionRecord};

@@ -1,30 +1,31 @@
-//! The broker as a whole: shared context, start-up and graceful shutdown.
+//! The broker as a whole: start-up and graceful shutdown.
 //!
-//! `Context` is what every connection task shares: configuration, router, session registry and
-//! metrics. `Broker::bind` binds the MQTT listener and the HTTP endpoint (which answers at once,
+//! `Broker::bind` builds the shared `Context` and binds the MQTT listener and the HTTP endpoint (which answers at once,
 //! not ready until the broker runs); `Broker::run` serves until its shutdown future resolves,
 //! then marks itself not ready, stops accepting, asks every connected client to leave (v5:
 //! DISCONNECT 0x8B) and waits for their tasks to finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tracing::info;
 
+use crate::admission::Admission;
 use crate::auth::Security;
-use crate::client::Client;
 use crate::config::Config;
+use crate::context::Context;
+use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
-use crate::metrics::{BrokerState, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::session::{Kick, QueueLimits};
+use crate::task::Background;
 use crate::{http, limits, listener, sys};
 
 /// How long shutdown waits for connections to close before returning anyway.
@@ -32,106 +33,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// File descriptors the process holds besides client sockets (listeners, logs, runtime).
 const BASE_FDS: u64 = 16;
 
-pub struct Context {
-    pub config: Config,
-    pub router: Arc<Router>,
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
-    /// Password file, ACL and the login hashing limiter (`[auth]`), reloaded on SIGHUP.
-    pub security: Security,
-    /// Open client connections.
-    pub connections: AtomicUsize,
-    /// Connections refused beyond this (open-file limit minus reserve).
-    pub max_connections: usize,
-    /// Accepted connections not yet answered with CONNACK (`limits.max_handshakes`).
-    pub handshakes: AtomicUsize,
-    /// Notified when the last connection closes.
-    pub idle: Notify,
-    /// The `[[listeners]]` entries (SIGHUP reloads their certificates).
-    pub listeners: Vec<Arc<listener::Extra>>,
-    /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
-    pub ready: AtomicBool,
-    pub started: Instant,
-    /// Holds idle sessions without their tasks (`mqtt.hibernate_after`).
-    pub parker: Arc<Parker<Client>>,
-}
-
-impl Context {
-    /// The broker's state as `/metrics`, `$SYS` and the admin API report it: one walk over the
-    /// sessions (two short lock acquisitions each), cheap enough per scrape or status tick.
-    pub fn state(&self) -> BrokerState {
-        let mut state = BrokerState {
-            connections: self.connections.load(Ordering::Relaxed),
-            subscriptions: self.router.subscription_len(),
-            shared_subscriptions: self.router.shared_subscription_len(),
-            retained_messages: self.router.retained_len(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            sessions_hibernating: self.parker.len(),
-            ..BrokerState::default()
-        };
-        for session in self.registry.all() {
-            if session.is_online() {
-                state.sessions_online += 1;
-            } else {
-                state.sessions_offline += 1;
-            }
-            state.queued_messages += session.queue_len();
-            state.inflight_messages += session.inflight_len();
-        }
-        state
-    }
-}
-
-/// One open client connection, counted from accept until its last task ends (also by unwinding).
-pub struct ConnectionSlot(Arc<Context>, Option<Arc<AtomicUsize>>);
-
-impl ConnectionSlot {
-    /// `listener_open`: the open-connection count of a `[[listeners]]` entry, held the same way.
-    pub fn new(ctx: Arc<Context>, listener_open: Option<Arc<AtomicUsize>>) -> ConnectionSlot {
-        ctx.connections.fetch_add(1, Ordering::AcqRel);
-        if let Some(open) = &listener_open {
-            open.fetch_add(1, Ordering::AcqRel);
-        }
-        ConnectionSlot(ctx, listener_open)
-    }
-
-    pub fn context(&self) -> &Arc<Context> {
-        &self.0
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Some(open) = &self.1 {
-            open.fetch_sub(1, Ordering::AcqRel);
-        }
-        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// A task that runs beside the broker (the parker, `$SYS` topics, the memory watch, the HTTP
-/// endpoint) and stops when dropped, with whatever holds it.
-pub struct Background(tokio::task::JoinHandle<()>);
-
-impl Background {
-    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> Background {
-        Background(tokio::spawn(task))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub struct Broker {
     ctx: Arc<Context>,
     listener: TcpListener,
     local_addr: SocketAddr,
-    /// The `[[listeners]]` sockets, in `ctx.listeners` order.
+    /// The `[[listeners]]` sockets, in `ctx.endpoints` order.
     extra: Vec<TcpListener>,
     http: Option<http::Server>,
 }
@@ -167,11 +73,11 @@ impl Broker {
             metrics.clone(),
         ));
         // Certificates before any socket: a bad file is a configuration error (exit 2 in `main`).
-        let listeners = config
+        let endpoints = config
             .listeners
             .iter()
             .enumerate()
-            .map(|(index, l)| listener::Extra::load(index, l).map(Arc::new))
+            .map(|(index, l)| Endpoint::load(index, l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
@@ -192,11 +98,8 @@ impl Broker {
             registry: Arc::new(Registry::new()),
             metrics,
             security,
-            connections: AtomicUsize::new(0),
-            max_connections,
-            handshakes: AtomicUsize::new(0),
-            idle: Notify::new(),
-            listeners,
+            admission: Admission::new(max_connections),
+            endpoints,
             ready: AtomicBool::new(false),
             started: Instant::now(),
             parker: Parker::new().context("cannot create the hibernation epoll set")?,
@@ -258,7 +161,7 @@ impl Broker {
         let extra = self
             .extra
             .into_iter()
-            .zip(ctx.listeners.clone())
+            .zip(ctx.endpoints.clone())
             .map(|(socket, l)| (socket, Some(l)));
         let loops = std::iter::once((self.listener, None))
             .chain(extra)
@@ -269,21 +172,15 @@ impl Broker {
         }
         ctx.ready.store(false, Ordering::Release);
         info!("shutting down: listener closed, disconnecting clients");
-        let idle = ctx.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
-        for session in ctx.registry.all() {
-            if session.is_online() {
-                session.kick(Kick::Shutdown);
+        let close_all = || {
+            for session in ctx.registry.all() {
+                if session.is_online() {
+                    session.kick(Kick::Shutdown);
+                }
             }
-        }
-        if ctx.connections.load(Ordering::Acquire) > 0 {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, idle).await;
-        }
-        info!(
-            remaining = ctx.connections.load(Ordering::Acquire),
-            "shutdown complete"
-        );
+        };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, ctx.admission.drain(close_all)).await;
+        info!(remaining = ctx.admission.connections(), "shutdown complete");
         drop(self.http);
         Ok(())
     }

@@ -19,18 +19,18 @@ use tracing::{debug, warn};
 
 use crate::acl::{ClientAcl, Principal};
 use crate::auth::Refusal;
-use crate::broker::{ConnectionSlot, Context};
 use crate::codec::{
     self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties,
     Protocol, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::connection::{Connection, ReadError};
+use crate::context::{ConnectionSlot, Context};
 use crate::hibernate::Sleeper;
 use crate::limits::{Handshake, PublishQuota, QuotaExceeded};
-use crate::listener;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded, SentBatch};
 use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Stage};
+use crate::task::spawn_isolated;
 use crate::topic;
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
@@ -157,7 +157,7 @@ pub async fn serve(
         // A new session with nothing to do waits for its first packet hibernating, without ever
         // spawning its task: connecting costs one task, not two.
         if let Err(client) = Box::new(client).hibernate_at_once() {
-            listener::spawn_isolated(ctx, peer, client.run(true));
+            spawn_isolated(ctx.metrics.clone(), peer, client.run(true));
         }
     }
 }
@@ -1297,8 +1297,8 @@ impl Sleeper for Client {
             || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             |c| std::net::SocketAddr::new(c.ip, c.port),
         );
-        let ctx = self.ctx.clone();
-        listener::spawn_isolated(ctx, peer, self.run(false));
+        let metrics = self.ctx.metrics.clone();
+        spawn_isolated(metrics, peer, self.run(false));
     }
 }
 

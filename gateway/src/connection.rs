@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{self, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -161,7 +161,7 @@ impl Connection {
     /// Poll functions rather than futures: the connection task waits on them for its whole life,
     /// and futures here would make every idle session larger. On a stream transport this reads:
     /// ready means bytes (or the end of the stream) are kept for `try_read_frames`.
-    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_read_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.transport {
             Transport::Tcp(stream) => stream.poll_read_ready(cx),
             Transport::Stream(s) => s.poll_receive(cx),
@@ -170,7 +170,7 @@ impl Connection {
     }
 
     /// On a stream transport this writes: ready means the queue moved (or there was an error).
-    pub fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_write_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.transport {
             Transport::Tcp(stream) => stream.poll_write_ready(cx),
             Transport::Stream(_) => match self.poll_flush_stream(cx) {
@@ -296,7 +296,7 @@ impl Connection {
             Transport::Stream(_) => {
                 // Nothing waits on this context: the task's next wait polls the stream again with its
                 // own (`poll_write_ready`), which replaces the registration made here.
-                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
                 return match self.poll_flush_stream(&mut cx) {
                     Poll::Ready(r) => r,
                     Poll::Pending => Ok(0),
@@ -331,7 +331,7 @@ impl Connection {
 
     /// Writes the queue into a stream transport and flushes it. Ready with the bytes taken once
     /// the stream took some or all is flushed; pending when it took nothing.
-    fn poll_flush_stream(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    fn poll_flush_stream(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<usize>> {
         let Transport::Stream(s) = &mut self.transport else {
             return Poll::Ready(Ok(0));
         };
@@ -415,7 +415,7 @@ impl Connection {
 
 impl StreamIo {
     /// Reads what the stream has into the worker's scratch buffer and keeps it.
-    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_receive(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         if self.received.is_some() || self.eof {
             return Poll::Ready(Ok(()));
         }
@@ -466,7 +466,7 @@ fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usiz
 /// inbound packet for devices sending one packet at a time. Nothing waits on this context: the
 /// task's next wait registers its own waker (`poll_read_ready`), replacing any registered here.
 fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
     match tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf) {
         Poll::Ready(r) => r.map(Some),
         Poll::Pending => Ok(None),

@@ -33,7 +33,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 
 /// The state of an idle session that owns a socket, while it hibernates.
-pub trait Sleeper: Send + 'static {
+pub(crate) trait Sleeper: Send + 'static {
     /// The socket whose readability (or hang-up) resumes it.
     fn fd(&self) -> RawFd;
     /// Takes the waker that resumes it from the broker's side. Returns true when a wake-up came
@@ -50,14 +50,12 @@ const RESUME_BATCH: usize = 128;
 /// Epoll events taken per `epoll_wait`.
 const EVENTS: usize = 256;
 
-struct Slot<S> {
-    sleeper: Option<Box<S>>,
-    /// Bumped on every resume: tokens of earlier sleepers in this slot go stale.
-    generation: u16,
-}
-
-struct Slots<S> {
-    slots: Vec<Slot<S>>,
+/// Sleepers and their slots' generations side by side rather than in one struct: a sleeper is a
+/// 16-byte trait object, and a generation beside it would pad each slot to 24 bytes.
+struct Slots {
+    slots: Vec<Option<Box<dyn Sleeper>>>,
+    /// Per slot, bumped on every resume: tokens of earlier sleepers in the slot go stale.
+    generations: Vec<u16>,
     free: Vec<u32>,
     /// (deadline in milliseconds since the epoch, token), earliest first. Entries of resumed
     /// sleepers stay until they come up or are swept, once the heap holds twice as many entries
@@ -66,11 +64,13 @@ struct Slots<S> {
     sleeping: usize,
 }
 
-pub struct Parker<S> {
+/// The sleepers are held as trait objects, so that whoever holds the parker (the broker's
+/// shared context) need not name the session type that sleeps in it.
+pub(crate) struct Parker {
     /// This parker's place in `PARKERS`, carried by its wakers.
     index: u16,
     epoll: AsyncFd<OwnedFd>,
-    slots: Mutex<Slots<S>>,
+    slots: Mutex<Slots>,
     /// Tokens whose wakers fired, for the parker's task to resume.
     woken: Mutex<Vec<u64>>,
     notify: Notify,
@@ -89,9 +89,9 @@ fn generation_of(token: u64) -> u16 {
     (token >> 32) as u16
 }
 
-impl<S: Sleeper> Parker<S> {
+impl Parker {
     /// A parker with its own epoll set; inside a tokio runtime. Nothing is resumed until `run`.
-    pub fn new() -> io::Result<Arc<Parker<S>>> {
+    pub(crate) fn new() -> io::Result<Arc<Parker>> {
         // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor
         // that nothing else owns.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -103,7 +103,7 @@ impl<S: Sleeper> Parker<S> {
         // SAFETY: the `OwnedFd` is a valid descriptor, closed only when the `AsyncFd` drops it.
         let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? };
         let mut index = Err(io::Error::other("more than 65,536 live parkers"));
-        let parker = Arc::new_cyclic(|me: &Weak<Parker<S>>| {
+        let parker = Arc::new_cyclic(|me: &Weak<Parker>| {
             let me: Weak<dyn Wakeups> = me.clone();
             index = enlist(me);
             Parker {
@@ -111,6 +111,7 @@ impl<S: Sleeper> Parker<S> {
                 epoll,
                 slots: Mutex::new(Slots {
                     slots: Vec::new(),
+                    generations: Vec::new(),
                     free: Vec::new(),
                     timers: BinaryHeap::new(),
                     sleeping: 0,
@@ -124,17 +125,13 @@ impl<S: Sleeper> Parker<S> {
     }
 
     /// How many sleepers hibernate now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.lock().sleeping
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Puts `sleeper` to sleep until its socket is readable, its waker fires or `deadline`
     /// passes. Gives it back when its socket cannot join the epoll set.
-    pub fn park(
+    pub(crate) fn park<S: Sleeper>(
         self: &Arc<Self>,
         mut sleeper: Box<S>,
         deadline: Option<Instant>,
@@ -145,14 +142,12 @@ impl<S: Sleeper> Parker<S> {
         let key = match s.free.pop() {
             Some(key) => key as usize,
             None => {
-                s.slots.push(Slot {
-                    sleeper: None,
-                    generation: 0,
-                });
+                s.slots.push(None);
+                s.generations.push(0);
                 s.slots.len() - 1
             }
         };
-        let token = token(key, s.slots[key].generation);
+        let token = token(key, s.generations[key]);
         // Armed under the lock: no wake-up can be processed before the slot holds the sleeper.
         let woken = sleeper.arm(&self.waker(token));
         let mut event = libc::epoll_event {
@@ -163,12 +158,11 @@ impl<S: Sleeper> Parker<S> {
         let added =
             unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if added < 0 {
-            let slot = &mut s.slots[key];
-            slot.generation = slot.generation.wrapping_add(1);
+            s.generations[key] = s.generations[key].wrapping_add(1);
             s.free.push(key as u32);
             return Err(sleeper);
         }
-        s.slots[key].sleeper = Some(sleeper);
+        s.slots[key] = Some(sleeper);
         s.sleeping += 1;
         let earliest = at != NEVER && s.timers.peek().map_or(true, |Reverse((t, _))| at < *t);
         if at != NEVER {
@@ -187,7 +181,7 @@ impl<S: Sleeper> Parker<S> {
 
     /// Resumes sleepers as their sockets, wakers and deadlines call for; runs until dropped
     /// (aborted with the broker), which drops whoever still sleeps, polled or not.
-    pub fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+    pub(crate) fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
         let release = Release(self.clone());
         async move {
             let _release = release;
@@ -246,15 +240,14 @@ impl<S: Sleeper> Parker<S> {
     }
 
     /// Takes the sleeper a token names, if it still sleeps there, out of the slot and the epoll set.
-    fn take(&self, token: u64) -> Option<Box<S>> {
+    fn take(&self, token: u64) -> Option<Box<dyn Sleeper>> {
         let key = key_of(token);
         let mut s = self.slots.lock();
-        let slot = s.slots.get_mut(key)?;
-        if slot.generation != generation_of(token) {
+        if *s.generations.get(key)? != generation_of(token) {
             return None;
         }
-        let sleeper = slot.sleeper.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
+        let sleeper = s.slots[key].take()?;
+        s.generations[key] = s.generations[key].wrapping_add(1);
         s.free.push(key as u32);
         s.sleeping -= 1;
         drop(s);
@@ -296,36 +289,33 @@ impl<S: Sleeper> Parker<S> {
     }
 }
 
-impl<S> Slots<S> {
+impl Slots {
     /// Keeps the heap within twice the sleepers (plus a little) by sweeping out the entries of
     /// resumed ones: O(1) per park amortized.
     fn compact_timers(&mut self) {
         if self.timers.len() <= 2 * self.sleeping + 64 {
             return;
         }
-        let slots = &self.slots;
+        let (slots, generations) = (&self.slots, &self.generations);
         self.timers.retain(|Reverse((_, token))| {
-            slots.get(key_of(*token)).is_some_and(|slot| {
-                slot.sleeper.is_some() && slot.generation == generation_of(*token)
-            })
+            let key = key_of(*token);
+            slots.get(key).is_some_and(Option::is_some)
+                && generations.get(key) == Some(&generation_of(*token))
         });
     }
 }
 
 /// Drops whoever still sleeps when the parker's task ends: a sleeper may hold the context that
 /// holds the parker, and nothing would resume it any more.
-struct Release<S: Sleeper>(Arc<Parker<S>>);
+struct Release(Arc<Parker>);
 
-impl<S: Sleeper> Drop for Release<S> {
+impl Drop for Release {
     fn drop(&mut self) {
-        let sleepers: Vec<Box<S>> = {
+        let sleepers: Vec<Box<dyn Sleeper>> = {
             let mut s = self.0.slots.lock();
             s.sleeping = 0;
             s.timers.clear();
-            s.slots
-                .iter_mut()
-                .filter_map(|slot| slot.sleeper.take())
-                .collect()
+            s.slots.iter_mut().filter_map(Option::take).collect()
         };
         drop(sleepers);
     }
@@ -336,7 +326,7 @@ trait Wakeups: Send + Sync {
     fn woken(&self, token: u64);
 }
 
-impl<S: Sleeper> Wakeups for Parker<S> {
+impl Wakeups for Parker {
     fn woken(&self, token: u64) {
         self.woken.lock().push(token);
         self.notify.notify_one();
@@ -351,7 +341,7 @@ fn enlist(parker: Weak<dyn Wakeups>) -> io::Result<u16> {
     let index = match all.iter().position(|p| p.strong_count() == 0) {
         Some(i) => i,
         None => {
-            all.push(Weak::<Parker<Never>>::new());
+            all.push(Weak::<Parker>::new());
             all.len() - 1
         }
     };
@@ -361,27 +351,10 @@ fn enlist(parker: Weak<dyn Wakeups>) -> io::Result<u16> {
     Ok(index)
 }
 
-/// A sleeper type for the empty `Weak` placeholders in `PARKERS`.
-enum Never {}
-
-impl Sleeper for Never {
-    fn fd(&self) -> RawFd {
-        match *self {}
-    }
-
-    fn arm(&mut self, _: &Waker) -> bool {
-        match *self {}
-    }
-
-    fn resume(self: Box<Self>) {
-        match *self {}
-    }
-}
-
 // The waker's data word holds the parker's index and the token.
 const _: () = assert!(usize::BITS == 64);
 
-impl<S: Sleeper> Parker<S> {
+impl Parker {
     fn waker(&self, token: u64) -> Waker {
         let data = (u64::from(self.index) << 48) | token;
         // SAFETY: the data is a plain integer, never dereferenced; the vtable's functions
@@ -442,7 +415,7 @@ mod tests {
     }
 
     struct Fixture {
-        parker: Arc<Parker<Probe>>,
+        parker: Arc<Parker>,
         task: tokio::task::JoinHandle<()>,
         resumed: mpsc::UnboundedReceiver<&'static str>,
         tx: mpsc::UnboundedSender<&'static str>,

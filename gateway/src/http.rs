@@ -23,8 +23,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::admin;
-use crate::broker::{Background, Context};
+use crate::context::Context;
 use crate::metrics::Exporter;
+use crate::task::Background;
 
 /// Histogram samples are moved into buckets at least this often, also when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);

@@ -14,30 +14,38 @@
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
-pub mod acl;
-pub mod admin;
+// The library's face: what the binary, the integration tests, the benches and the fuzz targets
+// use. Everything else is the crate's own.
 pub mod auth;
-pub mod broker;
-pub mod client;
 pub mod codec;
 pub mod config;
-pub mod connection;
-pub mod hibernate;
-pub mod http;
-pub mod limits;
-pub mod listener;
 pub mod message;
 pub mod metrics;
-pub mod process;
-pub mod registry;
-pub mod retain;
 pub mod router;
 pub mod session;
-pub mod sys;
-pub mod tls;
-pub mod topic;
 pub mod topic_index;
-pub mod ws;
 
-pub use broker::{Broker, Context};
+mod acl;
+mod admin;
+mod admission;
+mod broker;
+mod client;
+mod connection;
+mod context;
+mod endpoint;
+mod hibernate;
+mod http;
+mod limits;
+mod listener;
+mod process;
+mod registry;
+mod retain;
+mod sys;
+mod task;
+mod tls;
+mod topic;
+mod ws;
+
+pub use broker::Broker;
 pub use config::Config;
+pub use context::Context;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::broker::{Background, Context};
+use crate::context::Context;
+use crate::task::Background;
 
 /// Longest a connection may wait for its connect-rate slot. Kept well under the connect timeouts
 /// of common clients (rumqttc 5 s, Paho 30 s), so that a paced client is still waiting when its
@@ -90,14 +91,14 @@ pub struct Handshake {
 
 impl Handshake {
     pub fn new(ctx: Arc<Context>, not_before: Option<Instant>) -> Handshake {
-        ctx.handshakes.fetch_add(1, Ordering::Relaxed);
+        ctx.admission.handshake_started();
         Handshake { ctx, not_before }
     }
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.ctx.handshakes.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.admission.handshake_ended();
     }
 }
 

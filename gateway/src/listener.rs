@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,14 +20,16 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
-use crate::broker::{ConnectionSlot, Context};
 use crate::client::{self, Opened};
-use crate::config::{ConfigError, ListenerConfig, ListenerKind};
+use crate::config::ListenerKind;
 use crate::connection::{AsyncStream, Connection};
+use crate::context::{ConnectionSlot, Context};
+use crate::endpoint::Endpoint;
 use crate::limits::{ConnectPacer, Handshake, Pace};
-use crate::tls::{self, TlsFiles};
+use crate::task::spawn_isolated;
+use crate::tls;
 use crate::ws;
 
 /// Backlog when /proc/sys/net/core/somaxconn cannot be read.
@@ -76,42 +78,6 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// One `[[listeners]]` entry at run time: its settings, certificates and open connections.
-pub struct Extra {
-    config: ListenerConfig,
-    tls: Option<TlsFiles>,
-    open: Arc<AtomicUsize>,
-}
-
-impl Extra {
-    /// Reads the listener's certificates (tls, wss); `index` names it in errors.
-    pub fn load(index: usize, config: &ListenerConfig) -> Result<Extra, ConfigError> {
-        let tls = if config.kind.is_tls() {
-            Some(TlsFiles::load(index, config)?)
-        } else {
-            None
-        };
-        Ok(Extra {
-            config: config.clone(),
-            tls,
-            open: Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    pub fn kind(&self) -> ListenerKind {
-        self.config.kind
-    }
-
-    /// Re-reads the certificate files of a TLS listener for new handshakes; `Ok(false)` when the
-    /// listener has none.
-    pub fn reload_certificates(&self) -> Result<bool, ConfigError> {
-        match &self.tls {
-            Some(tls) => tls.reload().map(|()| true),
-            None => Ok(false),
-        }
-    }
-}
-
 /// The connect pacer, one for all listeners: `limits.connect_rate` is the node's rate.
 pub type SharedPacer = Arc<Mutex<Option<ConnectPacer>>>;
 
@@ -124,17 +90,17 @@ pub fn shared_pacer(ctx: &Context) -> SharedPacer {
     )))
 }
 
-/// Accepts until the listener is dropped (the caller selects this against shutdown). `extra` is
+/// Accepts until the listener is dropped (the caller selects this against shutdown). `endpoint` is
 /// the `[[listeners]]` entry, `None` for the `mqtt.listen` listener.
 pub async fn accept_loop(
     ctx: Arc<Context>,
     listener: TcpListener,
-    extra: Option<Arc<Extra>>,
+    endpoint: Option<Arc<Endpoint>>,
     pacer: SharedPacer,
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => admit(&ctx, extra.as_ref(), &pacer, stream, peer),
+            Ok((stream, peer)) => admit(&ctx, endpoint.as_ref(), &pacer, stream, peer),
             Err(e) if is_fd_exhaustion(&e) => {
                 ctx.metrics.accept_errors.increment(1);
                 warn!("accept failed, out of file descriptors: {e}");
@@ -150,13 +116,13 @@ pub async fn accept_loop(
 
 fn admit(
     ctx: &Arc<Context>,
-    extra: Option<&Arc<Extra>>,
+    endpoint: Option<&Arc<Endpoint>>,
     pacer: &SharedPacer,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let open = ctx.connections.load(Ordering::Relaxed);
-    if open >= ctx.max_connections {
+    let open = ctx.admission.connections();
+    if ctx.admission.at_fd_limit(open) {
         ctx.metrics.rejected("fd_limit");
         debug!(%peer, open, "refusing connection: at the open-file limit minus reserve");
         return;
@@ -167,7 +133,7 @@ fn admit(
         debug!(%peer, open, "refusing connection: at limits.max_connections");
         return;
     }
-    if let Some(l) = extra {
+    if let Some(l) = endpoint {
         let max = l.config.max_connections;
         if max > 0 && l.open.load(Ordering::Relaxed) as u64 >= max {
             ctx.metrics.rejected("max_connections");
@@ -175,7 +141,7 @@ fn admit(
             return;
         }
     }
-    let handshakes = ctx.handshakes.load(Ordering::Relaxed);
+    let handshakes = ctx.admission.handshakes();
     if limits.max_handshakes > 0 && handshakes as u64 >= limits.max_handshakes {
         ctx.metrics.rejected("handshakes");
         debug!(%peer, handshakes, "refusing connection: at limits.max_handshakes");
@@ -192,17 +158,17 @@ fn admit(
         Some(Pace::Now) | None => None,
     };
     ctx.metrics
-        .accepted(extra.map_or(ListenerKind::Tcp, |l| l.kind()));
+        .accepted(endpoint.map_or(ListenerKind::Tcp, |l| l.kind()));
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "set_nodelay failed: {e}");
     }
-    let slot = ConnectionSlot::new(ctx.clone(), extra.map(|l| l.open.clone()));
+    let slot = ConnectionSlot::new(ctx.clone(), endpoint.map(|l| l.open.clone()));
     let handshake = Handshake::new(ctx.clone(), not_before);
-    match extra {
+    match endpoint {
         Some(l) if l.kind() != ListenerKind::Tcp => {
             let open = open_stream(ctx.clone(), l.clone(), stream, peer);
             spawn_isolated(
-                ctx.clone(),
+                ctx.metrics.clone(),
                 peer,
                 client::serve(slot, handshake, open, peer),
             );
@@ -211,10 +177,10 @@ fn admit(
             let open = std::future::ready(Some(Opened {
                 conn: Connection::new(stream),
                 identity: None,
-                default_listener: extra.is_none(),
+                default_listener: endpoint.is_none(),
             }));
             spawn_isolated(
-                ctx.clone(),
+                ctx.metrics.clone(),
                 peer,
                 client::serve(slot, handshake, open, peer),
             );
@@ -226,7 +192,7 @@ fn admit(
 /// connect timeout. `None` (connection closed) when it fails.
 async fn open_stream(
     ctx: Arc<Context>,
-    l: Arc<Extra>,
+    l: Arc<Endpoint>,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Option<Opened> {
@@ -247,7 +213,7 @@ async fn open_stream(
     }
 }
 
-async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, String> {
+async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opened, String> {
     // Room for the largest MQTT packet the gateway accepts plus its fixed header.
     let max_frame = ctx.config.mqtt.max_packet_size as usize + 8;
     let Some(tls) = &l.tls else {
@@ -295,32 +261,6 @@ async fn upgrade(ctx: &Context, l: &Extra, stream: TcpStream) -> Result<Opened, 
         identity,
         default_listener: false,
     })
-}
-
-/// Spawns a connection's task so that a panic in it ends that task only: caught, logged and
-/// counted; its `Drop`s still run (session cleanup, will, connection count).
-pub fn spawn_isolated(
-    ctx: Arc<Context>,
-    peer: SocketAddr,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    use futures_util::FutureExt;
-    // Combinators rather than an `async` block: a block would hold the task future twice (as
-    // captured value and as awaited value), doubling every session task's size.
-    let guarded = std::panic::AssertUnwindSafe(task)
-        .catch_unwind()
-        .map(move |outcome| {
-            if let Err(panic) = outcome {
-                ctx.metrics.task_panics.increment(1);
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown");
-                error!(%peer, "connection task panicked: {what}");
-            }
-        });
-    tokio::spawn(guarded);
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

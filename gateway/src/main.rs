@@ -191,20 +191,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Aborted with the runtime when `serve` returns.
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match ctx.security.reload() {
-                Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
-                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous files"),
-            }
-            // Each listener on its own: one bad file keeps only that listener's old certificate.
-            for l in &ctx.listeners {
-                match l.reload_certificates() {
-                    Ok(true) => {
-                        tracing::info!(kind = l.kind().as_str(), "SIGHUP: certificates reloaded")
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous certificates"),
-                }
-            }
+            ctx.reload();
         }
     });
     broker.run(shutdown).await?;

@@ -61,8 +61,6 @@ pub struct Attached {
     /// Session state was carried over (CONNACK session present).
     pub present: bool,
     pub generation: u32,
-    /// Another connection held the session and was kicked.
-    pub took_over: bool,
 }
 
 impl Default for Registry {
@@ -77,14 +75,6 @@ impl Registry {
             sessions: DashMap::new(),
             next_id: AtomicU64::new(1),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
@@ -104,13 +94,11 @@ impl Registry {
                 Some(s) => (s.key().0.clone(), true),
                 None => self.insert(client_id),
             };
-            let mut took_over = false;
             let mut pause = TAKEOVER_POLL_MIN;
             let owner = loop {
                 if let Some(o) = session.try_own() {
                     break o;
                 }
-                took_over = true;
                 // Repeated: the holder may have been between its kick check and letting go.
                 session.kick(Kick::TakenOver);
                 tokio::time::sleep(pause).await;
@@ -132,7 +120,6 @@ impl Registry {
                 session,
                 owner,
                 generation,
-                took_over,
             };
         }
     }

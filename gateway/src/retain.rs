@@ -164,10 +164,6 @@ impl<V: Clone> RetainStore<V> {
         self.len.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Appends every retained value whose topic matches `filter` (a valid topic filter) to `out`,
     /// in no particular order.
     pub fn matching(&self, filter: &str, out: &mut Vec<V>) {
@@ -236,7 +232,7 @@ mod tests {
         let store = RetainStore::new(0);
         assert_eq!(store.set("a/b/c", 1), Err(RetainFull));
         assert_eq!(node_count(&store), 0);
-        assert!(store.is_empty());
+        assert_eq!(store.len(), 0);
     }
 
     #[test]
@@ -275,7 +271,7 @@ mod tests {
             store.remove(topic);
         }
         assert_eq!(node_count(&store), 0);
-        assert!(store.is_empty());
+        assert_eq!(store.len(), 0);
     }
 
     #[test]

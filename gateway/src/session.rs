@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use std::task::{Context, Poll};
+use std::task::{self, Poll};
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
@@ -247,7 +247,7 @@ impl Session {
     /// Ready once something was queued for this session, a window slot opened or a kick was
     /// raised since the last call. A poll function rather than a future keeps the connection
     /// task, which waits on it for its whole life, small.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_woken(&self, cx: &mut task::Context<'_>) -> Poll<()> {
         self.waker.register(cx.waker());
         if self.signalled.swap(false, Ordering::AcqRel) {
             Poll::Ready(())

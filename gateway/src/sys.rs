@@ -14,9 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::broker::{Background, Context};
 use crate::codec::QoS;
+use crate::context::Context;
 use crate::message::Message;
+use crate::task::Background;
 
 /// Averaging windows of the load topics, in seconds, with their topic suffix.
 const LOAD_WINDOWS: [(f64, &str); 3] = [(60.0, "1min"), (300.0, "5min"), (900.0, "15min")];

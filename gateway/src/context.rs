@@ -1,0 +1,113 @@
+//! What every connection task shares: configuration, router, session registry, metrics, security,
+//! the connection counters and the parker of hibernating sessions.
+//!
+//! `Context` is built once by `Broker::bind` and handed (`Arc`) to every accept loop, connection
+//! task and background task. A connection holds it through its `ConnectionSlot`, which also
+//! counts the connection open until its last task ends. The broker's state as operators see it
+//! (`/metrics`, `$SYS`, the admin API) is computed here from the parts.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::Admission;
+use crate::auth::Security;
+use crate::config::Config;
+use crate::endpoint::Endpoint;
+use crate::hibernate::Parker;
+use crate::metrics::{BrokerState, Metrics};
+use crate::registry::Registry;
+use crate::router::Router;
+
+pub struct Context {
+    pub(crate) config: Config,
+    pub(crate) router: Arc<Router>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Password file, ACL and the login hashing limiter (`[auth]`), reloaded on SIGHUP.
+    pub(crate) security: Security,
+    /// Open connections and handshakes, against the node's limits.
+    pub(crate) admission: Admission,
+    /// The `[[listeners]]` entries (SIGHUP reloads their certificates).
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// True while the MQTT listener accepts: `/readyz` answers 503 before and during shutdown.
+    pub(crate) ready: AtomicBool,
+    pub(crate) started: Instant,
+    /// Holds idle sessions without their tasks (`mqtt.hibernate_after`).
+    pub(crate) parker: Arc<Parker>,
+}
+
+impl Context {
+    /// The broker's state as `/metrics`, `$SYS` and the admin API report it: one walk over the
+    /// sessions (two short lock acquisitions each), cheap enough per scrape or status tick.
+    pub fn state(&self) -> BrokerState {
+        let mut state = BrokerState {
+            connections: self.admission.connections(),
+            subscriptions: self.router.subscription_len(),
+            shared_subscriptions: self.router.shared_subscription_len(),
+            retained_messages: self.router.retained_len(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            sessions_hibernating: self.parker.len(),
+            ..BrokerState::default()
+        };
+        for session in self.registry.all() {
+            if session.is_online() {
+                state.sessions_online += 1;
+            } else {
+                state.sessions_offline += 1;
+            }
+            state.queued_messages += session.queue_len();
+            state.inflight_messages += session.inflight_len();
+        }
+        state
+    }
+
+    /// Re-reads the files an operator may replace while the broker runs (SIGHUP): the password
+    /// and ACL files, and each TLS listener's certificates. A file that fails to load is logged
+    /// and its previous contents kept; one bad certificate keeps only that listener's old one.
+    pub fn reload(&self) {
+        match self.security.reload() {
+            Ok(()) => tracing::info!("SIGHUP: password and ACL files reloaded"),
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous files"),
+        }
+        for l in &self.endpoints {
+            match l.reload_certificates() {
+                Ok(true) => {
+                    tracing::info!(kind = l.kind().as_str(), "SIGHUP: certificates reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous certificates"),
+            }
+        }
+    }
+}
+
+/// One open client connection, counted from accept until its last task ends (also by unwinding).
+pub(crate) struct ConnectionSlot(Arc<Context>, Option<Arc<AtomicUsize>>);
+
+impl ConnectionSlot {
+    /// `endpoint_open`: the open-connection count of a `[[listeners]]` entry, held the same way.
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        endpoint_open: Option<Arc<AtomicUsize>>,
+    ) -> ConnectionSlot {
+        ctx.admission.opened();
+        if let Some(open) = &endpoint_open {
+            open.fetch_add(1, Ordering::AcqRel);
+        }
+        ConnectionSlot(ctx, endpoint_open)
+    }
+
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(open) = &self.1 {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.0.admission.closed();
+    }
+}
