@@ -17,16 +17,20 @@
 
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::codec::Protocol;
 use crate::context::Context;
-use crate::http::Body;
 use crate::metrics::BrokerState;
 use crate::session::{Kick, Session, SubscriptionRecord};
 use crate::topic;
+
+/// The answers' body: whole JSON documents (the HTTP endpoint serves the same type).
+type Body = Full<Bytes>;
 
 pub const PREFIX: &str = "/api/v1/";
 const DEFAULT_PAGE: usize = 100;
