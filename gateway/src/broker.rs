@@ -155,6 +155,10 @@ impl Broker {
         // Aborted when `run` returns, after the drain below resumed (and so closed) every
         // hibernating session; any left over is dropped with it.
         let _parker = Background::spawn(ctx.parker.clone().run());
+        // Delayed wills and session expiries stop with the broker too.
+        let timers = ctx.clone();
+        let _timers =
+            Background::spawn(async move { timers.registry.run_timers(&timers.router).await });
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
         // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.

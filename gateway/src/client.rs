@@ -29,6 +29,7 @@ use crate::hibernate::Sleeper;
 use crate::limits::{Handshake, PublishQuota, QuotaExceeded};
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded, SentBatch};
+use crate::registry::Departure;
 use crate::session::{ConnectionInfo, IncomingQos2, Kick, Outgoing, Ownership, Stage};
 use crate::task::spawn_isolated;
 use crate::topic;
@@ -1207,9 +1208,9 @@ impl Client {
         self.publish_will = close.will;
     }
 
-    /// Publishes the will now or after its delay (cancelled if the client comes back in time).
-    fn dispatch_will(&mut self, session_ends: bool) {
-        let Some(will) = self.will.take() else { return };
+    /// The will as a message with its delay in seconds, if the close publishes one.
+    fn departing_will(&mut self) -> Option<(Arc<Message>, u32)> {
+        let will = self.will.take().filter(|_| self.publish_will)?;
         let msg = Arc::new(Message::new(
             &will.topic,
             &will.payload,
@@ -1218,22 +1219,12 @@ impl Client {
             self.session.id,
             ForwardedProperties::from_properties(&will.properties),
         ));
-        let delay = will.properties.will_delay_interval.unwrap_or(0);
-        let expiry = self.session.expiry_interval();
-        let wait = if session_ends { 0 } else { delay.min(expiry) };
-        if wait == 0 {
-            self.ctx.router.publish(msg);
-            return;
-        }
-        let ctx = self.ctx.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(wait))).await;
-            ctx.router.publish(msg);
-        });
-        self.session.set_will_timer(Some(timer.abort_handle()));
+        Some((msg, will.properties.will_delay_interval.unwrap_or(0)))
     }
 }
 
+/// Runs also when the task unwinds from a panic: the session is always handed back to the
+/// registry, which decides what becomes of it and of the will.
 impl Drop for Client {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -1243,32 +1234,14 @@ impl Drop for Client {
         self.session.set_online(false);
         self.ctx.metrics.connections_current.decrement(1.0);
         self.ctx.metrics.closed(self.close);
-        let taken_over = self.close == CloseReason::TakenOver;
-        let session_ends = !taken_over && self.session.expiry_interval() == 0;
-        if self.publish_will {
-            let delayed = self
-                .will
-                .as_ref()
-                .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) > 0);
-            // A takeover is a reconnection within any will delay: only an undelayed will goes out.
-            if !(taken_over && delayed) {
-                self.dispatch_will(session_ends);
-            }
-        }
-        if taken_over {
-            return;
-        }
-        if session_ends {
-            self.ctx.registry.end(&self.session, &self.ctx.router);
-        } else {
-            let after = Duration::from_secs(u64::from(self.session.expiry_interval()));
-            self.ctx.registry.expire_later(
-                self.session.clone(),
-                self.generation,
-                after,
-                self.ctx.router.clone(),
-            );
-        }
+        let departure = Departure {
+            generation: self.generation,
+            taken_over: self.close == CloseReason::TakenOver,
+            will: self.departing_will(),
+        };
+        self.ctx
+            .registry
+            .detach(&self.session, departure, &self.ctx.router);
         if self.close == CloseReason::Panic {
             warn!(client = %self.session.client_id, "session task panicked; session closed");
         }

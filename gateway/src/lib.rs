@@ -42,6 +42,7 @@ mod registry;
 mod retain;
 mod sys;
 mod task;
+mod timers;
 mod tls;
 mod topic;
 mod ws;

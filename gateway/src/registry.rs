@@ -5,6 +5,11 @@
 //! connection has stopped touching the session (queue, inflight, QoS 2 state stay in it) before the
 //! new one starts. Sessions leave the map when they end (expiry 0 at close, or their expiry timer),
 //! never while a connection holds them. DashMap guards are never held across an `.await`.
+//!
+//! The registry also decides a session's fate when its connection goes (`detach`): the session
+//! ends at once, or lives on offline until its expiry; the will goes out at once or after its
+//! delay. What happens later is an entry in one `Timers` (wall-clock deadlines), fired by one
+//! task per broker (`run_timers`), and it fires only if no connection attached in between.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -15,8 +20,10 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
+use crate::timers::{unix_millis, Timers};
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
 /// usually completes within a millisecond) backing off to a bound.
@@ -27,6 +34,30 @@ pub struct Registry {
     /// A set of sessions looked up by client id: each slot is one pointer, not a key and a value.
     sessions: DashMap<Mapped, ()>,
     next_id: AtomicU64,
+    later: Timers<Later>,
+}
+
+/// What the registry does later for a session whose connection went, each only if no connection
+/// attached to the session since (`generation` is the departed connection's).
+enum Later {
+    Will {
+        session: Arc<Session>,
+        generation: u32,
+        will: Arc<Message>,
+    },
+    Expiry {
+        session: Arc<Session>,
+        generation: u32,
+    },
+}
+
+/// How a connection left its session, for `Registry::detach`.
+pub(crate) struct Departure {
+    pub(crate) generation: u32,
+    /// Another connection took the session over: it lives on, whatever its expiry.
+    pub(crate) taken_over: bool,
+    /// The will to publish and its delay in seconds; `None` when the close does not publish it.
+    pub(crate) will: Option<(Arc<Message>, u32)>,
 }
 
 /// A session as the map holds it, hashed and compared by its client id, so that the map finds it
@@ -74,6 +105,7 @@ impl Registry {
         Registry {
             sessions: DashMap::new(),
             next_id: AtomicU64::new(1),
+            later: Timers::default(),
         }
     }
 
@@ -108,8 +140,9 @@ impl Registry {
                 continue;
             }
             // A kick aimed at the previous holder must not hit this connection.
+            // Bumping the generation also voids a pending delayed will and expiry: the client
+            // came back in time.
             session.take_kick();
-            session.set_will_timer(None);
             let generation = session.begin_generation();
             if clean_start {
                 let old = session.reset();
@@ -147,23 +180,76 @@ impl Registry {
         router.unsubscribe_all(session, &subs);
     }
 
-    /// Ends the session after `after` unless a connection attached to it in the meantime.
-    pub fn expire_later(
-        self: &Arc<Self>,
-        session: Arc<Session>,
-        generation: u32,
-        after: Duration,
-        router: Arc<Router>,
-    ) {
-        let registry = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let Some(_owner) = session.try_own() else {
-                return;
-            };
-            if session.generation() == generation && !session.is_discarded() {
-                registry.end(&session, &router);
+    /// The connection that owned `session` is gone: publishes or schedules its will, and ends
+    /// the session or schedules its expiry. The caller still owns the session.
+    pub(crate) fn detach(&self, session: &Arc<Session>, departure: Departure, router: &Router) {
+        let Departure {
+            generation,
+            taken_over,
+            will,
+        } = departure;
+        let expiry = session.expiry_interval();
+        let ends = !taken_over && expiry == 0;
+        let now = unix_millis();
+        if let Some((will, delay)) = will {
+            // A takeover is a reconnection within any will delay: only an undelayed will goes out.
+            if !(taken_over && delay > 0) {
+                // The will waits for its delay, but not beyond the session's end [MQTT-3.1.3-9].
+                let wait = if ends { 0 } else { delay.min(expiry) };
+                if wait == 0 {
+                    router.publish(will);
+                } else {
+                    let session = session.clone();
+                    let entry = Later::Will {
+                        session,
+                        generation,
+                        will,
+                    };
+                    self.later.schedule(now + u64::from(wait) * 1000, entry);
+                }
             }
-        });
+        }
+        if taken_over {
+            return;
+        }
+        if ends {
+            self.end(session, router);
+        } else if expiry != u32::MAX {
+            // u32::MAX is "never expires" (v5), and the 3.1.1 persistent session's expiry.
+            let session = session.clone();
+            let entry = Later::Expiry {
+                session,
+                generation,
+            };
+            self.later.schedule(now + u64::from(expiry) * 1000, entry);
+        }
+    }
+
+    /// Fires delayed wills and expiries as they come due; runs until dropped.
+    pub(crate) async fn run_timers(&self, router: &Router) {
+        self.later
+            .run(|entry| match entry {
+                Later::Will {
+                    session,
+                    generation,
+                    will,
+                } => {
+                    if session.generation() == generation {
+                        router.publish(will);
+                    }
+                }
+                Later::Expiry {
+                    session,
+                    generation,
+                } => {
+                    let Some(_owner) = session.try_own() else {
+                        return;
+                    };
+                    if session.generation() == generation && !session.is_discarded() {
+                        self.end(&session, router);
+                    }
+                }
+            })
+            .await;
     }
 }

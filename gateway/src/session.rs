@@ -120,8 +120,6 @@ struct State {
     /// gives its buffer back instead of keeping it for the session's lifetime.
     #[allow(clippy::box_collection)] // the box is the point: 8 bytes here instead of 32
     retained_backlog: Option<Box<VecDeque<Delivery>>>,
-    /// Cancels a pending delayed will when the client comes back in time.
-    will_timer: Option<tokio::task::AbortHandle>,
     /// Bumped (wrapping) on every attach; an expiry timer acts only on the generation it was
     /// set for, and none lives for 2^32 attaches.
     generation: u32,
@@ -492,11 +490,9 @@ impl Session {
         let mut st = self.state.lock();
         let subs = std::mem::take(&mut st.subscriptions);
         let generation = st.generation;
-        let will_timer = st.will_timer.take();
         *st = State {
             next_packet_id: 1,
             generation,
-            will_timer,
             ..State::default()
         };
         subs
@@ -511,13 +507,6 @@ impl Session {
 
     pub fn generation(&self) -> u32 {
         self.state.lock().generation
-    }
-
-    pub fn set_will_timer(&self, handle: Option<tokio::task::AbortHandle>) {
-        let old = std::mem::replace(&mut self.state.lock().will_timer, handle);
-        if let Some(h) = old {
-            h.abort();
-        }
     }
 
     pub fn queue_len(&self) -> usize {
