@@ -1,7 +1,8 @@
 //! The observability surface with real clients: every metric moves under traffic and
-//! `promtool check metrics` accepts the exposition; the README's metric list matches what
-//! `/metrics` serves (both ways); `/healthz` and `/readyz` follow the broker's life; the admin
-//! API lists, inspects and disconnects clients and finds subscriptions; `$SYS/` topics arrive.
+//! `promtool check metrics` accepts the exposition; the metric list of `docs/operations.md`
+//! matches what `/metrics` serves (both ways); `/healthz` and `/readyz` follow the broker's life;
+//! the admin API lists, inspects and disconnects clients and finds subscriptions; `$SYS/` topics
+//! arrive.
 
 mod clients;
 mod observe;
@@ -286,7 +287,7 @@ async fn the_operations_metric_list_is_exactly_what_metrics_serves() {
     let obs = Observed::start(|_| {}).await;
     let text = obs.metrics().await;
     let served = families(&text);
-    let doc = "README.md";
+    let doc = "docs/operations.md";
     let markdown = std::fs::read_to_string(repo_root().join(doc)).expect(doc);
     let listed = listed_metrics(&markdown);
     assert!(listed.len() > 20, "{doc}: metric table not found");

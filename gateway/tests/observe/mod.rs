@@ -1,7 +1,8 @@
 //! Shared by the observability tests: a broker with its HTTP endpoint on a free loopback port, a
 //! minimal HTTP/1.1 client (the tests need GET/POST with a header, nothing more), a parser for
-//! the Prometheus text format, and the metric list of the README's operations section; a real
-//! Prometheus and promtool in `prometheus`. device-sim's tests include this module too.
+//! the Prometheus text format, and the metric list of `docs/operations.md` (its `## Metrics`
+//! section); a real Prometheus and promtool in `prometheus`. device-sim's tests include this
+//! module too.
 
 #![allow(dead_code)]
 
@@ -169,13 +170,13 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// The metric names of an operations section: the first code span of each table row whose
-/// first cell is a metric name, within the `## Operations` section of `markdown`.
+/// The metric names of `docs/operations.md`: the first code span of each table row whose first
+/// cell is a metric name, within the `## Metrics` section of `markdown`.
 pub fn listed_metrics(markdown: &str) -> Vec<String> {
-    let Some(start) = markdown.find("## Operations") else {
+    let Some(start) = markdown.find("\n## Metrics\n") else {
         return Vec::new();
     };
-    let section = &markdown[start + 3..];
+    let section = &markdown[start + 4..];
     let section = section.find("\n## ").map_or(section, |end| &section[..end]);
     section
         .lines()
