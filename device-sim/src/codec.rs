@@ -1,11 +1,27 @@
-//! The client side of MQTT 3.1.1 and 5.0, on the `mqttbytes` codec (independent of the
-//! gateway's, so a codec bug cannot hide in tests of one against the other). Packets are
-//! encoded into and decoded from per-thread scratch buffers; nothing here is kept per device.
+//! The client side of MQTT 3.1.1 and 5.0 (the wire [`Protocol`] a run speaks), on the
+//! `mqttbytes` codec (independent of the gateway's, so a codec bug cannot hide in tests of one
+//! against the other). Packets are encoded into and decoded from per-thread scratch buffers;
+//! nothing here is kept per device.
 
 use bytes::{Buf, Bytes, BytesMut};
 use mqttbytes::{v4, v5, QoS};
+use serde::{Deserialize, Serialize};
 
-use crate::scenario::Protocol;
+/// The MQTT protocol version spoken on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
 
 /// Larger incoming packets are a protocol error for a simulator that sends small messages.
 pub const MAX_INCOMING: usize = 1 << 20;

@@ -12,8 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::codec::{self, CodecError, ConnectOptions, Incoming};
-use crate::scenario::Protocol;
+use crate::codec::{self, CodecError, ConnectOptions, Incoming, Protocol};
 
 /// Why a connection attempt failed or a connection ended; a metric and report label.
 pub type Reason = Cow<'static, str>;

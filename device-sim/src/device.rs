@@ -19,16 +19,13 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Ack, Incoming};
 use crate::connection::{self, Conn, Reason};
-use crate::engine::{now_us, Ctx, Phase};
+use crate::context::{now_us, Ctx, Phase};
 use crate::payload::Stamp;
-use crate::scenario::{render, Who};
+use crate::scenario::{render, Who, MAX_INFLIGHT};
 use crate::stats::micros;
 use crate::timer::{ms, ms_of, now_ms, NEVER};
 use crate::window::STALL;
 
-/// Unacknowledged messages per device before further ones are skipped (and counted): a
-/// broker that stops acknowledging must not make the simulator grow without bound.
-pub const MAX_INFLIGHT: usize = 64;
 /// How long a device leaving in the disconnect event waits for its acknowledgements.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
@@ -496,7 +493,6 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Engine, Slice};
     use crate::scenario::Settings;
 
     /// The task future is most of an idle device's memory; this guards its size.
@@ -508,14 +504,8 @@ mod tests {
             .expect("runtime");
         let _entered = runtime.enter();
         let settings = Settings::resolve(&crate::cli::RunArgs::default()).expect("valid");
-        let slice = Slice {
-            devices: 0..1,
-            subscribers: 0..0,
-            connect_rate: 1.0,
-            connect_window: 0,
-        };
-        let engine = Engine::new(settings, slice, 0);
-        let device = run(engine.ctx_for_test(), 0);
+        let ctx = Ctx::new(settings, 0..1, 0, None);
+        let device = run(Arc::new(ctx), 0);
         let size = std::mem::size_of_val(&device);
         assert!(size <= 160, "device future grew to {size} bytes");
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod codec;
 mod connection;
+mod context;
 mod device;
 mod engine;
 mod metrics;

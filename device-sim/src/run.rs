@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 
 use crate::cli::RunArgs;
-use crate::engine::now_us;
+use crate::context::now_us;
 use crate::progress::Progress;
 use crate::report::{expected_deliveries, Report};
 use crate::scenario::Settings;

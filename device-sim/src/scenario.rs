@@ -1,5 +1,6 @@
 //! Scenario files and the resolved settings of a run: the file is read, flags override it, and
-//! defaults fill the rest. Everything is validated here so the load loops never see bad input.
+//! defaults fill the rest. Everything is validated here, against the bounds the load loops
+//! keep (such as a device's in-flight limit), so they never see bad input.
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -8,8 +9,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::RunArgs;
-use crate::device::MAX_INFLIGHT;
+use crate::codec::Protocol;
 use crate::payload::{Payload, PayloadError};
+
+/// Unacknowledged messages per device before further ones are skipped (and counted): a
+/// broker that stops acknowledging must not make the simulator grow without bound. A
+/// closed-loop window above it is refused here.
+pub const MAX_INFLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -97,25 +103,10 @@ pub enum Who {
     Subscribers,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Protocol {
-    V311,
-    V5,
-}
-
 impl Settings {
     /// Devices publish whenever their window has room, not on an interval.
     pub fn closed_loop(&self) -> bool {
         self.window > 0 && self.publish_interval.is_none()
-    }
-}
-
-impl Protocol {
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::V311 => "3.1.1",
-            Protocol::V5 => "5",
-        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::codec::{self, Ack, Incoming};
 use crate::connection::{self, Conn, Reason};
-use crate::engine::{now_us, Ctx};
+use crate::context::{now_us, Ctx};
 use crate::scenario::{render, Who};
 use crate::verify::{Tracker, Verdict};
 

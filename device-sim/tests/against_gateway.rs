@@ -1,9 +1,13 @@
-//! The simulator against the gateway (in-process, on a free port): a clean QoS 1 run, a
+//! The simulator against the gateway (in-process, on a free port): a clean QoS 1 run, an MQTT 5
+//! QoS 2 run whose connections the gateway must see coming from the given source addresses, a
 //! deliberately lossy one the verifier must catch, closed-loop windows (clean, and over a
 //! dropping broker), persistent sessions that must get their queued messages, and a fleet split
 //! across worker processes.
 
 mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
 
 use common::{scenario, simulate, Gateway};
 
@@ -39,31 +43,45 @@ async fn smoke_scenario_connects_everyone_and_loses_nothing() {
 async fn mqtt5_qos2_json_payloads_and_source_addresses() {
     let gateway = Gateway::start(|_| {}).await;
     let target = gateway.addr.to_string();
-    let run = simulate(
-        &[
-            "--target",
-            &target,
-            "--devices",
-            "100",
-            "--protocol",
-            "5",
-            "--qos",
-            "2",
-            "--payload",
-            r#"{"id":"{id}","seq":{seq},"ts":{ts},"temp":{rand:10..40}}"#,
-            "--publish-interval",
-            "200ms",
-            "--source-ips",
-            "127.0.0.2-127.0.0.5",
-            "--duration",
-            "2s",
-            "--drain",
-            "1s",
-        ],
-        &[],
-    )
-    .await;
+    // Sampled while the run goes on: a clean session leaves the registry when it disconnects.
+    let (run, peers) = gateway
+        .peers_during(simulate(
+            &[
+                "--target",
+                &target,
+                "--devices",
+                "100",
+                "--protocol",
+                "5",
+                "--qos",
+                "2",
+                "--payload",
+                r#"{"id":"{id}","seq":{seq},"ts":{ts},"temp":{rand:10..40}}"#,
+                "--publish-interval",
+                "200ms",
+                "--source-ips",
+                "127.0.0.2-127.0.0.5",
+                "--duration",
+                "2s",
+                "--drain",
+                "1s",
+            ],
+            &[],
+        ))
+        .await;
     run.assert_clean(100);
+    // The gateway saw every device, and every connection (devices and the subscriber) came
+    // from the given source addresses, all four of them in use.
+    let devices = peers.keys().filter(|id| id.starts_with("dev-")).count();
+    assert_eq!(devices, 100, "sessions the gateway saw: {:?}", peers.keys());
+    let given: BTreeSet<IpAddr> = (2..=5)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .collect();
+    let used: BTreeSet<IpAddr> = peers.values().flatten().copied().collect();
+    assert_eq!(
+        used, given,
+        "peer addresses the gateway saw (left) against --source-ips 127.0.0.2-127.0.0.5 (right)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,18 @@
 //! Shared by the simulator's integration tests: brokers to run against (the gateway in-process,
-//! Mosquitto as a child process killed by its PID), and running the real `device-sim` binary
-//! with a JSON report to check.
+//! with a look at the peers its sessions saw; Mosquitto as a child process killed by its PID),
+//! and running the real `device-sim` binary with a JSON report to check.
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::{Broker, Config};
+use gateway::{Broker, Config, Context};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -29,6 +32,7 @@ pub const REPORT_KEYS: &[&str] = &[
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    context: Arc<Context>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -41,13 +45,42 @@ impl Gateway {
         tune(&mut config);
         let broker = Broker::bind(config).await.expect("gateway binds");
         let addr = broker.local_addr();
+        let context = broker.context();
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(broker.run(async move {
             let _ = stopped.await;
         }));
         Gateway {
             addr,
+            context,
             stop: Some(stop),
+        }
+    }
+
+    /// Runs `until` while sampling, every 20 ms, the peer address of each session's connection
+    /// as the gateway accepted it: client id -> every address it was seen from. Sampled during
+    /// the run because a clean session leaves the registry when its client disconnects.
+    pub async fn peers_during<T>(
+        &self,
+        until: impl Future<Output = T>,
+    ) -> (T, BTreeMap<String, BTreeSet<IpAddr>>) {
+        let mut peers: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                out = &mut until => return (out, peers),
+                _ = tick.tick() => {
+                    for session in self.context.registry.all() {
+                        if let Some(connection) = session.connection() {
+                            peers
+                                .entry(session.client_id.to_string())
+                                .or_default()
+                                .insert(connection.ip);
+                        }
+                    }
+                }
+            }
         }
     }
 }

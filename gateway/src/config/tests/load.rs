@@ -1,0 +1,216 @@
+//! Tests of loading: every key and `[[listeners]]` table is read, unknown keys and syntax errors
+//! are reported on one line, command-line overrides behave like the file, and a missing file is
+//! named with the OS reason.
+
+use std::time::Duration;
+
+use super::error;
+use crate::config::values::LISTEN_HINT;
+use crate::config::{
+    AuthConfig, Config, HttpConfig, LimitsConfig, ListenerKind, LogConfig, MqttConfig, SysConfig,
+};
+
+#[test]
+fn listeners_are_parsed_and_checked() {
+    let text = r#"
+        [[listeners]]
+        kind = "tls"
+        bind = "0.0.0.0:8883"
+        cert = "server.pem"
+        key = "server.key"
+        ca = "ca.pem"
+        require_client_cert = true
+        use_identity_as_username = true
+        max_connections = 10
+        [[listeners]]
+        kind = "ws"
+        bind = "127.0.0.1:8080"
+        path = "/ws"
+    "#;
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].kind, ListenerKind::Tls);
+    assert!(c.listeners[0].use_identity_as_username);
+    assert_eq!(c.listeners[0].max_connections, 10);
+    assert_eq!(c.listeners[1].path, "/ws");
+    let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+    assert_eq!(
+        err("[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1\"\n[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:2\"\nkey = \"k\""),
+        "config: invalid value for `listeners[1].cert`: (missing) (a tls or wss listener needs a PEM certificate file)"
+    );
+    assert!(
+        err("[[listeners]]\nkind = \"quic\"\nbind = \"127.0.0.1:1\"")
+            .starts_with("config: invalid value for `listeners[0].kind`: \"quic\"")
+    );
+    assert!(
+        err("[[listeners]]\nkind = \"ws\"\nbind = \"127.0.0.1:1\"\npath = \"mqtt\"")
+            .starts_with("config: invalid value for `listeners[0].path`: \"mqtt\"")
+    );
+    assert!(err("[[listeners]]\nkind = \"ws\"\nbind = \"x\"")
+        .starts_with("config: invalid value for `listeners[0].bind`: \"x\""));
+    assert!(
+        err("[[listeners]]\nkind = \"ws\"\nbind = \"127.0.0.1:1\"\nport = 1")
+            .starts_with("config: unknown key `listeners[0].port`")
+    );
+}
+
+#[test]
+fn every_key_is_parsed() {
+    let text = r#"
+        [mqtt]
+        listen = "[::]:8883"
+        max_keepalive = 120
+        receive_maximum = 10
+        max_packet_size = 64
+        max_queued_messages = 5
+        queue_qos0_offline = true
+        max_inflight = 7
+        session_expiry_max = 0
+        retained_max = 0
+        connect_timeout = 2.5
+        max_topic_levels = 8
+        topic_alias_maximum = 0
+        outbound_topic_aliases = false
+        fd_reserve = 128
+        hibernate_after = 0.5
+        [http]
+        listen = "0.0.0.0:8080"
+        admin_token = "0123456789abcdef-token"
+        [sys]
+        interval = 0
+        [log]
+        level = "warn,gateway=debug"
+        [auth]
+        allow_anonymous = true
+        password_file = "/etc/gateway/passwd"
+        acl_file = "acl"
+        [limits]
+        max_connections = 5000
+        connect_rate = 0
+        connect_burst = 1
+        max_handshakes = 0
+        max_publish_rate = 50
+        max_publish_bytes_rate = 100000
+        max_subscriptions_per_client = 0
+        max_topic_length = 65535
+        memory_high_water = 1073741824
+    "#;
+    let expected = Config {
+        mqtt: MqttConfig {
+            listen: "[::]:8883".parse().unwrap(),
+            max_keepalive: 120,
+            receive_maximum: 10,
+            max_packet_size: 64,
+            max_queued_messages: 5,
+            queue_qos0_offline: true,
+            max_inflight: 7,
+            session_expiry_max: 0,
+            retained_max: 0,
+            connect_timeout: Duration::from_millis(2500),
+            max_topic_levels: 8,
+            topic_alias_maximum: 0,
+            outbound_topic_aliases: false,
+            fd_reserve: 128,
+            hibernate_after: Some(Duration::from_millis(500)),
+        },
+        http: HttpConfig {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            admin_token: Some("0123456789abcdef-token".to_owned()),
+        },
+        sys: SysConfig { interval: 0 },
+        log: LogConfig {
+            level: "warn,gateway=debug".to_owned(),
+        },
+        auth: AuthConfig {
+            allow_anonymous: true,
+            password_file: Some("/etc/gateway/passwd".into()),
+            acl_file: Some("acl".into()),
+        },
+        limits: LimitsConfig {
+            max_connections: 5000,
+            connect_rate: 0,
+            connect_burst: 1,
+            max_handshakes: 0,
+            max_publish_rate: 50,
+            max_publish_bytes_rate: 100_000,
+            max_subscriptions_per_client: 0,
+            max_topic_length: 65535,
+            memory_high_water: 1 << 30,
+        },
+        listeners: Vec::new(),
+    };
+    assert_eq!(Config::from_toml(text).unwrap(), expected);
+}
+
+#[test]
+fn unknown_keys_and_sections_are_named_with_their_value() {
+    let cases = [
+        (
+            "[mqtt]\nmax_keepalvie = 30",
+            "config: unknown key `mqtt.max_keepalvie` (value: 30)",
+        ),
+        (
+            "[http]\nport = \"x\"",
+            "config: unknown key `http.port` (value: \"x\")",
+        ),
+        (
+            "[log]\nformat = [\"json\", 1]",
+            "config: unknown key `log.format` (value: [\"json\", 1])",
+        ),
+        (
+            "[mqqt]\nlisten = \"0.0.0.0:1883\"",
+            "config: unknown key `mqqt` (value: { listen = \"0.0.0.0:1883\" })",
+        ),
+        (
+            "verbose = true",
+            "config: unknown key `verbose` (value: true)",
+        ),
+    ];
+    for (text, message) in cases {
+        assert_eq!(error(text), message, "for {text:?}");
+    }
+}
+
+#[test]
+fn syntax_errors_are_one_line_with_a_position() {
+    let message = error("[mqtt]\nlisten = \n");
+    assert!(
+        message.starts_with("config: TOML syntax error at line 2, column "),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+    let message = error("[mqtt]\nmax_inflight = 1\nmax_inflight = 2\n");
+    assert!(message.contains("line 3"), "{message}");
+    assert!(message.contains("max_inflight"), "{message}");
+}
+
+#[test]
+fn set_applies_string_keys_like_the_file() {
+    let mut c = Config::default();
+    c.set("mqtt.listen", "0.0.0.0:1884").unwrap();
+    c.set("http.listen", "off").unwrap();
+    c.set("log.level", "debug").unwrap();
+    assert_eq!(c.mqtt.listen, "0.0.0.0:1884".parse().unwrap());
+    assert_eq!(c.http.listen, None);
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(
+        c.set("mqtt.listen", "garbage").unwrap_err().to_string(),
+        format!("config: invalid value for `mqtt.listen`: \"garbage\" ({LISTEN_HINT})")
+    );
+    assert_eq!(
+        c.set("listen", "x").unwrap_err().to_string(),
+        "config: unknown key `listen` (value: \"x\")"
+    );
+}
+
+#[test]
+fn load_reports_the_path_and_os_reason() {
+    let path = std::env::temp_dir().join("gateway-config-test-does-not-exist.toml");
+    assert_eq!(
+        Config::load(&path).unwrap_err().to_string(),
+        format!(
+            "config: cannot read {}: No such file or directory",
+            path.display()
+        )
+    );
+}

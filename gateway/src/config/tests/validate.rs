@@ -1,0 +1,109 @@
+//! Tests of the rules: the admin token, the log level, `Config::validate` on configs built in
+//! code, and the HTTP endpoint and MQTT listener not sharing a fixed address.
+
+use std::time::Duration;
+
+use super::error;
+use crate::config::validate::{ADMIN_TOKEN_HINT, LEVEL_HINT};
+use crate::config::Config;
+
+#[test]
+fn admin_token_and_sys_interval_are_checked_and_named_with_their_value() {
+    assert_eq!(
+        Config::from_toml("[http]\nadmin_token = \"\"")
+            .unwrap()
+            .http
+            .admin_token,
+        None
+    );
+    for token in [
+        "short",
+        "has a space in the token",
+        "tab\tseparated-token-value",
+    ] {
+        assert_eq!(
+            error(&format!("[http]\nadmin_token = {token:?}")),
+            format!("config: invalid value for `http.admin_token`: {token:?} ({ADMIN_TOKEN_HINT})")
+        );
+    }
+    assert_eq!(
+        error("[sys]\ninterval = 86401"),
+        "config: invalid value for `sys.interval`: 86401 (must be 0..=86400)"
+    );
+    assert_eq!(
+        error("[sys]\ninterval = \"10\""),
+        "config: invalid value for `sys.interval`: \"10\" (expected an integer)"
+    );
+    let mut c = Config::default();
+    c.http.admin_token = Some("x".to_owned());
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        format!("config: invalid value for `http.admin_token`: \"x\" ({ADMIN_TOKEN_HINT})")
+    );
+}
+
+#[test]
+fn plain_levels_and_directives_are_accepted() {
+    for level in [
+        "error",
+        "warn",
+        "info",
+        "debug",
+        "trace",
+        "gateway=trace,info",
+    ] {
+        let text = format!("[log]\nlevel = {level:?}");
+        assert_eq!(Config::from_toml(&text).unwrap().log.level, level);
+    }
+}
+
+#[test]
+fn bad_http_listen_and_log_level_are_named_with_their_value() {
+    assert_eq!(
+        error("[http]\nlisten = \"nowhere\""),
+        "config: invalid value for `http.listen`: \"nowhere\" (expected an IP address and \
+         port such as 127.0.0.1:9883, or \"off\")"
+    );
+    assert_eq!(
+        error("[log]\nlevel = \"\""),
+        format!("config: invalid value for `log.level`: \"\" ({LEVEL_HINT})")
+    );
+    let message = error("[log]\nlevel = \"gateway=loud\"");
+    assert!(
+        message.starts_with(&format!(
+            "config: invalid value for `log.level`: \"gateway=loud\" ({LEVEL_HINT}: "
+        )),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+}
+
+#[test]
+fn validate_rejects_values_built_in_code() {
+    let mut c = Config::default();
+    c.mqtt.receive_maximum = 0;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: invalid value for `mqtt.receive_maximum`: 0 (must be 1..=65535)"
+    );
+    let mut c = Config::default();
+    c.mqtt.connect_timeout = Duration::ZERO;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: invalid value for `mqtt.connect_timeout`: 0 (must be > 0 seconds)"
+    );
+    let mut c = Config::default();
+    c.log.level = "nope=nope".to_owned();
+    assert!(c.validate().is_err());
+}
+
+#[test]
+fn http_and_mqtt_may_not_share_a_fixed_address() {
+    assert_eq!(
+        error("[mqtt]\nlisten = \"127.0.0.1:9883\""),
+        "config: invalid value for `http.listen`: \"127.0.0.1:9883\" \
+         (same address as mqtt.listen)"
+    );
+    let both_ephemeral = "[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"";
+    Config::from_toml(both_ephemeral).unwrap();
+}
