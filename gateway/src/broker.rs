@@ -92,10 +92,13 @@ impl Broker {
             extra.push(socket);
         }
 
+        let registry = Arc::new(Registry::new());
+        let restored = router.store.load();
+        registry.restore(restored, &router);
         let ctx = Arc::new(Context {
             config,
             router,
-            registry: Arc::new(Registry::new()),
+            registry,
             metrics,
             security,
             admission: Admission::new(max_connections),

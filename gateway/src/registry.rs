@@ -23,6 +23,7 @@ use dashmap::DashMap;
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
+use crate::store::{Restored, SessionRecord};
 use crate::timers::{unix_millis, Timers};
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
@@ -121,6 +122,7 @@ impl Registry {
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
     pub async fn attach(&self, client_id: &str, clean_start: bool, router: &Router) -> Attached {
+        router.cluster.claim(client_id).await;
         loop {
             let (session, existed) = match self.sessions.get(client_id) {
                 Some(s) => (s.key().0.clone(), true),
@@ -178,6 +180,7 @@ impl Registry {
         session.mark_discarded();
         let subs = session.reset();
         router.unsubscribe_all(session, &subs);
+        router.store.session_removed(&session.client_id);
     }
 
     /// The connection that owned `session` is gone: publishes or schedules its will, and ends
@@ -191,6 +194,7 @@ impl Registry {
         let expiry = session.expiry_interval();
         let ends = !taken_over && expiry == 0;
         let now = unix_millis();
+        let mut pending_will = None;
         if let Some((will, delay)) = will {
             // A takeover is a reconnection within any will delay: only an undelayed will goes out.
             if !(taken_over && delay > 0) {
@@ -199,13 +203,15 @@ impl Registry {
                 if wait == 0 {
                     router.publish(will);
                 } else {
+                    let due = now + u64::from(wait) * 1000;
+                    pending_will = Some((will.clone(), due));
                     let session = session.clone();
                     let entry = Later::Will {
                         session,
                         generation,
                         will,
                     };
-                    self.later.schedule(now + u64::from(wait) * 1000, entry);
+                    self.later.schedule(due, entry);
                 }
             }
         }
@@ -214,15 +220,72 @@ impl Registry {
         }
         if ends {
             self.end(session, router);
-        } else if expiry != u32::MAX {
-            // u32::MAX is "never expires" (v5), and the 3.1.1 persistent session's expiry.
+            return;
+        }
+        // u32::MAX is "never expires" (v5), and the 3.1.1 persistent session's expiry.
+        let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
+        router.store.session_saved(&SessionRecord {
+            client_id: session.client_id.clone(),
+            expiry_interval: expiry,
+            expires_at,
+            subscriptions: session.subscriptions(),
+            will: pending_will,
+        });
+        if let Some(due) = expires_at {
             let session = session.clone();
             let entry = Later::Expiry {
                 session,
                 generation,
             };
-            self.later.schedule(now + u64::from(expiry) * 1000, entry);
+            self.later.schedule(due, entry);
         }
+    }
+
+    /// Makes the stored state live again at start, before any client connects: every session
+    /// offline and routable at once (its subscriptions in the index, its queue as it was), its
+    /// expiry and pending will due when they were; a session that expired while the broker was
+    /// down ends now, and its will goes out.
+    pub(crate) fn restore(&self, restored: Restored, router: &Router) {
+        let now = unix_millis();
+        for record in restored.sessions {
+            if record.expires_at.is_some_and(|at| at <= now) {
+                if let Some((will, _)) = record.will {
+                    router.publish(will);
+                }
+                router.store.session_removed(&record.client_id);
+                continue;
+            }
+            let (session, _) = self.insert(&record.client_id);
+            session.set_expiry_interval(record.expiry_interval);
+            let generation = session.begin_generation();
+            for sub in &record.subscriptions {
+                if let Err(e) = router.subscribe(&session, &sub.filter, sub.options, sub.id) {
+                    tracing::warn!(client = %record.client_id, filter = %sub.filter, "stored subscription not restored: {e}");
+                }
+            }
+            if let Some((will, due)) = record.will {
+                let session = session.clone();
+                let entry = Later::Will {
+                    session,
+                    generation,
+                    will,
+                };
+                self.later.schedule(due, entry);
+            }
+            if let Some(due) = record.expires_at {
+                let entry = Later::Expiry {
+                    session,
+                    generation,
+                };
+                self.later.schedule(due, entry);
+            }
+        }
+        for (client_id, delivery) in restored.queued {
+            if let Some(session) = self.get(&client_id) {
+                router.requeue(&session, delivery);
+            }
+        }
+        router.restore_retained(restored.retained);
     }
 
     /// Fires delayed wills and expiries as they come due; runs until dropped.
@@ -253,3 +316,6 @@ impl Registry {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests;

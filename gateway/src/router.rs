@@ -4,19 +4,25 @@
 //! the delivery rules: one copy per session at the highest granted QoS with every matching
 //! subscription identifier (overlapping subscriptions), No Local, Retain As Published, one member
 //! per shared group, and retained messages on subscribe. It appends deliveries to session queues and
-//! never blocks on a slow receiver: a full queue drops and counts. A later NATS bridge plugs in here,
-//! at `publish`, without the sessions knowing.
+//! never blocks on a slow receiver: a full queue drops and counts.
+//!
+//! It also holds the two seams the sessions never see: the `Store` is told of retained writes
+//! and of QoS 1/2 messages queued for persistent sessions,
+//! and the `Cluster` gets every locally published message after local delivery (a single node's
+//! `Standalone` drops it) and is asked for a client id before a session attaches (`registry`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use crate::cluster::{Cluster, Standalone};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::RetainStore;
 use crate::session::{Delivery, Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord};
+use crate::store::{MemoryStore, Store};
 use crate::topic::{self, TopicError};
 use crate::topic_index::TopicIndex;
 
@@ -38,6 +44,8 @@ pub struct Router {
     /// copies are shed here and new connections refused (`client`). Kept here, next to the
     /// enqueue it guards, so a delivery costs one relaxed load.
     pub overloaded: AtomicBool,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cluster: Arc<dyn Cluster>,
 }
 
 /// The outcome of a subscribe, for SUBACK and retained handling.
@@ -60,7 +68,16 @@ impl Router {
             max_topic_levels,
             metrics,
             overloaded: AtomicBool::new(false),
+            store: Arc::new(MemoryStore),
+            cluster: Arc::new(Standalone),
         }
+    }
+
+    /// The router with another store in place of the in-memory one (the seam's own tests).
+    #[cfg(test)]
+    pub(crate) fn with_store(mut self, store: Arc<dyn Store>) -> Router {
+        self.store = store;
+        self
     }
 
     pub fn max_topic_levels(&self) -> usize {
@@ -114,8 +131,12 @@ impl Router {
         }
         // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
         // listens; counting them would bury the drops that matter.
-        if delivered == 0 && msg.origin != 0 {
-            self.metrics.dropped(DropReason::NoSubscribers, 1);
+        if msg.origin != 0 {
+            if delivered == 0 {
+                self.metrics.dropped(DropReason::NoSubscribers, 1);
+            }
+            // The node's own status messages stay on the node.
+            self.cluster.forward(&msg);
         }
         delivered
     }
@@ -126,8 +147,15 @@ impl Router {
             self.metrics.dropped(DropReason::MemoryShed, 1);
             return 0;
         }
+        // Recorded only once queued, so the copy is made only for what a restart must keep.
+        let stored = (!qos0 && session.is_persistent()).then(|| d.clone());
         match session.enqueue(d, self.limits) {
-            Enqueued::Queued => 1,
+            Enqueued::Queued => {
+                if let Some(d) = stored {
+                    self.store.queued(&session.client_id, &d);
+                }
+                1
+            }
             Enqueued::QueueFull => {
                 // A full queue of a connected session means its client reads too slowly; losing
                 // QoS 0 there is expected MQTT behaviour and is told apart from QoS 1/2 losses.
@@ -149,8 +177,29 @@ impl Router {
     fn retain(&self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
+            self.store.retained(&msg.topic, None);
         } else if self.retained.set(&msg.topic, msg.clone()).is_err() {
             self.metrics.dropped(DropReason::RetainedFull, 1);
+        } else {
+            self.store.retained(&msg.topic, Some(msg));
+        }
+    }
+
+    /// A stored message back into its session's queue at start (already stored: not recorded
+    /// again); what the queue bound refuses is counted as any drop.
+    pub(crate) fn requeue(&self, session: &Session, d: Delivery) {
+        if session.enqueue(d, self.limits) == Enqueued::QueueFull {
+            self.metrics.dropped(DropReason::QueueFull, 1);
+        }
+    }
+
+    /// Stored retained messages back into the retained store at start; expired ones stay out.
+    pub(crate) fn restore_retained(&self, messages: Vec<Arc<Message>>) {
+        let now = std::time::Instant::now();
+        for msg in messages.into_iter().filter(|m| !m.is_expired(now)) {
+            if self.retained.set(&msg.topic, msg.clone()).is_err() {
+                self.metrics.dropped(DropReason::RetainedFull, 1);
+            }
         }
     }
 

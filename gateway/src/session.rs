@@ -163,6 +163,8 @@ pub struct Session {
     waker: AtomicWaker,
     signalled: AtomicBool,
     online: AtomicBool,
+    /// Expiry above 0: the store keeps what is queued for it (read per delivery, so no lock).
+    persistent: AtomicBool,
     kick: AtomicU8,
     /// Set while a connection owns (is attached to) this session; see `Ownership`.
     owned: AtomicBool,
@@ -210,6 +212,7 @@ impl Session {
             waker: AtomicWaker::new(),
             signalled: AtomicBool::new(false),
             online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
             kick: AtomicU8::new(KICK_NONE),
             owned: AtomicBool::new(false),
             discarded: AtomicBool::new(false),
@@ -449,6 +452,12 @@ impl Session {
 
     pub fn set_expiry_interval(&self, secs: u32) {
         self.state.lock().expiry_interval = secs;
+        self.persistent.store(secs > 0, Ordering::Relaxed);
+    }
+
+    /// Whether the session outlives its connection, so that what is queued for it is stored.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
     }
 
     /// Adds or replaces a subscription record; returns true when it replaced one for the same filter.
@@ -490,6 +499,7 @@ impl Session {
         let mut st = self.state.lock();
         let subs = std::mem::take(&mut st.subscriptions);
         let generation = st.generation;
+        self.persistent.store(false, Ordering::Relaxed);
         *st = State {
             next_packet_id: 1,
             generation,

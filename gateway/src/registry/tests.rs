@@ -1,0 +1,213 @@
+//! The registry's decisions, over a `Router` built directly: attach and takeover, what becomes of
+//! a session when its connection goes (`detach`), and the stored state made live at start
+//! (`restore`), with a store that records what it is told.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+
+use super::{Departure, Registry};
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::session::{Delivery, QueueLimits, SubscriptionRecord};
+use crate::store::{Restored, SessionRecord, Store};
+use crate::timers::unix_millis;
+
+/// Records what the registry and the router tell it; hands `restored` back on load.
+#[derive(Default)]
+struct Recording {
+    restored: Mutex<Option<Restored>>,
+    saved: Mutex<Vec<SessionRecord>>,
+    removed: Mutex<Vec<String>>,
+    queued: Mutex<Vec<String>>,
+}
+
+impl Store for Recording {
+    fn load(&self) -> Restored {
+        self.restored.lock().take().unwrap_or_default()
+    }
+    fn session_saved(&self, s: &SessionRecord) {
+        self.saved.lock().push(s.clone());
+    }
+    fn session_removed(&self, client_id: &str) {
+        self.removed.lock().push(client_id.to_owned());
+    }
+    fn queued(&self, client_id: &str, _: &Delivery) {
+        self.queued.lock().push(client_id.to_owned());
+    }
+    fn retained(&self, _: &ByteString, _: Option<&Arc<Message>>) {}
+}
+
+fn router(store: &Arc<Recording>) -> Router {
+    let limits = QueueLimits {
+        max_queued: 100,
+        queue_qos0_offline: false,
+    };
+    Router::new(limits, 100, 32, Arc::new(Metrics::new())).with_store(store.clone())
+}
+
+fn message(topic: &'static str, qos: QoS) -> Arc<Message> {
+    let (topic, payload) = (ByteString::from_static(topic), Bytes::from_static(b"x"));
+    Arc::new(Message::new(&topic, &payload, qos, false, 1, None))
+}
+
+fn qos1() -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..SubscriptionOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_clean_session_ends_with_its_connection_and_stores_nothing() {
+    let store = Arc::new(Recording::default());
+    let (registry, router) = (Registry::new(), router(&store));
+    let a = registry.attach("dev-1", true, &router).await;
+    assert!(!a.present);
+    router
+        .subscribe(&a.session, &"t/#".into(), qos1(), None)
+        .expect("valid filter");
+    let will = Some((message("will/dev-1", QoS::AtMostOnce), 0));
+    let departure = Departure {
+        generation: a.generation,
+        taken_over: false,
+        will,
+    };
+    registry.detach(&a.session, departure, &router);
+    drop(a.owner);
+    assert!(registry.get("dev-1").is_none(), "ended: out of the map");
+    assert_eq!(router.subscription_len(), 0, "and out of the index");
+    assert!(
+        store.saved.lock().is_empty(),
+        "a clean session is never saved"
+    );
+    assert_eq!(*store.removed.lock(), ["dev-1"]);
+}
+
+#[tokio::test]
+async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
+    let store = Arc::new(Recording::default());
+    let (registry, router) = (Registry::new(), router(&store));
+    let a = registry.attach("dev-2", false, &router).await;
+    a.session.set_expiry_interval(3600);
+    router
+        .subscribe(&a.session, &"t/#".into(), qos1(), None)
+        .expect("valid filter");
+    let departure = Departure {
+        generation: a.generation,
+        taken_over: false,
+        will: Some((message("will/dev-2", QoS::AtLeastOnce), 60)),
+    };
+    registry.detach(&a.session, departure, &router);
+    drop(a.owner);
+    let saved = store.saved.lock().clone();
+    assert_eq!(saved.len(), 1);
+    let record = &saved[0];
+    assert_eq!(&*record.client_id, "dev-2");
+    assert_eq!(record.subscriptions.len(), 1);
+    let now = unix_millis();
+    let expires = record.expires_at.expect("an hour");
+    assert!(expires > now + 3_590_000 && expires <= now + 3_600_000);
+    let (_, will_due) = record.will.as_ref().expect("the delayed will");
+    assert!(*will_due <= now + 60_000 && *will_due > now + 50_000);
+
+    assert_eq!(router.publish(message("t/1", QoS::AtLeastOnce)), 1);
+    assert_eq!(registry.get("dev-2").map(|s| s.queue_len()), Some(1));
+    assert_eq!(
+        *store.queued.lock(),
+        ["dev-2"],
+        "QoS 1 for a persistent session is stored"
+    );
+    router.publish(message("t/2", QoS::AtMostOnce));
+    assert_eq!(store.queued.lock().len(), 1, "QoS 0 never is");
+
+    let b = registry.attach("dev-2", false, &router).await;
+    assert!(b.present, "the session carried over");
+    assert_ne!(
+        b.generation, a.generation,
+        "voids the pending will and expiry"
+    );
+}
+
+#[tokio::test]
+async fn a_takeover_keeps_the_session_and_sends_only_an_undelayed_will() {
+    let store = Arc::new(Recording::default());
+    let (registry, router) = (Registry::new(), router(&store));
+    let watcher = registry.attach("watcher", true, &router).await;
+    router
+        .subscribe(&watcher.session, &"will/#".into(), qos1(), None)
+        .expect("valid filter");
+    let a = registry.attach("dev-3", true, &router).await;
+    for (delay, sent) in [(5, 0), (0, 1)] {
+        let departure = Departure {
+            generation: a.generation,
+            taken_over: true,
+            will: Some((message("will/dev-3", QoS::AtLeastOnce), delay)),
+        };
+        registry.detach(&a.session, departure, &router);
+        assert_eq!(watcher.session.queue_len(), sent, "will delay {delay}");
+    }
+    assert!(
+        registry.get("dev-3").is_some(),
+        "not ended: the new connection has it"
+    );
+    assert!(store.removed.lock().is_empty());
+    assert!(
+        store.saved.lock().is_empty(),
+        "not offline either: nothing to save"
+    );
+}
+
+#[tokio::test]
+async fn restore_makes_stored_sessions_routable_and_ends_expired_ones() {
+    let store = Arc::new(Recording::default());
+    let router = router(&store);
+    let now = unix_millis();
+    let record = |id: &str, expires_at, will| SessionRecord {
+        client_id: id.into(),
+        expiry_interval: 3600,
+        expires_at: Some(expires_at),
+        subscriptions: vec![SubscriptionRecord {
+            filter: "cmd/#".into(),
+            options: qos1(),
+            id: None,
+        }],
+        will,
+    };
+    let queued = Delivery {
+        msg: message("cmd/1", QoS::AtLeastOnce),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+    };
+    *store.restored.lock() = Some(Restored {
+        sessions: vec![
+            record("alive", now + 3_600_000, None),
+            record(
+                "gone",
+                now - 1,
+                Some((message("cmd/will", QoS::AtLeastOnce), now)),
+            ),
+        ],
+        queued: vec![("alive".into(), queued)],
+        retained: Vec::new(),
+    });
+    let registry = Registry::new();
+    registry.restore(store.load(), &router);
+
+    let alive = registry.get("alive").expect("restored");
+    assert!(!alive.is_online() && alive.is_persistent());
+    // The stored queue, then the expired session's will: routed to the restored subscription.
+    assert_eq!(alive.queue_len(), 2);
+    assert!(
+        registry.get("gone").is_none(),
+        "expired while the broker was down"
+    );
+    assert_eq!(*store.removed.lock(), ["gone"]);
+    assert_eq!(router.publish(message("cmd/2", QoS::AtLeastOnce)), 1);
+    assert_eq!(alive.queue_len(), 3);
+}
