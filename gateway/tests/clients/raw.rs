@@ -169,6 +169,19 @@ pub struct Will<'a> {
     pub properties: Vec<u8>,
 }
 
+impl<'a> Will<'a> {
+    /// A QoS 1 will, not retained, without properties.
+    pub fn qos1(topic: &'a str, payload: &'a [u8]) -> Will<'a> {
+        Will {
+            topic,
+            payload,
+            qos: 1,
+            retain: false,
+            properties: Vec::new(),
+        }
+    }
+}
+
 /// What a raw CONNECT carries.
 pub struct Connect<'a> {
     /// 4 for 3.1.1, 5 for 5.0.
