@@ -4,18 +4,22 @@
 
 mod clients;
 mod common;
+mod observe;
 
 use std::time::{Duration, Instant};
 
 use clients::raw::{self, Connect, End, Raw, V};
-use clients::{unique_id, v3, v5, WAIT};
+use clients::{unique_id, v3, v5, QUIET, WAIT};
 use common::{eventually, TestBroker};
+use observe::{samples, total, Observed};
 
 const SESSION_TAKEN_OVER: u8 = 0x8E;
 const SERVER_SHUTTING_DOWN: u8 = 0x8B;
 
+const HIBERNATE_AFTER: Duration = Duration::from_millis(300);
+
 async fn broker() -> TestBroker {
-    TestBroker::with(|c| c.mqtt.hibernate_after = Some(Duration::from_millis(300))).await
+    TestBroker::with(|c| c.mqtt.hibernate_after = Some(HIBERNATE_AFTER)).await
 }
 
 fn hibernating(broker: &TestBroker) -> usize {
@@ -137,25 +141,62 @@ async fn hibernation_off_keeps_every_session_in_its_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_still_closed_when_silence_would_hibernate_it() {
     // Keep-alive 2 s (3 s to the slow-consumer close) against hibernation after 0.3 s: the
-    // hibernation checks in between must not count as the client taking bytes.
-    let broker = broker().await;
+    // hibernation checks in between must not count as the client taking bytes. Both parties
+    // leave a will, so the watcher tells which of them the broker closed; `/metrics` tells why.
+    let obs = Observed::start(|c| {
+        c.mqtt.hibernate_after = Some(HIBERNATE_AFTER);
+        c.sys.interval = 0;
+    })
+    .await;
+    let mut watcher = v3::connect(obs.mqtt, &unique_id("hib-watcher")).await;
+    watcher.subscribe("hwill/#", v3::QoS::AtLeastOnce).await;
     let id = unique_id("hib-slow");
-    let (mut slow, _) = Raw::connect(broker.addr, &Connect::v311(&id, true, 2)).await;
+    let mut c = Connect::v311(&id, true, 2);
+    c.will = Some(raw::Will::qos1("hwill/slow", b"stalled"));
+    let (mut slow, _) = Raw::connect(obs.mqtt, &c).await;
     slow.send(&V::V311.subscribe("hflood/t", 0)).await;
     slow.expect_packet("SUBACK").await;
-    let mut flooder = Raw::connected(broker.addr, V::V311, &unique_id("hib-flooder")).await;
+    let flooder_id = unique_id("hib-flooder");
+    let mut c = Connect::plain(V::V311, &flooder_id);
+    c.will = Some(raw::Will::qos1("hwill/flooder", b"flooder gone"));
+    let (mut flooder, _) = Raw::connect(obs.mqtt, &c).await;
     let flood = V::V311.publish(0x30, b"hflood/t", None, &[], &[7u8; 16 * 1024]);
     for _ in 0..1_500 {
         flooder.send(&flood).await;
     }
     let started = Instant::now();
-    while broker.ctx.state().connections > 1 {
+    let gone = loop {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "a client that stopped reading was never closed"
         );
         slow.send_lenient(&raw::encode_pingreq()).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    broker.shutdown().await;
+        if let Some(p) = watcher.try_next_publish(Duration::from_millis(300)).await {
+            break p;
+        }
+    };
+    assert_eq!(
+        (
+            gone.topic.as_str(),
+            &*String::from_utf8_lossy(&gone.payload)
+        ),
+        ("hwill/slow", "stalled"),
+        "the will of the client that stopped reading"
+    );
+    slow.until_closed(WAIT).await;
+    // The other party is still connected and served, and its will stays unpublished.
+    flooder.ping().await;
+    watcher.expect_no_publish(QUIET).await;
+
+    let s = samples(&obs.metrics().await);
+    let closed = |labels: &[&str]| total(&s, "gateway_connections_closed_total", labels);
+    assert_eq!(
+        (closed(&["reason=\"slow_consumer\""]), closed(&[])),
+        (1.0, 1.0),
+        "one close, as a slow consumer: {:?}",
+        s.iter()
+            .filter(|(k, v)| k.starts_with("gateway_connections_closed_total") && **v > 0.0)
+            .collect::<Vec<_>>()
+    );
+    obs.shutdown().await;
 }
