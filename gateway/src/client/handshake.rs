@@ -1,5 +1,5 @@
 //! From accepted socket to attached session: reading CONNECT, refusing it, authenticating the
-//! client, taking the session over and answering CONNACK.
+//! client, taking the session over on the terms `negotiate` agreed and answering CONNACK.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use tracing::debug;
 
-use super::publish::payload_format_ok;
+use super::negotiate::{negotiate, Agreed, Refused};
 use super::timing::broker_nanos;
 use super::{AliasesOut, Client, Opened, CLOSE_FLUSH};
 use crate::acl::{ClientAcl, Principal};
@@ -20,7 +20,6 @@ use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properti
 use crate::connection::{Connection, ReadError};
 use crate::metrics::CloseReason;
 use crate::session::ConnectionInfo;
-use crate::topic;
 
 /// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
 pub(super) async fn handshake(
@@ -133,69 +132,35 @@ impl Client {
         (identity, default_listener): (Option<ByteString>, bool),
         peer: std::net::SocketAddr,
     ) -> Option<Client> {
-        let cfg = &ctx.config.mqtt;
         let protocol = connect.protocol;
-        let v5 = protocol.is_v5();
-        let mut props = Properties::default();
 
         // First: above the memory high-water mark nothing else about the client matters.
         if ctx.router.overloaded.load(Ordering::Relaxed) {
             return refuse_and_close(&ctx, conn, protocol, reason::SERVER_BUSY, peer).await;
         }
-        if connect.properties.authentication_method.is_some() {
-            return refuse_and_close(
-                &ctx,
-                conn,
-                protocol,
-                reason::BAD_AUTHENTICATION_METHOD,
-                peer,
-            )
-            .await;
-        }
-        let client_id = if connect.client_id.is_empty() {
-            if protocol == Protocol::V31 || (!v5 && !connect.clean_start) {
-                return refuse_and_close(
-                    &ctx,
-                    conn,
-                    protocol,
-                    reason::CLIENT_IDENTIFIER_NOT_VALID,
-                    peer,
-                )
-                .await;
+        let assign_id = || ByteString::from(format!("auto-{:016x}", rand_id()));
+        let Agreed {
+            client_id,
+            session_expiry,
+            keep_alive,
+            connack: props,
+            send_window,
+            client_max_packet,
+            aliases_out,
+        } = match negotiate(&connect, &ctx.config, assign_id) {
+            Ok(agreed) => agreed,
+            Err(Refused {
+                code,
+                connack: false,
+            }) => {
+                debug!(%peer, code, "CONNECT refused without CONNACK");
+                ctx.metrics.rejected(reject_label(code));
+                return None;
             }
-            let assigned = ByteString::from(format!("auto-{:016x}", rand_id()));
-            if v5 {
-                props.assigned_client_identifier = Some(assigned.clone());
+            Err(Refused { code, .. }) => {
+                return refuse_and_close(&ctx, conn, protocol, code, peer).await
             }
-            assigned
-        } else {
-            connect.client_id.clone()
         };
-        if let Some(will) = &connect.will {
-            let too_long = will.topic.len() > ctx.config.limits.max_topic_length;
-            if too_long || topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
-                if !v5 {
-                    // 3.x has no return code for this: a non-conforming CONNECT is closed without
-                    // CONNACK [MQTT-3.1.4-1].
-                    debug!(%peer, "CONNECT refused: invalid will topic");
-                    ctx.metrics
-                        .rejected(reject_label(reason::TOPIC_NAME_INVALID));
-                    return None;
-                }
-                return refuse_and_close(&ctx, conn, protocol, reason::TOPIC_NAME_INVALID, peer)
-                    .await;
-            }
-            if !payload_format_ok(&will.properties, &will.payload) {
-                return refuse_and_close(
-                    &ctx,
-                    conn,
-                    protocol,
-                    reason::PAYLOAD_FORMAT_INVALID,
-                    peer,
-                )
-                .await;
-            }
-        }
 
         // Before the session is touched: a refused client must not take over anyone's session.
         let acl = match authorize(&ctx, &connect, &client_id, identity, default_listener).await {
@@ -208,43 +173,8 @@ impl Client {
             .attach(&client_id, connect.clean_start, &ctx.router)
             .await;
         let session = attached.session;
+        session.set_expiry_interval(session_expiry);
 
-        let requested_expiry = if v5 {
-            connect.properties.session_expiry_interval.unwrap_or(0)
-        } else if connect.clean_start {
-            0
-        } else {
-            u32::MAX
-        };
-        let expiry = requested_expiry.min(cfg.session_expiry_max);
-        if v5 && expiry != requested_expiry {
-            props.session_expiry_interval = Some(expiry);
-        }
-        session.set_expiry_interval(expiry);
-
-        let mut keep_alive = connect.keep_alive;
-        if keep_alive > cfg.max_keepalive || (keep_alive == 0 && v5 && cfg.max_keepalive < u16::MAX)
-        {
-            keep_alive = cfg.max_keepalive;
-            if v5 {
-                props.server_keep_alive = Some(keep_alive);
-            }
-        }
-        if v5 {
-            props.receive_maximum = Some(cfg.receive_maximum);
-            props.maximum_packet_size = Some(cfg.max_packet_size);
-            if cfg.topic_alias_maximum > 0 {
-                props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-            }
-        }
-        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-        // Aliases towards the client cost a map entry each: bounded by our own maximum too, so a
-        // client announcing 65535 cannot make us keep 65535 topics for it.
-        let client_alias_max = connect
-            .properties
-            .topic_alias_maximum
-            .unwrap_or(0)
-            .min(cfg.topic_alias_maximum);
         let mut out = BytesMut::new();
         let connack = Packet::ConnAck(ConnAck {
             session_present: attached.present,
@@ -267,17 +197,16 @@ impl Client {
             keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
             last_read: now,
             last_write: now,
-            send_window: cfg.max_inflight.min(client_receive_max),
-            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            send_window,
+            client_max_packet,
             will: connect.will.map(Box::new),
             aliases_in: None,
-            aliases_out: (v5 && ctx.config.mqtt.outbound_topic_aliases && client_alias_max > 0)
-                .then(|| {
-                    Box::new(AliasesOut {
-                        map: Default::default(),
-                        max: client_alias_max,
-                    })
-                }),
+            aliases_out: (aliases_out > 0).then(|| {
+                Box::new(AliasesOut {
+                    map: Default::default(),
+                    max: aliases_out,
+                })
+            }),
             acl,
             quota: None,
             close: CloseReason::Network,

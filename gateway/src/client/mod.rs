@@ -1,13 +1,14 @@
 //! One connected client: the task that runs its MQTT state machine from CONNECT to close.
 //!
 //! The data path, file by file in the order a connection meets them: frames come off the socket
-//! (`connection`), are decoded (`codec`), and the CONNECT is answered in `handshake`; the session
-//! task (`event_loop`) then dispatches every packet: inbound PUBLISHes (`publish`) become one
-//! shared `Message` handed to the `router`, SUBSCRIBE and UNSUBSCRIBE go to `subscribe`, and the
-//! session's queue is drained (`outbound`) into encoded-once PUBLISH heads plus shared payload
-//! chunks for one vectored write. `timing` keeps the clock: keep-alive, and hibernation of a
-//! silent session. Everything that must happen when the connection ends (will, session expiry,
-//! hand-over) happens in `Drop` (`close`), so it also happens when the task unwinds from a panic.
+//! (`connection`), are decoded (`codec`), and the CONNECT is answered in `handshake` (on the
+//! terms `negotiate` agrees); the session task (`event_loop`) then dispatches every packet:
+//! inbound PUBLISHes (`publish`) become one shared `Message` handed to the `router`, SUBSCRIBE and
+//! UNSUBSCRIBE go to `subscribe`, and the session's queue is drained (`outbound`) into
+//! encoded-once PUBLISH heads plus shared payload chunks for one vectored write. `timing` keeps
+//! the clock: keep-alive, and hibernation of a silent session. Everything that must happen when
+//! the connection ends (will, session expiry, hand-over) happens in `Drop` (`close`), so it also
+//! happens when the task unwinds from a panic.
 //!
 //! This file owns what the parts share: the `Client` state (each file adds an `impl Client`
 //! block), `serve`, the small types `Close` and `Event`, and the constants.
@@ -15,6 +16,7 @@
 mod close;
 mod event_loop;
 mod handshake;
+mod negotiate;
 mod outbound;
 mod publish;
 mod subscribe;
