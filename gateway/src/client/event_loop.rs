@@ -200,22 +200,10 @@ impl Client {
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
-            Packet::PubAck(a) => {
-                self.on_puback(a);
-                Ok(())
-            }
-            Packet::PubRec(a) => {
-                self.on_pubrec(a);
-                Ok(())
-            }
-            Packet::PubRel(a) => {
-                self.on_pubrel(a);
-                Ok(())
-            }
-            Packet::PubComp(a) => {
-                self.on_pubcomp(a);
-                Ok(())
-            }
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => self.on_pubcomp(a),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(u);

@@ -159,18 +159,22 @@ impl Client {
         }
     }
 
+    // The acknowledgements never close the connection; they answer in `handle`'s terms, as the
+    // other packets do, so that it dispatches every packet in one line.
+
     /// PUBACK from the client: the end of a QoS 1 delivery to it.
-    pub(super) fn on_puback(&mut self, a: Ack) {
+    pub(super) fn on_puback(&mut self, a: Ack) -> Result<(), Close> {
         if !self.session.acknowledge(a.packet_id, Stage::PubAck) {
             debug!(client = %self.session.client_id, id = a.packet_id, "PUBACK for unknown packet id");
         }
+        Ok(())
     }
 
     /// PUBREC from the client: a QoS 2 delivery to it received (or refused); answered by PUBREL.
-    pub(super) fn on_pubrec(&mut self, a: Ack) {
+    pub(super) fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
         if a.reason >= 0x80 {
             self.session.abandon(a.packet_id);
-            return;
+            return Ok(());
         }
         let known = self.session.acknowledge(a.packet_id, Stage::PubRec);
         let code = if known {
@@ -179,21 +183,24 @@ impl Client {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
         self.send(&Packet::PubRel(ack(a.packet_id, code)));
+        Ok(())
     }
 
     /// PUBREL from the client: its QoS 2 PUBLISH released; answered by PUBCOMP.
-    pub(super) fn on_pubrel(&mut self, a: Ack) {
+    pub(super) fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
         let code = if self.session.release_incoming(a.packet_id) {
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
         self.send(&Packet::PubComp(ack(a.packet_id, code)));
+        Ok(())
     }
 
     /// PUBCOMP from the client: the end of a QoS 2 delivery to it.
-    pub(super) fn on_pubcomp(&mut self, a: Ack) {
+    pub(super) fn on_pubcomp(&mut self, a: Ack) -> Result<(), Close> {
         self.session.acknowledge(a.packet_id, Stage::PubComp);
+        Ok(())
     }
 }
 
