@@ -1,0 +1,87 @@
+//! The end of a connection: the client's DISCONNECT, the last flush, and in `Drop` the session
+//! and its will handed to the registry, which decides their fate (`Registry::detach`).
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::{Client, Close, CLOSE_FLUSH};
+use crate::codec::{reason, Disconnect, Packet, Properties};
+use crate::message::{ForwardedProperties, Message};
+use crate::metrics::CloseReason;
+use crate::registry::Departure;
+
+impl Client {
+    pub(super) fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session.expiry_interval() == 0 && expiry != 0 {
+                return self.violation(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 on CONNECT",
+                );
+            }
+            self.session
+                .set_expiry_interval(expiry.min(self.ctx.config.mqtt.session_expiry_max));
+        }
+        debug!(client = %self.session.client_id, reason = d.reason, "client disconnected");
+        Close {
+            reason: CloseReason::Normal,
+            code: None,
+            will: d.reason == reason::DISCONNECT_WITH_WILL,
+        }
+    }
+
+    pub(super) async fn finish(&mut self, close: Close) {
+        if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties::default(),
+            }));
+            // The DISCONNECT must reach the client, even one still sending (takeover, shutdown).
+            Box::pin(self.conn.close_gracefully(CLOSE_FLUSH)).await;
+        } else {
+            Box::pin(self.conn.flush_within(CLOSE_FLUSH)).await;
+        }
+        self.close = close.reason;
+        self.publish_will = close.will;
+    }
+
+    /// The will as a message with its delay in seconds, if the close publishes one.
+    fn departing_will(&mut self) -> Option<(Arc<Message>, u32)> {
+        let will = self.will.take().filter(|_| self.publish_will)?;
+        let msg = Arc::new(Message::new(
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            self.session.id,
+            ForwardedProperties::from_properties(&will.properties),
+        ));
+        Some((msg, will.properties.will_delay_interval.unwrap_or(0)))
+    }
+}
+
+/// Runs also when the task unwinds from a panic: the session is always handed back to the
+/// registry, which decides what becomes of it and of the will.
+impl Drop for Client {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.close = CloseReason::Panic;
+            self.publish_will = true;
+        }
+        self.session.set_online(false);
+        self.ctx.metrics.connections_current.decrement(1.0);
+        self.ctx.metrics.closed(self.close);
+        let departure = Departure {
+            generation: self.generation,
+            taken_over: self.close == CloseReason::TakenOver,
+            will: self.departing_will(),
+        };
+        self.ctx
+            .registry
+            .detach(&self.session, departure, &self.ctx.router);
+        if self.close == CloseReason::Panic {
+            warn!(client = %self.session.client_id, "session task panicked; session closed");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! From accepted socket to attached session: reading CONNECT, refusing it, authenticating the
+//! client, taking the session over on the terms `negotiate` agreed and answering CONNACK.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use tracing::debug;
+
+use super::negotiate::{negotiate, Agreed, Refused};
+use super::timing::broker_nanos;
+use super::{AliasesOut, Client, Opened, CLOSE_FLUSH};
+use crate::acl::{ClientAcl, Principal};
+use crate::auth::Refusal;
+use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
+use crate::connection::{Connection, ReadError};
+use crate::context::{ConnectionSlot, Context};
+use crate::metrics::CloseReason;
+use crate::session::ConnectionInfo;
+
+/// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
+pub(super) async fn handshake(
+    slot: ConnectionSlot,
+    opened: Opened,
+    peer: std::net::SocketAddr,
+) -> Option<Client> {
+    let ctx = slot.context().clone();
+    let Opened {
+        mut conn,
+        identity,
+        default_listener,
+    } = opened;
+    let connect = match tokio::time::timeout(
+        ctx.config.mqtt.connect_timeout,
+        read_connect(&ctx, &mut conn),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(why)) => {
+            debug!(%peer, "connection refused before CONNECT completed: {why}");
+            conn.flush_within(CLOSE_FLUSH).await;
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            ctx.metrics.closed(CloseReason::ConnectTimeout);
+            return None;
+        }
+    };
+    Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await
+}
+
+/// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
+async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connect>, String> {
+    let max = ctx.config.mqtt.max_packet_size as usize;
+    let mut frames = Vec::with_capacity(1);
+    loop {
+        conn.readable().await.map_err(|e| e.to_string())?;
+        match conn.try_read_frames(max, &mut frames) {
+            Ok(n) => ctx.metrics.add_bytes_received(n as u64),
+            Err(ReadError::Decode(e)) => {
+                ctx.metrics.bad_input(e.kind());
+                return Err(e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let Some(frame) = frames.first().cloned() else {
+            continue;
+        };
+        ctx.metrics.received_frames(std::slice::from_ref(&frame));
+        let level = connect_level(&frame);
+        // The session keeps client id and will for its lifetime: decode them from a compact copy
+        // rather than from slices that would pin the shared read buffer.
+        return match codec::decode_connect(Bytes::copy_from_slice(&frame)) {
+            Ok(c) => Ok(Box::new(c)),
+            Err(e) => {
+                ctx.metrics.bad_input(e.kind());
+                if let DecodeError::UnsupportedProtocol { .. } = e {
+                    refuse(
+                        ctx,
+                        conn,
+                        Protocol::V311,
+                        reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    );
+                } else if level == Some(5) {
+                    refuse(ctx, conn, Protocol::V5, e.reason_code());
+                }
+                ctx.metrics.rejected("bad_connect");
+                Err(e.to_string())
+            }
+        };
+    }
+}
+
+/// The protocol level byte of a CONNECT frame, when it can be found, to answer errors in kind.
+/// Any other packet type has no level: a first packet that is not CONNECT gets no answer.
+fn connect_level(frame: &[u8]) -> Option<u8> {
+    if *frame.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while *frame.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*frame.get(i + 1)?, *frame.get(i + 2)?]));
+    frame.get(i + 3 + name_len).copied()
+}
+
+fn refuse(ctx: &Context, conn: &mut Connection, protocol: Protocol, code: u8) {
+    let mut out = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason: code,
+        properties: Properties::default(),
+    });
+    codec::encode(&connack, protocol, &mut out);
+    ctx.metrics.packet_sent(&connack);
+    conn.queue(out.freeze());
+}
+
+impl Client {
+    /// Validates CONNECT, takes the session over and answers CONNACK.
+    async fn attach(
+        ctx: Arc<Context>,
+        slot: ConnectionSlot,
+        mut conn: Connection,
+        connect: Box<Connect>,
+        (identity, default_listener): (Option<ByteString>, bool),
+        peer: std::net::SocketAddr,
+    ) -> Option<Client> {
+        let protocol = connect.protocol;
+
+        // First: above the memory high-water mark nothing else about the client matters.
+        if ctx.router.overloaded.load(Ordering::Relaxed) {
+            return refuse_and_close(&ctx, conn, protocol, reason::SERVER_BUSY, peer).await;
+        }
+        let assign_id = || ByteString::from(format!("auto-{:016x}", rand_id()));
+        let Agreed {
+            client_id,
+            session_expiry,
+            keep_alive,
+            connack: props,
+            send_window,
+            client_max_packet,
+            aliases_out,
+        } = match negotiate(&connect, &ctx.config, assign_id) {
+            Ok(agreed) => agreed,
+            Err(Refused {
+                code,
+                connack: false,
+            }) => {
+                debug!(%peer, code, "CONNECT refused without CONNACK");
+                ctx.metrics.rejected(reject_label(code));
+                return None;
+            }
+            Err(Refused { code, .. }) => {
+                return refuse_and_close(&ctx, conn, protocol, code, peer).await
+            }
+        };
+
+        // Before the session is touched: a refused client must not take over anyone's session.
+        let acl = match authorize(&ctx, &connect, &client_id, identity, default_listener).await {
+            Ok(acl) => acl,
+            Err(code) => return refuse_and_close(&ctx, conn, protocol, code, peer).await,
+        };
+
+        let attached = ctx
+            .registry
+            .attach(&client_id, connect.clean_start, &ctx.router)
+            .await;
+        let session = attached.session;
+        session.set_expiry_interval(session_expiry);
+
+        let mut out = BytesMut::new();
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.present,
+            reason: reason::SUCCESS,
+            properties: props,
+        });
+        codec::encode(&connack, protocol, &mut out);
+        ctx.metrics.packet_sent(&connack);
+        conn.queue(out.freeze());
+        session.set_online(true);
+        session.set_connection(ConnectionInfo::now(peer, protocol));
+        ctx.metrics.connections_current.increment(1.0);
+        debug!(client = %client_id, %peer, ?protocol, present = attached.present, "connected");
+
+        let now = broker_nanos(&ctx);
+        let mut client = Client {
+            generation: attached.generation,
+            session: attached.owner,
+            protocol,
+            keep_alive_ms: NonZeroU32::new(u32::from(keep_alive) * 1500),
+            last_read: now,
+            last_write: now,
+            send_window,
+            client_max_packet,
+            will: connect.will.map(Box::new),
+            aliases_in: None,
+            aliases_out: (aliases_out > 0).then(|| {
+                Box::new(AliasesOut {
+                    map: Default::default(),
+                    max: aliases_out,
+                })
+            }),
+            acl,
+            quota: None,
+            close: CloseReason::Network,
+            publish_will: true,
+            conn,
+            ctx,
+            _slot: slot,
+        };
+        let mut resend = Vec::new();
+        client.session.inflight_for_resend(&mut resend);
+        client.write_outgoing(&mut resend, Instant::now());
+        Some(client)
+    }
+}
+
+/// Authenticates the CONNECT and checks its will against the ACL (at CONNECT rather than at
+/// publication, so a client learns at once, CONNACK 5 / 0x87, that its will could never go out).
+/// Returns the client's ACL view (when an ACL file is configured) or the CONNACK reason code.
+async fn authorize(
+    ctx: &Context,
+    connect: &Connect,
+    client_id: &ByteString,
+    identity: Option<ByteString>,
+    default_listener: bool,
+) -> Result<Option<Box<ClientAcl>>, u8> {
+    // A verified client certificate is the credential: its name is the username.
+    let username = match identity {
+        Some(name) => Some(name),
+        None => ctx
+            .security
+            .authenticate(
+                connect.username.as_ref(),
+                connect.password.as_deref(),
+                default_listener,
+            )
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+                Refusal::NotAuthorized => reason::NOT_AUTHORIZED,
+            })?,
+    };
+    let Some(handle) = ctx.security.acl() else {
+        return Ok(None);
+    };
+    let mut acl = ClientAcl::new(
+        handle.clone(),
+        Principal {
+            // Owned copies: the principal lives as long as the connection.
+            client_id: ByteString::from(&client_id[..]),
+            username: username.map(|u| ByteString::from(&u[..])),
+        },
+    );
+    if let Some(will) = &connect.will {
+        if !acl.may_write(&will.topic) {
+            return Err(reason::NOT_AUTHORIZED);
+        }
+    }
+    Ok(Some(Box::new(acl)))
+}
+
+async fn refuse_and_close(
+    ctx: &Context,
+    mut conn: Connection,
+    protocol: Protocol,
+    code: u8,
+    peer: std::net::SocketAddr,
+) -> Option<Client> {
+    debug!(%peer, code, "CONNECT refused");
+    ctx.metrics.rejected(reject_label(code));
+    refuse(ctx, &mut conn, protocol, code);
+    conn.flush_within(CLOSE_FLUSH).await;
+    None
+}
+
+fn reject_label(code: u8) -> &'static str {
+    match code {
+        reason::CLIENT_IDENTIFIER_NOT_VALID => "client_id_invalid",
+        reason::BAD_AUTHENTICATION_METHOD => "bad_auth_method",
+        reason::TOPIC_NAME_INVALID => "will_topic_invalid",
+        reason::PAYLOAD_FORMAT_INVALID => "will_payload_invalid",
+        reason::BAD_USERNAME_OR_PASSWORD => "bad_credentials",
+        reason::NOT_AUTHORIZED => "not_authorized",
+        reason::SERVER_BUSY => "memory",
+        _ => "other",
+    }
+}
+
+/// A process-unique, hard to guess suffix for assigned client identifiers.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}

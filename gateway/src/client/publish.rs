@@ -1,0 +1,218 @@
+//! Inbound PUBLISH (topic aliases, quotas, validation, ACL, routing) and the acknowledgements
+//! of the QoS 1 and 2 flows in both directions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use tracing::debug;
+
+use super::{Client, Close};
+use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
+use crate::limits::QuotaExceeded;
+use crate::message::{ForwardedProperties, Message};
+use crate::metrics::{CloseReason, DropReason, LimitExceeded};
+use crate::session::{IncomingQos2, Stage};
+use crate::topic;
+
+impl Client {
+    pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config.mqtt;
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server sends subscription identifiers in PUBLISH [MQTT-3.3.4-6].
+            return Err(self.violation(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in PUBLISH from a client",
+            ));
+        }
+        let topic = self.resolve_topic(&p)?;
+        let limits = &ctx.config.limits;
+        if topic.len() > limits.max_topic_length {
+            self.ctx.metrics.limit_exceeded(LimitExceeded::TopicLength);
+            debug!(client = %self.session.client_id, len = topic.len(), "PUBLISH topic longer than limits.max_topic_length");
+            return Err(Close::protocol(reason::TOPIC_NAME_INVALID));
+        }
+        if limits.max_publish_rate > 0 || limits.max_publish_bytes_rate > 0 {
+            self.charge_quota(topic.len() + p.payload.len())?;
+        }
+        if topic::validate_topic_name(&topic, cfg.max_topic_levels).is_err() {
+            return Err(self.violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"));
+        }
+        #[cfg(feature = "fault-injection")]
+        if &topic[..] == "$fault/panic" {
+            panic!(
+                "fault injection: panic requested by {}",
+                self.session.client_id
+            );
+        }
+        if !payload_format_ok(&p.properties, &p.payload) {
+            if p.qos == QoS::AtMostOnce {
+                return Err(self.violation(reason::PAYLOAD_FORMAT_INVALID, "payload is not UTF-8"));
+            }
+            self.ctx.metrics.bad_input("payload_format");
+            self.acknowledge_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
+            return Ok(());
+        }
+        if let Some(acl) = self.acl.as_mut() {
+            if !acl.may_write(&topic) {
+                debug!(client = %self.session.client_id, %topic, "PUBLISH not authorized");
+                self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
+                self.acknowledge_publish(&p, reason::NOT_AUTHORIZED);
+                return Ok(());
+            }
+        }
+        let route = match p.qos {
+            QoS::ExactlyOnce => match self
+                .session
+                .incoming_qos2(p.packet_id, usize::from(cfg.receive_maximum))
+            {
+                IncomingQos2::New => true,
+                IncomingQos2::Resent => false,
+                IncomingQos2::ReceiveMaximumExceeded => {
+                    return Err(self
+                        .violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                }
+            },
+            _ => true,
+        };
+        if route {
+            let msg = Message::new(
+                &topic,
+                &p.payload,
+                p.qos,
+                p.retain,
+                self.session.id,
+                ForwardedProperties::from_properties(&p.properties),
+            );
+            self.ctx.router.publish(Arc::new(msg));
+        }
+        self.acknowledge_publish(&p, reason::SUCCESS);
+        Ok(())
+    }
+
+    /// Charges one PUBLISH against the client's quotas; over either, the client is disconnected
+    /// (v5: 0x96 message rate / 0x97 bytes; 3.1.1 has no way to say it and is closed).
+    fn charge_quota(&mut self, bytes: usize) -> Result<(), Close> {
+        let limits = &self.ctx.config.limits;
+        // The read batch's time: no clock read per message.
+        let charged = self.quota.get_or_insert_with(Box::default).charge(
+            self.last_read,
+            bytes,
+            limits.max_publish_rate,
+            limits.max_publish_bytes_rate,
+        );
+        let Err(exceeded) = charged else {
+            return Ok(());
+        };
+        let (limit, code) = match exceeded {
+            QuotaExceeded::Messages => (LimitExceeded::PublishRate, reason::MESSAGE_RATE_TOO_HIGH),
+            QuotaExceeded::Bytes => (LimitExceeded::PublishBytesRate, reason::QUOTA_EXCEEDED),
+        };
+        self.ctx.metrics.limit_exceeded(limit);
+        debug!(client = %self.session.client_id, ?exceeded, "publish quota exceeded: disconnecting");
+        Err(Close {
+            reason: CloseReason::QuotaExceeded,
+            code: Some(code),
+            will: true,
+        })
+    }
+
+    fn acknowledge_publish(&mut self, p: &Publish, code: u8) {
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack(p.packet_id, code))),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack(p.packet_id, code))),
+        }
+    }
+
+    /// Applies v5 topic aliases: returns the topic the PUBLISH is for.
+    fn resolve_topic(&mut self, p: &Publish) -> Result<ByteString, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(
+                    self.violation(reason::PROTOCOL_ERROR, "empty topic without topic alias")
+                );
+            }
+            return Ok(p.topic.clone());
+        };
+        let max = self.ctx.config.mqtt.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(self.violation(
+                reason::TOPIC_ALIAS_INVALID,
+                "topic alias 0 or above the maximum",
+            ));
+        }
+        let slots = self
+            .aliases_in
+            .get_or_insert_with(|| vec![None; usize::from(max)].into_boxed_slice());
+        let slot = &mut slots[usize::from(alias - 1)];
+        if p.topic.is_empty() {
+            match slot {
+                Some(t) => Ok(t.clone()),
+                None => Err(self.violation(reason::PROTOCOL_ERROR, "unknown topic alias")),
+            }
+        } else {
+            // The alias outlives this packet: own the topic instead of pinning the read buffer.
+            *slot = Some(ByteString::from(&p.topic[..]));
+            Ok(p.topic.clone())
+        }
+    }
+
+    // The acknowledgements never close the connection; they answer in `handle`'s terms, as the
+    // other packets do, so that it dispatches every packet in one line.
+
+    /// PUBACK from the client: the end of a QoS 1 delivery to it.
+    pub(super) fn on_puback(&mut self, a: Ack) -> Result<(), Close> {
+        if !self.session.acknowledge(a.packet_id, Stage::PubAck) {
+            debug!(client = %self.session.client_id, id = a.packet_id, "PUBACK for unknown packet id");
+        }
+        Ok(())
+    }
+
+    /// PUBREC from the client: a QoS 2 delivery to it received (or refused); answered by PUBREL.
+    pub(super) fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+        if a.reason >= 0x80 {
+            self.session.abandon(a.packet_id);
+            return Ok(());
+        }
+        let known = self.session.acknowledge(a.packet_id, Stage::PubRec);
+        let code = if known {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubRel(ack(a.packet_id, code)));
+        Ok(())
+    }
+
+    /// PUBREL from the client: its QoS 2 PUBLISH released; answered by PUBCOMP.
+    pub(super) fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
+        let code = if self.session.release_incoming(a.packet_id) {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(ack(a.packet_id, code)));
+        Ok(())
+    }
+
+    /// PUBCOMP from the client: the end of a QoS 2 delivery to it.
+    pub(super) fn on_pubcomp(&mut self, a: Ack) -> Result<(), Close> {
+        self.session.acknowledge(a.packet_id, Stage::PubComp);
+        Ok(())
+    }
+}
+
+pub(super) fn ack(packet_id: u16, code: u8) -> Ack {
+    Ack {
+        packet_id,
+        reason: code,
+        properties: Properties::default(),
+    }
+}
+
+/// A payload flagged as UTF-8 (payload format indicator 1) must be UTF-8.
+pub(super) fn payload_format_ok(props: &Properties, payload: &Bytes) -> bool {
+    props.payload_format_indicator != Some(1) || std::str::from_utf8(payload).is_ok()
+}

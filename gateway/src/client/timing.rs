@@ -1,0 +1,170 @@
+//! Time on the broker's clock: the keep-alive deadline, the silence after which a session
+//! hibernates, hibernating (and waking up from the parker).
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::{Client, Close, READ_PAUSE_BYTES};
+use crate::codec::reason;
+use crate::context::Context;
+use crate::hibernate::Sleeper;
+use crate::metrics::CloseReason;
+use crate::task::spawn_isolated;
+
+/// Now on the broker's clock: nanoseconds since `ctx.started`, the unit of a client's
+/// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen).
+pub(super) fn broker_nanos(ctx: &Context) -> u64 {
+    u64::try_from(ctx.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Client {
+    /// The silence (nanoseconds) after which this session hibernates; `None`: never.
+    pub(super) fn hibernation(&self) -> Option<u64> {
+        self.ctx.config.mqtt.hibernate_after.map(duration_nanos)
+    }
+
+    /// The keep-alive period in nanoseconds; `None` without keep-alive.
+    fn keep_alive_period(&self) -> Option<u64> {
+        self.keep_alive_ms.map(|ms| u64::from(ms.get()) * 1_000_000)
+    }
+
+    /// The close a silent client (or one that stopped reading) has earned by `now`, if any.
+    pub(super) fn keep_alive_expired(&self, now: u64) -> Option<Close> {
+        let period = self.keep_alive_period()?;
+        // A client that stops reading is as gone as one that stops sending: with data waiting
+        // and no byte taken for a keep-alive period, it is closed. Checked first: its silence
+        // may only be our read pause (write backpressure).
+        let waiting = self.conn.has_pending();
+        if waiting && now >= self.last_write.saturating_add(period) {
+            debug!(client = %self.session.client_id, "not reading: closed as a slow consumer");
+            return Some(Close {
+                reason: CloseReason::SlowConsumer,
+                code: None,
+                will: true,
+            });
+        }
+        // While our write backlog pauses reading, the client's packets wait unread: its
+        // silence is ours, and the slow-consumer rule above judges it.
+        let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+        if !read_paused && now >= self.last_read.saturating_add(period) {
+            debug!(client = %self.session.client_id, "keep-alive expired");
+            return Some(Close {
+                reason: CloseReason::KeepAlive,
+                code: Some(reason::KEEP_ALIVE_TIMEOUT),
+                will: true,
+            });
+        }
+        None
+    }
+
+    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check
+    /// and, with hibernation on, the end of a silent period. `None` when neither applies.
+    pub(super) fn next_timer(&self, now: u64) -> Option<u64> {
+        let keep_alive = self.keep_alive_period().map(|period| {
+            let waiting = self.conn.has_pending();
+            let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+            match (waiting, read_paused) {
+                (true, true) => self.last_write,
+                (true, false) => self.last_read.min(self.last_write),
+                _ => self.last_read,
+            }
+            .saturating_add(period)
+        });
+        let silent = self.hibernation().map(|after| {
+            let at = self.last_read.max(self.last_write).saturating_add(after);
+            // Past it without hibernating (busy or refused), or just resumed after a long
+            // silence: the next look is a whole period away.
+            if at <= now {
+                now.saturating_add(after)
+            } else {
+                at
+            }
+        });
+        match (keep_alive, silent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A time on the broker's clock as an `Instant` (far in the future for `u64::MAX`).
+    pub(super) fn instant(&self, nanos: u64) -> Instant {
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        self.ctx
+            .started
+            .checked_add(Duration::from_nanos(nanos))
+            .map_or(far, |at| at.min(far))
+    }
+
+    /// Right after CONNACK: writes it and hibernates when the socket took everything and the
+    /// session has nothing queued. Gives the client back otherwise, for its task.
+    pub(super) fn hibernate_at_once(mut self: Box<Self>) -> Result<(), Box<Self>> {
+        if self.hibernation().is_none() || self.session.queue_len() > 0 {
+            return Err(self);
+        }
+        match self.conn.try_flush() {
+            Ok(n) => {
+                self.last_write = broker_nanos(&self.ctx);
+                self.ctx.metrics.add_bytes_sent(n as u64);
+            }
+            // The task meets the error again and closes the connection.
+            Err(_) => return Err(self),
+        }
+        self.hibernate()
+    }
+
+    /// Ends the task and leaves the client to the parker, its socket off tokio's reactor, until
+    /// the client sends something, the session is woken or keep-alive is due. Gives the client
+    /// back when it cannot hibernate now.
+    pub(super) fn hibernate(mut self: Box<Self>) -> Result<(), Box<Self>> {
+        if !self.conn.may_hibernate() {
+            return Err(self);
+        }
+        if let Err(e) = self.conn.hibernate() {
+            // The socket is lost with the error: the task's next I/O fails and closes it.
+            debug!(client = %self.session.client_id, "cannot hibernate: {e}");
+            return Err(self);
+        }
+        let deadline = self
+            .keep_alive_period()
+            .map(|period| self.instant(self.last_read.saturating_add(period)));
+        let parker = self.ctx.parker.clone();
+        parker.park(self, deadline).map_err(|mut me| {
+            if let Err(e) = me.conn.resume() {
+                debug!(client = %me.session.client_id, "cannot resume after a refused hibernation: {e}");
+            }
+            me
+        })
+    }
+}
+
+/// A hibernating client wakes up into a new task of its own.
+impl Sleeper for Client {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.conn.hibernating_fd()
+    }
+
+    fn arm(&mut self, waker: &std::task::Waker) -> bool {
+        self.session
+            .poll_woken(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    fn resume(mut self: Box<Self>) {
+        if let Err(e) = self.conn.resume() {
+            // Dropped here: closed as a network failure, will and session handled by `Drop`.
+            debug!(client = %self.session.client_id, "cannot resume from hibernation: {e}");
+            return;
+        }
+        let peer = self.session.connection().map_or_else(
+            || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            |c| std::net::SocketAddr::new(c.ip, c.port),
+        );
+        let metrics = self.ctx.metrics.clone();
+        spawn_isolated(metrics, peer, self.run(false));
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
