@@ -17,6 +17,7 @@
 // The library's face: what the binary, the integration tests, the benches and the fuzz targets
 // use. Everything else is the crate's own.
 pub mod auth;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod message;

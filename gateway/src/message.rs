@@ -7,11 +7,12 @@
 //! (DUP, QoS, RETAIN) and the packet id differ between subscribers of the same layout.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
+use crate::clock::{unix_millis, UnixMillis};
 use crate::codec::{self, Properties, Protocol, QoS};
 
 /// The v5 properties a broker forwards with a message, kept only when a publisher set any.
@@ -57,8 +58,9 @@ pub struct Message {
     pub retain: bool,
     pub origin: Origin,
     pub properties: Option<Box<ForwardedProperties>>,
-    /// When the message expiry interval runs out; undelivered copies are dropped after it.
-    pub expires_at: Option<Instant>,
+    /// When the message expiry interval runs out (wall clock, so that it survives a restart);
+    /// undelivered copies are dropped after it.
+    pub expires_at: Option<UnixMillis>,
     /// When the broker took the message in (its PUBLISH was read), for the delivery latency.
     pub read_at: Instant,
     heads: [OnceLock<Head>; 4],
@@ -87,7 +89,7 @@ impl Message {
         let expires_at = properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval)
-            .map(|secs| read_at + Duration::from_secs(u64::from(secs)));
+            .map(|secs| unix_millis() + u64::from(secs) * 1000);
         Message {
             topic: ByteString::from(topic.as_ref()),
             payload: Bytes::copy_from_slice(payload),
@@ -101,15 +103,15 @@ impl Message {
         }
     }
 
-    pub fn is_expired(&self, now: Instant) -> bool {
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }
 
     /// Seconds of expiry left, as forwarded to subscribers (at least 1 while not expired).
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+    pub fn remaining_expiry(&self, now: UnixMillis) -> Option<u32> {
         self.expires_at.map(|t| {
-            let left = t.saturating_duration_since(now).as_secs_f64().ceil();
-            (left as u32).max(1)
+            let left = t.saturating_sub(now).div_ceil(1000);
+            u32::try_from(left).unwrap_or(u32::MAX).max(1)
         })
     }
 
@@ -122,7 +124,7 @@ impl Message {
     pub fn shared_head(&self, protocol: Protocol, qos: QoS) -> &Head {
         let slot = usize::from(protocol.is_v5()) * 2 + usize::from(qos != QoS::AtMostOnce);
         self.heads[slot].get_or_init(|| {
-            let props = self.v5_properties(protocol, Instant::now(), &[], None);
+            let props = self.v5_properties(protocol, unix_millis(), &[], None);
             let mut out = BytesMut::with_capacity(self.topic.len() + 16);
             // Encoded at QoS 1 for every QoS > 0 layout: the receiver's QoS is patched into byte 0.
             let layout_qos = if qos == QoS::AtMostOnce {
@@ -152,7 +154,7 @@ impl Message {
     pub fn v5_properties(
         &self,
         protocol: Protocol,
-        now: Instant,
+        now: UnixMillis,
         subscription_ids: &[u32],
         topic_alias: Option<u16>,
     ) -> Properties {

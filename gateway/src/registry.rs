@@ -20,11 +20,12 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use crate::clock::unix_millis;
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
 use crate::store::{Restored, SessionRecord};
-use crate::timers::{unix_millis, Timers};
+use crate::timers::Timers;
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
 /// usually completes within a millisecond) backing off to a bound.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use crate::clock::unix_millis;
 use crate::cluster::{Cluster, Standalone};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
@@ -195,7 +196,7 @@ impl Router {
 
     /// Stored retained messages back into the retained store at start; expired ones stay out.
     pub(crate) fn restore_retained(&self, messages: Vec<Arc<Message>>) {
-        let now = std::time::Instant::now();
+        let now = unix_millis();
         for msg in messages.into_iter().filter(|m| !m.is_expired(now)) {
             if self.retained.set(&msg.topic, msg.clone()).is_err() {
                 self.metrics.dropped(DropReason::RetainedFull, 1);
@@ -266,7 +267,7 @@ impl Router {
     ) -> Vec<Delivery> {
         let mut found = Vec::new();
         self.retained.matching(filter, &mut found);
-        let now = std::time::Instant::now();
+        let now = unix_millis();
         found
             .into_iter()
             .filter(|msg| !msg.is_expired(now))

@@ -11,13 +11,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::task::{self, Poll};
 
+use crate::clock::UnixMillis;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 
@@ -317,7 +317,7 @@ impl Session {
     /// dropped and their number returned.
     pub fn take_ready(
         &self,
-        now: Instant,
+        now: UnixMillis,
         window: usize,
         max: usize,
         out: &mut Vec<Outgoing>,
@@ -571,6 +571,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::unix_millis;
     use bytes::Bytes;
 
     /// Every session keeps one `Arc<Session>`: with the Arc header, 232 bytes is a 256-byte malloc
@@ -649,13 +650,13 @@ mod tests {
             s.enqueue(delivery(QoS::AtLeastOnce), limits);
         }
         let mut out = Vec::new();
-        s.take_ready(Instant::now(), 2, 100, &mut out);
+        s.take_ready(unix_millis(), 2, 100, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(s.inflight_len(), 2);
         assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
         assert!(!s.acknowledge(out[0].packet_id, Stage::PubAck));
         out.clear();
-        s.take_ready(Instant::now(), 2, 100, &mut out);
+        s.take_ready(unix_millis(), 2, 100, &mut out);
         assert_eq!(out.len(), 1);
         let mut resend = Vec::new();
         s.inflight_for_resend(&mut resend);
@@ -673,19 +674,19 @@ mod tests {
         };
         let mut out = Vec::new();
         s.enqueue(delivery(QoS::AtLeastOnce), limits);
-        s.take_ready(Instant::now(), 2, 1, &mut out);
+        s.take_ready(unix_millis(), 2, 1, &mut out);
         let stuck = out[0].packet_id;
         // 65,534 more deliveries, each acknowledged at once: every other id goes round.
         for _ in 1..u16::MAX {
             out.clear();
             s.enqueue(delivery(QoS::AtLeastOnce), limits);
-            s.take_ready(Instant::now(), 2, 1, &mut out);
+            s.take_ready(unix_millis(), 2, 1, &mut out);
             assert_ne!(out[0].packet_id, stuck);
             assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
         }
         out.clear();
         s.enqueue(delivery(QoS::AtLeastOnce), limits);
-        s.take_ready(Instant::now(), 2, 1, &mut out);
+        s.take_ready(unix_millis(), 2, 1, &mut out);
         assert_eq!(out[0].packet_id, stuck.wrapping_add(1));
         assert_eq!(s.inflight_len(), 2);
         assert!(s.acknowledge(stuck, Stage::PubAck));
@@ -697,7 +698,7 @@ mod tests {
         s.set_online(true);
         s.enqueue(delivery(QoS::ExactlyOnce), LIMITS);
         let mut out = Vec::new();
-        s.take_ready(Instant::now(), 5, 5, &mut out);
+        s.take_ready(unix_millis(), 5, 5, &mut out);
         let id = out[0].packet_id;
         assert!(s.acknowledge(id, Stage::PubRec));
         let mut resend = Vec::new();

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use crate::clock::UnixMillis;
 use crate::message::Message;
 use crate::session::{Delivery, SubscriptionRecord};
-use crate::timers::UnixMillis;
 
 /// A persistent session as a restart needs it; its messages are recorded apart, as they change.
 #[derive(Debug, Clone)]

@@ -9,19 +9,12 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// Milliseconds since the Unix epoch: a deadline that means the same after a restart.
-pub(crate) type UnixMillis = u64;
-
-pub(crate) fn unix_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use crate::clock::{unix_millis, UnixMillis};
 
 pub(crate) struct Timers<E> {
     pending: Mutex<Pending<E>>,

@@ -4,7 +4,6 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
@@ -15,6 +14,7 @@ use super::timing::broker_nanos;
 use super::{AliasesOut, Client, Opened, CLOSE_FLUSH};
 use crate::acl::{ClientAcl, Principal};
 use crate::auth::Refusal;
+use crate::clock::unix_millis;
 use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
 use crate::connection::{Connection, ReadError};
 use crate::context::{ConnectionSlot, Context};
@@ -217,7 +217,7 @@ impl Client {
         };
         let mut resend = Vec::new();
         client.session.inflight_for_resend(&mut resend);
-        client.write_outgoing(&mut resend, Instant::now());
+        client.write_outgoing(&mut resend, unix_millis());
         Some(client)
     }
 }

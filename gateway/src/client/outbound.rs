@@ -1,13 +1,12 @@
 //! What goes to the client: control packets encoded into the write queue, and the session's
 //! queue drained into PUBLISH heads (shared or patched, outbound topic aliases) plus payloads.
 
-use std::time::Instant;
-
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::publish::ack;
 use super::{Client, READ_PAUSE_BYTES};
+use crate::clock::{unix_millis, UnixMillis};
 use crate::codec::{self, reason, Packet, QoS};
 use crate::metrics::{DropReason, SentBatch};
 use crate::session::Outgoing;
@@ -45,7 +44,7 @@ impl Client {
             return true;
         }
         let mut ready = READY.with(|r| std::mem::take(&mut *r.borrow_mut()));
-        let now = Instant::now();
+        let now = unix_millis();
         let expired =
             self.session
                 .take_ready(now, usize::from(self.send_window), FILL_BATCH, &mut ready);
@@ -64,7 +63,7 @@ impl Client {
 
     /// Encodes outgoing items (and empties `items`): shared heads patched per receiver, payloads
     /// by reference.
-    pub(super) fn write_outgoing(&mut self, items: &mut Vec<Outgoing>, now: Instant) {
+    pub(super) fn write_outgoing(&mut self, items: &mut Vec<Outgoing>, now: UnixMillis) {
         // Empty until a head must be patched or encoded (a QoS 0 delivery of a shared head
         // allocates nothing here), then sized for the rest of the batch: one allocation per
         // batch rather than per patched head.

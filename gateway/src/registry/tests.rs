@@ -9,13 +9,13 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 
 use super::{Departure, Registry};
+use crate::clock::unix_millis;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::{Delivery, QueueLimits, SubscriptionRecord};
 use crate::store::{Restored, SessionRecord, Store};
-use crate::timers::unix_millis;
 
 /// Records what the registry and the router tell it; hands `restored` back on load.
 #[derive(Default)]
