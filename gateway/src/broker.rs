@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::session::{Kick, QueueLimits};
@@ -96,6 +97,7 @@ impl Broker {
         let restored = router.store.load();
         registry.restore(restored, &router);
         let ctx = Arc::new(Context {
+            policy: Policy::new(&config),
             config,
             router,
             registry,

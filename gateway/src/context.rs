@@ -16,11 +16,14 @@ use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
 use crate::metrics::{BrokerState, Metrics};
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::router::Router;
 
 pub struct Context {
     pub(crate) config: Config,
+    /// What a connection may do, from `config`: all that `client` reads of it.
+    pub(crate) policy: Policy,
     pub(crate) router: Arc<Router>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,

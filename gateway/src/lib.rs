@@ -39,6 +39,7 @@ mod hibernate;
 mod http;
 mod limits;
 mod listener;
+mod policy;
 mod process;
 mod registry;
 mod retain;

@@ -21,7 +21,7 @@ impl Client {
                 );
             }
             self.session
-                .set_expiry_interval(expiry.min(self.ctx.config.mqtt.session_expiry_max));
+                .set_expiry_interval(expiry.min(self.ctx.policy.session_expiry_max));
         }
         debug!(client = %self.session.client_id, reason = d.reason, "client disconnected");
         Close {

@@ -145,7 +145,7 @@ impl Client {
 
     /// Reads one batch and handles every complete packet in it.
     fn read_and_handle(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
-        let max = self.ctx.config.mqtt.max_packet_size as usize;
+        let max = self.ctx.policy.max_packet_size as usize;
         match self.conn.try_read_frames(max, frames) {
             Ok(0) => return None,
             Ok(n) => {

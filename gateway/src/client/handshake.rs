@@ -33,30 +33,27 @@ pub(super) async fn handshake(
         identity,
         default_listener,
     } = opened;
-    let connect = match tokio::time::timeout(
-        ctx.config.mqtt.connect_timeout,
-        read_connect(&ctx, &mut conn),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(why)) => {
-            debug!(%peer, "connection refused before CONNECT completed: {why}");
-            conn.flush_within(CLOSE_FLUSH).await;
-            return None;
-        }
-        Err(_) => {
-            debug!(%peer, "no CONNECT within the connect timeout");
-            ctx.metrics.closed(CloseReason::ConnectTimeout);
-            return None;
-        }
-    };
+    let connect =
+        match tokio::time::timeout(ctx.policy.connect_timeout, read_connect(&ctx, &mut conn)).await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(why)) => {
+                debug!(%peer, "connection refused before CONNECT completed: {why}");
+                conn.flush_within(CLOSE_FLUSH).await;
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout");
+                ctx.metrics.closed(CloseReason::ConnectTimeout);
+                return None;
+            }
+        };
     Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await
 }
 
 /// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
 async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connect>, String> {
-    let max = ctx.config.mqtt.max_packet_size as usize;
+    let max = ctx.policy.max_packet_size as usize;
     let mut frames = Vec::with_capacity(1);
     loop {
         conn.readable().await.map_err(|e| e.to_string())?;
@@ -147,7 +144,7 @@ impl Client {
             send_window,
             client_max_packet,
             aliases_out,
-        } = match negotiate(&connect, &ctx.config, assign_id) {
+        } = match negotiate(&connect, &ctx.policy, assign_id) {
             Ok(agreed) => agreed,
             Err(Refused {
                 code,

@@ -7,7 +7,7 @@ use bytestring::ByteString;
 
 use super::publish::payload_format_ok;
 use crate::codec::{reason, Connect, Properties, Protocol};
-use crate::config::Config;
+use crate::policy::Policy;
 use crate::topic;
 
 /// The terms of an accepted CONNECT.
@@ -47,14 +47,13 @@ impl Refused {
     }
 }
 
-/// Holds CONNECT against `config`. `assign_id` makes the identifier of a client that sent an
+/// Holds CONNECT against the connection `policy`. `assign_id` makes the identifier of a client that sent an
 /// empty one; it is called only then.
 pub(super) fn negotiate(
     connect: &Connect,
-    config: &Config,
+    policy: &Policy,
     assign_id: impl FnOnce() -> ByteString,
 ) -> Result<Agreed, Refused> {
-    let cfg = &config.mqtt;
     let protocol = connect.protocol;
     let v5 = protocol.is_v5();
     let mut props = Properties::default();
@@ -75,8 +74,8 @@ pub(super) fn negotiate(
         connect.client_id.clone()
     };
     if let Some(will) = &connect.will {
-        let too_long = will.topic.len() > config.limits.max_topic_length;
-        if too_long || topic::validate_topic_name(&will.topic, cfg.max_topic_levels).is_err() {
+        let too_long = will.topic.len() > policy.max_topic_length;
+        if too_long || topic::validate_topic_name(&will.topic, policy.max_topic_levels).is_err() {
             return Err(Refused {
                 code: reason::TOPIC_NAME_INVALID,
                 // 3.x has no return code for this: a non-conforming CONNECT is closed without
@@ -96,23 +95,25 @@ pub(super) fn negotiate(
     } else {
         u32::MAX
     };
-    let expiry = requested_expiry.min(cfg.session_expiry_max);
+    let expiry = requested_expiry.min(policy.session_expiry_max);
     if v5 && expiry != requested_expiry {
         props.session_expiry_interval = Some(expiry);
     }
 
     let mut keep_alive = connect.keep_alive;
-    if keep_alive > cfg.max_keepalive || (keep_alive == 0 && v5 && cfg.max_keepalive < u16::MAX) {
-        keep_alive = cfg.max_keepalive;
+    if keep_alive > policy.max_keepalive
+        || (keep_alive == 0 && v5 && policy.max_keepalive < u16::MAX)
+    {
+        keep_alive = policy.max_keepalive;
         if v5 {
             props.server_keep_alive = Some(keep_alive);
         }
     }
     if v5 {
-        props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = Some(cfg.max_packet_size);
-        if cfg.topic_alias_maximum > 0 {
-            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        props.receive_maximum = Some(policy.receive_maximum);
+        props.maximum_packet_size = Some(policy.max_packet_size);
+        if policy.topic_alias_maximum > 0 {
+            props.topic_alias_maximum = Some(policy.topic_alias_maximum);
         }
     }
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -122,15 +123,15 @@ pub(super) fn negotiate(
         .properties
         .topic_alias_maximum
         .unwrap_or(0)
-        .min(cfg.topic_alias_maximum);
+        .min(policy.topic_alias_maximum);
     Ok(Agreed {
         client_id,
         session_expiry: expiry,
         keep_alive,
         connack: props,
-        send_window: cfg.max_inflight.min(client_receive_max),
+        send_window: policy.max_inflight.min(client_receive_max),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-        aliases_out: if v5 && cfg.outbound_topic_aliases {
+        aliases_out: if v5 && policy.outbound_topic_aliases {
             client_alias_max
         } else {
             0
@@ -146,6 +147,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{LastWill, QoS};
+    use crate::config::Config;
 
     use Protocol::{V31, V311, V5};
 
@@ -176,7 +178,9 @@ mod tests {
     }
 
     fn agree(c: &Connect, config: &Config) -> Result<Agreed, Refused> {
-        negotiate(c, config, || ByteString::from_static("auto-test"))
+        negotiate(c, &Policy::new(config), || {
+            ByteString::from_static("auto-test")
+        })
     }
 
     fn agreed(c: &Connect, config: &Config) -> Agreed {
@@ -220,7 +224,7 @@ mod tests {
             c.client_id = ByteString::from(id);
             c.clean_start = clean_start;
             let calls = Cell::new(0);
-            let got = negotiate(&c, &Config::default(), || {
+            let got = negotiate(&c, &Policy::new(&Config::default()), || {
                 calls.set(calls.get() + 1);
                 ByteString::from_static("auto-test")
             });

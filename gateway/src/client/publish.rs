@@ -18,7 +18,7 @@ use crate::topic;
 impl Client {
     pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let ctx = self.ctx.clone();
-        let cfg = &ctx.config.mqtt;
+        let policy = &ctx.policy;
         if !p.properties.subscription_identifiers.is_empty() {
             // Only the server sends subscription identifiers in PUBLISH [MQTT-3.3.4-6].
             return Err(self.violation(
@@ -27,16 +27,15 @@ impl Client {
             ));
         }
         let topic = self.resolve_topic(&p)?;
-        let limits = &ctx.config.limits;
-        if topic.len() > limits.max_topic_length {
+        if topic.len() > policy.max_topic_length {
             self.ctx.metrics.limit_exceeded(LimitExceeded::TopicLength);
             debug!(client = %self.session.client_id, len = topic.len(), "PUBLISH topic longer than limits.max_topic_length");
             return Err(Close::protocol(reason::TOPIC_NAME_INVALID));
         }
-        if limits.max_publish_rate > 0 || limits.max_publish_bytes_rate > 0 {
+        if policy.max_publish_rate > 0 || policy.max_publish_bytes_rate > 0 {
             self.charge_quota(topic.len() + p.payload.len())?;
         }
-        if topic::validate_topic_name(&topic, cfg.max_topic_levels).is_err() {
+        if topic::validate_topic_name(&topic, policy.max_topic_levels).is_err() {
             return Err(self.violation(reason::TOPIC_NAME_INVALID, "invalid topic name in PUBLISH"));
         }
         #[cfg(feature = "fault-injection")]
@@ -65,7 +64,7 @@ impl Client {
         let route = match p.qos {
             QoS::ExactlyOnce => match self
                 .session
-                .incoming_qos2(p.packet_id, usize::from(cfg.receive_maximum))
+                .incoming_qos2(p.packet_id, usize::from(policy.receive_maximum))
             {
                 IncomingQos2::New => true,
                 IncomingQos2::Resent => false,
@@ -94,13 +93,13 @@ impl Client {
     /// Charges one PUBLISH against the client's quotas; over either, the client is disconnected
     /// (v5: 0x96 message rate / 0x97 bytes; 3.1.1 has no way to say it and is closed).
     fn charge_quota(&mut self, bytes: usize) -> Result<(), Close> {
-        let limits = &self.ctx.config.limits;
+        let policy = &self.ctx.policy;
         // The read batch's time: no clock read per message.
         let charged = self.quota.get_or_insert_with(Box::default).charge(
             self.last_read,
             bytes,
-            limits.max_publish_rate,
-            limits.max_publish_bytes_rate,
+            policy.max_publish_rate,
+            policy.max_publish_bytes_rate,
         );
         let Err(exceeded) = charged else {
             return Ok(());
@@ -136,7 +135,7 @@ impl Client {
             }
             return Ok(p.topic.clone());
         };
-        let max = self.ctx.config.mqtt.topic_alias_maximum;
+        let max = self.ctx.policy.topic_alias_maximum;
         if alias == 0 || alias > max {
             return Err(self.violation(
                 reason::TOPIC_ALIAS_INVALID,

@@ -19,13 +19,13 @@ impl Client {
                     self.violation(reason::PROTOCOL_ERROR, "no local on a shared subscription")
                 );
             }
-            let limits = &self.ctx.config.limits;
-            if filter.len() > limits.max_topic_length {
+            let policy = &self.ctx.policy;
+            if filter.len() > policy.max_topic_length {
                 self.ctx.metrics.limit_exceeded(LimitExceeded::TopicLength);
                 reasons.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let max_subscriptions = limits.max_subscriptions_per_client;
+            let max_subscriptions = policy.max_subscriptions_per_client;
             if max_subscriptions > 0
                 && !self.session.may_subscribe_within(filter, max_subscriptions)
             {

@@ -21,7 +21,7 @@ pub(super) fn broker_nanos(ctx: &Context) -> u64 {
 impl Client {
     /// The silence (nanoseconds) after which this session hibernates; `None`: never.
     pub(super) fn hibernation(&self) -> Option<u64> {
-        self.ctx.config.mqtt.hibernate_after.map(duration_nanos)
+        self.ctx.policy.hibernate_after.map(duration_nanos)
     }
 
     /// The keep-alive period in nanoseconds; `None` without keep-alive.
