@@ -227,7 +227,10 @@ impl Router {
             options,
             id,
         };
-        let previous = self.index.insert(plain_filter, group, session.id, sub);
+        let previous = self
+            .index
+            .insert(plain_filter, group, session.id, sub)
+            .previous;
         session.record_subscription(SubscriptionRecord {
             // Owned: the decoded filter is a slice of the read buffer.
             filter: ByteString::from(&filter[..]),
@@ -242,8 +245,12 @@ impl Router {
     /// Removes a subscription; false when it did not exist.
     pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
         let removed = match topic::parse_shared(filter) {
-            Ok(Some((group, f))) => self.index.remove(f, Some(group), &session.id).is_some(),
-            Ok(None) => self.index.remove(filter, None, &session.id).is_some(),
+            Ok(Some((group, f))) => self
+                .index
+                .remove(f, Some(group), &session.id)
+                .value
+                .is_some(),
+            Ok(None) => self.index.remove(filter, None, &session.id).value.is_some(),
             Err(_) => false,
         };
         session.forget_subscription(filter);

@@ -20,6 +20,9 @@
 //! - Members of a shared group live inside the `Arc<SharedGroup>` that cached results point to,
 //!   so joining or leaving an existing group does not invalidate anything; only creating or
 //!   deleting a group does.
+//! - Inserts and removes say when a (filter, group) gains its first subscriber or loses its last
+//!   (as nats-server's sublist does), so that interest can be announced to other nodes. Both
+//!   follow from emptiness checks on the one leaf touched, so they cost nothing on the way.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -37,6 +40,24 @@ const CACHE_ENTRIES: usize = 4096;
 /// Cache budget per entry slot, in matched subscriptions: entries are bounded by total size too,
 /// because a topic matched by thousands of subscribers costs thousands of clones.
 const CACHE_WEIGHT_PER_ENTRY: usize = 16;
+
+/// What [`TopicIndex::insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inserted<V> {
+    /// The value this subscription had before, if it replaced one.
+    pub previous: Option<V>,
+    /// Whether (filter, group) had no subscriber before this one: interest in it just appeared.
+    pub first: bool,
+}
+
+/// What [`TopicIndex::remove`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed<V> {
+    /// The value of the removed subscription; None if there was none to remove.
+    pub value: Option<V>,
+    /// Whether this removal took the last subscriber of (filter, group): interest in it is gone.
+    pub last: bool,
+}
 
 /// Everything subscribed to one topic.
 #[derive(Debug)]
@@ -170,26 +191,39 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
         out.shared.extend(self.shared.values().cloned());
     }
 
-    /// Returns the replaced value and whether cached results are now stale.
-    fn insert(&mut self, filter: &str, group: Option<&str>, key: K, value: V) -> (Option<V>, bool) {
+    fn insert(&mut self, filter: &str, group: Option<&str>, key: K, value: V) -> Inserted<V> {
         match group {
-            None => (self.plain.insert(key, value), true),
+            None => {
+                let first = self.plain.is_empty();
+                let previous = self.plain.insert(key, value);
+                Inserted { previous, first }
+            }
+            // A group is deleted with its last member, so an existing group is never empty.
             Some(name) => match self.shared.get(name) {
-                Some(existing) => (existing.upsert(key, value), false),
+                Some(existing) => Inserted {
+                    previous: existing.upsert(key, value),
+                    first: false,
+                },
                 None => {
                     let created = SharedGroup::new(name, filter);
                     created.upsert(key, value);
                     self.shared.insert(name.into(), Arc::new(created));
-                    (None, true)
+                    Inserted {
+                        previous: None,
+                        first: true,
+                    }
                 }
             },
         }
     }
 
-    /// Returns the removed value and whether cached results are now stale.
+    /// Returns the removed value and whether it was the last subscriber of (filter, `group`).
     fn remove(&mut self, group: Option<&str>, key: &K) -> Option<(V, bool)> {
         match group {
-            None => self.plain.remove(key).map(|v| (v, true)),
+            None => {
+                let value = self.plain.remove(key)?;
+                Some((value, self.plain.is_empty()))
+            }
             Some(name) => {
                 let existing = self.shared.get(name)?;
                 let value = existing.remove(key)?;
@@ -291,7 +325,7 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
         group: Option<&str>,
         key: K,
         value: V,
-    ) -> (Option<V>, bool) {
+    ) -> Inserted<V> {
         let mut node = self;
         for &step in &path.steps {
             node = node.child_or_insert(step);
@@ -305,8 +339,8 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
             .insert(filter, group, key, value)
     }
 
-    /// Removes one subscription and prunes the nodes left empty. Iterative rather than recursive
-    /// so that filter depth cannot exhaust the stack.
+    /// Removes one subscription and prunes the nodes left empty; the flag is `Leaf::remove`'s.
+    /// Iterative rather than recursive so that filter depth cannot exhaust the stack.
     fn remove(&mut self, path: &Path<'_>, group: Option<&str>, key: &K) -> Option<(V, bool)> {
         // Index of the step leaving the deepest node that must survive pruning; every node below
         // it on the path has this path as its only content.
@@ -497,6 +531,13 @@ impl<K, V> Cache<K, V> {
     }
 }
 
+/// Whether adding or removing one subscription makes cached results stale. Plain subscriptions
+/// are copied into results, so any change to them is; shared members live inside the group's
+/// `Arc` that results point to, so only a group appearing or disappearing is.
+fn invalidates(group: Option<&str>, appeared_or_gone: bool) -> bool {
+    group.is_none() || appeared_or_gone
+}
+
 /// The leading levels of `filter` before its first wildcard, without the trailing separator.
 fn literal_prefix(filter: &str) -> &str {
     let mut end = 0;
@@ -561,29 +602,43 @@ where
     }
 
     /// Adds or replaces the subscription of `key` to `filter` (a valid topic filter), within
-    /// shared group `group` when given. Returns the previous value if it replaced one.
-    pub fn insert(&self, filter: &str, group: Option<&str>, key: K, value: V) -> Option<V> {
+    /// shared group `group` when given.
+    pub fn insert(&self, filter: &str, group: Option<&str>, key: K, value: V) -> Inserted<V> {
         let path = Path::parse(filter);
-        let previous = self.modify(filter, &path, |trie| {
-            trie.insert(filter, &path, group, key, value)
+        let inserted = self.modify(filter, &path, |trie| {
+            let inserted = trie.insert(filter, &path, group, key, value);
+            let stale = invalidates(group, inserted.first);
+            (inserted, stale)
         });
-        if previous.is_none() {
+        if inserted.previous.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
             if group.is_some() {
                 self.shared_len.fetch_add(1, Ordering::Relaxed);
             }
         }
-        previous
+        inserted
     }
 
-    /// Removes the subscription of `key` to `filter` (within `group` when given) and returns it.
-    pub fn remove(&self, filter: &str, group: Option<&str>, key: &K) -> Option<V> {
+    /// Removes the subscription of `key` to `filter` (within `group` when given).
+    pub fn remove(&self, filter: &str, group: Option<&str>, key: &K) -> Removed<V> {
         let path = Path::parse(filter);
         let removed = self.modify(filter, &path, |trie| match trie.remove(&path, group, key) {
-            Some((value, stale)) => (Some(value), stale),
-            None => (None, false),
+            Some((value, last)) => (
+                Removed {
+                    value: Some(value),
+                    last,
+                },
+                invalidates(group, last),
+            ),
+            None => (
+                Removed {
+                    value: None,
+                    last: false,
+                },
+                false,
+            ),
         });
-        if removed.is_some() {
+        if removed.value.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
             if group.is_some() {
                 self.shared_len.fetch_sub(1, Ordering::Relaxed);
@@ -674,482 +729,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::topic::strategies;
-    use proptest::prelude::*;
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::atomic::AtomicU64;
-    use std::thread;
-    use std::time::Instant;
-
-    type Index = TopicIndex<u32, String>;
-
-    fn plain_keys<V>(m: &Matches<u32, V>) -> Vec<u32> {
-        m.plain.iter().map(|(k, _)| *k).collect()
-    }
-
-    fn group_ids<V>(m: &Matches<u32, V>) -> BTreeSet<(String, String)> {
-        m.shared
-            .iter()
-            .map(|g| (g.name().to_string(), g.filter().to_string()))
-            .collect()
-    }
-
-    /// Trie nodes plus leaves across all tries; zero once everything is removed and pruned.
-    fn trie_size<K: Clone + Eq + Hash + Ord, V: Clone>(index: &TopicIndex<K, V>) -> usize {
-        fn below<K, V>(node: &Node<K, V>) -> usize {
-            let own = usize::from(node.leaf.is_some()) + usize::from(node.hash.is_some());
-            own + node.children.values().map(|c| 1 + below(c)).sum::<usize>()
-                + node.plus.as_deref().map_or(0, |p| 1 + below(p))
-        }
-        index
-            .shards
-            .iter()
-            .map(|s| below(&s.trie.read()))
-            .sum::<usize>()
-            + below(&index.wild.read())
-    }
-
-    fn cached_topics<K, V>(index: &TopicIndex<K, V>) -> usize {
-        index
-            .shards
-            .iter()
-            .map(|s| s.cache.read().entries.len())
-            .sum()
-    }
-
-    #[test]
-    fn insert_replace_remove() {
-        let index = Index::new();
-        assert!(index.is_empty());
-        assert_eq!(index.insert("a/b", None, 1, "x".into()), None);
-        assert_eq!(index.insert("a/b", None, 1, "y".into()), Some("x".into()));
-        assert_eq!(index.insert("a/+", Some("g"), 1, "s".into()), None);
-        assert_eq!(
-            index.insert("a/+", Some("g"), 1, "t".into()),
-            Some("s".into())
-        );
-        assert_eq!((index.len(), index.shared_len()), (2, 1));
-        assert_eq!(index.remove("a/b", Some("g"), &1), None);
-        assert_eq!(index.remove("a/+", None, &1), None);
-        assert_eq!(index.remove("a/b", None, &2), None);
-        assert_eq!(index.remove("a/b", None, &1), Some("y".into()));
-        assert_eq!(index.remove("a/+", Some("g"), &1), Some("t".into()));
-        assert_eq!((index.len(), index.shared_len()), (0, 0));
-        assert_eq!(trie_size(&index), 0);
-    }
-
-    #[test]
-    fn mqtt_matching_rules() {
-        let index = Index::new();
-        let filters = ["#", "+", "+/+", "a/#", "a/+/b", "$SYS/#", "+/x", "a", "/+"];
-        for (key, filter) in filters.iter().enumerate() {
-            index.insert(filter, None, key as u32, filter.to_string());
-        }
-        let cases: [(&str, &[u32]); 7] = [
-            ("a", &[0, 1, 3, 7]),
-            ("a//b", &[0, 3, 4]),
-            ("/x", &[0, 2, 6, 8]),
-            ("a/x", &[0, 2, 3, 6]),
-            ("$SYS/x", &[5]),
-            ("$SYS", &[5]),
-            ("b/c/d", &[0]),
-        ];
-        for (topic, expected) in cases {
-            assert_eq!(plain_keys(&index.matches(topic)), expected, "{topic}");
-        }
-    }
-
-    #[test]
-    fn overlapping_subscriptions_of_one_key_are_adjacent() {
-        let index = Index::new();
-        for key in [5, 1, 9] {
-            for filter in ["a/b", "a/+", "#", "+/b", "a/#"] {
-                index.insert(filter, None, key, filter.to_string());
-            }
-        }
-        let m = index.matches("a/b");
-        assert_eq!(plain_keys(&m), [[1; 5], [5; 5], [9; 5]].concat());
-    }
-
-    #[test]
-    fn shared_group_round_robin() {
-        let index = Index::new();
-        for key in 0..3 {
-            index.insert("jobs/+", Some("workers"), key, format!("w{key}"));
-        }
-        index.insert("jobs/#", Some("workers"), 7, "other".into());
-        index.insert("jobs/+", Some("audit"), 9, "a".into());
-        assert_eq!(index.shared_len(), 5);
-        let m = index.matches("jobs/1");
-        assert!(m.plain.is_empty());
-        assert_eq!(
-            group_ids(&m),
-            BTreeSet::from([
-                ("audit".into(), "jobs/+".into()),
-                ("workers".into(), "jobs/#".into()),
-                ("workers".into(), "jobs/+".into()),
-            ])
-        );
-        let workers = m
-            .shared
-            .iter()
-            .find(|g| g.name() == "workers" && g.filter() == "jobs/+")
-            .unwrap();
-        assert_eq!(workers.len(), 3);
-        let picks: Vec<u32> = (0..6)
-            .map(|_| workers.pick(|_, _| true).unwrap().0)
-            .collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        // Skipping an ineligible member does not give its turn twice to the next one.
-        let picks: Vec<u32> = (0..4)
-            .map(|_| workers.pick(|k, _| *k != 1).unwrap().0)
-            .collect();
-        assert_eq!(picks, [0, 2, 0, 2]);
-        // Nobody eligible: still rotate, so an offline persistent member queues it.
-        let picks: Vec<u32> = (0..3)
-            .map(|_| workers.pick(|_, _| false).unwrap().0)
-            .collect();
-        assert_eq!(picks, [0, 1, 2]);
-    }
-
-    #[test]
-    fn shared_membership_changes_keep_cached_groups() {
-        let index = Index::new();
-        index.insert("t", Some("g"), 1, "one".into());
-        let before = index.matches("t");
-        index.insert("t", Some("g"), 2, "two".into());
-        index.insert("t", Some("g"), 1, "uno".into());
-        let after = index.matches("t");
-        assert!(
-            Arc::ptr_eq(&before, &after),
-            "membership change must not flush the cache"
-        );
-        assert_eq!(after.shared[0].len(), 2);
-        assert_eq!(after.shared[0].pick(|k, _| *k == 1).unwrap().1, "uno");
-
-        index.remove("t", Some("g"), &1);
-        index.remove("t", Some("g"), &2);
-        let emptied = index.matches("t");
-        assert!(emptied.is_empty(), "group deletion invalidates");
-        assert_eq!(before.shared[0].pick(|_, _| true), None);
-
-        index.insert("t", Some("g"), 3, "three".into());
-        let recreated = index.matches("t");
-        assert_eq!(recreated.shared.len(), 1, "group creation invalidates");
-        assert!(!Arc::ptr_eq(&before.shared[0], &recreated.shared[0]));
-    }
-
-    #[test]
-    fn literal_filters_invalidate_only_their_topic() {
-        let index = Index::new();
-        index.insert("dev/+/cmd", None, 0, "all".into());
-        let topics: Vec<String> = (0..50).map(|i| format!("dev/{i}/cmd")).collect();
-        let cached: Vec<_> = topics.iter().map(|t| index.matches(t)).collect();
-
-        index.insert("dev/7/cmd", None, 7, "own".into());
-        for (topic, old) in topics.iter().zip(&cached) {
-            let now = index.matches(topic);
-            assert_eq!(Arc::ptr_eq(old, &now), topic != "dev/7/cmd", "{topic}");
-        }
-        assert_eq!(plain_keys(&index.matches("dev/7/cmd")), [0, 7]);
-
-        index.insert("dev/+/cmd", None, 1, "wild".into());
-        for (topic, old) in topics.iter().zip(&cached) {
-            assert!(!Arc::ptr_eq(old, &index.matches(topic)), "{topic}");
-        }
-        let unrelated = index.matches("dev/3/status");
-        index.insert("+/3/cmd", None, 2, "first-level wildcard".into());
-        assert!(Arc::ptr_eq(&unrelated, &index.matches("dev/3/status")));
-        assert_eq!(plain_keys(&index.matches("dev/3/cmd")), [0, 1, 2]);
-    }
-
-    #[test]
-    fn literal_prefixes() {
-        let cases = [
-            ("a/b/+/c", "a/b"),
-            ("a/#", "a"),
-            ("#", ""),
-            ("+/a", ""),
-            ("/+", ""),
-            ("a//+", "a/"),
-            ("a/b", "a/b"),
-        ];
-        for (filter, prefix) in cases {
-            assert_eq!(literal_prefix(filter), prefix, "{filter}");
-        }
-    }
-
-    #[test]
-    fn cache_is_bounded() {
-        let index = Index::with_cache_capacity(8);
-        index.insert("#", None, 1, "all".into());
-        for i in 0..5_000 {
-            assert_eq!(index.matches(&format!("t{i}/x")).plain.len(), 1);
-        }
-        assert!(cached_topics(&index) <= 8 * SHARDS);
-
-        let fanout = Index::with_cache_capacity(8);
-        for key in 0..1_000 {
-            fanout.insert("big", None, key, String::new());
-        }
-        assert_eq!(fanout.matches("big").plain.len(), 1_000);
-        assert_eq!(
-            cached_topics(&fanout),
-            0,
-            "huge results are not pinned in the cache"
-        );
-    }
-
-    #[test]
-    fn hot_cache_entries_survive_eviction() {
-        let index = Index::with_cache_capacity(64);
-        index.insert("#", None, 1, "all".into());
-        let hot = index.matches("hot");
-        for i in 0..10_000 {
-            index.matches(&format!("cold{i}"));
-            if i % 16 == 0 {
-                index.matches("hot");
-            }
-        }
-        assert!(Arc::ptr_eq(&hot, &index.matches("hot")));
-    }
-
-    #[test]
-    fn removal_prunes_empty_nodes() {
-        let index = Index::new();
-        let filters: Vec<String> = (0..2_000)
-            .map(|i| match i % 4 {
-                0 => format!("a/{i}/b/c"),
-                1 => format!("a/+/{i}/#"),
-                2 => format!("+/{i}"),
-                _ => format!("a/{}", i / 4),
-            })
-            .collect();
-        for (key, filter) in filters.iter().enumerate() {
-            index.insert(filter, None, key as u32, String::new());
-            index.insert(filter, Some("g"), key as u32, String::new());
-        }
-        assert!(trie_size(&index) > 2_000);
-        for (key, filter) in filters.iter().enumerate() {
-            index.remove(filter, None, &(key as u32));
-            index.remove(filter, Some("g"), &(key as u32));
-        }
-        assert_eq!(trie_size(&index), 0);
-        assert!(index.is_empty());
-    }
-
-    fn bulk(n: u32) {
-        let index = TopicIndex::<u32, ()>::new();
-        let filter = |i: u32| match i % 100 {
-            0 => format!("fleet/{}/+/cmd", i / 100),
-            1 => format!("fleet/{}/#", i / 100),
-            _ => format!("fleet/{}/{i}/cmd", i / 100),
-        };
-        let started = Instant::now();
-        for i in 0..n {
-            index.insert(&filter(i), None, i, ());
-        }
-        let inserted = started.elapsed();
-        assert_eq!(index.len(), n as usize);
-
-        let started = Instant::now();
-        for i in (0..n).step_by(97).filter(|i| i % 100 > 1) {
-            let group = i / 100;
-            let m = index.matches(&format!("fleet/{group}/{i}/cmd"));
-            assert_eq!(plain_keys(&m), [group * 100, group * 100 + 1, i]);
-        }
-        let matched = started.elapsed();
-
-        let started = Instant::now();
-        for i in 0..n {
-            assert_eq!(index.remove(&filter(i), None, &i), Some(()));
-        }
-        let removed = started.elapsed();
-        assert!(index.is_empty());
-        assert_eq!(trie_size(&index), 0);
-        println!(
-            "index {n} filters: insert {inserted:?}, {} lookups {matched:?}, remove {removed:?}",
-            n / 97
-        );
-    }
-
-    #[test]
-    fn hundred_thousand_filters() {
-        bulk(100_000);
-    }
-
-    #[test]
-    #[ignore = "takes several seconds in debug builds"]
-    fn million_filters() {
-        bulk(1_000_000);
-    }
-
-    #[test]
-    fn concurrent_matching_while_writing() {
-        const ROUNDS: u64 = 20_000;
-        let index = Arc::new(TopicIndex::<u64, u64>::new());
-        index.insert("dev/7/cmd", None, 7, 0);
-        index.insert("dev/+/+", Some("g"), 8, 0);
-        // Writer progress: round * 4 + step, step 1 = subscribed, step 3 = unsubscribed.
-        let phase = Arc::new(AtomicU64::new(0));
-
-        let writer = {
-            let (index, phase) = (Arc::clone(&index), Arc::clone(&phase));
-            thread::spawn(move || {
-                let filters = ["dev/7/cmd", "dev/+/cmd", "#", "+/7/cmd", "dev/#"];
-                for round in 0..ROUNDS {
-                    let filter = filters[round as usize % filters.len()];
-                    phase.store(round * 4, Ordering::SeqCst);
-                    index.insert(filter, None, 1000, round);
-                    index.insert("dev/+/+", Some("g"), 1000 + round, round);
-                    phase.store(round * 4 + 1, Ordering::SeqCst);
-                    phase.store(round * 4 + 2, Ordering::SeqCst);
-                    index.remove(filter, None, &1000);
-                    index.remove("dev/+/+", Some("g"), &(1000 + round));
-                    phase.store(round * 4 + 3, Ordering::SeqCst);
-                }
-            })
-        };
-        let readers: Vec<_> = (0..3)
-            .map(|r| {
-                let (index, phase) = (Arc::clone(&index), Arc::clone(&phase));
-                thread::spawn(move || {
-                    let mut checked = 0u64;
-                    while phase.load(Ordering::SeqCst) < (ROUNDS - 1) * 4 + 3 {
-                        let before = phase.load(Ordering::SeqCst);
-                        let m = index.matches("dev/7/cmd");
-                        let noise = index.matches(&format!("dev/{}/x", checked % 50 + r));
-                        let after = phase.load(Ordering::SeqCst);
-                        assert!(m.plain.iter().any(|(k, _)| *k == 7));
-                        assert_eq!(m.shared.len(), 1);
-                        assert!(m.shared[0].pick(|k, _| *k == 8).is_some());
-                        assert!(noise.plain.iter().all(|(k, _)| *k == 1000));
-                        if before == after {
-                            let (round, step) = (before / 4, before % 4);
-                            let ours = m.plain.iter().find(|(k, _)| *k == 1000);
-                            match step {
-                                1 => assert_eq!(ours, Some(&(1000, round)), "stale miss"),
-                                3 => assert_eq!(ours, None, "stale hit"),
-                                _ => {}
-                            }
-                            checked += 1;
-                        }
-                    }
-                    checked
-                })
-            })
-            .collect();
-        writer.join().unwrap();
-        let checked: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-        assert!(checked > 0);
-        assert_eq!(index.len(), 2);
-        assert_eq!(index.matches("dev/7/cmd").shared[0].len(), 1);
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Insert(String, Option<&'static str>, u32),
-        Remove(String, Option<&'static str>, u32),
-        Match(String),
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        let group = prop::option::of(prop::sample::select(&["g", "h"][..]));
-        prop_oneof![
-            4 => (strategies::topic_filter(), group.clone(), 0..4u32)
-                .prop_map(|(f, g, k)| Op::Insert(f, g, k)),
-            2 => (strategies::topic_filter(), group, 0..4u32)
-                .prop_map(|(f, g, k)| Op::Remove(f, g, k)),
-            4 => strategies::topic_name().prop_map(Op::Match),
-        ]
-    }
-
-    type Model = BTreeMap<(String, Option<&'static str>, u32), String>;
-
-    fn check(index: &Index, model: &Model, topic: &str) -> Result<(), TestCaseError> {
-        let m = index.matches(topic);
-        prop_assert!(
-            m.plain.windows(2).all(|w| w[0].0 <= w[1].0),
-            "plain sorted by key"
-        );
-        let mut plain = m.plain.clone();
-        plain.sort();
-        let mut shared: BTreeMap<(String, String), BTreeSet<(u32, String)>> = BTreeMap::new();
-        for group in &m.shared {
-            let members = group.members.read().iter().cloned().collect();
-            let id = (group.name().to_string(), group.filter().to_string());
-            prop_assert!(shared.insert(id, members).is_none(), "one entry per group");
-        }
-
-        let mut expected_plain = Vec::new();
-        let mut expected_shared: BTreeMap<(String, String), BTreeSet<(u32, String)>> =
-            BTreeMap::new();
-        for ((filter, group, key), value) in model {
-            if !crate::topic::matches(filter, topic) {
-                continue;
-            }
-            match group {
-                None => expected_plain.push((*key, value.clone())),
-                Some(g) => {
-                    expected_shared
-                        .entry((g.to_string(), filter.clone()))
-                        .or_default()
-                        .insert((*key, value.clone()));
-                }
-            }
-        }
-        expected_plain.sort();
-        prop_assert_eq!(plain, expected_plain, "plain for {}", topic);
-        prop_assert_eq!(shared, expected_shared, "shared for {}", topic);
-        Ok(())
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-
-        /// Interleaves subscribes, unsubscribes and lookups (so cached results are reused and
-        /// must be invalidated), with caches from tiny (constant eviction) to default.
-        #[test]
-        fn agrees_with_naive_matcher(
-            ops in prop::collection::vec(op(), 1..80),
-            probes in prop::collection::vec(strategies::topic_name(), 1..8),
-            cache in prop::sample::select(&[1usize, 3, 4096][..]),
-        ) {
-            let index = Index::with_cache_capacity(cache);
-            let mut model = Model::new();
-            for (serial, op) in ops.into_iter().enumerate() {
-                match op {
-                    Op::Insert(filter, group, key) => {
-                        let value = format!("{filter}#{serial}");
-                        let previous = model.insert((filter.clone(), group, key), value.clone());
-                        prop_assert_eq!(index.insert(&filter, group, key, value), previous);
-                    }
-                    Op::Remove(filter, group, key) => {
-                        let removed = model.remove(&(filter.clone(), group, key));
-                        prop_assert_eq!(index.remove(&filter, group, &key), removed);
-                    }
-                    Op::Match(topic) => check(&index, &model, &topic)?,
-                }
-                prop_assert_eq!(index.len(), model.len());
-                prop_assert_eq!(
-                    index.shared_len(),
-                    model.keys().filter(|(_, g, _)| g.is_some()).count()
-                );
-            }
-            for topic in &probes {
-                check(&index, &model, topic)?;
-            }
-            let subscriptions: Vec<_> = model.keys().cloned().collect();
-            for (filter, group, key) in subscriptions {
-                prop_assert!(index.remove(&filter, group, &key).is_some());
-                model.remove(&(filter, group, key));
-                if let Some(topic) = probes.first() {
-                    check(&index, &model, topic)?;
-                }
-            }
-            prop_assert_eq!(trie_size(&index), 0);
-        }
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ use super::packet::{
     Unsubscribe,
 };
 use super::properties;
+use super::wire::{binary_len, put_binary, put_varint, varint_len};
 
 /// Appends the encoding of `packet` for a connection at `protocol` to `out`.
 ///
@@ -102,46 +103,6 @@ pub fn encode_publish_head(
         properties::encode(properties, out);
     }
     id_offset
-}
-
-/// Bytes taken by a variable byte integer holding `value`.
-pub(super) fn varint_len(value: usize) -> usize {
-    match value {
-        0..=0x7F => 1,
-        0x80..=0x3FFF => 2,
-        0x4000..=0x1F_FFFF => 3,
-        _ => 4,
-    }
-}
-
-pub(super) fn put_varint(out: &mut BytesMut, mut value: usize) {
-    debug_assert!(value <= 0x0FFF_FFFF, "variable byte integer out of range");
-    loop {
-        let byte = (value & 0x7F) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.put_u8(byte);
-            return;
-        }
-        out.put_u8(byte | 0x80);
-    }
-}
-
-/// Bytes taken by binary data or a string of `len` bytes, as `put_binary` writes it.
-pub(super) fn binary_len(len: usize) -> usize {
-    2 + len.min(usize::from(u16::MAX))
-}
-
-/// Writes a two-byte length and `data`. Longer data cannot be represented; it is cut so that the
-/// packet stays well-formed, and debug builds flag the caller's bug.
-pub(super) fn put_binary(out: &mut BytesMut, data: &[u8]) {
-    debug_assert!(
-        data.len() <= usize::from(u16::MAX),
-        "string too long for MQTT"
-    );
-    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
-    out.put_u16(len);
-    out.put_slice(data.get(..usize::from(len)).unwrap_or_default());
 }
 
 fn header(out: &mut BytesMut, first: u8, remaining: usize) {

@@ -8,7 +8,9 @@ mod decode;
 mod encode;
 pub mod packet;
 mod properties;
+mod wire;
 
-pub use decode::{decode, decode_connect, frame_len, DecodeError};
+pub use decode::{decode, decode_connect, frame_len};
 pub use encode::{encode, encode_publish_head};
 pub use packet::*;
+pub use wire::DecodeError;

@@ -8,9 +8,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::decode::{field, DecodeError, Field, Reader};
-use super::encode::{binary_len, put_binary, put_varint, varint_len};
 use super::packet::Properties;
+use super::wire::{
+    binary_len, field, put_binary, put_varint, varint_len, DecodeError, Field, Reader,
+};
 
 /// Where a property list appears. The will's properties are a context of their own: they are
 /// carried by CONNECT but follow the rules of the PUBLISH they will become.
