@@ -8,7 +8,7 @@
 //! `cargo bench -p gateway --bench fanout`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;

@@ -10,7 +10,6 @@
 //! `cargo bench -p gateway --bench metrics`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::message::Message;
 
-/// A change of a node's interest in one filter (with its shared group, if any).
+/// A change of a node's interest in one filter (with its shared group, if any). Changes to one
+/// filter made by two tasks at once (a subscribe racing the last unsubscribe) may be reported in
+/// either order: a cluster that mirrors interest reconciles rather than trusting the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
     /// The first local subscriber appeared.
@@ -27,7 +29,8 @@ pub(crate) type Claiming = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) trait Cluster: Send + Sync + 'static {
     /// A message published on this node, after local delivery: sent to the nodes with interest.
     fn forward(&self, message: &Arc<Message>);
-    /// This node's interest in `filter` (in shared group `group`) changed.
+    /// This node's interest in `filter` (in shared group `group`) changed: the router reports the
+    /// topic index's first subscriber in, last subscriber out.
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest);
     /// Resolves when this node may attach the session of `client_id`.
     fn claim(&self, client_id: &str) -> Claiming;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::clock::unix_millis;
-use crate::cluster::{Cluster, Standalone};
+use crate::cluster::{Cluster, Interest, Standalone};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
@@ -227,10 +227,11 @@ impl Router {
             options,
             id,
         };
-        let previous = self
-            .index
-            .insert(plain_filter, group, session.id, sub)
-            .previous;
+        let inserted = self.index.insert(plain_filter, group, session.id, sub);
+        if inserted.first {
+            self.cluster
+                .interest(plain_filter, group, Interest::Appeared);
+        }
         session.record_subscription(SubscriptionRecord {
             // Owned: the decoded filter is a slice of the read buffer.
             filter: ByteString::from(&filter[..]),
@@ -238,23 +239,26 @@ impl Router {
             id,
         });
         Ok(Subscribed {
-            replaced: previous.is_some(),
+            replaced: inserted.previous.is_some(),
         })
     }
 
     /// Removes a subscription; false when it did not exist.
     pub fn unsubscribe(&self, session: &Session, filter: &str) -> bool {
-        let removed = match topic::parse_shared(filter) {
-            Ok(Some((group, f))) => self
-                .index
-                .remove(f, Some(group), &session.id)
-                .value
-                .is_some(),
-            Ok(None) => self.index.remove(filter, None, &session.id).value.is_some(),
-            Err(_) => false,
+        let (group, plain_filter) = match topic::parse_shared(filter) {
+            Ok(Some((group, f))) => (Some(group), f),
+            Ok(None) => (None, filter),
+            Err(_) => {
+                session.forget_subscription(filter);
+                return false;
+            }
         };
+        let removed = self.index.remove(plain_filter, group, &session.id);
+        if removed.last {
+            self.cluster.interest(plain_filter, group, Interest::Gone);
+        }
         session.forget_subscription(filter);
-        removed
+        removed.value.is_some()
     }
 
     /// Removes every subscription the index holds for these records (a session that ended).
