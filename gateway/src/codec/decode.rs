@@ -13,7 +13,7 @@ use super::packet::{
     reason, Ack, Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, Protocol,
     Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use super::properties::{self, Context};
+use super::properties::{self, Carrier};
 use super::wire::{field, read_varint, DecodeError, Field, Reader};
 
 /// Looks at the front of `buf`. `Ok(None)`: more bytes are needed. `Ok(Some(n))`: a whole packet
@@ -155,10 +155,10 @@ const TOPIC_FILTER: Field = field!("topic filter");
 fn properties_if_v5(
     r: &mut Reader<'_>,
     protocol: Protocol,
-    context: Context,
+    carrier: Carrier,
 ) -> Result<Properties, DecodeError> {
     if protocol.is_v5() {
-        properties::decode(r, context)
+        properties::decode(r, carrier)
     } else {
         Ok(Properties::default())
     }
@@ -196,10 +196,10 @@ fn connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         ));
     }
     let keep_alive = r.u16("keep alive runs past the end of the packet")?;
-    let properties = properties_if_v5(r, protocol, Context::Connect)?;
+    let properties = properties_if_v5(r, protocol, Carrier::Connect)?;
     let client_id = r.string(&CLIENT_ID)?;
     let will = if will_flag {
-        let properties = properties_if_v5(r, protocol, Context::Will)?;
+        let properties = properties_if_v5(r, protocol, Carrier::Will)?;
         let topic = r.string(&WILL_TOPIC)?;
         if topic.is_empty() {
             return Err(DecodeError::Malformed("empty will topic"));
@@ -239,7 +239,7 @@ fn connack(r: &mut Reader<'_>, protocol: Protocol) -> Result<ConnAck, DecodeErro
     }
     let code = r.u8("CONNACK reason code missing")?;
     let (reason, properties) = if protocol.is_v5() {
-        (code, properties::decode(r, Context::ConnAck)?)
+        (code, properties::decode(r, Carrier::ConnAck)?)
     } else {
         // The inverse of the encoder's mapping, so that 3.x codes survive a round trip.
         let reason = match code {
@@ -278,7 +278,7 @@ fn publish(r: &mut Reader<'_>, first: u8, protocol: Protocol) -> Result<Publish,
     } else {
         r.packet_id()?
     };
-    let properties = properties_if_v5(r, protocol, Context::Publish)?;
+    let properties = properties_if_v5(r, protocol, Carrier::Publish)?;
     Ok(Publish {
         dup,
         qos,
@@ -292,7 +292,7 @@ fn publish(r: &mut Reader<'_>, first: u8, protocol: Protocol) -> Result<Publish,
 
 /// What differs between PUBACK, PUBREC, PUBREL and PUBCOMP.
 struct AckRules {
-    context: Context,
+    carrier: Carrier,
     reasons: &'static [u8],
     bad_reason: &'static str,
     trailing: &'static str,
@@ -302,25 +302,25 @@ const PUBACK_REASONS: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 
 const PUBREL_REASONS: &[u8] = &[0x00, 0x92];
 
 const PUBACK: AckRules = AckRules {
-    context: Context::PubAck,
+    carrier: Carrier::PubAck,
     reasons: PUBACK_REASONS,
     bad_reason: "invalid PUBACK reason code",
     trailing: "trailing bytes after PUBACK",
 };
 const PUBREC: AckRules = AckRules {
-    context: Context::PubRec,
+    carrier: Carrier::PubRec,
     reasons: PUBACK_REASONS,
     bad_reason: "invalid PUBREC reason code",
     trailing: "trailing bytes after PUBREC",
 };
 const PUBREL: AckRules = AckRules {
-    context: Context::PubRel,
+    carrier: Carrier::PubRel,
     reasons: PUBREL_REASONS,
     bad_reason: "invalid PUBREL reason code",
     trailing: "trailing bytes after PUBREL",
 };
 const PUBCOMP: AckRules = AckRules {
-    context: Context::PubComp,
+    carrier: Carrier::PubComp,
     reasons: PUBREL_REASONS,
     bad_reason: "invalid PUBCOMP reason code",
     trailing: "trailing bytes after PUBCOMP",
@@ -340,7 +340,7 @@ fn ack(r: &mut Reader<'_>, protocol: Protocol, rules: &AckRules) -> Result<Ack, 
             return Err(DecodeError::Protocol(rules.bad_reason));
         }
         if !r.is_empty() {
-            ack.properties = properties::decode(r, rules.context)?;
+            ack.properties = properties::decode(r, rules.carrier)?;
         }
     }
     r.finish(rules.trailing)?;
@@ -380,7 +380,7 @@ fn subscription_options(byte: u8, protocol: Protocol) -> Result<SubscriptionOpti
 
 fn subscribe(r: &mut Reader<'_>, protocol: Protocol) -> Result<Subscribe, DecodeError> {
     let packet_id = r.packet_id()?;
-    let properties = properties_if_v5(r, protocol, Context::Subscribe)?;
+    let properties = properties_if_v5(r, protocol, Carrier::Subscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string(&TOPIC_FILTER)?;
@@ -402,7 +402,7 @@ fn subscribe(r: &mut Reader<'_>, protocol: Protocol) -> Result<Subscribe, Decode
 
 fn suback(r: &mut Reader<'_>, protocol: Protocol) -> Result<SubAck, DecodeError> {
     let packet_id = r.packet_id()?;
-    let properties = properties_if_v5(r, protocol, Context::SubAck)?;
+    let properties = properties_if_v5(r, protocol, Carrier::SubAck)?;
     let reasons = r.rest().to_vec();
     if reasons.is_empty() {
         return Err(DecodeError::Protocol("SUBACK without return codes"));
@@ -419,7 +419,7 @@ fn suback(r: &mut Reader<'_>, protocol: Protocol) -> Result<SubAck, DecodeError>
 
 fn unsubscribe(r: &mut Reader<'_>, protocol: Protocol) -> Result<Unsubscribe, DecodeError> {
     let packet_id = r.packet_id()?;
-    let properties = properties_if_v5(r, protocol, Context::Unsubscribe)?;
+    let properties = properties_if_v5(r, protocol, Carrier::Unsubscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string(&TOPIC_FILTER)?;
@@ -448,7 +448,7 @@ fn unsuback(r: &mut Reader<'_>, protocol: Protocol) -> Result<UnsubAck, DecodeEr
             properties: Properties::default(),
         });
     }
-    let properties = properties::decode(r, Context::UnsubAck)?;
+    let properties = properties::decode(r, Carrier::UnsubAck)?;
     let reasons = r.rest().to_vec();
     if reasons.is_empty() {
         return Err(DecodeError::Protocol("UNSUBACK without reason codes"));
@@ -474,7 +474,7 @@ fn disconnect(r: &mut Reader<'_>, protocol: Protocol) -> Result<Disconnect, Deco
             return Err(DecodeError::Protocol("invalid DISCONNECT reason code"));
         }
         if !r.is_empty() {
-            disconnect.properties = properties::decode(r, Context::Disconnect)?;
+            disconnect.properties = properties::decode(r, Carrier::Disconnect)?;
         }
     }
     r.finish("trailing bytes after DISCONNECT")?;
@@ -489,7 +489,7 @@ fn auth(r: &mut Reader<'_>) -> Result<Auth, DecodeError> {
         if !matches!(auth.reason, 0x00 | 0x18 | 0x19) {
             return Err(DecodeError::Protocol("invalid AUTH reason code"));
         }
-        auth.properties = properties::decode(r, Context::Auth)?;
+        auth.properties = properties::decode(r, Carrier::Auth)?;
     }
     r.finish("trailing bytes after AUTH")?;
     Ok(auth)

@@ -13,10 +13,11 @@ use super::wire::{
     binary_len, field, put_binary, put_varint, varint_len, DecodeError, Field, Reader,
 };
 
-/// Where a property list appears. The will's properties are a context of their own: they are
-/// carried by CONNECT but follow the rules of the PUBLISH they will become.
+/// The packet that carries a property list, which decides the properties allowed in it. The
+/// will's properties have a carrier of their own: they travel in CONNECT but follow the rules of
+/// the PUBLISH they will become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Context {
+pub(super) enum Carrier {
     Connect,
     ConnAck,
     Publish,
@@ -33,27 +34,27 @@ pub(super) enum Context {
     Auth,
 }
 
-impl Context {
+impl Carrier {
     fn bit(self) -> u16 {
         1 << self as u16
     }
 
     fn name(self) -> &'static str {
         match self {
-            Context::Connect => "CONNECT",
-            Context::ConnAck => "CONNACK",
-            Context::Publish => "PUBLISH",
-            Context::Will => "will properties",
-            Context::PubAck => "PUBACK",
-            Context::PubRec => "PUBREC",
-            Context::PubRel => "PUBREL",
-            Context::PubComp => "PUBCOMP",
-            Context::Subscribe => "SUBSCRIBE",
-            Context::SubAck => "SUBACK",
-            Context::Unsubscribe => "UNSUBSCRIBE",
-            Context::UnsubAck => "UNSUBACK",
-            Context::Disconnect => "DISCONNECT",
-            Context::Auth => "AUTH",
+            Carrier::Connect => "CONNECT",
+            Carrier::ConnAck => "CONNACK",
+            Carrier::Publish => "PUBLISH",
+            Carrier::Will => "will properties",
+            Carrier::PubAck => "PUBACK",
+            Carrier::PubRec => "PUBREC",
+            Carrier::PubRel => "PUBREL",
+            Carrier::PubComp => "PUBCOMP",
+            Carrier::Subscribe => "SUBSCRIBE",
+            Carrier::SubAck => "SUBACK",
+            Carrier::Unsubscribe => "UNSUBSCRIBE",
+            Carrier::UnsubAck => "UNSUBACK",
+            Carrier::Disconnect => "DISCONNECT",
+            Carrier::Auth => "AUTH",
         }
     }
 }
@@ -86,11 +87,11 @@ const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
 const SUBSCRIPTION_IDENTIFIERS_AVAILABLE: u8 = 0x29;
 const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 
-/// The contexts a property identifier may appear in, as a mask of `Context::bit`s; None for an
+/// The carriers a property identifier may appear in, as a mask of `Carrier::bit`s; None for an
 /// identifier the specification does not define.
 fn allowed_in(id: u8) -> Option<u16> {
-    use Context::*;
-    let contexts: &[Context] = match id {
+    use Carrier::*;
+    let carriers: &[Carrier] = match id {
         PAYLOAD_FORMAT_INDICATOR
         | MESSAGE_EXPIRY_INTERVAL
         | CONTENT_TYPE
@@ -133,7 +134,7 @@ fn allowed_in(id: u8) -> Option<u16> {
         ],
         _ => return None,
     };
-    Some(contexts.iter().fold(0, |mask, c| mask | c.bit()))
+    Some(carriers.iter().fold(0, |mask, c| mask | c.bit()))
 }
 
 const CONTENT_TYPE_FIELD: Field = field!("content type");
@@ -148,9 +149,9 @@ const USER_PROPERTY_VALUE_FIELD: Field = field!("user property value");
 
 const TRUNCATED: &str = "property value runs past the end of the properties";
 
-/// Reads a property length and the properties it covers, enforcing which properties `context` may
+/// Reads a property length and the properties it covers, enforcing which properties `carrier` may
 /// carry, which may repeat, and the value ranges the specification gives.
-pub(super) fn decode(r: &mut Reader<'_>, context: Context) -> Result<Properties, DecodeError> {
+pub(super) fn decode(r: &mut Reader<'_>, carrier: Carrier) -> Result<Properties, DecodeError> {
     let len = r.varint("property length runs past the end of the packet")?;
     let mut r = r.take(len, "properties run past the end of the packet")?;
     let mut props = Properties::default();
@@ -159,14 +160,14 @@ pub(super) fn decode(r: &mut Reader<'_>, context: Context) -> Result<Properties,
     while !r.is_empty() {
         let id = r.u8(TRUNCATED)?;
         let mask = allowed_in(id).ok_or(DecodeError::Malformed("unknown property identifier"))?;
-        if mask & context.bit() == 0 {
+        if mask & carrier.bit() == 0 {
             return Err(DecodeError::PropertyNotAllowed {
                 id,
-                packet: context.name(),
+                packet: carrier.name(),
             });
         }
         let repeatable =
-            id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && context == Context::Publish);
+            id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && carrier == Carrier::Publish);
         if !repeatable {
             if seen & (1 << id) != 0 {
                 return Err(DecodeError::DuplicateProperty { id });
@@ -418,11 +419,11 @@ pub(super) fn encode(p: &Properties, out: &mut BytesMut) {
 mod tests {
     use super::*;
 
-    /// Decodes a property list (property length included) in `context`.
-    fn dec(bytes: &[u8], context: Context) -> Result<Properties, DecodeError> {
+    /// Decodes a property list (property length included) in `carrier`.
+    fn dec(bytes: &[u8], carrier: Carrier) -> Result<Properties, DecodeError> {
         let frame = Bytes::copy_from_slice(bytes);
         let mut r = Reader::new(&frame, 0);
-        let props = decode(&mut r, context)?;
+        let props = decode(&mut r, carrier)?;
         assert!(r.is_empty(), "property length did not cover the input");
         Ok(props)
     }
@@ -435,7 +436,7 @@ mod tests {
 
     #[test]
     fn property_not_allowed_in_packet_is_a_protocol_error() {
-        let err = dec(&with_len(&[0x23, 0, 1]), Context::ConnAck).unwrap_err();
+        let err = dec(&with_len(&[0x23, 0, 1]), Carrier::ConnAck).unwrap_err();
         assert_eq!(
             err,
             DecodeError::PropertyNotAllowed {
@@ -448,16 +449,16 @@ mod tests {
             "protocol error: property 0x23 not allowed in CONNACK"
         );
         assert_eq!(err.reason_code(), 0x82);
-        assert!(dec(&with_len(&[0x11, 0, 0, 0, 1]), Context::Publish).is_err());
-        assert!(dec(&with_len(&[0x18, 0, 0, 0, 1]), Context::Will).is_ok());
-        assert!(dec(&with_len(&[0x1F, 0, 0]), Context::Subscribe).is_err());
-        assert!(dec(&with_len(&[0x26, 0, 0, 0, 0]), Context::Auth).is_ok());
+        assert!(dec(&with_len(&[0x11, 0, 0, 0, 1]), Carrier::Publish).is_err());
+        assert!(dec(&with_len(&[0x18, 0, 0, 0, 1]), Carrier::Will).is_ok());
+        assert!(dec(&with_len(&[0x1F, 0, 0]), Carrier::Subscribe).is_err());
+        assert!(dec(&with_len(&[0x26, 0, 0, 0, 0]), Carrier::Auth).is_ok());
     }
 
     #[test]
     fn every_context_follows_the_specification_table() {
-        // (id, contexts) rows of MQTT 5.0 section 2.2.2.2, written out independently of `allowed_in`.
-        use Context::*;
+        // (id, carriers) rows of MQTT 5.0 section 2.2.2.2, written out independently of `allowed_in`.
+        use Carrier::*;
         let all = [
             Connect,
             ConnAck,
@@ -474,7 +475,7 @@ mod tests {
             Disconnect,
             Auth,
         ];
-        let table: &[(u8, &[Context])] = &[
+        let table: &[(u8, &[Carrier])] = &[
             (0x01, &[Publish, Will]),
             (0x02, &[Publish, Will]),
             (0x03, &[Publish, Will]),
@@ -510,12 +511,12 @@ mod tests {
         ];
         for id in 0..=u8::MAX {
             let expected = table.iter().find(|(i, _)| *i == id).map(|(_, c)| *c);
-            for context in all {
-                let allowed = allowed_in(id).map(|mask| mask & context.bit() != 0);
+            for carrier in all {
+                let allowed = allowed_in(id).map(|mask| mask & carrier.bit() != 0);
                 assert_eq!(
                     allowed,
-                    expected.map(|contexts| contexts.contains(&context)),
-                    "property 0x{id:02X} in {context:?}"
+                    expected.map(|carriers| carriers.contains(&carrier)),
+                    "property 0x{id:02X} in {carrier:?}"
                 );
             }
         }
@@ -523,11 +524,11 @@ mod tests {
 
     #[test]
     fn duplicate_property_is_a_protocol_error() {
-        let err = dec(&with_len(&[0x01, 0, 0x01, 1]), Context::Publish).unwrap_err();
+        let err = dec(&with_len(&[0x01, 0, 0x01, 1]), Carrier::Publish).unwrap_err();
         assert_eq!(err, DecodeError::DuplicateProperty { id: 0x01 });
         assert_eq!(err.to_string(), "protocol error: duplicate property 0x01");
         assert_eq!(
-            dec(&with_len(&[0x0B, 1, 0x0B, 2]), Context::Subscribe),
+            dec(&with_len(&[0x0B, 1, 0x0B, 2]), Carrier::Subscribe),
             Err(DecodeError::DuplicateProperty { id: 0x0B })
         );
     }
@@ -538,7 +539,7 @@ mod tests {
             0x26, 0, 1, b'k', 0, 1, b'2', 0x0B, 5, 0x26, 0, 1, b'a', 0, 0, 0x26, 0, 1, b'k', 0, 1,
             b'1', 0x0B, 0x80, 0x01,
         ]);
-        let props = dec(&bytes, Context::Publish).expect("valid properties");
+        let props = dec(&bytes, Carrier::Publish).expect("valid properties");
         let pairs: Vec<(&str, &str)> = props
             .user_properties
             .iter()
@@ -552,35 +553,35 @@ mod tests {
     fn value_ranges_are_checked() {
         let protocol = |msg| Err(DecodeError::Protocol(msg));
         assert_eq!(
-            dec(&with_len(&[0x0B, 0]), Context::Subscribe),
+            dec(&with_len(&[0x0B, 0]), Carrier::Subscribe),
             protocol("subscription identifier 0")
         );
         assert_eq!(
-            dec(&with_len(&[0x21, 0, 0]), Context::Connect),
+            dec(&with_len(&[0x21, 0, 0]), Carrier::Connect),
             protocol("receive maximum 0")
         );
         assert_eq!(
-            dec(&with_len(&[0x27, 0, 0, 0, 0]), Context::Connect),
+            dec(&with_len(&[0x27, 0, 0, 0, 0]), Carrier::Connect),
             protocol("maximum packet size 0")
         );
         assert_eq!(
-            dec(&with_len(&[0x01, 2]), Context::Will),
+            dec(&with_len(&[0x01, 2]), Carrier::Will),
             protocol("payload format indicator not 0 or 1")
         );
         assert_eq!(
-            dec(&with_len(&[0x17, 2]), Context::Connect),
+            dec(&with_len(&[0x17, 2]), Carrier::Connect),
             protocol("request problem information not 0 or 1")
         );
         assert_eq!(
-            dec(&with_len(&[0x19, 2]), Context::Connect),
+            dec(&with_len(&[0x19, 2]), Carrier::Connect),
             protocol("request response information not 0 or 1")
         );
         assert_eq!(
-            dec(&with_len(&[0x24, 2]), Context::ConnAck),
+            dec(&with_len(&[0x24, 2]), Carrier::ConnAck),
             protocol("maximum QoS not 0 or 1")
         );
         assert_eq!(
-            dec(&with_len(&[0x0B, 0x80, 0x00]), Context::Subscribe),
+            dec(&with_len(&[0x0B, 0x80, 0x00]), Carrier::Subscribe),
             Err(DecodeError::Malformed("non-minimal variable byte integer"))
         );
     }
@@ -589,27 +590,27 @@ mod tests {
     fn malformed_property_lists() {
         let malformed = |msg| Err(DecodeError::Malformed(msg));
         assert_eq!(
-            dec(&with_len(&[0x04, 0]), Context::Publish),
+            dec(&with_len(&[0x04, 0]), Carrier::Publish),
             malformed("unknown property identifier")
         );
         assert_eq!(
-            dec(&[5, 0x02, 0], Context::Publish),
+            dec(&[5, 0x02, 0], Carrier::Publish),
             malformed("properties run past the end of the packet")
         );
         assert_eq!(
-            dec(&with_len(&[0x02, 0, 0]), Context::Publish),
+            dec(&with_len(&[0x02, 0, 0]), Carrier::Publish),
             malformed("property value runs past the end of the properties")
         );
         assert_eq!(
-            dec(&with_len(&[0x03, 0, 1, 0xFF]), Context::Publish),
+            dec(&with_len(&[0x03, 0, 1, 0xFF]), Carrier::Publish),
             malformed("invalid UTF-8 in content type")
         );
         assert_eq!(
-            dec(&with_len(&[0x26, 0, 1, b'k', 0, 1, 0]), Context::Publish),
+            dec(&with_len(&[0x26, 0, 1, b'k', 0, 1, 0]), Carrier::Publish),
             malformed("U+0000 in user property value")
         );
         assert_eq!(
-            dec(&[0x80], Context::Publish),
+            dec(&[0x80], Carrier::Publish),
             malformed("property length runs past the end of the packet")
         );
     }
@@ -618,7 +619,7 @@ mod tests {
     fn values_are_slices_of_the_frame() {
         let frame = Bytes::from(with_len(&[0x09, 0, 2, 7, 7, 0x03, 0, 1, b't']));
         let mut r = Reader::new(&frame, 0);
-        let props = decode(&mut r, Context::Publish).expect("valid properties");
+        let props = decode(&mut r, Carrier::Publish).expect("valid properties");
         let range = frame.as_ptr_range();
         assert!(range.contains(&props.correlation_data.expect("set").as_ptr()));
         assert!(range.contains(&props.content_type.expect("set").as_bytes().as_ptr()));
@@ -686,17 +687,17 @@ mod tests {
             ..publish_properties()
         };
         let cases = [
-            (connack_properties(), Context::ConnAck),
-            (publish_properties(), Context::Publish),
-            (connect_properties(), Context::Connect),
-            (Properties::default(), Context::Auth),
-            (will, Context::Will),
+            (connack_properties(), Carrier::ConnAck),
+            (publish_properties(), Carrier::Publish),
+            (connect_properties(), Carrier::Connect),
+            (Properties::default(), Carrier::Auth),
+            (will, Carrier::Will),
         ];
-        for (props, context) in cases {
+        for (props, carrier) in cases {
             let mut out = BytesMut::new();
             encode(&props, &mut out);
-            assert_eq!(out.len(), wire_len(&props), "{context:?}");
-            assert_eq!(dec(&out, context), Ok(props), "{context:?}");
+            assert_eq!(out.len(), wire_len(&props), "{carrier:?}");
+            assert_eq!(dec(&out, carrier), Ok(props), "{carrier:?}");
         }
     }
 }
