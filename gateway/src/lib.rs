@@ -5,7 +5,11 @@
 //! hands each PUBLISH as one shared `message::Message` to the `router`, which matches it in the
 //! `topic_index` and queues a delivery on each receiving `session`; the receiving client's task
 //! encodes it once per layout and writes it with shared payload bytes. `registry` maps client ids to
-//! sessions and hands them over on takeover; `retain` keeps retained messages; `broker` wires it up.
+//! sessions, hands them over on takeover and decides what becomes of a session (and its will) when
+//! its connection goes, with `timers` for what happens later; `retain` keeps retained messages;
+//! `broker` builds the shared `context` (with the connection `policy` and `admission` counters) and
+//! runs the whole. `store` and `cluster` are the seams persistence and clustering plug into (an
+//! in-memory store and a single node today).
 //! `auth` checks CONNECT credentials against the password file and `acl` decides who may read and
 //! write which topic; `limits` holds the overload protection's state (connect pacing, publish
 //! quotas, the memory watch). `tls` and `ws` turn a `[[listeners]]` socket into the byte stream
