@@ -20,7 +20,7 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::clock::unix_millis;
+use crate::clock::{unix_millis, UnixMillis};
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
@@ -39,18 +39,17 @@ pub struct Registry {
     later: Timers<Later>,
 }
 
-/// What the registry does later for a session whose connection went, each only if no connection
+/// What the registry does later for a session whose connection went, only if no connection
 /// attached to the session since (`generation` is the departed connection's).
-enum Later {
-    Will {
-        session: Arc<Session>,
-        generation: u32,
-        will: Arc<Message>,
-    },
-    Expiry {
-        session: Arc<Session>,
-        generation: u32,
-    },
+struct Later {
+    session: Arc<Session>,
+    generation: u32,
+    what: Due,
+}
+
+enum Due {
+    Will(Arc<Message>),
+    Expiry,
 }
 
 /// How a connection left its session, for `Registry::detach`.
@@ -206,13 +205,7 @@ impl Registry {
                 } else {
                     let due = now + u64::from(wait) * 1000;
                     pending_will = Some((will.clone(), due));
-                    let session = session.clone();
-                    let entry = Later::Will {
-                        session,
-                        generation,
-                        will,
-                    };
-                    self.later.schedule(due, entry);
+                    self.schedule(due, session, generation, Due::Will(will));
                 }
             }
         }
@@ -233,13 +226,18 @@ impl Registry {
             will: pending_will,
         });
         if let Some(due) = expires_at {
-            let session = session.clone();
-            let entry = Later::Expiry {
-                session,
-                generation,
-            };
-            self.later.schedule(due, entry);
+            self.schedule(due, session, generation, Due::Expiry);
         }
+    }
+
+    fn schedule(&self, due: UnixMillis, session: &Arc<Session>, generation: u32, what: Due) {
+        let session = session.clone();
+        let entry = Later {
+            session,
+            generation,
+            what,
+        };
+        self.later.schedule(due, entry);
     }
 
     /// Makes the stored state live again at start, before any client connects: every session
@@ -265,20 +263,10 @@ impl Registry {
                 }
             }
             if let Some((will, due)) = record.will {
-                let session = session.clone();
-                let entry = Later::Will {
-                    session,
-                    generation,
-                    will,
-                };
-                self.later.schedule(due, entry);
+                self.schedule(due, &session, generation, Due::Will(will));
             }
             if let Some(due) = record.expires_at {
-                let entry = Later::Expiry {
-                    session,
-                    generation,
-                };
-                self.later.schedule(due, entry);
+                self.schedule(due, &session, generation, Due::Expiry);
             }
         }
         for (client_id, delivery) in restored.queued {
@@ -291,30 +279,32 @@ impl Registry {
 
     /// Fires delayed wills and expiries as they come due; runs until dropped.
     pub(crate) async fn run_timers(&self, router: &Router) {
-        self.later
-            .run(|entry| match entry {
-                Later::Will {
-                    session,
-                    generation,
-                    will,
-                } => {
-                    if session.generation() == generation {
-                        router.publish(will);
-                    }
+        self.later.run(|later| self.fire(later, router)).await;
+    }
+
+    fn fire(&self, later: Later, router: &Router) {
+        let Later {
+            session,
+            generation,
+            what,
+        } = later;
+        if session.generation() != generation {
+            return;
+        }
+        match what {
+            Due::Will(will) => {
+                router.publish(will);
+            }
+            Due::Expiry => {
+                let Some(_owner) = session.try_own() else {
+                    return;
+                };
+                // Checked again while owning: an attach may have come in between.
+                if session.generation() == generation && !session.is_discarded() {
+                    self.end(&session, router);
                 }
-                Later::Expiry {
-                    session,
-                    generation,
-                } => {
-                    let Some(_owner) = session.try_own() else {
-                        return;
-                    };
-                    if session.generation() == generation && !session.is_discarded() {
-                        self.end(&session, router);
-                    }
-                }
-            })
-            .await;
+            }
+        }
     }
 }
 
