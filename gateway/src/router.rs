@@ -291,3 +291,6 @@ impl Router {
         self.index.shared_len()
     }
 }
+
+#[cfg(test)]
+mod tests;
