@@ -66,12 +66,16 @@ fn publish_frame(seed: u8, payload_len: usize) -> Vec<u8> {
 }
 
 /// Waits for input and reads until `want` frames came out (or the read fails).
-async fn read_frames(conn: &mut Connection, want: usize) -> Result<Vec<Bytes>, ReadError> {
+async fn read_frames(
+    conn: &mut Connection,
+    max: usize,
+    want: usize,
+) -> Result<Vec<Bytes>, ReadError> {
     let mut frames = Vec::new();
     timeout(WAIT, async {
         while frames.len() < want {
             conn.readable().await?;
-            conn.try_read_frames(MAX, &mut frames)?;
+            conn.try_read_frames(max, &mut frames)?;
         }
         Ok::<(), ReadError>(())
     })
@@ -130,7 +134,7 @@ async fn a_frame_split_across_reads_is_reassembled() {
                 from = cut;
             }
             send(&mut peer, &frame[from..]).await;
-            let frames = read_frames(&mut conn, 1).await.unwrap();
+            let frames = read_frames(&mut conn, MAX, 1).await.unwrap();
             assert_eq!(
                 frames,
                 vec![Bytes::from(frame.clone())],
@@ -155,7 +159,7 @@ async fn a_large_frame_arriving_over_many_reads_is_reassembled() {
                 peer
             })
         };
-        let frames = read_frames(&mut conn, 1).await.unwrap();
+        let frames = read_frames(&mut conn, MAX, 1).await.unwrap();
         assert_eq!(frames.len(), 1, "{kind:?}");
         assert_eq!(frames[0], frame, "{kind:?}");
         drop(writer.await.unwrap());
@@ -183,7 +187,7 @@ async fn several_frames_in_one_read_all_come_out_in_order() {
         assert_eq!(got, expected, "{kind:?}");
         send(&mut peer, &last[1..]).await;
         assert_eq!(
-            read_frames(&mut conn, 1).await.unwrap(),
+            read_frames(&mut conn, MAX, 1).await.unwrap(),
             vec![Bytes::from(last)]
         );
     }
@@ -217,15 +221,7 @@ async fn an_oversized_frame_is_refused_from_its_header_alone() {
                 let (_, frames) = got.unwrap();
                 assert!(frames.is_empty());
                 send(&mut peer, &frame[header_len + 5..]).await;
-                let mut frames = Vec::new();
-                timeout(WAIT, async {
-                    while frames.is_empty() {
-                        conn.readable().await.unwrap();
-                        conn.try_read_frames(max, &mut frames).unwrap();
-                    }
-                })
-                .await
-                .unwrap();
+                let frames = read_frames(&mut conn, max, 1).await.unwrap();
                 assert_eq!(frames, vec![Bytes::from(frame)], "{kind:?}");
             }
         }
@@ -258,19 +254,11 @@ async fn the_peer_closing_is_eof_even_with_half_a_packet_read() {
             }
             peer.shutdown().await.unwrap();
             drop(peer);
-            let mut frames = Vec::new();
-            let got = timeout(WAIT, async {
-                loop {
-                    conn.readable().await.map_err(ReadError::Io)?;
-                    match conn.try_read_frames(MAX, &mut frames) {
-                        Ok(0) => continue,
-                        other => return other,
-                    }
-                }
-            })
-            .await
-            .unwrap();
-            assert!(matches!(got, Err(ReadError::Eof)), "{kind:?} {partial}");
+            let got = read_once(&mut conn, MAX).await.map(|(n, _)| n);
+            assert!(
+                matches!(got, Err(ReadError::Eof)),
+                "{kind:?} {partial}: {got:?}"
+            );
         }
     }
 }
@@ -383,7 +371,7 @@ async fn a_hibernating_socket_refuses_io_and_resumes_with_nothing_lost() {
     assert_eq!(conn.hibernating_fd(), -1);
     assert!(conn.resume().is_err(), "resuming twice");
     assert_eq!(
-        read_frames(&mut conn, 1).await.unwrap(),
+        read_frames(&mut conn, MAX, 1).await.unwrap(),
         vec![Bytes::from(frame)]
     );
     conn.flush_within(WAIT).await;

@@ -100,6 +100,13 @@ fn opts(qos: QoS) -> SubscriptionOptions {
     }
 }
 
+/// The subscription identifiers on a copy, sorted (their order follows the index).
+fn ids(o: &Outgoing) -> Vec<u32> {
+    let mut ids = o.delivery.subscription_ids.clone();
+    ids.sort_unstable();
+    ids
+}
+
 /// Everything queued for the session, in order (no inflight window in the way).
 fn take(s: &Session) -> Vec<Outgoing> {
     let mut out = Vec::new();
@@ -110,7 +117,8 @@ fn take(s: &Session) -> Vec<Outgoing> {
 #[test]
 fn one_copy_per_session_at_the_highest_granted_qos_capped_by_the_publish_qos() {
     // (subscriptions of the one session as (filter, granted QoS), publish QoS, delivered QoS)
-    let table: &[(&[(&str, QoS)], QoS, QoS)] = &[
+    type Row = (&'static [(&'static str, QoS)], QoS, QoS);
+    let table: &[Row] = &[
         (&[("a/b", Q1)], Q2, Q1),
         (&[("a/b", Q2)], Q0, Q0),
         (&[("a/b", Q2)], Q1, Q1),
@@ -141,7 +149,8 @@ fn one_copy_per_session_at_the_highest_granted_qos_capped_by_the_publish_qos() {
 #[test]
 fn the_one_copy_carries_every_matching_subscription_identifier() {
     // (subscriptions as (filter, identifier), identifiers on the copy, sorted)
-    let table: &[(&[(&str, Option<u32>)], &[u32])] = &[
+    type Row = (&'static [(&'static str, Option<u32>)], &'static [u32]);
+    let table: &[Row] = &[
         (&[("a/b", None)], &[]),
         (&[("a/b", Some(7))], &[7]),
         (&[("a/b", Some(1)), ("a/+", Some(2))], &[1, 2]),
@@ -158,9 +167,7 @@ fn the_one_copy_carries_every_matching_subscription_identifier() {
         f.publish("a/b", b"x", Q1, false, 99);
         let got = take(&s);
         assert_eq!(got.len(), 1, "row {row}");
-        let mut ids = got[0].delivery.subscription_ids.clone();
-        ids.sort_unstable();
-        assert_eq!(ids, *expected, "row {row}");
+        assert_eq!(ids(&got[0]), *expected, "row {row}");
     }
 }
 
@@ -228,12 +235,10 @@ fn no_local_keeps_a_sessions_own_messages_from_it() {
             None => {
                 assert_eq!((queued, got.len()), (0, 0), "row {row}");
             }
-            Some((qos, ids)) => {
+            Some((qos, expected_ids)) => {
                 assert_eq!((queued, got.len()), (1, 1), "row {row}");
                 assert_eq!(got[0].delivery.qos, *qos, "row {row}");
-                let mut got_ids = got[0].delivery.subscription_ids.clone();
-                got_ids.sort_unstable();
-                assert_eq!(got_ids, *ids, "row {row}");
+                assert_eq!(ids(&got[0]), *expected_ids, "row {row}");
             }
         }
     }
@@ -398,7 +403,13 @@ fn retained_messages_are_set_replaced_and_cleared_by_an_empty_payload() {
         v
     };
     // (topic, payload, retain flag, retained store afterwards for `#`)
-    let steps: &[(&str, &'static [u8], bool, &[(&str, &[u8])])] = &[
+    type Step = (
+        &'static str,
+        &'static [u8],
+        bool,
+        &'static [(&'static str, &'static [u8])],
+    );
+    let steps: &[Step] = &[
         ("a/b", b"one", true, &[("a/b", b"one")]),
         ("a/b", b"two", true, &[("a/b", b"two")]),
         // Without the flag the store is untouched.
