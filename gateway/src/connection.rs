@@ -482,3 +482,6 @@ fn gather<'a>(pending: &'a VecDeque<Bytes>, iov: &mut [IoSlice<'a>]) -> usize {
     }
     count
 }
+
+#[cfg(test)]
+mod tests;

@@ -303,3 +303,6 @@ impl Router {
         self.index.shared_len()
     }
 }
+
+#[cfg(test)]
+mod tests;
