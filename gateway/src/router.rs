@@ -81,6 +81,13 @@ impl Router {
         self
     }
 
+    /// The router as one node of a cluster (the seam's own tests).
+    #[cfg(test)]
+    pub(crate) fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Router {
+        self.cluster = cluster;
+        self
+    }
+
     pub fn max_topic_levels(&self) -> usize {
         self.max_topic_levels
     }

@@ -1,17 +1,20 @@
 //! The delivery rules of `Router`, checked over a router built directly (no sockets, no tasks):
 //! what each session finds in its queue after a publish or a subscribe.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::Router;
+use crate::clock::unix_millis;
+use crate::cluster::{Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
-use crate::session::{Outgoing, QueueLimits, Session};
+use crate::session::{Delivery, Outgoing, QueueLimits, Session};
+use crate::store::{Restored, SessionRecord, Store};
 
 const Q0: QoS = QoS::AtMostOnce;
 const Q1: QoS = QoS::AtLeastOnce;
@@ -110,7 +113,7 @@ fn ids(o: &Outgoing) -> Vec<u32> {
 /// Everything queued for the session, in order (no inflight window in the way).
 fn take(s: &Session) -> Vec<Outgoing> {
     let mut out = Vec::new();
-    s.take_ready(Instant::now(), usize::MAX, usize::MAX, &mut out);
+    s.take_ready(unix_millis(), usize::MAX, usize::MAX, &mut out);
     out
 }
 
@@ -654,4 +657,130 @@ fn a_resubscribe_replaces_the_options() {
         ),
         (Q0, vec![2])
     );
+}
+
+/// Both seams at once: what the router tells the cluster and the store, in order.
+#[derive(Default)]
+struct Seams(Mutex<Vec<String>>);
+
+impl Cluster for Seams {
+    fn forward(&self, m: &Arc<Message>) {
+        self.0.lock().push(format!("forward {}", m.topic));
+    }
+    fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {
+        self.0.lock().push(format!("{change:?} {filter} {group:?}"));
+    }
+    fn claim(&self, _: &str) -> Claiming {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl Store for Seams {
+    fn load(&self) -> Restored {
+        Restored::default()
+    }
+    fn session_saved(&self, _: &SessionRecord) {}
+    fn session_removed(&self, _: &str) {}
+    fn queued(&self, client_id: &str, d: &Delivery) {
+        self.0
+            .lock()
+            .push(format!("queued {client_id} {}", d.msg.topic));
+    }
+    fn retained(&self, topic: &ByteString, m: Option<&Arc<Message>>) {
+        self.0
+            .lock()
+            .push(format!("retained {topic} {}", m.is_some()));
+    }
+}
+
+#[test]
+fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
+    let seams = Arc::new(Seams::default());
+    let f = Fixture::new(10, false);
+    let router = f
+        .router
+        .with_store(seams.clone())
+        .with_cluster(seams.clone());
+    let (a, b) = (session(1, true), session(2, false));
+    b.set_expiry_interval(60);
+    let sub = |s: &Arc<Session>, filter: &str| {
+        let filter = ByteString::from(filter);
+        router.subscribe(s, &filter, opts(Q1), None).map(|_| ())
+    };
+    let steps: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "a subscribes t/#",
+            Box::new(|| sub(&a, "t/#").expect("valid")),
+        ),
+        (
+            "b too: no new interest",
+            Box::new(|| sub(&b, "t/#").expect("valid")),
+        ),
+        (
+            "a again: a replacement",
+            Box::new(|| sub(&a, "t/#").expect("valid")),
+        ),
+        (
+            "b in a group",
+            Box::new(|| sub(&b, "$share/g/t/#").expect("valid")),
+        ),
+        (
+            "a retained QoS 1",
+            Box::new(|| drop(router.publish(message("t/1", b"x", Q1, true, 1)))),
+        ),
+        (
+            "a QoS 0",
+            Box::new(|| drop(router.publish(message("t/2", b"x", Q0, false, 1)))),
+        ),
+        (
+            "the broker's own",
+            Box::new(|| drop(router.publish(message("t/3", b"x", Q1, false, 0)))),
+        ),
+        (
+            "a clears",
+            Box::new(|| drop(router.publish(message("t/1", b"", Q1, true, 1)))),
+        ),
+        ("a leaves", Box::new(|| drop(router.unsubscribe(&a, "t/#")))),
+        ("b leaves", Box::new(|| drop(router.unsubscribe(&b, "t/#")))),
+        (
+            "b leaves again",
+            Box::new(|| drop(router.unsubscribe(&b, "t/#"))),
+        ),
+        (
+            "b leaves its group",
+            Box::new(|| drop(router.unsubscribe(&b, "$share/g/t/#"))),
+        ),
+    ];
+    let expected: &[&[&str]] = &[
+        &["Appeared t/# None"],
+        &[],
+        &[],
+        &["Appeared t/# Some(\"g\")"],
+        // Stored before delivery; b twice (plain and group), a is a clean session.
+        &[
+            "retained t/1 true",
+            "queued client-2 t/1",
+            "queued client-2 t/1",
+            "forward t/1",
+        ],
+        &["forward t/2"],
+        // Delivered locally (b is persistent), but never forwarded.
+        &["queued client-2 t/3", "queued client-2 t/3"],
+        // The empty message itself is delivered like any other [MQTT-3.3.1-10].
+        &[
+            "retained t/1 false",
+            "queued client-2 t/1",
+            "queued client-2 t/1",
+            "forward t/1",
+        ],
+        &[],
+        &["Gone t/# None"],
+        &[],
+        &["Gone t/# Some(\"g\")"],
+    ];
+    for ((what, step), want) in steps.iter().zip(expected) {
+        step();
+        let heard = std::mem::take(&mut *seams.0.lock());
+        assert_eq!(heard, *want, "{what}");
+    }
 }
