@@ -705,82 +705,52 @@ fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
     b.set_expiry_interval(60);
     let sub = |s: &Arc<Session>, filter: &str| {
         let filter = ByteString::from(filter);
-        router.subscribe(s, &filter, opts(Q1), None).map(|_| ())
+        if let Err(e) = router.subscribe(s, &filter, opts(Q1), None) {
+            panic!("{filter} refused: {e}");
+        }
     };
-    let steps: Vec<(&str, Box<dyn Fn()>)> = vec![
-        (
-            "a subscribes t/#",
-            Box::new(|| sub(&a, "t/#").expect("valid")),
-        ),
-        (
-            "b too: no new interest",
-            Box::new(|| sub(&b, "t/#").expect("valid")),
-        ),
-        (
-            "a again: a replacement",
-            Box::new(|| sub(&a, "t/#").expect("valid")),
-        ),
-        (
-            "b in a group",
-            Box::new(|| sub(&b, "$share/g/t/#").expect("valid")),
-        ),
-        (
-            "a retained QoS 1",
-            Box::new(|| drop(router.publish(message("t/1", b"x", Q1, true, 1)))),
-        ),
-        (
-            "a QoS 0",
-            Box::new(|| drop(router.publish(message("t/2", b"x", Q0, false, 1)))),
-        ),
-        (
-            "the broker's own",
-            Box::new(|| drop(router.publish(message("t/3", b"x", Q1, false, 0)))),
-        ),
-        (
-            "a clears",
-            Box::new(|| drop(router.publish(message("t/1", b"", Q1, true, 1)))),
-        ),
-        ("a leaves", Box::new(|| drop(router.unsubscribe(&a, "t/#")))),
-        ("b leaves", Box::new(|| drop(router.unsubscribe(&b, "t/#")))),
-        (
-            "b leaves again",
-            Box::new(|| drop(router.unsubscribe(&b, "t/#"))),
-        ),
-        (
-            "b leaves its group",
-            Box::new(|| drop(router.unsubscribe(&b, "$share/g/t/#"))),
-        ),
-    ];
-    let expected: &[&[&str]] = &[
-        &["Appeared t/# None"],
-        &[],
-        &[],
-        &["Appeared t/# Some(\"g\")"],
-        // Stored before delivery; b twice (plain and group), a is a clean session.
-        &[
-            "retained t/1 true",
-            "queued client-2 t/1",
-            "queued client-2 t/1",
-            "forward t/1",
-        ],
-        &["forward t/2"],
-        // Delivered locally (b is persistent), but never forwarded.
-        &["queued client-2 t/3", "queued client-2 t/3"],
-        // The empty message itself is delivered like any other [MQTT-3.3.1-10].
-        &[
-            "retained t/1 false",
-            "queued client-2 t/1",
-            "queued client-2 t/1",
-            "forward t/1",
-        ],
-        &[],
-        &["Gone t/# None"],
-        &[],
-        &["Gone t/# Some(\"g\")"],
-    ];
-    for ((what, step), want) in steps.iter().zip(expected) {
-        step();
+    let publish = |topic: &str, payload: &'static [u8], qos, retain, origin| {
+        router.publish(message(topic, payload, qos, retain, origin));
+    };
+    let heard = |what: &str, want: &[&str]| {
         let heard = std::mem::take(&mut *seams.0.lock());
-        assert_eq!(heard, *want, "{what}");
-    }
+        assert_eq!(heard, want, "{what}");
+    };
+    sub(&a, "t/#");
+    heard("a subscribes t/#", &["Appeared t/# None"]);
+    sub(&b, "t/#");
+    heard("b too: no new interest", &[]);
+    sub(&a, "t/#");
+    heard("a again: a replacement", &[]);
+    sub(&b, "$share/g/t/#");
+    heard("b in a group", &["Appeared t/# Some(\"g\")"]);
+    publish("t/1", b"x", Q1, true, 1);
+    // Stored before delivery; b twice (plain and group), a is a clean session.
+    let to_b = ["queued client-2 t/1", "queued client-2 t/1"];
+    heard(
+        "a retained QoS 1",
+        &[&["retained t/1 true"][..], &to_b, &["forward t/1"]].concat(),
+    );
+    publish("t/2", b"x", Q0, false, 1);
+    heard("a QoS 0", &["forward t/2"]);
+    publish("t/3", b"x", Q1, false, 0);
+    // Delivered locally (b is persistent), but never forwarded.
+    heard(
+        "the broker's own",
+        &["queued client-2 t/3", "queued client-2 t/3"],
+    );
+    publish("t/1", b"", Q1, true, 1);
+    // The empty message itself is delivered like any other [MQTT-3.3.1-10].
+    heard(
+        "a clears",
+        &[&["retained t/1 false"][..], &to_b, &["forward t/1"]].concat(),
+    );
+    router.unsubscribe(&a, "t/#");
+    heard("a leaves", &[]);
+    router.unsubscribe(&b, "t/#");
+    heard("b leaves", &["Gone t/# None"]);
+    router.unsubscribe(&b, "t/#");
+    heard("b leaves again", &[]);
+    router.unsubscribe(&b, "$share/g/t/#");
+    heard("b leaves its group", &["Gone t/# Some(\"g\")"]);
 }
