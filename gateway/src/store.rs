@@ -7,11 +7,13 @@
 //! Changes are recorded without waiting, so that a durable store can commit many sessions'
 //! changes per fsync (group commit).
 //!
-//! Clean sessions (expiry 0) are never recorded. Still to join this interface, with the store
-//! that keeps them (the durability issue): the outbound inflight window and its packet ids, the
-//! inbound QoS 2 ids awaiting PUBREL, and a barrier that PUBACK / PUBREC wait on until what they
-//! acknowledge is on disk. They enter where those change: the session's ack paths in `client`. `MemoryStore`, the default, keeps nothing beyond
+//! Clean sessions (expiry 0) are never recorded. `MemoryStore`, the default, keeps nothing beyond
 //! the live state: today's behaviour, where a restart starts empty.
+//!
+//! Still to join this interface, with the store that keeps them (the durability issue): the
+//! outbound inflight window and its packet ids, the inbound QoS 2 ids awaiting PUBREL (both enter
+//! where they change, the session's ack paths in `client`, and need a stored message to carry an
+//! identity), and a barrier that PUBACK / PUBREC wait on until what they acknowledge is on disk.
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use crate::session::{Delivery, SubscriptionRecord};
 pub(crate) struct SessionRecord {
     pub(crate) client_id: Arc<str>,
     pub(crate) expiry_interval: u32,
-    /// When it ends if nobody attaches (wall clock); `None` while a connection holds it.
+    /// When it ends if nobody attaches (wall clock); `None`: never.
     pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) subscriptions: Vec<SubscriptionRecord>,
     /// A will waiting for its delay, and when it is due.
@@ -47,8 +49,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// of ours refuses when it is opened, before this.
     fn load(&self) -> Restored;
 
-    /// A persistent session was created or changed (subscriptions, expiry, will), or its
-    /// connection went and it now waits offline.
+    /// A persistent session's connection went: the session waits offline, with its
+    /// subscriptions, its expiry deadline and its pending will.
     fn session_saved(&self, session: &SessionRecord);
     /// A session ended: it, its messages and its packet ids are gone.
     fn session_removed(&self, client_id: &str);
