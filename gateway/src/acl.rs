@@ -35,7 +35,7 @@ use crate::topic;
 
 /// Who a connection acts as: what the rules are evaluated against.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     pub client_id: ByteString,
     /// The authenticated username; `None` for anonymous clients.
     pub username: Option<ByteString>,
@@ -202,7 +202,7 @@ impl AclHandle {
 
 /// One connection's view of the rules: its applicable rules, recomputed only when a reload
 /// swapped the file, so a per-message check is a pointer comparison plus a scan of a few rules.
-pub struct ClientAcl {
+pub(crate) struct ClientAcl {
     handle: Arc<AclHandle>,
     who: Principal,
     seen: Arc<Acl>,
@@ -210,7 +210,7 @@ pub struct ClientAcl {
 }
 
 impl ClientAcl {
-    pub fn new(handle: Arc<AclHandle>, who: Principal) -> ClientAcl {
+    pub(crate) fn new(handle: Arc<AclHandle>, who: Principal) -> ClientAcl {
         let seen = handle.current();
         let rules = seen.rules_for(&who);
         ClientAcl {
@@ -230,7 +230,7 @@ impl ClientAcl {
     }
 
     /// Write access to a concrete topic (PUBLISH, will).
-    pub fn may_write(&mut self, topic: &str) -> bool {
+    pub(crate) fn may_write(&mut self, topic: &str) -> bool {
         self.refresh();
         decide(
             &self.rules,
@@ -240,7 +240,7 @@ impl ClientAcl {
     }
 
     /// Read access to a concrete topic (each delivery).
-    pub fn may_read(&mut self, topic: &str) -> bool {
+    pub(crate) fn may_read(&mut self, topic: &str) -> bool {
         self.refresh();
         decide(
             &self.rules,
@@ -250,7 +250,7 @@ impl ClientAcl {
     }
 
     /// Whether a subscription to `filter` (without any `$share/{group}/` prefix) is granted.
-    pub fn may_subscribe(&mut self, filter: &str) -> bool {
+    pub(crate) fn may_subscribe(&mut self, filter: &str) -> bool {
         self.refresh();
         decide(&self.rules, |r| covers(&r.filter, filter), Access::reads)
     }
@@ -269,7 +269,7 @@ fn decide(rules: &[Rule], applies: impl Fn(&Rule) -> bool, grants: fn(Access) ->
 }
 
 /// Whether every topic name matched by filter `inner` is also matched by filter `outer`.
-pub fn covers(outer: &str, inner: &str) -> bool {
+pub(crate) fn covers(outer: &str, inner: &str) -> bool {
     let mut o = outer.split('/');
     let mut n = inner.split('/');
     // Wildcards in the first level never match `$` topics, so they cannot cover a `$` literal.

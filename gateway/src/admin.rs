@@ -32,7 +32,7 @@ use crate::topic;
 /// The answers' body: whole JSON documents (the HTTP endpoint serves the same type).
 type Body = Full<Bytes>;
 
-pub const PREFIX: &str = "/api/v1/";
+pub(crate) const PREFIX: &str = "/api/v1/";
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 const DEFAULT_MATCHES: usize = 1000;
@@ -54,7 +54,7 @@ impl ApiError {
 type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 
 /// Serves one request whose path started with `PREFIX`; `rest` is the path after it.
-pub fn handle<B>(ctx: &Context, req: &Request<B>, rest: &str) -> Response<Body> {
+pub(crate) fn handle<B>(ctx: &Context, req: &Request<B>, rest: &str) -> Response<Body> {
     let outcome = authorize(ctx, req).and_then(|()| dispatch(ctx, req, rest));
     match outcome {
         Ok((status, value)) => json(status, &value),

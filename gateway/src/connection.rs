@@ -37,7 +37,7 @@ thread_local! {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("connection closed by peer")]
     Eof,
     #[error(transparent)]
@@ -47,7 +47,7 @@ pub enum ReadError {
 }
 
 /// A byte stream carrying MQTT that is not a plain TCP socket (TLS, WebSocket, WebSocket on TLS).
-pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncStream for T {}
 
@@ -70,7 +70,7 @@ struct StreamIo {
     unflushed: bool,
 }
 
-pub struct Connection {
+pub(crate) struct Connection {
     transport: Transport,
     /// The beginning of a packet that has not fully arrived.
     partial: Option<BytesMut>,
@@ -79,12 +79,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Connection {
+    pub(crate) fn new(stream: TcpStream) -> Connection {
         Connection::with(Transport::Tcp(stream))
     }
 
     /// A TLS or WebSocket connection.
-    pub fn stream(io: Box<dyn AsyncStream>) -> Connection {
+    pub(crate) fn stream(io: Box<dyn AsyncStream>) -> Connection {
         Connection::with(Transport::Stream(Box::new(StreamIo {
             io,
             received: None,
@@ -102,7 +102,7 @@ impl Connection {
         }
     }
 
-    pub async fn readable(&mut self) -> io::Result<()> {
+    pub(crate) async fn readable(&mut self) -> io::Result<()> {
         match &self.transport {
             Transport::Tcp(stream) => stream.readable().await,
             Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_read_ready(cx)).await,
@@ -112,14 +112,14 @@ impl Connection {
 
     /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
     /// be written, no packet half read.
-    pub fn may_hibernate(&self) -> bool {
+    pub(crate) fn may_hibernate(&self) -> bool {
         matches!(self.transport, Transport::Tcp(_))
             && self.pending.is_empty()
             && self.partial.is_none()
     }
 
     /// Deregisters the socket from tokio's reactor, keeping it open.
-    pub fn hibernate(&mut self) -> io::Result<()> {
+    pub(crate) fn hibernate(&mut self) -> io::Result<()> {
         match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
             Transport::Tcp(stream) => {
                 // A working connection keeps its write queue's storage (freeing it whenever it
@@ -136,7 +136,7 @@ impl Connection {
     }
 
     /// Registers a hibernating socket with the reactor again; inside the runtime.
-    pub fn resume(&mut self) -> io::Result<()> {
+    pub(crate) fn resume(&mut self) -> io::Result<()> {
         match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
             Transport::Hibernating(Some(stream)) => {
                 self.transport = Transport::Tcp(TcpStream::from_std(stream)?);
@@ -150,7 +150,7 @@ impl Connection {
     }
 
     /// The hibernating socket's descriptor (-1 when there is none).
-    pub fn hibernating_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn hibernating_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         match &self.transport {
             Transport::Hibernating(Some(stream)) => stream.as_raw_fd(),
@@ -161,7 +161,7 @@ impl Connection {
     /// Poll functions rather than futures: the connection task waits on them for its whole life,
     /// and futures here would make every idle session larger. On a stream transport this reads:
     /// ready means bytes (or the end of the stream) are kept for `try_read_frames`.
-    pub fn poll_read_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.transport {
             Transport::Tcp(stream) => stream.poll_read_ready(cx),
             Transport::Stream(s) => s.poll_receive(cx),
@@ -170,7 +170,7 @@ impl Connection {
     }
 
     /// On a stream transport this writes: ready means the queue moved (or there was an error).
-    pub fn poll_write_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_write_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.transport {
             Transport::Tcp(stream) => stream.poll_write_ready(cx),
             Transport::Stream(_) => match self.poll_flush_stream(cx) {
@@ -181,7 +181,7 @@ impl Connection {
         }
     }
 
-    pub async fn writable(&mut self) -> io::Result<()> {
+    pub(crate) async fn writable(&mut self) -> io::Result<()> {
         match &self.transport {
             Transport::Tcp(stream) => stream.writable().await,
             Transport::Stream(_) => std::future::poll_fn(|cx| self.poll_write_ready(cx)).await,
@@ -191,7 +191,7 @@ impl Connection {
 
     /// Reads what the socket has and appends every complete frame to `frames`. Returns the number
     /// of bytes read (0 when the socket had nothing after all).
-    pub fn try_read_frames(
+    pub(crate) fn try_read_frames(
         &mut self,
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
@@ -273,23 +273,23 @@ impl Connection {
     }
 
     /// Queues a chunk to be written in order after everything already queued.
-    pub fn queue(&mut self, chunk: Bytes) {
+    pub(crate) fn queue(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
             self.pending_bytes += chunk.len();
             self.pending.push_back(chunk);
         }
     }
 
-    pub fn pending_bytes(&self) -> usize {
+    pub(crate) fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty() || matches!(&self.transport, Transport::Stream(s) if s.unflushed)
     }
 
     /// Writes as much of the queue as the socket takes without waiting. Returns bytes written.
-    pub fn try_flush(&mut self) -> io::Result<usize> {
+    pub(crate) fn try_flush(&mut self) -> io::Result<usize> {
         let stream = match &self.transport {
             Transport::Tcp(stream) => stream,
             Transport::Hibernating(_) => return Err(hibernating()),
@@ -369,7 +369,7 @@ impl Connection {
     }
 
     /// Best effort: writes what is queued, waiting for the socket at most `within`.
-    pub async fn flush_within(&mut self, within: std::time::Duration) {
+    pub(crate) async fn flush_within(&mut self, within: std::time::Duration) {
         let _ = tokio::time::timeout(within, async {
             while self.has_pending() {
                 if self.try_flush().is_err() {
@@ -387,7 +387,7 @@ impl Connection {
     /// until it closes too, all within `within`. Closing with unread input would make the kernel
     /// answer with a reset that can destroy the last packets (a v5 DISCONNECT and its reason
     /// code) before the peer reads them.
-    pub async fn close_gracefully(&mut self, within: std::time::Duration) {
+    pub(crate) async fn close_gracefully(&mut self, within: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + within;
         self.flush_within(within).await;
         let _ = tokio::time::timeout_at(deadline, async {

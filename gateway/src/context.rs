@@ -19,6 +19,7 @@ use crate::metrics::{BrokerState, Metrics};
 use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::router::Router;
+use crate::session::ConnectionInfo;
 
 pub struct Context {
     pub(crate) config: Config,
@@ -63,6 +64,16 @@ impl Context {
             state.inflight_messages += session.inflight_len();
         }
         state
+    }
+
+    /// Every session's client id with its latest connection (the one attached, or the last):
+    /// who the broker sees, as the admin API lists it.
+    pub fn connections(&self) -> Vec<(Arc<str>, Option<ConnectionInfo>)> {
+        let sessions = self.registry.all();
+        sessions
+            .iter()
+            .map(|s| (s.client_id.clone(), s.connection()))
+            .collect()
     }
 
     /// Re-reads the files an operator may replace while the broker runs (SIGHUP): the password

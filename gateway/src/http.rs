@@ -34,10 +34,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// The running endpoint; stops serving when dropped.
-pub struct Server {
+pub(crate) struct Server {
     local_addr: SocketAddr,
     /// Held for their `Drop`: the endpoint's tasks stop with it.
     _accept: Background,
@@ -46,7 +46,7 @@ pub struct Server {
 
 impl Server {
     /// Starts serving on an already bound listener.
-    pub fn start(
+    pub(crate) fn start(
         ctx: Arc<Context>,
         exporter: Exporter,
         listener: TcpListener,
@@ -72,7 +72,7 @@ impl Server {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 }

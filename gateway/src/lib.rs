@@ -18,6 +18,8 @@
 //! Observability sits beside the data path: `metrics` (handles and export), `process`, `http`
 //! (`/metrics`, health, and the `admin` API) and `sys` (`$SYS/` topics).
 
+#![warn(unreachable_pub)]
+
 // The library's face: what the binary, the integration tests, the benches and the fuzz targets
 // use. Everything else is the crate's own.
 pub mod auth;

@@ -18,7 +18,7 @@ use crate::task::Background;
 /// Longest a connection may wait for its connect-rate slot. Kept well under the connect timeouts
 /// of common clients (rumqttc 5 s, Paho 30 s), so that a paced client is still waiting when its
 /// turn comes; a connection that would wait longer is closed at once and retries on its backoff.
-pub const CONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
 /// A publish quota allows a burst of one second's worth of its rate.
 const QUOTA_WINDOW_NS: u64 = 1_000_000_000;
 /// How often RSS is sampled against `memory_high_water`: fast enough to react to a surge within
@@ -27,7 +27,7 @@ const MEMORY_SAMPLE: Duration = Duration::from_millis(200);
 
 /// What the connect pacer decided for one accepted socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pace {
+pub(crate) enum Pace {
     /// Within the rate (or the burst): serve at once.
     Now,
     /// Over the rate: start the handshake at this instant (at most `CONNECT_MAX_WAIT` away).
@@ -43,7 +43,7 @@ pub enum Pace {
 /// postponed to its slot instead, up to `CONNECT_MAX_WAIT`; beyond that it is closed at once,
 /// which clients see as a failed attempt and retry on their own backoff.
 #[derive(Debug)]
-pub struct ConnectPacer {
+pub(crate) struct ConnectPacer {
     interval: Duration,
     tolerance: Duration,
     /// When the next connection would be due if connections arrived exactly at the rate.
@@ -52,7 +52,7 @@ pub struct ConnectPacer {
 
 impl ConnectPacer {
     /// `None` when `rate` is 0 (no pacing).
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Option<ConnectPacer> {
+    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> Option<ConnectPacer> {
         if rate == 0 {
             return None;
         }
@@ -64,7 +64,7 @@ impl ConnectPacer {
         })
     }
 
-    pub fn pace(&mut self, now: Instant) -> Pace {
+    pub(crate) fn pace(&mut self, now: Instant) -> Pace {
         let tat = self.tat.max(now);
         // Before the first `tolerance` has elapsed since start the subtraction may underflow:
         // then the whole burst is still available.
@@ -84,13 +84,13 @@ impl ConnectPacer {
 /// A connection in its handshake: counted against `max_handshakes` from accept until dropped
 /// (CONNACK sent, or the connection refused or closed before), with the instant its connect-rate
 /// slot begins when it was paced.
-pub struct Handshake {
+pub(crate) struct Handshake {
     ctx: Arc<Context>,
     pub not_before: Option<Instant>,
 }
 
 impl Handshake {
-    pub fn new(ctx: Arc<Context>, not_before: Option<Instant>) -> Handshake {
+    pub(crate) fn new(ctx: Arc<Context>, not_before: Option<Instant>) -> Handshake {
         ctx.admission.handshake_started();
         Handshake { ctx, not_before }
     }
@@ -104,7 +104,7 @@ impl Drop for Handshake {
 
 /// Which publish quota a client exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaExceeded {
+pub(crate) enum QuotaExceeded {
     Messages,
     Bytes,
 }
@@ -112,7 +112,7 @@ pub enum QuotaExceeded {
 /// A client's `max_publish_rate` and `max_publish_bytes_rate` buckets: theoretical arrival
 /// times in nanoseconds since the broker started.
 #[derive(Debug, Default)]
-pub struct PublishQuota {
+pub(crate) struct PublishQuota {
     messages_tat: u64,
     bytes_tat: u64,
 }
@@ -120,7 +120,7 @@ pub struct PublishQuota {
 impl PublishQuota {
     /// Charges one PUBLISH of `bytes` at `now_ns`; a rate of 0 is unlimited. A single message
     /// larger than one second's byte quota always exceeds it.
-    pub fn charge(
+    pub(crate) fn charge(
         &mut self,
         now_ns: u64,
         bytes: usize,
@@ -170,7 +170,7 @@ fn charge(
 
 /// Samples RSS every `MEMORY_SAMPLE` and raises the router's overload flag while it is above
 /// `high_water` bytes: the data path reads one relaxed atomic, never /proc.
-pub fn watch_memory(ctx: Arc<Context>, high_water: u64) -> Background {
+pub(crate) fn watch_memory(ctx: Arc<Context>, high_water: u64) -> Background {
     Background::spawn(async move {
         // SAFETY: sysconf only reads a configuration value.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;

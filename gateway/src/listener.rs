@@ -38,7 +38,7 @@ const DEFAULT_BACKLOG: i32 = 4096;
 const FD_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Binds a listening socket with the backlog at the system's maximum.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
@@ -55,7 +55,7 @@ fn somaxconn() -> i32 {
 }
 
 /// The soft open-file limit, raised to the hard limit first (allowed without privileges).
-pub fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -79,9 +79,9 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// The connect pacer, one for all listeners: `limits.connect_rate` is the node's rate.
-pub type SharedPacer = Arc<Mutex<Option<ConnectPacer>>>;
+pub(crate) type SharedPacer = Arc<Mutex<Option<ConnectPacer>>>;
 
-pub fn shared_pacer(ctx: &Context) -> SharedPacer {
+pub(crate) fn shared_pacer(ctx: &Context) -> SharedPacer {
     let limits = &ctx.config.limits;
     Arc::new(Mutex::new(ConnectPacer::new(
         limits.connect_rate,
@@ -92,7 +92,7 @@ pub fn shared_pacer(ctx: &Context) -> SharedPacer {
 
 /// Accepts until the listener is dropped (the caller selects this against shutdown). `endpoint` is
 /// the `[[listeners]]` entry, `None` for the `mqtt.listen` listener.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     ctx: Arc<Context>,
     listener: TcpListener,
     endpoint: Option<Arc<Endpoint>>,

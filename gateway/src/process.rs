@@ -19,7 +19,7 @@ struct ProcessStats {
 }
 
 /// Appends the process metrics to a Prometheus text exposition.
-pub fn render(out: &mut String) {
+pub(crate) fn render(out: &mut String) {
     let stats = read();
     let mut metric = |name: &str, kind: &str, help: &str, value: Option<String>| {
         if let Some(v) = value {

@@ -32,7 +32,7 @@ use crate::timers::Timers;
 const TAKEOVER_POLL_MIN: Duration = Duration::from_millis(1);
 const TAKEOVER_POLL_MAX: Duration = Duration::from_millis(20);
 
-pub struct Registry {
+pub(crate) struct Registry {
     /// A set of sessions looked up by client id: each slot is one pointer, not a key and a value.
     sessions: DashMap<Mapped, ()>,
     next_id: AtomicU64,
@@ -87,7 +87,7 @@ impl Borrow<str> for Mapped {
 }
 
 /// A session now owned by the calling connection.
-pub struct Attached {
+pub(crate) struct Attached {
     pub session: Arc<Session>,
     pub owner: Ownership,
     /// Session state was carried over (CONNACK session present).
@@ -102,7 +102,7 @@ impl Default for Registry {
 }
 
 impl Registry {
-    pub fn new() -> Registry {
+    pub(crate) fn new() -> Registry {
         Registry {
             sessions: DashMap::new(),
             next_id: AtomicU64::new(1),
@@ -110,18 +110,23 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+    pub(crate) fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.sessions.get(client_id).map(|s| s.key().0.clone())
     }
 
     /// Every session, for shutdown and statistics.
-    pub fn all(&self) -> Vec<Arc<Session>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
         self.sessions.iter().map(|s| s.key().0.clone()).collect()
     }
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
-    pub async fn attach(&self, client_id: &str, clean_start: bool, router: &Router) -> Attached {
+    pub(crate) async fn attach(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        router: &Router,
+    ) -> Attached {
         router.cluster.claim(client_id).await;
         loop {
             let (session, existed) = match self.sessions.get(client_id) {
@@ -174,7 +179,7 @@ impl Registry {
     }
 
     /// Ends a session: out of the map (if still mapped to it), out of the index. The caller owns it.
-    pub fn end(&self, session: &Arc<Session>, router: &Router) {
+    pub(crate) fn end(&self, session: &Arc<Session>, router: &Router) {
         self.sessions
             .remove_if(&session.client_id[..], |s, _| Arc::ptr_eq(&s.0, session));
         session.mark_discarded();

@@ -20,7 +20,7 @@ const SHARDS: usize = 16;
 /// Storing one more distinct topic would exceed the configured maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("retained message store is full")]
-pub struct RetainFull;
+pub(crate) struct RetainFull;
 
 struct Node<V> {
     children: HashMap<Box<str>, Node<V>>,
@@ -114,7 +114,7 @@ impl<V: Clone> Node<V> {
 }
 
 /// Retained messages by topic name, bounded to `max` distinct topics.
-pub struct RetainStore<V> {
+pub(crate) struct RetainStore<V> {
     shards: Box<[RwLock<Node<V>>]>,
     hasher: RandomState,
     len: AtomicUsize,
@@ -122,7 +122,7 @@ pub struct RetainStore<V> {
 }
 
 impl<V: Clone> RetainStore<V> {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         RetainStore {
             shards: (0..SHARDS).map(|_| RwLock::new(Node::new())).collect(),
             hasher: RandomState::new(),
@@ -133,7 +133,7 @@ impl<V: Clone> RetainStore<V> {
 
     /// Stores (replacing) the retained message for `topic` (a valid topic name). Replacing is
     /// always allowed; a new topic is refused once `max` topics are stored.
-    pub fn set(&self, topic: &str, value: V) -> Result<Option<V>, RetainFull> {
+    pub(crate) fn set(&self, topic: &str, value: V) -> Result<Option<V>, RetainFull> {
         let mut root = self.shard(topic::first_level(topic)).write();
         if let Some(slot) = root.find_mut(topic).and_then(|node| node.value.as_mut()) {
             return Ok(Some(std::mem::replace(slot, value)));
@@ -152,7 +152,7 @@ impl<V: Clone> RetainStore<V> {
         Ok(None)
     }
 
-    pub fn remove(&self, topic: &str) -> Option<V> {
+    pub(crate) fn remove(&self, topic: &str) -> Option<V> {
         let removed = self.shard(topic::first_level(topic)).write().remove(topic);
         if removed.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
@@ -160,13 +160,13 @@ impl<V: Clone> RetainStore<V> {
         removed
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
     /// Appends every retained value whose topic matches `filter` (a valid topic filter) to `out`,
     /// in no particular order.
-    pub fn matching(&self, filter: &str, out: &mut Vec<V>) {
+    pub(crate) fn matching(&self, filter: &str, out: &mut Vec<V>) {
         let levels: Vec<&str> = filter.split('/').collect();
         match levels.first() {
             Some(&("+" | "#")) | None => {

@@ -23,7 +23,7 @@ use crate::task::Background;
 const LOAD_WINDOWS: [(f64, &str); 3] = [(60.0, "1min"), (300.0, "5min"), (900.0, "15min")];
 
 /// Publishes the status topics every `interval` until dropped.
-pub fn spawn(ctx: Arc<Context>, interval: Duration) -> Background {
+pub(crate) fn spawn(ctx: Arc<Context>, interval: Duration) -> Background {
     Background::spawn(async move {
         let mut status = Status::new(interval);
         let mut tick = tokio::time::interval(interval);

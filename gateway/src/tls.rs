@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{ConfigError, ListenerConfig};
 
 /// The certificates of one TLS listener, reloadable.
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     index: usize,
     config: ListenerConfig,
     current: RwLock<Arc<ServerConfig>>,
@@ -29,7 +29,7 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     /// Loads the listener's files; `index` is its position in `[[listeners]]`, for messages.
-    pub fn load(index: usize, config: &ListenerConfig) -> Result<TlsFiles, ConfigError> {
+    pub(crate) fn load(index: usize, config: &ListenerConfig) -> Result<TlsFiles, ConfigError> {
         let server = server_config(index, config)?;
         Ok(TlsFiles {
             index,
@@ -39,12 +39,12 @@ impl TlsFiles {
     }
 
     /// An acceptor on the current certificates, for one new connection.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.read().clone())
     }
 
     /// Reads the files again; on failure the previous certificates stay in use.
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    pub(crate) fn reload(&self) -> Result<(), ConfigError> {
         let server = server_config(self.index, &self.config)?;
         *self.current.write() = server;
         Ok(())
@@ -116,7 +116,7 @@ fn file_error(key: &str, path: &Path, reason: String) -> ConfigError {
 
 /// The name a verified client certificate stands for: its subject CN, or its first DNS SAN when
 /// the subject has no CN. `None` when the certificate cannot be parsed or names nothing.
-pub fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     if let Some(cn) = parsed

@@ -27,7 +27,7 @@ pub enum TopicError {
 const SHARE_PREFIX: &str = "$share/";
 
 /// Checks a PUBLISH topic name: non-empty, no wildcard, no NUL, at most `max_levels` levels.
-pub fn validate_topic_name(name: &str, max_levels: usize) -> Result<(), TopicError> {
+pub(crate) fn validate_topic_name(name: &str, max_levels: usize) -> Result<(), TopicError> {
     if name.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -41,7 +41,7 @@ pub fn validate_topic_name(name: &str, max_levels: usize) -> Result<(), TopicErr
 }
 
 /// Checks a SUBSCRIBE topic filter: `+` only as a whole level, `#` only as the whole last level.
-pub fn validate_topic_filter(filter: &str, max_levels: usize) -> Result<(), TopicError> {
+pub(crate) fn validate_topic_filter(filter: &str, max_levels: usize) -> Result<(), TopicError> {
     if filter.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -75,7 +75,7 @@ fn check_levels(topic: &str, max_levels: usize) -> Result<(), TopicError> {
 ///
 /// The inner filter's syntax is checked but not its level count, because the level limit is a
 /// broker setting the caller applies to the returned filter.
-pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
+pub(crate) fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
     let Some(rest) = filter.strip_prefix(SHARE_PREFIX) else {
         return Ok(None);
     };
@@ -105,7 +105,7 @@ pub(crate) fn first_level(topic: &str) -> &str {
 /// `a/#` matches `a` (the parent level), `+` matches an empty level, and a topic starting with
 /// `$` is never matched by a filter whose first level is a wildcard (MQTT §4.7.2), so `#`
 /// subscribers do not receive `$SYS`-style traffic.
-pub fn matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     let mut filter_levels = filter.split('/');
     let mut topic_levels = topic.split('/');
     if topic.starts_with('$') && matches!(filter_levels.clone().next(), Some("+" | "#")) {

@@ -27,7 +27,11 @@ const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 /// Frames are bounded by `max_frame` (the MQTT packet limit plus its header).
 // The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
 #[allow(clippy::result_large_err)]
-pub async fn accept<S>(stream: S, path: &str, max_frame: usize) -> Result<WsByteStream<S>, WsError>
+pub(crate) async fn accept<S>(
+    stream: S,
+    path: &str,
+    max_frame: usize,
+) -> Result<WsByteStream<S>, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -66,7 +70,7 @@ where
 }
 
 /// A WebSocket connection read and written as the MQTT byte stream it carries.
-pub struct WsByteStream<S> {
+pub(crate) struct WsByteStream<S> {
     ws: WebSocketStream<S>,
     /// The rest of the last binary frame, not yet read.
     inbound: Bytes,

@@ -71,10 +71,10 @@ impl Gateway {
             tokio::select! {
                 out = &mut until => return (out, peers),
                 _ = tick.tick() => {
-                    for session in self.context.registry.all() {
-                        if let Some(connection) = session.connection() {
+                    for (client_id, connection) in self.context.connections() {
+                        if let Some(connection) = connection {
                             peers
-                                .entry(session.client_id.to_string())
+                                .entry(client_id.to_string())
                                 .or_default()
                                 .insert(connection.ip);
                         }

@@ -84,7 +84,7 @@ struct AliasesOut {
 /// Per-connection state once the session is attached. Every idle session keeps one, so fields
 /// are as narrow as their values allow: times are nanoseconds on the broker's clock
 /// (`ctx.started`) rather than 16-byte `Instant`s, limits use the width the protocol gives them.
-pub struct Client {
+pub(crate) struct Client {
     ctx: Arc<Context>,
     conn: Connection,
     /// The session, owned for the connection's lifetime; ownership ends when the client drops.
@@ -115,7 +115,7 @@ pub struct Client {
 }
 
 /// An accepted connection ready for MQTT bytes.
-pub struct Opened {
+pub(crate) struct Opened {
     pub conn: Connection,
     /// The client certificate's name on a `use_identity_as_username` listener: the username,
     /// in place of CONNECT's username and password.
@@ -128,7 +128,7 @@ pub struct Opened {
 /// Serves one accepted socket. The handshake runs in this task; the session then runs in a task
 /// of its own, so an idle session's task holds only the session's state, not the larger state the
 /// handshake needed (a decoded CONNECT, CONNACK properties, the connect timer).
-pub async fn serve(
+pub(crate) async fn serve(
     slot: ConnectionSlot,
     admission: Handshake,
     open: impl Future<Output = Option<Opened>>,
