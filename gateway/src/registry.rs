@@ -228,6 +228,7 @@ impl Registry {
             expiry_interval: expiry,
             expires_at,
             subscriptions: session.subscriptions(),
+            pending: session.pending(),
             will: pending_will,
         });
         if let Some(due) = expires_at {
@@ -246,7 +247,8 @@ impl Registry {
     }
 
     /// Makes the stored state live again at start, before any client connects: every session
-    /// offline and routable at once (its subscriptions in the index, its queue as it was), its
+    /// offline and routable at once (its subscriptions in the index, its queue and packet ids as
+    /// they were: the inflight ones go out again with DUP when its client is back), its
     /// expiry and pending will due when they were; a session that expired while the broker was
     /// down ends now, and its will goes out.
     pub(crate) fn restore(&self, restored: Restored, router: &Router) {
@@ -267,6 +269,7 @@ impl Registry {
                     tracing::warn!(client = %record.client_id, filter = %sub.filter, "stored subscription not restored: {e}");
                 }
             }
+            session.restore_pending(record.pending);
             if let Some((will, due)) = record.will {
                 self.schedule(due, &session, generation, Due::Will(will));
             }

@@ -53,6 +53,16 @@ pub struct Inflight {
     serial: u32,
 }
 
+/// What a session holds besides its subscriptions, as a store keeps it while the session waits
+/// offline and a restart gives it back: messages not yet sent (in order), the outbound window
+/// (packet id, how far its flow got, the message) and the inbound QoS 2 ids awaiting PUBREL.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    pub queue: Vec<Delivery>,
+    pub inflight: Vec<(u16, Stage, Delivery)>,
+    pub incoming_qos2: Vec<u16>,
+}
+
 /// A subscription as the session remembers it, to replay, list or remove it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRecord {
@@ -488,6 +498,45 @@ impl Session {
     pub fn may_subscribe_within(&self, filter: &str, max: usize) -> bool {
         let st = self.state.lock();
         st.subscriptions.len() < max || st.subscriptions.iter().any(|s| s.filter == filter)
+    }
+
+    /// What is pending in the session now (retained messages still to send after a SUBSCRIBE
+    /// come first in the queue, as they were taken first).
+    pub fn pending(&self) -> Pending {
+        let st = self.state.lock();
+        let backlog = st.retained_backlog.iter().flat_map(|b| b.iter());
+        Pending {
+            queue: backlog.chain(&st.queue).cloned().collect(),
+            inflight: st
+                .inflight
+                .iter()
+                .map(|i| (i.packet_id, i.stage, i.delivery.clone()))
+                .collect(),
+            incoming_qos2: st.incoming_qos2.clone(),
+        }
+    }
+
+    /// Puts stored pending state back into a session restored at start, before any client or
+    /// publisher can reach it. Packet ids continue after the highest one in flight.
+    pub fn restore_pending(&self, pending: Pending) {
+        let mut st = self.state.lock();
+        st.queue.extend(pending.queue);
+        if let Some(highest) = pending.inflight.iter().map(|(id, _, _)| *id).max() {
+            st.next_packet_id = highest.checked_add(1).unwrap_or(1);
+        }
+        let serial = st.allocations;
+        st.inflight.extend(
+            pending
+                .inflight
+                .into_iter()
+                .map(|(packet_id, stage, delivery)| Inflight {
+                    packet_id,
+                    delivery,
+                    stage,
+                    serial,
+                }),
+        );
+        st.incoming_qos2 = pending.incoming_qos2;
     }
 
     pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {

@@ -10,10 +10,13 @@
 //! Clean sessions (expiry 0) are never recorded. `MemoryStore`, the default, keeps nothing beyond
 //! the live state: today's behaviour, where a restart starts empty.
 //!
-//! Still to join this interface, with the store that keeps them (the durability issue): the
-//! outbound inflight window and its packet ids, the inbound QoS 2 ids awaiting PUBREL (both enter
-//! where they change, the session's ack paths in `client`, and need a stored message to carry an
-//! identity), and a barrier that PUBACK / PUBREC wait on until what they acknowledge is on disk.
+//! A persistent session's whole state (subscriptions, queue, outbound inflight window with its
+//! packet ids, inbound QoS 2 ids) is saved when its connection goes, and what is queued for it
+//! afterwards is appended: a clean restart loses nothing. Still to join this interface, with the
+//! store that keeps them (the durability issue), for a crash while sessions are online: each
+//! change of the inflight window and of the QoS 2 ids as it happens (they enter at the session's
+//! ack paths in `client`, and need a stored message to carry an identity), and a barrier that
+//! PUBACK / PUBREC wait on until what they acknowledge is on disk.
 
 use std::sync::Arc;
 
@@ -21,9 +24,12 @@ use bytestring::ByteString;
 
 use crate::clock::UnixMillis;
 use crate::message::Message;
-use crate::session::{Delivery, SubscriptionRecord};
+use crate::session::{Delivery, Pending, SubscriptionRecord};
 
-/// A persistent session as a restart needs it; its messages are recorded apart, as they change.
+/// A persistent session as a restart needs it, saved when its connection goes: its
+/// subscriptions, its pending messages and packet ids (which replace what was stored for it
+/// before), its expiry and its will. Messages queued for it afterwards are recorded apart
+/// (`Store::queued`) and follow `pending.queue`.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionRecord {
     pub(crate) client_id: Arc<str>,
@@ -31,6 +37,7 @@ pub(crate) struct SessionRecord {
     /// When it ends if nobody attaches (wall clock); `None`: never.
     pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) subscriptions: Vec<SubscriptionRecord>,
+    pub(crate) pending: Pending,
     /// A will waiting for its delay, and when it is due.
     pub(crate) will: Option<(Arc<Message>, UnixMillis)>,
 }
@@ -39,7 +46,7 @@ pub(crate) struct SessionRecord {
 #[derive(Default)]
 pub(crate) struct Restored {
     pub(crate) sessions: Vec<SessionRecord>,
-    /// Messages queued for those sessions, in queue order per session.
+    /// Messages queued for those sessions since they were saved, in queue order per session.
     pub(crate) queued: Vec<(Arc<str>, Delivery)>,
     pub(crate) retained: Vec<Arc<Message>>,
 }

@@ -14,7 +14,7 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::session::{Delivery, QueueLimits, SubscriptionRecord};
+use crate::session::{Delivery, Pending, QueueLimits, Stage, SubscriptionRecord};
 use crate::store::{Restored, SessionRecord, Store};
 
 /// Records what the registry and the router tell it; hands `restored` back on load.
@@ -97,6 +97,13 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     router
         .subscribe(&a.session, &"t/#".into(), qos1(), None)
         .expect("valid filter");
+    // One message in flight, one still queued behind a window of 1, one inbound QoS 2 id.
+    router.publish(message("t/0", QoS::AtLeastOnce));
+    router.publish(message("t/00", QoS::AtLeastOnce));
+    let mut out = Vec::new();
+    a.session.take_ready(unix_millis(), 1, 10, &mut out);
+    a.session.incoming_qos2(7, 10);
+    store.queued.lock().clear();
     let departure = Departure {
         generation: a.generation,
         taken_over: false,
@@ -109,6 +116,20 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     let record = &saved[0];
     assert_eq!(&*record.client_id, "dev-2");
     assert_eq!(record.subscriptions.len(), 1);
+    let topics = |ds: Vec<&Delivery>| {
+        ds.iter()
+            .map(|d| d.msg.topic.to_string())
+            .collect::<Vec<_>>()
+    };
+    let pending = &record.pending;
+    assert_eq!(topics(pending.queue.iter().collect()), ["t/00"]);
+    assert_eq!(pending.inflight.len(), 1);
+    let (packet_id, stage, d) = &pending.inflight[0];
+    assert_eq!(
+        (*packet_id, *stage, &d.msg.topic[..]),
+        (out[0].packet_id, Stage::PubAck, "t/0")
+    );
+    assert_eq!(pending.incoming_qos2, [7]);
     let now = unix_millis();
     let expires = record.expires_at.expect("an hour");
     assert!(expires > now + 3_590_000 && expires <= now + 3_600_000);
@@ -116,7 +137,7 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     assert!(*will_due <= now + 60_000 && *will_due > now + 50_000);
 
     assert_eq!(router.publish(message("t/1", QoS::AtLeastOnce)), 1);
-    assert_eq!(registry.get("dev-2").map(|s| s.queue_len()), Some(1));
+    assert_eq!(registry.get("dev-2").map(|s| s.queue_len()), Some(2));
     assert_eq!(
         *store.queued.lock(),
         ["dev-2"],
@@ -176,6 +197,7 @@ async fn restore_makes_stored_sessions_routable_and_ends_expired_ones() {
             options: qos1(),
             id: None,
         }],
+        pending: Pending::default(),
         will,
     };
     let queued = Delivery {
@@ -210,4 +232,59 @@ async fn restore_makes_stored_sessions_routable_and_ends_expired_ones() {
     assert_eq!(*store.removed.lock(), ["gone"]);
     assert_eq!(router.publish(message("cmd/2", QoS::AtLeastOnce)), 1);
     assert_eq!(alive.queue_len(), 3);
+}
+
+#[tokio::test]
+async fn restore_gives_a_session_back_its_queue_window_and_qos2_ids() {
+    let store = Arc::new(Recording::default());
+    let router = router(&store);
+    let delivery = |topic| Delivery {
+        msg: message(topic, QoS::AtLeastOnce),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+    };
+    *store.restored.lock() = Some(Restored {
+        sessions: vec![SessionRecord {
+            client_id: "dev-5".into(),
+            expiry_interval: u32::MAX,
+            expires_at: None,
+            subscriptions: Vec::new(),
+            pending: Pending {
+                queue: vec![delivery("q/1")],
+                inflight: vec![(41, Stage::PubAck, delivery("f/1"))],
+                incoming_qos2: vec![9],
+            },
+            will: None,
+        }],
+        queued: vec![("dev-5".into(), delivery("q/2"))],
+        retained: Vec::new(),
+    });
+    let registry = Registry::new();
+    registry.restore(store.load(), &router);
+
+    let a = registry.attach("dev-5", false, &router).await;
+    assert!(a.present);
+    let mut resend = Vec::new();
+    a.session.inflight_for_resend(&mut resend);
+    let resent: Vec<_> = resend
+        .iter()
+        .map(|o| (o.packet_id, o.dup, &o.delivery.msg.topic[..]))
+        .collect();
+    assert_eq!(resent, [(41, true, "f/1")], "in flight again, with DUP");
+    let mut out = Vec::new();
+    a.session.take_ready(unix_millis(), 10, 10, &mut out);
+    let sent: Vec<_> = out
+        .iter()
+        .map(|o| (o.packet_id, &o.delivery.msg.topic[..]))
+        .collect();
+    assert_eq!(
+        sent,
+        [(42, "q/1"), (43, "q/2")],
+        "the stored queue, then what came after"
+    );
+    assert_eq!(
+        a.session.incoming_qos2(9, 10),
+        crate::session::IncomingQos2::Resent
+    );
 }
