@@ -244,6 +244,11 @@ impl Registry {
             what,
         };
         self.later.schedule(due, entry);
+        // At most a will and an expiry per session are valid at once; the rest were voided by a
+        // reconnect and only hold their session until their deadline.
+        let bound = 4 * self.sessions.len() + 64;
+        self.later
+            .sweep_beyond(bound, |l| l.session.generation() == l.generation);
     }
 
     /// Makes the stored state live again at start, before any client connects: every session

@@ -82,6 +82,23 @@ impl<E> Timers<E> {
         }
     }
 
+    /// Drops the entries `keep` refuses once there are more than `bound`: entries are never
+    /// cancelled, so the void ones of a client that keeps reconnecting would pile up until their
+    /// deadlines. With `bound` at twice what can be valid at once, the sweep's cost is O(1) per
+    /// entry scheduled, amortized.
+    pub(crate) fn sweep_beyond(&self, bound: usize, keep: impl FnMut(&E) -> bool) {
+        let mut keep = keep;
+        let heap = &mut self.pending.lock().heap;
+        if heap.len() > bound {
+            heap.retain(|Reverse(t)| keep(&t.entry));
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pending.lock().heap.len()
+    }
+
     /// Removes and returns the entries due at `now`, earliest first.
     fn take_due(&self, now: UnixMillis, due: &mut Vec<E>) -> Option<UnixMillis> {
         let heap = &mut self.pending.lock().heap;
@@ -136,6 +153,19 @@ mod tests {
         due.clear();
         assert_eq!(timers.take_due(100, &mut due), None);
         assert_eq!(due, ["c", "d"]);
+    }
+
+    #[test]
+    fn a_sweep_beyond_the_bound_drops_what_is_void_and_keeps_the_order() {
+        let timers = Timers::default();
+        for i in 0..10u32 {
+            timers.schedule(u64::from(100 - i), i);
+        }
+        timers.sweep_beyond(10, |_| false);
+        timers.sweep_beyond(9, |i| i % 3 == 0);
+        let mut due = Vec::new();
+        assert_eq!(timers.take_due(1000, &mut due), None);
+        assert_eq!(due, [9, 6, 3, 0]);
     }
 
     #[tokio::test]

@@ -288,3 +288,22 @@ async fn restore_gives_a_session_back_its_queue_window_and_qos2_ids() {
         crate::session::IncomingQos2::Resent
     );
 }
+
+#[tokio::test]
+async fn a_client_reconnecting_in_a_loop_leaves_a_bounded_number_of_timers() {
+    let store = Arc::new(Recording::default());
+    let (registry, router) = (Registry::new(), router(&store));
+    for _ in 0..1000 {
+        let a = registry.attach("flapper", false, &router).await;
+        a.session.set_expiry_interval(86_400);
+        let departure = Departure {
+            generation: a.generation,
+            taken_over: false,
+            will: Some((message("will/flapper", QoS::AtMostOnce), 3600)),
+        };
+        registry.detach(&a.session, departure, &router);
+    }
+    // One session: its will and its expiry are valid, the 1,998 others void.
+    let pending = registry.later.len();
+    assert!(pending <= 4 + 64 + 1, "{pending} timers for one session");
+}
