@@ -458,3 +458,50 @@ async fn a_qos0_burst_queued_at_once_is_delivered_completely() {
     }
     broker.shutdown().await;
 }
+
+/// A client need not wait for CONNACK: CONNECT, a QoS 1 PUBLISH, a SUBSCRIBE, a PINGREQ and a
+/// DISCONNECT written in one segment are all processed, in order: PUBACK, SUBACK and PINGRESP
+/// come back after CONNACK, the message reaches a subscriber, and the will is discarded because
+/// the client left cleanly (Mosquitto does the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_pipelined_after_connect_are_processed_in_order() {
+    let broker = TestBroker::start().await;
+    for v in V::BOTH {
+        let id = unique_id("pipelined");
+        let mut watcher = Raw::connected(broker.addr, v, &unique_id("pipe-watch")).await;
+        watcher.subscribe(v, "pipe/#", 1).await;
+
+        let mut connect = raw::Connect::plain(v, &id);
+        connect.will = Some(raw::Will::qos1("pipe/will", b"gone"));
+        let mut burst = raw::encode_connect(&connect);
+        burst.extend(v.publish(0x32, b"pipe/data", Some(7), &[], b"hello"));
+        burst.extend(v.subscribe("pipe/echo", 1));
+        burst.extend(raw::encode_pingreq());
+        burst.extend(raw::encode_disconnect(v.is_v5().then_some(0)));
+        let mut client = Raw::open_with(broker.addr, &burst).await;
+
+        let mut kinds = Vec::new();
+        while let Ok(f) = client.read_packet().await {
+            kinds.push(f.kind());
+        }
+        assert_eq!(
+            kinds,
+            [raw::CONNACK, raw::PUBACK, raw::SUBACK, raw::PINGRESP],
+            "{v:?}: every packet of the burst answered, in order, then closed"
+        );
+        let got = raw::publish_of(&watcher.expect_kind(raw::PUBLISH, WAIT).await, v);
+        assert_eq!(
+            (&got.topic[..], &got.payload[..]),
+            ("pipe/data", &b"hello"[..]),
+            "{v:?}"
+        );
+        assert!(
+            watcher
+                .read_packet_within(Duration::from_millis(300))
+                .await
+                .is_err(),
+            "{v:?}: no will after a DISCONNECT in the same burst"
+        );
+    }
+    broker.shutdown().await;
+}

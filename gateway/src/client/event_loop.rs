@@ -171,6 +171,11 @@ impl Client {
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
         self.ctx.metrics.received_frames(frames);
+        self.handle_frames(frames)
+    }
+
+    /// Handles decoded-in-order frames until one closes the connection; the rest are dropped then.
+    pub(super) fn handle_frames(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
         let mut outcome = None;
         for frame in frames.drain(..) {
             let handled = match codec::decode(frame, self.protocol) {

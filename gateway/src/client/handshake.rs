@@ -22,11 +22,13 @@ use crate::metrics::CloseReason;
 use crate::session::ConnectionInfo;
 
 /// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
+/// Also returns the packets that came in the same read after CONNECT (a client need not wait for
+/// CONNACK), for the session to handle before anything else.
 pub(super) async fn handshake(
     slot: ConnectionSlot,
     opened: Opened,
     peer: std::net::SocketAddr,
-) -> Option<Client> {
+) -> Option<(Client, Vec<Bytes>)> {
     let ctx = slot.context().clone();
     let Opened {
         mut conn,
@@ -36,7 +38,7 @@ pub(super) async fn handshake(
     let connect =
         match tokio::time::timeout(ctx.policy.connect_timeout, read_connect(&ctx, &mut conn)).await
         {
-            Ok(Ok(c)) => c,
+            Ok(Ok(read)) => read,
             Ok(Err(why)) => {
                 debug!(%peer, "connection refused before CONNECT completed: {why}");
                 conn.flush_within(CLOSE_FLUSH).await;
@@ -48,11 +50,17 @@ pub(super) async fn handshake(
                 return None;
             }
         };
-    Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await
+    let (connect, rest) = connect;
+    let client = Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await;
+    client.map(|c| (c, rest))
 }
 
-/// Reads and validates the first packet. Answers failures itself (CONNACK where the protocol allows).
-async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connect>, String> {
+/// Reads and validates the first packet, and keeps the ones read with it. Answers failures itself
+/// (CONNACK where the protocol allows).
+async fn read_connect(
+    ctx: &Context,
+    conn: &mut Connection,
+) -> Result<(Box<Connect>, Vec<Bytes>), String> {
     let max = ctx.policy.max_packet_size as usize;
     let mut frames = Vec::with_capacity(1);
     loop {
@@ -65,15 +73,16 @@ async fn read_connect(ctx: &Context, conn: &mut Connection) -> Result<Box<Connec
             }
             Err(e) => return Err(e.to_string()),
         }
-        let Some(frame) = frames.first().cloned() else {
+        if frames.is_empty() {
             continue;
-        };
+        }
+        let frame = frames.remove(0);
         ctx.metrics.received_frames(std::slice::from_ref(&frame));
         let level = connect_level(&frame);
         // The session keeps client id and will for its lifetime: decode them from a compact copy
         // rather than from slices that would pin the shared read buffer.
         return match codec::decode_connect(Bytes::copy_from_slice(&frame)) {
-            Ok(c) => Ok(Box::new(c)),
+            Ok(c) => Ok((Box::new(c), frames)),
             Err(e) => {
                 ctx.metrics.bad_input(e.kind());
                 if let DecodeError::UnsupportedProtocol { .. } = e {

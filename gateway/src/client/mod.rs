@@ -146,7 +146,14 @@ pub(crate) async fn serve(
     let client = handshake(slot, opened, peer).await;
     // CONNACK is queued (or the connection refused): the handshake no longer counts.
     drop(admission);
-    if let Some(client) = client {
+    if let Some((mut client, mut rest)) = client {
+        if !rest.is_empty() {
+            client.ctx.metrics.received_frames(&rest);
+            if let Some(close) = client.handle_frames(&mut rest) {
+                client.finish(close).await;
+                return;
+            }
+        }
         let metrics = client.ctx.metrics.clone();
         // A new session with nothing to do waits for its first packet hibernating, without ever
         // spawning its task: connecting costs one task, not two.
