@@ -1,7 +1,8 @@
 //! The `[[listeners]]` with real clients: `mosquitto_pub`/`mosquitto_sub` over TLS and mutual TLS
 //! (the certificate's CN as the username, proven through an ACL `%u` pattern), a client without a
 //! certificate refused where one is required, rumqttc over TLS, per-listener `max_connections`,
-//! and certificates rotated on SIGHUP while an established TLS session keeps working.
+//! and certificates rotated on SIGHUP while an established TLS session keeps working, and
+//! packets pipelined behind CONNECT over TLS and WebSocket.
 //! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`.
 
 mod binary;
@@ -448,4 +449,93 @@ fn unreadable_certificate_exits_2_naming_the_listener_key() {
         lines[0].starts_with("config: invalid value for `listeners[1].cert`: \"missing.pem\""),
         "{stderr}"
     );
+}
+
+/// The packet types in `bytes`, a stream of whole MQTT packets.
+fn packet_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while let Some(&first) = bytes.first() {
+        let (len, used) = clients::raw::decode_varint(&bytes[1..]).expect("remaining length");
+        kinds.push(first & 0xF0);
+        bytes = &bytes[(1 + used + len).min(bytes.len())..];
+    }
+    kinds
+}
+
+/// CONNECT, a QoS 1 PUBLISH, a PINGREQ and a DISCONNECT in one write (one TLS record, one
+/// WebSocket message): the broker must answer each in order, as it does over plain TCP
+/// (`pubsub.rs`), whatever transport carried them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_pipelined_after_connect_over_tls_and_websocket() {
+    use clients::raw::{self, V};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let dir = temp_dir("pipelined");
+    let pki = Pki::new(&dir, "pipelined CA");
+    let (cert, key) = pki.server();
+    let tls = tls_listener(&cert, &key);
+    let ws = ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().expect("literal"));
+    let broker = TestBroker::with(move |c| {
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, ws];
+    })
+    .await;
+    let burst = |id: &str| {
+        let mut b = V::V311.connect(id);
+        b.extend(V::V311.publish(0x32, b"pipe/tls-ws", Some(9), &[], b"x"));
+        b.extend(raw::encode_pingreq());
+        b.extend(raw::encode_disconnect(None));
+        b
+    };
+    let expected = [raw::CONNACK, raw::PUBACK, raw::PINGRESP];
+
+    let mut roots = RootCertStore::empty();
+    let ca = std::fs::read(pki.ca_path()).expect("CA");
+    for c in rustls_pemfile::certs(&mut &ca[..]) {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(broker.listeners[0])
+        .await
+        .expect("TLS listener");
+    let name = ServerName::try_from("localhost").expect("name");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    stream
+        .write_all(&burst(&unique_id("pipe-tls")))
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the broker closes after DISCONNECT");
+    assert_eq!(packet_kinds(&got), expected, "over TLS");
+
+    let mut request = format!("ws://{}/mqtt", broker.listeners[1])
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket handshake");
+    socket
+        .send(Message::Binary(burst(&unique_id("pipe-ws"))))
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, socket.next()).await {
+        match message {
+            Message::Binary(b) => got.extend(b),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(packet_kinds(&got), expected, "over WebSocket");
+    broker.shutdown().await;
 }

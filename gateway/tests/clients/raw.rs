@@ -33,7 +33,7 @@ pub fn varint(mut n: usize) -> Vec<u8> {
 
 /// Decodes the variable byte integer at the start of `b`: (value, bytes used), or None when
 /// `b` ends first. Panics past four bytes, which no valid packet has.
-fn decode_varint(b: &[u8]) -> Option<(usize, usize)> {
+pub fn decode_varint(b: &[u8]) -> Option<(usize, usize)> {
     let mut n = 0usize;
     for (i, &byte) in b.iter().enumerate() {
         assert!(i < 4, "variable byte integer over 4 bytes: {b:02X?}");
