@@ -95,6 +95,14 @@ pub(crate) fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicEr
     Ok(Some((group, inner)))
 }
 
+/// Whether `topic` is one of the broker's own status topics (`$SYS/...`), which clients may write
+/// only where an ACL rule names them.
+pub(crate) fn is_sys(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The first level of a topic name or filter: what the routing structures shard by.
 pub(crate) fn first_level(topic: &str) -> &str {
     topic.split_once('/').map_or(topic, |(first, _)| first)
@@ -156,6 +164,21 @@ pub(crate) mod strategies {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sys_topics_are_the_sys_level_and_below_only() {
+        for (topic, sys) in [
+            ("$SYS", true),
+            ("$SYS/broker/version", true),
+            ("$SYS/", true),
+            ("$SYSTEM/x", false),
+            ("$sys/x", false),
+            ("a/$SYS/x", false),
+            ("SYS/x", false),
+        ] {
+            assert_eq!(is_sys(topic), sys, "{topic}");
+        }
+    }
 
     #[test]
     fn topic_names() {

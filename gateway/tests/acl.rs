@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use clients::raw::{self, Raw};
 use clients::{unique_id, v3, v5, QUIET, WAIT};
 use common::TestBroker;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5Code};
@@ -391,4 +392,49 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_the_old_ones() {
         "a bad file replaced the rules"
     );
     assert!(!granted(gw.addr, "c/x").await);
+}
+
+/// `$SYS/` is the broker's own: without an ACL file no client may publish there (a retained fake
+/// `$SYS/broker/version` would sit beside the broker's own and outlive it), nor leave a will
+/// there; with an ACL file only a rule naming `$SYS` can grant it, since `#` never reaches `$`
+/// topics.
+#[tokio::test]
+async fn clients_may_not_publish_to_sys_topics_without_an_acl_naming_them() {
+    let b = TestBroker::start().await;
+    let mut watcher = v5::Client::connect(v5::options(b.addr, &unique_id("sys-watch"))).await;
+    watcher.subscribe("$SYS/#", v5::QoS::AtLeastOnce).await;
+    watcher.subscribe("fine/#", v5::QoS::AtLeastOnce).await;
+
+    let publisher = v5::options(b.addr, &unique_id("sys-fake"));
+    assert_eq!(
+        puback_reason(publisher.clone(), "$SYS/broker/version").await,
+        PubAckReason::NotAuthorized
+    );
+    assert_eq!(
+        puback_reason(publisher, "fine/x").await,
+        PubAckReason::Success
+    );
+    let got = watcher.next_publish(WAIT).await;
+    assert_eq!(
+        v5::topic_of(&got),
+        "fine/x",
+        "only the allowed one is delivered"
+    );
+    let mut v3c = v3::Client::connect(v3::options(b.addr, &unique_id("sys-fake3"))).await;
+    v3c.publish_confirmed("$SYS/broker/uptime", v3::QoS::AtLeastOnce, true, "0")
+        .await;
+    watcher.expect_no_publish(QUIET).await;
+
+    // A will aimed at `$SYS/` is refused at CONNECT as not authorized (v5 CONNACK 0x87).
+    let id = unique_id("sys-will");
+    let mut connect = raw::Connect::v5(&id, true, 60);
+    connect.will = Some(raw::Will::qos1("$SYS/broker/clients", b"x"));
+    let mut client = Raw::open_with(b.addr, &raw::encode_connect(&connect)).await;
+    let ack = client.expect_packet("CONNACK").await;
+    assert_eq!(
+        (ack.first, ack.body.get(1)),
+        (raw::CONNACK, Some(&0x87)),
+        "{ack:?}"
+    );
+    b.shutdown().await;
 }

@@ -20,6 +20,7 @@ use crate::connection::{Connection, ReadError};
 use crate::context::{ConnectionSlot, Context};
 use crate::metrics::CloseReason;
 use crate::session::ConnectionInfo;
+use crate::topic;
 
 /// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
 /// Also returns the packets that came in the same read after CONNECT (a client need not wait for
@@ -255,6 +256,14 @@ async fn authorize(
             })?,
     };
     let Some(handle) = ctx.security.acl() else {
+        // As for PUBLISH: without an ACL file, only the broker writes `$SYS/`.
+        if connect
+            .will
+            .as_ref()
+            .is_some_and(|w| topic::is_sys(&w.topic))
+        {
+            return Err(reason::NOT_AUTHORIZED);
+        }
         return Ok(None);
     };
     let mut acl = ClientAcl::new(

@@ -53,13 +53,17 @@ impl Client {
             self.acknowledge_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
             return Ok(());
         }
-        if let Some(acl) = self.acl.as_mut() {
-            if !acl.may_write(&topic) {
-                debug!(client = %self.session.client_id, %topic, "PUBLISH not authorized");
-                self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
-                self.acknowledge_publish(&p, reason::NOT_AUTHORIZED);
-                return Ok(());
-            }
+        // Without an ACL file everything is writable but the broker's own `$SYS/` topics; with
+        // one, only a rule naming `$SYS` grants them (wildcards never reach `$` topics).
+        let may_write = match self.acl.as_mut() {
+            Some(acl) => acl.may_write(&topic),
+            None => !topic::is_sys(&topic),
+        };
+        if !may_write {
+            debug!(client = %self.session.client_id, %topic, "PUBLISH not authorized");
+            self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
+            self.acknowledge_publish(&p, reason::NOT_AUTHORIZED);
+            return Ok(());
         }
         let route = match p.qos {
             QoS::ExactlyOnce => match self
