@@ -42,6 +42,27 @@ PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
 PORT_STEP = [0]
 
 
+def gateway_config(port):
+    """The gateway's configuration under test (also used by bench/per_message.sh)."""
+    return f"""# written by bench/harness.py
+[mqtt]
+listen = "127.0.0.1:{port}"
+max_queued_messages = 100000
+max_inflight = 65535
+[http]
+listen = "off"
+[sys]
+interval = 0
+[log]
+level = "error"
+[limits]
+# The gateway paces connects (2,000/s) and caps handshakes by default; peers do neither.
+connect_rate = 0
+max_handshakes = 0
+max_subscriptions_per_client = 0
+"""
+
+
 CHILDREN = []  # Popen objects this harness started, killed by PID on exit
 
 
@@ -91,23 +112,7 @@ class Broker:
     def command(self):
         d, port = self.dir, self.port
         if self.kind == "gateway":
-            conf = f"""# written by bench/harness.py
-[mqtt]
-listen = "127.0.0.1:{port}"
-max_queued_messages = 100000
-max_inflight = 65535
-[http]
-listen = "off"
-[sys]
-interval = 0
-[log]
-level = "error"
-[limits]
-# The gateway paces connects (2,000/s) and caps handshakes by default; peers do neither.
-connect_rate = 0
-max_handshakes = 0
-max_subscriptions_per_client = 0
-"""
+            conf = gateway_config(port)
             cmd = [GATEWAYS[self.name], "--config", f"{d}/gateway.toml"]
             path = f"{d}/gateway.toml"
         elif self.name == "mosquitto":

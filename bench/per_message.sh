@@ -7,7 +7,8 @@
 #   bench/per_message.sh instructions BIN [QOS]   # callgrind instructions per message (apt: valgrind)
 #   bench/per_message.sh calls BIN [QOS]          # malloc calls and system calls per message (perf, root)
 #
-# Load: 100 publishers of 64-byte messages to one wildcard subscriber (device-sim, release build),
+# The gateway runs on the harness's configuration (bench/harness.py gateway_config). Load: 100
+# publishers of 64-byte messages to one wildcard subscriber (device-sim, release build),
 # every 100 ms for 8 s (instructions: the gateway runs ~50x slower under valgrind) or every 10 ms
 # for 6 s (calls). The whole process is counted, start-up included. Stops everything it started.
 set -euo pipefail
@@ -25,21 +26,8 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-cat > "$dir/gw.toml" <<T
-[mqtt]
-listen = "127.0.0.1:$port"
-max_queued_messages = 100000
-max_inflight = 65535
-[limits]
-connect_rate = 0
-max_handshakes = 0
-[http]
-listen = "off"
-[sys]
-interval = 0
-[log]
-level = "error"
-T
+python3 -c "import sys; sys.path.insert(0, 'bench'); import harness; print(harness.gateway_config($port))" \
+    > "$dir/gw.toml"
 case "$mode" in
     instructions)
         valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/gw.toml" \
