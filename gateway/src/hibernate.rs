@@ -23,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
@@ -67,8 +68,8 @@ struct Slots {
 /// The sleepers are held as trait objects, so that whoever holds the parker (the broker's
 /// shared context) need not name the session type that sleeps in it.
 pub(crate) struct Parker {
-    /// This parker's place in `PARKERS`, carried by its wakers.
-    index: u16,
+    /// This parker's place in `PARKERS`, carried by its wakers; set once, before any park.
+    index: AtomicU16,
     epoll: AsyncFd<OwnedFd>,
     slots: Mutex<Slots>,
     /// Tokens whose wakers fired, for the parker's task to resume.
@@ -102,26 +103,26 @@ impl Parker {
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: the `OwnedFd` is a valid descriptor, closed only when the `AsyncFd` drops it.
         let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE)? };
-        let mut index = Err(io::Error::other("more than 65,536 live parkers"));
-        let parker = Arc::new_cyclic(|me: &Weak<Parker>| {
-            let me: Weak<dyn Wakeups> = me.clone();
-            index = enlist(me);
-            Parker {
-                index: *index.as_ref().unwrap_or(&0),
-                epoll,
-                slots: Mutex::new(Slots {
-                    slots: Vec::new(),
-                    generations: Vec::new(),
-                    free: Vec::new(),
-                    timers: BinaryHeap::new(),
-                    sleeping: 0,
-                }),
-                woken: Mutex::new(Vec::new()),
-                notify: Notify::new(),
-                epoch: Instant::now(),
-            }
+        let parker = Arc::new(Parker {
+            index: AtomicU16::new(0),
+            epoll,
+            slots: Mutex::new(Slots {
+                slots: Vec::new(),
+                generations: Vec::new(),
+                free: Vec::new(),
+                timers: BinaryHeap::new(),
+                sleeping: 0,
+            }),
+            woken: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            epoch: Instant::now(),
         });
-        index.map(|_| parker)
+        // Enlisted only once it is alive: an entry whose parker is still being built would look
+        // dead, and a parker built at the same time on another thread would take its index.
+        let me: Weak<Parker> = Arc::downgrade(&parker);
+        let index = enlist(me)?;
+        parker.index.store(index, Ordering::Relaxed);
+        Ok(parker)
     }
 
     /// How many sleepers hibernate now.
@@ -356,7 +357,7 @@ const _: () = assert!(usize::BITS == 64);
 
 impl Parker {
     fn waker(&self, token: u64) -> Waker {
-        let data = (u64::from(self.index) << 48) | token;
+        let data = (u64::from(self.index.load(Ordering::Relaxed)) << 48) | token;
         // SAFETY: the data is a plain integer, never dereferenced; the vtable's functions
         // uphold the `RawWaker` contract for it (cloning copies it, dropping does nothing).
         unsafe { Waker::from_raw(RawWaker::new(data as usize as *const (), &WAKER)) }
@@ -548,6 +549,39 @@ mod tests {
             timers <= 64 + 2,
             "{timers} timer entries for at most one sleeper"
         );
+    }
+
+    /// Brokers started side by side in one process (every integration test) each get their
+    /// own parker: one whose wakers reached another's queue would lose every wake-up it sent.
+    #[test]
+    fn parkers_created_at_once_never_share_an_index() {
+        let threads = 8;
+        for _ in 0..50 {
+            let start = Arc::new(std::sync::Barrier::new(threads));
+            let made: Vec<_> = (0..threads)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_io()
+                            .build()
+                            .expect("runtime");
+                        let _in = rt.enter();
+                        start.wait();
+                        let parker = Parker::new().expect("epoll");
+                        let index = parker.index.load(Ordering::Relaxed);
+                        (rt, parker, index)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect();
+            let mut indices: Vec<u16> = made.iter().map(|(_, _, i)| *i).collect();
+            indices.sort_unstable();
+            indices.dedup();
+            assert_eq!(indices.len(), threads, "live parkers share an index");
+        }
     }
 
     #[tokio::test]
