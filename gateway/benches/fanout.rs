@@ -48,7 +48,13 @@ fn fanout(c: &mut Criterion) {
     let mut drain = |sessions: &[Arc<Session>]| {
         for s in sessions {
             out.clear();
-            s.take_ready(gateway::clock::unix_millis(), usize::MAX, 64, &mut out);
+            s.take_ready(
+                gateway::clock::unix_millis(),
+                usize::MAX,
+                64,
+                &mut out,
+                &mut Vec::new(),
+            );
             // Acknowledge QoS 1 copies so the inflight tables stay empty.
             for o in &out {
                 if o.packet_id != 0 {

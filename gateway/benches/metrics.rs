@@ -72,7 +72,7 @@ impl Bench {
         }
         for s in &self.sessions {
             out.clear();
-            s.take_ready(gateway::clock::unix_millis(), 32, 256, out);
+            s.take_ready(gateway::clock::unix_millis(), 32, 256, out, &mut Vec::new());
             let mut batch = SentBatch::default();
             for o in out.iter() {
                 batch.add(o.delivery.qos as usize, Some(o.delivery.msg.read_at));

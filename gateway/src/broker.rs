@@ -26,6 +26,7 @@ use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::session::{Kick, QueueLimits};
+use crate::store::DiskStore;
 use crate::task::Background;
 use crate::{http, limits, listener, sys};
 
@@ -67,12 +68,13 @@ impl Broker {
             max_queued: config.mqtt.max_queued_messages,
             queue_qos0_offline: config.mqtt.queue_qos0_offline,
         };
-        let router = Arc::new(Router::new(
+        let mut router = Router::new(
             limits,
             config.mqtt.retained_max,
             config.mqtt.max_topic_levels,
             metrics.clone(),
-        ));
+        );
+
         // Certificates before any socket: a bad file is a configuration error (exit 2 in `main`).
         let endpoints = config
             .listeners
@@ -80,6 +82,11 @@ impl Broker {
             .enumerate()
             .map(|(index, l)| Endpoint::load(index, l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        if config.storage.enabled {
+            // Before any socket: an unreadable store stops the gateway (exit 2 in `main`).
+            router = router.with_store(Arc::new(DiskStore::open(&config.storage)?));
+        }
+        let router = Arc::new(router);
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;
@@ -94,7 +101,7 @@ impl Broker {
         }
 
         let registry = Arc::new(Registry::new());
-        let restored = router.store.load();
+        let restored = router.store.load()?;
         registry.restore(restored, &router);
         let ctx = Arc::new(Context {
             policy: Policy::new(&config),

@@ -60,3 +60,4 @@ mod ws;
 pub use broker::Broker;
 pub use config::Config;
 pub use context::Context;
+pub use store::{check_store, export_store, StoreError, StoreSummary};

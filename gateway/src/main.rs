@@ -4,7 +4,8 @@
 //! Everything about MQTT lives in the library; this file only owns process concerns: exit codes
 //! (2 for any configuration mistake, so supervisors can tell "fix the config" from a crash),
 //! the allocator, the log filter and signal handling (SIGHUP reloads the password and ACL files),
-//! and the `gateway passwd FILE USER` subcommand that writes password file entries.
+//! the `gateway passwd FILE USER` subcommand that writes password file entries, and
+//! `gateway store check|export DIR` for the store.
 
 use std::io::IsTerminal as _;
 use std::num::NonZeroUsize;
@@ -49,6 +50,19 @@ enum Command {
     /// Add or replace USER's entry (argon2id) in the password FILE (created with mode 0600).
     /// Prompts twice on a terminal; otherwise reads one line from stdin.
     Passwd { file: PathBuf, user: String },
+    /// Inspect the store in DIR (`[storage] dir`) while no gateway uses it.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum StoreAction {
+    /// Check that the store is sound and say what it holds: exit 0 when sound, 2 when not.
+    Check { dir: PathBuf },
+    /// Write everything in the store to stdout as JSON lines (payloads in base64).
+    Export { dir: PathBuf },
 }
 
 impl Cli {
@@ -77,8 +91,10 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Passwd { file, user }) = &cli.command {
-        return passwd(file, user);
+    match &cli.command {
+        Some(Command::Passwd { file, user }) => return passwd(file, user),
+        Some(Command::Store { action }) => return store(action),
+        None => {}
     }
     let config = match cli.config() {
         Ok(config) => config,
@@ -93,17 +109,43 @@ fn main() -> ExitCode {
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        // A bad password or ACL file is found while starting, but is a configuration mistake.
-        Err(e) => match e.downcast_ref::<gateway::config::ConfigError>() {
-            Some(config) => {
+        // A bad password or ACL file is found while starting, but is a configuration mistake;
+        // so is a store that cannot be read: it is never reset behind the operator's back.
+        Err(e) => {
+            if let Some(config) = e.downcast_ref::<gateway::config::ConfigError>() {
                 eprintln!("{config}");
                 ExitCode::from(EXIT_CONFIG)
-            }
-            None => {
+            } else if let Some(store) = e.downcast_ref::<gateway::StoreError>() {
+                eprintln!("{store}");
+                ExitCode::from(EXIT_CONFIG)
+            } else {
                 eprintln!("gateway: {e:#}");
                 ExitCode::FAILURE
             }
-        },
+        }
+    }
+}
+
+/// `gateway store check DIR` and `gateway store export DIR`.
+fn store(action: &StoreAction) -> ExitCode {
+    let outcome = match action {
+        StoreAction::Check { dir } => gateway::check_store(dir).map(|s| {
+            println!(
+                "store {} is sound: {} sessions, {} messages, {} retained",
+                dir.display(),
+                s.sessions,
+                s.messages,
+                s.retained
+            );
+        }),
+        StoreAction::Export { dir } => gateway::export_store(dir, &mut std::io::stdout().lock()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -103,6 +103,29 @@ impl Message {
         }
     }
 
+    /// A message read back from the store: its expiry as it was stored (wall clock), taken in
+    /// now. Its origin is a session of an earlier run, which no session of this one matches.
+    pub(crate) fn restored(
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<Box<ForwardedProperties>>,
+        expires_at: Option<UnixMillis>,
+    ) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            origin: Origin::MAX,
+            properties,
+            expires_at,
+            read_at: Instant::now(),
+            heads: Default::default(),
+        }
+    }
+
     pub fn is_expired(&self, now: UnixMillis) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
     }

@@ -24,7 +24,7 @@ use crate::clock::{unix_millis, UnixMillis};
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
-use crate::store::{Restored, SessionRecord};
+use crate::store::Restored;
 use crate::timers::Timers;
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
@@ -152,8 +152,12 @@ impl Registry {
             session.take_kick();
             let generation = session.begin_generation();
             if clean_start {
+                let stored = session.is_persistent();
                 let old = session.reset();
                 router.unsubscribe_all(&session, &old);
+                if stored {
+                    router.store.session_removed(&session.client_id);
+                }
             }
             return Attached {
                 present: existed && !clean_start,
@@ -183,9 +187,12 @@ impl Registry {
         self.sessions
             .remove_if(&session.client_id[..], |s, _| Arc::ptr_eq(&s.0, session));
         session.mark_discarded();
+        let stored = session.is_persistent();
         let subs = session.reset();
         router.unsubscribe_all(session, &subs);
-        router.store.session_removed(&session.client_id);
+        if stored {
+            router.store.session_removed(&session.client_id);
+        }
     }
 
     /// The connection that owned `session` is gone: publishes or schedules its will, and ends
@@ -223,14 +230,7 @@ impl Registry {
         }
         // u32::MAX is "never expires" (v5), and the 3.1.1 persistent session's expiry.
         let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
-        router.store.session_saved(&SessionRecord {
-            client_id: session.client_id.clone(),
-            expiry_interval: expiry,
-            expires_at,
-            subscriptions: session.subscriptions(),
-            pending: session.pending(),
-            will: pending_will,
-        });
+        router.save_session(session, expires_at, pending_will);
         if let Some(due) = expires_at {
             self.schedule(due, session, generation, Due::Expiry);
         }
@@ -255,10 +255,12 @@ impl Registry {
     /// offline and routable at once (its subscriptions in the index, its queue and packet ids as
     /// they were: the inflight ones go out again with DUP when its client is back), its
     /// expiry and pending will due when they were; a session that expired while the broker was
-    /// down ends now, and its will goes out.
+    /// down ends now, and its will goes out. A session whose connection was open when the
+    /// broker went down lost it then: its expiry counts from now.
     pub(crate) fn restore(&self, restored: Restored, router: &Router) {
         let now = unix_millis();
-        for record in restored.sessions {
+        for stored in restored.sessions {
+            let record = stored.record;
             if record.expires_at.is_some_and(|at| at <= now) {
                 if let Some((will, _)) = record.will {
                     router.publish(will);
@@ -274,17 +276,16 @@ impl Registry {
                     tracing::warn!(client = %record.client_id, filter = %sub.filter, "stored subscription not restored: {e}");
                 }
             }
-            session.restore_pending(record.pending);
+            session.restore_pending(stored.pending);
             if let Some((will, due)) = record.will {
                 self.schedule(due, &session, generation, Due::Will(will));
             }
-            if let Some(due) = record.expires_at {
+            let expires_at = record.expires_at.or_else(|| {
+                (record.expiry_interval != u32::MAX)
+                    .then(|| now + u64::from(record.expiry_interval) * 1000)
+            });
+            if let Some(due) = expires_at {
                 self.schedule(due, &session, generation, Due::Expiry);
-            }
-        }
-        for (client_id, delivery) in restored.queued {
-            if let Some(session) = self.get(&client_id) {
-                router.requeue(&session, delivery);
             }
         }
         router.restore_retained(restored.retained);

@@ -7,9 +7,11 @@
 //! never blocks on a slow receiver: a full queue drops and counts.
 //!
 //! It also holds the two seams the sessions never see: the `Store` is told of retained writes
-//! and of QoS 1/2 messages queued for persistent sessions,
-//! and the `Cluster` gets every locally published message after local delivery (a single node's
-//! `Standalone` drops it) and is asked for a client id before a session attaches (`registry`).
+//! and of QoS 1/2 messages queued for persistent sessions (`route` returns the store's mark that
+//! the publisher's acknowledgement waits for), and of how their flows go (`sent`, `settled`,
+//! `incoming_qos2`); the `Cluster` gets every locally published message after local delivery (a
+//! single node's `Standalone` drops it) and is asked for a client id before a session attaches
+//! (`registry`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,8 +24,10 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::RetainStore;
-use crate::session::{Delivery, Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord};
-use crate::store::{MemoryStore, Store};
+use crate::session::{
+    Delivery, Enqueued, QueueLimits, Session, SessionId, Stage, SubscriptionRecord,
+};
+use crate::store::{Mark, MemoryStore, SessionRecord, Store};
 use crate::topic::{self, TopicError};
 use crate::topic_index::TopicIndex;
 
@@ -47,6 +51,15 @@ pub struct Router {
     pub overloaded: AtomicBool,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cluster: Arc<dyn Cluster>,
+}
+
+/// Where a published message went.
+pub(crate) struct Routed {
+    /// How many sessions it was queued for.
+    pub(crate) delivered: usize,
+    /// What the publisher's PUBACK / PUBREC waits for: the store's mark of the last record made
+    /// for it (0: nothing stored).
+    pub(crate) stored: Mark,
 }
 
 /// The outcome of a subscribe, for SUBACK and retained handling.
@@ -74,8 +87,7 @@ impl Router {
         }
     }
 
-    /// The router with another store in place of the in-memory one (the seam's own tests).
-    #[cfg(test)]
+    /// The router with another store in place of the in-memory one.
     pub(crate) fn with_store(mut self, store: Arc<dyn Store>) -> Router {
         self.store = store;
         self
@@ -95,8 +107,14 @@ impl Router {
     /// Stores or clears the retained copy (when flagged) and hands a delivery to every receiver.
     /// Returns how many sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.route(msg).delivered
+    }
+
+    /// `publish`, also telling what the publisher's acknowledgement must wait for.
+    pub(crate) fn route(&self, msg: Arc<Message>) -> Routed {
+        let mut stored = 0;
         if msg.retain {
-            self.retain(&msg);
+            stored = self.retain(&msg);
         }
         let matches = self.index.matches(&msg.topic);
         let mut delivered = 0;
@@ -107,6 +125,7 @@ impl Router {
                 qos: QoS::AtMostOnce,
                 retain: false,
                 subscription_ids: Vec::new(),
+                seq: 0,
             };
             let mut wanted = false;
             let mut sub = Some(first);
@@ -123,7 +142,9 @@ impl Router {
             }
             if wanted {
                 d.qos = d.qos.min(msg.qos);
-                delivered += self.offer(&first.session, d);
+                let (n, mark) = self.offer(&first.session, d);
+                delivered += n;
+                stored = stored.max(mark);
             }
         }
         for group in &matches.shared {
@@ -133,8 +154,11 @@ impl Router {
                     qos: member.options.qos.min(msg.qos),
                     retain: member.options.retain_as_published && msg.retain,
                     subscription_ids: member.id.into_iter().collect(),
+                    seq: 0,
                 };
-                delivered += self.offer(&member.session, d);
+                let (n, mark) = self.offer(&member.session, d);
+                delivered += n;
+                stored = stored.max(mark);
             }
         }
         // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
@@ -146,24 +170,21 @@ impl Router {
             // The node's own status messages stay on the node.
             self.cluster.forward(&msg);
         }
-        delivered
+        Routed { delivered, stored }
     }
 
-    fn offer(&self, session: &Session, d: Delivery) -> usize {
+    /// Queues `d` for `session` (and the store, for a persistent one); returns whether it was
+    /// queued and the store's mark.
+    fn offer(&self, session: &Session, d: Delivery) -> (usize, Mark) {
         let qos0 = d.qos == QoS::AtMostOnce;
         if qos0 && self.overloaded.load(Ordering::Relaxed) {
             self.metrics.dropped(DropReason::MemoryShed, 1);
-            return 0;
+            return (0, 0);
         }
-        // Recorded only once queued, so the copy is made only for what a restart must keep.
-        let stored = (!qos0 && session.is_persistent()).then(|| d.clone());
-        match session.enqueue(d, self.limits) {
-            Enqueued::Queued => {
-                if let Some(d) = stored {
-                    self.store.queued(&session.client_id, &d);
-                }
-                1
-            }
+        let client_id = &session.client_id;
+        let (queued, mark) = session.enqueue(d, self.limits, |d| self.store.queued(client_id, d));
+        match queued {
+            Enqueued::Queued => (1, mark),
             Enqueued::QueueFull => {
                 // A full queue of a connected session means its client reads too slowly; losing
                 // QoS 0 there is expected MQTT behaviour and is told apart from QoS 1/2 losses.
@@ -173,31 +194,70 @@ impl Router {
                     DropReason::QueueFull
                 };
                 self.metrics.dropped(reason, 1);
-                0
+                (0, 0)
             }
             Enqueued::OfflineQos0 => {
                 self.metrics.dropped(DropReason::OfflineQos0, 1);
-                0
+                (0, 0)
             }
         }
     }
 
-    fn retain(&self, msg: &Arc<Message>) {
+    /// The broker's own retained status messages (`$SYS`, origin 0) are published afresh after
+    /// a restart: only clients' retained messages are stored.
+    fn retain(&self, msg: &Arc<Message>) -> Mark {
+        let stored = msg.origin != 0;
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
-            self.store.retained(&msg.topic, None);
+            if stored {
+                return self.store.retained(&msg.topic, None);
+            }
         } else if self.retained.set(&msg.topic, msg.clone()).is_err() {
             self.metrics.dropped(DropReason::RetainedFull, 1);
-        } else {
-            self.store.retained(&msg.topic, Some(msg));
+        } else if stored {
+            return self.store.retained(&msg.topic, Some(msg));
+        }
+        0
+    }
+
+    /// A persistent session's subscriptions, expiry or will changed: the store keeps the new
+    /// record. `expires_at` and `will` are those of a session waiting offline.
+    pub(crate) fn save_session(
+        &self,
+        session: &Session,
+        expires_at: Option<crate::clock::UnixMillis>,
+        will: Option<(Arc<Message>, crate::clock::UnixMillis)>,
+    ) -> Mark {
+        self.store.session_saved(&SessionRecord {
+            client_id: session.client_id.clone(),
+            expiry_interval: session.expiry_interval(),
+            expires_at,
+            subscriptions: session.subscriptions(),
+            will,
+        })
+    }
+
+    /// A stored message went out with `packet_id` and now waits for `stage`.
+    pub(crate) fn sent(&self, session: &Session, seq: u64, packet_id: u16, stage: Stage) {
+        if seq != 0 {
+            self.store.sent(&session.client_id, seq, packet_id, stage);
         }
     }
 
-    /// A stored message back into its session's queue at start (already stored: not recorded
-    /// again); what the queue bound refuses is counted as any drop.
-    pub(crate) fn requeue(&self, session: &Session, d: Delivery) {
-        if session.enqueue(d, self.limits) == Enqueued::QueueFull {
-            self.metrics.dropped(DropReason::QueueFull, 1);
+    /// A stored message's flow ended (acknowledged, refused or expired).
+    pub(crate) fn settled(&self, session: &Session, seq: u64) {
+        if seq != 0 {
+            self.store.settled(&session.client_id, seq);
+        }
+    }
+
+    /// An inbound QoS 2 packet id of a persistent session held until PUBREL, or released.
+    pub(crate) fn incoming_qos2(&self, session: &Session, packet_id: u16, held: bool) -> Mark {
+        if session.is_persistent() {
+            self.store
+                .incoming_qos2(&session.client_id, packet_id, held)
+        } else {
+            0
         }
     }
 
@@ -293,6 +353,7 @@ impl Router {
                 qos: options.qos.min(msg.qos),
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
+                seq: 0,
                 msg,
             })
             .collect()

@@ -31,6 +31,9 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 subscription identifiers of every matching subscription; empty for most deliveries.
     pub subscription_ids: Vec<u32>,
+    /// Its place among the messages stored for a persistent session (from 1, in queue order):
+    /// how the store names it when it is sent and settled. 0: not stored.
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +125,8 @@ struct State {
     incoming_qos2: Vec<u16>,
     subscriptions: Vec<SubscriptionRecord>,
     next_packet_id: u16,
+    /// The `seq` of the last delivery stored for this session.
+    last_seq: u64,
     /// Packet id allocations so far (wrapping).
     allocations: u32,
     expiry_interval: u32,
@@ -267,7 +272,7 @@ impl Session {
         }
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.signalled.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -292,20 +297,36 @@ impl Session {
         }
     }
 
-    /// Offers a delivery: queued up to the bound, otherwise dropped and reported.
-    pub fn enqueue(&self, d: Delivery, limits: QueueLimits) -> Enqueued {
+    /// Offers a delivery: queued up to the bound, otherwise dropped and reported. A QoS 1/2
+    /// delivery to a persistent session gets its `seq` and is handed to `store` while the queue
+    /// is locked, so the store sees a session's messages in queue order and each before anything
+    /// can acknowledge it; what `store` returns (the store's mark) comes back with the outcome.
+    pub fn enqueue(
+        &self,
+        mut d: Delivery,
+        limits: QueueLimits,
+        store: impl FnOnce(&Delivery) -> u64,
+    ) -> (Enqueued, u64) {
         if d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline && !self.is_online() {
-            return Enqueued::OfflineQos0;
+            return (Enqueued::OfflineQos0, 0);
         }
-        {
+        let mark = {
             let mut st = self.state.lock();
             if st.queue.len() >= limits.max_queued {
-                return Enqueued::QueueFull;
+                return (Enqueued::QueueFull, 0);
             }
+            let mark = if d.qos != QoS::AtMostOnce && self.is_persistent() {
+                st.last_seq += 1;
+                d.seq = st.last_seq;
+                store(&d)
+            } else {
+                0
+            };
             st.queue.push_back(d);
-        }
+            mark
+        };
         self.wake();
-        Enqueued::Queued
+        (Enqueued::Queued, mark)
     }
 
     /// Queues retained messages found for a new subscription; they are sent in slices behind the
@@ -324,13 +345,14 @@ impl Session {
 
     /// Moves up to `max` items that may be sent now into `out`: QoS 0 freely, QoS 1/2 while the
     /// inflight window has room (they enter inflight with a fresh packet id). Expired messages are
-    /// dropped and their number returned.
+    /// dropped and their number returned; the `seq`s of stored ones among them go to `settled`.
     pub fn take_ready(
         &self,
         now: UnixMillis,
         window: usize,
         max: usize,
         out: &mut Vec<Outgoing>,
+        settled: &mut Vec<u64>,
     ) -> usize {
         let mut st = self.state.lock();
         let mut expired = 0;
@@ -355,6 +377,9 @@ impl Session {
             let Some(d) = d else { break };
             if d.msg.is_expired(now) {
                 expired += 1;
+                if d.seq != 0 {
+                    settled.push(d.seq);
+                }
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -399,17 +424,15 @@ impl Session {
         }
     }
 
-    /// Applies a PUBACK, PUBREC or PUBCOMP. Returns false when no message with that id was waiting
-    /// for that acknowledgement.
-    pub fn acknowledge(&self, packet_id: u16, ack: Stage) -> bool {
+    /// Applies a PUBACK, PUBREC or PUBCOMP. Returns the delivery's `seq` (0 when not stored), or
+    /// None when no message with that id was waiting for that acknowledgement.
+    pub fn acknowledge(&self, packet_id: u16, ack: Stage) -> Option<u64> {
         let mut st = self.state.lock();
-        let Some(pos) = st
+        let pos = st
             .inflight
             .iter()
-            .position(|i| i.packet_id == packet_id && i.stage == ack)
-        else {
-            return false;
-        };
+            .position(|i| i.packet_id == packet_id && i.stage == ack)?;
+        let seq = st.inflight[pos].delivery.seq;
         match ack {
             Stage::PubRec => st.inflight[pos].stage = Stage::PubComp,
             Stage::PubAck | Stage::PubComp => {
@@ -419,20 +442,18 @@ impl Session {
                 self.wake();
             }
         }
-        true
+        Some(seq)
     }
 
-    /// A PUBREC with a failure reason ends the QoS 2 flow for that id.
-    pub fn abandon(&self, packet_id: u16) -> bool {
+    /// A PUBREC with a failure reason ends the QoS 2 flow for that id; returns the delivery's
+    /// `seq` (0 when not stored), None when the id was not in flight.
+    pub fn abandon(&self, packet_id: u16) -> Option<u64> {
         let mut st = self.state.lock();
-        let before = st.inflight.len();
-        st.inflight.retain(|i| i.packet_id != packet_id);
-        let found = st.inflight.len() != before;
+        let pos = st.inflight.iter().position(|i| i.packet_id == packet_id)?;
+        let seq = st.inflight.remove(pos).map_or(0, |i| i.delivery.seq);
         drop(st);
-        if found {
-            self.wake();
-        }
-        found
+        self.wake();
+        Some(seq)
     }
 
     /// Records an inbound QoS 2 packet id.
@@ -520,6 +541,11 @@ impl Session {
     /// publisher can reach it. Packet ids continue after the highest one in flight.
     pub fn restore_pending(&self, pending: Pending) {
         let mut st = self.state.lock();
+        let stored = pending
+            .queue
+            .iter()
+            .chain(pending.inflight.iter().map(|(_, _, d)| d));
+        st.last_seq = stored.map(|d| d.seq).fold(st.last_seq, u64::max);
         st.queue.extend(pending.queue);
         if let Some(highest) = pending.inflight.iter().map(|(id, _, _)| *id).max() {
             st.next_packet_id = highest.checked_add(1).unwrap_or(1);
@@ -552,6 +578,8 @@ impl Session {
         *st = State {
             next_packet_id: 1,
             generation,
+            // Never reused: the store may still hold the previous run's changes to a seq.
+            last_seq: st.last_seq,
             ..State::default()
         };
         subs
@@ -646,6 +674,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            seq: 0,
         }
     }
 
@@ -659,15 +688,15 @@ mod tests {
         let s = Session::new(1, "c".into());
         s.set_online(true);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS, |_| 0).0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS, |_| 0).0,
             Enqueued::Queued
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS),
+            s.enqueue(delivery(QoS::AtLeastOnce), LIMITS, |_| 0).0,
             Enqueued::QueueFull
         );
         assert_eq!(s.queue_len(), 2);
@@ -677,14 +706,17 @@ mod tests {
     fn offline_qos0_is_not_queued_unless_configured() {
         let s = Session::new(1, "c".into());
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), LIMITS),
+            s.enqueue(delivery(QoS::AtMostOnce), LIMITS, |_| 0).0,
             Enqueued::OfflineQos0
         );
         let keep = QueueLimits {
             queue_qos0_offline: true,
             ..LIMITS
         };
-        assert_eq!(s.enqueue(delivery(QoS::AtMostOnce), keep), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), keep, |_| 0).0,
+            Enqueued::Queued
+        );
     }
 
     #[test]
@@ -696,16 +728,16 @@ mod tests {
             queue_qos0_offline: false,
         };
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), limits);
+            s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0);
         }
         let mut out = Vec::new();
-        s.take_ready(unix_millis(), 2, 100, &mut out);
+        s.take_ready(unix_millis(), 2, 100, &mut out, &mut Vec::new());
         assert_eq!(out.len(), 2);
         assert_eq!(s.inflight_len(), 2);
-        assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
-        assert!(!s.acknowledge(out[0].packet_id, Stage::PubAck));
+        assert!(s.acknowledge(out[0].packet_id, Stage::PubAck).is_some());
+        assert!(s.acknowledge(out[0].packet_id, Stage::PubAck).is_none());
         out.clear();
-        s.take_ready(unix_millis(), 2, 100, &mut out);
+        s.take_ready(unix_millis(), 2, 100, &mut out, &mut Vec::new());
         assert_eq!(out.len(), 1);
         let mut resend = Vec::new();
         s.inflight_for_resend(&mut resend);
@@ -722,38 +754,38 @@ mod tests {
             queue_qos0_offline: false,
         };
         let mut out = Vec::new();
-        s.enqueue(delivery(QoS::AtLeastOnce), limits);
-        s.take_ready(unix_millis(), 2, 1, &mut out);
+        s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0);
+        s.take_ready(unix_millis(), 2, 1, &mut out, &mut Vec::new());
         let stuck = out[0].packet_id;
         // 65,534 more deliveries, each acknowledged at once: every other id goes round.
         for _ in 1..u16::MAX {
             out.clear();
-            s.enqueue(delivery(QoS::AtLeastOnce), limits);
-            s.take_ready(unix_millis(), 2, 1, &mut out);
+            s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0);
+            s.take_ready(unix_millis(), 2, 1, &mut out, &mut Vec::new());
             assert_ne!(out[0].packet_id, stuck);
-            assert!(s.acknowledge(out[0].packet_id, Stage::PubAck));
+            assert!(s.acknowledge(out[0].packet_id, Stage::PubAck).is_some());
         }
         out.clear();
-        s.enqueue(delivery(QoS::AtLeastOnce), limits);
-        s.take_ready(unix_millis(), 2, 1, &mut out);
+        s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0);
+        s.take_ready(unix_millis(), 2, 1, &mut out, &mut Vec::new());
         assert_eq!(out[0].packet_id, stuck.wrapping_add(1));
         assert_eq!(s.inflight_len(), 2);
-        assert!(s.acknowledge(stuck, Stage::PubAck));
+        assert!(s.acknowledge(stuck, Stage::PubAck).is_some());
     }
 
     #[test]
     fn qos2_flow_moves_to_pubcomp_then_completes() {
         let s = Session::new(1, "c".into());
         s.set_online(true);
-        s.enqueue(delivery(QoS::ExactlyOnce), LIMITS);
+        s.enqueue(delivery(QoS::ExactlyOnce), LIMITS, |_| 0);
         let mut out = Vec::new();
-        s.take_ready(unix_millis(), 5, 5, &mut out);
+        s.take_ready(unix_millis(), 5, 5, &mut out, &mut Vec::new());
         let id = out[0].packet_id;
-        assert!(s.acknowledge(id, Stage::PubRec));
+        assert!(s.acknowledge(id, Stage::PubRec).is_some());
         let mut resend = Vec::new();
         s.inflight_for_resend(&mut resend);
         assert!(resend[0].pubrel);
-        assert!(s.acknowledge(id, Stage::PubComp));
+        assert!(s.acknowledge(id, Stage::PubComp).is_some());
         assert_eq!(s.inflight_len(), 0);
     }
 

@@ -2,85 +2,139 @@
 //! which it is kept.
 //!
 //! The live state stays where it is (sessions in `Session`, retained messages in the router's
-//! `RetainStore`); a `Store` is told of every change that a restart must not lose, and hands the
-//! kept state back once at start (`load`), which the registry and the router make live again.
-//! Changes are recorded without waiting, so that a durable store can commit many sessions'
-//! changes per fsync (group commit).
+//! `RetainStore`); a `Store` is told of every change that a restart must not lose, as it happens,
+//! and hands the kept state back once at start (`load`), which the registry and the router make
+//! live again. Changes are recorded without waiting, so that a durable store can commit many
+//! sessions' changes per fsync (group commit); a change that an acknowledgement depends on
+//! returns a `Mark`, and the acknowledgement waits until `is_durable` says the mark is on disk.
 //!
-//! Clean sessions (expiry 0) are never recorded. `MemoryStore`, the default, keeps nothing beyond
-//! the live state: today's behaviour, where a restart starts empty.
+//! Clean sessions (expiry 0) are never recorded. `MemoryStore` keeps nothing beyond the live
+//! state (a restart starts empty); `disk::DiskStore` keeps it in an embedded database.
 //!
-//! A persistent session's whole state (subscriptions, queue, outbound inflight window with its
-//! packet ids, inbound QoS 2 ids) is saved when its connection goes, and what is queued for it
-//! afterwards is appended: a clean restart loses nothing. Still to join this interface, with the
-//! store that keeps them (the durability issue), for a crash while sessions are online: each
-//! change of the inflight window and of the QoS 2 ids as it happens (they enter at the session's
-//! ack paths in `client`, and need a stored message to carry an identity), and a barrier that
-//! PUBACK / PUBREC wait on until what they acknowledge is on disk.
+//! What a persistent session's record holds: its subscriptions, expiry and pending will
+//! (`session_saved`, whenever one of them changes); each QoS 1/2 message queued for it under its
+//! `seq` (`queued`), how far its outbound flow got once sent (`sent`: packet id and stage) and its
+//! end (`settled`: acknowledged, refused or expired); the inbound QoS 2 packet ids awaiting PUBREL
+//! (`incoming_qos2`). Retained messages are kept by topic (`retained`).
 
+pub(crate) mod disk;
+mod inspect;
+mod record;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytestring::ByteString;
 
 use crate::clock::UnixMillis;
 use crate::message::Message;
-use crate::session::{Delivery, Pending, SubscriptionRecord};
+use crate::session::{Pending, Session, Stage, SubscriptionRecord};
 
-/// A persistent session as a restart needs it, saved when its connection goes: its
-/// subscriptions, its pending messages and packet ids (which replace what was stored for it
-/// before), its expiry and its will. Messages queued for it afterwards are recorded apart
-/// (`Store::queued`) and follow `pending.queue`.
+pub(crate) use disk::DiskStore;
+pub use inspect::{check_store, export_store, StoreSummary};
+
+/// A point in a store's sequence of changes: durable once everything recorded up to it is.
+/// 0 is always durable (nothing to wait for).
+pub(crate) type Mark = u64;
+
+/// A persistent session as a restart needs it, besides its messages.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionRecord {
     pub(crate) client_id: Arc<str>,
     pub(crate) expiry_interval: u32,
-    /// When it ends if nobody attaches (wall clock); `None`: never.
+    /// When it ends if nobody attaches (wall clock); `None`: never, or attached now.
     pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) subscriptions: Vec<SubscriptionRecord>,
-    pub(crate) pending: Pending,
     /// A will waiting for its delay, and when it is due.
     pub(crate) will: Option<(Arc<Message>, UnixMillis)>,
+}
+
+/// A stored session with its messages and packet ids, as `load` hands it back.
+#[derive(Debug)]
+pub(crate) struct StoredSession {
+    pub(crate) record: SessionRecord,
+    pub(crate) pending: Pending,
 }
 
 /// What `Store::load` hands back at start.
 #[derive(Default)]
 pub(crate) struct Restored {
-    pub(crate) sessions: Vec<SessionRecord>,
-    /// Messages queued for those sessions since they were saved, in queue order per session.
-    pub(crate) queued: Vec<(Arc<str>, Delivery)>,
+    pub(crate) sessions: Vec<StoredSession>,
     pub(crate) retained: Vec<Arc<Message>>,
 }
 
-pub(crate) trait Store: Send + Sync + 'static {
-    /// The kept state, read once before the listeners open. A store that cannot be read as one
-    /// of ours refuses when it is opened, before this.
-    fn load(&self) -> Restored;
+/// A store that cannot be opened or read: the gateway does not start (exit 2), and says which
+/// file and what is wrong in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: {what}", path.display())]
+    Unreadable { path: PathBuf, what: String },
+}
 
-    /// A persistent session's connection went: the session waits offline, with its
-    /// subscriptions, its expiry deadline and its pending will.
-    fn session_saved(&self, session: &SessionRecord);
-    /// A session ended: it, its messages and its packet ids are gone.
+pub(crate) trait Store: Send + Sync + 'static {
+    /// The kept state, read once before the listeners open.
+    fn load(&self) -> Result<Restored, StoreError>;
+
+    /// A persistent session was created or its subscriptions, expiry or will changed.
+    fn session_saved(&self, session: &SessionRecord) -> Mark;
+    /// A session ended, or started clean: it, its messages and its packet ids are gone.
     fn session_removed(&self, client_id: &str);
 
-    /// A QoS 1/2 message was queued for a persistent session.
-    fn queued(&self, client_id: &str, delivery: &Delivery);
+    /// A QoS 1/2 message was queued for a persistent session under `delivery.seq`. Called while
+    /// the session's queue is locked (see `Session::enqueue`).
+    fn queued(&self, client_id: &Arc<str>, delivery: &crate::session::Delivery) -> Mark;
+    /// A stored message was sent with `packet_id` and now waits for `stage` (or, PUBREL sent,
+    /// for PUBCOMP).
+    fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage);
+    /// A stored message's flow ended: acknowledged, refused by the client, or expired.
+    fn settled(&self, client_id: &Arc<str>, seq: u64);
+    /// An inbound QoS 2 packet id is held until PUBREL (`held`), or was released.
+    fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: u16, held: bool) -> Mark;
+
     /// A retained message was set (`Some`) or cleared (`None`) on `topic`.
-    fn retained(&self, topic: &ByteString, message: Option<&Arc<Message>>);
+    fn retained(&self, topic: &ByteString, message: Option<&Arc<Message>>) -> Mark;
+
+    /// Whether everything recorded up to `mark` is durable.
+    fn is_durable(&self, mark: Mark) -> bool;
+    /// Wakes `waiter` once `mark` is durable (at once if it is).
+    fn wake_when_durable(&self, mark: Mark, waiter: &Arc<Session>);
 }
 
 /// Keeps nothing: the live state is all there is, and a restart starts empty.
 pub(crate) struct MemoryStore;
 
 impl Store for MemoryStore {
-    fn load(&self) -> Restored {
-        Restored::default()
+    fn load(&self) -> Result<Restored, StoreError> {
+        Ok(Restored::default())
     }
 
-    fn session_saved(&self, _: &SessionRecord) {}
+    fn session_saved(&self, _: &SessionRecord) -> Mark {
+        0
+    }
 
     fn session_removed(&self, _: &str) {}
 
-    fn queued(&self, _: &str, _: &Delivery) {}
+    fn queued(&self, _: &Arc<str>, _: &crate::session::Delivery) -> Mark {
+        0
+    }
 
-    fn retained(&self, _: &ByteString, _: Option<&Arc<Message>>) {}
+    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
+
+    fn settled(&self, _: &Arc<str>, _: u64) {}
+
+    fn incoming_qos2(&self, _: &Arc<str>, _: u16, _: bool) -> Mark {
+        0
+    }
+
+    fn retained(&self, _: &ByteString, _: Option<&Arc<Message>>) -> Mark {
+        0
+    }
+
+    fn is_durable(&self, _: Mark) -> bool {
+        true
+    }
+
+    fn wake_when_durable(&self, _: Mark, waiter: &Arc<Session>) {
+        waiter.wake();
+    }
 }

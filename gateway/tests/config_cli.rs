@@ -44,6 +44,10 @@ impl Drop for TempConfig {
 
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    // Each run's default store (`data/`) in a directory of its own, never the package's.
+    let cwd = std::env::temp_dir().join(format!("gateway-config-cli-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).expect("working directory");
+    command.current_dir(cwd);
     // RUST_LOG overrides the configured level; an inherited value must not change outcomes.
     command.env_remove("RUST_LOG");
     command

@@ -27,7 +27,7 @@ async fn eventually_status(http: std::net::SocketAddr, path: &str, want: u16) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_503_while_starting_and_draining_and_health_is_200() {
     let broker = Observed::bind(|_| {}).await;
-    let http = broker.http_addr().expect("HTTP on");
+    let http = broker.broker.http_addr().expect("HTTP on");
     assert_eq!(request(http, "GET", "/readyz", None).await.0, 503);
     assert_eq!(request(http, "GET", "/healthz", None).await.0, 200);
     let mut obs = Observed::run(broker);

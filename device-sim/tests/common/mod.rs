@@ -30,16 +30,24 @@ pub const REPORT_KEYS: &[&str] = &[
     "connect_ms",
 ];
 
+// The gateway's own test helper: a store directory per broker, removed on drop.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../../gateway/tests/scratch/mod.rs"]
+pub mod scratch;
+
 pub struct Gateway {
     pub addr: SocketAddr,
     context: Arc<Context>,
     stop: Option<oneshot::Sender<()>>,
+    _data: scratch::Scratch,
 }
 
 impl Gateway {
     /// The gateway in-process on a free port, after `tune` adjusts its defaults.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> Gateway {
         let mut config = Config::default();
+        let data = scratch::Scratch::new("store");
+        config.storage.dir = data.path().to_owned();
         config.mqtt.listen = "127.0.0.1:0".parse().expect("literal address");
         config.http.listen = None;
         tune(&mut config);
@@ -54,6 +62,7 @@ impl Gateway {
             addr,
             context,
             stop: Some(stop),
+            _data: data,
         }
     }
 

@@ -181,6 +181,10 @@ impl Client {
             .await;
         let session = attached.session;
         session.set_expiry_interval(session_expiry);
+        if session.is_persistent() {
+            // Attached: it expires only once its connection goes (then saved with a deadline).
+            ctx.router.save_session(&session, None, None);
+        }
 
         let mut out = BytesMut::new();
         let connack = Packet::ConnAck(ConnAck {
@@ -216,6 +220,7 @@ impl Client {
             }),
             acl,
             quota: None,
+            held: None,
             close: CloseReason::Network,
             publish_will: true,
             conn,

@@ -75,6 +75,9 @@ enum Event {
     Timer,
 }
 
+/// Inbound topic aliases: the topic each alias (from 1) stands for.
+struct AliasesIn(Box<[Option<ByteString>]>);
+
 /// Outbound topic aliases towards a v5 client that accepts them.
 struct AliasesOut {
     map: std::collections::HashMap<ByteString, u16>,
@@ -102,13 +105,16 @@ pub(crate) struct Client {
     /// The client's Maximum Packet Size (a four-byte integer in MQTT); `u32::MAX` when unset.
     client_max_packet: u32,
     will: Option<Box<LastWill>>,
-    aliases_in: Option<Box<[Option<ByteString>]>>,
+    /// A thin pointer to the slots (a boxed slice here would be a 16-byte fat one).
+    aliases_in: Option<Box<AliasesIn>>,
     aliases_out: Option<Box<AliasesOut>>,
     /// Present only when an ACL file is configured: without one, one branch per check.
     acl: Option<Box<ClientAcl>>,
     /// `limits.max_publish_rate` and `max_publish_bytes_rate`: boxed on the first charged PUBLISH,
     /// so without those limits (or without publishing) a session does not carry the buckets.
     quota: Option<Box<PublishQuota>>,
+    /// PUBACK / PUBREC / PUBCOMP waiting until the store holds what they acknowledge.
+    held: Option<Box<publish::HeldAcks>>,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,

@@ -9,7 +9,7 @@ use super::{Client, READ_PAUSE_BYTES};
 use crate::clock::{unix_millis, UnixMillis};
 use crate::codec::{self, reason, Packet, QoS};
 use crate::metrics::{DropReason, SentBatch};
-use crate::session::Outgoing;
+use crate::session::{Outgoing, Stage};
 
 /// Items taken from the session queue per wake-up; bounds the work done before yielding.
 const FILL_BATCH: usize = 256;
@@ -43,15 +43,33 @@ impl Client {
         if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
             return true;
         }
+        self.release_acks();
         let mut ready = READY.with(|r| std::mem::take(&mut *r.borrow_mut()));
         let now = unix_millis();
-        let expired =
-            self.session
-                .take_ready(now, usize::from(self.send_window), FILL_BATCH, &mut ready);
+        let mut settled = Vec::new();
+        let expired = self.session.take_ready(
+            now,
+            usize::from(self.send_window),
+            FILL_BATCH,
+            &mut ready,
+            &mut settled,
+        );
         if expired > 0 {
             self.ctx
                 .metrics
                 .dropped(DropReason::Expired, expired as u64);
+        }
+        let router = &self.ctx.router;
+        for seq in settled {
+            router.settled(&self.session, seq);
+        }
+        for o in ready.iter().filter(|o| o.delivery.seq != 0) {
+            let stage = if o.delivery.qos == QoS::ExactlyOnce {
+                Stage::PubRec
+            } else {
+                Stage::PubAck
+            };
+            router.sent(&self.session, o.delivery.seq, o.packet_id, stage);
         }
         let full = ready.len() >= FILL_BATCH;
         if !ready.is_empty() {

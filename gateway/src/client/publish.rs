@@ -7,12 +7,13 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use tracing::debug;
 
-use super::{Client, Close};
+use super::{AliasesIn, Client, Close};
 use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
 use crate::limits::QuotaExceeded;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded};
 use crate::session::{IncomingQos2, Stage};
+use crate::store::Mark;
 use crate::topic;
 
 impl Client {
@@ -65,19 +66,22 @@ impl Client {
             self.acknowledge_publish(&p, reason::NOT_AUTHORIZED);
             return Ok(());
         }
-        let route = match p.qos {
+        let (route, mut stored) = match p.qos {
             QoS::ExactlyOnce => match self
                 .session
                 .incoming_qos2(p.packet_id, usize::from(policy.receive_maximum))
             {
-                IncomingQos2::New => true,
-                IncomingQos2::Resent => false,
+                IncomingQos2::New => {
+                    let mark = ctx.router.incoming_qos2(&self.session, p.packet_id, true);
+                    (true, mark)
+                }
+                IncomingQos2::Resent => (false, 0),
                 IncomingQos2::ReceiveMaximumExceeded => {
                     return Err(self
                         .violation(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
                 }
             },
-            _ => true,
+            _ => (true, 0),
         };
         if route {
             let msg = Message::new(
@@ -88,9 +92,17 @@ impl Client {
                 self.session.id,
                 ForwardedProperties::from_properties(&p.properties),
             );
-            self.ctx.router.publish(Arc::new(msg));
+            stored = stored.max(ctx.router.route(Arc::new(msg)).stored);
         }
-        self.acknowledge_publish(&p, reason::SUCCESS);
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.acknowledge_when_stored(Packet::PubAck(ack(p.packet_id, 0)), stored);
+            }
+            QoS::ExactlyOnce => {
+                self.acknowledge_when_stored(Packet::PubRec(ack(p.packet_id, 0)), stored);
+            }
+        }
         Ok(())
     }
 
@@ -121,12 +133,14 @@ impl Client {
         })
     }
 
+    /// A refusal (v5 reason code), in order behind any held acknowledgement.
     fn acknowledge_publish(&mut self, p: &Publish, code: u8) {
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack(p.packet_id, code))),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack(p.packet_id, code))),
-        }
+        let packet = match p.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack(p.packet_id, code)),
+            QoS::ExactlyOnce => Packet::PubRec(ack(p.packet_id, code)),
+        };
+        self.acknowledge_when_stored(packet, 0);
     }
 
     /// Applies v5 topic aliases: returns the topic the PUBLISH is for.
@@ -146,10 +160,10 @@ impl Client {
                 "topic alias 0 or above the maximum",
             ));
         }
-        let slots = self
-            .aliases_in
-            .get_or_insert_with(|| vec![None; usize::from(max)].into_boxed_slice());
-        let slot = &mut slots[usize::from(alias - 1)];
+        let slots = self.aliases_in.get_or_insert_with(|| {
+            Box::new(AliasesIn(vec![None; usize::from(max)].into_boxed_slice()))
+        });
+        let slot = &mut slots.0[usize::from(alias - 1)];
         if p.topic.is_empty() {
             match slot {
                 Some(t) => Ok(t.clone()),
@@ -167,44 +181,108 @@ impl Client {
 
     /// PUBACK from the client: the end of a QoS 1 delivery to it.
     pub(super) fn on_puback(&mut self, a: Ack) -> Result<(), Close> {
-        if !self.session.acknowledge(a.packet_id, Stage::PubAck) {
-            debug!(client = %self.session.client_id, id = a.packet_id, "PUBACK for unknown packet id");
+        match self.session.acknowledge(a.packet_id, Stage::PubAck) {
+            Some(seq) => self.ctx.router.settled(&self.session, seq),
+            None => {
+                debug!(client = %self.session.client_id, id = a.packet_id, "PUBACK for unknown packet id");
+            }
         }
         Ok(())
     }
 
     /// PUBREC from the client: a QoS 2 delivery to it received (or refused); answered by PUBREL.
     pub(super) fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+        let router = &self.ctx.router;
         if a.reason >= 0x80 {
-            self.session.abandon(a.packet_id);
+            if let Some(seq) = self.session.abandon(a.packet_id) {
+                router.settled(&self.session, seq);
+            }
             return Ok(());
         }
-        let known = self.session.acknowledge(a.packet_id, Stage::PubRec);
-        let code = if known {
-            reason::SUCCESS
-        } else {
-            reason::PACKET_IDENTIFIER_NOT_FOUND
+        let code = match self.session.acknowledge(a.packet_id, Stage::PubRec) {
+            Some(seq) => {
+                router.sent(&self.session, seq, a.packet_id, Stage::PubComp);
+                reason::SUCCESS
+            }
+            None => reason::PACKET_IDENTIFIER_NOT_FOUND,
         };
         self.send(&Packet::PubRel(ack(a.packet_id, code)));
         Ok(())
     }
 
     /// PUBREL from the client: its QoS 2 PUBLISH released; answered by PUBCOMP.
+    /// The id's release is stored before PUBCOMP: a publisher reuses the id after PUBCOMP,
+    /// and a restart that still held it would take the new message for a resend of the old.
     pub(super) fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
-        let code = if self.session.release_incoming(a.packet_id) {
-            reason::SUCCESS
+        if self.session.release_incoming(a.packet_id) {
+            let mark = self
+                .ctx
+                .router
+                .incoming_qos2(&self.session, a.packet_id, false);
+            self.acknowledge_when_stored(Packet::PubComp(ack(a.packet_id, 0)), mark);
         } else {
-            reason::PACKET_IDENTIFIER_NOT_FOUND
-        };
-        self.send(&Packet::PubComp(ack(a.packet_id, code)));
+            let code = reason::PACKET_IDENTIFIER_NOT_FOUND;
+            self.acknowledge_when_stored(Packet::PubComp(ack(a.packet_id, code)), 0);
+        }
         Ok(())
     }
 
     /// PUBCOMP from the client: the end of a QoS 2 delivery to it.
     pub(super) fn on_pubcomp(&mut self, a: Ack) -> Result<(), Close> {
-        self.session.acknowledge(a.packet_id, Stage::PubComp);
+        if let Some(seq) = self.session.acknowledge(a.packet_id, Stage::PubComp) {
+            self.ctx.router.settled(&self.session, seq);
+        }
         Ok(())
     }
+
+    /// Sends an acknowledgement once the store holds what it acknowledges (`mark`), in the order
+    /// the acknowledged packets came: behind any still held.
+    pub(super) fn acknowledge_when_stored(&mut self, packet: Packet, mark: Mark) {
+        if mark == 0 && self.held.is_none() {
+            self.send(&packet);
+            return;
+        }
+        self.held
+            .get_or_insert_with(Box::default)
+            .acks
+            .push_back((mark, packet));
+        self.release_acks();
+    }
+
+    /// Sends the held acknowledgements whose marks are durable, in order; asks the store to wake
+    /// the session when the first one still held is.
+    pub(super) fn release_acks(&mut self) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let store = &self.ctx.router.store;
+        let mut ready = Vec::new();
+        while let Some(&(mark, _)) = held.acks.front() {
+            if !store.is_durable(mark) {
+                if held.waiting_for < mark {
+                    held.waiting_for = mark;
+                    store.wake_when_durable(mark, &self.session);
+                }
+                break;
+            }
+            ready.extend(held.acks.pop_front().map(|(_, p)| p));
+        }
+        if held.acks.is_empty() {
+            self.held = None;
+        }
+        for packet in &ready {
+            self.send(packet);
+        }
+    }
+}
+
+/// Acknowledgements held until the store has what they acknowledge: boxed and present only
+/// while some are held (a session with no persistent subscriber never has one).
+#[derive(Default)]
+pub(super) struct HeldAcks {
+    acks: std::collections::VecDeque<(Mark, Packet)>,
+    /// The mark the session asked to be woken for.
+    waiting_for: Mark,
 }
 
 pub(super) fn ack(packet_id: u16, code: u8) -> Ack {

@@ -66,11 +66,18 @@ impl Client {
                 }
             }
         }
-        self.send(&Packet::SubAck(SubAck {
+        // A persistent session's SUBACK says the subscription survives a crash.
+        let mark = if self.session.is_persistent() {
+            self.ctx.router.save_session(&self.session, None, None)
+        } else {
+            0
+        };
+        let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
+        });
+        self.acknowledge_when_stored(suback, mark);
         Ok(())
     }
 
@@ -99,10 +106,16 @@ impl Client {
                 }
             })
             .collect();
-        self.send(&Packet::UnsubAck(UnsubAck {
+        let mark = if self.session.is_persistent() {
+            self.ctx.router.save_session(&self.session, None, None)
+        } else {
+            0
+        };
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
+        });
+        self.acknowledge_when_stored(unsuback, mark);
     }
 }

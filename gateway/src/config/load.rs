@@ -7,13 +7,13 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use super::error::{invalid, render, syntax_error, ConfigError};
-use super::settings::{Config, ListenerConfig, ListenerKind};
+use super::settings::{Config, ListenerConfig, ListenerKind, StorageSync};
 use super::validate::{
-    check_admin_token, check_log_level, ADMIN_TOKEN_HINT, CONNECT_BURST, CONNECT_RATE, FD_RESERVE,
-    LEVEL_HINT, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_INFLIGHT, MAX_KEEPALIVE, MAX_PACKET_SIZE,
-    MAX_PUBLISH_BYTES_RATE, MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES, MAX_SUBSCRIPTIONS,
-    MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM, RETAINED_MAX,
-    SESSION_EXPIRY_MAX, SYS_INTERVAL, TOPIC_ALIAS_MAXIMUM,
+    check_admin_token, check_log_level, ADMIN_TOKEN_HINT, COMMIT_DELAY_MS, CONNECT_BURST,
+    CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_INFLIGHT,
+    MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE, MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES,
+    MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM,
+    RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
     boolean, integer, optional_path, optional_socket_addr, seconds, seconds_or_never, socket_addr,
@@ -32,7 +32,7 @@ impl Config {
             }
             if !matches!(
                 section.as_str(),
-                "mqtt" | "http" | "sys" | "log" | "auth" | "limits"
+                "mqtt" | "http" | "sys" | "log" | "auth" | "limits" | "storage"
             ) {
                 return Err(ConfigError::UnknownKey {
                     key: section.clone(),
@@ -144,6 +144,25 @@ impl Config {
             }
             ("limits", "memory_high_water") => {
                 self.limits.memory_high_water = integer(k, value, MEMORY_HIGH_WATER)?;
+            }
+            ("storage", "enabled") => self.storage.enabled = boolean(k, value)?,
+            ("storage", "dir") => {
+                let dir = string(k, value, "expected a directory path")?;
+                if dir.is_empty() {
+                    return Err(invalid(k, value, "expected a directory path, not empty"));
+                }
+                self.storage.dir = dir.into();
+            }
+            ("storage", "commit_delay_ms") => {
+                self.storage.commit_delay_ms = integer(k, value, COMMIT_DELAY_MS)?;
+            }
+            ("storage", "sync") => {
+                const HINT: &str = "expected \"always\" or \"batched\"";
+                self.storage.sync = match string(k, value, HINT)? {
+                    "always" => StorageSync::Always,
+                    "batched" => StorageSync::Batched,
+                    _ => return Err(invalid(k, value, HINT)),
+                };
             }
             ("auth", "allow_anonymous") => self.auth.allow_anonymous = boolean(k, value)?,
             ("auth", "password_file") => self.auth.password_file = optional_path(k, value)?,

@@ -24,5 +24,5 @@ mod values;
 pub use error::ConfigError;
 pub use settings::{
     AuthConfig, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerKind, LogConfig,
-    MqttConfig, SysConfig,
+    MqttConfig, StorageConfig, StorageSync, SysConfig,
 };

@@ -14,6 +14,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub storage: StorageConfig,
     /// `[[listeners]]`: listeners besides `mqtt.listen`, in file order.
     pub listeners: Vec<ListenerConfig>,
 }
@@ -174,6 +175,51 @@ pub struct LimitsConfig {
     /// Bytes of resident memory above which new connections are refused and QoS 0 is shed; 0
     /// disables the check.
     pub memory_high_water: u64,
+}
+
+/// The `[storage]` section: what outlives the process, and when PUBACK may be sent for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Persistent sessions, their messages and retained messages kept on disk; `false` keeps
+    /// everything in memory only (a restart starts empty).
+    pub enabled: bool,
+    /// Directory of the store file, relative to the working directory unless absolute.
+    pub dir: PathBuf,
+    /// Milliseconds a commit waits to gather more writes: at most this is added to a PUBACK
+    /// of a stored message, and one fsync covers everything gathered.
+    pub commit_delay_ms: u32,
+    pub sync: StorageSync,
+}
+
+/// When a stored message is acknowledged to its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageSync {
+    /// PUBACK / PUBREC only once the message is on disk (fsynced): nothing acknowledged is lost.
+    Always,
+    /// PUBACK / PUBREC at once; writes reach the disk every `commit_delay_ms`: a crash loses
+    /// at most that much of what was acknowledged.
+    Batched,
+}
+
+impl StorageSync {
+    /// The `sync` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageSync::Always => "always",
+            StorageSync::Batched => "batched",
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            enabled: true,
+            dir: PathBuf::from("data"),
+            commit_delay_ms: 2,
+            sync: StorageSync::Always,
+        }
+    }
 }
 
 /// The `[log]` section.

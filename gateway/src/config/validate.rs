@@ -45,6 +45,8 @@ pub(super) const MAX_TOPIC_LENGTH: Bounds = Bounds::new(1, u16::MAX as u64);
 pub(super) const MEMORY_HIGH_WATER: Bounds = Bounds::new(0, UNBOUNDED);
 /// A day: longer intervals would make the load averages and uptime meaningless.
 pub(super) const SYS_INTERVAL: Bounds = Bounds::new(0, 86_400);
+/// A second: a longer wait would hold every stored message's PUBACK that long.
+pub(super) const COMMIT_DELAY_MS: Bounds = Bounds::new(0, 1000);
 /// Shorter tokens are guessable by brute force over the network.
 const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
@@ -155,6 +157,11 @@ impl Config {
             "limits.memory_high_water",
             l.memory_high_water,
             MEMORY_HIGH_WATER,
+        )?;
+        check(
+            "storage.commit_delay_ms",
+            self.storage.commit_delay_ms.into(),
+            COMMIT_DELAY_MS,
         )?;
         if let Some(token) = &self.http.admin_token {
             check_admin_token("http.admin_token", token)?;

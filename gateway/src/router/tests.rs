@@ -13,8 +13,9 @@ use crate::cluster::{Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
+use crate::session::Stage;
 use crate::session::{Delivery, Outgoing, QueueLimits, Session};
-use crate::store::{Restored, SessionRecord, Store};
+use crate::store::{Mark, Restored, SessionRecord, Store, StoreError};
 
 const Q0: QoS = QoS::AtMostOnce;
 const Q1: QoS = QoS::AtLeastOnce;
@@ -113,7 +114,13 @@ fn ids(o: &Outgoing) -> Vec<u32> {
 /// Everything queued for the session, in order (no inflight window in the way).
 fn take(s: &Session) -> Vec<Outgoing> {
     let mut out = Vec::new();
-    s.take_ready(unix_millis(), usize::MAX, usize::MAX, &mut out);
+    s.take_ready(
+        unix_millis(),
+        usize::MAX,
+        usize::MAX,
+        &mut out,
+        &mut Vec::new(),
+    );
     out
 }
 
@@ -547,14 +554,13 @@ fn a_full_queue_drops_and_publish_counts_only_the_sessions_queued_for() {
                     qos: Q1,
                     retain: false,
                     subscription_ids: Vec::new(),
+                    seq: 0,
                 };
-                s.enqueue(
-                    d,
-                    QueueLimits {
-                        max_queued: bound,
-                        queue_qos0_offline: true,
-                    },
-                );
+                let limits = QueueLimits {
+                    max_queued: bound,
+                    queue_qos0_offline: true,
+                };
+                s.enqueue(d, limits, |_| 0);
             }
         }
         assert_eq!(
@@ -676,21 +682,34 @@ impl Cluster for Seams {
 }
 
 impl Store for Seams {
-    fn load(&self) -> Restored {
-        Restored::default()
+    fn load(&self) -> Result<Restored, StoreError> {
+        Ok(Restored::default())
     }
-    fn session_saved(&self, _: &SessionRecord) {}
+    fn session_saved(&self, _: &SessionRecord) -> Mark {
+        0
+    }
     fn session_removed(&self, _: &str) {}
-    fn queued(&self, client_id: &str, d: &Delivery) {
+    fn queued(&self, client_id: &Arc<str>, d: &Delivery) -> Mark {
         self.0
             .lock()
             .push(format!("queued {client_id} {}", d.msg.topic));
+        d.seq
     }
-    fn retained(&self, topic: &ByteString, m: Option<&Arc<Message>>) {
+    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
+    fn settled(&self, _: &Arc<str>, _: u64) {}
+    fn incoming_qos2(&self, _: &Arc<str>, _: u16, _: bool) -> Mark {
+        0
+    }
+    fn retained(&self, topic: &ByteString, m: Option<&Arc<Message>>) -> Mark {
         self.0
             .lock()
             .push(format!("retained {topic} {}", m.is_some()));
+        0
     }
+    fn is_durable(&self, _: Mark) -> bool {
+        true
+    }
+    fn wake_when_durable(&self, _: Mark, _: &Arc<Session>) {}
 }
 
 #[test]

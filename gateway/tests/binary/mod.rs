@@ -10,11 +10,18 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+// A test crate may include two of these helper modules; each brings its own copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "../scratch/mod.rs"]
+pub mod scratch;
+
 /// Runs the binary on `config` (loopback listener, HTTP off) until it exits: for configurations
 /// it must refuse at start-up, whose exit code and stderr `main` produces. A valid one would run
 /// until killed.
 pub fn run_refused_config(config: &Path) -> Output {
+    let cwd = scratch::Scratch::new("cwd");
     Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .current_dir(cwd.path())
         // RUST_LOG overrides the configured level; an inherited value must not change stderr.
         .env_remove("RUST_LOG")
         .args([
@@ -32,6 +39,8 @@ pub fn run_refused_config(config: &Path) -> Output {
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The working directory, where the default store (`data/`) goes.
+    pub cwd: scratch::Scratch,
 }
 
 impl Gateway {
@@ -51,7 +60,9 @@ impl Gateway {
     }
 
     fn spawn(mut command: Command, args: &[&str]) -> Gateway {
+        let cwd = scratch::Scratch::new("cwd");
         let mut child = command
+            .current_dir(cwd.path())
             .args([
                 "--mqtt-listen",
                 "127.0.0.1:0",
@@ -92,7 +103,7 @@ impl Gateway {
                 }
             }
         };
-        Gateway { child, addr }
+        Gateway { child, addr, cwd }
     }
 
     pub fn pid(&self) -> libc::pid_t {

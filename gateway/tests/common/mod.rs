@@ -9,6 +9,11 @@ use std::time::Duration;
 use gateway::{Broker, Config};
 use tokio::sync::oneshot;
 
+// A test crate may include two of these helper modules; each brings its own copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "../scratch/mod.rs"]
+pub mod scratch;
+
 pub struct TestBroker {
     pub addr: SocketAddr,
     /// The `[[listeners]]` addresses, in configuration order.
@@ -17,6 +22,7 @@ pub struct TestBroker {
     pub ctx: std::sync::Arc<gateway::Context>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data: scratch::Scratch,
 }
 
 impl TestBroker {
@@ -28,6 +34,8 @@ impl TestBroker {
     /// Starts a broker after `tune` adjusts the default configuration.
     pub async fn with(tune: impl FnOnce(&mut Config)) -> TestBroker {
         let mut config = Config::default();
+        let data = scratch::Scratch::new("store");
+        config.storage.dir = data.path().to_owned();
         config.mqtt.listen = "127.0.0.1:0".parse().expect("literal address");
         config.http.listen = None;
         // The broker's own $SYS messages would interleave with what the tests expect to receive.
@@ -47,6 +55,7 @@ impl TestBroker {
             ctx,
             stop: Some(stop),
             task: Some(task),
+            _data: data,
         }
     }
 

@@ -7,6 +7,10 @@
 #![allow(dead_code)]
 
 pub mod prometheus;
+// A test crate may include two of these helper modules; each brings its own copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "../scratch/mod.rs"]
+pub mod scratch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +29,13 @@ pub struct Observed {
     pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data: scratch::Scratch,
+}
+
+/// A broker bound and not yet running, with its store's directory.
+pub struct Bound {
+    pub broker: Broker,
+    data: scratch::Scratch,
 }
 
 impl Observed {
@@ -35,17 +46,21 @@ impl Observed {
     }
 
     /// Binds without running, to observe the endpoint while the broker is starting.
-    pub async fn bind(tune: impl FnOnce(&mut Config)) -> Broker {
+    pub async fn bind(tune: impl FnOnce(&mut Config)) -> Bound {
         let mut config = Config::default();
+        let data = scratch::Scratch::new("store");
+        config.storage.dir = data.path().to_owned();
         config.mqtt.listen = "127.0.0.1:0".parse().expect("literal address");
         config.http.listen = Some("127.0.0.1:0".parse().expect("literal address"));
         config.http.admin_token = Some(TOKEN.to_owned());
         config.sys.interval = 1;
         tune(&mut config);
-        Broker::bind(config).await.expect("broker binds")
+        let broker = Broker::bind(config).await.expect("broker binds");
+        Bound { broker, data }
     }
 
-    pub fn run(broker: Broker) -> Observed {
+    pub fn run(bound: Bound) -> Observed {
+        let Bound { broker, data } = bound;
         let mqtt = broker.local_addr();
         let http = broker.http_addr().expect("HTTP endpoint on");
         let (stop, stopped) = oneshot::channel();
@@ -57,6 +72,7 @@ impl Observed {
             http,
             stop: Some(stop),
             task: Some(task),
+            _data: data,
         }
     }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::error;
 use crate::config::values::LISTEN_HINT;
 use crate::config::{
-    AuthConfig, Config, HttpConfig, LimitsConfig, ListenerKind, LogConfig, MqttConfig, SysConfig,
+    AuthConfig, Config, HttpConfig, LimitsConfig, ListenerKind, LogConfig, MqttConfig,
+    StorageConfig, StorageSync, SysConfig,
 };
 
 #[test]
@@ -94,6 +95,11 @@ fn every_key_is_parsed() {
         max_subscriptions_per_client = 0
         max_topic_length = 65535
         memory_high_water = 1073741824
+        [storage]
+        enabled = false
+        dir = "/var/lib/gateway"
+        commit_delay_ms = 0
+        sync = "batched"
     "#;
     let expected = Config {
         mqtt: MqttConfig {
@@ -136,6 +142,12 @@ fn every_key_is_parsed() {
             max_subscriptions_per_client: 0,
             max_topic_length: 65535,
             memory_high_water: 1 << 30,
+        },
+        storage: StorageConfig {
+            enabled: false,
+            dir: "/var/lib/gateway".into(),
+            commit_delay_ms: 0,
+            sync: StorageSync::Batched,
         },
         listeners: Vec::new(),
     };
@@ -213,4 +225,21 @@ fn load_reports_the_path_and_os_reason() {
             path.display()
         )
     );
+}
+
+#[test]
+fn storage_values_are_checked_and_named() {
+    let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+    assert_eq!(
+        err("[storage]\nsync = \"never\""),
+        "config: invalid value for `storage.sync`: \"never\" (expected \"always\" or \"batched\")"
+    );
+    assert!(err("[storage]\ncommit_delay_ms = 5000")
+        .starts_with("config: invalid value for `storage.commit_delay_ms`: 5000"));
+    assert!(
+        err("[storage]\ndir = \"\"").starts_with("config: invalid value for `storage.dir`: \"\"")
+    );
+    assert!(err("[storage]\nenabled = \"yes\"")
+        .starts_with("config: invalid value for `storage.enabled`: \"yes\""));
+    assert!(err("[storage]\npath = \"x\"").starts_with("config: unknown key `storage.path`"));
 }

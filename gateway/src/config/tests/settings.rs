@@ -57,11 +57,12 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     // Parsing alone would accept a file that omits keys; the file is meant to document all.
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
-    assert_eq!(table.len(), 6);
+    assert_eq!(table.len(), 7);
     assert_eq!(count("mqtt"), 15);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);
     assert_eq!(count("auth"), 3);
     assert_eq!(count("limits"), 9);
+    assert_eq!(count("storage"), 4);
 }

@@ -1,0 +1,423 @@
+//! The stored form of a record: sessions, messages queued for them (with their delivery
+//! options) and retained messages as bytes, and back.
+//!
+//! A plain length-prefixed layout, one version byte first, so that a record written by another
+//! format is refused by name rather than misread. Every read is checked: a corrupt record is an
+//! error naming what was wrong, never a panic and never a silently wrong value.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::clock::UnixMillis;
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::message::{ForwardedProperties, Message};
+use crate::session::{Delivery, SubscriptionRecord};
+
+use super::SessionRecord;
+
+/// The first byte of every record of this format.
+const VERSION: u8 = 1;
+
+/// A record that is not one of ours, or is damaged.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Corrupt(pub(crate) String);
+
+fn corrupt(what: impl Into<String>) -> Corrupt {
+    Corrupt(what.into())
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new() -> Writer {
+        Writer(vec![VERSION])
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Lengths fit: every stored string or payload came in one MQTT packet (< 256 MiB).
+        self.u32(u32::try_from(b.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(b);
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Reader<'a>, Corrupt> {
+        match bytes.split_first() {
+            Some((&VERSION, rest)) => Ok(Reader { rest }),
+            Some((v, _)) => Err(corrupt(format!("record of unknown format version {v}"))),
+            None => Err(corrupt("empty record")),
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.rest.len() < n {
+            return Err(corrupt("record cut short"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, Corrupt> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn flag(&mut self) -> Result<bool, Corrupt> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(corrupt(format!("flag byte {v}"))),
+        }
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], Corrupt> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<ByteString, Corrupt> {
+        let b = self.bytes()?;
+        std::str::from_utf8(b)
+            .map(ByteString::from)
+            .map_err(|_| corrupt("string not UTF-8"))
+    }
+    fn qos(&mut self) -> Result<QoS, Corrupt> {
+        let v = self.u8()?;
+        QoS::from_u8(v).ok_or_else(|| corrupt(format!("QoS {v}")))
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>, Corrupt> {
+        Ok(if self.flag()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+    fn opt_string(&mut self) -> Result<Option<ByteString>, Corrupt> {
+        Ok(if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        })
+    }
+    fn end(self) -> Result<(), Corrupt> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt("trailing bytes after the record"))
+        }
+    }
+}
+
+fn put_message(w: &mut Writer, m: &Message) {
+    w.bytes(m.topic.as_bytes());
+    w.bytes(&m.payload);
+    w.u8(m.qos as u8);
+    w.u8(u8::from(m.retain));
+    w.opt_u64(m.expires_at);
+    match &m.properties {
+        None => w.u8(0),
+        Some(p) => {
+            w.u8(1);
+            w.opt_u64(p.payload_format_indicator.map(u64::from));
+            w.opt_u64(p.message_expiry_interval.map(u64::from));
+            w.opt_bytes(p.content_type.as_ref().map(|s| s.as_bytes().as_ref()));
+            w.opt_bytes(p.response_topic.as_ref().map(|s| s.as_bytes().as_ref()));
+            w.opt_bytes(p.correlation_data.as_deref());
+            w.u32(u32::try_from(p.user_properties.len()).unwrap_or(u32::MAX));
+            for (k, v) in &p.user_properties {
+                w.bytes(k.as_bytes());
+                w.bytes(v.as_bytes());
+            }
+        }
+    }
+}
+
+fn narrow<T: TryFrom<u64>>(v: Option<u64>, what: &str) -> Result<Option<T>, Corrupt> {
+    v.map(|v| T::try_from(v).map_err(|_| corrupt(format!("{what} out of range"))))
+        .transpose()
+}
+
+fn get_message(r: &mut Reader<'_>) -> Result<Message, Corrupt> {
+    let topic = r.string()?;
+    let payload = Bytes::copy_from_slice(r.bytes()?);
+    let qos = r.qos()?;
+    let retain = r.flag()?;
+    let expires_at = r.opt_u64()?;
+    let properties = if r.flag()? {
+        let payload_format_indicator = narrow(r.opt_u64()?, "payload format indicator")?;
+        let message_expiry_interval = narrow(r.opt_u64()?, "message expiry interval")?;
+        let content_type = r.opt_string()?;
+        let response_topic = r.opt_string()?;
+        let correlation_data = if r.flag()? {
+            Some(Bytes::copy_from_slice(r.bytes()?))
+        } else {
+            None
+        };
+        let n = r.u32()?;
+        let mut user_properties = Vec::new();
+        for _ in 0..n {
+            user_properties.push((r.string()?, r.string()?));
+        }
+        Some(Box::new(ForwardedProperties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            user_properties,
+        }))
+    } else {
+        None
+    };
+    Ok(Message::restored(
+        topic, payload, qos, retain, properties, expires_at,
+    ))
+}
+
+/// A retained message.
+pub(super) fn retained(m: &Message) -> Vec<u8> {
+    let mut w = Writer::new();
+    put_message(&mut w, m);
+    w.0
+}
+
+pub(super) fn read_retained(bytes: &[u8]) -> Result<Message, Corrupt> {
+    let mut r = Reader::new(bytes)?;
+    let m = get_message(&mut r)?;
+    r.end()?;
+    Ok(m)
+}
+
+/// A message stored for a session: the delivery (QoS, flags, subscription ids, message).
+pub(super) fn delivery(d: &Delivery) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(d.qos as u8);
+    w.u8(u8::from(d.retain));
+    w.u32(u32::try_from(d.subscription_ids.len()).unwrap_or(u32::MAX));
+    for id in &d.subscription_ids {
+        w.u32(*id);
+    }
+    put_message(&mut w, &d.msg);
+    w.0
+}
+
+pub(super) fn read_delivery(bytes: &[u8], seq: u64) -> Result<Delivery, Corrupt> {
+    let mut r = Reader::new(bytes)?;
+    let qos = r.qos()?;
+    let retain = r.flag()?;
+    let n = r.u32()?;
+    let mut subscription_ids = Vec::new();
+    for _ in 0..n {
+        subscription_ids.push(r.u32()?);
+    }
+    let msg = Arc::new(get_message(&mut r)?);
+    r.end()?;
+    Ok(Delivery {
+        msg,
+        qos,
+        retain,
+        subscription_ids,
+        seq,
+    })
+}
+
+/// A session's record (its client id is the key).
+pub(super) fn session(s: &SessionRecord) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(s.expiry_interval);
+    w.opt_u64(s.expires_at);
+    w.u32(u32::try_from(s.subscriptions.len()).unwrap_or(u32::MAX));
+    for sub in &s.subscriptions {
+        w.bytes(sub.filter.as_bytes());
+        let o = sub.options;
+        w.u8(o.qos as u8);
+        w.u8(u8::from(o.no_local));
+        w.u8(u8::from(o.retain_as_published));
+        w.u8(o.retain_handling);
+        w.opt_u64(sub.id.map(u64::from));
+    }
+    match &s.will {
+        None => w.u8(0),
+        Some((m, due)) => {
+            w.u8(1);
+            w.u64(*due);
+            put_message(&mut w, m);
+        }
+    }
+    w.0
+}
+
+pub(super) fn read_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecord, Corrupt> {
+    let mut r = Reader::new(bytes)?;
+    let expiry_interval = r.u32()?;
+    let expires_at: Option<UnixMillis> = r.opt_u64()?;
+    let n = r.u32()?;
+    let mut subscriptions = Vec::new();
+    for _ in 0..n {
+        let filter = r.string()?;
+        let options = SubscriptionOptions {
+            qos: r.qos()?,
+            no_local: r.flag()?,
+            retain_as_published: r.flag()?,
+            retain_handling: r.u8()?,
+        };
+        let id = r
+            .opt_u64()?
+            .map(|v| u32::try_from(v).map_err(|_| corrupt("subscription identifier out of range")))
+            .transpose()?;
+        subscriptions.push(SubscriptionRecord {
+            filter,
+            options,
+            id,
+        });
+    }
+    let will = if r.flag()? {
+        let due = r.u64()?;
+        Some((Arc::new(get_message(&mut r)?), due))
+    } else {
+        None
+    };
+    r.end()?;
+    Ok(SessionRecord {
+        client_id: Arc::from(client_id),
+        expiry_interval,
+        expires_at,
+        subscriptions,
+        will,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        let props = ForwardedProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/to".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        };
+        Message::restored(
+            "a/b".into(),
+            Bytes::from_static(b"payload"),
+            QoS::ExactlyOnce,
+            true,
+            Some(Box::new(props)),
+            Some(1_700_000_000_000),
+        )
+    }
+
+    fn same(a: &Message, b: &Message) {
+        assert_eq!(
+            (&a.topic, &a.payload, a.qos, a.retain, a.expires_at),
+            (&b.topic, &b.payload, b.qos, b.retain, b.expires_at)
+        );
+        assert_eq!(a.properties, b.properties);
+    }
+
+    #[test]
+    fn deliveries_round_trip() {
+        let d = Delivery {
+            msg: Arc::new(message()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![7, 9],
+            seq: 0,
+        };
+        let back = read_delivery(&delivery(&d), 12).unwrap();
+        assert_eq!((back.qos, back.retain, back.seq), (d.qos, d.retain, 12));
+        assert_eq!(back.subscription_ids, [7, 9]);
+        same(&back.msg, &d.msg);
+    }
+
+    #[test]
+    fn sessions_round_trip() {
+        let s = SessionRecord {
+            client_id: "dev/1".into(),
+            expiry_interval: 3600,
+            expires_at: Some(42),
+            subscriptions: vec![SubscriptionRecord {
+                filter: "$share/g/t/#".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: 2,
+                },
+                id: Some(268_435_455),
+            }],
+            will: Some((Arc::new(message()), 99)),
+        };
+        let back = read_session("dev/1", &session(&s)).unwrap();
+        assert_eq!(
+            (back.expiry_interval, back.expires_at),
+            (s.expiry_interval, s.expires_at)
+        );
+        assert_eq!(back.subscriptions, s.subscriptions);
+        let (will, due) = back.will.unwrap();
+        assert_eq!(due, 99);
+        same(&will, &message());
+    }
+
+    /// Every prefix of a record and every flipped byte is refused or read as some record,
+    /// never a panic.
+    #[test]
+    fn damaged_records_are_refused_not_misread() {
+        let bytes = retained(&message());
+        assert!(read_retained(&bytes).is_ok());
+        for n in 0..bytes.len() {
+            assert!(read_retained(&bytes[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(read_retained(&longer).is_err());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let _ = read_retained(&b);
+        }
+        assert!(read_retained(&[2]).unwrap_err().0.contains("version 2"));
+    }
+}

@@ -1,0 +1,332 @@
+//! Durability (`[storage]`): what the gateway acknowledged survives `kill -9` and restarts.
+//!
+//! The real binary, killed with SIGKILL at random moments while publishers send QoS 1 and QoS 2
+//! messages to a persistent subscriber that is offline; after the last restart the subscriber
+//! comes back and must receive every message that was PUBACKed or PUBCOMPed (QoS 2: exactly
+//! once). Also: retained messages and persistent sessions across kill -9 and a clean restart,
+//! and a damaged store refused with one line and exit code 2. Raw sockets: a publisher must see
+//! exactly which acknowledgement arrived before the broker died.
+
+mod binary;
+mod clients;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use binary::Gateway;
+use clients::raw::{self, encode_disconnect, packet, Connect, Raw, PUBACK, PUBLISH, V};
+
+const PUBREC: u8 = 0x50;
+const PUBREL: u8 = 0x62;
+const PUBCOMP: u8 = 0x70;
+
+/// A store directory and the config file that points the gateway at it.
+struct Setup {
+    _dir: binary::scratch::Scratch,
+    config: PathBuf,
+    store: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = binary::scratch::Scratch::new("durability");
+        let store = dir.path().join("data");
+        let config = dir.path().join("gateway.toml");
+        // The subscriber stays offline for the whole run: its queue must hold everything.
+        let text = format!(
+            "[mqtt]\nmax_queued_messages = 10000000\n[storage]\ndir = {:?}\n",
+            store.to_str().expect("UTF-8 path")
+        );
+        std::fs::write(&config, text).expect("write config");
+        Setup {
+            _dir: dir,
+            config,
+            store,
+        }
+    }
+
+    fn start(&self) -> Gateway {
+        Gateway::start(&["--config", self.config.to_str().expect("UTF-8 path")])
+    }
+}
+
+/// A small deterministic generator for the kill moments; the seed is printed to reproduce a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// Publishes `p{id}-{seq}` one at a time until the connection dies; returns the payloads whose
+/// flow completed (PUBACK for QoS 1, PUBCOMP for QoS 2) and the next sequence number.
+async fn publish_until_killed(
+    addr: std::net::SocketAddr,
+    id: usize,
+    qos: u8,
+    mut seq: u64,
+) -> (Vec<String>, u64) {
+    let mut acked = Vec::new();
+    let client_id = format!("dur-pub-{id}");
+    let connect = Connect::v311(&client_id, true, 60);
+    let mut raw = Raw::open(addr).await;
+    raw.send_lenient(&raw::encode_connect(&connect)).await;
+    if raw.read_frame().await.is_none() {
+        return (acked, seq);
+    }
+    loop {
+        seq += 1;
+        let payload = format!("p{id}-{seq}");
+        let packet_id = u16::try_from(seq % 65_535 + 1).expect("fits");
+        let first = PUBLISH | (qos << 1);
+        let publish = V::V311.publish(first, b"dur/t", Some(packet_id), &[], payload.as_bytes());
+        raw.send_lenient(&publish).await;
+        let Some(answer) = raw.read_frame().await else {
+            return (acked, seq);
+        };
+        if qos == 1 {
+            assert_eq!(answer.kind(), PUBACK, "{answer:?}");
+        } else {
+            assert_eq!(answer.kind(), PUBREC, "{answer:?}");
+            raw.send_lenient(&packet(PUBREL, &packet_id.to_be_bytes()))
+                .await;
+            let Some(comp) = raw.read_frame().await else {
+                return (acked, seq);
+            };
+            assert_eq!(comp.kind(), PUBCOMP, "{comp:?}");
+        }
+        acked.push(payload);
+    }
+}
+
+/// Connects the persistent subscriber and takes everything queued for it, acknowledging each
+/// message (QoS 2 through PUBREC / PUBREL / PUBCOMP), until it is silent for a second.
+async fn drain(addr: std::net::SocketAddr) -> HashMap<String, (u8, usize)> {
+    let (mut raw, present) = Raw::connect(addr, &Connect::v311("dur-sub", false, 60)).await;
+    assert!(present, "the persistent session survived");
+    let mut got: HashMap<String, (u8, usize)> = HashMap::new();
+    while let Ok(f) = raw.read_packet_within(Duration::from_secs(2)).await {
+        match f.kind() {
+            PUBLISH => {
+                let p = raw::publish_of(&f, V::V311);
+                let id = p.packet_id.to_be_bytes();
+                match p.qos {
+                    1 => raw.send(&packet(PUBACK, &id)).await,
+                    2 => raw.send(&packet(PUBREC, &id)).await,
+                    _ => {}
+                }
+                let text = String::from_utf8(p.payload).expect("UTF-8 payload");
+                got.entry(text).or_insert((p.qos, 0)).1 += 1;
+            }
+            k if k == PUBREL & 0xF0 => {
+                raw.send(&packet(PUBCOMP, &f.body[..2])).await;
+            }
+            _ => {}
+        }
+    }
+    raw.send_lenient(&encode_disconnect(None)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_across_kill_9() {
+    let setup = Setup::new();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    println!("kill moments from seed {seed}");
+    let mut rng = Rng(seed);
+    {
+        let gw = setup.start();
+        let (mut sub, _) = Raw::connect(gw.addr, &Connect::v311("dur-sub", false, 60)).await;
+        sub.subscribe(V::V311, "dur/#", 2).await;
+        sub.send(&encode_disconnect(None)).await;
+        // The session is saved as its connection goes; then the first kill.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    const PUBLISHERS: usize = 20;
+    let mut seqs = [0u64; PUBLISHERS];
+    let mut acked: Vec<(String, u8)> = Vec::new();
+    let kills = 20;
+    for _ in 0..kills {
+        let mut gw = setup.start();
+        let tasks: Vec<_> = (0..PUBLISHERS)
+            .map(|id| {
+                let qos = if id % 2 == 0 { 1 } else { 2 };
+                let addr = gw.addr;
+                let seq = seqs[id];
+                tokio::spawn(async move { (qos, publish_until_killed(addr, id, qos, seq).await) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100 + rng.next(400))).await;
+        gw.child.kill().expect("SIGKILL");
+        gw.child.wait().expect("reaped");
+        for (id, t) in tasks.into_iter().enumerate() {
+            let (qos, (done, seq)) = t.await.expect("publisher");
+            seqs[id] = seq;
+            acked.extend(done.into_iter().map(|p| (p, qos)));
+        }
+    }
+    assert!(
+        acked.len() > 1000,
+        "only {} messages acknowledged in {kills} rounds",
+        acked.len()
+    );
+
+    let gw = setup.start();
+    let got = drain(gw.addr).await;
+    let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost (seed {seed}), e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let twice: Vec<_> = got
+        .iter()
+        .filter(|(_, (qos, n))| *qos == 2 && *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "QoS 2 delivered twice: {twice:?}");
+    println!(
+        "{kills} kills: {} acknowledged, {} delivered, none lost",
+        acked.len(),
+        got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_and_sessions_survive_kill_9_and_a_clean_restart() {
+    let setup = Setup::new();
+    let gw = setup.start();
+    let mut p = Raw::connected(gw.addr, V::V311, "ret-pub").await;
+    // Retained QoS 1: PUBACK means it is stored.
+    p.send(&V::V311.publish(PUBLISH | 0x02 | 0x01, b"ret/a", Some(1), &[], b"kept"))
+        .await;
+    assert_eq!(p.expect_packet("PUBACK").await.kind(), PUBACK);
+    let (mut s, _) = Raw::connect(gw.addr, &Connect::v311("ret-sub", false, 60)).await;
+    s.subscribe(V::V311, "later/#", 1).await;
+    drop(gw); // SIGKILL, with the subscriber still connected
+
+    let mut gw = setup.start();
+    let mut fresh = Raw::connected(gw.addr, V::V311, "ret-reader").await;
+    fresh.subscribe(V::V311, "ret/#", 0).await;
+    let f = fresh.expect_packet("the retained message").await;
+    let got = raw::publish_of(&f, V::V311);
+    assert!(got.retain && got.payload == b"kept", "{got:?}");
+    // The session was online when the broker died: still there, still subscribed.
+    let mut p = Raw::connected(gw.addr, V::V311, "ret-pub").await;
+    p.send(&V::V311.publish(PUBLISH | 0x02, b"later/x", Some(2), &[], b"queued"))
+        .await;
+    assert_eq!(p.expect_packet("PUBACK").await.kind(), PUBACK);
+    gw.signal(libc::SIGTERM);
+    assert!(gw.exit_status(Duration::from_secs(10)).await.success());
+
+    let gw = setup.start();
+    let (mut s, present) = Raw::connect(gw.addr, &Connect::v311("ret-sub", false, 60)).await;
+    assert!(present);
+    let f = s.expect_packet("the queued message").await;
+    assert_eq!(raw::publish_of(&f, V::V311).payload, b"queued");
+}
+
+/// Starts the binary on a store file that is not sound: exit 2 and one line naming the file.
+fn refused(setup: &Setup) -> String {
+    let out = binary::run_refused_config(&setup.config);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    let file = setup.store.join("store.redb");
+    assert!(
+        lines[0].contains(file.to_str().expect("UTF-8 path")),
+        "names the file: {stderr}"
+    );
+    stderr
+}
+
+/// `gateway store check|export DIR`.
+fn store_command(action: &str, dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["store", action])
+        .arg(dir)
+        .output()
+        .expect("run gateway store")
+}
+
+fn write_store(setup: &Setup, bytes: &[u8]) -> PathBuf {
+    std::fs::create_dir_all(&setup.store).expect("store dir");
+    let file = setup.store.join("store.redb");
+    std::fs::write(&file, bytes).expect("write store");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
+    let setup = Setup::new();
+    let foreign = write_store(&setup, b"this is not a database at all, just text\n");
+    refused(&setup);
+    std::fs::remove_file(foreign).expect("remove");
+
+    // A real store with something in it, then damaged two ways.
+    let mut gw = setup.start();
+    let mut p = Raw::connected(gw.addr, V::V311, "c-pub").await;
+    for i in 0..50u16 {
+        let payload = vec![b'x'; 2000];
+        let topic = format!("c/{i}");
+        p.send(&V::V311.publish(
+            PUBLISH | 0x02 | 0x01,
+            topic.as_bytes(),
+            Some(i + 1),
+            &[],
+            &payload,
+        ))
+        .await;
+        assert_eq!(p.expect_packet("PUBACK").await.kind(), PUBACK);
+    }
+    gw.signal(libc::SIGTERM);
+    assert!(gw.exit_status(Duration::from_secs(10)).await.success());
+    let file = setup.store.join("store.redb");
+    let sound = std::fs::read(&file).expect("read store");
+
+    let check = store_command("check", &setup.store);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("is sound") && said.contains("50 retained"),
+        "{said}"
+    );
+    let export = store_command("export", &setup.store);
+    assert_eq!(export.status.code(), Some(0), "{export:?}");
+    let lines = String::from_utf8_lossy(&export.stdout);
+    assert_eq!(
+        lines.lines().filter(|l| l.contains("\"retained\"")).count(),
+        50
+    );
+    assert!(lines.contains("\"topic\":\"c/49\""), "{lines}");
+
+    write_store(&setup, &sound[..sound.len() / 2]);
+    refused(&setup);
+    let check = store_command("check", &setup.store);
+    assert_eq!(check.status.code(), Some(2), "{check:?}");
+
+    let mut corrupt = sound.clone();
+    for b in &mut corrupt[4096..sound.len() - 4096] {
+        *b ^= 0x5A;
+    }
+    write_store(&setup, &corrupt);
+    refused(&setup);
+
+    // The sound copy still starts: the refusals above changed nothing.
+    write_store(&setup, &sound);
+    let gw = setup.start();
+    let mut r = Raw::connected(gw.addr, V::V311, "c-reader").await;
+    r.subscribe(V::V311, "c/49", 0).await;
+    let f = r.expect_packet("a retained message").await;
+    assert_eq!(raw::publish_of(&f, V::V311).payload.len(), 2000);
+}
