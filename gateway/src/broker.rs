@@ -84,7 +84,7 @@ impl Broker {
             .collect::<Result<Vec<_>, _>>()?;
         if config.storage.enabled {
             // Before any socket: an unreadable store stops the gateway (exit 2 in `main`).
-            router = router.with_store(Arc::new(DiskStore::open(&config.storage)?));
+            router = router.with_store(Arc::new(DiskStore::open(&config.storage, &metrics.store)?));
         }
         let router = Arc::new(router);
         let listener = listener::bind(config.mqtt.listen)

@@ -54,6 +54,11 @@ impl Context {
             sessions_hibernating: self.parker.len(),
             ..BrokerState::default()
         };
+        let store = self.router.store.stats();
+        state.store_size_bytes = store.size_bytes;
+        state.stored_sessions = store.sessions;
+        state.stored_messages = store.messages;
+        state.store_available = store.available;
         for session in self.registry.all() {
             if session.is_online() {
                 state.sessions_online += 1;

@@ -126,13 +126,19 @@ fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Respons
         // Alive as long as the runtime answers at all.
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if ctx.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
-            } else {
+            if !ctx.ready.load(Ordering::Acquire) {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: starting or shutting down\n",
                 )
+            } else if !ctx.router.store.available() {
+                // Still serving QoS 0 and clean sessions, but not what must be stored.
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the store cannot write (disk full or I/O error)\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -41,6 +41,8 @@ mod cluster;
 mod connection;
 mod context;
 mod endpoint;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod hibernate;
 mod http;
 mod limits;

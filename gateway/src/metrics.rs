@@ -36,6 +36,14 @@ pub const DELIVERY_BUCKETS: [f64; 18] = [
 
 const DELIVERY_LATENCY: &str = "gateway_delivery_latency_seconds";
 
+/// Upper bounds of the store commit histogram, in seconds: an fsync takes a fraction of a
+/// millisecond on a fast disk, tens of milliseconds on a slow or busy one.
+pub const COMMIT_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+const STORE_COMMIT: &str = "gateway_store_commit_seconds";
+
 /// MQTT control packet type names, indexed by the type nibble of the fixed header.
 const PACKET_TYPES: [&str; 16] = [
     "reserved",
@@ -105,9 +113,12 @@ pub enum DropReason {
     NotAuthorized,
     /// A QoS 0 copy shed while memory is above `limits.memory_high_water`.
     MemoryShed,
+    /// A QoS 1/2 copy for a persistent session while the store cannot write (disk full, I/O
+    /// error): not taken, and its publisher not acknowledged.
+    StoreUnavailable,
 }
 
-const DROP_REASONS: [(DropReason, &str); 9] = [
+const DROP_REASONS: [(DropReason, &str); 10] = [
     (DropReason::QueueFull, "queue_full"),
     (DropReason::Expired, "expired"),
     (DropReason::TooLarge, "too_large"),
@@ -117,6 +128,7 @@ const DROP_REASONS: [(DropReason, &str); 9] = [
     (DropReason::SlowConsumerQos0, "slow_consumer_qos0"),
     (DropReason::NotAuthorized, "not_authorized"),
     (DropReason::MemoryShed, "memory_shed"),
+    (DropReason::StoreUnavailable, "store_unavailable"),
 ];
 
 /// A per-client `[limits]` a client ran into, labelled with the key's name.
@@ -150,9 +162,12 @@ pub enum CloseReason {
     ConnectTimeout,
     /// The client exceeded `max_publish_rate` or `max_publish_bytes_rate`.
     QuotaExceeded,
+    /// A 3.1.1 client published what the store could not keep (disk full): it has no way to be
+    /// told but the close, and will resend.
+    StoreUnavailable,
 }
 
-const CLOSE_REASONS: [CloseReason; 11] = [
+const CLOSE_REASONS: [CloseReason; 12] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -164,6 +179,7 @@ const CLOSE_REASONS: [CloseReason; 11] = [
     CloseReason::Panic,
     CloseReason::ConnectTimeout,
     CloseReason::QuotaExceeded,
+    CloseReason::StoreUnavailable,
 ];
 
 impl CloseReason {
@@ -180,6 +196,7 @@ impl CloseReason {
             CloseReason::Panic => "panic",
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::QuotaExceeded => "quota_exceeded",
+            CloseReason::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -246,6 +263,20 @@ pub struct Metrics {
     malformed: [Counter; MALFORMED_KINDS.len()],
     packets_received: [Counter; 16],
     packets_sent: [Counter; 16],
+    pub store: StoreMetrics,
+}
+
+/// What the store's writer thread records, per commit.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Time from the start of a commit's transaction to its fsync's end.
+    pub commit_seconds: Histogram,
+    /// Commits, each ending in one fsync.
+    pub commits: Counter,
+    /// Record bytes (keys and values) written.
+    pub written_bytes: Counter,
+    /// Commits that failed (disk full, I/O error) and are retried.
+    pub errors: Counter,
 }
 
 impl Metrics {
@@ -301,6 +332,12 @@ impl Metrics {
                 .map(|kind| counter!("gateway_malformed_packets_total", "kind" => kind)),
             packets_received: by_type("gateway_packets_received_total", &RECEIVED_TYPES),
             packets_sent: by_type("gateway_packets_sent_total", &SENT_TYPES),
+            store: StoreMetrics {
+                commit_seconds: histogram!(STORE_COMMIT),
+                commits: counter!("gateway_store_commits_total"),
+                written_bytes: counter!("gateway_store_written_bytes_total"),
+                errors: counter!("gateway_store_errors_total"),
+            },
         }
     }
 
@@ -313,6 +350,7 @@ impl Metrics {
                 Matcher::Full(DELIVERY_LATENCY.to_owned()),
                 &DELIVERY_BUCKETS,
             )?
+            .set_buckets_for_metric(Matcher::Full(STORE_COMMIT.to_owned()), &COMMIT_BUCKETS)?
             .build_recorder();
         let (metrics, state) = metrics::with_local_recorder(&recorder, || {
             describe();
@@ -565,6 +603,39 @@ fn describe() {
         "gateway_uptime_seconds",
         "Seconds since the broker started."
     );
+    describe_histogram!(
+        STORE_COMMIT,
+        metrics::Unit::Seconds,
+        "Store commits: the transaction and its fsync, from start to end ([storage])."
+    );
+    describe_counter!(
+        "gateway_store_commits_total",
+        "Store commits, each one fsync covering every session's changes gathered for it."
+    );
+    describe_counter!(
+        "gateway_store_written_bytes_total",
+        "Bytes of records (keys and values) written to the store."
+    );
+    describe_counter!(
+        "gateway_store_errors_total",
+        "Store commits that failed (disk full, I/O error); retried until they succeed."
+    );
+    describe_gauge!(
+        "gateway_store_size_bytes",
+        "Size of the store file on disk; 0 with [storage] enabled = false."
+    );
+    describe_gauge!(
+        "gateway_stored_sessions",
+        "Persistent sessions in the store."
+    );
+    describe_gauge!(
+        "gateway_stored_messages",
+        "Messages in the store, queued or in flight for persistent sessions."
+    );
+    describe_gauge!(
+        "gateway_store_available",
+        "1 while the store writes, 0 while its commits fail (PUBACK of stored messages refused)."
+    );
     describe_gauge!(
         "gateway_build_info",
         "Always 1; the version label tells which build is running."
@@ -585,6 +656,11 @@ pub struct BrokerState {
     pub uptime_seconds: u64,
     /// Online sessions without a task, waiting in the parker (`hibernate`).
     pub sessions_hibernating: usize,
+    pub store_size_bytes: u64,
+    pub stored_sessions: u64,
+    pub stored_messages: u64,
+    /// False while the store's commits fail.
+    pub store_available: bool,
 }
 
 /// Gauges set from a `BrokerState` right before rendering.
@@ -598,6 +674,10 @@ struct StateGauges {
     inflight: Gauge,
     uptime: Gauge,
     hibernating: Gauge,
+    store_size: Gauge,
+    stored_sessions: Gauge,
+    stored_messages: Gauge,
+    store_available: Gauge,
 }
 
 impl StateGauges {
@@ -613,6 +693,10 @@ impl StateGauges {
             inflight: gauge!("gateway_inflight_messages"),
             uptime: gauge!("gateway_uptime_seconds"),
             hibernating: gauge!("gateway_sessions_hibernating"),
+            store_size: gauge!("gateway_store_size_bytes"),
+            stored_sessions: gauge!("gateway_stored_sessions"),
+            stored_messages: gauge!("gateway_stored_messages"),
+            store_available: gauge!("gateway_store_available"),
         }
     }
 }
@@ -638,6 +722,11 @@ impl Exporter {
         s.inflight.set(state.inflight_messages as f64);
         s.hibernating.set(state.sessions_hibernating as f64);
         s.uptime.set(state.uptime_seconds as f64);
+        s.store_size.set(state.store_size_bytes as f64);
+        s.stored_sessions.set(state.stored_sessions as f64);
+        s.stored_messages.set(state.stored_messages as f64);
+        s.store_available
+            .set(if state.store_available { 1.0 } else { 0.0 });
         let mut out = self.handle.render();
         process::render(&mut out);
         out

@@ -31,6 +31,9 @@ use crate::store::{Mark, MemoryStore, SessionRecord, Store};
 use crate::topic::{self, TopicError};
 use crate::topic_index::TopicIndex;
 
+/// `offer`'s mark for a copy the store could not take.
+const REFUSED: Mark = Mark::MAX;
+
 /// What the index stores for one subscription.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -60,6 +63,9 @@ pub(crate) struct Routed {
     /// What the publisher's PUBACK / PUBREC waits for: the store's mark of the last record made
     /// for it (0: nothing stored).
     pub(crate) stored: Mark,
+    /// Some persistent session did not get it because the store cannot write: the publisher
+    /// must not be acknowledged.
+    pub(crate) refused: bool,
 }
 
 /// The outcome of a subscribe, for SUBACK and retained handling.
@@ -118,6 +124,7 @@ impl Router {
         }
         let matches = self.index.matches(&msg.topic);
         let mut delivered = 0;
+        let mut refused = false;
         let mut plain = matches.plain.iter().peekable();
         while let Some((key, first)) = plain.next() {
             let mut d = Delivery {
@@ -145,6 +152,7 @@ impl Router {
                 let (n, mark) = self.offer(&first.session, d);
                 delivered += n;
                 stored = stored.max(mark);
+                refused |= mark == REFUSED;
             }
         }
         for group in &matches.shared {
@@ -159,6 +167,7 @@ impl Router {
                 let (n, mark) = self.offer(&member.session, d);
                 delivered += n;
                 stored = stored.max(mark);
+                refused |= mark == REFUSED;
             }
         }
         // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
@@ -170,16 +179,24 @@ impl Router {
             // The node's own status messages stay on the node.
             self.cluster.forward(&msg);
         }
-        Routed { delivered, stored }
+        Routed {
+            delivered,
+            stored: if refused { 0 } else { stored },
+            refused,
+        }
     }
 
     /// Queues `d` for `session` (and the store, for a persistent one); returns whether it was
-    /// queued and the store's mark.
+    /// queued and the store's mark (`REFUSED` when the store cannot take it).
     fn offer(&self, session: &Session, d: Delivery) -> (usize, Mark) {
         let qos0 = d.qos == QoS::AtMostOnce;
         if qos0 && self.overloaded.load(Ordering::Relaxed) {
             self.metrics.dropped(DropReason::MemoryShed, 1);
             return (0, 0);
+        }
+        if !qos0 && session.is_persistent() && !self.store.available() {
+            self.metrics.dropped(DropReason::StoreUnavailable, 1);
+            return (0, REFUSED);
         }
         let client_id = &session.client_id;
         let (queued, mark) = session.enqueue(d, self.limits, |d| self.store.queued(client_id, d));

@@ -63,6 +63,16 @@ pub(crate) struct Restored {
     pub(crate) retained: Vec<Arc<Message>>,
 }
 
+/// What a store holds and whether it writes, for `/metrics`, `/readyz` and the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StoreStats {
+    pub(crate) size_bytes: u64,
+    pub(crate) sessions: u64,
+    pub(crate) messages: u64,
+    /// False while its commits fail (disk full, I/O error).
+    pub(crate) available: bool,
+}
+
 /// A store that cannot be opened or read: the gateway does not start (exit 2), and says which
 /// file and what is wrong in one line.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +108,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn is_durable(&self, mark: Mark) -> bool;
     /// Wakes `waiter` once `mark` is durable (at once if it is).
     fn wake_when_durable(&self, mark: Mark, waiter: &Arc<Session>);
+
+    /// Whether it can take messages now: false while commits fail, when what a persistent
+    /// session must receive is refused (its publisher is not acknowledged) instead of piled up.
+    fn available(&self) -> bool;
+    fn stats(&self) -> StoreStats;
 }
 
 /// Keeps nothing: the live state is all there is, and a restart starts empty.
@@ -136,5 +151,16 @@ impl Store for MemoryStore {
 
     fn wake_when_durable(&self, _: Mark, waiter: &Arc<Session>) {
         waiter.wake();
+    }
+
+    fn available(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            available: true,
+            ..StoreStats::default()
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use binary::Gateway;
-use clients::raw::{self, encode_disconnect, packet, Connect, Raw, PUBACK, PUBLISH, V};
+use clients::raw::{self, encode_disconnect, packet, Connect, End, Raw, PUBACK, PUBLISH, V};
 
 const PUBREC: u8 = 0x50;
 const PUBREL: u8 = 0x62;
@@ -329,4 +329,100 @@ async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
     r.subscribe(V::V311, "c/49", 0).await;
     let f = r.expect_packet("a retained message").await;
     assert_eq!(raw::publish_of(&f, V::V311).payload.len(), 2000);
+}
+
+/// A tmpfs of its own, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// None (said loudly) where this process may not mount.
+    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(at))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The real thing: the store on a small tmpfs that fills up, then grows (remount).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_until_space_returns() {
+    let dir = binary::scratch::Scratch::new("diskfull");
+    let Some(fs) = Tmpfs::mount(dir.path().join("mnt"), "3m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?); tests/store_faults.rs injects the failure instead");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: mount must work"
+        );
+        return;
+    };
+    let config = dir.path().join("gateway.toml");
+    let store = fs.0.join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nmax_queued_messages = 100000\n[storage]\ndir = {:?}\n",
+            store.to_str().expect("UTF-8")
+        ),
+    )
+    .expect("config");
+    let gw = Gateway::start(&["--config", config.to_str().expect("UTF-8")]);
+    let (mut sub, _) = Raw::connect(gw.addr, &Connect::v311("full-sub", false, 60)).await;
+    sub.subscribe(V::V311, "full/#", 1).await;
+    sub.send(&encode_disconnect(None)).await;
+
+    let mut p = Raw::connected(gw.addr, V::V5, "full-pub").await;
+    let payload = vec![b'x'; 64 * 1024];
+    let mut acked = 0u16;
+    let held = loop {
+        let id = acked + 1;
+        assert!(id < 200, "3 MiB never filled up");
+        p.send(&V::V5.publish(PUBLISH | 0x02, b"full/t", Some(id), &[], &payload))
+            .await;
+        match p.read_packet_within(Duration::from_secs(2)).await {
+            Ok(f) => {
+                assert_eq!(f.kind(), PUBACK);
+                assert_eq!(f.body.get(2).copied().unwrap_or(0), 0, "{f:?}");
+                acked = id;
+            }
+            Err(End::Silent) => break id,
+            Err(End::Closed) => panic!("publisher closed"),
+        }
+    };
+    let mut q = Raw::connected(gw.addr, V::V5, "full-pub2").await;
+    q.send(&V::V5.publish(PUBLISH | 0x02, b"full/t", Some(1), &[], b"small"))
+        .await;
+    let f = q.expect_packet("a refusal").await;
+    assert_eq!((f.kind(), f.body.get(2).copied()), (PUBACK, Some(0x97)));
+
+    fs.resize("64m");
+    let f = p
+        .read_packet_within(Duration::from_secs(5))
+        .await
+        .expect("the held PUBACK once space returned");
+    assert_eq!((f.kind(), &f.body[..2]), (PUBACK, &held.to_be_bytes()[..]));
+    q.send(&V::V5.publish(PUBLISH | 0x02, b"full/t", Some(2), &[], b"small"))
+        .await;
+    let f = q.expect_packet("PUBACK").await;
+    assert_eq!(f.body.get(2).copied().unwrap_or(0), 0);
+    drop(gw);
+    println!("{acked} messages of 64 KiB acknowledged before the 3 MiB tmpfs was full");
 }

@@ -92,7 +92,11 @@ impl Client {
                 self.session.id,
                 ForwardedProperties::from_properties(&p.properties),
             );
-            stored = stored.max(ctx.router.route(Arc::new(msg)).stored);
+            let routed = ctx.router.route(Arc::new(msg));
+            if routed.refused {
+                return self.refuse_unstored(&p);
+            }
+            stored = stored.max(routed.stored);
         }
         match p.qos {
             QoS::AtMostOnce => {}
@@ -103,6 +107,27 @@ impl Client {
                 self.acknowledge_when_stored(Packet::PubRec(ack(p.packet_id, 0)), stored);
             }
         }
+        Ok(())
+    }
+
+    /// The store cannot keep what a persistent session must receive (disk full): the publisher
+    /// is told so (v5: PUBACK / PUBREC 0x97 Quota exceeded, and a QoS 2 id is not held) or,
+    /// without a way to say it (3.1.1), disconnected without an acknowledgement, so it resends.
+    fn refuse_unstored(&mut self, p: &Publish) -> Result<(), Close> {
+        debug!(client = %self.session.client_id, "PUBLISH refused: the store cannot write");
+        if p.qos == QoS::ExactlyOnce && self.session.release_incoming(p.packet_id) {
+            self.ctx
+                .router
+                .incoming_qos2(&self.session, p.packet_id, false);
+        }
+        if !self.protocol.is_v5() {
+            return Err(Close {
+                reason: CloseReason::StoreUnavailable,
+                code: None,
+                will: true,
+            });
+        }
+        self.acknowledge_publish(p, reason::QUOTA_EXCEEDED);
         Ok(())
     }
 

@@ -52,6 +52,12 @@ impl Store for Recording {
     fn is_durable(&self, _: Mark) -> bool {
         true
     }
+    fn available(&self) -> bool {
+        true
+    }
+    fn stats(&self) -> crate::store::StoreStats {
+        crate::store::StoreStats::default()
+    }
     fn wake_when_durable(&self, _: Mark, _: &Arc<crate::session::Session>) {}
 }
 

@@ -709,6 +709,12 @@ impl Store for Seams {
     fn is_durable(&self, _: Mark) -> bool {
         true
     }
+    fn available(&self) -> bool {
+        true
+    }
+    fn stats(&self) -> crate::store::StoreStats {
+        crate::store::StoreStats::default()
+    }
     fn wake_when_durable(&self, _: Mark, _: &Arc<Session>) {}
 }
 

@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -32,9 +32,10 @@ use redb::{
 use tracing::{error, info};
 
 use super::record;
-use super::{Mark, Restored, SessionRecord, Store, StoreError, StoredSession};
+use super::{Mark, Restored, SessionRecord, Store, StoreError, StoreStats, StoredSession};
 use crate::config::{StorageConfig, StorageSync};
 use crate::message::Message;
+use crate::metrics::StoreMetrics;
 use crate::session::{Delivery, Pending, Session, Stage};
 
 /// The file inside `[storage] dir`.
@@ -77,11 +78,17 @@ struct Shared {
     /// Every mark up to this one is on disk.
     durable: AtomicU64,
     waiters: Mutex<Vec<(Mark, Weak<Session>)>>,
+    /// Cleared while commits fail.
+    available: AtomicBool,
+    /// What the committed store holds.
+    sessions: AtomicU64,
+    messages: AtomicU64,
 }
 
 pub(crate) struct DiskStore {
     shared: Arc<Shared>,
-    db: Arc<Database>,
+    /// Read when opened (the writer then owns the database), taken by `load`.
+    restored: Mutex<Option<Restored>>,
     path: PathBuf,
     /// Whether changes return marks to wait for (`sync = "always"`).
     acknowledge_durable: bool,
@@ -98,22 +105,32 @@ fn unreadable(path: &Path, what: impl std::fmt::Display) -> StoreError {
 impl DiskStore {
     /// Opens (or creates) the store in `config.dir` and starts its writer. A file that is not a
     /// sound store of ours is refused, never reset.
-    pub(crate) fn open(config: &StorageConfig) -> Result<DiskStore, StoreError> {
+    pub(crate) fn open(
+        config: &StorageConfig,
+        metrics: &StoreMetrics,
+    ) -> Result<DiskStore, StoreError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| unreadable(&config.dir, format!("cannot create the directory: {e}")))?;
         let path = config.dir.join(FILE);
         let db = open_database(&path)?;
+        let restored = quietly(|| read_all(&db))
+            .unwrap_or_else(|_| Err("damaged: the database engine failed reading it".into()))
+            .map_err(|e| unreadable(&path, e))?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Recorded::default()),
             recorded: Condvar::new(),
             durable: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
+            available: AtomicBool::new(true),
+            sessions: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
         });
-        let db = Arc::new(db);
         let writer = Writer {
             shared: shared.clone(),
-            db: db.clone(),
+            db: Some(db),
+            path: path.clone(),
             delay: Duration::from_millis(u64::from(config.commit_delay_ms)),
+            metrics: metrics.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -122,7 +139,7 @@ impl DiskStore {
         info!(path = %path.display(), sync = config.sync.as_str(), "store opened");
         Ok(DiskStore {
             shared,
-            db,
+            restored: Mutex::new(Some(restored)),
             path,
             acknowledge_durable: config.sync == StorageSync::Always,
             writer: Some(writer),
@@ -233,9 +250,18 @@ impl Drop for DiskStore {
 
 impl Store for DiskStore {
     fn load(&self) -> Result<Restored, StoreError> {
-        quietly(|| read_all(&self.db))
-            .unwrap_or_else(|_| Err("damaged: the database engine failed reading it".into()))
-            .map_err(|e| unreadable(&self.path, e))
+        let restored = self.restored.lock().take().unwrap_or_default();
+        let messages = restored
+            .sessions
+            .iter()
+            .map(|s| s.pending.queue.len() + s.pending.inflight.len())
+            .sum::<usize>();
+        let shared = &self.shared;
+        shared
+            .sessions
+            .store(restored.sessions.len() as u64, Ordering::Relaxed);
+        shared.messages.store(messages as u64, Ordering::Relaxed);
+        Ok(restored)
     }
 
     fn session_saved(&self, session: &SessionRecord) -> Mark {
@@ -280,16 +306,42 @@ impl Store for DiskStore {
             waiter.wake();
         }
     }
+
+    fn available(&self) -> bool {
+        self.shared.available.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let s = &self.shared;
+        StoreStats {
+            size_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            sessions: s.sessions.load(Ordering::Relaxed),
+            messages: s.messages.load(Ordering::Relaxed),
+            available: self.available(),
+        }
+    }
 }
 
 struct Writer {
     shared: Arc<Shared>,
-    db: Arc<Database>,
+    /// None after a failed commit: redb keeps an I/O failure (a full disk) latched until the
+    /// database is opened again, which the next attempt does.
+    db: Option<Database>,
+    path: PathBuf,
     delay: Duration,
+    metrics: StoreMetrics,
+}
+
+/// What a committed batch changed, for the counts and the metrics.
+#[derive(Default)]
+struct Applied {
+    sessions: i64,
+    messages: i64,
+    bytes: u64,
 }
 
 impl Writer {
-    fn run(self) {
+    fn run(mut self) {
         let mut batch = Vec::new();
         loop {
             let (last, closing) = {
@@ -307,15 +359,30 @@ impl Writer {
                 batch.append(&mut p.ops);
                 (p.last, p.closing)
             };
+            let started = std::time::Instant::now();
             match self.commit(&batch) {
-                Ok(()) => {
+                Ok(applied) => {
                     batch.clear();
-                    self.shared.durable.store(last, Ordering::Release);
+                    let m = &self.metrics;
+                    m.commit_seconds.record(started.elapsed().as_secs_f64());
+                    m.commits.increment(1);
+                    m.written_bytes.increment(applied.bytes);
+                    let s = &self.shared;
+                    add(&s.sessions, applied.sessions);
+                    add(&s.messages, applied.messages);
+                    if !s.available.swap(true, Ordering::Relaxed) {
+                        info!("store writes again: acknowledging stored messages");
+                    }
+                    s.durable.store(last, Ordering::Release);
                     self.wake(last);
                 }
                 Err(e) => {
-                    // Kept and tried again: what waits for it is not acknowledged meanwhile.
-                    error!("store commit failed, retrying: {e}");
+                    // Kept and tried again: what waits for it is not acknowledged meanwhile, and
+                    // nothing more is taken for persistent sessions (`available`).
+                    self.metrics.errors.increment(1);
+                    if self.shared.available.swap(false, Ordering::Relaxed) {
+                        error!("store commit failed, refusing what it would have to keep until it writes again: {e}");
+                    }
                     if closing {
                         return;
                     }
@@ -337,17 +404,41 @@ impl Writer {
         }
     }
 
-    fn commit(&self, batch: &[Op]) -> Result<(), redb::Error> {
-        let mut tx = self.db.begin_write()?;
+    fn commit(&mut self, batch: &[Op]) -> Result<Applied, redb::Error> {
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::store_writes_fail() {
+            return Err(redb::Error::Io(std::io::Error::from_raw_os_error(
+                libc::ENOSPC,
+            )));
+        }
+        let db = match self.db.take() {
+            Some(db) => db,
+            None => Database::builder()
+                .set_repair_callback(|_| {})
+                .create(&self.path)?,
+        };
+        let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        apply(&tx, batch)?;
+        let applied = apply(&tx, batch)?;
         tx.commit()?;
-        Ok(())
+        self.db = Some(db);
+        Ok(applied)
+    }
+}
+
+fn add(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(delta.unsigned_abs()))
+        });
     }
 }
 
 /// Applies a batch in order. Messages queued and settled within it are skipped altogether.
-fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<(), redb::Error> {
+fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<Applied, redb::Error> {
+    let mut n = Applied::default();
     let queued_here: HashSet<(&str, u64)> = batch
         .iter()
         .filter_map(|op| match op {
@@ -370,34 +461,52 @@ fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<(), redb::Error> {
     for op in batch {
         match op {
             Op::Session(s) => {
-                sessions.insert(&s.client_id[..], record::session(s).as_slice())?;
+                let bytes = record::session(s);
+                n.bytes += (s.client_id.len() + bytes.len()) as u64;
+                if sessions
+                    .insert(&s.client_id[..], bytes.as_slice())?
+                    .is_none()
+                {
+                    n.sessions += 1;
+                }
             }
             Op::SessionRemoved(c) => {
                 let c = &c[..];
-                sessions.remove(c)?;
-                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
+                if sessions.remove(c)?.is_some() {
+                    n.sessions -= 1;
+                }
+                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| {
+                    n.messages -= 1;
+                    false
+                })?;
                 flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
                 incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
             }
             Op::Queued(c, d) => {
                 if !settled_here.contains(&(&c[..], d.seq)) {
                     let bytes = record::delivery(d);
+                    n.bytes += (c.len() + 8 + bytes.len()) as u64;
                     messages.insert((&c[..], d.seq), bytes.as_slice())?;
+                    n.messages += 1;
                 }
             }
             Op::Sent(c, seq, packet_id, stage) => {
                 if !settled_here.contains(&(&c[..], *seq)) {
+                    n.bytes += (c.len() + 11) as u64;
                     flows.insert((&c[..], *seq), (*packet_id, stage_code(*stage)))?;
                 }
             }
             Op::Settled(c, seq) => {
-                if !settled_here.contains(&(&c[..], *seq)) {
-                    messages.remove((&c[..], *seq))?;
+                if !settled_here.contains(&(&c[..], *seq))
+                    && messages.remove((&c[..], *seq))?.is_some()
+                {
+                    n.messages -= 1;
                     flows.remove((&c[..], *seq))?;
                 }
             }
             Op::Incoming(c, id, held) => {
                 if *held {
+                    n.bytes += (c.len() + 2) as u64;
                     incoming.insert((&c[..], *id), ())?;
                 } else {
                     incoming.remove((&c[..], *id))?;
@@ -405,7 +514,9 @@ fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<(), redb::Error> {
             }
             Op::Retained(topic, m) => match m {
                 Some(m) => {
-                    retained.insert(&topic[..], record::retained(m).as_slice())?;
+                    let bytes = record::retained(m);
+                    n.bytes += (topic.len() + bytes.len()) as u64;
+                    retained.insert(&topic[..], bytes.as_slice())?;
                 }
                 None => {
                     retained.remove(&topic[..])?;
@@ -413,7 +524,7 @@ fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<(), redb::Error> {
             },
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 fn stage_code(stage: Stage) -> u8 {
