@@ -194,7 +194,7 @@ pub(crate) fn watch_memory(ctx: Arc<Context>, high_water: u64) -> Background {
 
 /// RSS from /proc/self/statm (its second field, in pages): one small read, no parsing of
 /// /proc/self/status.
-fn resident_bytes(page: u64) -> Option<u64> {
+pub(crate) fn resident_bytes(page: u64) -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page)

@@ -20,6 +20,8 @@
 pub(crate) mod disk;
 mod inspect;
 mod record;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

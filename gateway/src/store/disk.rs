@@ -50,6 +50,10 @@ const FLOWS: TableDefinition<(&str, u64), (u16, u8)> = TableDefinition::new("flo
 const INCOMING: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 
+/// redb's page cache (its default is 1 GiB): the store's working set is the recent writes and
+/// the queues read back at start, and its cache counts in the gateway's memory like any session.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
@@ -169,6 +173,7 @@ pub(crate) fn open_database(path: &Path) -> Result<Database, StoreError> {
     // is never reset. A file it cannot read is reported, not replaced.
     let opened = quietly(|| {
         let mut db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .set_repair_callback(|_| {})
             .create(path)
             .map_err(|e| unreadable(path, e))?;
@@ -414,6 +419,7 @@ impl Writer {
         let db = match self.db.take() {
             Some(db) => db,
             None => Database::builder()
+                .set_cache_size(CACHE_BYTES)
                 .set_repair_callback(|_| {})
                 .create(&self.path)?,
         };

@@ -1,0 +1,272 @@
+//! The embedded store against its contract, on a real file: what it was told comes back after a
+//! reopen, marks become durable and wake their waiter, a removed session takes its messages
+//! with it; and (ignored, run by hand) how long a start with many stored sessions takes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use super::{DiskStore, SessionRecord, Store};
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::config::StorageConfig;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::{Delivery, Session, Stage, SubscriptionRecord};
+
+/// A store directory of its own, removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("gateway-store-unit-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+
+    fn open(&self) -> DiskStore {
+        let config = StorageConfig {
+            dir: self.0.clone(),
+            ..StorageConfig::default()
+        };
+        DiskStore::open(&config, &Metrics::new().store).expect("store opens")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+    let topic = ByteString::from(topic);
+    Arc::new(Message::new(
+        &topic,
+        &Bytes::from_static(payload),
+        QoS::AtLeastOnce,
+        false,
+        1,
+        None,
+    ))
+}
+
+fn delivery(topic: &str, seq: u64) -> Delivery {
+    Delivery {
+        msg: message(topic, b"payload"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![3],
+        seq,
+    }
+}
+
+fn record(client_id: &str) -> SessionRecord {
+    SessionRecord {
+        client_id: client_id.into(),
+        expiry_interval: 600,
+        expires_at: None,
+        subscriptions: vec![SubscriptionRecord {
+            filter: "t/#".into(),
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            },
+            id: Some(3),
+        }],
+        will: None,
+    }
+}
+
+#[test]
+fn what_it_was_told_comes_back_after_a_reopen() {
+    let dir = Dir::new();
+    let c: Arc<str> = "dev-1".into();
+    {
+        let store = dir.open();
+        store.session_saved(&record("dev-1"));
+        for seq in 1..=4 {
+            store.queued(&c, &delivery(&format!("t/{seq}"), seq));
+        }
+        store.sent(&c, 1, 7, Stage::PubAck);
+        store.sent(&c, 2, 8, Stage::PubRec);
+        store.sent(&c, 2, 8, Stage::PubComp);
+        store.settled(&c, 3);
+        store.incoming_qos2(&c, 5, true);
+        store.incoming_qos2(&c, 6, true);
+        store.incoming_qos2(&c, 6, false);
+        store.retained(&"r/a".into(), Some(&message("r/a", b"a")));
+        store.retained(&"r/b".into(), Some(&message("r/b", b"b")));
+        store.retained(&"r/b".into(), None);
+        // Dropped: what is pending is committed first.
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    assert_eq!(restored.sessions.len(), 1);
+    let s = &restored.sessions[0];
+    assert_eq!(&*s.record.client_id, "dev-1");
+    assert_eq!(s.record.subscriptions, record("dev-1").subscriptions);
+    let inflight: Vec<_> = s
+        .pending
+        .inflight
+        .iter()
+        .map(|(id, stage, d)| (*id, *stage, d.seq, d.msg.topic.to_string()))
+        .collect();
+    assert_eq!(
+        inflight,
+        [
+            (7, Stage::PubAck, 1, "t/1".to_owned()),
+            (8, Stage::PubComp, 2, "t/2".to_owned())
+        ]
+    );
+    let queue: Vec<_> = s.pending.queue.iter().map(|d| d.seq).collect();
+    assert_eq!(queue, [4], "seq 3 settled");
+    assert_eq!(s.pending.queue[0].subscription_ids, [3]);
+    assert_eq!(s.pending.incoming_qos2, [5]);
+    let retained: Vec<_> = restored
+        .retained
+        .iter()
+        .map(|m| m.topic.to_string())
+        .collect();
+    assert_eq!(retained, ["r/a"]);
+    assert_eq!(store.stats().sessions, 1);
+    assert_eq!(store.stats().messages, 3);
+}
+
+#[test]
+fn a_removed_session_takes_its_messages_and_ids_with_it() {
+    let dir = Dir::new();
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    {
+        let store = dir.open();
+        for c in [&a, &b] {
+            store.session_saved(&record(c));
+            store.queued(c, &delivery("t/1", 1));
+            store.sent(c, 1, 1, Stage::PubAck);
+            store.queued(c, &delivery("t/2", 2));
+            store.incoming_qos2(c, 9, true);
+        }
+        store.session_removed("a");
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    let ids: Vec<_> = restored
+        .sessions
+        .iter()
+        .map(|s| s.record.client_id.to_string())
+        .collect();
+    assert_eq!(ids, ["b"]);
+    let p = &restored.sessions[0].pending;
+    assert_eq!(
+        (p.inflight.len(), p.queue.len(), p.incoming_qos2.len()),
+        (1, 1, 1)
+    );
+    assert_eq!(store.stats().messages, 2);
+}
+
+#[tokio::test]
+async fn a_mark_becomes_durable_and_wakes_its_waiter() {
+    let dir = Dir::new();
+    let store = dir.open();
+    let c: Arc<str> = "w".into();
+    let mark = store.queued(&c, &delivery("t", 1));
+    assert!(mark > 0);
+    let session = Arc::new(Session::new(1, c.clone()));
+    store.wake_when_durable(mark, &session);
+    let woken = tokio::time::timeout(
+        Duration::from_secs(2),
+        std::future::poll_fn(|cx| session.poll_woken(cx)),
+    )
+    .await;
+    assert!(woken.is_ok(), "woken once durable");
+    assert!(store.is_durable(mark));
+}
+
+/// Start-up with many stored sessions and messages: open, load and make live, timed, with the
+/// memory it takes. `STORE_SESSIONS` and `STORE_MESSAGES` (defaults 100,000 and 1,000,000):
+/// `STORE_SESSIONS=1000000 STORE_MESSAGES=10000000 cargo test --release -p gateway --lib
+/// store::tests::startup -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, run by hand (BENCHMARKS.md)"]
+fn startup_with_many_stored_sessions() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sessions = env("STORE_SESSIONS", 100_000);
+    let messages = env("STORE_MESSAGES", 1_000_000);
+    let dir = Dir::new();
+    let filled = Instant::now();
+    {
+        let store = dir.open();
+        let ids: Vec<Arc<str>> = (0..sessions)
+            .map(|i| format!("device-{i:07}").into())
+            .collect();
+        for c in &ids {
+            store.session_saved(&record(c));
+        }
+        let msg = Arc::new(Message::new(
+            &ByteString::from("telemetry/device/temperature"),
+            &Bytes::from(vec![b'x'; 64]),
+            QoS::AtLeastOnce,
+            false,
+            1,
+            None,
+        ));
+        for i in 0..messages {
+            let c = &ids[(i % sessions) as usize];
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                seq: i / sessions + 1,
+            };
+            store.queued(c, &d);
+        }
+    }
+    let size = std::fs::metadata(dir.0.join(super::disk::FILE)).map_or(0, |m| m.len());
+    println!(
+        "filled {sessions} sessions / {messages} messages in {:.1} s; store file {} MiB",
+        filled.elapsed().as_secs_f64(),
+        size >> 20
+    );
+    // SAFETY: sysconf has no memory effects.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let rss = || crate::limits::resident_bytes(page).unwrap_or(0);
+    let before = rss();
+    let start = Instant::now();
+    let store = Arc::new(dir.open());
+    let opened = start.elapsed();
+    let restored = store.load().expect("loads");
+    let loaded = start.elapsed();
+    let limits = crate::session::QueueLimits {
+        max_queued: usize::MAX,
+        queue_qos0_offline: false,
+    };
+    let router = crate::router::Router::new(limits, 1000, 32, Arc::new(Metrics::new()))
+        .with_store(store.clone());
+    let registry = crate::registry::Registry::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async { registry.restore(restored, &router) });
+    let live = start.elapsed();
+    println!(
+        "start-up: open and check {:.2} s, load {:.2} s, live {:.2} s; RSS +{} MiB",
+        opened.as_secs_f64(),
+        loaded.as_secs_f64(),
+        live.as_secs_f64(),
+        (rss().saturating_sub(before)) >> 20,
+    );
+}
