@@ -277,6 +277,7 @@ impl Registry {
                 }
             }
             session.restore_pending(stored.pending);
+            session.restore_stored(stored.stored, stored.stored_from, stored.stored_last);
             if let Some((will, due)) = record.will {
                 self.schedule(due, &session, generation, Due::Will(will));
             }

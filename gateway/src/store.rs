@@ -55,7 +55,12 @@ pub(crate) struct SessionRecord {
 #[derive(Debug)]
 pub(crate) struct StoredSession {
     pub(crate) record: SessionRecord,
+    /// In flight, and whatever of its queue was read.
     pub(crate) pending: Pending,
+    /// Queued messages left on disk, seqs `stored_from..=stored_last` (`Store::read_queued`).
+    pub(crate) stored: u64,
+    pub(crate) stored_from: u64,
+    pub(crate) stored_last: u64,
 }
 
 /// What `Store::load` hands back at start.
@@ -111,6 +116,16 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Wakes `waiter` once `mark` is durable (at once if it is).
     fn wake_when_durable(&self, mark: Mark, waiter: &Arc<Session>);
 
+    /// Up to `max` messages queued for `client_id`, in order, from seq `from` to before `until`:
+    /// a queue left on disk at start, read back as its client drains it.
+    fn read_queued(
+        &self,
+        client_id: &str,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<crate::session::Delivery>, StoreError>;
+
     /// Whether it can take messages now: false while commits fail, when what a persistent
     /// session must receive is refused (its publisher is not acknowledged) instead of piled up.
     fn available(&self) -> bool;
@@ -157,6 +172,16 @@ impl Store for MemoryStore {
 
     fn available(&self) -> bool {
         true
+    }
+
+    fn read_queued(
+        &self,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<crate::session::Delivery>, StoreError> {
+        Ok(Vec::new())
     }
 
     fn stats(&self) -> StoreStats {

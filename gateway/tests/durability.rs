@@ -106,10 +106,11 @@ async fn publish_until_killed(
 
 /// Connects the persistent subscriber and takes everything queued for it, acknowledging each
 /// message (QoS 2 through PUBREC / PUBREL / PUBCOMP), until it is silent for a second.
-async fn drain(addr: std::net::SocketAddr) -> HashMap<String, (u8, usize)> {
+async fn drain(addr: std::net::SocketAddr) -> (HashMap<String, (u8, usize)>, Vec<String>) {
     let (mut raw, present) = Raw::connect(addr, &Connect::v311("dur-sub", false, 60)).await;
     assert!(present, "the persistent session survived");
     let mut got: HashMap<String, (u8, usize)> = HashMap::new();
+    let mut order = Vec::new();
     while let Ok(f) = raw.read_packet_within(Duration::from_secs(2)).await {
         match f.kind() {
             PUBLISH => {
@@ -121,6 +122,7 @@ async fn drain(addr: std::net::SocketAddr) -> HashMap<String, (u8, usize)> {
                     _ => {}
                 }
                 let text = String::from_utf8(p.payload).expect("UTF-8 payload");
+                order.push(text.clone());
                 got.entry(text).or_insert((p.qos, 0)).1 += 1;
             }
             k if k == PUBREL & 0xF0 => {
@@ -130,7 +132,7 @@ async fn drain(addr: std::net::SocketAddr) -> HashMap<String, (u8, usize)> {
         }
     }
     raw.send_lenient(&encode_disconnect(None)).await;
-    got
+    (got, order)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +182,16 @@ async fn nothing_acknowledged_is_lost_across_kill_9() {
     );
 
     let gw = setup.start();
-    let got = drain(gw.addr).await;
+    let (got, order) = drain(gw.addr).await;
+    // Each publisher's messages arrive in the order it sent them (the queue, read back from
+    // the store in chunks, keeps its order across restarts).
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for p in &order {
+        let (publisher, seq) = p.split_once('-').expect("p{id}-{seq}");
+        let seq: u64 = seq.parse().expect("seq");
+        let before = last.insert(publisher, seq).unwrap_or(0);
+        assert!(seq > before, "{publisher}: {seq} after {before}");
+    }
     let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
     assert!(
         lost.is_empty(),

@@ -44,6 +44,7 @@ impl Client {
             return true;
         }
         self.release_acks();
+        self.read_stored();
         let mut ready = READY.with(|r| std::mem::take(&mut *r.borrow_mut()));
         let now = unix_millis();
         let mut settled = Vec::new();
@@ -77,6 +78,27 @@ impl Client {
         }
         READY.with(|r| *r.borrow_mut() = ready);
         full
+    }
+
+    /// Brings the next part of a queue that a restart left in the store into memory, when the
+    /// queue's front needs it: one chunk per fill, so a session's memory holds a window of its
+    /// backlog, not all of it.
+    fn read_stored(&mut self) {
+        let Some((from, until, max)) = self.session.stored_wanted(FILL_BATCH) else {
+            return;
+        };
+        match self
+            .ctx
+            .router
+            .store
+            .read_queued(&self.session.client_id, from, until, max)
+        {
+            Ok(chunk) => self.session.take_stored(chunk, max),
+            Err(e) => {
+                // Left where it is: the next fill tries again.
+                tracing::error!(client = %self.session.client_id, "{e}");
+            }
+        }
     }
 
     /// Encodes outgoing items (and empties `items`): shared heads patched per receiver, payloads

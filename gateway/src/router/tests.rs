@@ -712,6 +712,9 @@ impl Store for Seams {
     fn available(&self) -> bool {
         true
     }
+    fn read_queued(&self, _: &str, _: u64, _: u64, _: usize) -> Result<Vec<Delivery>, StoreError> {
+        Ok(Vec::new())
+    }
     fn stats(&self) -> crate::store::StoreStats {
         crate::store::StoreStats::default()
     }

@@ -87,6 +87,11 @@ struct Shared {
     /// What the committed store holds.
     sessions: AtomicU64,
     messages: AtomicU64,
+    /// The database, shared by the writer and the readers of stored queues. None after a failed
+    /// commit: redb keeps an I/O failure (a full disk) latched until the database is opened
+    /// again, which the writer's next attempt does.
+    db: Mutex<Option<Arc<Database>>>,
+    path: PathBuf,
 }
 
 pub(crate) struct DiskStore {
@@ -117,7 +122,8 @@ impl DiskStore {
             .map_err(|e| unreadable(&config.dir, format!("cannot create the directory: {e}")))?;
         let path = config.dir.join(FILE);
         let db = open_database(&path)?;
-        let restored = quietly(|| read_all(&db))
+        // Queued messages stay on disk: each session's are read back as its client drains them.
+        let restored = quietly(|| read_all(&db, Decode::InFlight))
             .unwrap_or_else(|_| Err("damaged: the database engine failed reading it".into()))
             .map_err(|e| unreadable(&path, e))?;
         let shared = Arc::new(Shared {
@@ -128,11 +134,11 @@ impl DiskStore {
             available: AtomicBool::new(true),
             sessions: AtomicU64::new(0),
             messages: AtomicU64::new(0),
+            db: Mutex::new(Some(Arc::new(db))),
+            path: path.clone(),
         });
         let writer = Writer {
             shared: shared.clone(),
-            db: Some(db),
-            path: path.clone(),
             delay: Duration::from_millis(u64::from(config.commit_delay_ms)),
             metrics: metrics.clone(),
         };
@@ -259,7 +265,7 @@ impl Store for DiskStore {
         let messages = restored
             .sessions
             .iter()
-            .map(|s| s.pending.queue.len() + s.pending.inflight.len())
+            .map(|s| s.pending.queue.len() + s.pending.inflight.len() + s.stored as usize)
             .sum::<usize>();
         let shared = &self.shared;
         shared
@@ -316,6 +322,34 @@ impl Store for DiskStore {
         self.shared.available.load(Ordering::Relaxed)
     }
 
+    fn read_queued(
+        &self,
+        client_id: &str,
+        from: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            unreadable(
+                &self.path,
+                format!("reading the queue of {client_id:?}: {e}"),
+            )
+        };
+        let db = self.shared.database().map_err(|e| failed(&e))?;
+        let tx = db.begin_read().map_err(|e| failed(&e))?;
+        let table = tx.open_table(MESSAGES).map_err(|e| failed(&e))?;
+        let mut out = Vec::new();
+        let range = table
+            .range((client_id, from)..(client_id, until))
+            .map_err(|e| failed(&e))?;
+        for entry in range.take(max) {
+            let (k, v) = entry.map_err(|e| failed(&e))?;
+            let (_, seq) = k.value();
+            out.push(record::read_delivery(v.value(), seq).map_err(|e| failed(&e))?);
+        }
+        Ok(out)
+    }
+
     fn stats(&self) -> StoreStats {
         let s = &self.shared;
         StoreStats {
@@ -329,10 +363,6 @@ impl Store for DiskStore {
 
 struct Writer {
     shared: Arc<Shared>,
-    /// None after a failed commit: redb keeps an I/O failure (a full disk) latched until the
-    /// database is opened again, which the next attempt does.
-    db: Option<Database>,
-    path: PathBuf,
     delay: Duration,
     metrics: StoreMetrics,
 }
@@ -346,7 +376,7 @@ struct Applied {
 }
 
 impl Writer {
-    fn run(mut self) {
+    fn run(self) {
         let mut batch = Vec::new();
         loop {
             let (last, closing) = {
@@ -409,26 +439,43 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &[Op]) -> Result<Applied, redb::Error> {
+    fn commit(&self, batch: &[Op]) -> Result<Applied, redb::Error> {
         #[cfg(feature = "fault-injection")]
         if crate::fault::store_writes_fail() {
             return Err(redb::Error::Io(std::io::Error::from_raw_os_error(
                 libc::ENOSPC,
             )));
         }
-        let db = match self.db.take() {
-            Some(db) => db,
-            None => Database::builder()
+        let db = self.shared.database()?;
+        let committed = (|| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            let applied = apply(&tx, batch)?;
+            tx.commit()?;
+            Ok::<_, redb::Error>(applied)
+        })();
+        if committed.is_err() {
+            *self.shared.db.lock() = None;
+        }
+        committed
+    }
+}
+
+impl Shared {
+    /// The open database, opened again after a failure (when no reader still holds the old).
+    fn database(&self) -> Result<Arc<Database>, redb::Error> {
+        let mut db = self.db.lock();
+        if let Some(db) = db.as_ref() {
+            return Ok(db.clone());
+        }
+        let opened = Arc::new(
+            Database::builder()
                 .set_cache_size(CACHE_BYTES)
                 .set_repair_callback(|_| {})
                 .create(&self.path)?,
-        };
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        let applied = apply(&tx, batch)?;
-        tx.commit()?;
-        self.db = Some(db);
-        Ok(applied)
+        );
+        *db = Some(opened.clone());
+        Ok(opened)
     }
 }
 
@@ -550,8 +597,17 @@ fn stage_of(code: u8) -> Option<Stage> {
     }
 }
 
-/// Everything in the store, for `load`, `gateway store check` and `export`.
-pub(crate) fn read_all(db: &Database) -> Result<Restored, String> {
+/// What of the queued messages `read_all` decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decode {
+    /// Every message (`gateway store check` and `export`).
+    All,
+    /// Only those in flight; the queued ones are counted and left on disk (start-up).
+    InFlight,
+}
+
+/// The store's contents, for `load`, `gateway store check` and `export`.
+pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String> {
     let tx = db.begin_read().map_err(|e| e.to_string())?;
     let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
     let mut sessions: Vec<StoredSession> = Vec::new();
@@ -565,33 +621,61 @@ pub(crate) fn read_all(db: &Database) -> Result<Restored, String> {
             sessions.push(StoredSession {
                 record,
                 pending: Pending::default(),
+                stored: 0,
+                stored_from: 0,
+                stored_last: 0,
             });
         }
     }
-    let mut flows: HashMap<(String, u64), (u16, u8)> = HashMap::new();
+    // Only the messages in flight have a flow: few. Both tables are in (client, seq) order.
+    let mut flows: Vec<(String, u64, u16, u8)> = Vec::new();
     if let Ok(table) = tx.open_table(FLOWS) {
         for entry in table.iter().map_err(|x| e("flows", &x))? {
             let (k, v) = entry.map_err(|x| e("flows", &x))?;
-            let (c, seq) = k.value();
-            flows.insert((c.to_owned(), seq), v.value());
+            let ((c, seq), (packet_id, code)) = (k.value(), v.value());
+            flows.push((c.to_owned(), seq, packet_id, code));
         }
     }
+    let mut flows = flows.into_iter().peekable();
     if let Ok(table) = tx.open_table(MESSAGES) {
+        let mut current: Option<(String, Option<usize>)> = None;
         for entry in table.iter().map_err(|x| e("messages", &x))? {
             let (k, v) = entry.map_err(|x| e("messages", &x))?;
             let (c, seq) = k.value();
+            if current.as_ref().map_or(true, |(name, _)| name != c) {
+                current = Some((c.to_owned(), index.get(c).copied()));
+            }
+            let flow = loop {
+                match flows.peek() {
+                    Some(f) if (f.0.as_str(), f.1) < (c, seq) => {
+                        flows.next();
+                    }
+                    Some(f) if (f.0.as_str(), f.1) == (c, seq) => break flows.next(),
+                    _ => break None,
+                }
+            };
+            // A message whose session is gone is left for the next removal to sweep.
+            let Some((_, Some(i))) = current else {
+                continue;
+            };
+            let session = &mut sessions[i];
+            if flow.is_none() && decode == Decode::InFlight {
+                if session.stored == 0 {
+                    session.stored_from = seq;
+                }
+                session.stored += 1;
+                session.stored_last = seq;
+                continue;
+            }
             let delivery = record::read_delivery(v.value(), seq)
                 .map_err(|x| e(&format!("message {seq} of {c:?}"), &x))?;
-            // A message whose session is gone is left for the next removal to sweep.
-            let Some(&i) = index.get(c) else { continue };
-            let pending = &mut sessions[i].pending;
-            match flows.get(&(c.to_owned(), seq)) {
-                Some(&(packet_id, code)) => {
+            match flow {
+                Some((_, _, packet_id, code)) => {
                     let stage = stage_of(code)
                         .ok_or_else(|| format!("message {seq} of {c:?}: flow stage {code}"))?;
-                    pending.inflight.push((packet_id, stage, delivery));
+                    session.pending.inflight.push((packet_id, stage, delivery));
                 }
-                None => pending.queue.push(delivery),
+                None => session.pending.queue.push(delivery),
             }
         }
     }

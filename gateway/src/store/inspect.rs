@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::disk::{open_database, read_all, FILE};
+use super::disk::{open_database, read_all, Decode, FILE};
 use super::{Restored, StoreError};
 use crate::message::Message;
 
@@ -40,7 +40,7 @@ fn read(dir: &Path) -> Result<Restored, StoreError> {
         Ok(false) => return Err(unreadable(&path, "damaged pages (checksum mismatch)")),
         Err(e) => return Err(unreadable(&path, e)),
     }
-    read_all(&db).map_err(|e| unreadable(&path, e))
+    read_all(&db, Decode::All).map_err(|e| unreadable(&path, e))
 }
 
 /// `gateway store check DIR`: Ok with what it holds when the store is sound.

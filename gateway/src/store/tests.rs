@@ -126,9 +126,19 @@ fn what_it_was_told_comes_back_after_a_reopen() {
             (8, Stage::PubComp, 2, "t/2".to_owned())
         ]
     );
-    let queue: Vec<_> = s.pending.queue.iter().map(|d| d.seq).collect();
-    assert_eq!(queue, [4], "seq 3 settled");
-    assert_eq!(s.pending.queue[0].subscription_ids, [3]);
+    // The queue stays on disk until read: seq 3 settled, seq 4 left.
+    assert!(s.pending.queue.is_empty());
+    assert_eq!((s.stored, s.stored_from, s.stored_last), (1, 4, 4));
+    let queued = store.read_queued("dev-1", 4, u64::MAX, 10).expect("reads");
+    let seqs: Vec<_> = queued
+        .iter()
+        .map(|d| (d.seq, d.subscription_ids.clone()))
+        .collect();
+    assert_eq!(seqs, [(4, vec![3])]);
+    assert!(store
+        .read_queued("dev-1", 4, 4, 10)
+        .expect("reads")
+        .is_empty());
     assert_eq!(s.pending.incoming_qos2, [5]);
     let retained: Vec<_> = restored
         .retained
@@ -163,9 +173,10 @@ fn a_removed_session_takes_its_messages_and_ids_with_it() {
         .map(|s| s.record.client_id.to_string())
         .collect();
     assert_eq!(ids, ["b"]);
-    let p = &restored.sessions[0].pending;
+    let b = &restored.sessions[0];
+    let p = &b.pending;
     assert_eq!(
-        (p.inflight.len(), p.queue.len(), p.incoming_qos2.len()),
+        (p.inflight.len(), b.stored, p.incoming_qos2.len()),
         (1, 1, 1)
     );
     assert_eq!(store.stats().messages, 2);
