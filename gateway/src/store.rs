@@ -21,6 +21,8 @@ pub(crate) mod disk;
 mod inspect;
 mod record;
 #[cfg(test)]
+pub(crate) mod recording;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

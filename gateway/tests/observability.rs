@@ -11,18 +11,11 @@ use std::time::Duration;
 
 use clients::{raw, unique_id, v3, v5, WAIT};
 use observe::prometheus::promtool_accepts;
-use observe::{families, listed_metrics, repo_root, request, samples, total, Observed, TOKEN};
+use observe::{
+    eventually_status, families, listed_metrics, repo_root, request, samples, total, Observed,
+    TOKEN,
+};
 use serde_json::Value;
-
-async fn eventually_status(http: std::net::SocketAddr, path: &str, want: u16) -> bool {
-    for _ in 0..200 {
-        if request(http, "GET", path, None).await.0 == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_503_while_starting_and_draining_and_health_is_200() {

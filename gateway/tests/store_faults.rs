@@ -10,7 +10,7 @@ mod observe;
 use std::time::Duration;
 
 use clients::raw::{encode_disconnect, Connect, End, Frame, Raw, PUBACK, PUBLISH, V};
-use observe::{samples, total, Observed};
+use observe::{eventually_status, samples, total, Observed};
 
 /// The reason code of a v5 PUBACK (absent: success).
 fn reason(f: &Frame) -> u8 {
@@ -20,16 +20,6 @@ fn reason(f: &Frame) -> u8 {
 
 fn publish(v: V, topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
     v.publish(PUBLISH | 0x02, topic.as_bytes(), Some(id), &[], payload)
-}
-
-async fn eventually_status(obs: &Observed, path: &str, want: u16) -> bool {
-    for _ in 0..200 {
-        if obs.get(path).await.0 == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +41,7 @@ async fn a_store_that_cannot_write_refuses_what_it_must_keep_serves_the_rest_and
         Err(End::Silent),
         "not acknowledged while it cannot be stored"
     );
-    assert!(eventually_status(&obs, "/readyz", 503).await);
+    assert!(eventually_status(obs.http, "/readyz", 503).await);
     let (_, body) = obs.get("/readyz").await;
     assert!(body.contains("store"), "{body}");
     let m = samples(&obs.metrics().await);
@@ -84,7 +74,7 @@ async fn a_store_that_cannot_write_refuses_what_it_must_keep_serves_the_rest_and
     let held = p.expect_packet("the held PUBACK").await;
     assert_eq!(reason(&held), 0, "acknowledged once stored");
     assert_eq!(&held.body[..2], &2u16.to_be_bytes());
-    assert!(eventually_status(&obs, "/readyz", 200).await);
+    assert!(eventually_status(obs.http, "/readyz", 200).await);
     q.send(&publish(V::V5, "keep/5", 3, b"five")).await;
     assert_eq!(reason(&q.expect_packet("PUBACK").await), 0);
 

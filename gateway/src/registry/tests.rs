@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use parking_lot::Mutex;
 
 use super::{Departure, Registry};
 use crate::clock::unix_millis;
@@ -15,54 +14,8 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::{Delivery, Pending, QueueLimits, Stage, SubscriptionRecord};
-use crate::store::{Mark, Restored, SessionRecord, Store, StoreError, StoredSession};
-
-/// Records what the registry and the router tell it; hands `restored` back on load.
-#[derive(Default)]
-struct Recording {
-    restored: Mutex<Option<Restored>>,
-    saved: Mutex<Vec<SessionRecord>>,
-    removed: Mutex<Vec<String>>,
-    queued: Mutex<Vec<String>>,
-}
-
-impl Store for Recording {
-    fn load(&self) -> Result<Restored, StoreError> {
-        Ok(self.restored.lock().take().unwrap_or_default())
-    }
-    fn session_saved(&self, s: &SessionRecord) -> Mark {
-        self.saved.lock().push(s.clone());
-        0
-    }
-    fn session_removed(&self, client_id: &str) {
-        self.removed.lock().push(client_id.to_owned());
-    }
-    fn queued(&self, client_id: &Arc<str>, _: &Delivery) -> Mark {
-        self.queued.lock().push(client_id.to_string());
-        0
-    }
-    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
-    fn settled(&self, _: &Arc<str>, _: u64) {}
-    fn incoming_qos2(&self, _: &Arc<str>, _: u16, _: bool) -> Mark {
-        0
-    }
-    fn retained(&self, _: &ByteString, _: Option<&Arc<Message>>) -> Mark {
-        0
-    }
-    fn is_durable(&self, _: Mark) -> bool {
-        true
-    }
-    fn available(&self) -> bool {
-        true
-    }
-    fn read_queued(&self, _: &str, _: u64, _: u64, _: usize) -> Result<Vec<Delivery>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn stats(&self) -> crate::store::StoreStats {
-        crate::store::StoreStats::default()
-    }
-    fn wake_when_durable(&self, _: Mark, _: &Arc<crate::session::Session>) {}
-}
+use crate::store::recording::Recording;
+use crate::store::{Restored, SessionRecord, Store, StoredSession};
 
 fn router(store: &Arc<Recording>) -> Router {
     let limits = QueueLimits {
@@ -104,7 +57,7 @@ async fn a_clean_session_ends_with_its_connection_and_stores_nothing() {
     assert!(registry.get("dev-1").is_none(), "ended: out of the map");
     assert_eq!(router.subscription_len(), 0, "and out of the index");
     assert!(
-        store.saved.lock().is_empty() && store.removed.lock().is_empty(),
+        store.saved.lock().is_empty() && store.lines("removed").is_empty(),
         "a clean session is never saved, so never removed"
     );
 }
@@ -125,7 +78,7 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     a.session
         .take_ready(unix_millis(), 1, 10, &mut out, &mut Vec::new());
     a.session.incoming_qos2(7, 10);
-    store.queued.lock().clear();
+    store.log.lock().clear();
     let departure = Departure {
         generation: a.generation,
         taken_over: false,
@@ -147,12 +100,12 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     assert_eq!(router.publish(message("t/1", QoS::AtLeastOnce)), 1);
     assert_eq!(registry.get("dev-2").map(|s| s.queue_len()), Some(2));
     assert_eq!(
-        *store.queued.lock(),
-        ["dev-2"],
+        store.lines("queued"),
+        ["dev-2 t/1"],
         "QoS 1 for a persistent session is stored"
     );
     router.publish(message("t/2", QoS::AtMostOnce));
-    assert_eq!(store.queued.lock().len(), 1, "QoS 0 never is");
+    assert_eq!(store.lines("queued").len(), 1, "QoS 0 never is");
 
     let b = registry.attach("dev-2", false, &router).await;
     assert!(b.present, "the session carried over");
@@ -184,7 +137,7 @@ async fn a_takeover_keeps_the_session_and_sends_only_an_undelayed_will() {
         registry.get("dev-3").is_some(),
         "not ended: the new connection has it"
     );
-    assert!(store.removed.lock().is_empty());
+    assert!(store.lines("removed").is_empty());
     assert!(
         store.saved.lock().is_empty(),
         "not offline either: nothing to save"
@@ -246,7 +199,7 @@ async fn restore_makes_stored_sessions_routable_and_ends_expired_ones() {
         registry.get("gone").is_none(),
         "expired while the broker was down"
     );
-    assert_eq!(*store.removed.lock(), ["gone"]);
+    assert_eq!(store.lines("removed"), ["gone"]);
     assert_eq!(router.publish(message("cmd/2", QoS::AtLeastOnce)), 1);
     assert_eq!(alive.queue_len(), 3);
 }

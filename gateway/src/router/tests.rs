@@ -13,9 +13,8 @@ use crate::cluster::{Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
-use crate::session::Stage;
-use crate::session::{Delivery, Outgoing, QueueLimits, Session};
-use crate::store::{Mark, Restored, SessionRecord, Store, StoreError};
+use crate::session::{Outgoing, QueueLimits, Session};
+use crate::store::recording::Recording;
 
 const Q0: QoS = QoS::AtMostOnce;
 const Q1: QoS = QoS::AtLeastOnce;
@@ -665,11 +664,11 @@ fn a_resubscribe_replaces_the_options() {
     );
 }
 
-/// Both seams at once: what the router tells the cluster and the store, in order.
+/// The cluster's side of what the router announces, into the log the store records into too.
 #[derive(Default)]
-struct Seams(Mutex<Vec<String>>);
+struct Heard(Arc<Mutex<Vec<String>>>);
 
-impl Cluster for Seams {
+impl Cluster for Heard {
     fn forward(&self, m: &Arc<Message>) {
         self.0.lock().push(format!("forward {}", m.topic));
     }
@@ -681,54 +680,12 @@ impl Cluster for Seams {
     }
 }
 
-impl Store for Seams {
-    fn load(&self) -> Result<Restored, StoreError> {
-        Ok(Restored::default())
-    }
-    fn session_saved(&self, _: &SessionRecord) -> Mark {
-        0
-    }
-    fn session_removed(&self, _: &str) {}
-    fn queued(&self, client_id: &Arc<str>, d: &Delivery) -> Mark {
-        self.0
-            .lock()
-            .push(format!("queued {client_id} {}", d.msg.topic));
-        d.seq
-    }
-    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
-    fn settled(&self, _: &Arc<str>, _: u64) {}
-    fn incoming_qos2(&self, _: &Arc<str>, _: u16, _: bool) -> Mark {
-        0
-    }
-    fn retained(&self, topic: &ByteString, m: Option<&Arc<Message>>) -> Mark {
-        self.0
-            .lock()
-            .push(format!("retained {topic} {}", m.is_some()));
-        0
-    }
-    fn is_durable(&self, _: Mark) -> bool {
-        true
-    }
-    fn available(&self) -> bool {
-        true
-    }
-    fn read_queued(&self, _: &str, _: u64, _: u64, _: usize) -> Result<Vec<Delivery>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn stats(&self) -> crate::store::StoreStats {
-        crate::store::StoreStats::default()
-    }
-    fn wake_when_durable(&self, _: Mark, _: &Arc<Session>) {}
-}
-
 #[test]
 fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
-    let seams = Arc::new(Seams::default());
+    let cluster = Arc::new(Heard::default());
+    let store = Arc::new(Recording::into(cluster.0.clone()));
     let f = Fixture::new(10, false);
-    let router = f
-        .router
-        .with_store(seams.clone())
-        .with_cluster(seams.clone());
+    let router = f.router.with_store(store).with_cluster(cluster.clone());
     let (a, b) = (session(1, true), session(2, false));
     b.set_expiry_interval(60);
     let sub = |s: &Arc<Session>, filter: &str| {
@@ -741,7 +698,7 @@ fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
         router.publish(message(topic, payload, qos, retain, origin));
     };
     let heard = |what: &str, want: &[&str]| {
-        let heard = std::mem::take(&mut *seams.0.lock());
+        let heard = std::mem::take(&mut *cluster.0.lock());
         assert_eq!(heard, want, "{what}");
     };
     sub(&a, "t/#");

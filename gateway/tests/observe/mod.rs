@@ -145,6 +145,17 @@ pub async fn request(
     (status, body)
 }
 
+/// Whether `path` answers `want` within two seconds (polled).
+pub async fn eventually_status(http: SocketAddr, path: &str, want: u16) -> bool {
+    for _ in 0..200 {
+        if request(http, "GET", path, None).await.0 == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// Samples of a text exposition: series (name with labels, as written) -> value.
 pub fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
