@@ -18,7 +18,10 @@
 //! (`incoming_qos2`). Retained messages are kept by topic (`retained`).
 
 pub(crate) mod disk;
+mod group_commit;
 mod inspect;
+mod layout;
+mod load;
 mod record;
 #[cfg(test)]
 pub(crate) mod recording;

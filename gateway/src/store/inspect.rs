@@ -8,7 +8,8 @@ use std::path::Path;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::disk::{open_database, read_all, Decode, FILE};
+use super::layout::{open_database, FILE};
+use super::load::{read_all, Decode};
 use super::{Restored, StoreError};
 use crate::message::Message;
 

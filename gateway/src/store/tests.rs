@@ -245,7 +245,7 @@ fn startup_with_many_stored_sessions() {
             store.queued(c, &d);
         }
     }
-    let size = std::fs::metadata(dir.0.join(super::disk::FILE)).map_or(0, |m| m.len());
+    let size = std::fs::metadata(dir.0.join(super::layout::FILE)).map_or(0, |m| m.len());
     println!(
         "filled {sessions} sessions / {messages} messages in {:.1} s; store file {} MiB",
         filled.elapsed().as_secs_f64(),

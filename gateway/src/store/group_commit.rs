@@ -1,0 +1,359 @@
+//! Group commit: sessions' tasks record changes without waiting, one writer thread makes them
+//! durable together.
+//!
+//! Each change is appended to the pending batch under one short lock, which also numbers it (its
+//! `Mark`). The writer thread takes the whole batch, waits `commit_delay_ms` first so that more
+//! sessions' changes join it, applies it in one transaction and commits with an fsync; then
+//! every mark up to the batch's last is durable, and the sessions waiting for one are woken to
+//! send their acknowledgements. A message queued and acknowledged within the same batch never
+//! touches the disk. A commit that fails (disk full) is kept and retried, the database opened
+//! again (redb latches an I/O failure), and meanwhile the store says it is not `available`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use parking_lot::{Condvar, Mutex};
+use redb::{Database, Durability, WriteTransaction};
+use tracing::{error, info};
+
+use super::layout::{stage_code, CACHE_BYTES, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::record;
+use super::{Mark, SessionRecord};
+use crate::message::Message;
+use crate::metrics::StoreMetrics;
+use crate::session::{Delivery, Session, Stage};
+
+/// How long a failed commit waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// One recorded change, in the order recorded.
+pub(super) enum Op {
+    Session(SessionRecord),
+    SessionRemoved(Arc<str>),
+    Queued(Arc<str>, Delivery),
+    Sent(Arc<str>, u64, u16, Stage),
+    Settled(Arc<str>, u64),
+    Incoming(Arc<str>, u16, bool),
+    Retained(ByteString, Option<Arc<Message>>),
+}
+
+#[derive(Default)]
+struct Recorded {
+    ops: Vec<Op>,
+    /// The mark of the last op recorded.
+    last: Mark,
+    closing: bool,
+}
+
+pub(super) struct Shared {
+    pending: Mutex<Recorded>,
+    recorded: Condvar,
+    /// Every mark up to this one is on disk.
+    durable: AtomicU64,
+    waiters: Mutex<Vec<(Mark, Weak<Session>)>>,
+    /// Cleared while commits fail.
+    available: AtomicBool,
+    /// What the committed store holds.
+    sessions: AtomicU64,
+    messages: AtomicU64,
+    /// The database, shared by the writer and the readers of stored queues. None after a failed
+    /// commit: redb keeps an I/O failure (a full disk) latched until the database is opened
+    /// again, which the writer's next attempt does.
+    db: Mutex<Option<Arc<Database>>>,
+    path: PathBuf,
+}
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    delay: Duration,
+    metrics: StoreMetrics,
+}
+
+/// What a committed batch changed, for the counts and the metrics.
+#[derive(Default)]
+struct Applied {
+    sessions: i64,
+    messages: i64,
+    bytes: u64,
+}
+
+impl Writer {
+    /// Starts the writer thread on `shared`.
+    pub(super) fn spawn(
+        shared: Arc<Shared>,
+        delay: Duration,
+        metrics: StoreMetrics,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let writer = Writer {
+            shared,
+            delay,
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+    }
+
+    fn run(self) {
+        let mut batch = Vec::new();
+        loop {
+            let (last, closing) = {
+                let mut p = self.shared.pending.lock();
+                while p.ops.is_empty() && batch.is_empty() && !p.closing {
+                    self.shared.recorded.wait(&mut p);
+                }
+                if p.ops.is_empty() && batch.is_empty() {
+                    return;
+                }
+                if !self.delay.is_zero() && !p.closing {
+                    // Gathers more changes into this commit; one fsync covers them all.
+                    self.shared.recorded.wait_for(&mut p, self.delay);
+                }
+                batch.append(&mut p.ops);
+                (p.last, p.closing)
+            };
+            let started = std::time::Instant::now();
+            match self.commit(&batch) {
+                Ok(applied) => {
+                    batch.clear();
+                    let m = &self.metrics;
+                    m.commit_seconds.record(started.elapsed().as_secs_f64());
+                    m.commits.increment(1);
+                    m.written_bytes.increment(applied.bytes);
+                    let s = &self.shared;
+                    add(&s.sessions, applied.sessions);
+                    add(&s.messages, applied.messages);
+                    if !s.available.swap(true, Ordering::Relaxed) {
+                        info!("store writes again: acknowledging stored messages");
+                    }
+                    s.durable.store(last, Ordering::Release);
+                    self.wake(last);
+                }
+                Err(e) => {
+                    // Kept and tried again: what waits for it is not acknowledged meanwhile, and
+                    // nothing more is taken for persistent sessions (`available`).
+                    self.metrics.errors.increment(1);
+                    if self.shared.available.swap(false, Ordering::Relaxed) {
+                        error!("store commit failed, refusing what it would have to keep until it writes again: {e}");
+                    }
+                    if closing {
+                        return;
+                    }
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+    }
+
+    fn wake(&self, durable: Mark) {
+        let ready: Vec<Weak<Session>> = {
+            let mut w = self.shared.waiters.lock();
+            let (ready, waiting): (Vec<_>, Vec<_>) = w.drain(..).partition(|(m, _)| *m <= durable);
+            *w = waiting;
+            ready.into_iter().map(|(_, s)| s).collect()
+        };
+        for s in ready.iter().filter_map(Weak::upgrade) {
+            s.wake();
+        }
+    }
+
+    fn commit(&self, batch: &[Op]) -> Result<Applied, redb::Error> {
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::store_writes_fail() {
+            return Err(redb::Error::Io(std::io::Error::from_raw_os_error(
+                libc::ENOSPC,
+            )));
+        }
+        let db = self.shared.database()?;
+        let committed = (|| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            let applied = apply(&tx, batch)?;
+            tx.commit()?;
+            Ok::<_, redb::Error>(applied)
+        })();
+        if committed.is_err() {
+            *self.shared.db.lock() = None;
+        }
+        committed
+    }
+}
+
+impl Shared {
+    /// The state of a store just opened on `db`, holding `sessions` and `messages`.
+    pub(super) fn new(db: Database, path: PathBuf, sessions: u64, messages: u64) -> Shared {
+        Shared {
+            pending: Mutex::new(Recorded::default()),
+            recorded: Condvar::new(),
+            durable: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+            available: AtomicBool::new(true),
+            sessions: AtomicU64::new(sessions),
+            messages: AtomicU64::new(messages),
+            db: Mutex::new(Some(Arc::new(db))),
+            path,
+        }
+    }
+
+    /// Appends a change to the pending batch; returns its mark.
+    pub(super) fn record(&self, op: Op) -> Mark {
+        let mut p = self.pending.lock();
+        p.ops.push(op);
+        p.last += 1;
+        let mark = p.last;
+        drop(p);
+        self.recorded.notify_one();
+        mark
+    }
+
+    /// Asks the writer to commit what is pending and stop.
+    pub(super) fn close(&self) {
+        self.pending.lock().closing = true;
+        self.recorded.notify_one();
+    }
+
+    pub(super) fn is_durable(&self, mark: Mark) -> bool {
+        self.durable.load(Ordering::Acquire) >= mark
+    }
+
+    pub(super) fn wake_when_durable(&self, mark: Mark, waiter: &Arc<Session>) {
+        self.waiters.lock().push((mark, Arc::downgrade(waiter)));
+        // The writer may have advanced before the waiter was in place.
+        if self.is_durable(mark) {
+            waiter.wake();
+        }
+    }
+
+    pub(super) fn available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Persistent sessions and messages in the committed store.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (
+            self.sessions.load(Ordering::Relaxed),
+            self.messages.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The open database, opened again after a failure (when no reader still holds the old).
+    pub(super) fn database(&self) -> Result<Arc<Database>, redb::Error> {
+        let mut db = self.db.lock();
+        if let Some(db) = db.as_ref() {
+            return Ok(db.clone());
+        }
+        let opened = Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .set_repair_callback(|_| {})
+                .create(&self.path)?,
+        );
+        *db = Some(opened.clone());
+        Ok(opened)
+    }
+}
+
+fn add(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(delta.unsigned_abs()))
+        });
+    }
+}
+
+/// Applies a batch in order. Messages queued and settled within it are skipped altogether.
+fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<Applied, redb::Error> {
+    let mut n = Applied::default();
+    let queued_here: HashSet<(&str, u64)> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Queued(c, d) => Some((&c[..], d.seq)),
+            _ => None,
+        })
+        .collect();
+    let settled_here: HashSet<(&str, u64)> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Settled(c, seq) if queued_here.contains(&(&c[..], *seq)) => Some((&c[..], *seq)),
+            _ => None,
+        })
+        .collect();
+    let mut sessions = tx.open_table(SESSIONS)?;
+    let mut messages = tx.open_table(MESSAGES)?;
+    let mut flows = tx.open_table(FLOWS)?;
+    let mut incoming = tx.open_table(INCOMING)?;
+    let mut retained = tx.open_table(RETAINED)?;
+    for op in batch {
+        match op {
+            Op::Session(s) => {
+                let bytes = record::session(s);
+                n.bytes += (s.client_id.len() + bytes.len()) as u64;
+                if sessions
+                    .insert(&s.client_id[..], bytes.as_slice())?
+                    .is_none()
+                {
+                    n.sessions += 1;
+                }
+            }
+            Op::SessionRemoved(c) => {
+                let c = &c[..];
+                if sessions.remove(c)?.is_some() {
+                    n.sessions -= 1;
+                }
+                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| {
+                    n.messages -= 1;
+                    false
+                })?;
+                flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
+                incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+            }
+            Op::Queued(c, d) => {
+                if !settled_here.contains(&(&c[..], d.seq)) {
+                    let bytes = record::delivery(d);
+                    n.bytes += (c.len() + 8 + bytes.len()) as u64;
+                    messages.insert((&c[..], d.seq), bytes.as_slice())?;
+                    n.messages += 1;
+                }
+            }
+            Op::Sent(c, seq, packet_id, stage) => {
+                if !settled_here.contains(&(&c[..], *seq)) {
+                    n.bytes += (c.len() + 11) as u64;
+                    flows.insert((&c[..], *seq), (*packet_id, stage_code(*stage)))?;
+                }
+            }
+            Op::Settled(c, seq) => {
+                if !settled_here.contains(&(&c[..], *seq))
+                    && messages.remove((&c[..], *seq))?.is_some()
+                {
+                    n.messages -= 1;
+                    flows.remove((&c[..], *seq))?;
+                }
+            }
+            Op::Incoming(c, id, held) => {
+                if *held {
+                    n.bytes += (c.len() + 2) as u64;
+                    incoming.insert((&c[..], *id), ())?;
+                } else {
+                    incoming.remove((&c[..], *id))?;
+                }
+            }
+            Op::Retained(topic, m) => match m {
+                Some(m) => {
+                    let bytes = record::retained(m);
+                    n.bytes += (topic.len() + bytes.len()) as u64;
+                    retained.insert(&topic[..], bytes.as_slice())?;
+                }
+                None => {
+                    retained.remove(&topic[..])?;
+                }
+            },
+        }
+    }
+    Ok(n)
+}
