@@ -47,6 +47,9 @@ struct Recorded {
     /// The mark of the last op recorded.
     last: Mark,
     closing: bool,
+    /// The writer waits for a first change: the next one wakes it. Otherwise it is committing or
+    /// gathering, and will take what is recorded without being told (no wake-up per change).
+    idle: bool,
 }
 
 pub(super) struct Shared {
@@ -104,14 +107,18 @@ impl Writer {
             let (last, closing) = {
                 let mut p = self.shared.pending.lock();
                 while p.ops.is_empty() && batch.is_empty() && !p.closing {
+                    p.idle = true;
                     self.shared.recorded.wait(&mut p);
                 }
+                p.idle = false;
                 if p.ops.is_empty() && batch.is_empty() {
                     return;
                 }
-                if !self.delay.is_zero() && !p.closing {
-                    // Gathers more changes into this commit; one fsync covers them all.
-                    self.shared.recorded.wait_for(&mut p, self.delay);
+                // Gathers more changes into this commit, the whole delay (only closing cuts it
+                // short): one fsync covers them all.
+                let deadline = std::time::Instant::now() + self.delay;
+                while !p.closing && std::time::Instant::now() < deadline {
+                    self.shared.recorded.wait_until(&mut p, deadline);
                 }
                 batch.append(&mut p.ops);
                 (p.last, p.closing)
@@ -205,8 +212,11 @@ impl Shared {
         p.ops.push(op);
         p.last += 1;
         let mark = p.last;
+        let wake = std::mem::take(&mut p.idle);
         drop(p);
-        self.recorded.notify_one();
+        if wake {
+            self.recorded.notify_one();
+        }
         mark
     }
 
