@@ -2,11 +2,13 @@
 """Benchmark harness: the gateway against Mosquitto, nats-server (MQTT) and rumqttd.
 
 Runs each workload against every broker, alternating brokers, each run on a fresh broker process
-started with the same open-file limit, logging off, no persistence and raised queue limits, with
-device-sim as the load generator. Reads broker CPU (utime+stime from /proc/PID/stat) and RSS
-(/proc/PID/status) around each run, takes the median of the runs, prints a table with ratios
-gateway / peer and writes everything as JSON. Started by bench/run.sh (see BENCHMARKS.md).
-Python 3 standard library only.
+in its own temporary directory, started with the same open-file limit, logging off and raised
+queue limits, with device-sim as the load generator. Stores live in that directory: the gateway's
+(`[storage]`, on by default) always, and for the persistent-session workload (g) Mosquitto's
+persistence file too (nats-server's JetStream store is there for every workload). Reads broker
+CPU (utime+stime from /proc/PID/stat) and RSS (/proc/PID/status) around each run, takes the
+median of the runs, prints a table with ratios gateway / peer and writes everything as JSON.
+Started by bench/run.sh (see BENCHMARKS.md). Python 3 standard library only.
 """
 
 import argparse
@@ -42,10 +44,26 @@ PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
 PORT_STEP = [0]
 
 
-def gateway_config(port):
-    """The gateway's configuration under test (also used by bench/per_message.sh)."""
+# Gateway configuration variants, run as broker "gateway-VARIANT" (or "gateway:LABEL-VARIANT"
+# with --gateway-bin): the same binary with these `[storage]` keys on top of gateway_config's.
+GATEWAY_VARIANTS = {
+    "storage-off": {"enabled": "false"},
+    "storage-batched": {"sync": '"batched"'},
+}
+
+
+def gateway_config(port, storage_dir, storage=None):
+    """The gateway's configuration under test (also used by bench/per_message.sh).
+
+    `storage_dir` is the broker's own directory (never the repository): storage stays on, as by
+    default, with the default `sync = "always"` unless `storage` (extra `[storage]` keys, TOML
+    values as text, e.g. {"enabled": "false"}) says otherwise. Clean sessions store nothing.
+    """
+    extra = "".join(f"{k} = {v}\n" for k, v in (storage or {}).items())
     return f"""# written by bench/harness.py
-[mqtt]
+[storage]
+dir = "{storage_dir}"
+{extra}[mqtt]
 listen = "127.0.0.1:{port}"
 max_queued_messages = 100000
 max_inflight = 65535
@@ -101,10 +119,32 @@ def cleanup(*_):
 # ---------------------------------------------------------------- brokers
 
 
+def gateway_variant(name):
+    """(binary name in GATEWAYS, variant or None) for a gateway broker name, else None."""
+    if name in GATEWAYS:
+        return name, None
+    for v in GATEWAY_VARIANTS:
+        base = name[:-len(v) - 1]
+        if name.endswith("-" + v) and base in GATEWAYS:
+            return base, v
+    return None
+
+
+# Files and directories a broker keeps its store in (inside its own directory), removed when a
+# workload restarts it between sizes.
+STORE_FILES = ("js", "store.redb", "mosquitto.db")
+
+
 class Broker:
-    def __init__(self, name, workdir):
+    def __init__(self, name, workdir, persistent=False):
+        """`persistent`: the workload uses persistent sessions, so peers that can persist them
+        get their store (Mosquitto `persistence true`); the gateway's storage is on either way
+        unless its variant turns it off."""
         self.name = name
-        self.kind = name.split(":", 1)[0]
+        gw = gateway_variant(name)
+        self.kind = "gateway" if gw else name.split(":", 1)[0]
+        self.bin, self.variant = gw if gw else (None, None)
+        self.persistent = persistent
         self.port = PORTS[self.kind]
         self.dir = tempfile.mkdtemp(prefix=f"{name.replace(':', '-')}-", dir=workdir)
         self.proc = None
@@ -112,14 +152,18 @@ class Broker:
     def command(self):
         d, port = self.dir, self.port
         if self.kind == "gateway":
-            conf = gateway_config(port)
-            cmd = [GATEWAYS[self.name], "--config", f"{d}/gateway.toml"]
+            conf = gateway_config(port, d, GATEWAY_VARIANTS.get(self.variant))
+            cmd = [GATEWAYS[self.bin], "--config", f"{d}/gateway.toml"]
             path = f"{d}/gateway.toml"
         elif self.name == "mosquitto":
+            # Persistent sessions (g): the in-memory state is saved to mosquitto.db in the
+            # broker's directory at the default autosave_interval (1800 s) and at shutdown.
+            persistence = (f"persistence true\npersistence_location {d}/" if self.persistent
+                           else "persistence false")
             conf = f"""# written by bench/harness.py
 listener {port} 127.0.0.1
 allow_anonymous true
-persistence false
+{persistence}
 log_dest none
 max_queued_messages 100000
 max_queued_bytes 0
@@ -218,8 +262,12 @@ next_connection_delay_ms = 0
     def restart(self):
         """A fresh process (same configuration), e.g. between the sizes of one workload."""
         self.stop(keep_dir=True)
-        for sub in ("js",):
-            shutil.rmtree(os.path.join(self.dir, sub), ignore_errors=True)
+        for sub in STORE_FILES:
+            path = os.path.join(self.dir, sub)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
         time.sleep(0.5)
         self.start()
 
@@ -228,6 +276,28 @@ next_connection_delay_ms = 0
             fields = f.read().rsplit(")", 1)[1].split()
         # fields[0] is field 3 (state): utime is field 14, stime field 15
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def written(self):
+        """Bytes this process caused to be written to storage so far (/proc/PID/io)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/io") as f:
+                for line in f:
+                    if line.startswith("write_bytes:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def store_bytes(self):
+        """Size of the broker's store files in its directory now."""
+        total = 0
+        for sub in STORE_FILES:
+            path = os.path.join(self.dir, sub)
+            if os.path.isfile(path):
+                total += os.path.getsize(path)
+            for root, _, files in os.walk(path):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        return total
 
     def rss(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -262,8 +332,9 @@ def rumqttd_bin():
 def available_brokers(wanted):
     ok = []
     for b in wanted:
-        if b in GATEWAYS and not os.path.exists(GATEWAYS[b]):
-            log(f"{b} binary {GATEWAYS[b]} missing; run cargo build --release -p gateway")
+        gw = gateway_variant(b)
+        if gw and not os.path.exists(GATEWAYS[gw[0]]):
+            log(f"{b} binary {GATEWAYS[gw[0]]} missing; run cargo build --release -p gateway")
         elif b == "mosquitto" and not os.path.exists("/usr/sbin/mosquitto"):
             log("mosquitto missing (apt-get install -y mosquitto); skipped")
         elif b == "nats" and not shutil.which("nats-server"):
@@ -390,29 +461,52 @@ def connect_paced(broker, workdir, opts):
     }
 
 
-def wl_fanin(qos):
+def wl_fanin(qos, persistent=False):
+    """(b)/(c), and with `persistent` (g): (c) with every client on a persistent session."""
+    key = "g" if persistent else ("b" if qos == 0 else "c")
+    name = "pfanin" if persistent else f"fanin{qos}"
+
     def run(broker, workdir, opts):
         # Closed loop by default: each publisher keeps `fanin_window` messages outstanding
         # (unacknowledged at QoS 1, not yet seen by the subscriber at QoS 0), so the rate is
         # what the broker sustains; `--fanin-interval` gives a fixed offered load instead.
         pace = (["--publish-interval", opts.fanin_interval] if opts.fanin_interval else
                 ["--publish-interval", "0", "--window", str(opts.fanin_window)])
+        # device-sim's --clean-session applies to its devices and its subscribers alike (it has
+        # no subscriber-only flag): in (g) the 100 publishers are persistent sessions too, with
+        # nothing to queue for them (no subscriptions), only their session records.
+        session = ["--clean-session=false"] if persistent else []
+        written0 = broker.written()
         report, cpu, extra = run_sim(broker, workdir, [
             "--devices", "100", "--subscribers", "1", "--qos", str(qos), "--payload", "64",
-            *pace, "--connect-rate", "1000",
-            "--duration", opts.duration, "--drain", "3s", "--client-id", f"fanin{qos}-{{id}}",
-            "--topic", "fanin/{id}/t",
+            *pace, *session, "--connect-rate", "1000",
+            "--duration", opts.duration, "--drain", "3s", "--client-id", f"{name}-{{id}}",
+            "--topic", f"{name}/{{id}}/t",
         ])
-        key = "b" if qos == 0 else "c"
         rx = report["messages_received"]
-        return {
+        figs = {
             f"{key}_cpu_s_per_1M_delivered": cpu / (rx / 1e6) if rx else None,
             f"{key}_delivered_per_s": report["receive_rate"],
             f"{key}_published_per_s": report["publish_rate"],
             f"{key}_lost": report["lost"],
             f"{key}_latency_p99_ms": report["latency_ms"]["p99"],
-            "loadavg_1m": extra["loadavg_1m"],
         }
+        if persistent:
+            written = broker.written()
+            figs.update({
+                f"{key}_duplicates": report["duplicates"],
+                f"{key}_puback_p50_ms": report["puback_ms"]["p50"],
+                f"{key}_puback_p99_ms": report["puback_ms"]["p99"],
+                # Bytes the broker had written to storage (/proc/PID/io write_bytes: what it
+                # dirtied, as the kernel counts it) per delivered message, and its store's size
+                # at the end (Mosquitto saves only at autosave or shutdown: ~0 here).
+                f"{key}_disk_written_B_per_delivered":
+                    (written - written0) / rx if rx and written is not None
+                    and written0 is not None else None,
+                f"{key}_store_size_MB_at_end": broker.store_bytes() / 1e6,
+            })
+        figs["loadavg_1m"] = extra["loadavg_1m"]
+        return figs
     return run
 
 
@@ -512,18 +606,25 @@ WORKLOADS = {
     "d": ("fan-out: 1 publisher at 1,000 msg/s -> N subscribers", wl_fanout),
     "e": ("latency: 1,000 QoS 1 publishers at 10 msg/s -> 1 wildcard subscriber", wl_latency),
     "f": ("reconnect storm: every session dropped at once", wl_storm),
+    "g": ("QoS 1 fan-in to a persistent subscriber: (c) with clean session off", wl_fanin(1, True)),
 }
+# Workloads on persistent sessions: their brokers get a store where they have one to turn on.
+PERSISTENT_WORKLOADS = {"g"}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workloads", default="abcdef", help="letters of the workloads to run")
-    ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd")
+    ap.add_argument("--workloads", default="abcdef",
+                    help="letters of the workloads to run ((g) only when named)")
+    ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd",
+                    help="brokers, in the order of the table; gateway-VARIANT runs the gateway "
+                    f"with a configuration variant ({', '.join(GATEWAY_VARIANTS)}), e.g. "
+                    "--brokers gateway,gateway-storage-off,mosquitto,nats")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", default="10s", help="publishing time of (b)-(e)")
+    ap.add_argument("--duration", default="10s", help="publishing time of (b)-(e) and (g)")
     ap.add_argument("--fanin-window", type=int, default=10,
-                    help="messages each publisher keeps outstanding in (b)/(c) (closed loop)")
+                    help="messages each publisher keeps outstanding in (b)/(c)/(g) (closed loop)")
     ap.add_argument("--fanin-interval", default="",
-                    help="a fixed per-publisher interval in (b)/(c) instead of the closed loop "
+                    help="a fixed per-publisher interval in (b)/(c)/(g) instead of the closed loop "
                          "(2ms: ~30-40k msg/s offered)")
     ap.add_argument("--fanout-subscribers", type=int, default=1000)
     ap.add_argument("--idle-sizes", default="1000,10000,19000")
@@ -555,8 +656,20 @@ def main():
             if not sep or not label or not path:
                 ap.error(f"--gateway-bin {spec!r}: expected LABEL=PATH")
             GATEWAYS[f"gateway:{label}"] = os.path.abspath(path)
-        at = wanted.index("gateway") if "gateway" in wanted else 0
-        wanted[at:at + 1] = list(GATEWAYS)
+        # "gateway" stands for every --gateway-bin build, "gateway-VARIANT" for each with it.
+        labels = list(GATEWAYS)
+        expanded = []
+        for b in wanted:
+            variant = b[len("gateway-"):]
+            if b == "gateway":
+                expanded += labels
+            elif b.startswith("gateway-") and variant in GATEWAY_VARIANTS:
+                expanded += [f"{g}-{variant}" for g in labels]
+            else:
+                expanded.append(b)
+        if not any(b in GATEWAYS for b in expanded):
+            expanded = labels + expanded
+        wanted = expanded
 
     signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(143)))
     brokers = available_brokers(wanted)
@@ -580,7 +693,7 @@ def main():
                 # Alternate the order so no broker always runs first (warm caches, load).
                 order = brokers[r % len(brokers):] + brokers[:r % len(brokers)]
                 for name in order:
-                    broker = Broker(name, workdir)
+                    broker = Broker(name, workdir, persistent=wl in PERSISTENT_WORKLOADS)
                     try:
                         broker.start()
                         log(f"({wl}) {title}: run {r + 1}/{opts.runs} {name}")

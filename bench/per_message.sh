@@ -7,7 +7,8 @@
 #   bench/per_message.sh instructions BIN [QOS]   # callgrind instructions per message (apt: valgrind)
 #   bench/per_message.sh calls BIN [QOS]          # malloc calls and system calls per message (perf, root)
 #
-# The gateway runs on the harness's configuration (bench/harness.py gateway_config). Load: 100
+# The gateway runs on the harness's configuration (bench/harness.py gateway_config; its store in
+# the temporary directory, removed at the end; clean sessions store nothing). Load: 100
 # publishers of 64-byte messages to one wildcard subscriber (device-sim, release build),
 # every 100 ms for 8 s (instructions: the gateway runs ~50x slower under valgrind) or every 10 ms
 # for 6 s (calls). The whole process is counted, start-up included. Stops everything it started.
@@ -26,7 +27,7 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-python3 -c "import sys; sys.path.insert(0, 'bench'); import harness; print(harness.gateway_config($port))" \
+python3 -c "import sys; sys.path.insert(0, 'bench'); import harness; print(harness.gateway_config($port, '$dir'))" \
     > "$dir/gw.toml"
 case "$mode" in
     instructions)
