@@ -62,7 +62,18 @@ impl DiskStore {
         let sessions = restored.sessions.len() as u64;
         let shared = Arc::new(Shared::new(db, path.clone(), sessions, messages as u64));
         let delay = Duration::from_millis(u64::from(config.commit_delay_ms));
-        let writer = Writer::spawn(shared.clone(), delay, metrics.clone())
+        let in_flight = restored
+            .sessions
+            .iter()
+            .flat_map(|s| {
+                let c = &s.record.client_id;
+                s.pending
+                    .inflight
+                    .iter()
+                    .map(move |(_, _, d)| (c.clone(), d.seq))
+            })
+            .collect();
+        let writer = Writer::spawn(shared.clone(), delay, metrics.clone(), in_flight)
             .map_err(|e| unreadable(&path, format!("cannot start the writer thread: {e}")))?;
         info!(path = %path.display(), sync = config.sync.as_str(), "store opened");
         Ok(DiskStore {
@@ -162,7 +173,11 @@ impl Store for DiskStore {
         for entry in range.take(max) {
             let (k, v) = entry.map_err(|e| failed(&e))?;
             let (_, seq) = k.value();
-            out.push(record::read_delivery(v.value(), seq).map_err(|e| failed(&e))?);
+            out.push(
+                record::read_delivery(v.value(), seq)
+                    .map_err(|e| failed(&e))?
+                    .1,
+            );
         }
         Ok(out)
     }

@@ -9,7 +9,6 @@
 //! touches the disk. A commit that fails (disk full) is kept and retried, the database opened
 //! again (redb latches an I/O failure), and meanwhile the store says it is not `available`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,6 +17,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use parking_lot::{Condvar, Mutex};
 use redb::{Database, Durability, WriteTransaction};
+use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::{error, info};
 
 use super::layout::{stage_code, CACHE_BYTES, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
@@ -74,34 +74,43 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     delay: Duration,
     metrics: StoreMetrics,
+    /// The messages with a `flows` entry (sent in a later batch than they were written).
+    in_flows: FxHashSet<(Arc<str>, u64)>,
 }
 
-/// What a committed batch changed, for the counts and the metrics.
+/// What a committed batch changed, for the counts and the metrics, and the `flows` entries it
+/// added and removed (applied to the writer's set only once the commit succeeded).
 #[derive(Default)]
 struct Applied {
     sessions: i64,
     messages: i64,
     bytes: u64,
+    flows_added: Vec<(Arc<str>, u64)>,
+    flows_removed: Vec<(Arc<str>, u64)>,
+    flows_cleared: Vec<Arc<str>>,
 }
 
 impl Writer {
     /// Starts the writer thread on `shared`.
+    /// `in_flight`: the messages loaded as in flight, any of which may have a `flows` entry.
     pub(super) fn spawn(
         shared: Arc<Shared>,
         delay: Duration,
         metrics: StoreMetrics,
+        in_flight: FxHashSet<(Arc<str>, u64)>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let writer = Writer {
             shared,
             delay,
             metrics,
+            in_flows: in_flight,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let mut batch = Vec::new();
         loop {
             let (last, closing) = {
@@ -127,6 +136,13 @@ impl Writer {
             match self.commit(&batch) {
                 Ok(applied) => {
                     batch.clear();
+                    for c in &applied.flows_cleared {
+                        self.in_flows.retain(|(client, _)| client != c);
+                    }
+                    for key in &applied.flows_removed {
+                        self.in_flows.remove(key);
+                    }
+                    self.in_flows.extend(applied.flows_added.iter().cloned());
                     let m = &self.metrics;
                     m.commit_seconds.record(started.elapsed().as_secs_f64());
                     m.commits.increment(1);
@@ -179,7 +195,7 @@ impl Writer {
         let committed = (|| {
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
-            let applied = apply(&tx, batch)?;
+            let applied = apply(&tx, batch, &self.in_flows)?;
             tx.commit()?;
             Ok::<_, redb::Error>(applied)
         })();
@@ -277,23 +293,36 @@ fn add(counter: &AtomicU64, delta: i64) {
     }
 }
 
-/// Applies a batch in order. Messages queued and settled within it are skipped altogether.
-fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<Applied, redb::Error> {
+/// What a batch does to one stored message (client id, seq), gathered before it is applied.
+#[derive(Default, Clone, Copy)]
+struct Fate {
+    queued: bool,
+    /// The last stage it was sent with, as `stage_code`.
+    sent: Option<(u16, u8)>,
+    settled: bool,
+}
+
+/// Applies a batch in order, writing each message once: one queued and settled within the
+/// batch is skipped altogether, one queued and sent is written with its stage (no `flows`
+/// entry). `in_flows` is the writer's knowledge of which messages have a `flows` entry, so that
+/// settling one without needs one B-tree removal, not two.
+fn apply(
+    tx: &WriteTransaction,
+    batch: &[Op],
+    in_flows: &FxHashSet<(Arc<str>, u64)>,
+) -> Result<Applied, redb::Error> {
     let mut n = Applied::default();
-    let queued_here: HashSet<(&str, u64)> = batch
-        .iter()
-        .filter_map(|op| match op {
-            Op::Queued(c, d) => Some((&c[..], d.seq)),
-            _ => None,
-        })
-        .collect();
-    let settled_here: HashSet<(&str, u64)> = batch
-        .iter()
-        .filter_map(|op| match op {
-            Op::Settled(c, seq) if queued_here.contains(&(&c[..], *seq)) => Some((&c[..], *seq)),
-            _ => None,
-        })
-        .collect();
+    let mut fates: FxHashMap<(&str, u64), Fate> = FxHashMap::default();
+    for op in batch {
+        match op {
+            Op::Queued(c, d) => fates.entry((c, d.seq)).or_default().queued = true,
+            Op::Sent(c, seq, id, stage) => {
+                fates.entry((c, *seq)).or_default().sent = Some((*id, stage_code(*stage)));
+            }
+            Op::Settled(c, seq) => fates.entry((c, *seq)).or_default().settled = true,
+            _ => {}
+        }
+    }
     let mut sessions = tx.open_table(SESSIONS)?;
     let mut messages = tx.open_table(MESSAGES)?;
     let mut flows = tx.open_table(FLOWS)?;
@@ -321,28 +350,36 @@ fn apply(tx: &WriteTransaction, batch: &[Op]) -> Result<Applied, redb::Error> {
                     false
                 })?;
                 flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
+                n.flows_cleared.push(Arc::from(c));
                 incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
             }
             Op::Queued(c, d) => {
-                if !settled_here.contains(&(&c[..], d.seq)) {
-                    let bytes = record::delivery(d);
+                let fate = fates.get(&(&c[..], d.seq)).copied().unwrap_or_default();
+                if !fate.settled {
+                    let bytes = record::delivery(d, fate.sent);
                     n.bytes += (c.len() + 8 + bytes.len()) as u64;
                     messages.insert((&c[..], d.seq), bytes.as_slice())?;
                     n.messages += 1;
                 }
             }
             Op::Sent(c, seq, packet_id, stage) => {
-                if !settled_here.contains(&(&c[..], *seq)) {
+                let fate = fates.get(&(&c[..], *seq)).copied().unwrap_or_default();
+                if !fate.queued && !fate.settled {
                     n.bytes += (c.len() + 11) as u64;
                     flows.insert((&c[..], *seq), (*packet_id, stage_code(*stage)))?;
+                    n.flows_added.push((c.clone(), *seq));
                 }
             }
             Op::Settled(c, seq) => {
-                if !settled_here.contains(&(&c[..], *seq))
-                    && messages.remove((&c[..], *seq))?.is_some()
-                {
+                let fate = fates.get(&(&c[..], *seq)).copied().unwrap_or_default();
+                if !fate.queued && messages.remove((&c[..], *seq))?.is_some() {
                     n.messages -= 1;
-                    flows.remove((&c[..], *seq))?;
+                    // (Sent in this batch too, it was skipped above: settled.)
+                    let key = (c.clone(), *seq);
+                    if in_flows.contains(&key) {
+                        flows.remove((&c[..], *seq))?;
+                        n.flows_removed.push(key);
+                    }
                 }
             }
             Op::Incoming(c, id, held) => {

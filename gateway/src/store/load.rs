@@ -73,7 +73,10 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
                 continue;
             };
             let session = &mut sessions[i];
-            if flow.is_none() && decode == Decode::InFlight {
+            let value = v.value();
+            // After the version byte: the stage it was written with, 0 when not yet sent.
+            let written_sent = value.get(1).is_some_and(|&b| b != 0);
+            if flow.is_none() && !written_sent && decode == Decode::InFlight {
                 if session.stored == 0 {
                     session.stored_from = seq;
                 }
@@ -81,10 +84,11 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
                 session.stored_last = seq;
                 continue;
             }
-            let delivery = record::read_delivery(v.value(), seq)
+            let (sent, delivery) = record::read_delivery(value, seq)
                 .map_err(|x| e(&format!("message {seq} of {c:?}"), &x))?;
-            match flow {
-                Some((_, _, packet_id, code)) => {
+            // A later stage (in `flows`) overrides the one it was written with.
+            match flow.map(|(_, _, id, code)| (id, code)).or(sent) {
+                Some((packet_id, code)) => {
                     let stage = stage_of(code)
                         .ok_or_else(|| format!("message {seq} of {c:?}: flow stage {code}"))?;
                     session.pending.inflight.push((packet_id, stage, delivery));

@@ -36,6 +36,12 @@ impl Writer {
     fn new() -> Writer {
         Writer(vec![VERSION])
     }
+    /// A record of about `n` bytes: one allocation, not a growing one.
+    fn with_capacity(n: usize) -> Writer {
+        let mut v = Vec::with_capacity(n);
+        v.push(VERSION);
+        Writer(v)
+    }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
@@ -228,8 +234,21 @@ pub(super) fn read_retained(bytes: &[u8]) -> Result<Message, Corrupt> {
 }
 
 /// A message stored for a session: the delivery (QoS, flags, subscription ids, message).
-pub(super) fn delivery(d: &Delivery) -> Vec<u8> {
-    let mut w = Writer::new();
+/// `sent`: the packet id and stage (as `layout::stage_code`) when the message was already sent
+/// as it was first written; later stages go to the `flows` table.
+pub(super) fn delivery(d: &Delivery, sent: Option<(u16, u8)>) -> Vec<u8> {
+    let m = &d.msg;
+    let props = m.properties.as_ref().map_or(0, |_| 64);
+    let mut w = Writer::with_capacity(
+        40 + 4 * d.subscription_ids.len() + m.topic.len() + m.payload.len() + props,
+    );
+    match sent {
+        Some((packet_id, stage)) => {
+            w.u8(stage);
+            w.0.extend_from_slice(&packet_id.to_be_bytes());
+        }
+        None => w.u8(0),
+    }
     w.u8(d.qos as u8);
     w.u8(u8::from(d.retain));
     w.u32(u32::try_from(d.subscription_ids.len()).unwrap_or(u32::MAX));
@@ -240,8 +259,19 @@ pub(super) fn delivery(d: &Delivery) -> Vec<u8> {
     w.0
 }
 
-pub(super) fn read_delivery(bytes: &[u8], seq: u64) -> Result<Delivery, Corrupt> {
+/// A stored delivery, and its packet id and stage code if it was written as sent.
+pub(super) fn read_delivery(
+    bytes: &[u8],
+    seq: u64,
+) -> Result<(Option<(u16, u8)>, Delivery), Corrupt> {
     let mut r = Reader::new(bytes)?;
+    let sent = match r.u8()? {
+        0 => None,
+        stage => {
+            let id = r.take(2)?;
+            Some((u16::from_be_bytes([id[0], id[1]]), stage))
+        }
+    };
     let qos = r.qos()?;
     let retain = r.flag()?;
     let n = r.u32()?;
@@ -251,13 +281,14 @@ pub(super) fn read_delivery(bytes: &[u8], seq: u64) -> Result<Delivery, Corrupt>
     }
     let msg = Arc::new(get_message(&mut r)?);
     r.end()?;
-    Ok(Delivery {
+    let d = Delivery {
         msg,
         qos,
         retain,
         subscription_ids,
         seq,
-    })
+    };
+    Ok((sent, d))
 }
 
 /// A session's record (its client id is the key).
@@ -366,7 +397,10 @@ mod tests {
             subscription_ids: vec![7, 9],
             seq: 0,
         };
-        let back = read_delivery(&delivery(&d), 12).unwrap();
+        let (sent, back) = read_delivery(&delivery(&d, None), 12).unwrap();
+        assert_eq!(sent, None);
+        let (sent, _) = read_delivery(&delivery(&d, Some((513, 3))), 12).unwrap();
+        assert_eq!(sent, Some((513, 3)));
         assert_eq!((back.qos, back.retain, back.seq), (d.qos, d.retain, 12));
         assert_eq!(back.subscription_ids, [7, 9]);
         same(&back.msg, &d.msg);

@@ -150,6 +150,53 @@ fn what_it_was_told_comes_back_after_a_reopen() {
     assert_eq!(store.stats().messages, 3);
 }
 
+/// Waits until everything recorded so far is committed (the next changes form a new batch).
+fn committed(store: &DiskStore, mark: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.is_durable(mark) {
+        assert!(Instant::now() < deadline, "mark {mark} never durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A message sent in the batch that writes it carries its stage; one sent later gets a `flows`
+/// entry; settling either leaves nothing behind.
+#[test]
+fn stages_written_with_the_message_or_later_come_back_the_same() {
+    let dir = Dir::new();
+    let c: Arc<str> = "dev-2".into();
+    {
+        let store = dir.open();
+        store.session_saved(&record("dev-2"));
+        for seq in 1..=3 {
+            store.queued(&c, &delivery("t", seq));
+        }
+        store.sent(&c, 1, 11, Stage::PubAck);
+        let mark = store.incoming_qos2(&c, 1, true);
+        committed(&store, mark);
+        store.sent(&c, 2, 12, Stage::PubRec);
+        store.sent(&c, 3, 13, Stage::PubAck);
+        let mark = store.incoming_qos2(&c, 1, false);
+        committed(&store, mark);
+        store.sent(&c, 2, 12, Stage::PubComp);
+        store.settled(&c, 1);
+        store.settled(&c, 3);
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    let p = &restored.sessions[0].pending;
+    let inflight: Vec<_> = p
+        .inflight
+        .iter()
+        .map(|(id, st, d)| (*id, *st, d.seq))
+        .collect();
+    assert_eq!(inflight, [(12, Stage::PubComp, 2)]);
+    assert_eq!(restored.sessions[0].stored, 0);
+    assert_eq!(store.stats().messages, 1);
+    let summary = super::check_store(&dir.0);
+    assert!(summary.is_err(), "refused while a gateway holds the store");
+}
+
 #[test]
 fn a_removed_session_takes_its_messages_and_ids_with_it() {
     let dir = Dir::new();
