@@ -96,42 +96,67 @@ fn mosquitto(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{program} runs (apt install mosquitto-clients): {e}"))
 }
 
-/// `mosquitto_sub` for one message in the background, then `mosquitto_pub`; the message seen.
-async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> String {
+/// `mosquitto_sub` for one message in the background, then `mosquitto_pub`, both connecting to
+/// `host` (a name or an IP literal); the message seen, or what the first failing client printed.
+async fn try_pub_sub(
+    host: &str,
+    addr: SocketAddr,
+    tls: &[&str],
+    topic: &str,
+    payload: &str,
+) -> Result<String, String> {
     let port = addr.port().to_string();
-    let mut common = vec!["-h", "localhost", "-p", &port, "-V", "mqttv311"];
+    let mut common = vec!["-h", host, "-p", &port, "-V", "mqttv311"];
     common.extend_from_slice(tls);
     let mut sub_args = common.clone();
-    sub_args.extend_from_slice(&["-t", topic, "-C", "1", "-W", "10", "-i", "sub-tls"]);
+    let sub_id = unique_id("sub-tls");
+    sub_args.extend_from_slice(&["-t", topic, "-C", "1", "-W", "10", "-i", &sub_id]);
     let sub = Command::new("mosquitto_sub")
         .args(&sub_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub runs");
+    let sub_pid = sub.id() as libc::pid_t;
     // mosquitto_sub has no ready signal: publish until it has seen one (its subscription is in).
     let mut pub_args = common.clone();
-    pub_args.extend_from_slice(&["-t", topic, "-m", payload, "-q", "1", "-i", "pub-tls"]);
+    let pub_id = unique_id("pub-tls");
+    pub_args.extend_from_slice(&["-t", topic, "-m", payload, "-q", "1", "-i", &pub_id]);
     let sub = tokio::task::spawn_blocking(move || sub.wait_with_output());
+    let mut published = Ok(());
     for _ in 0..20 {
         let out = mosquitto("mosquitto_pub", &pub_args);
-        assert!(
-            out.status.success(),
-            "mosquitto_pub failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            published = Err(format!(
+                "mosquitto_pub failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            // Our own child, by its pid: no need to wait for its -W timeout.
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(sub_pid, libc::SIGTERM) };
+            break;
+        }
         if sub.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let out = sub.await.expect("join").expect("mosquitto_sub output");
-    assert!(
-        out.status.success(),
-        "mosquitto_sub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    published?;
+    if !out.status.success() {
+        return Err(format!(
+            "mosquitto_sub failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `try_pub_sub` by name, failing the test on an error.
+async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> String {
+    try_pub_sub("localhost", addr, tls, topic, payload)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +250,75 @@ async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
     assert!(
         !out.status.success(),
         "a client without a certificate was accepted"
+    );
+    broker.shutdown().await;
+}
+
+/// The hosts every TLS client is tried with: an IP literal and a name, both in the server
+/// certificate (`IP:127.0.0.1, DNS:localhost`).
+const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// OpenSSL clients (libmosquitto) by IP literal and by name, TLS 1.2 and 1.3, without a client
+/// certificate (server-authenticated listener) and with one (mutual TLS, the CN as username).
+/// libmosquitto puts the host it was given in SNI even when it is an IP literal, which rustls
+/// 0.22 refused ("Illegal SNI hostname received"): every combination by IP failed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
+    let dir = temp_dir("mosquitto-matrix");
+    let pki = Pki::new(&dir, "mosquitto matrix CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-3", Some("device-3"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+    let ca = pki.ca_path();
+    let ca = ca.to_str().expect("utf-8 path");
+    let (c, k) = (
+        dev_cert.to_str().expect("path"),
+        dev_key.to_str().expect("path"),
+    );
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for version in ["tlsv1.2", "tlsv1.3"] {
+            for client_cert in [false, true] {
+                let case = format!(
+                    "{host} {version} {}",
+                    if client_cert { "client-cert" } else { "no-client-cert" }
+                );
+                let mut args = vec!["--cafile", ca, "--tls-version", version];
+                let (addr, topic) = if client_cert {
+                    args.extend_from_slice(&["--cert", c, "--key", k]);
+                    (broker.listeners[1], format!("dev/device-3/{tried}"))
+                } else {
+                    (broker.listeners[0], format!("open/{tried}"))
+                };
+                tried += 1;
+                match try_pub_sub(host, addr, &args, &topic, &case).await {
+                    Ok(seen) if seen == case => {}
+                    Ok(seen) => failures.push(format!("{case}: received {seen:?}")),
+                    Err(e) => failures.push(format!("{case}: {e}")),
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 8);
+    assert!(
+        failures.is_empty(),
+        "{} of 8 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
     broker.shutdown().await;
 }
