@@ -295,7 +295,11 @@ async fn mosquitto_clients_by_ip_literal_and_by_name_tls12_tls13_with_and_withou
             for client_cert in [false, true] {
                 let case = format!(
                     "{host} {version} {}",
-                    if client_cert { "client-cert" } else { "no-client-cert" }
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
                 );
                 let mut args = vec!["--cafile", ca, "--tls-version", version];
                 let (addr, topic) = if client_cert {
@@ -564,7 +568,8 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
     use clients::raw::{self, V};
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
     let dir = temp_dir("pipelined");
@@ -588,7 +593,7 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
 
     let mut roots = RootCertStore::empty();
     let ca = std::fs::read(pki.ca_path()).expect("CA");
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
+    for c in CertificateDer::pem_slice_iter(&ca) {
         roots.add(c.expect("CA PEM")).expect("CA certificate");
     }
     let config = ClientConfig::builder()
@@ -619,7 +624,7 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
         .await
         .expect("WebSocket handshake");
     socket
-        .send(Message::Binary(burst(&unique_id("pipe-ws"))))
+        .send(Message::Binary(burst(&unique_id("pipe-ws")).into()))
         .await
         .expect("send");
     let mut got = Vec::new();
