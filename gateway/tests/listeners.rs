@@ -350,6 +350,253 @@ async fn try_tls_connect(options: v3::MqttOptions) -> Result<(), String> {
     }
 }
 
+/// A rustls client configuration trusting `ca`, pinned to `version` ("1.2" or "1.3"), presenting
+/// `client` (certificate, key) when given.
+fn rustls_client(
+    ca: &Path,
+    version: &str,
+    client: Option<(&Path, &Path)>,
+) -> tokio_rustls::rustls::ClientConfig {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{version as tls, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let versions = match version {
+        "1.2" => [&tls::TLS12],
+        _ => [&tls::TLS13],
+    };
+    let builder =
+        ClientConfig::builder_with_protocol_versions(&versions).with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("cert file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert PEM");
+            let key = PrivateKeyDer::from_pem_file(key).expect("key PEM");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config
+}
+
+/// rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, without and with a client
+/// certificate (mutual TLS, the CN as username): each connects, and publishes to itself at
+/// QoS 1 through the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
+    let dir = temp_dir("rumqttc-matrix");
+    let pki = Pki::new(&dir, "rumqttc matrix CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-5", Some("device-5"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for version in ["1.2", "1.3"] {
+            for client_cert in [false, true] {
+                tried += 1;
+                let case = format!(
+                    "{host} TLS {version} {}",
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
+                );
+                let (addr, topic, client) = if client_cert {
+                    (
+                        broker.listeners[1],
+                        format!("dev/device-5/{tried}"),
+                        Some((dev_cert.as_path(), dev_key.as_path())),
+                    )
+                } else {
+                    (broker.listeners[0], format!("open/{tried}"), None)
+                };
+                let config = std::sync::Arc::new(rustls_client(&pki.ca_path(), version, client));
+                let mut o = v3::MqttOptions::new(unique_id("tls-matrix"), host, addr.port());
+                o.set_keep_alive(Duration::from_secs(30));
+                o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                    config,
+                )));
+                if let Err(e) = try_tls_connect(o.clone()).await {
+                    failures.push(format!("{case}: {e}"));
+                    continue;
+                }
+                let mut client = v3::Client::connect(o).await;
+                client.subscribe(&topic, v3::QoS::AtLeastOnce).await;
+                client
+                    .publish_confirmed(&topic, v3::QoS::AtLeastOnce, false, case.clone())
+                    .await;
+                let got = client.next_publish(WAIT).await;
+                if got.payload.as_ref() != case.as_bytes() {
+                    failures.push(format!("{case}: received {:?}", got.payload));
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 8);
+    assert!(
+        failures.is_empty(),
+        "{} of 8 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    broker.shutdown().await;
+}
+
+/// The packets in `bytes` (whole MQTT packets): each one's type nibble and its body.
+fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(&first) = bytes.first() {
+        let (len, used) = clients::raw::decode_varint(&bytes[1..]).expect("remaining length");
+        let body = &bytes[(1 + used).min(bytes.len())..(1 + used + len).min(bytes.len())];
+        out.push((first & 0xF0, body.to_vec()));
+        bytes = &bytes[(1 + used + len).min(bytes.len())..];
+    }
+    out
+}
+
+/// One TLS connection to `addr` as `host` with `config`: CONNECT, SUBSCRIBE to `filter` at QoS 1
+/// and DISCONNECT in one write, read to the end. How the handshake went (full or resumed) and
+/// the SUBACK's return code, or why it failed.
+async fn tls_subscribe_once(
+    addr: SocketAddr,
+    host: &str,
+    config: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    filter: &str,
+) -> Result<(tokio_rustls::rustls::HandshakeKind, u8), String> {
+    use clients::raw::{self, V};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let mut stream = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timeout".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let kind = stream
+        .get_ref()
+        .1
+        .handshake_kind()
+        .ok_or("no handshake kind")?;
+    let mut burst = V::V311.connect(&unique_id("resume"));
+    burst.extend(V::V311.subscribe(filter, 1));
+    burst.extend(raw::encode_disconnect(None));
+    stream.write_all(&burst).await.map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    // The broker closes after DISCONNECT; the session ticket (TLS 1.3) arrives on the way.
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .map_err(|_| "read timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    match &packets(&got)[..] {
+        [(raw::CONNACK, connack), (raw::SUBACK, suback)] if connack.get(1) == Some(&0) => {
+            Ok((kind, *suback.last().ok_or("empty SUBACK")?))
+        }
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Resumption on by default: a second connection from a rustls client that kept what the first
+/// one got resumes, by TLS 1.3 ticket, TLS 1.2 ticket and TLS 1.2 session id, by IP literal and by
+/// name, without and with a client certificate. On the mutual TLS listener the resumed session
+/// still carries the client's identity: its username (the CN) is what the ACL's `%u` pattern
+/// grants the subscription to (SUBACK 1, not 0x80).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_by_tls13_ticket_tls12_ticket_and_session_id_keeping_identity() {
+    use tokio_rustls::rustls::client::{Resumption, Tls12Resumption};
+    use tokio_rustls::rustls::HandshakeKind;
+    let dir = temp_dir("resumption");
+    let pki = Pki::new(&dir, "resumption CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-6", Some("device-6"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for (how, version, tls12) in [
+            ("TLS 1.3 ticket", "1.3", Tls12Resumption::SessionIdOrTickets),
+            ("TLS 1.2 ticket", "1.2", Tls12Resumption::SessionIdOrTickets),
+            ("TLS 1.2 session id", "1.2", Tls12Resumption::SessionIdOnly),
+        ] {
+            for client_cert in [false, true] {
+                tried += 1;
+                let case = format!(
+                    "{host} {how} {}",
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
+                );
+                let (addr, filter, client) = if client_cert {
+                    (
+                        broker.listeners[1],
+                        "dev/device-6/#",
+                        Some((dev_cert.as_path(), dev_key.as_path())),
+                    )
+                } else {
+                    (broker.listeners[0], "open/#", None)
+                };
+                let mut config = rustls_client(&pki.ca_path(), version, client);
+                config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+                let config = std::sync::Arc::new(config);
+                let first = tls_subscribe_once(addr, host, &config, filter).await;
+                let second = tls_subscribe_once(addr, host, &config, filter).await;
+                match (first, second) {
+                    (Ok((HandshakeKind::Full, 1)), Ok((HandshakeKind::Resumed, 1))) => {}
+                    (first, second) => {
+                        failures.push(format!("{case}: first {first:?}, second {second:?}"))
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 12);
+    assert!(
+        failures.is_empty(),
+        "{} of 12 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn rumqttc_over_tls_publishes_and_subscribes() {
     let dir = temp_dir("rumqttc");
@@ -611,7 +858,11 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
         .expect("write");
     let mut got = Vec::new();
     let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut got)).await;
-    assert!(read.is_ok(), "the broker closes after DISCONNECT");
+    // The broker closes after DISCONNECT, with a TLS close_notify (not a bare TCP close).
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the broker ends the TLS stream cleanly after DISCONNECT: {read:?}"
+    );
     assert_eq!(packet_kinds(&got), expected, "over TLS");
 
     let mut request = format!("ws://{}/mqtt", broker.listeners[1])
