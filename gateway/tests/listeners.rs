@@ -2,8 +2,11 @@
 //! (the certificate's CN as the username, proven through an ACL `%u` pattern), a client without a
 //! certificate refused where one is required, rumqttc over TLS, per-listener `max_connections`,
 //! and certificates rotated on SIGHUP while an established TLS session keeps working, and
-//! packets pipelined behind CONNECT over TLS and WebSocket.
-//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`.
+//! packets pipelined behind CONNECT over TLS and WebSocket (the TLS stream ended by close_notify).
+//! mosquitto (OpenSSL) and rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, with and
+//! without a client certificate; TLS session resumption (1.3 ticket, 1.2 ticket, 1.2 session id).
+//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`,
+//! Python ssl and MQTT.js TLS clients in `interop/test_tls.py` and `interop/test_mqttjs.py`.
 
 mod binary;
 mod clients;
