@@ -153,7 +153,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
 
+    /// The WebSocket close frame, then the end of the stream under it (a TLS close_notify on
+    /// `wss`, the TCP write side shut).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(to_io)
+        ready!(Pin::new(&mut self.ws).poll_close(cx)).map_err(to_io)?;
+        Pin::new(self.ws.get_mut()).poll_shutdown(cx)
     }
 }

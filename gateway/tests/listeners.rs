@@ -372,7 +372,7 @@ fn rustls_client(
     };
     let builder =
         ClientConfig::builder_with_protocol_versions(&versions).with_root_certificates(roots);
-    let config = match client {
+    match client {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .expect("cert file")
@@ -384,8 +384,7 @@ fn rustls_client(
                 .expect("client certificate")
         }
         None => builder.with_no_client_auth(),
-    };
-    config
+    }
 }
 
 /// rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, without and with a client
@@ -705,6 +704,9 @@ async fn per_listener_max_connections() {
     broker.shutdown().await;
 }
 
+/// SIGHUP: new handshakes get the new certificate while an established session keeps working; a
+/// reload that fails keeps the certificates in use (and their resumable sessions); one that
+/// succeeds starts a new session-ticket key and cache, so the next handshake is a full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_certificates_without_dropping_connections() {
     let dir = temp_dir("sighup");
@@ -776,6 +778,38 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
         established.next_publish(WAIT).await.payload.as_ref(),
         b"still here"
     );
+
+    // Sessions resume under the current certificates ...
+    use tokio_rustls::rustls::HandshakeKind;
+    let resuming = std::sync::Arc::new(rustls_client(&new.ca_path(), "1.3", None));
+    let handshake = |config| async move {
+        tls_subscribe_once(addr, "localhost", config, "rotate/#")
+            .await
+            .map(|(kind, _)| kind)
+    };
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Full));
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Resumed));
+    // ... a reload that fails keeps the certificates in use, and the sessions with them ...
+    std::fs::write(&live_cert, "not a certificate").expect("break cert");
+    gateway.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        try_tls_connect(rumqttc_tls(addr, new_ca)).await.is_ok(),
+        "a failed reload dropped the certificate in use"
+    );
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Resumed));
+    // ... and one that succeeds starts a new ticket key and cache: one full handshake.
+    std::fs::copy(&new_cert, &live_cert).expect("restore cert");
+    gateway.signal(libc::SIGHUP);
+    let mut renewed = false;
+    for _ in 0..50 {
+        if handshake(&resuming).await == Ok(HandshakeKind::Full) {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "sessions from before a reload still resumed");
 }
 
 #[test]
@@ -882,13 +916,18 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
         .await
         .expect("send");
     let mut got = Vec::new();
+    let mut closed = false;
     while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, socket.next()).await {
         match message {
             Message::Binary(b) => got.extend(b),
-            Message::Close(_) => break,
+            Message::Close(_) => {
+                closed = true;
+                break;
+            }
             _ => {}
         }
     }
     assert_eq!(packet_kinds(&got), expected, "over WebSocket");
+    assert!(closed, "the broker ends the WebSocket with a close frame");
     broker.shutdown().await;
 }
