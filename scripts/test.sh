@@ -9,7 +9,10 @@
 #     and device-sim's) run a real Prometheus on its own loopback port, and promtool checks the
 #     /metrics outputs; without it these tests skip loudly, or fail when CI is set,
 #   - python3-venv (apt) when `python3 -m venv` is unavailable,
-#   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt).
+#   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt),
+#   - nodejs + npm (apt, only when node or npm is missing) and MQTT.js into target/interop-node/
+#     (npm ci from gateway/tests/interop/node/package-lock.json, only when the pinned version is not
+#     there yet) for the MQTT.js TLS tests; without node they skip loudly, or fail when CI is set.
 # Then, stopping at the first failure:
 #   cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, and the pytest interop
 #   suite in gateway/tests/interop against the debug `gateway` binary.
@@ -63,7 +66,21 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r gateway/tests/interop/requirements.txt
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install --no-install-recommends nodejs npm
+fi
+NODE_DIR="$ROOT/target/interop-node"
+MQTTJS_PINNED="$(node -p 'require(process.argv[1]).dependencies.mqtt' \
+    "$ROOT/gateway/tests/interop/node/package.json")"
+MQTTJS_HAVE="$(node -p 'try { require(process.argv[1]).version } catch (e) { "" }' \
+    "$NODE_DIR/node_modules/mqtt/package.json")"
+if [ "$MQTTJS_HAVE" != "$MQTTJS_PINNED" ]; then
+    mkdir -p "$NODE_DIR"
+    cp gateway/tests/interop/node/package.json gateway/tests/interop/node/package-lock.json "$NODE_DIR/"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "mosquitto_sub: $(command -v mosquitto_sub)"
+echo "node: $(command -v node) $(node --version), MQTT.js $(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/mqtt/package.json")"
 echo "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
 "$VENV/bin/python" -c 'import paho.mqtt, pytest; print("paho-mqtt", paho.mqtt.__version__, "/ pytest", pytest.__version__)'
 

@@ -383,6 +383,19 @@ impl Connection {
         .await;
     }
 
+    /// Flushes what is queued within `within`, then, on a TLS or WebSocket stream, ends it the way
+    /// its protocol says (TLS close_notify, WebSocket close frame) in what is left of `within`,
+    /// so a strict client sees a clean end rather than a truncation. A TCP socket is closed by
+    /// dropping it, as before.
+    pub(crate) async fn finish_within(&mut self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        self.flush_within(within).await;
+        if let Transport::Stream(s) = &mut self.transport {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout_at(deadline, s.io.shutdown()).await;
+        }
+    }
+
     /// Flushes what is queued, closes the sending side, then discards what the peer still sends
     /// until it closes too, all within `within`. Closing with unread input would make the kernel
     /// answer with a reset that can destroy the last packets (a v5 DISCONNECT and its reason

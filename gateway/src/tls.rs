@@ -6,15 +6,25 @@
 //! established keep the session they negotiated, so rotating a certificate drops nobody. A file
 //! that fails to load is reported with the listener's key (`listeners[N].cert`) and the path, at
 //! start as a configuration error, on SIGHUP as a logged error that keeps the previous config.
+//!
+//! rustls 0.23 with the aws-lc-rs provider, TLS 1.3 and 1.2. A client that puts an IP literal in SNI
+//! (libmosquitto and other OpenSSL clients connecting by address) is served as one that sent no
+//! SNI. Resumption is on: TLS 1.3 session tickets and TLS 1.2 tickets (RFC 5077) are stateless,
+//! encrypted with a key the listener rotates every 6 hours, so a reconnecting fleet costs no
+//! server memory; TLS 1.2 clients without ticket support resume by session id from a bounded
+//! in-memory cache. A reload starts a new ticket key and cache: sessions negotiated under the
+//! previous certificates (and client CA) are not resumed, their clients do a full handshake.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use tokio_rustls::rustls::crypto::{aws_lc_rs, CryptoProvider};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use tokio_rustls::rustls::version::{TLS12, TLS13};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
@@ -51,6 +61,16 @@ impl TlsFiles {
     }
 }
 
+/// TLS 1.2 sessions kept for resumption by session id, per listener (clients that offer tickets
+/// do not use it). An entry is the session's secret and parameters, plus the client's certificate
+/// chain on a mutual TLS listener: a few hundred bytes to a few KB.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+/// The one cryptography provider the gateway's TLS uses.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
 fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, ConfigError> {
     let key_name = |name: &str| format!("listeners[{index}].{name}");
     let (Some(cert_path), Some(key_path)) = (&l.cert, &l.key) else {
@@ -62,7 +82,10 @@ fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, 
     };
     let certs = read_certs(&key_name("cert"), cert_path)?;
     let key = read_key(&key_name("key"), key_path)?;
-    let builder = ServerConfig::builder();
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .map_err(|e| file_error(&key_name("cert"), cert_path, e.to_string()))?;
     let builder = match &l.ca {
         Some(ca_path) => {
             let mut roots = RootCertStore::empty();
@@ -71,7 +94,8 @@ fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, 
                     .add(ca)
                     .map_err(|e| file_error(&key_name("ca"), ca_path, e.to_string()))?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             let verifier = if l.require_client_cert {
                 verifier.build()
             } else {
@@ -82,15 +106,18 @@ fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, 
         }
         None => builder.with_no_client_auth(),
     };
-    let server = builder
+    let mut server = builder
         .with_single_cert(certs, key)
         .map_err(|e| file_error(&key_name("key"), key_path, e.to_string()))?;
+    server.ticketer = aws_lc_rs::Ticketer::new()
+        .map_err(|e| file_error(&key_name("cert"), cert_path, format!("ticket key: {e}")))?;
+    server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok(Arc::new(server))
 }
 
 fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let file = File::open(path).map_err(|e| file_error(key, path, e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let certs = CertificateDer::pem_reader_iter(file)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(key, path, e.to_string()))?;
     if certs.is_empty() {
@@ -100,10 +127,12 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
 }
 
 fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    use tokio_rustls::rustls::pki_types::pem::Error as PemError;
     let file = File::open(path).map_err(|e| file_error(key, path, e.to_string()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| file_error(key, path, e.to_string()))?
-        .ok_or_else(|| file_error(key, path, "no PEM private key in it".to_owned()))
+    PrivateKeyDer::from_pem_reader(file).map_err(|e| match e {
+        PemError::NoItemsFound => file_error(key, path, "no PEM private key in it".to_owned()),
+        e => file_error(key, path, e.to_string()),
+    })
 }
 
 fn file_error(key: &str, path: &Path, reason: String) -> ConfigError {

@@ -23,6 +23,9 @@ use tokio_tungstenite::WebSocketStream;
 /// The subprotocol MQTT clients ask for (`mqttv3.1` is the name 3.1 clients used).
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
+/// Bytes tungstenite reads from the socket per call, its read buffer's initial size.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// Completes the HTTP upgrade on `path`, answering the `mqtt` subprotocol when asked for it.
 /// Frames are bounded by `max_frame` (the MQTT packet limit plus its header).
 // The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
@@ -56,11 +59,12 @@ where
         }
         Ok(response)
     };
-    let config = WebSocketConfig {
-        max_message_size: Some(max_frame),
-        max_frame_size: Some(max_frame),
-        ..WebSocketConfig::default()
-    };
+    // tungstenite allocates (and zero-fills) its whole read buffer per connection, 128 KiB by
+    // default since 0.23; 4 KiB is what 0.21 read per call. Larger frames grow it as they arrive.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok(WsByteStream {
@@ -98,7 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => self.inbound = Bytes::from(data),
+                Some(Ok(Message::Binary(data))) => self.inbound = data,
                 // Control frames: tungstenite answers pings itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Text(_))) => {
@@ -136,7 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
             frame.extend_from_slice(b);
         }
         Pin::new(&mut self.ws)
-            .start_send(Message::Binary(frame))
+            .start_send(Message::Binary(Bytes::from(frame)))
             .map_err(to_io)?;
         Poll::Ready(Ok(total))
     }
@@ -149,7 +153,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
 
+    /// The WebSocket close frame, then the end of the stream under it (a TLS close_notify on
+    /// `wss`, the TCP write side shut).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(to_io)
+        ready!(Pin::new(&mut self.ws).poll_close(cx)).map_err(to_io)?;
+        Pin::new(self.ws.get_mut()).poll_shutdown(cx)
     }
 }

@@ -2,8 +2,11 @@
 //! (the certificate's CN as the username, proven through an ACL `%u` pattern), a client without a
 //! certificate refused where one is required, rumqttc over TLS, per-listener `max_connections`,
 //! and certificates rotated on SIGHUP while an established TLS session keeps working, and
-//! packets pipelined behind CONNECT over TLS and WebSocket.
-//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`.
+//! packets pipelined behind CONNECT over TLS and WebSocket (the TLS stream ended by close_notify).
+//! mosquitto (OpenSSL) and rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, with and
+//! without a client certificate; TLS session resumption (1.3 ticket, 1.2 ticket, 1.2 session id).
+//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`,
+//! Python ssl and MQTT.js TLS clients in `interop/test_tls.py` and `interop/test_mqttjs.py`.
 
 mod binary;
 mod clients;
@@ -96,42 +99,67 @@ fn mosquitto(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{program} runs (apt install mosquitto-clients): {e}"))
 }
 
-/// `mosquitto_sub` for one message in the background, then `mosquitto_pub`; the message seen.
-async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> String {
+/// `mosquitto_sub` for one message in the background, then `mosquitto_pub`, both connecting to
+/// `host` (a name or an IP literal); the message seen, or what the first failing client printed.
+async fn try_pub_sub(
+    host: &str,
+    addr: SocketAddr,
+    tls: &[&str],
+    topic: &str,
+    payload: &str,
+) -> Result<String, String> {
     let port = addr.port().to_string();
-    let mut common = vec!["-h", "localhost", "-p", &port, "-V", "mqttv311"];
+    let mut common = vec!["-h", host, "-p", &port, "-V", "mqttv311"];
     common.extend_from_slice(tls);
     let mut sub_args = common.clone();
-    sub_args.extend_from_slice(&["-t", topic, "-C", "1", "-W", "10", "-i", "sub-tls"]);
+    let sub_id = unique_id("sub-tls");
+    sub_args.extend_from_slice(&["-t", topic, "-C", "1", "-W", "10", "-i", &sub_id]);
     let sub = Command::new("mosquitto_sub")
         .args(&sub_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub runs");
+    let sub_pid = sub.id() as libc::pid_t;
     // mosquitto_sub has no ready signal: publish until it has seen one (its subscription is in).
     let mut pub_args = common.clone();
-    pub_args.extend_from_slice(&["-t", topic, "-m", payload, "-q", "1", "-i", "pub-tls"]);
+    let pub_id = unique_id("pub-tls");
+    pub_args.extend_from_slice(&["-t", topic, "-m", payload, "-q", "1", "-i", &pub_id]);
     let sub = tokio::task::spawn_blocking(move || sub.wait_with_output());
+    let mut published = Ok(());
     for _ in 0..20 {
         let out = mosquitto("mosquitto_pub", &pub_args);
-        assert!(
-            out.status.success(),
-            "mosquitto_pub failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            published = Err(format!(
+                "mosquitto_pub failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            // Our own child, by its pid: no need to wait for its -W timeout.
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(sub_pid, libc::SIGTERM) };
+            break;
+        }
         if sub.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let out = sub.await.expect("join").expect("mosquitto_sub output");
-    assert!(
-        out.status.success(),
-        "mosquitto_sub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    published?;
+    if !out.status.success() {
+        return Err(format!(
+            "mosquitto_sub failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `try_pub_sub` by name, failing the test on an error.
+async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> String {
+    try_pub_sub("localhost", addr, tls, topic, payload)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,6 +257,79 @@ async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
     broker.shutdown().await;
 }
 
+/// The hosts every TLS client is tried with: an IP literal and a name, both in the server
+/// certificate (`IP:127.0.0.1, DNS:localhost`).
+const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// OpenSSL clients (libmosquitto) by IP literal and by name, TLS 1.2 and 1.3, without a client
+/// certificate (server-authenticated listener) and with one (mutual TLS, the CN as username).
+/// libmosquitto puts the host it was given in SNI even when it is an IP literal, which rustls
+/// 0.22 refused ("Illegal SNI hostname received"): every combination by IP failed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
+    let dir = temp_dir("mosquitto-matrix");
+    let pki = Pki::new(&dir, "mosquitto matrix CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-3", Some("device-3"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+    let ca = pki.ca_path();
+    let ca = ca.to_str().expect("utf-8 path");
+    let (c, k) = (
+        dev_cert.to_str().expect("path"),
+        dev_key.to_str().expect("path"),
+    );
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for version in ["tlsv1.2", "tlsv1.3"] {
+            for client_cert in [false, true] {
+                let case = format!(
+                    "{host} {version} {}",
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
+                );
+                let mut args = vec!["--cafile", ca, "--tls-version", version];
+                let (addr, topic) = if client_cert {
+                    args.extend_from_slice(&["--cert", c, "--key", k]);
+                    (broker.listeners[1], format!("dev/device-3/{tried}"))
+                } else {
+                    (broker.listeners[0], format!("open/{tried}"))
+                };
+                tried += 1;
+                match try_pub_sub(host, addr, &args, &topic, &case).await {
+                    Ok(seen) if seen == case => {}
+                    Ok(seen) => failures.push(format!("{case}: received {seen:?}")),
+                    Err(e) => failures.push(format!("{case}: {e}")),
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 8);
+    assert!(
+        failures.is_empty(),
+        "{} of 8 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    broker.shutdown().await;
+}
+
 fn rumqttc_tls(addr: SocketAddr, ca_pem: Vec<u8>) -> v3::MqttOptions {
     let mut o = v3::MqttOptions::new(unique_id("tls"), "localhost", addr.port());
     o.set_keep_alive(Duration::from_secs(30));
@@ -250,6 +351,252 @@ async fn try_tls_connect(options: v3::MqttOptions) -> Result<(), String> {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timeout".to_owned()),
     }
+}
+
+/// A rustls client configuration trusting `ca`, pinned to `version` ("1.2" or "1.3"), presenting
+/// `client` (certificate, key) when given.
+fn rustls_client(
+    ca: &Path,
+    version: &str,
+    client: Option<(&Path, &Path)>,
+) -> tokio_rustls::rustls::ClientConfig {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{version as tls, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let versions = match version {
+        "1.2" => [&tls::TLS12],
+        _ => [&tls::TLS13],
+    };
+    let builder =
+        ClientConfig::builder_with_protocol_versions(&versions).with_root_certificates(roots);
+    match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("cert file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert PEM");
+            let key = PrivateKeyDer::from_pem_file(key).expect("key PEM");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate")
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, without and with a client
+/// certificate (mutual TLS, the CN as username): each connects, and publishes to itself at
+/// QoS 1 through the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
+    let dir = temp_dir("rumqttc-matrix");
+    let pki = Pki::new(&dir, "rumqttc matrix CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-5", Some("device-5"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for version in ["1.2", "1.3"] {
+            for client_cert in [false, true] {
+                tried += 1;
+                let case = format!(
+                    "{host} TLS {version} {}",
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
+                );
+                let (addr, topic, client) = if client_cert {
+                    (
+                        broker.listeners[1],
+                        format!("dev/device-5/{tried}"),
+                        Some((dev_cert.as_path(), dev_key.as_path())),
+                    )
+                } else {
+                    (broker.listeners[0], format!("open/{tried}"), None)
+                };
+                let config = std::sync::Arc::new(rustls_client(&pki.ca_path(), version, client));
+                let mut o = v3::MqttOptions::new(unique_id("tls-matrix"), host, addr.port());
+                o.set_keep_alive(Duration::from_secs(30));
+                o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                    config,
+                )));
+                if let Err(e) = try_tls_connect(o.clone()).await {
+                    failures.push(format!("{case}: {e}"));
+                    continue;
+                }
+                let mut client = v3::Client::connect(o).await;
+                client.subscribe(&topic, v3::QoS::AtLeastOnce).await;
+                client
+                    .publish_confirmed(&topic, v3::QoS::AtLeastOnce, false, case.clone())
+                    .await;
+                let got = client.next_publish(WAIT).await;
+                if got.payload.as_ref() != case.as_bytes() {
+                    failures.push(format!("{case}: received {:?}", got.payload));
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 8);
+    assert!(
+        failures.is_empty(),
+        "{} of 8 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    broker.shutdown().await;
+}
+
+/// The packets in `bytes` (whole MQTT packets): each one's type nibble and its body.
+fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(&first) = bytes.first() {
+        let (len, used) = clients::raw::decode_varint(&bytes[1..]).expect("remaining length");
+        let body = &bytes[(1 + used).min(bytes.len())..(1 + used + len).min(bytes.len())];
+        out.push((first & 0xF0, body.to_vec()));
+        bytes = &bytes[(1 + used + len).min(bytes.len())..];
+    }
+    out
+}
+
+/// One TLS connection to `addr` as `host` with `config`: CONNECT, SUBSCRIBE to `filter` at QoS 1
+/// and DISCONNECT in one write, read to the end. How the handshake went (full or resumed) and
+/// the SUBACK's return code, or why it failed.
+async fn tls_subscribe_once(
+    addr: SocketAddr,
+    host: &str,
+    config: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    filter: &str,
+) -> Result<(tokio_rustls::rustls::HandshakeKind, u8), String> {
+    use clients::raw::{self, V};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let mut stream = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timeout".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let kind = stream
+        .get_ref()
+        .1
+        .handshake_kind()
+        .ok_or("no handshake kind")?;
+    let mut burst = V::V311.connect(&unique_id("resume"));
+    burst.extend(V::V311.subscribe(filter, 1));
+    burst.extend(raw::encode_disconnect(None));
+    stream.write_all(&burst).await.map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    // The broker closes after DISCONNECT; the session ticket (TLS 1.3) arrives on the way.
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .map_err(|_| "read timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    match &packets(&got)[..] {
+        [(raw::CONNACK, connack), (raw::SUBACK, suback)] if connack.get(1) == Some(&0) => {
+            Ok((kind, *suback.last().ok_or("empty SUBACK")?))
+        }
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Resumption on by default: a second connection from a rustls client that kept what the first
+/// one got resumes, by TLS 1.3 ticket, TLS 1.2 ticket and TLS 1.2 session id, by IP literal and by
+/// name, without and with a client certificate. On the mutual TLS listener the resumed session
+/// still carries the client's identity: its username (the CN) is what the ACL's `%u` pattern
+/// grants the subscription to (SUBACK 1, not 0x80).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_by_tls13_ticket_tls12_ticket_and_session_id_keeping_identity() {
+    use tokio_rustls::rustls::client::{Resumption, Tls12Resumption};
+    use tokio_rustls::rustls::HandshakeKind;
+    let dir = temp_dir("resumption");
+    let pki = Pki::new(&dir, "resumption CA");
+    let (cert, key) = pki.server();
+    let (dev_cert, dev_key) = pki.issue("device-6", Some("device-6"), &[]);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    let broker = TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await;
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for host in HOSTS {
+        for (how, version, tls12) in [
+            ("TLS 1.3 ticket", "1.3", Tls12Resumption::SessionIdOrTickets),
+            ("TLS 1.2 ticket", "1.2", Tls12Resumption::SessionIdOrTickets),
+            ("TLS 1.2 session id", "1.2", Tls12Resumption::SessionIdOnly),
+        ] {
+            for client_cert in [false, true] {
+                tried += 1;
+                let case = format!(
+                    "{host} {how} {}",
+                    if client_cert {
+                        "client-cert"
+                    } else {
+                        "no-client-cert"
+                    }
+                );
+                let (addr, filter, client) = if client_cert {
+                    (
+                        broker.listeners[1],
+                        "dev/device-6/#",
+                        Some((dev_cert.as_path(), dev_key.as_path())),
+                    )
+                } else {
+                    (broker.listeners[0], "open/#", None)
+                };
+                let mut config = rustls_client(&pki.ca_path(), version, client);
+                config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+                let config = std::sync::Arc::new(config);
+                let first = tls_subscribe_once(addr, host, &config, filter).await;
+                let second = tls_subscribe_once(addr, host, &config, filter).await;
+                match (first, second) {
+                    (Ok((HandshakeKind::Full, 1)), Ok((HandshakeKind::Resumed, 1))) => {}
+                    (first, second) => {
+                        failures.push(format!("{case}: first {first:?}, second {second:?}"))
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(tried, 12);
+    assert!(
+        failures.is_empty(),
+        "{} of 12 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    broker.shutdown().await;
 }
 
 #[tokio::test]
@@ -357,6 +704,9 @@ async fn per_listener_max_connections() {
     broker.shutdown().await;
 }
 
+/// SIGHUP: new handshakes get the new certificate while an established session keeps working; a
+/// reload that fails keeps the certificates in use (and their resumable sessions); one that
+/// succeeds starts a new session-ticket key and cache, so the next handshake is a full one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_certificates_without_dropping_connections() {
     let dir = temp_dir("sighup");
@@ -428,6 +778,38 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
         established.next_publish(WAIT).await.payload.as_ref(),
         b"still here"
     );
+
+    // Sessions resume under the current certificates ...
+    use tokio_rustls::rustls::HandshakeKind;
+    let resuming = std::sync::Arc::new(rustls_client(&new.ca_path(), "1.3", None));
+    let handshake = |config| async move {
+        tls_subscribe_once(addr, "localhost", config, "rotate/#")
+            .await
+            .map(|(kind, _)| kind)
+    };
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Full));
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Resumed));
+    // ... a reload that fails keeps the certificates in use, and the sessions with them ...
+    std::fs::write(&live_cert, "not a certificate").expect("break cert");
+    gateway.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        try_tls_connect(rumqttc_tls(addr, new_ca)).await.is_ok(),
+        "a failed reload dropped the certificate in use"
+    );
+    assert_eq!(handshake(&resuming).await, Ok(HandshakeKind::Resumed));
+    // ... and one that succeeds starts a new ticket key and cache: one full handshake.
+    std::fs::copy(&new_cert, &live_cert).expect("restore cert");
+    gateway.signal(libc::SIGHUP);
+    let mut renewed = false;
+    for _ in 0..50 {
+        if handshake(&resuming).await == Ok(HandshakeKind::Full) {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "sessions from before a reload still resumed");
 }
 
 #[test]
@@ -470,7 +852,8 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
     use clients::raw::{self, V};
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
     let dir = temp_dir("pipelined");
@@ -494,7 +877,7 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
 
     let mut roots = RootCertStore::empty();
     let ca = std::fs::read(pki.ca_path()).expect("CA");
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
+    for c in CertificateDer::pem_slice_iter(&ca) {
         roots.add(c.expect("CA PEM")).expect("CA certificate");
     }
     let config = ClientConfig::builder()
@@ -512,7 +895,11 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
         .expect("write");
     let mut got = Vec::new();
     let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut got)).await;
-    assert!(read.is_ok(), "the broker closes after DISCONNECT");
+    // The broker closes after DISCONNECT, with a TLS close_notify (not a bare TCP close).
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the broker ends the TLS stream cleanly after DISCONNECT: {read:?}"
+    );
     assert_eq!(packet_kinds(&got), expected, "over TLS");
 
     let mut request = format!("ws://{}/mqtt", broker.listeners[1])
@@ -525,17 +912,22 @@ async fn packets_pipelined_after_connect_over_tls_and_websocket() {
         .await
         .expect("WebSocket handshake");
     socket
-        .send(Message::Binary(burst(&unique_id("pipe-ws"))))
+        .send(Message::Binary(burst(&unique_id("pipe-ws")).into()))
         .await
         .expect("send");
     let mut got = Vec::new();
+    let mut closed = false;
     while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, socket.next()).await {
         match message {
             Message::Binary(b) => got.extend(b),
-            Message::Close(_) => break,
+            Message::Close(_) => {
+                closed = true;
+                break;
+            }
             _ => {}
         }
     }
     assert_eq!(packet_kinds(&got), expected, "over WebSocket");
+    assert!(closed, "the broker ends the WebSocket with a close frame");
     broker.shutdown().await;
 }

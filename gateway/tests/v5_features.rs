@@ -188,18 +188,27 @@ async fn topic_aliases_towards_a_client_that_allows_them() {
             .await;
     }
     let mut aliases = Vec::new();
+    // rumqttc 0.25 hands the PUBLISH to the application before it resolves the alias (its
+    // event is a copy taken first), so the topic is resolved here, as a client must.
+    let mut known = std::collections::HashMap::new();
     for i in 0..3u8 {
         let p = sub.next_publish(WAIT).await;
         assert_eq!(&p.payload[..], &[i]);
-        assert_eq!(
-            v5::topic_of(&p),
-            "out/long/topic/name",
-            "rumqttc resolves the alias"
-        );
-        let alias = p.properties.unwrap_or_default().topic_alias;
+        let alias = p.properties.clone().unwrap_or_default().topic_alias;
         assert!(
             matches!(alias, Some(1..=5)),
             "publish {i} carries no valid alias: {alias:?}"
+        );
+        let topic = v5::topic_of(&p);
+        let resolved = if topic.is_empty() {
+            known.get(&alias).cloned().unwrap_or_default()
+        } else {
+            known.insert(alias, topic.clone());
+            topic
+        };
+        assert_eq!(
+            resolved, "out/long/topic/name",
+            "publish {i}: the alias resolves"
         );
         aliases.push(alias);
     }

@@ -40,7 +40,7 @@ impl Client {
             // The DISCONNECT must reach the client, even one still sending (takeover, shutdown).
             Box::pin(self.conn.close_gracefully(CLOSE_FLUSH)).await;
         } else {
-            Box::pin(self.conn.flush_within(CLOSE_FLUSH)).await;
+            Box::pin(self.conn.finish_within(CLOSE_FLUSH)).await;
         }
         self.close = close.reason;
         self.publish_will = close.will;

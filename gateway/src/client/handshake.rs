@@ -42,7 +42,7 @@ pub(super) async fn handshake(
             Ok(Ok(read)) => read,
             Ok(Err(why)) => {
                 debug!(%peer, "connection refused before CONNECT completed: {why}");
-                conn.flush_within(CLOSE_FLUSH).await;
+                conn.finish_within(CLOSE_FLUSH).await;
                 return None;
             }
             Err(_) => {
@@ -297,7 +297,7 @@ async fn refuse_and_close(
     debug!(%peer, code, "CONNECT refused");
     ctx.metrics.rejected(reject_label(code));
     refuse(ctx, &mut conn, protocol, code);
-    conn.flush_within(CLOSE_FLUSH).await;
+    conn.finish_within(CLOSE_FLUSH).await;
     None
 }
 

@@ -6,7 +6,9 @@ free loopback port with `--mqtt-listen 127.0.0.1:PORT --http-listen off` and, wh
 text) is given, `--config FILE` pointing to a file written in the test's temporary directory.
 It waits until the port accepts a TCP connection, and on teardown sends SIGTERM and asserts the
 process exits with code 0 within 10 s. `broker` is one such gateway with default settings.
-`paho` / `raw` make clients that are closed before the gateway stops.
+`paho` / `raw` make clients that are closed before the gateway stops. `tls_gateway` is a gateway
+with the two TLS listeners of `tls_helpers.tls_gateway_config` on a fresh PKI: (pki, port of
+the `tls` listener, port of the mutual TLS listener).
 
 The gateway's stderr goes to a log file whose tail is printed when a test or a teardown fails.
 Children get PR_SET_PDEATHSIG so that a killed pytest never leaves a gateway behind.
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from mqtt_helpers import PahoClient, RawClient
+from tls_helpers import make_pki, tls_gateway_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STARTUP_TIMEOUT = 10.0
@@ -231,3 +234,11 @@ def raw(gateway_factory):
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def tls_gateway(gateway_factory, tmp_path):
+    pki = make_pki(tmp_path)
+    tls_port, mutual_port = free_port(), free_port()
+    gateway_factory(config=tls_gateway_config(pki, tmp_path / "acl", tls_port, mutual_port))
+    return pki, tls_port, mutual_port
