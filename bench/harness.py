@@ -472,10 +472,8 @@ def wl_fanin(qos, persistent=False):
         # what the broker sustains; `--fanin-interval` gives a fixed offered load instead.
         pace = (["--publish-interval", opts.fanin_interval] if opts.fanin_interval else
                 ["--publish-interval", "0", "--window", str(opts.fanin_window)])
-        # device-sim's --clean-session applies to its devices and its subscribers alike (it has
-        # no subscriber-only flag): in (g) the 100 publishers are persistent sessions too, with
-        # nothing to queue for them (no subscriptions), only their session records.
-        session = ["--clean-session=false"] if persistent else []
+        # (g): the subscriber alone on a persistent session, the 100 publishers clean.
+        session = ["--subscriber-clean-session=false"] if persistent else []
         written0 = broker.written()
         report, cpu, extra = run_sim(broker, workdir, [
             "--devices", "100", "--subscribers", "1", "--qos", str(qos), "--payload", "64",
@@ -606,7 +604,7 @@ WORKLOADS = {
     "d": ("fan-out: 1 publisher at 1,000 msg/s -> N subscribers", wl_fanout),
     "e": ("latency: 1,000 QoS 1 publishers at 10 msg/s -> 1 wildcard subscriber", wl_latency),
     "f": ("reconnect storm: every session dropped at once", wl_storm),
-    "g": ("QoS 1 fan-in to a persistent subscriber: (c) with clean session off", wl_fanin(1, True)),
+    "g": ("QoS 1 fan-in to a persistent subscriber: (c) with the subscriber's clean session off", wl_fanin(1, True)),
 }
 # Workloads on persistent sessions: their brokers get a store where they have one to turn on.
 PERSISTENT_WORKLOADS = {"g"}

@@ -83,6 +83,13 @@ pub struct RunArgs {
     /// MQTT 5 session expiry interval.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub session_expiry: Option<Duration>,
+    /// Clean session for the subscribers alone (default: as `--clean-session`):
+    /// `--subscriber-clean-session=false` puts a persistent subscriber beside clean devices.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub subscriber_clean_session: Option<bool>,
+    /// MQTT 5 session expiry of the subscribers alone (default: as `--session-expiry`).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub subscriber_session_expiry: Option<Duration>,
     /// Keep-alive interval sent in CONNECT (PINGREQ when nothing else was sent).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub keep_alive: Option<Duration>,

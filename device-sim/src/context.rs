@@ -184,6 +184,16 @@ impl Ctx {
         }
     }
 
+    /// A subscriber's CONNECT: its own session settings (`--subscriber-clean-session`).
+    pub fn subscriber_connect_options<'a>(&'a self, client_id: &'a str) -> ConnectOptions<'a> {
+        let s = &self.settings;
+        ConnectOptions {
+            clean_session: s.subscriber_clean_session,
+            session_expiry: s.subscriber_session_expiry,
+            ..self.connect_options(client_id)
+        }
+    }
+
     /// Exponential backoff with full jitter, so a dropped crowd does not return in step.
     pub fn backoff(&self, failures: u32) -> Duration {
         let s = &self.settings;

@@ -70,6 +70,8 @@ struct ScenarioFile {
     protocol: Option<String>,
     clean_session: Option<bool>,
     session_expiry: Option<String>,
+    subscriber_clean_session: Option<bool>,
+    subscriber_session_expiry: Option<String>,
     keep_alive: Option<String>,
     subscribers: Option<u32>,
     subscriber_client_id: Option<String>,
@@ -139,6 +141,9 @@ pub struct Settings {
     pub protocol: Protocol,
     pub clean_session: bool,
     pub session_expiry: Option<u32>,
+    /// The subscribers' own, defaulting to the devices' (`clean_session`, `session_expiry`).
+    pub subscriber_clean_session: bool,
+    pub subscriber_session_expiry: Option<u32>,
     pub keep_alive: u16,
     pub subscribers: u32,
     pub subscriber_client_id: String,
@@ -331,6 +336,17 @@ impl Settings {
             file.session_expiry.as_ref(),
         )?
         .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let subscriber_clean_session = args
+            .subscriber_clean_session
+            .or(file.subscriber_clean_session)
+            .unwrap_or(clean_session);
+        let subscriber_session_expiry = opt_duration(
+            "subscriber_session_expiry",
+            args.subscriber_session_expiry,
+            file.subscriber_session_expiry.as_ref(),
+        )?
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .or(session_expiry);
         let keep_alive = opt_duration("keep_alive", args.keep_alive, file.keep_alive.as_ref())?
             .unwrap_or(Duration::from_secs(60));
         let keep_alive = u16::try_from(keep_alive.as_secs())
@@ -418,6 +434,8 @@ impl Settings {
             protocol,
             clean_session,
             session_expiry,
+            subscriber_clean_session,
+            subscriber_session_expiry,
             keep_alive,
             subscribers,
             subscriber_client_id,

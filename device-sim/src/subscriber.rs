@@ -70,7 +70,7 @@ impl Subscriber {
             target,
             source,
             settings.protocol,
-            &ctx.connect_options(&client_id),
+            &ctx.subscriber_connect_options(&client_id),
             settings.connect_timeout,
         )
         .await;

@@ -231,3 +231,36 @@ async fn persistent_subscribers_get_what_was_queued_while_offline() {
     );
     assert_eq!(run.n("lost"), 0, "{}\n{}", run.report, run.stderr);
 }
+
+/// `--subscriber-clean-session=false`: a persistent subscriber beside clean-session devices
+/// (the durability benchmark's shape): only the subscriber's session outlives the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscriber_beside_clean_devices() {
+    let gateway = Gateway::start(|_| {}).await;
+    let target = gateway.addr.to_string();
+    let run = simulate(
+        &[
+            "--target",
+            &target,
+            "--devices",
+            "20",
+            "--qos",
+            "1",
+            "--publish-interval",
+            "50ms",
+            "--subscriber-clean-session=false",
+            "--duration",
+            "1s",
+            "--drain",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    run.assert_clean(20);
+    assert_eq!(
+        gateway.offline_sessions(),
+        1,
+        "only the subscriber's session stays"
+    );
+}

@@ -66,6 +66,11 @@ impl Gateway {
         }
     }
 
+    /// Sessions the gateway keeps for clients that are gone (persistent ones).
+    pub fn offline_sessions(&self) -> usize {
+        self.context.state().sessions_offline
+    }
+
     /// Runs `until` while sampling, every 20 ms, the peer address of each session's connection
     /// as the gateway accepted it: client id -> every address it was seen from. Sampled during
     /// the run because a clean session leaves the registry when its client disconnects.
