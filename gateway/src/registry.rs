@@ -24,7 +24,7 @@ use crate::clock::{unix_millis, UnixMillis};
 use crate::message::Message;
 use crate::router::Router;
 use crate::session::{Kick, Ownership, Session};
-use crate::store::Restored;
+use crate::store::{Restored, StoredWill};
 use crate::timers::Timers;
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
@@ -216,7 +216,10 @@ impl Registry {
                     router.publish(will);
                 } else {
                     let due = now + u64::from(wait) * 1000;
-                    pending_will = Some((will.clone(), due));
+                    pending_will = Some(StoredWill::Due {
+                        message: will.clone(),
+                        due,
+                    });
                     self.schedule(due, session, generation, Due::Will(will));
                 }
             }
@@ -259,11 +262,15 @@ impl Registry {
     /// broker went down lost it then: its expiry counts from now.
     pub(crate) fn restore(&self, restored: Restored, router: &Router) {
         let now = unix_millis();
+        // Published once every session is back, so that each reaches every subscriber.
+        let mut wills = Vec::new();
         for stored in restored.sessions {
             let record = stored.record;
             if record.expires_at.is_some_and(|at| at <= now) {
-                if let Some((will, _)) = record.will {
-                    router.publish(will);
+                if let Some(StoredWill::Due { message, .. } | StoredWill::Armed { message, .. }) =
+                    record.will
+                {
+                    wills.push(message);
                 }
                 router.store.session_removed(&record.client_id);
                 continue;
@@ -278,8 +285,22 @@ impl Registry {
             }
             session.restore_pending(stored.pending);
             session.restore_stored(stored.stored, stored.stored_from, stored.stored_last);
-            if let Some((will, due)) = record.will {
-                self.schedule(due, &session, generation, Due::Will(will));
+            match record.will {
+                Some(StoredWill::Due { message, due }) => {
+                    self.schedule(due, &session, generation, Due::Will(message));
+                }
+                // Its connection was lost when the broker went down: as at a detach, the will
+                // goes out after its delay, not beyond the session's end.
+                Some(StoredWill::Armed { message, delay }) => {
+                    match delay.min(record.expiry_interval) {
+                        0 => wills.push(message),
+                        wait => {
+                            let due = now + u64::from(wait) * 1000;
+                            self.schedule(due, &session, generation, Due::Will(message));
+                        }
+                    }
+                }
+                None => {}
             }
             let expires_at = record.expires_at.or_else(|| {
                 (record.expiry_interval != u32::MAX)
@@ -290,6 +311,9 @@ impl Registry {
             }
         }
         router.restore_retained(restored.retained);
+        for will in wills {
+            router.publish(will);
+        }
     }
 
     /// Fires delayed wills and expiries as they come due; runs until dropped.

@@ -27,7 +27,7 @@ use crate::retain::RetainStore;
 use crate::session::{
     Delivery, Enqueued, QueueLimits, Session, SessionId, Stage, SubscriptionRecord,
 };
-use crate::store::{Mark, MemoryStore, SessionRecord, Store};
+use crate::store::{Mark, MemoryStore, SessionRecord, Store, StoredWill};
 use crate::topic::{self, TopicError};
 use crate::topic_index::TopicIndex;
 
@@ -238,12 +238,12 @@ impl Router {
     }
 
     /// A persistent session's subscriptions, expiry or will changed: the store keeps the new
-    /// record. `expires_at` and `will` are those of a session waiting offline.
+    /// record. `expires_at`: when a session waiting offline ends.
     pub(crate) fn save_session(
         &self,
         session: &Session,
         expires_at: Option<crate::clock::UnixMillis>,
-        will: Option<(Arc<Message>, crate::clock::UnixMillis)>,
+        will: Option<StoredWill>,
     ) -> Mark {
         self.store.session_saved(&SessionRecord {
             client_id: session.client_id.clone(),

@@ -52,8 +52,20 @@ pub(crate) struct SessionRecord {
     /// When it ends if nobody attaches (wall clock); `None`: never, or attached now.
     pub(crate) expires_at: Option<UnixMillis>,
     pub(crate) subscriptions: Vec<SubscriptionRecord>,
-    /// A will waiting for its delay, and when it is due.
-    pub(crate) will: Option<(Arc<Message>, UnixMillis)>,
+    pub(crate) will: Option<StoredWill>,
+}
+
+/// A persistent session's will as a restart needs it.
+#[derive(Debug, Clone)]
+pub(crate) enum StoredWill {
+    /// Its connection is open: if the broker stops with it, the connection is lost then, and
+    /// the will goes out `delay` seconds after the restart.
+    Armed { message: Arc<Message>, delay: u32 },
+    /// Its connection went: the will waits for its delay, until `due`.
+    Due {
+        message: Arc<Message>,
+        due: UnixMillis,
+    },
 }
 
 /// A stored session with its messages and packet ids, as `load` hands it back.

@@ -437,3 +437,30 @@ async fn a_full_disk_stops_acknowledgements_until_space_returns() {
     drop(gw);
     println!("{acked} messages of 64 KiB acknowledged before the 3 MiB tmpfs was full");
 }
+
+/// The will of a persistent session whose connection is open when the broker dies goes out
+/// after the restart (the connection was lost then), reaching a subscriber restored with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_session_connected_at_a_crash_goes_out_after_the_restart() {
+    let setup = Setup::new();
+    let gw = setup.start();
+    let (mut sub, _) = Raw::connect(gw.addr, &Connect::v311("will-sub", false, 60)).await;
+    sub.subscribe(V::V311, "wills/#", 1).await;
+    sub.send(&encode_disconnect(None)).await;
+    let mut connect = Connect::v311("will-dev", false, 60);
+    connect.will = Some(raw::Will::qos1("wills/dev", b"gone"));
+    let (mut dev, _) = Raw::connect(gw.addr, &connect).await;
+    // SUBACK of a persistent session: its record (the will with it) is on disk.
+    dev.subscribe(V::V311, "cmd/will-dev", 1).await;
+    drop(gw); // SIGKILL, the device still connected
+
+    let gw = setup.start();
+    let (mut sub, present) = Raw::connect(gw.addr, &Connect::v311("will-sub", false, 60)).await;
+    assert!(present);
+    let f = sub.expect_packet("the will").await;
+    let will = raw::publish_of(&f, V::V311);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/dev", &b"gone"[..])
+    );
+}

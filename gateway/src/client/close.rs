@@ -10,6 +10,7 @@ use crate::codec::{reason, Disconnect, Packet, Properties};
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::CloseReason;
 use crate::registry::Departure;
+use crate::store::StoredWill;
 
 impl Client {
     pub(super) fn on_disconnect(&mut self, d: Disconnect) -> Close {
@@ -44,6 +45,22 @@ impl Client {
         }
         self.close = close.reason;
         self.publish_will = close.will;
+    }
+
+    /// The connection's will as a persistent session's record keeps it while connected: what a
+    /// restart publishes if the broker stops with the connection open.
+    pub(super) fn armed_will(&self) -> Option<StoredWill> {
+        let will = self.will.as_ref()?;
+        let message = Arc::new(Message::new(
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            self.session.id,
+            ForwardedProperties::from_properties(&will.properties),
+        ));
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        Some(StoredWill::Armed { message, delay })
     }
 
     /// The will as a message with its delay in seconds, if the close publishes one.

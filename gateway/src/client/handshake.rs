@@ -181,10 +181,6 @@ impl Client {
             .await;
         let session = attached.session;
         session.set_expiry_interval(session_expiry);
-        if session.is_persistent() {
-            // Attached: it expires only once its connection goes (then saved with a deadline).
-            ctx.router.save_session(&session, None, None);
-        }
 
         let mut out = BytesMut::new();
         let connack = Packet::ConnAck(ConnAck {
@@ -227,6 +223,11 @@ impl Client {
             ctx,
             _slot: slot,
         };
+        if client.session.is_persistent() {
+            // Attached: it expires only once its connection goes (then saved with a deadline).
+            let will = client.armed_will();
+            client.ctx.router.save_session(&client.session, None, will);
+        }
         let mut resend = Vec::new();
         client.session.inflight_for_resend(&mut resend);
         client.write_outgoing(&mut resend, unix_millis());

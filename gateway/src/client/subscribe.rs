@@ -68,7 +68,8 @@ impl Client {
         }
         // A persistent session's SUBACK says the subscription survives a crash.
         let mark = if self.session.is_persistent() {
-            self.ctx.router.save_session(&self.session, None, None)
+            let will = self.armed_will();
+            self.ctx.router.save_session(&self.session, None, will)
         } else {
             0
         };
@@ -107,7 +108,8 @@ impl Client {
             })
             .collect();
         let mark = if self.session.is_persistent() {
-            self.ctx.router.save_session(&self.session, None, None)
+            let will = self.armed_will();
+            self.ctx.router.save_session(&self.session, None, will)
         } else {
             0
         };

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::session::{Delivery, Pending, QueueLimits, Stage, SubscriptionRecord};
 use crate::store::recording::Recording;
-use crate::store::{Restored, SessionRecord, Store, StoredSession};
+use crate::store::{Restored, SessionRecord, Store, StoredSession, StoredWill};
 
 fn router(store: &Arc<Recording>) -> Router {
     let limits = QueueLimits {
@@ -94,7 +94,9 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     let now = unix_millis();
     let expires = record.expires_at.expect("an hour");
     assert!(expires > now + 3_590_000 && expires <= now + 3_600_000);
-    let (_, will_due) = record.will.as_ref().expect("the delayed will");
+    let Some(StoredWill::Due { due: will_due, .. }) = record.will.as_ref() else {
+        panic!("the delayed will");
+    };
     assert!(*will_due <= now + 60_000 && *will_due > now + 50_000);
 
     assert_eq!(router.publish(message("t/1", QoS::AtLeastOnce)), 1);
@@ -182,7 +184,10 @@ async fn restore_makes_stored_sessions_routable_and_ends_expired_ones() {
             stored(
                 "gone",
                 now - 1,
-                Some((message("cmd/will", QoS::AtLeastOnce), now)),
+                Some(StoredWill::Due {
+                    message: message("cmd/will", QoS::AtLeastOnce),
+                    due: now,
+                }),
                 Vec::new(),
             ),
         ],

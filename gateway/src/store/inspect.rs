@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::layout::{open_database, FILE};
 use super::load::{read_all, Decode};
-use super::{Restored, StoreError};
+use super::{Restored, StoreError, StoredWill};
 use crate::message::Message;
 
 /// What a sound store holds.
@@ -85,7 +85,12 @@ pub fn export_store(dir: &Path, out: &mut dyn Write) -> Result<(), StoreError> {
             "expiry_interval": r.expiry_interval,
             "expires_at": r.expires_at,
             "subscriptions": subscriptions,
-            "will": r.will.as_ref().map(|(m, due)| json!({"due": due, "message": message(m)})),
+            "will": r.will.as_ref().map(|w| match w {
+                StoredWill::Due { message: m, due } => json!({"due": due, "message": message(m)}),
+                StoredWill::Armed { message: m, delay } => {
+                    json!({"on_connection_loss_after_s": delay, "message": message(m)})
+                }
+            }),
             "incoming_qos2": s.pending.incoming_qos2,
         });
         writeln!(out, "{line}").map_err(write_err)?;

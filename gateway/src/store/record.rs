@@ -15,7 +15,7 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::{ForwardedProperties, Message};
 use crate::session::{Delivery, SubscriptionRecord};
 
-use super::SessionRecord;
+use super::{SessionRecord, StoredWill};
 
 /// The first byte of every record of this format.
 const VERSION: u8 = 1;
@@ -308,10 +308,15 @@ pub(super) fn session(s: &SessionRecord) -> Vec<u8> {
     }
     match &s.will {
         None => w.u8(0),
-        Some((m, due)) => {
+        Some(StoredWill::Due { message, due }) => {
             w.u8(1);
             w.u64(*due);
-            put_message(&mut w, m);
+            put_message(&mut w, message);
+        }
+        Some(StoredWill::Armed { message, delay }) => {
+            w.u8(2);
+            w.u32(*delay);
+            put_message(&mut w, message);
         }
     }
     w.0
@@ -341,11 +346,19 @@ pub(super) fn read_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecor
             id,
         });
     }
-    let will = if r.flag()? {
-        let due = r.u64()?;
-        Some((Arc::new(get_message(&mut r)?), due))
-    } else {
-        None
+    let will = match r.u8()? {
+        0 => None,
+        1 => {
+            let due = r.u64()?;
+            let message = Arc::new(get_message(&mut r)?);
+            Some(StoredWill::Due { message, due })
+        }
+        2 => {
+            let delay = r.u32()?;
+            let message = Arc::new(get_message(&mut r)?);
+            Some(StoredWill::Armed { message, delay })
+        }
+        v => return Err(corrupt(format!("will kind {v}"))),
     };
     r.end()?;
     Ok(SessionRecord {
@@ -422,7 +435,10 @@ mod tests {
                 },
                 id: Some(268_435_455),
             }],
-            will: Some((Arc::new(message()), 99)),
+            will: Some(StoredWill::Due {
+                message: Arc::new(message()),
+                due: 99,
+            }),
         };
         let back = read_session("dev/1", &session(&s)).unwrap();
         assert_eq!(
@@ -430,9 +446,23 @@ mod tests {
             (s.expiry_interval, s.expires_at)
         );
         assert_eq!(back.subscriptions, s.subscriptions);
-        let (will, due) = back.will.unwrap();
+        let Some(StoredWill::Due { message: will, due }) = back.will else {
+            panic!("a due will");
+        };
         assert_eq!(due, 99);
         same(&will, &message());
+        let armed = SessionRecord {
+            will: Some(StoredWill::Armed {
+                message: Arc::new(message()),
+                delay: 30,
+            }),
+            ..s
+        };
+        let back = read_session("dev/1", &session(&armed)).unwrap();
+        assert!(matches!(
+            back.will,
+            Some(StoredWill::Armed { delay: 30, .. })
+        ));
     }
 
     /// Every prefix of a record and every flipped byte is refused or read as some record,
