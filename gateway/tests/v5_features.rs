@@ -411,3 +411,29 @@ async fn subscription_identifiers_are_sent_with_matching_publishes() {
     );
     broker.shutdown().await;
 }
+
+/// An outbound topic alias is made known only with a message that is written: one too large
+/// for the client's Maximum Packet Size (dropped) must not register it, or the next message on
+/// that topic would go out as an alias the client never learned (issue 18, item 4).
+#[tokio::test]
+async fn a_message_dropped_as_too_large_does_not_register_a_topic_alias() {
+    let broker = TestBroker::start().await;
+    let id = unique_id("alias-sub");
+    let mut connect = raw::Connect::v5(&id, true, 60);
+    // Topic Alias Maximum 10, Maximum Packet Size 200.
+    connect.properties = [vec![0x22, 0, 10], raw::prop_u32(0x27, 200)].concat();
+    let (mut sub, _) = Raw::connect(broker.addr, &connect).await;
+    sub.subscribe(V::V5, "alias/#", 0).await;
+    let mut p = Raw::connected(broker.addr, V::V5, &unique_id("alias-pub")).await;
+    p.send(&V::V5.publish(raw::PUBLISH, b"alias/t", None, &[], &[b'x'; 500]))
+        .await;
+    p.send(&V::V5.publish(raw::PUBLISH, b"alias/t", None, &[], b"small"))
+        .await;
+    let f = sub.expect_packet("the small message").await;
+    let got = raw::publish_of(&f, V::V5);
+    assert_eq!(got.payload, b"small");
+    assert_eq!(
+        got.topic, "alias/t",
+        "the topic with its first alias, not a bare alias"
+    );
+}

@@ -122,12 +122,12 @@ impl Client {
             if let Some(acl) = self.acl.as_mut() {
                 if !acl.may_read(&msg.topic) {
                     self.ctx.metrics.dropped(DropReason::NotAuthorized, 1);
-                    if o.packet_id != 0 {
-                        self.session.abandon(o.packet_id);
-                    }
+                    self.give_up(o.packet_id);
                     continue;
                 }
             }
+            // An alias first sent with this message: known to the client only once written.
+            let mut new_alias = None;
             let plain = msg.has_plain_layout(self.protocol)
                 && (d.subscription_ids.is_empty() || !self.protocol.is_v5())
                 && self.aliases_out.is_none();
@@ -150,6 +150,7 @@ impl Client {
                 }
             } else {
                 let (topic, alias) = self.outbound_alias(&msg.topic);
+                new_alias = alias.filter(|_| !topic.is_empty());
                 let props = msg.v5_properties(self.protocol, now, &d.subscription_ids, alias);
                 codec::encode_publish_head(
                     &mut heads,
@@ -166,10 +167,11 @@ impl Client {
             };
             if head.len() + msg.payload.len() > self.client_max_packet as usize {
                 self.ctx.metrics.dropped(DropReason::TooLarge, 1);
-                if o.packet_id != 0 {
-                    self.session.abandon(o.packet_id);
-                }
+                self.give_up(o.packet_id);
                 continue;
+            }
+            if let (Some(alias), Some(a)) = (new_alias, self.aliases_out.as_mut()) {
+                a.map.insert(ByteString::from(&msg.topic[..]), alias);
             }
             // Redeliveries and retained copies (RETAIN set) waited for reasons other than
             // delivery: they count as sent but stay out of the latency histogram.
@@ -182,20 +184,31 @@ impl Client {
         self.ctx.metrics.sent_batch(&sent);
     }
 
-    /// The topic to write and the alias to send with it, for clients that accept aliases.
-    fn outbound_alias<'a>(&mut self, topic: &'a ByteString) -> (&'a str, Option<u16>) {
-        let Some(a) = self.aliases_out.as_mut() else {
+    /// The topic to write and the alias to send with it, for clients that accept aliases: an
+    /// empty topic with a known alias, or the topic with the next free alias (registered by the
+    /// caller once the message is written).
+    fn outbound_alias<'a>(&self, topic: &'a ByteString) -> (&'a str, Option<u16>) {
+        let Some(a) = self.aliases_out.as_ref() else {
             return (topic, None);
         };
         if let Some(&alias) = a.map.get(topic) {
             return ("", Some(alias));
         }
         if a.map.len() < usize::from(a.max) {
-            let alias = a.map.len() as u16 + 1;
-            a.map.insert(ByteString::from(&topic[..]), alias);
-            return (topic, Some(alias));
+            return (topic, Some(a.map.len() as u16 + 1));
         }
         (topic, None)
+    }
+
+    /// A delivery taken into the window that will not be written (too large for the client, or
+    /// not readable under its ACL): its flow ends, in the store too.
+    fn give_up(&mut self, packet_id: u16) {
+        if packet_id == 0 {
+            return;
+        }
+        if let Some(seq) = self.session.abandon(packet_id) {
+            self.ctx.router.settled(&self.session, seq);
+        }
     }
 }
 
