@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::{Client, Close, CLOSE_FLUSH};
-use crate::codec::{reason, Disconnect, Packet, Properties};
+use crate::codec::{reason, Disconnect, LastWill, Packet, Properties};
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::CloseReason;
 use crate::registry::Departure;
@@ -50,32 +50,29 @@ impl Client {
     /// The connection's will as a persistent session's record keeps it while connected: what a
     /// restart publishes if the broker stops with the connection open.
     pub(super) fn armed_will(&self) -> Option<StoredWill> {
-        let will = self.will.as_ref()?;
-        let message = Arc::new(Message::new(
-            &will.topic,
-            &will.payload,
-            will.qos,
-            will.retain,
-            self.session.id,
-            ForwardedProperties::from_properties(&will.properties),
-        ));
-        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let (message, delay) = will_message(self.will.as_deref()?, self.session.id);
         Some(StoredWill::Armed { message, delay })
     }
 
     /// The will as a message with its delay in seconds, if the close publishes one.
     fn departing_will(&mut self) -> Option<(Arc<Message>, u32)> {
         let will = self.will.take().filter(|_| self.publish_will)?;
-        let msg = Arc::new(Message::new(
-            &will.topic,
-            &will.payload,
-            will.qos,
-            will.retain,
-            self.session.id,
-            ForwardedProperties::from_properties(&will.properties),
-        ));
-        Some((msg, will.properties.will_delay_interval.unwrap_or(0)))
+        Some(will_message(&will, self.session.id))
     }
+}
+
+/// A CONNECT's will as the message it publishes, with its delay in seconds.
+fn will_message(will: &LastWill, origin: crate::message::Origin) -> (Arc<Message>, u32) {
+    let message = Message::new(
+        &will.topic,
+        &will.payload,
+        will.qos,
+        will.retain,
+        origin,
+        ForwardedProperties::from_properties(&will.properties),
+    );
+    let delay = will.properties.will_delay_interval.unwrap_or(0);
+    (Arc::new(message), delay)
 }
 
 /// Runs also when the task unwinds from a panic: the session is always handed back to the
