@@ -17,6 +17,8 @@
 //! end (`settled`: acknowledged, refused or expired); the inbound QoS 2 packet ids awaiting PUBREL
 //! (`incoming_qos2`). Retained messages are kept by topic (`retained`).
 
+mod apply;
+mod batch;
 pub(crate) mod disk;
 mod group_commit;
 mod inspect;

@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable};
 use tracing::info;
 
-use super::group_commit::{Op, Shared, Writer};
+use super::batch::{Batch, Op};
+use super::group_commit::{Shared, Writer};
 use super::layout::{open_database, quietly, unreadable, FILE, MESSAGES};
 use super::load::{read_all, Decode};
 use super::record;
@@ -85,8 +86,8 @@ impl DiskStore {
         })
     }
 
-    fn record(&self, op: Op) -> Mark {
-        let mark = self.shared.record(op);
+    fn record(&self, change: impl FnOnce(&mut Batch) -> Op) -> Mark {
+        let mark = self.shared.record(change);
         if self.acknowledge_durable {
             mark
         } else {
@@ -111,31 +112,31 @@ impl Store for DiskStore {
     }
 
     fn session_saved(&self, session: &SessionRecord) -> Mark {
-        self.record(Op::Session(session.clone()))
+        self.record(|_| Op::Session(Box::new(session.clone())))
     }
 
     fn session_removed(&self, client_id: &str) {
-        self.record(Op::SessionRemoved(Arc::from(client_id)));
+        self.record(|_| Op::SessionRemoved(Arc::from(client_id)));
     }
 
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Mark {
-        self.record(Op::Queued(client_id.clone(), delivery.clone()))
+        self.record(|b| b.queued(client_id, delivery))
     }
 
     fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage) {
-        self.record(Op::Sent(client_id.clone(), seq, packet_id, stage));
+        self.record(|b| b.sent(client_id, seq, packet_id, stage));
     }
 
     fn settled(&self, client_id: &Arc<str>, seq: u64) {
-        self.record(Op::Settled(client_id.clone(), seq));
+        self.record(|b| b.settled(client_id, seq));
     }
 
     fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: u16, held: bool) -> Mark {
-        self.record(Op::Incoming(client_id.clone(), packet_id, held))
+        self.record(|_| Op::Incoming(client_id.clone(), packet_id, held))
     }
 
     fn retained(&self, topic: &ByteString, message: Option<&Arc<Message>>) -> Mark {
-        self.record(Op::Retained(topic.clone(), message.cloned()))
+        self.record(|_| Op::Retained(topic.clone(), message.cloned()))
     }
 
     fn is_durable(&self, mark: Mark) -> bool {

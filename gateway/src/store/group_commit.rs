@@ -14,36 +14,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytestring::ByteString;
 use parking_lot::{Condvar, Mutex};
-use redb::{Database, Durability, WriteTransaction};
-use rustc_hash::{FxHashMap, FxHashSet};
+use redb::{Database, Durability};
 use tracing::{error, info};
 
-use super::layout::{stage_code, CACHE_BYTES, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
-use super::record;
-use super::{Mark, SessionRecord};
-use crate::message::Message;
+use super::apply::{apply, Applied, InFlows};
+use super::batch::{Batch, Op};
+use super::layout::CACHE_BYTES;
+use super::Mark;
 use crate::metrics::StoreMetrics;
-use crate::session::{Delivery, Session, Stage};
+use crate::session::Session;
 
 /// How long a failed commit waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// One recorded change, in the order recorded.
-pub(super) enum Op {
-    Session(SessionRecord),
-    SessionRemoved(Arc<str>),
-    Queued(Arc<str>, Delivery),
-    Sent(Arc<str>, u64, u16, Stage),
-    Settled(Arc<str>, u64),
-    Incoming(Arc<str>, u16, bool),
-    Retained(ByteString, Option<Arc<Message>>),
-}
-
 #[derive(Default)]
 struct Recorded {
-    ops: Vec<Op>,
+    batch: Batch,
     /// The mark of the last op recorded.
     last: Mark,
     closing: bool,
@@ -74,20 +61,11 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     delay: Duration,
     metrics: StoreMetrics,
-    /// The messages with a `flows` entry (sent in a later batch than they were written).
-    in_flows: FxHashSet<(Arc<str>, u64)>,
-}
-
-/// What a committed batch changed, for the counts and the metrics, and the `flows` entries it
-/// added and removed (applied to the writer's set only once the commit succeeded).
-#[derive(Default)]
-struct Applied {
-    sessions: i64,
-    messages: i64,
-    bytes: u64,
-    flows_added: Vec<(Arc<str>, u64)>,
-    flows_removed: Vec<(Arc<str>, u64)>,
-    flows_cleared: Vec<Arc<str>>,
+    in_flows: InFlows,
+    /// Kept from commit to commit: the buffer records are written from, and the waiters taken
+    /// out of `Shared::waiters` to be woken.
+    scratch: Vec<u8>,
+    waking: Vec<(Mark, Weak<Session>)>,
 }
 
 impl Writer {
@@ -97,13 +75,15 @@ impl Writer {
         shared: Arc<Shared>,
         delay: Duration,
         metrics: StoreMetrics,
-        in_flight: FxHashSet<(Arc<str>, u64)>,
+        in_flight: InFlows,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let writer = Writer {
             shared,
             delay,
             metrics,
             in_flows: in_flight,
+            scratch: Vec::new(),
+            waking: Vec::new(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -111,16 +91,16 @@ impl Writer {
     }
 
     fn run(mut self) {
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         loop {
             let (last, closing) = {
                 let mut p = self.shared.pending.lock();
-                while p.ops.is_empty() && batch.is_empty() && !p.closing {
+                while p.batch.is_empty() && batch.is_empty() && !p.closing {
                     p.idle = true;
                     self.shared.recorded.wait(&mut p);
                 }
                 p.idle = false;
-                if p.ops.is_empty() && batch.is_empty() {
+                if p.batch.is_empty() && batch.is_empty() {
                     return;
                 }
                 // Gathers more changes into this commit, the whole delay (only closing cuts it
@@ -129,20 +109,19 @@ impl Writer {
                 while !p.closing && std::time::Instant::now() < deadline {
                     self.shared.recorded.wait_until(&mut p, deadline);
                 }
-                batch.append(&mut p.ops);
+                if batch.is_empty() {
+                    // The recorders get the last batch's buffers back, emptied.
+                    std::mem::swap(&mut batch, &mut p.batch);
+                } else {
+                    batch.append(&mut p.batch);
+                }
                 (p.last, p.closing)
             };
             let started = std::time::Instant::now();
             match self.commit(&batch) {
                 Ok(applied) => {
                     batch.clear();
-                    for c in &applied.flows_cleared {
-                        self.in_flows.retain(|(client, _)| client != c);
-                    }
-                    for key in &applied.flows_removed {
-                        self.in_flows.remove(key);
-                    }
-                    self.in_flows.extend(applied.flows_added.iter().cloned());
+                    self.in_flows.committed(&applied);
                     let m = &self.metrics;
                     m.commit_seconds.record(started.elapsed().as_secs_f64());
                     m.commits.increment(1);
@@ -172,19 +151,24 @@ impl Writer {
         }
     }
 
-    fn wake(&self, durable: Mark) {
-        let ready: Vec<Weak<Session>> = {
-            let mut w = self.shared.waiters.lock();
-            let (ready, waiting): (Vec<_>, Vec<_>) = w.drain(..).partition(|(m, _)| *m <= durable);
-            *w = waiting;
-            ready.into_iter().map(|(_, s)| s).collect()
-        };
-        for s in ready.iter().filter_map(Weak::upgrade) {
-            s.wake();
+    fn wake(&mut self, durable: Mark) {
+        // Swapped, so that both vectors keep their storage and the lock is held only for that.
+        std::mem::swap(&mut *self.shared.waiters.lock(), &mut self.waking);
+        self.waking.retain(|(mark, session)| {
+            if *mark > durable {
+                return true;
+            }
+            if let Some(s) = session.upgrade() {
+                s.wake();
+            }
+            false
+        });
+        if !self.waking.is_empty() {
+            self.shared.waiters.lock().append(&mut self.waking);
         }
     }
 
-    fn commit(&self, batch: &[Op]) -> Result<Applied, redb::Error> {
+    fn commit(&mut self, batch: &Batch) -> Result<Applied, redb::Error> {
         #[cfg(feature = "fault-injection")]
         if crate::fault::store_writes_fail() {
             return Err(redb::Error::Io(std::io::Error::from_raw_os_error(
@@ -195,7 +179,7 @@ impl Writer {
         let committed = (|| {
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
-            let applied = apply(&tx, batch, &self.in_flows)?;
+            let applied = apply(&tx, batch, &self.in_flows, &mut self.scratch)?;
             tx.commit()?;
             Ok::<_, redb::Error>(applied)
         })();
@@ -222,10 +206,12 @@ impl Shared {
         }
     }
 
-    /// Appends a change to the pending batch; returns its mark.
-    pub(super) fn record(&self, op: Op) -> Mark {
+    /// Appends a change to the pending batch, made by `change` (which may copy into the batch's
+    /// buffers); returns its mark.
+    pub(super) fn record(&self, change: impl FnOnce(&mut Batch) -> Op) -> Mark {
         let mut p = self.pending.lock();
-        p.ops.push(op);
+        let op = change(&mut p.batch);
+        p.batch.ops.push(op);
         p.last += 1;
         let mark = p.last;
         let wake = std::mem::take(&mut p.idle);
@@ -291,116 +277,4 @@ fn add(counter: &AtomicU64, delta: i64) {
             Some(v.saturating_sub(delta.unsigned_abs()))
         });
     }
-}
-
-/// What a batch does to one stored message (client id, seq), gathered before it is applied.
-#[derive(Default, Clone, Copy)]
-struct Fate {
-    queued: bool,
-    /// The last stage it was sent with, as `stage_code`.
-    sent: Option<(u16, u8)>,
-    settled: bool,
-}
-
-/// Applies a batch in order, writing each message once: one queued and settled within the
-/// batch is skipped altogether, one queued and sent is written with its stage (no `flows`
-/// entry). `in_flows` is the writer's knowledge of which messages have a `flows` entry, so that
-/// settling one without needs one B-tree removal, not two.
-fn apply(
-    tx: &WriteTransaction,
-    batch: &[Op],
-    in_flows: &FxHashSet<(Arc<str>, u64)>,
-) -> Result<Applied, redb::Error> {
-    let mut n = Applied::default();
-    let mut fates: FxHashMap<(&str, u64), Fate> = FxHashMap::default();
-    for op in batch {
-        match op {
-            Op::Queued(c, d) => fates.entry((c, d.seq)).or_default().queued = true,
-            Op::Sent(c, seq, id, stage) => {
-                fates.entry((c, *seq)).or_default().sent = Some((*id, stage_code(*stage)));
-            }
-            Op::Settled(c, seq) => fates.entry((c, *seq)).or_default().settled = true,
-            _ => {}
-        }
-    }
-    let mut sessions = tx.open_table(SESSIONS)?;
-    let mut messages = tx.open_table(MESSAGES)?;
-    let mut flows = tx.open_table(FLOWS)?;
-    let mut incoming = tx.open_table(INCOMING)?;
-    let mut retained = tx.open_table(RETAINED)?;
-    for op in batch {
-        match op {
-            Op::Session(s) => {
-                let bytes = record::session(s);
-                n.bytes += (s.client_id.len() + bytes.len()) as u64;
-                if sessions
-                    .insert(&s.client_id[..], bytes.as_slice())?
-                    .is_none()
-                {
-                    n.sessions += 1;
-                }
-            }
-            Op::SessionRemoved(c) => {
-                let c = &c[..];
-                if sessions.remove(c)?.is_some() {
-                    n.sessions -= 1;
-                }
-                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| {
-                    n.messages -= 1;
-                    false
-                })?;
-                flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
-                n.flows_cleared.push(Arc::from(c));
-                incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
-            }
-            Op::Queued(c, d) => {
-                let fate = fates.get(&(&c[..], d.seq)).copied().unwrap_or_default();
-                if !fate.settled {
-                    let bytes = record::delivery(d, fate.sent);
-                    n.bytes += (c.len() + 8 + bytes.len()) as u64;
-                    messages.insert((&c[..], d.seq), bytes.as_slice())?;
-                    n.messages += 1;
-                }
-            }
-            Op::Sent(c, seq, packet_id, stage) => {
-                let fate = fates.get(&(&c[..], *seq)).copied().unwrap_or_default();
-                if !fate.queued && !fate.settled {
-                    n.bytes += (c.len() + 11) as u64;
-                    flows.insert((&c[..], *seq), (*packet_id, stage_code(*stage)))?;
-                    n.flows_added.push((c.clone(), *seq));
-                }
-            }
-            Op::Settled(c, seq) => {
-                let fate = fates.get(&(&c[..], *seq)).copied().unwrap_or_default();
-                if !fate.queued && messages.remove((&c[..], *seq))?.is_some() {
-                    n.messages -= 1;
-                    // (Sent in this batch too, it was skipped above: settled.)
-                    let key = (c.clone(), *seq);
-                    if in_flows.contains(&key) {
-                        flows.remove((&c[..], *seq))?;
-                        n.flows_removed.push(key);
-                    }
-                }
-            }
-            Op::Incoming(c, id, held) => {
-                if *held {
-                    n.bytes += (c.len() + 2) as u64;
-                    incoming.insert((&c[..], *id), ())?;
-                } else {
-                    incoming.remove((&c[..], *id))?;
-                }
-            }
-            Op::Retained(topic, m) => match m {
-                Some(m) => {
-                    let bytes = record::retained(m);
-                    n.bytes += (topic.len() + bytes.len()) as u64;
-                    retained.insert(&topic[..], bytes.as_slice())?;
-                }
-                None => {
-                    retained.remove(&topic[..])?;
-                }
-            },
-        }
-    }
-    Ok(n)
 }

@@ -36,12 +36,6 @@ impl Writer {
     fn new() -> Writer {
         Writer(vec![VERSION])
     }
-    /// A record of about `n` bytes: one allocation, not a growing one.
-    fn with_capacity(n: usize) -> Writer {
-        let mut v = Vec::with_capacity(n);
-        v.push(VERSION);
-        Writer(v)
-    }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
@@ -233,22 +227,14 @@ pub(super) fn read_retained(bytes: &[u8]) -> Result<Message, Corrupt> {
     Ok(m)
 }
 
-/// A message stored for a session: the delivery (QoS, flags, subscription ids, message).
-/// `sent`: the packet id and stage (as `layout::stage_code`) when the message was already sent
-/// as it was first written; later stages go to the `flows` table.
-pub(super) fn delivery(d: &Delivery, sent: Option<(u16, u8)>) -> Vec<u8> {
+/// A message stored for a session, after its stage prefix: the delivery (QoS, flags,
+/// subscription ids, message), appended to `out`. Encoded when the message is queued; whether it
+/// was sent by then is known only when its batch is written (`delivery`).
+pub(super) fn delivery_tail(out: &mut Vec<u8>, d: &Delivery) {
     let m = &d.msg;
     let props = m.properties.as_ref().map_or(0, |_| 64);
-    let mut w = Writer::with_capacity(
-        40 + 4 * d.subscription_ids.len() + m.topic.len() + m.payload.len() + props,
-    );
-    match sent {
-        Some((packet_id, stage)) => {
-            w.u8(stage);
-            w.0.extend_from_slice(&packet_id.to_be_bytes());
-        }
-        None => w.u8(0),
-    }
+    out.reserve(40 + 4 * d.subscription_ids.len() + m.topic.len() + m.payload.len() + props);
+    let mut w = Writer(std::mem::take(out));
     w.u8(d.qos as u8);
     w.u8(u8::from(d.retain));
     w.u32(u32::try_from(d.subscription_ids.len()).unwrap_or(u32::MAX));
@@ -256,7 +242,23 @@ pub(super) fn delivery(d: &Delivery, sent: Option<(u16, u8)>) -> Vec<u8> {
         w.u32(*id);
     }
     put_message(&mut w, &d.msg);
-    w.0
+    *out = w.0;
+}
+
+/// A stored message's record into `out` (cleared first): `tail` from `delivery_tail`, and
+/// `sent`: the packet id and stage (as `layout::stage_code`) when the message was already sent
+/// as it was first written; later stages go to the `flows` table.
+pub(super) fn delivery(out: &mut Vec<u8>, sent: Option<(u16, u8)>, tail: &[u8]) {
+    out.clear();
+    out.push(VERSION);
+    match sent {
+        Some((packet_id, stage)) => {
+            out.push(stage);
+            out.extend_from_slice(&packet_id.to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(tail);
 }
 
 /// A stored delivery, and its packet id and stage code if it was written as sent.
@@ -410,9 +412,15 @@ mod tests {
             subscription_ids: vec![7, 9],
             seq: 0,
         };
-        let (sent, back) = read_delivery(&delivery(&d, None), 12).unwrap();
+        let stored = |sent| {
+            let (mut tail, mut out) = (Vec::new(), Vec::new());
+            delivery_tail(&mut tail, &d);
+            delivery(&mut out, sent, &tail);
+            out
+        };
+        let (sent, back) = read_delivery(&stored(None), 12).unwrap();
         assert_eq!(sent, None);
-        let (sent, _) = read_delivery(&delivery(&d, Some((513, 3))), 12).unwrap();
+        let (sent, _) = read_delivery(&stored(Some((513, 3))), 12).unwrap();
         assert_eq!(sent, Some((513, 3)));
         assert_eq!((back.qos, back.retain, back.seq), (d.qos, d.retain, 12));
         assert_eq!(back.subscription_ids, [7, 9]);

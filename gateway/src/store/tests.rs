@@ -30,8 +30,14 @@ impl Dir {
     }
 
     fn open(&self) -> DiskStore {
+        self.open_gathering(StorageConfig::default().commit_delay_ms)
+    }
+
+    /// With a commit delay long enough that what a test records at once is one batch.
+    fn open_gathering(&self, commit_delay_ms: u32) -> DiskStore {
         let config = StorageConfig {
             dir: self.0.clone(),
+            commit_delay_ms,
             ..StorageConfig::default()
         };
         DiskStore::open(&config, &Metrics::new().store).expect("store opens")
@@ -227,6 +233,75 @@ fn a_removed_session_takes_its_messages_and_ids_with_it() {
         (1, 1, 1)
     );
     assert_eq!(store.stats().messages, 2);
+}
+
+/// Messages settled in a later batch than they were written go, and only they: runs of
+/// consecutive seqs are removed in one range each, gaps and other sessions' messages stay.
+#[test]
+fn settled_messages_of_earlier_batches_go_and_only_they() {
+    let dir = Dir::new();
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "a2".into());
+    {
+        let store = dir.open();
+        let mut mark = 0;
+        for c in [&a, &b] {
+            store.session_saved(&record(c));
+            for seq in 1..=10 {
+                mark = store.queued(c, &delivery(&format!("t/{seq}"), seq));
+            }
+        }
+        committed(&store, mark);
+        for seq in [2, 3, 4, 5, 7, 10, 3] {
+            store.settled(&a, seq);
+        }
+        store.settled(&b, 1);
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    let left = |c: &str| -> Vec<u64> {
+        store
+            .read_queued(c, 1, u64::MAX, 100)
+            .expect("reads")
+            .iter()
+            .map(|d| d.seq)
+            .collect()
+    };
+    assert_eq!(left("a"), [1, 6, 8, 9]);
+    assert_eq!(left("a2"), [2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(restored.sessions.len(), 2);
+    assert_eq!(store.stats().messages, 13);
+}
+
+/// A session removed and started again within one batch counts its seqs from 1 again: what the
+/// new one queued is kept, although the old one settled the same seqs in that batch.
+#[test]
+fn a_session_started_again_within_a_batch_keeps_its_new_messages() {
+    let dir = Dir::new();
+    let c: Arc<str> = "again".into();
+    {
+        let store = dir.open_gathering(500);
+        store.session_saved(&record(&c));
+        for seq in 1..=2 {
+            store.queued(&c, &delivery("old", seq));
+            store.sent(&c, seq, 1, Stage::PubAck);
+            store.settled(&c, seq);
+        }
+        store.session_removed(&c);
+        store.session_saved(&record(&c));
+        for seq in 1..=2 {
+            store.queued(&c, &delivery("new", seq));
+        }
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    assert_eq!(restored.sessions.len(), 1);
+    let topics: Vec<_> = store
+        .read_queued("again", 1, u64::MAX, 10)
+        .expect("reads")
+        .iter()
+        .map(|d| (d.seq, d.msg.topic.to_string()))
+        .collect();
+    assert_eq!(topics, [(1, "new".to_owned()), (2, "new".to_owned())]);
 }
 
 #[tokio::test]

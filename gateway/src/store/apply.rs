@@ -1,0 +1,245 @@
+//! Writing one batch of changes into a write transaction, each message at most once.
+//!
+//! Most messages for a connected subscriber are queued, sent and settled within a few
+//! milliseconds, so a batch is first read whole for each message's fate: one queued and
+//! settled in the same batch is never written; one queued and sent is written once with its
+//! stage (no `flows` entry). Messages settled from earlier batches are removed at the end, a
+//! run of consecutive seqs of one session in one range removal (a subscriber acknowledges in
+//! order), not one B-tree descent each.
+
+use std::sync::Arc;
+
+use redb::WriteTransaction;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::batch::{Batch, Op};
+use super::layout::{stage_code, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::record;
+
+/// What a committed batch changed, for the counts and the metrics, and the `flows` entries it
+/// added and removed (applied to the writer's set only once the commit succeeded).
+#[derive(Default)]
+pub(super) struct Applied {
+    pub(super) sessions: i64,
+    pub(super) messages: i64,
+    pub(super) bytes: u64,
+    pub(super) flows_added: Vec<(Arc<str>, u64)>,
+    pub(super) flows_removed: Vec<(Arc<str>, u64)>,
+    pub(super) flows_cleared: Vec<Arc<str>>,
+}
+
+/// The messages with a `flows` entry (sent in a later batch than they were written): the
+/// writer's knowledge, so that settling any other message needs no removal there.
+#[derive(Default)]
+pub(super) struct InFlows(FxHashMap<Arc<str>, FxHashSet<u64>>);
+
+impl InFlows {
+    fn contains(&self, client: &str, seq: u64) -> bool {
+        self.0.get(client).is_some_and(|seqs| seqs.contains(&seq))
+    }
+
+    /// Takes in what a committed batch changed.
+    pub(super) fn committed(&mut self, applied: &Applied) {
+        for c in &applied.flows_cleared {
+            self.0.remove(c);
+        }
+        for (c, seq) in &applied.flows_removed {
+            if let Some(seqs) = self.0.get_mut(c) {
+                seqs.remove(seq);
+                if seqs.is_empty() {
+                    self.0.remove(c);
+                }
+            }
+        }
+        for (c, seq) in &applied.flows_added {
+            self.0.entry(c.clone()).or_default().insert(*seq);
+        }
+    }
+}
+
+impl FromIterator<(Arc<str>, u64)> for InFlows {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, u64)>>(iter: I) -> InFlows {
+        let mut flows = InFlows::default();
+        for (c, seq) in iter {
+            flows.0.entry(c).or_default().insert(seq);
+        }
+        flows
+    }
+}
+
+/// What a batch does to one stored message, gathered before it is applied.
+#[derive(Default, Clone, Copy)]
+struct Fate {
+    queued: bool,
+    /// The last stage it was sent with, as `stage_code`.
+    sent: Option<(u16, u8)>,
+    settled: bool,
+}
+
+/// A stored message within a batch: client id, how many times that session was removed
+/// earlier in the batch (a session started anew counts its seqs from 1 again), seq.
+type Key<'b> = (&'b str, u32, u64);
+
+/// Tells which session generation each change of a batch belongs to. Costs nothing in the
+/// usual batch, where no session is removed.
+#[derive(Default)]
+struct Generations<'b>(FxHashMap<&'b str, u32>);
+
+impl<'b> Generations<'b> {
+    fn key(&self, client: &'b str, seq: u64) -> Key<'b> {
+        let g = if self.0.is_empty() {
+            0
+        } else {
+            self.0.get(client).copied().unwrap_or(0)
+        };
+        (client, g, seq)
+    }
+
+    fn removed(&mut self, client: &'b str) {
+        *self.0.entry(client).or_default() += 1;
+    }
+}
+
+/// Applies `batch` in order. `scratch`: a buffer for
+/// the records written, kept by the writer from batch to batch.
+pub(super) fn apply(
+    tx: &WriteTransaction,
+    batch: &Batch,
+    in_flows: &InFlows,
+    scratch: &mut Vec<u8>,
+) -> Result<Applied, redb::Error> {
+    let mut n = Applied::default();
+    let mut fates: FxHashMap<Key<'_>, Fate> =
+        FxHashMap::with_capacity_and_hasher(batch.ops.len() / 2, Default::default());
+    let mut generations = Generations::default();
+    for op in &batch.ops {
+        match *op {
+            Op::Queued { client, seq, .. } => {
+                let key = generations.key(batch.name(client), seq);
+                fates.entry(key).or_default().queued = true;
+            }
+            Op::Sent {
+                client,
+                seq,
+                packet_id,
+                stage,
+            } => {
+                let key = generations.key(batch.name(client), seq);
+                fates.entry(key).or_default().sent = Some((packet_id, stage_code(stage)));
+            }
+            Op::Settled { client, seq } => {
+                let key = generations.key(batch.name(client), seq);
+                fates.entry(key).or_default().settled = true;
+            }
+            Op::SessionRemoved(ref c) => generations.removed(&c[..]),
+            _ => {}
+        }
+    }
+    let fate = |key: &Key<'_>| fates.get(key).copied().unwrap_or_default();
+    let mut generations = Generations::default();
+    // Messages from earlier batches settled in this one, removed at the end.
+    let mut settled: Vec<(&str, u64)> = Vec::new();
+    let mut sessions = tx.open_table(SESSIONS)?;
+    let mut messages = tx.open_table(MESSAGES)?;
+    let mut flows = tx.open_table(FLOWS)?;
+    let mut incoming = tx.open_table(INCOMING)?;
+    let mut retained = tx.open_table(RETAINED)?;
+    for op in &batch.ops {
+        match op {
+            Op::Session(s) => {
+                let bytes = record::session(s);
+                n.bytes += (s.client_id.len() + bytes.len()) as u64;
+                if sessions
+                    .insert(&s.client_id[..], bytes.as_slice())?
+                    .is_none()
+                {
+                    n.sessions += 1;
+                }
+            }
+            Op::SessionRemoved(c) => {
+                let c = &c[..];
+                generations.removed(c);
+                // Its messages settled so far go with the rest.
+                settled.retain(|(s, _)| *s != c);
+                if sessions.remove(c)?.is_some() {
+                    n.sessions -= 1;
+                }
+                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| {
+                    n.messages -= 1;
+                    false
+                })?;
+                flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
+                n.flows_cleared.push(Arc::from(c));
+                incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+            }
+            &Op::Queued {
+                client,
+                seq,
+                record,
+            } => {
+                let c = batch.name(client);
+                let fate = fate(&generations.key(c, seq));
+                if !fate.settled {
+                    record::delivery(scratch, fate.sent, batch.record(record));
+                    n.bytes += (c.len() + 8 + scratch.len()) as u64;
+                    messages.insert((c, seq), scratch.as_slice())?;
+                    n.messages += 1;
+                }
+            }
+            &Op::Sent {
+                client,
+                seq,
+                packet_id,
+                stage,
+            } => {
+                let c = batch.name(client);
+                let fate = fate(&generations.key(c, seq));
+                if !fate.queued && !fate.settled {
+                    n.bytes += (c.len() + 11) as u64;
+                    flows.insert((c, seq), (packet_id, stage_code(stage)))?;
+                    n.flows_added.push((Arc::from(c), seq));
+                }
+            }
+            &Op::Settled { client, seq } => {
+                let c = batch.name(client);
+                // (Sent in this batch too, it was skipped above: settled.)
+                if !fate(&generations.key(c, seq)).queued {
+                    settled.push((c, seq));
+                    if in_flows.contains(c, seq) {
+                        flows.remove((c, seq))?;
+                        n.flows_removed.push((Arc::from(c), seq));
+                    }
+                }
+            }
+            Op::Incoming(c, id, held) => {
+                if *held {
+                    n.bytes += (c.len() + 2) as u64;
+                    incoming.insert((&c[..], *id), ())?;
+                } else {
+                    incoming.remove((&c[..], *id))?;
+                }
+            }
+            Op::Retained(topic, m) => match m {
+                Some(m) => {
+                    let bytes = record::retained(m);
+                    n.bytes += (topic.len() + bytes.len()) as u64;
+                    retained.insert(&topic[..], bytes.as_slice())?;
+                }
+                None => {
+                    retained.remove(&topic[..])?;
+                }
+            },
+        }
+    }
+    settled.sort_unstable();
+    settled.dedup();
+    for run in settled.chunk_by(|a, b| a.0 == b.0 && a.1 + 1 == b.1) {
+        let (c, from) = run[0];
+        let to = from + run.len() as u64 - 1;
+        messages.retain_in((c, from)..=(c, to), |_, _| {
+            n.messages -= 1;
+            false
+        })?;
+    }
+    Ok(n)
+}
