@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use redb::WriteTransaction;
+use redb::{Table, TableDefinition, WriteTransaction};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::batch::{Batch, Op};
-use super::layout::{stage_code, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::layout::{stage_code, MessageKey, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
 use super::record;
 
 /// What a committed batch changed, for the counts and the metrics, and the `flows` entries it
@@ -100,6 +100,56 @@ impl<'b> Generations<'b> {
     }
 }
 
+/// The tables a batch writes, each opened when first needed (opening one checks its
+/// definition: a dozen allocations, for a table most batches never touch).
+struct Tables<'tx> {
+    tx: &'tx WriteTransaction,
+    sessions: Option<Table<'tx, &'static str, &'static [u8]>>,
+    messages: Option<Table<'tx, &'static [u8], &'static [u8]>>,
+    flows: Option<Table<'tx, &'static [u8], (u16, u8)>>,
+    incoming: Option<Table<'tx, (&'static str, u16), ()>>,
+    retained: Option<Table<'tx, &'static str, &'static [u8]>>,
+}
+
+fn opened<'s, 'tx, K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &'tx WriteTransaction,
+    slot: &'s mut Option<Table<'tx, K, V>>,
+    definition: TableDefinition<'static, K, V>,
+) -> Result<&'s mut Table<'tx, K, V>, redb::Error> {
+    match slot {
+        Some(table) => Ok(table),
+        None => Ok(slot.insert(tx.open_table(definition)?)),
+    }
+}
+
+impl<'tx> Tables<'tx> {
+    fn new(tx: &'tx WriteTransaction) -> Tables<'tx> {
+        Tables {
+            tx,
+            sessions: None,
+            messages: None,
+            flows: None,
+            incoming: None,
+            retained: None,
+        }
+    }
+    fn sessions(&mut self) -> Result<&mut Table<'tx, &'static str, &'static [u8]>, redb::Error> {
+        opened(self.tx, &mut self.sessions, SESSIONS)
+    }
+    fn messages(&mut self) -> Result<&mut Table<'tx, &'static [u8], &'static [u8]>, redb::Error> {
+        opened(self.tx, &mut self.messages, MESSAGES)
+    }
+    fn flows(&mut self) -> Result<&mut Table<'tx, &'static [u8], (u16, u8)>, redb::Error> {
+        opened(self.tx, &mut self.flows, FLOWS)
+    }
+    fn incoming(&mut self) -> Result<&mut Table<'tx, (&'static str, u16), ()>, redb::Error> {
+        opened(self.tx, &mut self.incoming, INCOMING)
+    }
+    fn retained(&mut self) -> Result<&mut Table<'tx, &'static str, &'static [u8]>, redb::Error> {
+        opened(self.tx, &mut self.retained, RETAINED)
+    }
+}
+
 /// Applies `batch` in order. `scratch`: a buffer for
 /// the records written, kept by the writer from batch to batch.
 pub(super) fn apply(
@@ -139,17 +189,14 @@ pub(super) fn apply(
     let mut generations = Generations::default();
     // Messages from earlier batches settled in this one, removed at the end.
     let mut settled: Vec<(&str, u64)> = Vec::new();
-    let mut sessions = tx.open_table(SESSIONS)?;
-    let mut messages = tx.open_table(MESSAGES)?;
-    let mut flows = tx.open_table(FLOWS)?;
-    let mut incoming = tx.open_table(INCOMING)?;
-    let mut retained = tx.open_table(RETAINED)?;
+    let mut t = Tables::new(tx);
+    let mut key = MessageKey::default();
     for op in &batch.ops {
         match op {
             Op::Session(s) => {
                 let bytes = record::session(s);
                 n.bytes += (s.client_id.len() + bytes.len()) as u64;
-                if sessions
+                if t.sessions()?
                     .insert(&s.client_id[..], bytes.as_slice())?
                     .is_none()
                 {
@@ -161,16 +208,20 @@ pub(super) fn apply(
                 generations.removed(c);
                 // Its messages settled so far go with the rest.
                 settled.retain(|(s, _)| *s != c);
-                if sessions.remove(c)?.is_some() {
+                if t.sessions()?.remove(c)?.is_some() {
                     n.sessions -= 1;
                 }
-                messages.retain_in((c, 0)..=(c, u64::MAX), |_, _| {
-                    n.messages -= 1;
-                    false
-                })?;
-                flows.retain_in((c, 0)..=(c, u64::MAX), |_, _| false)?;
+                let (lo, hi) = MessageKey::bounds(c, 0, u64::MAX);
+                t.messages()?
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| {
+                        n.messages -= 1;
+                        false
+                    })?;
+                t.flows()?
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
                 n.flows_cleared.push(Arc::from(c));
-                incoming.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+                t.incoming()?
+                    .retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
             }
             &Op::Queued {
                 client,
@@ -181,8 +232,9 @@ pub(super) fn apply(
                 let fate = fate(&generations.key(c, seq));
                 if !fate.settled {
                     record::delivery(scratch, fate.sent, batch.record(record));
-                    n.bytes += (c.len() + 8 + scratch.len()) as u64;
-                    messages.insert((c, seq), scratch.as_slice())?;
+                    let k = key.of(c, seq);
+                    n.bytes += (k.len() + scratch.len()) as u64;
+                    t.messages()?.insert(k, scratch.as_slice())?;
                     n.messages += 1;
                 }
             }
@@ -195,8 +247,9 @@ pub(super) fn apply(
                 let c = batch.name(client);
                 let fate = fate(&generations.key(c, seq));
                 if !fate.queued && !fate.settled {
-                    n.bytes += (c.len() + 11) as u64;
-                    flows.insert((c, seq), (packet_id, stage_code(stage)))?;
+                    let k = key.of(c, seq);
+                    n.bytes += (k.len() + 3) as u64;
+                    t.flows()?.insert(k, (packet_id, stage_code(stage)))?;
                     n.flows_added.push((Arc::from(c), seq));
                 }
             }
@@ -206,7 +259,7 @@ pub(super) fn apply(
                 if !fate(&generations.key(c, seq)).queued {
                     settled.push((c, seq));
                     if in_flows.contains(c, seq) {
-                        flows.remove((c, seq))?;
+                        t.flows()?.remove(key.of(c, seq))?;
                         n.flows_removed.push((Arc::from(c), seq));
                     }
                 }
@@ -214,19 +267,19 @@ pub(super) fn apply(
             Op::Incoming(c, id, held) => {
                 if *held {
                     n.bytes += (c.len() + 2) as u64;
-                    incoming.insert((&c[..], *id), ())?;
+                    t.incoming()?.insert((&c[..], *id), ())?;
                 } else {
-                    incoming.remove((&c[..], *id))?;
+                    t.incoming()?.remove((&c[..], *id))?;
                 }
             }
             Op::Retained(topic, m) => match m {
                 Some(m) => {
                     let bytes = record::retained(m);
                     n.bytes += (topic.len() + bytes.len()) as u64;
-                    retained.insert(&topic[..], bytes.as_slice())?;
+                    t.retained()?.insert(&topic[..], bytes.as_slice())?;
                 }
                 None => {
-                    retained.remove(&topic[..])?;
+                    t.retained()?.remove(&topic[..])?;
                 }
             },
         }
@@ -236,10 +289,12 @@ pub(super) fn apply(
     for run in settled.chunk_by(|a, b| a.0 == b.0 && a.1 + 1 == b.1) {
         let (c, from) = run[0];
         let to = from + run.len() as u64 - 1;
-        messages.retain_in((c, from)..=(c, to), |_, _| {
-            n.messages -= 1;
-            false
-        })?;
+        let (lo, hi) = MessageKey::bounds(c, from, to);
+        t.messages()?
+            .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| {
+                n.messages -= 1;
+                false
+            })?;
     }
     Ok(n)
 }

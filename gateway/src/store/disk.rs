@@ -21,7 +21,7 @@ use tracing::info;
 
 use super::batch::{Batch, Op};
 use super::group_commit::{Shared, Writer};
-use super::layout::{open_database, quietly, unreadable, FILE, MESSAGES};
+use super::layout::{open_database, quietly, unreadable, MessageKey, FILE, MESSAGES};
 use super::load::{read_all, Decode};
 use super::record;
 use super::{Mark, Restored, SessionRecord, Store, StoreError, StoreStats};
@@ -168,12 +168,17 @@ impl Store for DiskStore {
         let tx = db.begin_read().map_err(|e| failed(&e))?;
         let table = tx.open_table(MESSAGES).map_err(|e| failed(&e))?;
         let mut out = Vec::new();
+        if until <= from {
+            return Ok(out);
+        }
+        let (lo, hi) = MessageKey::bounds(client_id, from, until - 1);
         let range = table
-            .range((client_id, from)..(client_id, until))
+            .range(lo.as_slice()..=hi.as_slice())
             .map_err(|e| failed(&e))?;
         for entry in range.take(max) {
             let (k, v) = entry.map_err(|e| failed(&e))?;
-            let (_, seq) = k.value();
+            let (_, seq) =
+                MessageKey::split(k.value()).ok_or_else(|| failed(&"a malformed key"))?;
             out.push(
                 record::read_delivery(v.value(), seq)
                     .map_err(|e| failed(&e))?

@@ -1,10 +1,14 @@
 //! The store file's layout: its tables and their keys, the format mark, and opening it.
 //!
-//! Tables: `sessions` (client id -> record), `messages` ((client id, seq) -> delivery),
-//! `flows` ((client id, seq) -> packet id and stage, once sent), `incoming` ((client id,
-//! packet id) -> (), inbound QoS 2 awaiting PUBREL), `retained` (topic -> message), `meta`
-//! (`format`). Keys are ordered, so a session's messages are read back in queue order by a range
-//! scan.
+//! Tables: `sessions` (client id -> record), `messages` (message key -> delivery), `flows`
+//! (message key -> packet id and stage, once sent), `incoming` ((client id, packet id) -> (),
+//! inbound QoS 2 awaiting PUBREL), `retained` (topic -> message), `meta` (`format`).
+//!
+//! A message key is (client id, seq) as plain bytes (`MessageKey`): the client id's length, the
+//! client id, the seq big-endian. A session's keys share their first bytes and sort by seq, so
+//! its messages are one range, read back in queue order by a range scan; and being bytes, a key
+//! is handed to the B-tree as it is (redb's tuple keys are serialized into a new allocation each
+//! time the tree looks at one: several per insert).
 
 use std::path::Path;
 
@@ -16,14 +20,48 @@ use crate::session::Stage;
 /// The file inside `[storage] dir`.
 pub(crate) const FILE: &str = "store.redb";
 /// What `meta.format` holds in a store of this layout.
-const FORMAT: &str = "gateway-store-1";
+const FORMAT: &str = "gateway-store-2";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(super) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-pub(super) const FLOWS: TableDefinition<(&str, u64), (u16, u8)> = TableDefinition::new("flows");
+pub(super) const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+pub(super) const FLOWS: TableDefinition<&[u8], (u16, u8)> = TableDefinition::new("flows");
 pub(super) const INCOMING: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming");
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// A key of `messages` and `flows`, built in a buffer kept by its user.
+#[derive(Default)]
+pub(super) struct MessageKey(Vec<u8>);
+
+impl MessageKey {
+    /// The key of message `seq` of `client`.
+    pub(super) fn of(&mut self, client: &str, seq: u64) -> &[u8] {
+        self.0.clear();
+        // A client id is an MQTT string: at most 65,535 bytes.
+        let len = u16::try_from(client.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(client.as_bytes());
+        self.0.extend_from_slice(&seq.to_be_bytes());
+        &self.0
+    }
+
+    /// The first and last keys of `client`'s messages from seq `from` to `to`.
+    pub(super) fn bounds(client: &str, from: u64, to: u64) -> (Vec<u8>, Vec<u8>) {
+        let (mut lo, mut hi) = (MessageKey::default(), MessageKey::default());
+        lo.of(client, from);
+        hi.of(client, to);
+        (lo.0, hi.0)
+    }
+
+    /// The client id and seq of a key; None when it is not one.
+    pub(super) fn split(key: &[u8]) -> Option<(&str, u64)> {
+        let (len, rest) = key.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let (client, seq) = (rest.get(..len)?, rest.get(len..)?);
+        let seq: [u8; 8] = seq.try_into().ok()?;
+        Some((std::str::from_utf8(client).ok()?, u64::from_be_bytes(seq)))
+    }
+}
 
 /// redb's page cache (its default is 1 GiB): the store's working set is the recent writes and
 /// the queues read back at start, and its cache counts in the gateway's memory like any session.
@@ -127,5 +165,43 @@ pub(super) fn stage_of(code: u8) -> Option<Stage> {
         2 => Some(Stage::PubRec),
         3 => Some(Stage::PubComp),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageKey;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Keys of one session are contiguous and in seq order, whatever the client ids: a
+        /// session's messages are one range.
+        #[test]
+        fn message_keys_sort_by_session_then_seq(
+            a in "\\PC{0,12}", b in "\\PC{0,12}", s in any::<u64>(), t in any::<u64>()
+        ) {
+            let (mut x, mut y) = (MessageKey::default(), MessageKey::default());
+            let (kx, ky) = (x.of(&a, s).to_vec(), y.of(&b, t).to_vec());
+            prop_assert_eq!(MessageKey::split(&kx), Some((a.as_str(), s)));
+            if a == b {
+                prop_assert_eq!(kx.cmp(&ky), s.cmp(&t));
+            } else {
+                let (lo, hi) = MessageKey::bounds(&a, 0, u64::MAX);
+                prop_assert!(!(lo..=hi).contains(&ky), "{b:?} {t} within {a:?}'s range");
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_key_is_refused() {
+        for bad in [
+            &b""[..],
+            b"\0",
+            b"\0\x05abc",
+            b"\0\x01a1234567",
+            b"\0\x01\xff12345678",
+        ] {
+            assert_eq!(MessageKey::split(bad), None, "{bad:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::layout::{stage_of, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::layout::{stage_of, MessageKey, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
 use super::record;
 use super::{Restored, StoredSession};
 use crate::session::Pending;
@@ -41,13 +41,13 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
             });
         }
     }
-    // Only the messages in flight have a flow: few. Both tables are in (client, seq) order.
-    let mut flows: Vec<(String, u64, u16, u8)> = Vec::new();
+    // Only the messages in flight have a flow: few. Both tables are in the same key order.
+    let mut flows: Vec<(Vec<u8>, u16, u8)> = Vec::new();
     if let Ok(table) = tx.open_table(FLOWS) {
         for entry in table.iter().map_err(|x| e("flows", &x))? {
             let (k, v) = entry.map_err(|x| e("flows", &x))?;
-            let ((c, seq), (packet_id, code)) = (k.value(), v.value());
-            flows.push((c.to_owned(), seq, packet_id, code));
+            let (packet_id, code) = v.value();
+            flows.push((k.value().to_owned(), packet_id, code));
         }
     }
     let mut flows = flows.into_iter().peekable();
@@ -55,16 +55,17 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
         let mut current: Option<(String, Option<usize>)> = None;
         for entry in table.iter().map_err(|x| e("messages", &x))? {
             let (k, v) = entry.map_err(|x| e("messages", &x))?;
-            let (c, seq) = k.value();
+            let (c, seq) = MessageKey::split(k.value())
+                .ok_or_else(|| format!("messages: a malformed key {:?}", k.value()))?;
             if current.as_ref().map_or(true, |(name, _)| name != c) {
                 current = Some((c.to_owned(), index.get(c).copied()));
             }
             let flow = loop {
                 match flows.peek() {
-                    Some(f) if (f.0.as_str(), f.1) < (c, seq) => {
+                    Some(f) if f.0.as_slice() < k.value() => {
                         flows.next();
                     }
-                    Some(f) if (f.0.as_str(), f.1) == (c, seq) => break flows.next(),
+                    Some(f) if f.0.as_slice() == k.value() => break flows.next(),
                     _ => break None,
                 }
             };
@@ -87,7 +88,7 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
             let (sent, delivery) = record::read_delivery(value, seq)
                 .map_err(|x| e(&format!("message {seq} of {c:?}"), &x))?;
             // A later stage (in `flows`) overrides the one it was written with.
-            match flow.map(|(_, _, id, code)| (id, code)).or(sent) {
+            match flow.map(|(_, id, code)| (id, code)).or(sent) {
                 Some((packet_id, code)) => {
                     let stage = stage_of(code)
                         .ok_or_else(|| format!("message {seq} of {c:?}: flow stage {code}"))?;
