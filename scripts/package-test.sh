@@ -24,7 +24,6 @@ UPGRADE_DEB="$(realpath "${2:?$USAGE}")"
 UNIT=/usr/lib/systemd/system/gateway.service
 CONF=/etc/gateway/gateway.toml
 DATA=/var/lib/gateway
-WORK="$(mktemp -d)"
 GATEWAY_PID=""
 USER_EXISTED=0
 
@@ -33,11 +32,16 @@ fail() {
     exit 1
 }
 
+# dpkg's state of the package ("installed", "config-files"...), empty when it has none left.
+package_state() {
+    dpkg-query -W -f='${db:Status-Status}' gateway 2>/dev/null | grep -vx 'not-installed' || true
+}
+
 if [ "$(id -u)" -ne 0 ]; then
     fail "needs root (dpkg -i, a system user)"
 fi
-if dpkg-query -W -f='${Status}' gateway 2>/dev/null | grep -q 'installed'; then
-    fail "a gateway package is installed already; this test would purge it"
+if [ -n "$(package_state)" ]; then
+    fail "a gateway package is there already ($(package_state)); this test would purge it"
 fi
 for path in /etc/gateway "$DATA"; do
     [ ! -e "$path" ] || fail "$path exists already; the package would take it over and the purge remove it"
@@ -50,12 +54,13 @@ done
 if getent passwd gateway >/dev/null; then
     USER_EXISTED=1
 fi
+WORK="$(mktemp -d)"
 
 cleanup() {
     if [ -n "$GATEWAY_PID" ] && kill -0 "$GATEWAY_PID" 2>/dev/null; then
         kill -KILL "$GATEWAY_PID" 2>/dev/null || true
     fi
-    if dpkg-query -W gateway >/dev/null 2>&1; then
+    if [ -n "$(package_state)" ]; then
         dpkg --purge gateway >/dev/null 2>&1 || true
     fi
     # What a failed purge may have left, which did not exist before (checked above).
@@ -84,8 +89,7 @@ snapshot >"$WORK/before"
 
 echo "--- dpkg -i $(basename "$DEB") ($(du -h "$DEB" | cut -f1))"
 dpkg -i "$DEB"
-[ "$(dpkg-query -W -f='${Status}' gateway)" = "install ok installed" ] \
-    || fail "dpkg says: $(dpkg-query -W -f='${Status}' gateway)"
+[ "$(package_state)" = installed ] || fail "dpkg says the package is '$(package_state)'"
 dpkg -L gateway | sort >"$WORK/files"
 for path in /usr/bin/gateway /usr/bin/device-sim "$CONF" "$UNIT" \
     /usr/share/gateway/dashboards/gateway-overview.json \
@@ -210,9 +214,7 @@ echo "upgraded to $(dpkg-query -W -f='${Version}' gateway): the edit and the sto
 
 echo "--- dpkg --purge gateway"
 dpkg --purge gateway
-if dpkg-query -W -f='${Status}' gateway 2>/dev/null | grep -q 'installed'; then
-    fail "dpkg still lists gateway: $(dpkg-query -W -f='${Status}' gateway)"
-fi
+[ -z "$(package_state)" ] || fail "dpkg still has the package: $(package_state)"
 while read -r path; do
     # Folders other packages share (/usr/bin...) stay; the package's own files may not.
     if [ -e "$path" ] && [ ! -d "$path" ]; then
