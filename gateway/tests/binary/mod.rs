@@ -49,6 +49,13 @@ impl Gateway {
         Gateway::spawn(Command::new(env!("CARGO_BIN_EXE_gateway")), args)
     }
 
+    /// Starts the binary with `env` added to its environment.
+    pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command.envs(env.iter().copied());
+        Gateway::spawn(command, args)
+    }
+
     /// Starts the binary under an open-file limit of `nofile` (soft and hard).
     pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Gateway {
         let mut command = Command::new("sh");
