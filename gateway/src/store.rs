@@ -22,6 +22,7 @@ mod batch;
 pub(crate) mod disk;
 mod group_commit;
 mod inspect;
+mod journal;
 mod layout;
 mod load;
 mod record;

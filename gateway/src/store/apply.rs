@@ -12,7 +12,7 @@ use std::sync::Arc;
 use redb::{Table, TableDefinition, WriteTransaction};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::batch::{Batch, Op};
+use super::batch::{Batch, Op, Span};
 use super::layout::{stage_code, MessageKey, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
 use super::record;
 
@@ -76,27 +76,51 @@ struct Fate {
     settled: bool,
 }
 
-/// A stored message within a batch: client id, how many times that session was removed
-/// earlier in the batch (a session started anew counts its seqs from 1 again), seq.
-type Key<'b> = (&'b str, u32, u64);
+/// A stored message within a batch: its session's number (`Clients`), how many times that
+/// session was removed earlier in the batch (a session started anew counts its seqs from 1
+/// again), seq.
+type Key = (u32, u32, u64);
 
-/// Tells which session generation each change of a batch belongs to. Costs nothing in the
-/// usual batch, where no session is removed.
+/// Numbers the sessions a batch mentions, and counts their generations. Looked up by where the
+/// name lies in the batch (the changes of one session mostly share it, see `Batch`), so a client
+/// id is hashed once per copy, not once per change: a batch may hold a second's worth of them.
 #[derive(Default)]
-struct Generations<'b>(FxHashMap<&'b str, u32>);
+struct Clients<'b> {
+    by_span: FxHashMap<Span, u32>,
+    by_name: FxHashMap<&'b str, u32>,
+    generations: Vec<u32>,
+}
 
-impl<'b> Generations<'b> {
-    fn key(&self, client: &'b str, seq: u64) -> Key<'b> {
-        let g = if self.0.is_empty() {
-            0
-        } else {
-            self.0.get(client).copied().unwrap_or(0)
-        };
-        (client, g, seq)
+impl<'b> Clients<'b> {
+    fn named(&mut self, name: &'b str) -> u32 {
+        let next = u32::try_from(self.generations.len()).unwrap_or(u32::MAX);
+        let id = *self.by_name.entry(name).or_insert(next);
+        if id == next {
+            self.generations.push(0);
+        }
+        id
     }
 
-    fn removed(&mut self, client: &'b str) {
-        *self.0.entry(client).or_default() += 1;
+    fn key(&mut self, batch: &'b Batch, client: Span, seq: u64) -> Key {
+        let id = match self.by_span.get(&client) {
+            Some(&id) => id,
+            None => {
+                let id = self.named(batch.name(client));
+                self.by_span.insert(client, id);
+                id
+            }
+        };
+        (id, self.generations[id as usize], seq)
+    }
+
+    fn removed(&mut self, name: &'b str) {
+        let id = self.named(name);
+        self.generations[id as usize] += 1;
+    }
+
+    /// For a second pass over the same batch: the numbers stay, generations count again.
+    fn restart(&mut self) {
+        self.generations.iter_mut().for_each(|g| *g = 0);
     }
 }
 
@@ -159,13 +183,13 @@ pub(super) fn apply(
     scratch: &mut Vec<u8>,
 ) -> Result<Applied, redb::Error> {
     let mut n = Applied::default();
-    let mut fates: FxHashMap<Key<'_>, Fate> =
+    let mut fates: FxHashMap<Key, Fate> =
         FxHashMap::with_capacity_and_hasher(batch.ops.len() / 2, Default::default());
-    let mut generations = Generations::default();
+    let mut clients = Clients::default();
     for op in &batch.ops {
         match *op {
             Op::Queued { client, seq, .. } => {
-                let key = generations.key(batch.name(client), seq);
+                let key = clients.key(batch, client, seq);
                 fates.entry(key).or_default().queued = true;
             }
             Op::Sent {
@@ -174,19 +198,19 @@ pub(super) fn apply(
                 packet_id,
                 stage,
             } => {
-                let key = generations.key(batch.name(client), seq);
+                let key = clients.key(batch, client, seq);
                 fates.entry(key).or_default().sent = Some((packet_id, stage_code(stage)));
             }
             Op::Settled { client, seq } => {
-                let key = generations.key(batch.name(client), seq);
+                let key = clients.key(batch, client, seq);
                 fates.entry(key).or_default().settled = true;
             }
-            Op::SessionRemoved(ref c) => generations.removed(&c[..]),
+            Op::SessionRemoved(ref c) => clients.removed(&c[..]),
             _ => {}
         }
     }
-    let fate = |key: &Key<'_>| fates.get(key).copied().unwrap_or_default();
-    let mut generations = Generations::default();
+    let fate = |key: &Key| fates.get(key).copied().unwrap_or_default();
+    clients.restart();
     // Messages from earlier batches settled in this one, removed at the end.
     let mut settled: Vec<(&str, u64)> = Vec::new();
     let mut t = Tables::new(tx);
@@ -205,7 +229,7 @@ pub(super) fn apply(
             }
             Op::SessionRemoved(c) => {
                 let c = &c[..];
-                generations.removed(c);
+                clients.removed(c);
                 // Its messages settled so far go with the rest.
                 settled.retain(|(s, _)| *s != c);
                 if t.sessions()?.remove(c)?.is_some() {
@@ -229,7 +253,7 @@ pub(super) fn apply(
                 record,
             } => {
                 let c = batch.name(client);
-                let fate = fate(&generations.key(c, seq));
+                let fate = fate(&clients.key(batch, client, seq));
                 if !fate.settled {
                     record::delivery(scratch, fate.sent, batch.record(record));
                     let k = key.of(c, seq);
@@ -245,7 +269,7 @@ pub(super) fn apply(
                 stage,
             } => {
                 let c = batch.name(client);
-                let fate = fate(&generations.key(c, seq));
+                let fate = fate(&clients.key(batch, client, seq));
                 if !fate.queued && !fate.settled {
                     let k = key.of(c, seq);
                     n.bytes += (k.len() + 3) as u64;
@@ -256,7 +280,7 @@ pub(super) fn apply(
             &Op::Settled { client, seq } => {
                 let c = batch.name(client);
                 // (Sent in this batch too, it was skipped above: settled.)
-                if !fate(&generations.key(c, seq)).queued {
+                if !fate(&clients.key(batch, client, seq)).queued {
                     settled.push((c, seq));
                     if in_flows.contains(c, seq) {
                         t.flows()?.remove(key.of(c, seq))?;

@@ -51,6 +51,12 @@ impl DiskStore {
             .map_err(|e| unreadable(&config.dir, format!("cannot create the directory: {e}")))?;
         let path = config.dir.join(FILE);
         let db = open_database(&path)?;
+        let replayed = quietly(|| super::journal::replay(&db))
+            .unwrap_or_else(|_| Err("damaged: the database engine failed reading it".into()))
+            .map_err(|e| unreadable(&path, e))?;
+        if replayed > 0 {
+            info!(path = %path.display(), entries = replayed, "store journal replayed");
+        }
         // Queued messages stay on disk: each session's are read back as its client drains them.
         let restored = quietly(|| read_all(&db, Decode::InFlight))
             .unwrap_or_else(|_| Err("damaged: the database engine failed reading it".into()))

@@ -5,22 +5,24 @@
 //! `Mark`). The writer thread takes the whole batch, waits `commit_delay_ms` first so that more
 //! sessions' changes join it, applies it in one transaction and commits with an fsync; then
 //! every mark up to the batch's last is durable, and the sessions waiting for one are woken to
-//! send their acknowledgements. A message queued and acknowledged within the same batch never
-//! touches the disk. A commit that fails (disk full) is kept and retried, the database opened
-//! again (redb latches an I/O failure), and meanwhile the store says it is not `available`.
+//! send their acknowledgements. A commit writes its batch whole into the journal (`journal`);
+//! the tables get it at the next checkpoint, together with the batches since the last one. A
+//! commit that fails (disk full) is kept and retried, the database opened again (redb latches
+//! an I/O failure), and meanwhile the store says it is not `available`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use redb::{Database, Durability};
 use tracing::{error, info};
 
-use super::apply::{apply, Applied, InFlows};
+use super::apply::{apply, InFlows};
 use super::batch::{Batch, Op};
-use super::layout::CACHE_BYTES;
+use super::journal::{CHECKPOINT_BYTES, CHECKPOINT_EVERY};
+use super::layout::{CACHE_BYTES, JOURNAL};
 use super::Mark;
 use crate::metrics::StoreMetrics;
 use crate::session::Session;
@@ -62,8 +64,13 @@ pub(super) struct Writer {
     delay: Duration,
     metrics: StoreMetrics,
     in_flows: InFlows,
-    /// Kept from commit to commit: the buffer records are written from, and the waiters taken
-    /// out of `Shared::waiters` to be woken.
+    /// The batches committed to the journal since the last checkpoint, in order.
+    unapplied: Batch,
+    /// The key of the next journal entry; those before it are the unapplied batches.
+    journal_next: u64,
+    checkpointed: std::time::Instant,
+    /// Kept from commit to commit: the buffer records and journal entries are written from,
+    /// and the waiters taken out of `Shared::waiters` to be woken.
     scratch: Vec<u8>,
     waking: Vec<(Mark, Weak<Session>)>,
 }
@@ -82,6 +89,9 @@ impl Writer {
             delay,
             metrics,
             in_flows: in_flight,
+            unapplied: Batch::default(),
+            journal_next: 0,
+            checkpointed: std::time::Instant::now(),
             scratch: Vec::new(),
             waking: Vec::new(),
         };
@@ -92,22 +102,37 @@ impl Writer {
 
     fn run(mut self) {
         let mut batch = Batch::default();
+        let shared = self.shared.clone();
         loop {
             let (last, closing) = {
-                let mut p = self.shared.pending.lock();
+                let mut p = shared.pending.lock();
                 while p.batch.is_empty() && batch.is_empty() && !p.closing {
                     p.idle = true;
-                    self.shared.recorded.wait(&mut p);
+                    if self.unapplied.is_empty() {
+                        shared.recorded.wait(&mut p);
+                    } else if shared
+                        .recorded
+                        .wait_until(&mut p, self.checkpointed + CHECKPOINT_EVERY)
+                        .timed_out()
+                    {
+                        // Idle: what the last commits hold reaches the tables (and the counts)
+                        // without waiting for more changes, and the journal is left empty.
+                        MutexGuard::unlocked(&mut p, || self.checkpoint(Durability::Immediate));
+                    }
                 }
                 p.idle = false;
                 if p.batch.is_empty() && batch.is_empty() {
+                    drop(p);
+                    if !self.unapplied.is_empty() {
+                        self.checkpoint(Durability::Immediate);
+                    }
                     return;
                 }
                 // Gathers more changes into this commit, the whole delay (only closing cuts it
                 // short): one fsync covers them all.
                 let deadline = std::time::Instant::now() + self.delay;
                 while !p.closing && std::time::Instant::now() < deadline {
-                    self.shared.recorded.wait_until(&mut p, deadline);
+                    shared.recorded.wait_until(&mut p, deadline);
                 }
                 if batch.is_empty() {
                     // The recorders get the last batch's buffers back, emptied.
@@ -119,21 +144,27 @@ impl Writer {
             };
             let started = std::time::Instant::now();
             match self.commit(&batch) {
-                Ok(applied) => {
-                    batch.clear();
-                    self.in_flows.committed(&applied);
+                Ok(()) => {
                     let m = &self.metrics;
                     m.commit_seconds.record(started.elapsed().as_secs_f64());
                     m.commits.increment(1);
-                    m.written_bytes.increment(applied.bytes);
+                    m.written_bytes.increment(self.scratch.len() as u64);
                     let s = &self.shared;
-                    add(&s.sessions, applied.sessions);
-                    add(&s.messages, applied.messages);
                     if !s.available.swap(true, Ordering::Relaxed) {
                         info!("store writes again: acknowledging stored messages");
                     }
                     s.durable.store(last, Ordering::Release);
                     self.wake(last);
+                    // (Emptied, its buffers kept for the recorders.)
+                    self.unapplied.append(&mut batch);
+                    if closing {
+                        // The last one: durable itself, so the next start replays nothing.
+                        self.checkpoint(Durability::Immediate);
+                    } else if self.unapplied.bytes() >= CHECKPOINT_BYTES
+                        || self.checkpointed.elapsed() >= CHECKPOINT_EVERY
+                    {
+                        self.checkpoint(Durability::None);
+                    }
                 }
                 Err(e) => {
                     // Kept and tried again: what waits for it is not acknowledged meanwhile, and
@@ -168,7 +199,8 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &Batch) -> Result<Applied, redb::Error> {
+    /// Makes `batch` durable: one journal entry, one fsync.
+    fn commit(&mut self, batch: &Batch) -> Result<(), redb::Error> {
         #[cfg(feature = "fault-injection")]
         if crate::fault::store_writes_fail() {
             return Err(redb::Error::Io(std::io::Error::from_raw_os_error(
@@ -176,17 +208,52 @@ impl Writer {
             )));
         }
         let db = self.shared.database()?;
+        batch.encode(&mut self.scratch);
         let committed = (|| {
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
-            let applied = apply(&tx, batch, &self.in_flows, &mut self.scratch)?;
+            tx.open_table(JOURNAL)?
+                .insert(self.journal_next, self.scratch.as_slice())?;
             tx.commit()?;
-            Ok::<_, redb::Error>(applied)
+            Ok::<_, redb::Error>(())
         })();
-        if committed.is_err() {
-            *self.shared.db.lock() = None;
+        match committed {
+            Ok(()) => self.journal_next += 1,
+            Err(_) => *self.shared.db.lock() = None,
         }
         committed
+    }
+
+    /// Applies the batches since the last checkpoint to the tables and drops their journal
+    /// entries, in one transaction, usually without an fsync of its own (`Durability::None`:
+    /// the next journal commit's makes it durable; a crash before it leaves the entries,
+    /// replayed at the next start). One that fails is tried again after the next commit.
+    fn checkpoint(&mut self, durability: Durability) {
+        // (Also after a failure: the next try is a checkpoint interval away, or a commit.)
+        self.checkpointed = std::time::Instant::now();
+        let checkpointed = self.shared.database().and_then(|db| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(durability)?;
+            let applied = apply(&tx, &self.unapplied, &self.in_flows, &mut self.scratch)?;
+            tx.open_table(JOURNAL)?
+                .retain_in(..self.journal_next, |_, _| false)?;
+            tx.commit()?;
+            Ok::<_, redb::Error>(applied)
+        });
+        match checkpointed {
+            Ok(applied) => {
+                self.in_flows.committed(&applied);
+                self.metrics.written_bytes.increment(applied.bytes);
+                add(&self.shared.sessions, applied.sessions);
+                add(&self.shared.messages, applied.messages);
+                self.unapplied.clear();
+            }
+            Err(e) => {
+                self.metrics.errors.increment(1);
+                error!("store checkpoint failed, the journal keeps its entries meanwhile: {e}");
+                *self.shared.db.lock() = None;
+            }
+        }
     }
 }
 

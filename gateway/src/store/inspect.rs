@@ -41,6 +41,7 @@ fn read(dir: &Path) -> Result<Restored, StoreError> {
         Ok(false) => return Err(unreadable(&path, "damaged pages (checksum mismatch)")),
         Err(e) => return Err(unreadable(&path, e)),
     }
+    super::journal::replay(&db).map_err(|e| unreadable(&path, e))?;
     read_all(&db, Decode::All).map_err(|e| unreadable(&path, e))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Tables: `sessions` (client id -> record), `messages` (message key -> delivery), `flows`
 //! (message key -> packet id and stage, once sent), `incoming` ((client id, packet id) -> (),
-//! inbound QoS 2 awaiting PUBREL), `retained` (topic -> message), `meta` (`format`).
+//! inbound QoS 2 awaiting PUBREL), `retained` (topic -> message), `journal` (commit number ->
+//! a batch of changes not yet applied to the others), `meta` (`format`).
 //!
 //! A message key is (client id, seq) as plain bytes (`MessageKey`): the client id's length, the
 //! client id, the seq big-endian. A session's keys share their first bytes and sort by seq, so
@@ -28,6 +29,8 @@ pub(super) const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 pub(super) const FLOWS: TableDefinition<&[u8], (u16, u8)> = TableDefinition::new("flows");
 pub(super) const INCOMING: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming");
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Batches committed but not yet applied to the tables above (`journal`), by commit number.
+pub(super) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 /// A key of `messages` and `flows`, built in a buffer kept by its user.
 #[derive(Default)]

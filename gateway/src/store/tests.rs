@@ -304,6 +304,51 @@ fn a_session_started_again_within_a_batch_keeps_its_new_messages() {
     assert_eq!(topics, [(1, "new".to_owned()), (2, "new".to_owned())]);
 }
 
+/// What a crash leaves in the journal (committed, never checkpointed) is applied when the store
+/// is opened again, before anything is read, and the journal is left empty.
+#[test]
+fn a_journal_left_by_a_crash_is_replayed_at_the_next_open() {
+    use super::batch::{Batch, Op};
+    use super::layout::{open_database, FILE, JOURNAL};
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    let dir = Dir::new();
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    let path = dir.0.join(FILE);
+    {
+        let db = open_database(&path).expect("opens");
+        let mut first = Batch::default();
+        first.ops.push(Op::Session(Box::new(record("j"))));
+        for seq in 1..=3 {
+            let op = first.queued("j", &delivery(&format!("t/{seq}"), seq));
+            first.ops.push(op);
+        }
+        let mut second = Batch::default();
+        let op = second.settled("j", 1);
+        second.ops.push(op);
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut journal = tx.open_table(JOURNAL).expect("journal");
+            let mut entry = Vec::new();
+            for (k, b) in [(0u64, &first), (1, &second)] {
+                b.encode(&mut entry);
+                journal.insert(k, entry.as_slice()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    let store = dir.open();
+    let restored = store.load().expect("loads");
+    assert_eq!(restored.sessions.len(), 1);
+    let s = &restored.sessions[0];
+    assert_eq!((s.stored, s.stored_from, s.stored_last), (2, 2, 3));
+    drop(store);
+    let db = open_database(&path).expect("opens");
+    let tx = db.begin_read().expect("tx");
+    let journal = tx.open_table(JOURNAL).expect("journal");
+    assert!(journal.is_empty().expect("reads"), "the journal is emptied");
+}
+
 #[tokio::test]
 async fn a_mark_becomes_durable_and_wakes_its_waiter() {
     let dir = Dir::new();
