@@ -2,9 +2,13 @@
 //!
 //! An idle connection owns no read buffer: reads go into a scratch buffer that belongs to the worker
 //! thread, complete frames are sliced off it, and only the tail of a packet that has not fully
-//! arrived is copied into a buffer of the connection's own (sized to that packet, freed once it is
-//! complete). Writes are a queue of `Bytes` chunks (shared message payloads among them) drained with
-//! one vectored write per batch, so many messages cost one syscall and no payload is copied.
+//! arrived is copied into a buffer of the connection's own (freed once the packet is complete).
+//! Further reads of that packet go straight into it: it grows geometrically up to the packet's
+//! declared size, so a packet trickled in tiny segments costs copying linear in its size, not in
+//! its size times the number of reads, and memory follows what has arrived, not what a header
+//! announces. The time its first bytes came is kept with it, for `mqtt.packet_timeout`. Writes
+//! are a queue of `Bytes` chunks (shared message payloads among them) drained with one vectored
+//! write per batch, so many messages cost one syscall and no payload is copied.
 //!
 //! TLS and WebSocket connections are a second transport, a boxed byte stream: for them socket
 //! readiness is not readiness of MQTT bytes (a TLS record may be incomplete, a WebSocket frame may
@@ -18,8 +22,9 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{self, Poll};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -70,10 +75,17 @@ struct StreamIo {
     unflushed: bool,
 }
 
+/// The beginning of a packet that has not fully arrived.
+struct Partial {
+    buf: Vec<u8>,
+    /// When its first bytes were read.
+    since: Instant,
+}
+
 pub(crate) struct Connection {
     transport: Transport,
-    /// The beginning of a packet that has not fully arrived.
-    partial: Option<BytesMut>,
+    /// Boxed: a pointer while no packet is half read, which is nearly always.
+    partial: Option<Box<Partial>>,
     pending: VecDeque<Bytes>,
     pending_bytes: usize,
 }
@@ -203,37 +215,39 @@ impl Connection {
                     return if s.eof { Err(ReadError::Eof) } else { Ok(0) };
                 };
                 let n = chunk.len();
-                let data = match self.partial.take() {
+                match self.partial.take() {
                     Some(mut p) => {
-                        p.extend_from_slice(&chunk);
-                        p.freeze()
+                        p.make_room(max_packet_size, n);
+                        p.buf.extend_from_slice(&chunk);
+                        self.resume_frame(p, max_packet_size, frames)?;
                     }
-                    None => chunk,
-                };
-                self.frame(data, max_packet_size, frames)?;
+                    None => self.frame(chunk, max_packet_size, frames)?,
+                }
                 return Ok(n);
             }
             Transport::Hibernating(_) => return Err(ReadError::Io(hibernating())),
         };
         let (data, n) = match self.partial.take() {
             Some(mut p) => {
-                // Grows geometrically for a large packet arriving over many reads.
-                p.reserve(SCRATCH_SIZE.max(p.len()));
-                match read_now(stream, &mut p) {
-                    Ok(Some(0)) => return Err(ReadError::Eof),
-                    Ok(Some(n)) => (p.freeze(), n),
+                p.make_room(max_packet_size, SCRATCH_SIZE);
+                return match read_now(stream, &mut p.buf) {
+                    Ok(Some(0)) => Err(ReadError::Eof),
+                    Ok(Some(n)) => {
+                        self.resume_frame(p, max_packet_size, frames)?;
+                        Ok(n)
+                    }
                     Ok(None) => {
                         self.partial = Some(p);
-                        return Ok(0);
+                        Ok(0)
                     }
-                    Err(e) => return Err(ReadError::Io(e)),
-                }
+                    Err(e) => Err(ReadError::Io(e)),
+                };
             }
             None => {
                 let read = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
                     s.reserve(SCRATCH_SIZE);
-                    match read_now(stream, &mut s) {
+                    match read_now(stream, &mut *s) {
                         Ok(Some(0)) => Err(ReadError::Eof),
                         Ok(Some(n)) => Ok(Some((s.split().freeze(), n))),
                         Ok(None) => Ok(None),
@@ -265,11 +279,35 @@ impl Connection {
             }
         }
         if !data.is_empty() {
-            let mut p = BytesMut::with_capacity(data.len().max(64));
-            p.extend_from_slice(&data);
-            self.partial = Some(p);
+            // A copy: the tail must not pin the buffer the complete frames came in.
+            let mut buf = Vec::with_capacity(data.len().max(64));
+            buf.extend_from_slice(&data);
+            self.partial = Some(Box::new(Partial {
+                buf,
+                since: Instant::now(),
+            }));
         }
         Ok(())
+    }
+
+    /// After more of a half-arrived packet came: it stays where it is while incomplete (nothing
+    /// is copied), and is framed like fresh input once it is whole.
+    fn resume_frame(
+        &mut self,
+        p: Box<Partial>,
+        max_packet_size: usize,
+        frames: &mut Vec<Bytes>,
+    ) -> Result<(), ReadError> {
+        if codec::frame_len(&p.buf, max_packet_size)?.is_none() {
+            self.partial = Some(p);
+            return Ok(());
+        }
+        self.frame(Bytes::from(p.buf), max_packet_size, frames)
+    }
+
+    /// When the first bytes of the packet now half read came; `None` when no packet is.
+    pub(crate) fn partial_since(&self) -> Option<Instant> {
+        self.partial.as_ref().map(|p| p.since)
     }
 
     /// Queues a chunk to be written in order after everything already queued.
@@ -426,6 +464,24 @@ impl Connection {
     }
 }
 
+impl Partial {
+    /// Room for `incoming` more bytes, or what is left of the packet when its size is known and
+    /// smaller: the buffer at least doubles whenever it grows (each byte is moved a bounded number
+    /// of times however the packet is cut), never beyond the size its header declares.
+    fn make_room(&mut self, max_packet_size: usize, incoming: usize) {
+        let len = self.buf.len();
+        let wanted = len + incoming;
+        let target = match codec::frame_size(&self.buf, max_packet_size) {
+            Ok(Some(size)) => size.min(wanted.max(2 * len)),
+            // Header incomplete (an invalid one was refused when the bytes were first kept).
+            _ => wanted,
+        };
+        if target > self.buf.capacity() {
+            self.buf.reserve_exact(target - len);
+        }
+    }
+}
+
 impl StreamIo {
     /// Reads what the stream has into the worker's scratch buffer and keeps it.
     fn poll_receive(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
@@ -478,7 +534,7 @@ fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usiz
 /// of first reading again only to get `WouldBlock`. That second read was one extra syscall per
 /// inbound packet for devices sending one packet at a time. Nothing waits on this context: the
 /// task's next wait registers its own waker (`poll_read_ready`), replacing any registered here.
-fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+fn read_now(stream: &mut TcpStream, buf: &mut impl BufMut) -> io::Result<Option<usize>> {
     let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
     match tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf) {
         Poll::Ready(r) => r.map(Some),

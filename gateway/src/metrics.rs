@@ -165,9 +165,11 @@ pub enum CloseReason {
     /// A 3.1.1 client published what the store could not keep (disk full): it has no way to be
     /// told but the close, and will resend.
     StoreUnavailable,
+    /// A packet begun was not whole within `mqtt.packet_timeout`.
+    PacketTimeout,
 }
 
-const CLOSE_REASONS: [CloseReason; 12] = [
+const CLOSE_REASONS: [CloseReason; 13] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -180,6 +182,7 @@ const CLOSE_REASONS: [CloseReason; 12] = [
     CloseReason::ConnectTimeout,
     CloseReason::QuotaExceeded,
     CloseReason::StoreUnavailable,
+    CloseReason::PacketTimeout,
 ];
 
 impl CloseReason {
@@ -197,6 +200,7 @@ impl CloseReason {
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::QuotaExceeded => "quota_exceeded",
             CloseReason::StoreUnavailable => "store_unavailable",
+            CloseReason::PacketTimeout => "packet_timeout",
         }
     }
 }

@@ -431,6 +431,58 @@ async fn topics_and_filters_beyond_max_topic_length_are_refused() {
     obs.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_trickled_for_longer_than_packet_timeout_is_cut_off() {
+    const TIMEOUT: Duration = Duration::from_millis(800);
+    let obs = broker(|c| c.mqtt.packet_timeout = TIMEOUT).await;
+    let mut calm = Raw::connected(obs.mqtt, V::V5, "trickle-calm").await;
+    for v in V::BOTH {
+        // One byte every 100 ms of a 106-byte PUBLISH: each byte well within the keep-alive
+        // (60 s), the packet whole only after ten seconds.
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("trickler-{v:?}")).await;
+        let publish = v.publish(0x30, b"t", None, &[], &[7; 100]);
+        let started = Instant::now();
+        let mut answer = None;
+        for byte in &publish {
+            raw.send_lenient(std::slice::from_ref(byte)).await;
+            match raw.read_packet_within(Duration::from_millis(100)).await {
+                Err(End::Silent) => {}
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        let after = started.elapsed();
+        match answer {
+            None => panic!("{v:?}: the packet trickled in whole over {after:?}, never cut off"),
+            Some(Ok(f)) => {
+                assert!(v.is_v5(), "3.1.1 is closed without a word, got {f:?}");
+                assert_eq!((f.first, f.body.first()), (0xE0, Some(&QUOTA_EXCEEDED)));
+                raw.expect_closed("after DISCONNECT").await;
+            }
+            Some(Err(End::Closed)) => assert!(!v.is_v5(), "v5 is told why: DISCONNECT 0x97"),
+            Some(Err(End::Silent)) => unreachable!("silence keeps trickling"),
+        }
+        assert!(
+            after >= TIMEOUT && after < TIMEOUT + Duration::from_secs(3),
+            "{v:?}: cut off after {after:?} with packet_timeout {TIMEOUT:?}"
+        );
+    }
+    still_served(&mut calm, V::V5, "trickle/alive").await;
+    assert_eq!(
+        metric_reaches(
+            &obs,
+            "gateway_connections_closed_total",
+            "\"packet_timeout\"",
+            2.0
+        )
+        .await,
+        2.0
+    );
+    obs.shutdown().await;
+}
+
 /// This process's resident memory: the broker under test runs in it.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");

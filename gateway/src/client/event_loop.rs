@@ -22,7 +22,7 @@ impl Client {
         // Only what the loop needs across waits lives here: this future is every active
         // session's task.
         let first = self.next_timer(broker_nanos(&self.ctx));
-        let timed = first.is_some();
+        let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
         let mut frames = Vec::new();
@@ -114,6 +114,15 @@ impl Client {
                     if let Some(close) = self.read_and_handle(&mut frames) {
                         break close;
                     }
+                    // A packet left half read: its timeout may come before anything the timer
+                    // waits for. Looked at once per read, reset only when it is earlier.
+                    if let Some(at) = self.packet_deadline() {
+                        let at = tokio::time::Instant::from(self.instant(at));
+                        if !timed || at < timer.deadline() {
+                            timer.as_mut().reset(at);
+                            timed = true;
+                        }
+                    }
                 }
                 Ok(Event::Writable | Event::Woken) => {}
                 Ok(Event::Idle) => match self.hibernate() {
@@ -123,6 +132,9 @@ impl Client {
                 Ok(Event::Timer) => {
                     let now = broker_nanos(&self.ctx);
                     if let Some(close) = self.keep_alive_expired(now) {
+                        break close;
+                    }
+                    if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
                     if let Some(after) = self.hibernation() {

@@ -1,5 +1,6 @@
-//! Time on the broker's clock: the keep-alive deadline, the silence after which a session
-//! hibernates, hibernating (and waking up from the parker).
+//! Time on the broker's clock: the keep-alive deadline, the time a half-arrived packet has left
+//! (`mqtt.packet_timeout`), the silence after which a session hibernates, hibernating (and
+//! waking up from the parker).
 
 use std::time::{Duration, Instant};
 
@@ -58,8 +59,31 @@ impl Client {
         None
     }
 
-    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check
-    /// and, with hibernation on, the end of a silent period. `None` when neither applies.
+    /// When the packet now half read must be whole (broker clock); `None` when none is. Bytes
+    /// arriving keep the keep-alive satisfied, so without this a client sending one byte at a
+    /// time could hold a packet (its buffer, its task) open for ever.
+    pub(super) fn packet_deadline(&self) -> Option<u64> {
+        let since = self.conn.partial_since()?;
+        let started = duration_nanos(since.saturating_duration_since(self.ctx.started));
+        Some(started.saturating_add(duration_nanos(self.ctx.policy.packet_timeout)))
+    }
+
+    /// The close a packet left incomplete past `mqtt.packet_timeout` has earned by `now`.
+    pub(super) fn packet_expired(&self, now: u64) -> Option<Close> {
+        if now < self.packet_deadline()? {
+            return None;
+        }
+        debug!(client = %self.session.client_id, "packet not complete within the packet timeout");
+        Some(Close {
+            reason: CloseReason::PacketTimeout,
+            code: Some(reason::QUOTA_EXCEEDED),
+            will: true,
+        })
+    }
+
+    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check,
+    /// the packet timeout of a half-read packet and, with hibernation on, the end of a silent
+    /// period. `None` when none applies.
     pub(super) fn next_timer(&self, now: u64) -> Option<u64> {
         let keep_alive = self.keep_alive_period().map(|period| {
             let waiting = self.conn.has_pending();
@@ -81,10 +105,10 @@ impl Client {
                 at
             }
         });
-        match (keep_alive, silent) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [keep_alive, silent, self.packet_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A time on the broker's clock as an `Instant` (far in the future for `u64::MAX`).

@@ -96,6 +96,7 @@ impl Config {
             }
             ("mqtt", "retained_max") => m.retained_max = integer(k, value, RETAINED_MAX)?,
             ("mqtt", "connect_timeout") => m.connect_timeout = seconds(k, value)?,
+            ("mqtt", "packet_timeout") => m.packet_timeout = seconds(k, value)?,
             ("mqtt", "max_topic_levels") => {
                 m.max_topic_levels = integer(k, value, MAX_TOPIC_LEVELS)?;
             }

@@ -108,8 +108,11 @@ pub struct MqttConfig {
     pub session_expiry_max: u32,
     /// Maximum number of distinct retained topics.
     pub retained_max: usize,
-    /// Time a new connection has to complete CONNECT.
+    /// Time a new connection has from accept (or its connect_rate slot) to CONNACK: reading
+    /// CONNECT, the password check and taking its session over.
     pub connect_timeout: Duration,
+    /// Time a packet may take to arrive whole once its first bytes came.
+    pub packet_timeout: Duration,
     /// Maximum number of `/`-separated levels in a topic name or filter.
     pub max_topic_levels: usize,
     /// Inbound topic aliases accepted from a v5 client; 0 disables them.
@@ -242,6 +245,7 @@ impl Default for MqttConfig {
             session_expiry_max: 172_800,
             retained_max: 1_000_000,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(60),
             max_topic_levels: 64,
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,

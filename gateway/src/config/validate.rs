@@ -105,12 +105,17 @@ impl Config {
             SESSION_EXPIRY_MAX,
         )?;
         check("mqtt.retained_max", m.retained_max as u64, RETAINED_MAX)?;
-        if m.connect_timeout.is_zero() {
-            return Err(ConfigError::InvalidValue {
-                key: "mqtt.connect_timeout".to_owned(),
-                value: "0".to_owned(),
-                reason: "must be > 0 seconds".to_owned(),
-            });
+        for (key, duration) in [
+            ("mqtt.connect_timeout", m.connect_timeout),
+            ("mqtt.packet_timeout", m.packet_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key: key.to_owned(),
+                    value: "0".to_owned(),
+                    reason: "must be > 0 seconds".to_owned(),
+                });
+            }
         }
         check(
             "mqtt.max_topic_levels",

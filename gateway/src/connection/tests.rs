@@ -390,3 +390,50 @@ async fn only_plain_tcp_hibernates() {
     conn.flush_within(WAIT).await;
     assert!(!conn.has_pending());
 }
+
+/// Where the kept beginning of a half-arrived packet starts in memory, and its length.
+fn partial_at(conn: &Connection) -> Option<(usize, usize)> {
+    conn.partial
+        .as_ref()
+        .map(|p| (p.buf.as_ptr() as usize, p.buf.len()))
+}
+
+#[tokio::test]
+async fn a_packet_trickled_in_small_reads_is_not_copied_again_on_every_read() {
+    // 256 KiB arriving 100 bytes per read: copying what was kept on every read would move
+    // 2,600 times the average kept length (hundreds of megabytes); growing it in place moves
+    // at most about the packet's size.
+    let frame = publish_frame(5, 256 * 1024);
+    for kind in KINDS {
+        let (mut conn, mut peer) = pair(kind).await;
+        let mut frames = Vec::new();
+        let mut copied = 0;
+        let mut at = None;
+        for chunk in frame.chunks(100) {
+            send(&mut peer, chunk).await;
+            let mut got = 0;
+            while got < chunk.len() {
+                let (n, f) = read_once(&mut conn, MAX).await.unwrap();
+                got += n;
+                frames.extend(f);
+            }
+            let now = partial_at(&conn);
+            if let (Some((before, _)), Some((start, len))) = (at, now) {
+                if start != before {
+                    copied += len - chunk.len();
+                }
+            }
+            at = now;
+        }
+        assert_eq!(frames, vec![Bytes::from(frame.clone())], "{kind:?}");
+        println!(
+            "{kind:?}: {copied} bytes copied for a {}-byte packet",
+            frame.len()
+        );
+        assert!(
+            copied <= 2 * frame.len(),
+            "{kind:?}: {copied} bytes copied to keep one {}-byte packet",
+            frame.len()
+        );
+    }
+}

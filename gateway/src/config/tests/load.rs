@@ -69,6 +69,7 @@ fn every_key_is_parsed() {
         session_expiry_max = 0
         retained_max = 0
         connect_timeout = 2.5
+        packet_timeout = 30
         max_topic_levels = 8
         topic_alias_maximum = 0
         outbound_topic_aliases = false
@@ -113,6 +114,7 @@ fn every_key_is_parsed() {
             session_expiry_max: 0,
             retained_max: 0,
             connect_timeout: Duration::from_millis(2500),
+            packet_timeout: Duration::from_secs(30),
             max_topic_levels: 8,
             topic_alias_maximum: 0,
             outbound_topic_aliases: false,

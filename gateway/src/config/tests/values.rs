@@ -158,6 +158,18 @@ fn out_of_range_values_are_named_with_their_value() {
             "must be > 0 seconds",
         ),
         (
+            "packet_timeout = 0",
+            "mqtt.packet_timeout",
+            "0",
+            "must be > 0 seconds",
+        ),
+        (
+            "packet_timeout = \"1m\"",
+            "mqtt.packet_timeout",
+            "\"1m\"",
+            "expected a number of seconds",
+        ),
+        (
             "hibernate_after = -1",
             "mqtt.hibernate_after",
             "-1",
