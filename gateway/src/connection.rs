@@ -36,6 +36,10 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 const KEPT_CHUNKS: usize = 16;
 /// Chunks handed to one vectored write (well under IOV_MAX).
 const MAX_IOV: usize = 256;
+/// What a queued chunk costs in memory besides its bytes: its `Bytes` slot in the queue, and the
+/// allocator's share of an allocation of its own (glibc's smallest chunk is 32 bytes, which also
+/// bounds the header and rounding of a larger one). A 4-byte PUBACK costs 64 bytes, not 4.
+const CHUNK_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 32;
 
 thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -87,6 +91,7 @@ pub(crate) struct Connection {
     /// Boxed: a pointer while no packet is half read, which is nearly always.
     partial: Option<Box<Partial>>,
     pending: VecDeque<Bytes>,
+    /// Wire bytes in `pending`.
     pending_bytes: usize,
 }
 
@@ -318,8 +323,11 @@ impl Connection {
         }
     }
 
-    pub(crate) fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+    /// The memory the write queue holds: its bytes and what each chunk costs beyond them, so a
+    /// bound on it bounds memory whether a client is owed a few large messages or many tiny
+    /// acknowledgements.
+    pub(crate) fn pending_memory(&self) -> usize {
+        self.pending_bytes + self.pending.len() * CHUNK_OVERHEAD
     }
 
     pub(crate) fn has_pending(&self) -> bool {

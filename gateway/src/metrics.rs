@@ -167,9 +167,11 @@ pub enum CloseReason {
     StoreUnavailable,
     /// A packet begun was not whole within `mqtt.packet_timeout`.
     PacketTimeout,
+    /// A client without keep-alive had no traffic either way for `mqtt.idle_timeout`.
+    Idle,
 }
 
-const CLOSE_REASONS: [CloseReason; 13] = [
+const CLOSE_REASONS: [CloseReason; 14] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -183,6 +185,7 @@ const CLOSE_REASONS: [CloseReason; 13] = [
     CloseReason::QuotaExceeded,
     CloseReason::StoreUnavailable,
     CloseReason::PacketTimeout,
+    CloseReason::Idle,
 ];
 
 impl CloseReason {
@@ -201,6 +204,7 @@ impl CloseReason {
             CloseReason::QuotaExceeded => "quota_exceeded",
             CloseReason::StoreUnavailable => "store_unavailable",
             CloseReason::PacketTimeout => "packet_timeout",
+            CloseReason::Idle => "idle",
         }
     }
 }

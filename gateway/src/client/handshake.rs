@@ -217,6 +217,7 @@ impl Client {
             acl,
             quota: None,
             held: None,
+            unhandled: None,
             close: CloseReason::Network,
             publish_will: true,
             conn,

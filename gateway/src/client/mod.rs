@@ -27,6 +27,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::acl::ClientAcl;
@@ -39,8 +40,9 @@ use crate::session::Ownership;
 use crate::task::spawn_isolated;
 use handshake::handshake;
 
-/// Reading pauses while this much is waiting to be written: a client that does not read its
-/// acknowledgements is throttled by TCP instead of growing our buffers.
+/// Reading (and handling what was read) pauses while what waits to be written holds this much
+/// memory (`Connection::pending_memory`): a client that does not read its acknowledgements is
+/// throttled by TCP instead of growing our buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -94,7 +96,8 @@ pub(crate) struct Client {
     session: Ownership,
     generation: u32,
     protocol: Protocol,
-    /// The keep-alive deadline, 1.5 times the negotiated keep-alive; `None` without keep-alive.
+    /// The keep-alive deadline, 1.5 times the negotiated keep-alive; `None` without keep-alive
+    /// (then `mqtt.idle_timeout` bounds the silence).
     keep_alive_ms: Option<NonZeroU32>,
     /// When bytes last came from the client, in nanoseconds since `ctx.started`.
     last_read: u64,
@@ -115,6 +118,11 @@ pub(crate) struct Client {
     quota: Option<Box<PublishQuota>>,
     /// PUBACK / PUBREC / PUBCOMP waiting until the store holds what they acknowledge.
     held: Option<Box<publish::HeldAcks>>,
+    /// Packets sent right behind CONNECT that the write backlog held back, handed from the
+    /// handshake to the session task (as an argument they would grow the task's future by a
+    /// whole `Vec`). A thin pointer: a `Vec` inline would cost every session 24 bytes.
+    #[allow(clippy::box_collection)]
+    unhandled: Option<Box<Vec<Bytes>>>,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,
@@ -161,6 +169,12 @@ pub(crate) async fn serve(
             }
         }
         let metrics = client.ctx.metrics.clone();
+        if !rest.is_empty() {
+            // Held back by the write backlog: the session task handles them as it drains.
+            client.unhandled = Some(Box::new(rest));
+            spawn_isolated(metrics, peer, Box::new(client).run(false));
+            return;
+        }
         // A new session with nothing to do waits for its first packet hibernating, without ever
         // spawning its task: connecting costs one task, not two.
         if let Err(client) = Box::new(client).hibernate_at_once() {

@@ -70,6 +70,10 @@ fn every_key_is_parsed() {
         retained_max = 0
         connect_timeout = 2.5
         packet_timeout = 30
+        idle_timeout = 600
+        tcp_keepalive_idle = 0
+        tcp_keepalive_interval = 5
+        tcp_keepalive_count = 9
         max_topic_levels = 8
         topic_alias_maximum = 0
         outbound_topic_aliases = false
@@ -115,6 +119,10 @@ fn every_key_is_parsed() {
             retained_max: 0,
             connect_timeout: Duration::from_millis(2500),
             packet_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            tcp_keepalive_idle: 0,
+            tcp_keepalive_interval: 5,
+            tcp_keepalive_count: 9,
             max_topic_levels: 8,
             topic_alias_maximum: 0,
             outbound_topic_aliases: false,
