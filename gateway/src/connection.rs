@@ -310,6 +310,30 @@ impl Connection {
         self.frame(Bytes::from(p.buf), max_packet_size, frames)
     }
 
+    /// Whether the peer is known to have gone (closed or reset its end) with nothing left to
+    /// read, looked at without waiting and without taking any input away from the frame reader:
+    /// a check before spending work (a password hash, a takeover) on a client that left.
+    pub(crate) fn peer_gone(&mut self) -> bool {
+        let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
+        match &mut self.transport {
+            Transport::Tcp(stream) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                match stream.poll_peek(&mut cx, &mut buf) {
+                    Poll::Ready(Ok(0) | Err(_)) => true,
+                    Poll::Ready(Ok(_)) | Poll::Pending => false,
+                }
+            }
+            // What this reads is kept for the frame reader, as when the task waits for input.
+            Transport::Stream(s) => match s.poll_receive(&mut cx) {
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => s.eof,
+                Poll::Pending => false,
+            },
+            Transport::Hibernating(_) => false,
+        }
+    }
+
     /// When the first bytes of the packet now half read came; `None` when no packet is.
     pub(crate) fn partial_since(&self) -> Option<Instant> {
         self.partial.as_ref().map(|p| p.since)

@@ -70,7 +70,7 @@ const PUBLISH: usize = 3;
 
 /// Labels of `gateway_connections_rejected_total`; callers pass one of these, anything else is
 /// counted as "other".
-const REJECT_REASONS: [&str; 13] = [
+const REJECT_REASONS: [&str; 14] = [
     "fd_limit",
     "max_connections",
     "connect_rate",
@@ -83,6 +83,7 @@ const REJECT_REASONS: [&str; 13] = [
     "not_authorized",
     "will_topic_invalid",
     "will_payload_invalid",
+    "client_gone",
     "other",
 ];
 

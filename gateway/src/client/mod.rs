@@ -153,11 +153,13 @@ pub(crate) async fn serve(
         // connection's slot, and the connect timeout starts then.
         tokio::time::sleep_until(at.into()).await;
     }
-    // The TLS / WebSocket handshake, if any: after pacing, counted as a handshake in flight.
+    let deadline = tokio::time::Instant::now() + slot.context().policy.connect_timeout;
+    // The TLS / WebSocket handshake, if any: after pacing, counted as a handshake in flight,
+    // within the same connect timeout.
     let Some(opened) = open.await else {
         return;
     };
-    let client = handshake(slot, opened, peer).await;
+    let client = handshake(slot, opened, peer, deadline).await;
     // CONNACK is queued (or the connection refused): the handshake no longer counts.
     drop(admission);
     if let Some((mut client, mut rest)) = client {
