@@ -55,7 +55,7 @@ pub(super) async fn handshake(
         }
     };
     let (connect, rest) = connect;
-    let from = Origin {
+    let from = Arrival {
         identity,
         default_listener,
         peer,
@@ -67,7 +67,7 @@ pub(super) async fn handshake(
 }
 
 /// Where a CONNECT came from, and until when its handshake may take.
-struct Origin {
+struct Arrival {
     /// The client certificate's name on a `use_identity_as_username` listener.
     identity: Option<ByteString>,
     default_listener: bool,
@@ -166,7 +166,7 @@ impl Client {
         slot: ConnectionSlot,
         mut conn: Connection,
         connect: Box<Connect>,
-        from: Origin,
+        from: Arrival,
     ) -> Option<Client> {
         let protocol = connect.protocol;
         let peer = from.peer;
