@@ -36,6 +36,10 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 const KEPT_CHUNKS: usize = 16;
 /// Chunks handed to one vectored write (well under IOV_MAX).
 const MAX_IOV: usize = 256;
+/// Frames handed out per `try_read_frames` call: a read holding more keeps the rest unsliced
+/// (a view of the read buffer), so a caller that stops between batches (its write backlog full)
+/// holds one read buffer, not a 32-byte handle per packet of it (a 2-byte PINGREQ each).
+pub(crate) const FRAME_BATCH: usize = 256;
 /// What a queued chunk costs in memory besides its bytes: its `Bytes` slot in the queue, and the
 /// allocator's share of an allocation of its own (glibc's smallest chunk is 32 bytes, which also
 /// bounds the header and rounding of a larger one). A 4-byte PUBACK costs 64 bytes, not 4.
@@ -90,6 +94,9 @@ pub(crate) struct Connection {
     transport: Transport,
     /// Boxed: a pointer while no packet is half read, which is nearly always.
     partial: Option<Box<Partial>>,
+    /// Complete frames of the last read beyond the batch handed out (never with `partial`: an
+    /// incomplete tail becomes one only once they are all handed out).
+    unframed: Option<Box<Bytes>>,
     pending: VecDeque<Bytes>,
     /// Wire bytes in `pending`.
     pending_bytes: usize,
@@ -114,6 +121,7 @@ impl Connection {
         Connection {
             transport,
             partial: None,
+            unframed: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
         }
@@ -128,11 +136,18 @@ impl Connection {
     }
 
     /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
-    /// be written, no packet half read.
+    /// be written, no packet half read or not handed out.
     pub(crate) fn may_hibernate(&self) -> bool {
         matches!(self.transport, Transport::Tcp(_))
             && self.pending.is_empty()
             && self.partial.is_none()
+            && self.unframed.is_none()
+    }
+
+    /// Whether frames of an earlier read wait to be handed out: `try_read_frames` gives the next
+    /// batch without reading (so the caller must not wait for the socket first).
+    pub(crate) fn holds_frames(&self) -> bool {
+        self.unframed.is_some()
     }
 
     /// Deregisters the socket from tokio's reactor, keeping it open.
@@ -206,13 +221,19 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has and appends every complete frame to `frames`. Returns the number
-    /// of bytes read (0 when the socket had nothing after all).
+    /// Reads what the socket has and appends its complete frames to `frames`, at most
+    /// `FRAME_BATCH` of them: the rest are handed out by the next calls, which read nothing
+    /// until they are. Returns the number of bytes read (0 when the socket had nothing after all,
+    /// or when the frames came from an earlier read).
     pub(crate) fn try_read_frames(
         &mut self,
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
     ) -> Result<usize, ReadError> {
+        if let Some(rest) = self.unframed.take() {
+            self.frame(*rest, max_packet_size, frames)?;
+            return Ok(0);
+        }
         let stream = match &mut self.transport {
             Transport::Tcp(stream) => stream,
             Transport::Stream(s) => {
@@ -269,16 +290,25 @@ impl Connection {
         Ok(n)
     }
 
-    /// Slices every complete frame off `data`; keeps an incomplete tail as `partial`.
+    /// Slices complete frames off `data`, a batch at most; keeps what is left as `unframed`, or
+    /// an incomplete tail as `partial`.
     fn frame(
         &mut self,
         mut data: Bytes,
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
     ) -> Result<(), ReadError> {
+        let mut batch = 0;
         loop {
             match codec::frame_len(&data, max_packet_size) {
-                Ok(Some(len)) => frames.push(data.split_to(len)),
+                Ok(Some(len)) if batch < FRAME_BATCH => {
+                    frames.push(data.split_to(len));
+                    batch += 1;
+                }
+                Ok(Some(_)) => {
+                    self.unframed = Some(Box::new(data));
+                    return Ok(());
+                }
                 Ok(None) => break,
                 Err(e) => return Err(ReadError::Decode(e)),
             }

@@ -25,8 +25,8 @@ impl Client {
         let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
-        // Packets read but not handled yet: the write backlog reached its bound first.
-        let mut frames = self.unhandled.take().map_or_else(Vec::new, |f| *f);
+        // At most one batch (`connection::FRAME_BATCH`): its capacity stays with the task.
+        let mut frames = Vec::new();
         let close = loop {
             if let Some(kick) = self.session.take_kick() {
                 break match kick {
@@ -47,11 +47,6 @@ impl Client {
                     },
                 };
             }
-            if !frames.is_empty() {
-                if let Some(close) = self.handle_frames(&mut frames) {
-                    break close;
-                }
-            }
             let more = self.fill();
             if self.conn.has_pending() {
                 match self.conn.try_flush() {
@@ -71,22 +66,15 @@ impl Client {
                     }
                 }
             }
-            let backlog_full = self.conn.pending_memory() >= READ_PAUSE_BYTES;
-            if (more && !self.conn.has_pending()) || (!frames.is_empty() && !backlog_full) {
-                // The queue holds more than one batch, or packets read wait and the write made
-                // room for their answers, and nothing will wake us for it: come back for the
-                // rest after letting other tasks run.
+            if more && !self.conn.has_pending() {
+                // The queue holds more than one batch and nothing will wake us for it (its wake-up
+                // was consumed): come back for the rest after letting other tasks run.
                 tokio::task::yield_now().await;
                 continue;
             }
-            // Packets left unhandled wait for the backlog to shrink (the socket becoming
-            // writable): nothing more is read meanwhile.
-            let reading = frames.is_empty() && !backlog_full;
+            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
-            let idle_now = fresh
-                && frames.is_empty()
-                && self.hibernation().is_some()
-                && self.conn.may_hibernate();
+            let idle_now = fresh && self.hibernation().is_some() && self.conn.may_hibernate();
             fresh = false;
             let session = &self.session;
             let conn = &mut self.conn;
@@ -94,6 +82,10 @@ impl Client {
             // `move`: the flags by value, a byte each in the task's future rather than a pointer.
             let event = std::future::poll_fn(move |cx| {
                 if reading {
+                    // The rest of a read that held more than one batch: no need to wait.
+                    if conn.holds_frames() {
+                        return Poll::Ready(Ok(Event::Readable));
+                    }
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
                         return Poll::Ready(r.map(|()| Event::Readable));
                     }
@@ -150,7 +142,7 @@ impl Client {
                     if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
-                    if let Some(after) = self.hibernation().filter(|_| frames.is_empty()) {
+                    if let Some(after) = self.hibernation() {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
@@ -168,11 +160,12 @@ impl Client {
         self.finish(close).await;
     }
 
-    /// Reads one batch and handles every complete packet in it.
+    /// Reads one batch (or takes the next of a read that held more) and handles every complete
+    /// packet in it.
     fn read_and_handle(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
         let max = self.ctx.policy.max_packet_size as usize;
         match self.conn.try_read_frames(max, frames) {
-            Ok(0) => return None,
+            Ok(0) => {}
             Ok(n) => {
                 self.ctx.metrics.add_bytes_received(n as u64);
                 self.last_read = broker_nanos(&self.ctx);
@@ -195,32 +188,27 @@ impl Client {
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
+        if frames.is_empty() {
+            return None;
+        }
         self.ctx.metrics.received_frames(frames);
         self.handle_frames(frames)
     }
 
-    /// Handles decoded-in-order frames until one closes the connection (the rest are dropped
-    /// then) or the answers waiting to be written reach `READ_PAUSE_BYTES`: the frames not handled
-    /// stay in `frames`, for when the client has read some. Without that stop, one read (64 KiB,
-    /// 32,768 PINGREQs) would queue its every answer past the bound.
+    /// Handles decoded-in-order frames until one closes the connection; the rest are dropped then.
     pub(super) fn handle_frames(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
-        let mut handled = 0;
-        for frame in frames.iter_mut() {
-            if self.conn.pending_memory() >= READ_PAUSE_BYTES {
-                break;
-            }
-            handled += 1;
-            let outcome = match codec::decode(std::mem::take(frame), self.protocol) {
+        let mut outcome = None;
+        for frame in frames.drain(..) {
+            let handled = match codec::decode(frame, self.protocol) {
                 Ok(packet) => self.handle(packet),
                 Err(e) => Err(self.bad_input(&e)),
             };
-            if let Err(close) = outcome {
-                frames.clear();
-                return Some(close);
+            if let Err(close) = handled {
+                outcome = Some(close);
+                break;
             }
         }
-        frames.drain(..handled);
-        None
+        outcome
     }
 
     fn bad_input(&self, e: &DecodeError) -> Close {

@@ -283,7 +283,6 @@ impl Client {
             acl,
             quota: None,
             held: None,
-            unhandled: None,
             close: CloseReason::Network,
             publish_will: true,
             conn,

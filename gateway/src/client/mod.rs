@@ -27,7 +27,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::acl::ClientAcl;
@@ -40,9 +39,10 @@ use crate::session::Ownership;
 use crate::task::spawn_isolated;
 use handshake::handshake;
 
-/// Reading (and handling what was read) pauses while what waits to be written holds this much
-/// memory (`Connection::pending_memory`): a client that does not read its acknowledgements is
-/// throttled by TCP instead of growing our buffers.
+/// Reading pauses while what waits to be written holds this much memory
+/// (`Connection::pending_memory`; checked between batches of at most `FRAME_BATCH` packets): a
+/// client that does not read its acknowledgements is throttled by TCP instead of growing our
+/// buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -118,11 +118,6 @@ pub(crate) struct Client {
     quota: Option<Box<PublishQuota>>,
     /// PUBACK / PUBREC / PUBCOMP waiting until the store holds what they acknowledge.
     held: Option<Box<publish::HeldAcks>>,
-    /// Packets sent right behind CONNECT that the write backlog held back, handed from the
-    /// handshake to the session task (as an argument they would grow the task's future by a
-    /// whole `Vec`). A thin pointer: a `Vec` inline would cost every session 24 bytes.
-    #[allow(clippy::box_collection)]
-    unhandled: Option<Box<Vec<Bytes>>>,
     close: CloseReason,
     publish_will: bool,
     _slot: ConnectionSlot,
@@ -171,12 +166,6 @@ pub(crate) async fn serve(
             }
         }
         let metrics = client.ctx.metrics.clone();
-        if !rest.is_empty() {
-            // Held back by the write backlog: the session task handles them as it drains.
-            client.unhandled = Some(Box::new(rest));
-            spawn_isolated(metrics, peer, Box::new(client).run(false));
-            return;
-        }
         // A new session with nothing to do waits for its first packet hibernating, without ever
         // spawning its task: connecting costs one task, not two.
         if let Err(client) = Box::new(client).hibernate_at_once() {

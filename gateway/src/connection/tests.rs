@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-use super::{AsyncStream, Connection, ReadError, CHUNK_OVERHEAD};
+use super::{AsyncStream, Connection, ReadError, CHUNK_OVERHEAD, FRAME_BATCH};
 use crate::codec::DecodeError;
 
 const MAX: usize = 1024 * 1024;
@@ -189,6 +189,48 @@ async fn several_frames_in_one_read_all_come_out_in_order() {
         assert_eq!(
             read_frames(&mut conn, MAX, 1).await.unwrap(),
             vec![Bytes::from(last)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_read_of_many_frames_hands_them_out_a_batch_at_a_time() {
+    // 1,000 PINGREQs and half a PUBLISH in one read: batches of FRAME_BATCH, the rest held as
+    // one view of the read buffer (not a handle per packet), read nothing more meanwhile.
+    let publish = publish_frame(3, 10);
+    let mut bytes = [0xC0, 0x00].repeat(1000);
+    bytes.extend_from_slice(&publish[..5]);
+    for kind in KINDS {
+        let (mut conn, mut peer) = pair(kind).await;
+        send(&mut peer, &bytes).await;
+        let (n, first) = read_once(&mut conn, MAX).await.unwrap();
+        assert_eq!((n, first.len()), (bytes.len(), FRAME_BATCH), "{kind:?}");
+        let mut total = first.len();
+        while conn.holds_frames() {
+            assert!(!conn.may_hibernate(), "{kind:?}");
+            let mut frames = Vec::new();
+            assert_eq!(
+                conn.try_read_frames(MAX, &mut frames).unwrap(),
+                0,
+                "{kind:?}"
+            );
+            assert!(
+                !frames.is_empty() && frames.len() <= FRAME_BATCH,
+                "{kind:?}"
+            );
+            assert!(frames.iter().all(|f| f[..] == [0xC0, 0x00]), "{kind:?}");
+            total += frames.len();
+        }
+        assert_eq!(total, 1000, "{kind:?}");
+        assert!(
+            conn.partial_since().is_some(),
+            "{kind:?}: the half PUBLISH is kept"
+        );
+        send(&mut peer, &publish[5..]).await;
+        assert_eq!(
+            read_frames(&mut conn, MAX, 1).await.unwrap(),
+            vec![Bytes::from(publish.clone())],
+            "{kind:?}"
         );
     }
 }
