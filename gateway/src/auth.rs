@@ -182,6 +182,8 @@ pub enum Refusal {
     BadCredentials,
     /// Anonymous where it is not allowed: 3.1.1 return code 5, v5 0x87.
     NotAuthorized,
+    /// The client left while its check waited for a hashing slot: nothing was checked.
+    Gone,
 }
 
 /// The `[auth]` state: loaded files (swapped whole on reload) and the hashing limiter.
@@ -247,12 +249,15 @@ impl Security {
     }
 
     /// Checks CONNECT credentials: the verified username (`None`: anonymous) or why not.
-    /// `default_listener`: the connection came through `[mqtt] listen`.
+    /// `default_listener`: the connection came through `[mqtt] listen`. `gone` is asked once a
+    /// hashing slot is free, before the hash: under a flood of logins the slot may come long
+    /// after the client gave up, and hashing for it would only delay those still waiting.
     pub async fn authenticate(
         &self,
         username: Option<&ByteString>,
         password: Option<&[u8]>,
         default_listener: bool,
+        gone: impl FnOnce() -> bool,
     ) -> Result<Option<ByteString>, Refusal> {
         let (Some(user), Some(slot)) = (username, &self.passwords) else {
             return if self.anonymous || (default_listener && self.anonymous_on_default) {
@@ -268,6 +273,9 @@ impl Security {
         let Ok(permit) = self.hashing.clone().acquire_owned().await else {
             return Err(Refusal::BadCredentials);
         };
+        if gone() {
+            return Err(Refusal::Gone);
+        }
         // The permit moves into the hashing closure: if this handshake is dropped mid-hash, the
         // hash still holds its CPU slot until it really ends.
         let ok = tokio::task::spawn_blocking(move || {
@@ -454,21 +462,30 @@ mod tests {
     async fn anonymous_rules() {
         let run = |toml: &str| Security::load(&Config::from_toml(toml).unwrap()).unwrap();
         let local = run("");
-        assert_eq!(local.authenticate(None, None, true).await, Ok(None));
+        assert_eq!(
+            local.authenticate(None, None, true, || false).await,
+            Ok(None)
+        );
         let user = ByteString::from("u");
-        assert_eq!(local.authenticate(Some(&user), None, true).await, Ok(None));
+        assert_eq!(
+            local.authenticate(Some(&user), None, true, || false).await,
+            Ok(None)
+        );
         // The loopback exception belongs to the default listener, not to `[[listeners]]`.
         assert_eq!(
-            local.authenticate(None, None, false).await,
+            local.authenticate(None, None, false, || false).await,
             Err(Refusal::NotAuthorized)
         );
         let remote = run("[mqtt]\nlisten = \"0.0.0.0:1883\"");
         assert_eq!(
-            remote.authenticate(None, None, true).await,
+            remote.authenticate(None, None, true, || false).await,
             Err(Refusal::NotAuthorized)
         );
         let allowed = run("[mqtt]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = true");
-        assert_eq!(allowed.authenticate(None, None, false).await, Ok(None));
+        assert_eq!(
+            allowed.authenticate(None, None, false, || false).await,
+            Ok(None)
+        );
     }
 
     #[test]
@@ -504,7 +521,8 @@ mod tests {
         config.auth.password_file = Some(path.clone());
         let security = Security::load(&config).unwrap();
         let alice = ByteString::from("alice");
-        let login = |pw: &'static [u8]| security.authenticate(Some(&alice), Some(pw), true);
+        let login =
+            |pw: &'static [u8]| security.authenticate(Some(&alice), Some(pw), true, || false);
         assert_eq!(login(b"secret").await, Ok(Some(alice.clone())));
         set_password(&path, "alice", "changed").unwrap();
         security.reload().unwrap();
@@ -514,7 +532,14 @@ mod tests {
         assert!(security.reload().is_err());
         assert_eq!(login(b"changed").await, Ok(Some(alice.clone())));
         assert_eq!(
-            security.authenticate(None, None, true).await,
+            security
+                .authenticate(Some(&alice), Some(b"changed"), true, || true)
+                .await,
+            Err(Refusal::Gone),
+            "a client gone by the time a hashing slot is free is not checked"
+        );
+        assert_eq!(
+            security.authenticate(None, None, true, || false).await,
             Err(Refusal::NotAuthorized),
             "a password file on loopback ends the anonymous exception"
         );

@@ -2,9 +2,13 @@
 //!
 //! An idle connection owns no read buffer: reads go into a scratch buffer that belongs to the worker
 //! thread, complete frames are sliced off it, and only the tail of a packet that has not fully
-//! arrived is copied into a buffer of the connection's own (sized to that packet, freed once it is
-//! complete). Writes are a queue of `Bytes` chunks (shared message payloads among them) drained with
-//! one vectored write per batch, so many messages cost one syscall and no payload is copied.
+//! arrived is copied into a buffer of the connection's own (freed once the packet is complete).
+//! Further reads of that packet go straight into it: it grows geometrically up to the packet's
+//! declared size, so a packet trickled in tiny segments costs copying linear in its size, not in
+//! its size times the number of reads, and memory follows what has arrived, not what a header
+//! announces. The time its first bytes came is kept with it, for `mqtt.packet_timeout`. Writes
+//! are a queue of `Bytes` chunks (shared message payloads among them) drained with one vectored
+//! write per batch, so many messages cost one syscall and no payload is copied.
 //!
 //! TLS and WebSocket connections are a second transport, a boxed byte stream: for them socket
 //! readiness is not readiness of MQTT bytes (a TLS record may be incomplete, a WebSocket frame may
@@ -18,8 +22,9 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{self, Poll};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -31,6 +36,14 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 const KEPT_CHUNKS: usize = 16;
 /// Chunks handed to one vectored write (well under IOV_MAX).
 const MAX_IOV: usize = 256;
+/// Frames handed out per `try_read_frames` call: a read holding more keeps the rest unsliced
+/// (a view of the read buffer), so a caller that stops between batches (its write backlog full)
+/// holds one read buffer, not a 32-byte handle per packet of it (a 2-byte PINGREQ each).
+pub(crate) const FRAME_BATCH: usize = 256;
+/// What a queued chunk costs in memory besides its bytes: its `Bytes` slot in the queue, and the
+/// allocator's share of an allocation of its own (glibc's smallest chunk is 32 bytes, which also
+/// bounds the header and rounding of a larger one). A 4-byte PUBACK costs 64 bytes, not 4.
+const CHUNK_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 32;
 
 thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -70,11 +83,22 @@ struct StreamIo {
     unflushed: bool,
 }
 
+/// The beginning of a packet that has not fully arrived.
+struct Partial {
+    buf: Vec<u8>,
+    /// When its first bytes were read.
+    since: Instant,
+}
+
 pub(crate) struct Connection {
     transport: Transport,
-    /// The beginning of a packet that has not fully arrived.
-    partial: Option<BytesMut>,
+    /// Boxed: a pointer while no packet is half read, which is nearly always.
+    partial: Option<Box<Partial>>,
+    /// Complete frames of the last read beyond the batch handed out (never with `partial`: an
+    /// incomplete tail becomes one only once they are all handed out).
+    unframed: Option<Box<Bytes>>,
     pending: VecDeque<Bytes>,
+    /// Wire bytes in `pending`.
     pending_bytes: usize,
 }
 
@@ -97,6 +121,7 @@ impl Connection {
         Connection {
             transport,
             partial: None,
+            unframed: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
         }
@@ -111,11 +136,18 @@ impl Connection {
     }
 
     /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
-    /// be written, no packet half read.
+    /// be written, no packet half read or not handed out.
     pub(crate) fn may_hibernate(&self) -> bool {
         matches!(self.transport, Transport::Tcp(_))
             && self.pending.is_empty()
             && self.partial.is_none()
+            && self.unframed.is_none()
+    }
+
+    /// Whether frames of an earlier read wait to be handed out: `try_read_frames` gives the next
+    /// batch without reading (so the caller must not wait for the socket first).
+    pub(crate) fn holds_frames(&self) -> bool {
+        self.unframed.is_some()
     }
 
     /// Deregisters the socket from tokio's reactor, keeping it open.
@@ -189,13 +221,19 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has and appends every complete frame to `frames`. Returns the number
-    /// of bytes read (0 when the socket had nothing after all).
+    /// Reads what the socket has and appends its complete frames to `frames`, at most
+    /// `FRAME_BATCH` of them: the rest are handed out by the next calls, which read nothing
+    /// until they are. Returns the number of bytes read (0 when the socket had nothing after all,
+    /// or when the frames came from an earlier read).
     pub(crate) fn try_read_frames(
         &mut self,
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
     ) -> Result<usize, ReadError> {
+        if let Some(rest) = self.unframed.take() {
+            self.frame(*rest, max_packet_size, frames)?;
+            return Ok(0);
+        }
         let stream = match &mut self.transport {
             Transport::Tcp(stream) => stream,
             Transport::Stream(s) => {
@@ -203,37 +241,39 @@ impl Connection {
                     return if s.eof { Err(ReadError::Eof) } else { Ok(0) };
                 };
                 let n = chunk.len();
-                let data = match self.partial.take() {
+                match self.partial.take() {
                     Some(mut p) => {
-                        p.extend_from_slice(&chunk);
-                        p.freeze()
+                        p.make_room(max_packet_size, n);
+                        p.buf.extend_from_slice(&chunk);
+                        self.resume_frame(p, max_packet_size, frames)?;
                     }
-                    None => chunk,
-                };
-                self.frame(data, max_packet_size, frames)?;
+                    None => self.frame(chunk, max_packet_size, frames)?,
+                }
                 return Ok(n);
             }
             Transport::Hibernating(_) => return Err(ReadError::Io(hibernating())),
         };
         let (data, n) = match self.partial.take() {
             Some(mut p) => {
-                // Grows geometrically for a large packet arriving over many reads.
-                p.reserve(SCRATCH_SIZE.max(p.len()));
-                match read_now(stream, &mut p) {
-                    Ok(Some(0)) => return Err(ReadError::Eof),
-                    Ok(Some(n)) => (p.freeze(), n),
+                p.make_room(max_packet_size, SCRATCH_SIZE);
+                return match read_now(stream, &mut p.buf) {
+                    Ok(Some(0)) => Err(ReadError::Eof),
+                    Ok(Some(n)) => {
+                        self.resume_frame(p, max_packet_size, frames)?;
+                        Ok(n)
+                    }
                     Ok(None) => {
                         self.partial = Some(p);
-                        return Ok(0);
+                        Ok(0)
                     }
-                    Err(e) => return Err(ReadError::Io(e)),
-                }
+                    Err(e) => Err(ReadError::Io(e)),
+                };
             }
             None => {
                 let read = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
                     s.reserve(SCRATCH_SIZE);
-                    match read_now(stream, &mut s) {
+                    match read_now(stream, &mut *s) {
                         Ok(Some(0)) => Err(ReadError::Eof),
                         Ok(Some(n)) => Ok(Some((s.split().freeze(), n))),
                         Ok(None) => Ok(None),
@@ -250,26 +290,83 @@ impl Connection {
         Ok(n)
     }
 
-    /// Slices every complete frame off `data`; keeps an incomplete tail as `partial`.
+    /// Slices complete frames off `data`, a batch at most; keeps what is left as `unframed`, or
+    /// an incomplete tail as `partial`.
     fn frame(
         &mut self,
         mut data: Bytes,
         max_packet_size: usize,
         frames: &mut Vec<Bytes>,
     ) -> Result<(), ReadError> {
+        let mut batch = 0;
         loop {
             match codec::frame_len(&data, max_packet_size) {
-                Ok(Some(len)) => frames.push(data.split_to(len)),
+                Ok(Some(len)) if batch < FRAME_BATCH => {
+                    frames.push(data.split_to(len));
+                    batch += 1;
+                }
+                Ok(Some(_)) => {
+                    self.unframed = Some(Box::new(data));
+                    return Ok(());
+                }
                 Ok(None) => break,
                 Err(e) => return Err(ReadError::Decode(e)),
             }
         }
         if !data.is_empty() {
-            let mut p = BytesMut::with_capacity(data.len().max(64));
-            p.extend_from_slice(&data);
-            self.partial = Some(p);
+            // A copy: the tail must not pin the buffer the complete frames came in.
+            let mut buf = Vec::with_capacity(data.len().max(64));
+            buf.extend_from_slice(&data);
+            self.partial = Some(Box::new(Partial {
+                buf,
+                since: Instant::now(),
+            }));
         }
         Ok(())
+    }
+
+    /// After more of a half-arrived packet came: it stays where it is while incomplete (nothing
+    /// is copied), and is framed like fresh input once it is whole.
+    fn resume_frame(
+        &mut self,
+        p: Box<Partial>,
+        max_packet_size: usize,
+        frames: &mut Vec<Bytes>,
+    ) -> Result<(), ReadError> {
+        if codec::frame_len(&p.buf, max_packet_size)?.is_none() {
+            self.partial = Some(p);
+            return Ok(());
+        }
+        self.frame(Bytes::from(p.buf), max_packet_size, frames)
+    }
+
+    /// Whether the peer is known to have gone (closed or reset its end) with nothing left to
+    /// read, looked at without waiting and without taking any input away from the frame reader:
+    /// a check before spending work (a password hash, a takeover) on a client that left.
+    pub(crate) fn peer_gone(&mut self) -> bool {
+        let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
+        match &mut self.transport {
+            Transport::Tcp(stream) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                match stream.poll_peek(&mut cx, &mut buf) {
+                    Poll::Ready(Ok(0) | Err(_)) => true,
+                    Poll::Ready(Ok(_)) | Poll::Pending => false,
+                }
+            }
+            // What this reads is kept for the frame reader, as when the task waits for input.
+            Transport::Stream(s) => match s.poll_receive(&mut cx) {
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => s.eof,
+                Poll::Pending => false,
+            },
+            Transport::Hibernating(_) => false,
+        }
+    }
+
+    /// When the first bytes of the packet now half read came; `None` when no packet is.
+    pub(crate) fn partial_since(&self) -> Option<Instant> {
+        self.partial.as_ref().map(|p| p.since)
     }
 
     /// Queues a chunk to be written in order after everything already queued.
@@ -280,8 +377,11 @@ impl Connection {
         }
     }
 
-    pub(crate) fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+    /// The memory the write queue holds: its bytes and what each chunk costs beyond them, so a
+    /// bound on it bounds memory whether a client is owed a few large messages or many tiny
+    /// acknowledgements.
+    pub(crate) fn pending_memory(&self) -> usize {
+        self.pending_bytes + self.pending.len() * CHUNK_OVERHEAD
     }
 
     pub(crate) fn has_pending(&self) -> bool {
@@ -426,6 +526,24 @@ impl Connection {
     }
 }
 
+impl Partial {
+    /// Room for `incoming` more bytes, or what is left of the packet when its size is known and
+    /// smaller: the buffer at least doubles whenever it grows (each byte is moved a bounded number
+    /// of times however the packet is cut), never beyond the size its header declares.
+    fn make_room(&mut self, max_packet_size: usize, incoming: usize) {
+        let len = self.buf.len();
+        let wanted = len + incoming;
+        let target = match codec::frame_size(&self.buf, max_packet_size) {
+            Ok(Some(size)) => size.min(wanted.max(2 * len)),
+            // Header incomplete (an invalid one was refused when the bytes were first kept).
+            _ => wanted,
+        };
+        if target > self.buf.capacity() {
+            self.buf.reserve_exact(target - len);
+        }
+    }
+}
+
 impl StreamIo {
     /// Reads what the stream has into the worker's scratch buffer and keeps it.
     fn poll_receive(&mut self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
@@ -478,7 +596,7 @@ fn advance(pending: &mut VecDeque<Bytes>, pending_bytes: &mut usize, mut n: usiz
 /// of first reading again only to get `WouldBlock`. That second read was one extra syscall per
 /// inbound packet for devices sending one packet at a time. Nothing waits on this context: the
 /// task's next wait registers its own waker (`poll_read_ready`), replacing any registered here.
-fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+fn read_now(stream: &mut TcpStream, buf: &mut impl BufMut) -> io::Result<Option<usize>> {
     let mut cx = task::Context::from_waker(futures_util::task::noop_waker_ref());
     match tokio_util::io::poll_read_buf(Pin::new(stream), &mut cx, buf) {
         Poll::Ready(r) => r.map(Some),

@@ -9,6 +9,9 @@
 //! pauses the loop either: a paced socket waits in its own task, see `limits::ConnectPacer`).
 //! The `[[listeners]]` entries run the same loop with their own connection limit; a TLS or
 //! WebSocket connection's handshake runs in the connection's task, under the connect timeout.
+//! Every accepted socket gets TCP keepalive (`mqtt.tcp_keepalive_*`): a peer that vanished
+//! without a FIN or RST (power loss, a NAT that forgot the flow) is otherwise never noticed on a
+//! connection with nothing to send, which is every connection without an MQTT keep-alive.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -162,6 +165,11 @@ fn admit(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "set_nodelay failed: {e}");
     }
+    if let Some(keepalive) = tcp_keepalive(ctx) {
+        if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            debug!(%peer, "setting TCP keepalive failed: {e}");
+        }
+    }
     let slot = ConnectionSlot::new(ctx.clone(), endpoint.map(|l| l.open.clone()));
     let handshake = Handshake::new(ctx.clone(), not_before);
     match endpoint {
@@ -260,6 +268,18 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
         conn: Connection::stream(io),
         identity,
         default_listener: false,
+    })
+}
+
+/// The TCP keepalive of accepted sockets; `None` when `mqtt.tcp_keepalive_idle` is 0.
+fn tcp_keepalive(ctx: &Context) -> Option<TcpKeepalive> {
+    let m = &ctx.config.mqtt;
+    let seconds = |s: u32| Duration::from_secs(s.into());
+    (m.tcp_keepalive_idle > 0).then(|| {
+        TcpKeepalive::new()
+            .with_time(seconds(m.tcp_keepalive_idle))
+            .with_interval(seconds(m.tcp_keepalive_interval))
+            .with_retries(m.tcp_keepalive_count)
     })
 }
 

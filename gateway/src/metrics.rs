@@ -70,7 +70,7 @@ const PUBLISH: usize = 3;
 
 /// Labels of `gateway_connections_rejected_total`; callers pass one of these, anything else is
 /// counted as "other".
-const REJECT_REASONS: [&str; 13] = [
+const REJECT_REASONS: [&str; 14] = [
     "fd_limit",
     "max_connections",
     "connect_rate",
@@ -83,6 +83,7 @@ const REJECT_REASONS: [&str; 13] = [
     "not_authorized",
     "will_topic_invalid",
     "will_payload_invalid",
+    "client_gone",
     "other",
 ];
 
@@ -165,9 +166,13 @@ pub enum CloseReason {
     /// A 3.1.1 client published what the store could not keep (disk full): it has no way to be
     /// told but the close, and will resend.
     StoreUnavailable,
+    /// A packet begun was not whole within `mqtt.packet_timeout`.
+    PacketTimeout,
+    /// A client without keep-alive had no traffic either way for `mqtt.idle_timeout`.
+    Idle,
 }
 
-const CLOSE_REASONS: [CloseReason; 12] = [
+const CLOSE_REASONS: [CloseReason; 14] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -180,6 +185,8 @@ const CLOSE_REASONS: [CloseReason; 12] = [
     CloseReason::ConnectTimeout,
     CloseReason::QuotaExceeded,
     CloseReason::StoreUnavailable,
+    CloseReason::PacketTimeout,
+    CloseReason::Idle,
 ];
 
 impl CloseReason {
@@ -197,6 +204,8 @@ impl CloseReason {
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::QuotaExceeded => "quota_exceeded",
             CloseReason::StoreUnavailable => "store_unavailable",
+            CloseReason::PacketTimeout => "packet_timeout",
+            CloseReason::Idle => "idle",
         }
     }
 }

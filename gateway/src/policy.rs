@@ -10,8 +10,12 @@ use crate::config::Config;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
-    /// Time from accept to a complete CONNECT.
+    /// Time from accept (or the connect_rate slot) to CONNACK.
     pub(crate) connect_timeout: Duration,
+    /// Time a packet may take to arrive whole once its first bytes came.
+    pub(crate) packet_timeout: Duration,
+    /// Silence (either way) after which a client without keep-alive is closed; `None`: never.
+    pub(crate) idle_timeout: Option<Duration>,
     /// The largest packet accepted, and the Maximum Packet Size announced to v5 clients.
     pub(crate) max_packet_size: u32,
     /// Highest keep-alive granted; a v5 client asking for more (or for none) gets this.
@@ -39,6 +43,8 @@ impl Policy {
         let (mqtt, limits) = (&config.mqtt, &config.limits);
         Policy {
             connect_timeout: mqtt.connect_timeout,
+            packet_timeout: mqtt.packet_timeout,
+            idle_timeout: mqtt.idle_timeout,
             max_packet_size: mqtt.max_packet_size,
             max_keepalive: mqtt.max_keepalive,
             receive_maximum: mqtt.receive_maximum,

@@ -1,11 +1,13 @@
 //! Authentication with real clients: password files written by the real `mosquitto_passwd` and
 //! by `gateway passwd`; the CONNACK codes for 3.1.1 and 5.0; anonymous clients refused once a
-//! password file is set; failures costing the same whether the user exists; and a login flood
-//! that must not stall an established session.
+//! password file is set; failures costing the same whether the user exists; a login flood that
+//! must not stall an established session; the connect timeout covering the wait for a password
+//! check, and no check done for a client that already left.
 
 mod binary;
 mod clients;
 mod common;
+mod observe;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clients::{unique_id, v3, v5, WAIT};
 use common::TestBroker;
+use observe::{samples, total, Observed};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Held by the tests that measure time, so that they do not load the machine for each other.
@@ -275,6 +278,136 @@ async fn a_login_flood_does_not_stall_established_sessions() {
         worst < Duration::from_millis(250),
         "QoS 1 round trip took {worst:?} during the login flood"
     );
+}
+
+/// A broker (with `/metrics`) checking logins against a password file holding bob (argon2).
+async fn observed_with_passwords(name: &str, tune: impl FnOnce(&mut gateway::Config)) -> Observed {
+    let file = temp_dir(name).join("passwd");
+    gateway::auth::set_password(&file, "bob", "bob-pw").expect("write password file");
+    Observed::start(move |c| {
+        c.sys.interval = 0;
+        c.auth.password_file = Some(file);
+        tune(c);
+    })
+    .await
+}
+
+async fn counted(obs: &Observed, name: &str, labels: &[&str]) -> f64 {
+    total(&samples(&obs.metrics().await), name, labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_covers_the_wait_for_a_password_check() {
+    // 400 wrong logins at once, two hashes at a time (one per CPU) of ~15 ms or more: the last
+    // would be answered seconds later, its handshake slot held all that time. With a connect
+    // timeout of 0.5 s those still waiting then are answered CONNACK 3 (Server unavailable) and
+    // closed, and no hash is started for them.
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    const FLOOD: usize = 400;
+    let _alone = TIMED.lock().await;
+    let obs =
+        observed_with_passwords("connect-timeout", |c| c.mqtt.connect_timeout = TIMEOUT).await;
+    let addr = obs.mqtt;
+    let started = Instant::now();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let at = Instant::now();
+                s.write_all(&connect_packet(&format!("flood-{i}"), "bob", "wrong"))
+                    .await
+                    .expect("send CONNECT");
+                let mut connack = [0u8; 4];
+                let code = match s.read_exact(&mut connack).await {
+                    Ok(_) => connack[3],
+                    Err(e) => panic!("login {i}: no CONNACK: {e}"),
+                };
+                (at.elapsed(), code)
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let (mut refused, mut timed_out) = (0, 0);
+    for h in flood {
+        let (took, code) = h.await.expect("login task");
+        slowest = slowest.max(took);
+        match code {
+            4 => refused += 1,
+            3 => timed_out += 1,
+            other => panic!("CONNACK {other}"),
+        }
+    }
+    println!(
+        "{FLOOD} wrong logins in {:?}: {refused} refused, {timed_out} timed out, slowest {slowest:?}",
+        started.elapsed()
+    );
+    assert!(
+        slowest < TIMEOUT + Duration::from_secs(1),
+        "a login was answered after {slowest:?} with connect_timeout {TIMEOUT:?}"
+    );
+    assert!(
+        timed_out > 0 && refused > 0,
+        "{refused} refused, {timed_out} timed out"
+    );
+    assert_eq!(
+        counted(
+            &obs,
+            "gateway_connections_closed_total",
+            &["\"connect_timeout\""]
+        )
+        .await,
+        timed_out as f64
+    );
+    // The slots are free again: bob logs in at once.
+    assert_eq!(connect_v3(addr, Some(("bob", "bob-pw"))).await, "Success");
+    obs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_left_while_its_login_waited_is_not_hashed_for() {
+    // 100 clients send a wrong password and leave at once: each left before its turn among two
+    // hashing slots (but the first ones) must cost nothing more.
+    const LEAVERS: usize = 100;
+    let _alone = TIMED.lock().await;
+    let obs = observed_with_passwords("leavers", |_| {}).await;
+    let addr = obs.mqtt;
+    let leavers: Vec<_> = (0..LEAVERS)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(&connect_packet(&format!("leaver-{i}"), "bob", "wrong"))
+                    .await
+                    .expect("send CONNECT");
+            })
+        })
+        .collect();
+    for h in leavers {
+        h.await.expect("leaver task");
+    }
+    let reasons = ["\"bad_credentials\"", "\"client_gone\""];
+    let mut seen = [0.0; 2];
+    let deadline = Instant::now() + WAIT * 2;
+    while seen.iter().sum::<f64>() < LEAVERS as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "not every login dealt with: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = samples(&obs.metrics().await);
+        for (n, reason) in seen.iter_mut().zip(reasons) {
+            *n = total(&s, "gateway_connections_rejected_total", &[reason]);
+        }
+    }
+    println!(
+        "{LEAVERS} logins of clients gone: {} hashed, {} not",
+        seen[0], seen[1]
+    );
+    assert!(
+        seen[1] >= LEAVERS as f64 / 2.0,
+        "hashed for {} of {LEAVERS} clients already gone",
+        seen[0]
+    );
+    obs.shutdown().await;
 }
 
 #[test]

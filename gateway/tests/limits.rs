@@ -431,6 +431,58 @@ async fn topics_and_filters_beyond_max_topic_length_are_refused() {
     obs.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_trickled_for_longer_than_packet_timeout_is_cut_off() {
+    const TIMEOUT: Duration = Duration::from_millis(800);
+    let obs = broker(|c| c.mqtt.packet_timeout = TIMEOUT).await;
+    let mut calm = Raw::connected(obs.mqtt, V::V5, "trickle-calm").await;
+    for v in V::BOTH {
+        // One byte every 100 ms of a 106-byte PUBLISH: each byte well within the keep-alive
+        // (60 s), the packet whole only after ten seconds.
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("trickler-{v:?}")).await;
+        let publish = v.publish(0x30, b"t", None, &[], &[7; 100]);
+        let started = Instant::now();
+        let mut answer = None;
+        for byte in &publish {
+            raw.send_lenient(std::slice::from_ref(byte)).await;
+            match raw.read_packet_within(Duration::from_millis(100)).await {
+                Err(End::Silent) => {}
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        let after = started.elapsed();
+        match answer {
+            None => panic!("{v:?}: the packet trickled in whole over {after:?}, never cut off"),
+            Some(Ok(f)) => {
+                assert!(v.is_v5(), "3.1.1 is closed without a word, got {f:?}");
+                assert_eq!((f.first, f.body.first()), (0xE0, Some(&QUOTA_EXCEEDED)));
+                raw.expect_closed("after DISCONNECT").await;
+            }
+            Some(Err(End::Closed)) => assert!(!v.is_v5(), "v5 is told why: DISCONNECT 0x97"),
+            Some(Err(End::Silent)) => unreachable!("silence keeps trickling"),
+        }
+        assert!(
+            after >= TIMEOUT && after < TIMEOUT + Duration::from_secs(3),
+            "{v:?}: cut off after {after:?} with packet_timeout {TIMEOUT:?}"
+        );
+    }
+    still_served(&mut calm, V::V5, "trickle/alive").await;
+    assert_eq!(
+        metric_reaches(
+            &obs,
+            "gateway_connections_closed_total",
+            "\"packet_timeout\"",
+            2.0
+        )
+        .await,
+        2.0
+    );
+    obs.shutdown().await;
+}
+
 /// This process's resident memory: the broker under test runs in it.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
@@ -513,4 +565,113 @@ async fn above_memory_high_water_connections_are_refused_and_qos0_is_shed() {
     let f = sub.expect_kind(clients::raw::PUBLISH, WAIT).await;
     assert!(f.body.ends_with(b"delivered"), "{f:?}");
     obs.shutdown().await;
+}
+
+/// A socket whose kernel buffers stay small: small send and receive buffers, and a small maximum
+/// segment size, by which the broker's side sizes its send buffer (on loopback the kernels would
+/// otherwise hold megabytes before the broker's own backlog grew at all).
+fn small_window_socket(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(16384).expect("SO_SNDBUF");
+    let mss: libc::c_int = 536;
+    // SAFETY: setsockopt reads `mss` (an int, its size given) for the socket's descriptor.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            std::ptr::addr_of!(mss).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    socket.connect(&addr.into()).expect("connect");
+    socket.set_nonblocking(true).expect("non-blocking");
+    tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_held_for_a_client_that_never_reads_are_bounded_in_real_memory() {
+    // A queued 2-byte PINGRESP costs at least 64 bytes: its 32-byte `Bytes` slot in the write
+    // queue and its own allocation (glibc's smallest chunk, 32 bytes). Reading pauses at 256 KiB
+    // of backlog; counted in wire bytes, that let one client hold 131,072 answers, 8 MiB.
+    const CHUNK_COST: f64 = 64.0;
+    const BOUND: f64 = 256.0 * 1024.0;
+    const CONNACK_LEN: f64 = 4.0;
+    // PINGREQs after CONNACK, or written right behind CONNECT (handled by the handshake's task
+    // first, then by the session's).
+    for behind_connect in [false, true] {
+        let obs = broker(|_| {}).await;
+        let mut raw = Raw::from_stream(small_window_socket(obs.mqtt));
+        let connect = V::V311.connect("never-reads");
+        let mut stream = [0xC0u8, 0].repeat(500_000);
+        if behind_connect {
+            stream.splice(0..0, connect.iter().copied());
+        } else {
+            raw.send(&connect).await;
+            raw.expect_packet("CONNACK").await;
+        }
+        // Never reading, until the broker stops taking them (written whole: a write cut short
+        // resumes where it stopped, so no packet is split).
+        let mut off = 0;
+        let (mut taken, mut unchanged) = (0.0, 0);
+        let started = Instant::now();
+        while unchanged < 5 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never stopped reading"
+            );
+            match raw.stream.try_write(&stream[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+            assert!(off < stream.len(), "the whole stream was taken");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = metric(&obs, "gateway_packets_received_total", "\"pingreq\"").await;
+            unchanged = if now == taken { unchanged + 1 } else { 0 };
+            taken = now;
+        }
+        let answered = metric(&obs, "gateway_packets_sent_total", "\"pingresp\"").await;
+        let written = metric(&obs, "gateway_sent_bytes_total", "").await - CONNACK_LEN;
+        let queued = answered - written / 2.0;
+        println!(
+            "behind CONNECT {behind_connect}: {taken} PINGREQs taken, {written} bytes of answers \
+             written, {queued} answers queued: at least {:.0} KiB",
+            queued * CHUNK_COST / 1024.0
+        );
+        assert!(
+            queued * CHUNK_COST <= BOUND * 1.1,
+            "{queued} answers queued for a client that never reads: {:.0} KiB",
+            queued * CHUNK_COST / 1024.0
+        );
+        // Once it reads, every PINGREQ is answered: pausing lost none.
+        let head = if behind_connect { connect.len() } else { 0 };
+        let pings = (off - head) / 2;
+        within(WAIT * 4, "every PINGREQ answered", async {
+            if behind_connect {
+                assert_eq!(raw.expect_packet("CONNACK").await.first, 0x20);
+            }
+            for n in 0..pings {
+                match raw.read_frame().await {
+                    Some(f) if f.first == clients::raw::PINGRESP => {}
+                    other => panic!("answer {n} of {pings}: {other:?}"),
+                }
+            }
+        })
+        .await;
+        // The last write may have stopped inside a PINGREQ: complete it.
+        if (off - head) % 2 == 1 {
+            raw.send(&stream[off..=off]).await;
+            assert_eq!(
+                raw.expect_packet("PINGRESP").await.first,
+                clients::raw::PINGRESP
+            );
+        }
+        raw.ping().await;
+        obs.shutdown().await;
+    }
 }

@@ -5,7 +5,8 @@
 //! packets pipelined behind CONNECT over TLS and WebSocket (the TLS stream ended by close_notify).
 //! mosquitto (OpenSSL) and rumqttc (rustls) by IP literal and by name, TLS 1.2 and 1.3, with and
 //! without a client certificate; TLS session resumption (1.3 ticket, 1.2 ticket, 1.2 session id).
-//! Certificates are generated here with rcgen. WebSocket clients are in `interop/test_paho.py`,
+//! TCP keepalive on the accepted sockets of every listener kind. Certificates are generated here
+//! with rcgen. WebSocket clients are in `interop/test_paho.py`,
 //! Python ssl and MQTT.js TLS clients in `interop/test_tls.py` and `interop/test_mqttjs.py`.
 
 mod binary;
@@ -702,6 +703,76 @@ async fn per_listener_max_connections() {
     }
     assert!(admitted, "the freed slot was not reused");
     broker.shutdown().await;
+}
+
+/// TCP keepalive of the broker's end of the connection from `client`: (on, idle, interval, count).
+/// The broker runs in this process, so its socket is among this process's descriptors: the one
+/// whose peer is the client's address.
+fn server_keepalive(client: &tokio::net::TcpStream) -> Option<(bool, Duration, Duration, u32)> {
+    use std::os::fd::BorrowedFd;
+    let me = client.local_addr().expect("client address");
+    let fds = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd");
+    for entry in fds.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // SAFETY: borrowed only for the getsockopt calls below. Another test closing it
+        // meanwhile makes them fail (EBADF) or ask the wrong socket, whose peer is not `me`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if peer == Some(me) && socket.local_addr().ok().and_then(|a| a.as_socket()) != Some(me) {
+            return Some((
+                socket.keepalive().expect("SO_KEEPALIVE"),
+                socket.keepalive_time().expect("TCP_KEEPIDLE"),
+                socket.keepalive_interval().expect("TCP_KEEPINTVL"),
+                socket.keepalive_retries().expect("TCP_KEEPCNT"),
+            ));
+        }
+    }
+    None
+}
+
+/// Accepted sockets of every listener kind get TCP keepalive as `mqtt.tcp_keepalive_*` say, so
+/// a peer that vanished without a word is found even on a connection with nothing to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_sockets_get_tcp_keepalive() {
+    let ws = ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().expect("literal"));
+    for (idle, interval, count) in [(7, 3, 2), (0, 30, 4)] {
+        let ws = ws.clone();
+        let broker = TestBroker::with(move |c| {
+            c.mqtt.tcp_keepalive_idle = idle;
+            c.mqtt.tcp_keepalive_interval = interval;
+            c.mqtt.tcp_keepalive_count = count;
+            c.listeners = vec![ws];
+        })
+        .await;
+        for addr in [broker.addr, broker.listeners[0]] {
+            let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut found = None;
+            for _ in 0..100 {
+                found = server_keepalive(&client);
+                if found.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (on, time, every, retries) = found.expect("the broker's end of the connection");
+            assert_eq!(on, idle > 0, "{addr}: SO_KEEPALIVE with idle {idle}");
+            if on {
+                assert_eq!(
+                    (time, every, retries),
+                    (
+                        Duration::from_secs(idle.into()),
+                        Duration::from_secs(interval.into()),
+                        count
+                    ),
+                    "{addr}"
+                );
+            }
+        }
+        broker.shutdown().await;
+    }
 }
 
 /// SIGHUP: new handshakes get the new certificate while an established session keeps working; a

@@ -440,43 +440,47 @@ async fn sys_topics_are_published_retained_and_kept_from_wildcards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
-    let obs = Observed::start(|_| {}).await;
+    // Judged over its keep-alive period, or without keep-alive over `mqtt.idle_timeout`.
+    let obs = Observed::start(|c| c.mqtt.idle_timeout = Some(Duration::from_secs(1))).await;
     let mut watcher = v3::connect(obs.mqtt, &unique_id("watcher")).await;
     watcher.subscribe("will/#", v3::QoS::AtLeastOnce).await;
-    let id = unique_id("nonreader");
-    let mut c = raw::Connect::v311(&id, true, 1);
-    c.will = Some(raw::Will {
-        topic: "will/slow",
-        payload: b"stalled",
-        qos: 1,
-        retain: false,
-        properties: Vec::new(),
-    });
-    let (mut slow, _) = raw::Raw::connect(obs.mqtt, &c).await;
-    slow.send(&raw::V::V311.subscribe("flood/t", 0)).await;
-    slow.expect_packet("SUBACK").await;
-    // The flood fills the kernel's socket buffers (several MB on loopback) and then the
-    // broker's own write backlog; the client never reads again but keeps pinging.
-    let mut flooder = raw::Raw::connected(obs.mqtt, raw::V::V311, &unique_id("flooder")).await;
-    let flood = raw::V::V311.publish(0x30, b"flood/t", None, &[], &[7u8; 16 * 1024]);
-    for _ in 0..1_500 {
-        flooder.send(&flood).await;
-    }
-    let started = std::time::Instant::now();
-    let will = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "a client that stopped reading was never closed"
-        );
-        slow.send_lenient(&[0xC0, 0]).await;
-        if let Some(p) = watcher.try_next_publish(Duration::from_millis(400)).await {
-            break p;
+    for keep_alive in [1, 0] {
+        let id = unique_id("nonreader");
+        let payload = format!("stalled with keep-alive {keep_alive}");
+        let mut c = raw::Connect::v311(&id, true, keep_alive);
+        c.will = Some(raw::Will {
+            topic: "will/slow",
+            payload: payload.as_bytes(),
+            qos: 1,
+            retain: false,
+            properties: Vec::new(),
+        });
+        let (mut slow, _) = raw::Raw::connect(obs.mqtt, &c).await;
+        slow.send(&raw::V::V311.subscribe("flood/t", 0)).await;
+        slow.expect_packet("SUBACK").await;
+        // The flood fills the kernel's socket buffers (several MB on loopback) and then the
+        // broker's own write backlog; the client never reads again but keeps pinging.
+        let mut flooder = raw::Raw::connected(obs.mqtt, raw::V::V311, &unique_id("flooder")).await;
+        let flood = raw::V::V311.publish(0x30, b"flood/t", None, &[], &[7u8; 16 * 1024]);
+        for _ in 0..1_500 {
+            flooder.send(&flood).await;
         }
-    };
-    assert_eq!(
-        (will.topic.as_str(), &will.payload[..]),
-        ("will/slow", &b"stalled"[..])
-    );
+        let started = std::time::Instant::now();
+        let will = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a client that stopped reading was never closed (keep-alive {keep_alive})"
+            );
+            slow.send_lenient(&[0xC0, 0]).await;
+            if let Some(p) = watcher.try_next_publish(Duration::from_millis(400)).await {
+                break p;
+            }
+        };
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..]),
+            ("will/slow", payload.as_bytes())
+        );
+    }
     let s = samples(&obs.metrics().await);
     assert_eq!(
         total(
@@ -484,8 +488,8 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             "gateway_connections_closed_total",
             &["reason=\"slow_consumer\""]
         ),
-        1.0,
-        "the close is counted as a slow consumer: {:?}",
+        2.0,
+        "both closes are counted as slow consumers: {:?}",
         s.iter()
             .filter(|(k, v)| k.starts_with("gateway_connections_closed_total") && **v > 0.0)
             .collect::<Vec<_>>()

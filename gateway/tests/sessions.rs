@@ -1,7 +1,8 @@
 //! Session state that outlives a connection: persistent sessions (3.1.1 clean_session=0, v5
 //! clean_start=0 with a session expiry) keep subscriptions and queue QoS 1 messages while offline;
 //! clean start discards them; a v5 session expiry that elapses ends the session; takeover by a second
-//! connection with the same client id (v5 DISCONNECT 0x8E to the first) loses nothing; the offline
+//! connection with the same client id (v5 DISCONNECT 0x8E to the first) loses nothing, and one
+//! whose client already left takes nothing over; the offline
 //! queue is bounded by `max_queued_messages`; unacknowledged messages are resent with DUP on resume.
 
 mod clients;
@@ -282,6 +283,29 @@ async fn takeover_kicks_the_first_connection_and_loses_nothing() {
         new_in_second.windows(2).all(|w| w[0] < w[1]),
         "second connection received messages after the handover out of order"
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_whose_client_already_left_takes_nothing_over() {
+    // Paced to one connection a second, so the second socket's CONNECT and its close are both
+    // waiting when its handshake starts: its client is gone before the takeover is due.
+    let broker = TestBroker::with(|c| {
+        c.limits.connect_rate = 1;
+        c.limits.connect_burst = 1;
+    })
+    .await;
+    let id = unique_id("kept");
+    let mut first = Raw::connected(broker.addr, V::V5, &id).await;
+    let mut second = Raw::open(broker.addr).await;
+    second.send(&V::V5.connect(&id)).await;
+    drop(second);
+    // Its slot comes about a second later; the first connection must not hear of it.
+    match first.read_packet_within(Duration::from_millis(1500)).await {
+        Err(raw::End::Silent) => {}
+        other => panic!("the first connection was disturbed: {other:?}"),
+    }
+    first.ping().await;
     broker.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! Wills and connection liveness: the will is published when a connection ends abruptly (socket
 //! dropped, client task aborted) or by keep-alive expiry, not on a normal DISCONNECT, and on a v5
 //! DISCONNECT with reason 0x04; a v5 will delay holds it back and a reconnect within the delay
-//! cancels it. Also the connect timeout for a socket that never sends CONNECT.
+//! cancels it. Also the connect timeout for a socket that never sends CONNECT, and the idle bound
+//! (`mqtt.idle_timeout`) of a client without keep-alive.
 
 mod clients;
 mod common;
@@ -116,6 +117,79 @@ async fn keep_alive_is_extended_by_any_packet() {
         );
     }
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_keep_alive_is_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(1);
+    // A new session hibernates at once (the parker must know the deadline), or never does.
+    for hibernate_after in [Some(Duration::from_secs(10)), None] {
+        let broker = TestBroker::with(|c| {
+            c.mqtt.idle_timeout = Some(IDLE);
+            c.mqtt.hibernate_after = hibernate_after;
+        })
+        .await;
+        let addr = broker.addr;
+        let mut w = watcher(addr, "will/#").await;
+        // Silent both ways, with keep-alive 0: 3.1.1 (any 3.x client may ask for no
+        // keep-alive) and 5.0 (under the default max_keepalive it is granted).
+        let silent: Vec<_> = [4u8, 5]
+            .into_iter()
+            .map(|level| {
+                tokio::spawn(async move {
+                    let id = unique_id(&format!("idle-{level}"));
+                    let mut c = raw::Connect::v311(&id, true, 0);
+                    c.level = level;
+                    c.will = Some(will("will/idle", b"idle"));
+                    let (mut s, _) = Raw::connect(addr, &c).await;
+                    let connected = Instant::now();
+                    let frames = s.until_closed(Duration::from_secs(5)).await;
+                    (level, connected.elapsed(), frames)
+                })
+            })
+            .collect();
+        // Keep-alive 0 too, but with traffic: one talks, one only receives.
+        let (mut talker, _) =
+            Raw::connect(addr, &raw::Connect::v311(&unique_id("talker"), true, 0)).await;
+        let (mut receiver, _) =
+            Raw::connect(addr, &raw::Connect::v5(&unique_id("receiver"), true, 0)).await;
+        receiver.subscribe(raw::V::V5, "idle/feed", 0).await;
+        let feeder = v3::connect(addr, &unique_id("feeder")).await;
+        let started = Instant::now();
+        while started.elapsed() < IDLE * 5 / 2 {
+            tokio::time::sleep(IDLE * 3 / 10).await;
+            talker.ping().await;
+            feeder
+                .publish("idle/feed", v3::QoS::AtMostOnce, false, "tick")
+                .await;
+            let f = receiver.expect_kind(raw::PUBLISH, WAIT).await;
+            assert!(f.body.ends_with(b"tick"), "{f:?}");
+        }
+        for task in silent {
+            let (level, after, frames) = task.await.expect("silent client task");
+            println!("idle_timeout 1 s, hibernate_after {hibernate_after:?}, level {level}: closed after {after:?}");
+            assert!(
+                after >= Duration::from_millis(900) && after <= Duration::from_millis(2600),
+                "level {level}: closed after {after:?} (allowed 0.9..2.6 s)"
+            );
+            let expected: Vec<raw::Frame> = match level {
+                5 => vec![raw::Frame {
+                    first: raw::DISCONNECT,
+                    body: vec![0x8D, 0],
+                }],
+                _ => Vec::new(),
+            };
+            assert_eq!(frames, expected, "level {level}");
+        }
+        for _ in 0..2 {
+            let p = w.next_publish(WAIT).await;
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("will/idle", &b"idle"[..])
+            );
+        }
+        broker.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,9 +22,10 @@ impl Client {
         // Only what the loop needs across waits lives here: this future is every active
         // session's task.
         let first = self.next_timer(broker_nanos(&self.ctx));
-        let timed = first.is_some();
+        let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
+        // At most one batch (`connection::FRAME_BATCH`): its capacity stays with the task.
         let mut frames = Vec::new();
         let close = loop {
             if let Some(kick) = self.session.take_kick() {
@@ -71,7 +72,7 @@ impl Client {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let reading = self.conn.pending_bytes() < READ_PAUSE_BYTES;
+            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
             let idle_now = fresh && self.hibernation().is_some() && self.conn.may_hibernate();
             fresh = false;
@@ -81,6 +82,10 @@ impl Client {
             // `move`: the flags by value, a byte each in the task's future rather than a pointer.
             let event = std::future::poll_fn(move |cx| {
                 if reading {
+                    // The rest of a read that held more than one batch: no need to wait.
+                    if conn.holds_frames() {
+                        return Poll::Ready(Ok(Event::Readable));
+                    }
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
                         return Poll::Ready(r.map(|()| Event::Readable));
                     }
@@ -114,6 +119,15 @@ impl Client {
                     if let Some(close) = self.read_and_handle(&mut frames) {
                         break close;
                     }
+                    // A packet left half read: its timeout may come before anything the timer
+                    // waits for. Looked at once per read, reset only when it is earlier.
+                    if let Some(at) = self.packet_deadline() {
+                        let at = tokio::time::Instant::from(self.instant(at));
+                        if !timed || at < timer.deadline() {
+                            timer.as_mut().reset(at);
+                            timed = true;
+                        }
+                    }
                 }
                 Ok(Event::Writable | Event::Woken) => {}
                 Ok(Event::Idle) => match self.hibernate() {
@@ -123,6 +137,9 @@ impl Client {
                 Ok(Event::Timer) => {
                     let now = broker_nanos(&self.ctx);
                     if let Some(close) = self.keep_alive_expired(now) {
+                        break close;
+                    }
+                    if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
                     if let Some(after) = self.hibernation() {
@@ -143,11 +160,12 @@ impl Client {
         self.finish(close).await;
     }
 
-    /// Reads one batch and handles every complete packet in it.
+    /// Reads one batch (or takes the next of a read that held more) and handles every complete
+    /// packet in it.
     fn read_and_handle(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
         let max = self.ctx.policy.max_packet_size as usize;
         match self.conn.try_read_frames(max, frames) {
-            Ok(0) => return None,
+            Ok(0) => {}
             Ok(n) => {
                 self.ctx.metrics.add_bytes_received(n as u64);
                 self.last_read = broker_nanos(&self.ctx);
@@ -169,6 +187,9 @@ impl Client {
                 });
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
+        }
+        if frames.is_empty() {
+            return None;
         }
         self.ctx.metrics.received_frames(frames);
         self.handle_frames(frames)

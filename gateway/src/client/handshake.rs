@@ -1,5 +1,8 @@
 //! From accepted socket to attached session: reading CONNECT, refusing it, authenticating the
-//! client, taking the session over on the terms `negotiate` agreed and answering CONNACK.
+//! client, taking the session over on the terms `negotiate` agreed and answering CONNACK, all
+//! within the connect timeout: a handshake holds a `limits.max_handshakes` slot, and one waiting
+//! on a flood of password checks must give it up rather than be hashed for long after its
+//! client gave up.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -7,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::negotiate::{negotiate, Agreed, Refused};
@@ -22,13 +26,14 @@ use crate::metrics::CloseReason;
 use crate::session::ConnectionInfo;
 use crate::topic;
 
-/// From accepted socket to attached session: CONNECT within the connect timeout, then CONNACK.
-/// Also returns the packets that came in the same read after CONNECT (a client need not wait for
-/// CONNACK), for the session to handle before anything else.
+/// From accepted socket to attached session: CONNECT, the password check and CONNACK by
+/// `deadline` (the connect timeout). Also returns the packets that came in the same read after
+/// CONNECT (a client need not wait for CONNACK), for the session to handle before anything else.
 pub(super) async fn handshake(
     slot: ConnectionSlot,
     opened: Opened,
     peer: std::net::SocketAddr,
+    deadline: Instant,
 ) -> Option<(Client, Vec<Bytes>)> {
     let ctx = slot.context().clone();
     let Opened {
@@ -36,24 +41,49 @@ pub(super) async fn handshake(
         identity,
         default_listener,
     } = opened;
-    let connect =
-        match tokio::time::timeout(ctx.policy.connect_timeout, read_connect(&ctx, &mut conn)).await
-        {
-            Ok(Ok(read)) => read,
-            Ok(Err(why)) => {
-                debug!(%peer, "connection refused before CONNECT completed: {why}");
-                conn.finish_within(CLOSE_FLUSH).await;
-                return None;
-            }
-            Err(_) => {
-                debug!(%peer, "no CONNECT within the connect timeout");
-                ctx.metrics.closed(CloseReason::ConnectTimeout);
-                return None;
-            }
-        };
+    let connect = match tokio::time::timeout_at(deadline, read_connect(&ctx, &mut conn)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(why)) => {
+            debug!(%peer, "connection refused before CONNECT completed: {why}");
+            conn.finish_within(CLOSE_FLUSH).await;
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            ctx.metrics.closed(CloseReason::ConnectTimeout);
+            return None;
+        }
+    };
     let (connect, rest) = connect;
-    let client = Client::attach(ctx, slot, conn, connect, (identity, default_listener), peer).await;
+    let from = Arrival {
+        identity,
+        default_listener,
+        peer,
+        deadline,
+        pipelined: !rest.is_empty(),
+    };
+    let client = Client::attach(ctx, slot, conn, connect, from).await;
     client.map(|c| (c, rest))
+}
+
+/// Where a CONNECT came from, and until when its handshake may take.
+struct Arrival {
+    /// The client certificate's name on a `use_identity_as_username` listener.
+    identity: Option<ByteString>,
+    default_listener: bool,
+    peer: std::net::SocketAddr,
+    deadline: Instant,
+    /// Packets came right behind CONNECT: a client that sent them and closed still wants them
+    /// handled (a DISCONNECT among them says so), so it does not count as gone.
+    pipelined: bool,
+}
+
+/// Why a CONNECT is not taken on.
+enum Denied {
+    /// Refused with this CONNACK code.
+    Code(u8),
+    /// The client left while its password check waited: closed without a word.
+    Gone,
 }
 
 /// Reads and validates the first packet, and keeps the ones read with it. Answers failures itself
@@ -136,10 +166,10 @@ impl Client {
         slot: ConnectionSlot,
         mut conn: Connection,
         connect: Box<Connect>,
-        (identity, default_listener): (Option<ByteString>, bool),
-        peer: std::net::SocketAddr,
+        from: Arrival,
     ) -> Option<Client> {
         let protocol = connect.protocol;
+        let peer = from.peer;
 
         // First: above the memory high-water mark nothing else about the client matters.
         if ctx.router.overloaded.load(Ordering::Relaxed) {
@@ -170,11 +200,47 @@ impl Client {
         };
 
         // Before the session is touched: a refused client must not take over anyone's session.
-        let acl = match authorize(&ctx, &connect, &client_id, identity, default_listener).await {
-            Ok(acl) => acl,
-            Err(code) => return refuse_and_close(&ctx, conn, protocol, code, peer).await,
+        let gone = |conn: &mut Connection| !from.pipelined && conn.peer_gone();
+        let authorized = tokio::time::timeout_at(
+            from.deadline,
+            authorize(
+                &ctx,
+                &connect,
+                &client_id,
+                (from.identity, from.default_listener),
+                || gone(&mut conn),
+            ),
+        )
+        .await;
+        let acl = match authorized {
+            Ok(Ok(acl)) => acl,
+            Ok(Err(Denied::Code(code))) => {
+                return refuse_and_close(&ctx, conn, protocol, code, peer).await
+            }
+            Ok(Err(Denied::Gone)) => {
+                debug!(%peer, "client left while its password check waited");
+                ctx.metrics.rejected("client_gone");
+                return None;
+            }
+            Err(_) => {
+                // The client waited for its check and is told to come back later.
+                debug!(%peer, "CONNECT not through the password check within the connect timeout");
+                ctx.metrics.closed(CloseReason::ConnectTimeout);
+                refuse(&ctx, &mut conn, protocol, reason::SERVER_BUSY);
+                conn.finish_within(CLOSE_FLUSH).await;
+                return None;
+            }
         };
+        // Nor may one that left take over the session of a client that is still there.
+        if gone(&mut conn) {
+            debug!(%peer, "client left before its session was attached");
+            ctx.metrics.rejected("client_gone");
+            return None;
+        }
 
+        // Not under the deadline: once the holder has been told to go, giving up would leave the
+        // session to nobody (its holder departs as taken over). The wait is that holder's close,
+        // which is bounded (`CLOSE_FLUSH`).
         let attached = ctx
             .registry
             .attach(&client_id, connect.clean_start, &ctx.router)
@@ -242,9 +308,9 @@ async fn authorize(
     ctx: &Context,
     connect: &Connect,
     client_id: &ByteString,
-    identity: Option<ByteString>,
-    default_listener: bool,
-) -> Result<Option<Box<ClientAcl>>, u8> {
+    (identity, default_listener): (Option<ByteString>, bool),
+    gone: impl FnOnce() -> bool,
+) -> Result<Option<Box<ClientAcl>>, Denied> {
     // A verified client certificate is the credential: its name is the username.
     let username = match identity {
         Some(name) => Some(name),
@@ -254,11 +320,13 @@ async fn authorize(
                 connect.username.as_ref(),
                 connect.password.as_deref(),
                 default_listener,
+                gone,
             )
             .await
             .map_err(|refusal| match refusal {
-                Refusal::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
-                Refusal::NotAuthorized => reason::NOT_AUTHORIZED,
+                Refusal::BadCredentials => Denied::Code(reason::BAD_USERNAME_OR_PASSWORD),
+                Refusal::NotAuthorized => Denied::Code(reason::NOT_AUTHORIZED),
+                Refusal::Gone => Denied::Gone,
             })?,
     };
     let Some(handle) = ctx.security.acl() else {
@@ -268,7 +336,7 @@ async fn authorize(
             .as_ref()
             .is_some_and(|w| topic::is_sys(&w.topic))
         {
-            return Err(reason::NOT_AUTHORIZED);
+            return Err(Denied::Code(reason::NOT_AUTHORIZED));
         }
         return Ok(None);
     };
@@ -282,7 +350,7 @@ async fn authorize(
     );
     if let Some(will) = &connect.will {
         if !acl.may_write(&will.topic) {
-            return Err(reason::NOT_AUTHORIZED);
+            return Err(Denied::Code(reason::NOT_AUTHORIZED));
         }
     }
     Ok(Some(Box::new(acl)))

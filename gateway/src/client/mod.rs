@@ -39,8 +39,10 @@ use crate::session::Ownership;
 use crate::task::spawn_isolated;
 use handshake::handshake;
 
-/// Reading pauses while this much is waiting to be written: a client that does not read its
-/// acknowledgements is throttled by TCP instead of growing our buffers.
+/// Reading pauses while what waits to be written holds this much memory
+/// (`Connection::pending_memory`; checked between batches of at most `FRAME_BATCH` packets): a
+/// client that does not read its acknowledgements is throttled by TCP instead of growing our
+/// buffers.
 const READ_PAUSE_BYTES: usize = 256 * 1024;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -94,7 +96,8 @@ pub(crate) struct Client {
     session: Ownership,
     generation: u32,
     protocol: Protocol,
-    /// The keep-alive deadline, 1.5 times the negotiated keep-alive; `None` without keep-alive.
+    /// The keep-alive deadline, 1.5 times the negotiated keep-alive; `None` without keep-alive
+    /// (then `mqtt.idle_timeout` bounds the silence).
     keep_alive_ms: Option<NonZeroU32>,
     /// When bytes last came from the client, in nanoseconds since `ctx.started`.
     last_read: u64,
@@ -145,11 +148,13 @@ pub(crate) async fn serve(
         // connection's slot, and the connect timeout starts then.
         tokio::time::sleep_until(at.into()).await;
     }
-    // The TLS / WebSocket handshake, if any: after pacing, counted as a handshake in flight.
+    let deadline = tokio::time::Instant::now() + slot.context().policy.connect_timeout;
+    // The TLS / WebSocket handshake, if any: after pacing, counted as a handshake in flight,
+    // within the same connect timeout.
     let Some(opened) = open.await else {
         return;
     };
-    let client = handshake(slot, opened, peer).await;
+    let client = handshake(slot, opened, peer, deadline).await;
     // CONNACK is queued (or the connection refused): the handshake no longer counts.
     drop(admission);
     if let Some((mut client, mut rest)) = client {

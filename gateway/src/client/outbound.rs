@@ -40,7 +40,7 @@ impl Client {
     /// Moves what the session may send now into the write queue. Returns true when it may have
     /// left sendable items behind (a full batch taken, or skipped while the write queue is full).
     pub(super) fn fill(&mut self) -> bool {
-        if self.conn.pending_bytes() >= READ_PAUSE_BYTES {
+        if self.conn.pending_memory() >= READ_PAUSE_BYTES {
             return true;
         }
         self.release_acks();

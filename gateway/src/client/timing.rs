@@ -1,5 +1,6 @@
-//! Time on the broker's clock: the keep-alive deadline, the silence after which a session
-//! hibernates, hibernating (and waking up from the parker).
+//! Time on the broker's clock: the keep-alive deadline (for a client without keep-alive, the idle
+//! bound `mqtt.idle_timeout`), the time a half-arrived packet has left (`mqtt.packet_timeout`),
+//! the silence after which a session hibernates, hibernating (and waking up from the parker).
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,23 @@ impl Client {
         self.ctx.policy.hibernate_after.map(duration_nanos)
     }
 
-    /// The keep-alive period in nanoseconds; `None` without keep-alive.
+    /// The silence a client may keep, in nanoseconds: 1.5 times its keep-alive or, for one
+    /// without keep-alive, `mqtt.idle_timeout`. `None`: no bound (keep-alive 0, idle bound off).
     fn keep_alive_period(&self) -> Option<u64> {
-        self.keep_alive_ms.map(|ms| u64::from(ms.get()) * 1_000_000)
+        match self.keep_alive_ms {
+            Some(ms) => Some(u64::from(ms.get()) * 1_000_000),
+            None => self.ctx.policy.idle_timeout.map(duration_nanos),
+        }
+    }
+
+    /// When the client was last heard from, as its silence is counted: with keep-alive, its
+    /// last bytes (it promised to send within the period); without, traffic either way, so a
+    /// client that only receives, and takes what it is sent, is not idle.
+    fn last_heard(&self) -> u64 {
+        match self.keep_alive_ms {
+            Some(_) => self.last_read,
+            None => self.last_read.max(self.last_write),
+        }
     }
 
     /// The close a silent client (or one that stopped reading) has earned by `now`, if any.
@@ -46,11 +61,17 @@ impl Client {
         }
         // While our write backlog pauses reading, the client's packets wait unread: its
         // silence is ours, and the slow-consumer rule above judges it.
-        let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
-        if !read_paused && now >= self.last_read.saturating_add(period) {
-            debug!(client = %self.session.client_id, "keep-alive expired");
+        let read_paused = self.conn.pending_memory() >= READ_PAUSE_BYTES;
+        if !read_paused && now >= self.last_heard().saturating_add(period) {
+            let why = if self.keep_alive_ms.is_some() {
+                debug!(client = %self.session.client_id, "keep-alive expired");
+                CloseReason::KeepAlive
+            } else {
+                debug!(client = %self.session.client_id, "no keep-alive, idle past the idle timeout");
+                CloseReason::Idle
+            };
             return Some(Close {
-                reason: CloseReason::KeepAlive,
+                reason: why,
                 code: Some(reason::KEEP_ALIVE_TIMEOUT),
                 will: true,
             });
@@ -58,16 +79,39 @@ impl Client {
         None
     }
 
-    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check
-    /// and, with hibernation on, the end of a silent period. `None` when neither applies.
+    /// When the packet now half read must be whole (broker clock); `None` when none is. Bytes
+    /// arriving keep the keep-alive satisfied, so without this a client sending one byte at a
+    /// time could hold a packet (its buffer, its task) open for ever.
+    pub(super) fn packet_deadline(&self) -> Option<u64> {
+        let since = self.conn.partial_since()?;
+        let started = duration_nanos(since.saturating_duration_since(self.ctx.started));
+        Some(started.saturating_add(duration_nanos(self.ctx.policy.packet_timeout)))
+    }
+
+    /// The close a packet left incomplete past `mqtt.packet_timeout` has earned by `now`.
+    pub(super) fn packet_expired(&self, now: u64) -> Option<Close> {
+        if now < self.packet_deadline()? {
+            return None;
+        }
+        debug!(client = %self.session.client_id, "packet not complete within the packet timeout");
+        Some(Close {
+            reason: CloseReason::PacketTimeout,
+            code: Some(reason::QUOTA_EXCEEDED),
+            will: true,
+        })
+    }
+
+    /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check,
+    /// the packet timeout of a half-read packet and, with hibernation on, the end of a silent
+    /// period. `None` when none applies.
     pub(super) fn next_timer(&self, now: u64) -> Option<u64> {
         let keep_alive = self.keep_alive_period().map(|period| {
             let waiting = self.conn.has_pending();
-            let read_paused = self.conn.pending_bytes() >= READ_PAUSE_BYTES;
+            let read_paused = self.conn.pending_memory() >= READ_PAUSE_BYTES;
             match (waiting, read_paused) {
                 (true, true) => self.last_write,
-                (true, false) => self.last_read.min(self.last_write),
-                _ => self.last_read,
+                (true, false) => self.last_heard().min(self.last_write),
+                _ => self.last_heard(),
             }
             .saturating_add(period)
         });
@@ -81,10 +125,10 @@ impl Client {
                 at
             }
         });
-        match (keep_alive, silent) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [keep_alive, silent, self.packet_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A time on the broker's clock as an `Instant` (far in the future for `u64::MAX`).
@@ -127,7 +171,7 @@ impl Client {
         }
         let deadline = self
             .keep_alive_period()
-            .map(|period| self.instant(self.last_read.saturating_add(period)));
+            .map(|period| self.instant(self.last_heard().saturating_add(period)));
         let parker = self.ctx.parker.clone();
         parker.park(self, deadline).map_err(|mut me| {
             if let Err(e) = me.conn.resume() {

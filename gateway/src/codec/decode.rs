@@ -20,6 +20,13 @@ use super::wire::{field, read_varint, DecodeError, Field, Reader};
 /// of `n` bytes, fixed header included, is at the front. An oversized packet is refused as soon as
 /// its remaining length is known, so the caller never buffers its body.
 pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, DecodeError> {
+    Ok(frame_size(buf, max_packet_size)?.filter(|&size| buf.len() >= size))
+}
+
+/// The size, fixed header included, of the packet at the front of `buf` as soon as its fixed
+/// header is complete, however much of the rest has arrived (`Ok(None)` before that), checked as
+/// `frame_len` checks it. A reader sizes what it keeps of a half-arrived packet by it.
+pub fn frame_size(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, DecodeError> {
     let Some((remaining, len_bytes)) = read_varint(
         buf.get(1..).unwrap_or_default(),
         "remaining length overflow",
@@ -35,7 +42,7 @@ pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, De
             max: max_packet_size,
         });
     }
-    Ok((buf.len() >= size).then_some(size))
+    Ok(Some(size))
 }
 
 /// Decodes the first packet of a connection, which must be CONNECT.

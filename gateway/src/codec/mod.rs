@@ -10,7 +10,7 @@ pub mod packet;
 mod properties;
 mod wire;
 
-pub use decode::{decode, decode_connect, frame_len};
+pub use decode::{decode, decode_connect, frame_len, frame_size};
 pub use encode::{encode, encode_publish_head};
 pub use packet::*;
 pub use wire::DecodeError;

@@ -13,7 +13,8 @@ use super::validate::{
     CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_INFLIGHT,
     MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE, MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES,
     MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM,
-    RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TOPIC_ALIAS_MAXIMUM,
+    RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE,
+    TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
     boolean, integer, optional_path, optional_socket_addr, seconds, seconds_or_never, socket_addr,
@@ -96,6 +97,17 @@ impl Config {
             }
             ("mqtt", "retained_max") => m.retained_max = integer(k, value, RETAINED_MAX)?,
             ("mqtt", "connect_timeout") => m.connect_timeout = seconds(k, value)?,
+            ("mqtt", "packet_timeout") => m.packet_timeout = seconds(k, value)?,
+            ("mqtt", "idle_timeout") => m.idle_timeout = seconds_or_never(k, value)?,
+            ("mqtt", "tcp_keepalive_idle") => {
+                m.tcp_keepalive_idle = integer(k, value, TCP_KEEPALIVE_IDLE)?;
+            }
+            ("mqtt", "tcp_keepalive_interval") => {
+                m.tcp_keepalive_interval = integer(k, value, TCP_KEEPALIVE_INTERVAL)?;
+            }
+            ("mqtt", "tcp_keepalive_count") => {
+                m.tcp_keepalive_count = integer(k, value, TCP_KEEPALIVE_COUNT)?;
+            }
             ("mqtt", "max_topic_levels") => {
                 m.max_topic_levels = integer(k, value, MAX_TOPIC_LEVELS)?;
             }

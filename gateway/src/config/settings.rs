@@ -108,8 +108,21 @@ pub struct MqttConfig {
     pub session_expiry_max: u32,
     /// Maximum number of distinct retained topics.
     pub retained_max: usize,
-    /// Time a new connection has to complete CONNECT.
+    /// Time a new connection has from accept (or its connect_rate slot) to CONNACK: reading
+    /// CONNECT, the password check and taking its session over.
     pub connect_timeout: Duration,
+    /// Time a packet may take to arrive whole once its first bytes came.
+    pub packet_timeout: Duration,
+    /// How long a client without keep-alive (keep-alive 0) may go without traffic either way
+    /// before it is closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Seconds an accepted socket may be silent before the kernel starts TCP keepalive probes; 0
+    /// disables TCP keepalive.
+    pub tcp_keepalive_idle: u32,
+    /// Seconds between TCP keepalive probes.
+    pub tcp_keepalive_interval: u32,
+    /// Unanswered TCP keepalive probes after which the kernel drops the connection.
+    pub tcp_keepalive_count: u32,
     /// Maximum number of `/`-separated levels in a topic name or filter.
     pub max_topic_levels: usize,
     /// Inbound topic aliases accepted from a v5 client; 0 disables them.
@@ -242,6 +255,11 @@ impl Default for MqttConfig {
             session_expiry_max: 172_800,
             retained_max: 1_000_000,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(60),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            tcp_keepalive_idle: 300,
+            tcp_keepalive_interval: 30,
+            tcp_keepalive_count: 4,
             max_topic_levels: 64,
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,

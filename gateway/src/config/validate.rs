@@ -47,6 +47,11 @@ pub(super) const MEMORY_HIGH_WATER: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const SYS_INTERVAL: Bounds = Bounds::new(0, 86_400);
 /// A second: a longer wait would hold every stored message's PUBACK that long.
 pub(super) const COMMIT_DELAY_MS: Bounds = Bounds::new(0, 1000);
+/// Linux's limits on TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE) and TCP_KEEPCNT
+/// (MAX_TCP_KEEPCNT); an idle time of 0 turns TCP keepalive off.
+pub(super) const TCP_KEEPALIVE_IDLE: Bounds = Bounds::new(0, 32_767);
+pub(super) const TCP_KEEPALIVE_INTERVAL: Bounds = Bounds::new(1, 32_767);
+pub(super) const TCP_KEEPALIVE_COUNT: Bounds = Bounds::new(1, 127);
 /// Shorter tokens are guessable by brute force over the network.
 const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
@@ -105,12 +110,17 @@ impl Config {
             SESSION_EXPIRY_MAX,
         )?;
         check("mqtt.retained_max", m.retained_max as u64, RETAINED_MAX)?;
-        if m.connect_timeout.is_zero() {
-            return Err(ConfigError::InvalidValue {
-                key: "mqtt.connect_timeout".to_owned(),
-                value: "0".to_owned(),
-                reason: "must be > 0 seconds".to_owned(),
-            });
+        for (key, duration) in [
+            ("mqtt.connect_timeout", m.connect_timeout),
+            ("mqtt.packet_timeout", m.packet_timeout),
+        ] {
+            if duration.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key: key.to_owned(),
+                    value: "0".to_owned(),
+                    reason: "must be > 0 seconds".to_owned(),
+                });
+            }
         }
         check(
             "mqtt.max_topic_levels",
@@ -123,6 +133,21 @@ impl Config {
             TOPIC_ALIAS_MAXIMUM,
         )?;
         check("mqtt.fd_reserve", m.fd_reserve.into(), FD_RESERVE)?;
+        check(
+            "mqtt.tcp_keepalive_idle",
+            m.tcp_keepalive_idle.into(),
+            TCP_KEEPALIVE_IDLE,
+        )?;
+        check(
+            "mqtt.tcp_keepalive_interval",
+            m.tcp_keepalive_interval.into(),
+            TCP_KEEPALIVE_INTERVAL,
+        )?;
+        check(
+            "mqtt.tcp_keepalive_count",
+            m.tcp_keepalive_count.into(),
+            TCP_KEEPALIVE_COUNT,
+        )?;
         check("sys.interval", self.sys.interval.into(), SYS_INTERVAL)?;
         let l = &self.limits;
         check("limits.max_connections", l.max_connections, MAX_CONNECTIONS)?;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-use super::{AsyncStream, Connection, ReadError};
+use super::{AsyncStream, Connection, ReadError, CHUNK_OVERHEAD, FRAME_BATCH};
 use crate::codec::DecodeError;
 
 const MAX: usize = 1024 * 1024;
@@ -194,6 +194,48 @@ async fn several_frames_in_one_read_all_come_out_in_order() {
 }
 
 #[tokio::test]
+async fn a_read_of_many_frames_hands_them_out_a_batch_at_a_time() {
+    // 1,000 PINGREQs and half a PUBLISH in one read: batches of FRAME_BATCH, the rest held as
+    // one view of the read buffer (not a handle per packet), read nothing more meanwhile.
+    let publish = publish_frame(3, 10);
+    let mut bytes = [0xC0, 0x00].repeat(1000);
+    bytes.extend_from_slice(&publish[..5]);
+    for kind in KINDS {
+        let (mut conn, mut peer) = pair(kind).await;
+        send(&mut peer, &bytes).await;
+        let (n, first) = read_once(&mut conn, MAX).await.unwrap();
+        assert_eq!((n, first.len()), (bytes.len(), FRAME_BATCH), "{kind:?}");
+        let mut total = first.len();
+        while conn.holds_frames() {
+            assert!(!conn.may_hibernate(), "{kind:?}");
+            let mut frames = Vec::new();
+            assert_eq!(
+                conn.try_read_frames(MAX, &mut frames).unwrap(),
+                0,
+                "{kind:?}"
+            );
+            assert!(
+                !frames.is_empty() && frames.len() <= FRAME_BATCH,
+                "{kind:?}"
+            );
+            assert!(frames.iter().all(|f| f[..] == [0xC0, 0x00]), "{kind:?}");
+            total += frames.len();
+        }
+        assert_eq!(total, 1000, "{kind:?}");
+        assert!(
+            conn.partial_since().is_some(),
+            "{kind:?}: the half PUBLISH is kept"
+        );
+        send(&mut peer, &publish[5..]).await;
+        assert_eq!(
+            read_frames(&mut conn, MAX, 1).await.unwrap(),
+            vec![Bytes::from(publish.clone())],
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_frame_is_refused_from_its_header_alone() {
     // (payload length, maximum packet size, refused)
     let table = [
@@ -282,7 +324,13 @@ async fn queued_chunks_are_flushed_in_order() {
             conn.queue(c.clone());
         }
         conn.queue(Bytes::new());
-        assert_eq!(conn.pending_bytes(), expected.len(), "{kind:?}");
+        // Each chunk costs its slot and allocation besides its bytes; empty ones are not queued.
+        let queued = chunks.iter().filter(|c| !c.is_empty()).count();
+        assert_eq!(
+            conn.pending_memory(),
+            expected.len() + queued * CHUNK_OVERHEAD,
+            "{kind:?}"
+        );
         assert!(conn.has_pending());
         assert!(!conn.may_hibernate());
         let total = expected.len();
@@ -293,7 +341,7 @@ async fn queued_chunks_are_flushed_in_order() {
         });
         conn.flush_within(WAIT).await;
         assert!(!conn.has_pending(), "{kind:?}");
-        assert_eq!(conn.pending_bytes(), 0);
+        assert_eq!(conn.pending_memory(), 0);
         let got = reader.await.unwrap();
         assert!(got == expected, "{kind:?}: bytes out of order");
     }
@@ -314,7 +362,8 @@ async fn try_flush_writes_what_the_socket_takes_and_keeps_the_rest() {
         }
         let written = conn.try_flush().unwrap();
         assert!(written < expected.len(), "{kind:?}: {written}");
-        assert_eq!(conn.pending_bytes(), expected.len() - written, "{kind:?}");
+        assert_eq!(conn.pending_bytes, expected.len() - written, "{kind:?}");
+        assert!(conn.pending_memory() > conn.pending_bytes, "{kind:?}");
         let total = expected.len();
         let reader = tokio::spawn(async move {
             let mut got = vec![0; total];
@@ -322,7 +371,7 @@ async fn try_flush_writes_what_the_socket_takes_and_keeps_the_rest() {
             got
         });
         conn.flush_within(Duration::from_secs(20)).await;
-        assert_eq!(conn.pending_bytes(), 0, "{kind:?}");
+        assert_eq!(conn.pending_memory(), 0, "{kind:?}");
         let got = reader.await.unwrap();
         assert!(got == expected, "{kind:?}: bytes out of order");
     }
@@ -389,4 +438,51 @@ async fn only_plain_tcp_hibernates() {
     conn.queue(Bytes::from_static(b"y"));
     conn.flush_within(WAIT).await;
     assert!(!conn.has_pending());
+}
+
+/// Where the kept beginning of a half-arrived packet starts in memory, and its length.
+fn partial_at(conn: &Connection) -> Option<(usize, usize)> {
+    conn.partial
+        .as_ref()
+        .map(|p| (p.buf.as_ptr() as usize, p.buf.len()))
+}
+
+#[tokio::test]
+async fn a_packet_trickled_in_small_reads_is_not_copied_again_on_every_read() {
+    // 256 KiB arriving 100 bytes per read: copying what was kept on every read would move
+    // 2,600 times the average kept length (hundreds of megabytes); growing it in place moves
+    // at most about the packet's size.
+    let frame = publish_frame(5, 256 * 1024);
+    for kind in KINDS {
+        let (mut conn, mut peer) = pair(kind).await;
+        let mut frames = Vec::new();
+        let mut copied = 0;
+        let mut at = None;
+        for chunk in frame.chunks(100) {
+            send(&mut peer, chunk).await;
+            let mut got = 0;
+            while got < chunk.len() {
+                let (n, f) = read_once(&mut conn, MAX).await.unwrap();
+                got += n;
+                frames.extend(f);
+            }
+            let now = partial_at(&conn);
+            if let (Some((before, _)), Some((start, len))) = (at, now) {
+                if start != before {
+                    copied += len - chunk.len();
+                }
+            }
+            at = now;
+        }
+        assert_eq!(frames, vec![Bytes::from(frame.clone())], "{kind:?}");
+        println!(
+            "{kind:?}: {copied} bytes copied for a {}-byte packet",
+            frame.len()
+        );
+        assert!(
+            copied <= 2 * frame.len(),
+            "{kind:?}: {copied} bytes copied to keep one {}-byte packet",
+            frame.len()
+        );
+    }
 }

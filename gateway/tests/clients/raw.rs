@@ -330,6 +330,11 @@ impl Raw {
             .await
             .unwrap_or_else(|_| panic!("TCP connect to {addr} timed out"))
             .unwrap_or_else(|e| panic!("TCP connect to {addr} failed: {e}"));
+        Raw::from_stream(stream)
+    }
+
+    /// A socket the test connected itself (to set socket options first).
+    pub fn from_stream(stream: TcpStream) -> Raw {
         stream.set_nodelay(true).expect("nodelay");
         Raw {
             stream,

@@ -41,6 +41,17 @@ fn frame_len_waits_for_header_and_body() {
 }
 
 #[test]
+fn frame_size_is_known_once_the_fixed_header_is() {
+    assert_eq!(frame_size(&[], 100), Ok(None));
+    assert_eq!(frame_size(&[0x30], 100), Ok(None));
+    assert_eq!(frame_size(&[0x30, 0x80], 1000), Ok(None));
+    assert_eq!(frame_size(&[0x30, 3, 0], 100), Ok(Some(5)));
+    assert_eq!(frame_size(&[0x30, 0x80, 0x01], 1000), Ok(Some(131)));
+    assert_eq!(frame_size(&[0x30, 3, 0, 1, b'a', 9], 100), Ok(Some(5)));
+    assert!(frame_size(&[0x30, 0xFF, 0x7F], 1000).is_err());
+}
+
+#[test]
 fn frame_len_rejects_bad_remaining_length() {
     assert_eq!(
         frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX),

@@ -69,6 +69,11 @@ fn every_key_is_parsed() {
         session_expiry_max = 0
         retained_max = 0
         connect_timeout = 2.5
+        packet_timeout = 30
+        idle_timeout = 600
+        tcp_keepalive_idle = 0
+        tcp_keepalive_interval = 5
+        tcp_keepalive_count = 9
         max_topic_levels = 8
         topic_alias_maximum = 0
         outbound_topic_aliases = false
@@ -113,6 +118,11 @@ fn every_key_is_parsed() {
             session_expiry_max: 0,
             retained_max: 0,
             connect_timeout: Duration::from_millis(2500),
+            packet_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            tcp_keepalive_idle: 0,
+            tcp_keepalive_interval: 5,
+            tcp_keepalive_count: 9,
             max_topic_levels: 8,
             topic_alias_maximum: 0,
             outbound_topic_aliases: false,

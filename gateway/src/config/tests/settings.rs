@@ -29,6 +29,18 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.mqtt.session_expiry_max, 172_800);
     assert_eq!(c.mqtt.retained_max, 1_000_000);
     assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.mqtt.packet_timeout, Duration::from_secs(60));
+    assert_eq!(c.mqtt.idle_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        (
+            c.mqtt.tcp_keepalive_idle,
+            c.mqtt.tcp_keepalive_interval,
+            c.mqtt.tcp_keepalive_count
+        ),
+        (300, 30, 4)
+    );
+    let never = Config::from_toml("[mqtt]\nidle_timeout = 0").unwrap();
+    assert_eq!(never.mqtt.idle_timeout, None);
     assert_eq!(c.mqtt.max_topic_levels, 64);
     assert_eq!(c.mqtt.topic_alias_maximum, 64);
     assert!(c.mqtt.outbound_topic_aliases);
@@ -58,7 +70,7 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
     assert_eq!(table.len(), 7);
-    assert_eq!(count("mqtt"), 15);
+    assert_eq!(count("mqtt"), 20);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);

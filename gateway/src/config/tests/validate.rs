@@ -93,6 +93,18 @@ fn validate_rejects_values_built_in_code() {
         "config: invalid value for `mqtt.connect_timeout`: 0 (must be > 0 seconds)"
     );
     let mut c = Config::default();
+    c.mqtt.packet_timeout = Duration::ZERO;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: invalid value for `mqtt.packet_timeout`: 0 (must be > 0 seconds)"
+    );
+    let mut c = Config::default();
+    c.mqtt.tcp_keepalive_count = 0;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: invalid value for `mqtt.tcp_keepalive_count`: 0 (must be 1..=127)"
+    );
+    let mut c = Config::default();
     c.log.level = "nope=nope".to_owned();
     assert!(c.validate().is_err());
 }

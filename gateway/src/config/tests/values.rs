@@ -158,6 +158,48 @@ fn out_of_range_values_are_named_with_their_value() {
             "must be > 0 seconds",
         ),
         (
+            "packet_timeout = 0",
+            "mqtt.packet_timeout",
+            "0",
+            "must be > 0 seconds",
+        ),
+        (
+            "packet_timeout = \"1m\"",
+            "mqtt.packet_timeout",
+            "\"1m\"",
+            "expected a number of seconds",
+        ),
+        (
+            "idle_timeout = -1",
+            "mqtt.idle_timeout",
+            "-1",
+            "expected a number of seconds >= 0 (0: never)",
+        ),
+        (
+            "tcp_keepalive_idle = 32768",
+            "mqtt.tcp_keepalive_idle",
+            "32768",
+            "must be 0..=32767",
+        ),
+        (
+            "tcp_keepalive_interval = 0",
+            "mqtt.tcp_keepalive_interval",
+            "0",
+            "must be 1..=32767",
+        ),
+        (
+            "tcp_keepalive_count = 128",
+            "mqtt.tcp_keepalive_count",
+            "128",
+            "must be 1..=127",
+        ),
+        (
+            "tcp_keepalive_idle = 1.5",
+            "mqtt.tcp_keepalive_idle",
+            "1.5",
+            "expected an integer",
+        ),
+        (
             "hibernate_after = -1",
             "mqtt.hibernate_after",
             "-1",
