@@ -101,10 +101,10 @@ impl Client {
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.acknowledge_when_stored(Packet::PubAck(ack(p.packet_id, 0)), stored);
+                self.acknowledge_when_stored(Held::PubAck(p.packet_id, 0), stored);
             }
             QoS::ExactlyOnce => {
-                self.acknowledge_when_stored(Packet::PubRec(ack(p.packet_id, 0)), stored);
+                self.acknowledge_when_stored(Held::PubRec(p.packet_id, 0), stored);
             }
         }
         Ok(())
@@ -160,12 +160,12 @@ impl Client {
 
     /// A refusal (v5 reason code), in order behind any held acknowledgement.
     fn acknowledge_publish(&mut self, p: &Publish, code: u8) {
-        let packet = match p.qos {
+        let held = match p.qos {
             QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Packet::PubAck(ack(p.packet_id, code)),
-            QoS::ExactlyOnce => Packet::PubRec(ack(p.packet_id, code)),
+            QoS::AtLeastOnce => Held::PubAck(p.packet_id, code),
+            QoS::ExactlyOnce => Held::PubRec(p.packet_id, code),
         };
-        self.acknowledge_when_stored(packet, 0);
+        self.acknowledge_when_stored(held, 0);
     }
 
     /// Applies v5 topic aliases: returns the topic the PUBLISH is for.
@@ -244,10 +244,10 @@ impl Client {
                 .ctx
                 .router
                 .incoming_qos2(&self.session, a.packet_id, false);
-            self.acknowledge_when_stored(Packet::PubComp(ack(a.packet_id, 0)), mark);
+            self.acknowledge_when_stored(Held::PubComp(a.packet_id, 0), mark);
         } else {
             let code = reason::PACKET_IDENTIFIER_NOT_FOUND;
-            self.acknowledge_when_stored(Packet::PubComp(ack(a.packet_id, code)), 0);
+            self.acknowledge_when_stored(Held::PubComp(a.packet_id, code), 0);
         }
         Ok(())
     }
@@ -262,27 +262,26 @@ impl Client {
 
     /// Sends an acknowledgement once the store holds what it acknowledges (`mark`), in the order
     /// the acknowledged packets came: behind any still held.
-    pub(super) fn acknowledge_when_stored(&mut self, packet: Packet, mark: Mark) {
+    pub(super) fn acknowledge_when_stored(&mut self, held: Held, mark: Mark) {
         if mark == 0 && self.held.is_none() {
-            self.send(&packet);
+            self.send(&held.packet());
             return;
         }
         self.held
-            .get_or_insert_with(Box::default)
+            .get_or_insert_with(|| Box::new(HeldAcks::new()))
             .acks
-            .push_back((mark, packet));
+            .push_back((mark, held));
         self.release_acks();
     }
 
     /// Sends the held acknowledgements whose marks are durable, in order; asks the store to wake
     /// the session when the first one still held is.
     pub(super) fn release_acks(&mut self) {
-        let Some(held) = self.held.as_mut() else {
+        let Some(mut held) = self.held.take() else {
             return;
         };
-        let store = &self.ctx.router.store;
-        let mut ready = Vec::new();
         while let Some(&(mark, _)) = held.acks.front() {
+            let store = &self.ctx.router.store;
             if !store.is_durable(mark) {
                 if held.waiting_for < mark {
                     held.waiting_for = mark;
@@ -290,24 +289,54 @@ impl Client {
                 }
                 break;
             }
-            ready.extend(held.acks.pop_front().map(|(_, p)| p));
+            if let Some((_, ack)) = held.acks.pop_front() {
+                self.send(&ack.packet());
+            }
         }
-        if held.acks.is_empty() {
-            self.held = None;
-        }
-        for packet in &ready {
-            self.send(packet);
+        if !held.acks.is_empty() {
+            self.held = Some(held);
         }
     }
 }
 
 /// Acknowledgements held until the store has what they acknowledge: boxed and present only
 /// while some are held (a session with no persistent subscriber never has one).
-#[derive(Default)]
 pub(super) struct HeldAcks {
-    acks: std::collections::VecDeque<(Mark, Packet)>,
+    acks: std::collections::VecDeque<(Mark, Held)>,
     /// The mark the session asked to be woken for.
     waiting_for: Mark,
+}
+
+impl HeldAcks {
+    fn new() -> HeldAcks {
+        HeldAcks {
+            // A publisher's window of acknowledgements per commit, without regrowing.
+            acks: std::collections::VecDeque::with_capacity(16),
+            waiting_for: 0,
+        }
+    }
+}
+
+/// A held acknowledgement. The three of a publish (nearly all) as their packet id and reason
+/// code, built into a packet only when sent: a `Packet` is 472 bytes, moved in and out of the
+/// queue for every message a persistent session must receive.
+pub(super) enum Held {
+    PubAck(u16, u8),
+    PubRec(u16, u8),
+    PubComp(u16, u8),
+    /// SUBACK, UNSUBACK.
+    Other(Box<Packet>),
+}
+
+impl Held {
+    fn packet(self) -> Packet {
+        match self {
+            Held::PubAck(id, code) => Packet::PubAck(ack(id, code)),
+            Held::PubRec(id, code) => Packet::PubRec(ack(id, code)),
+            Held::PubComp(id, code) => Packet::PubComp(ack(id, code)),
+            Held::Other(p) => *p,
+        }
+    }
 }
 
 pub(super) fn ack(packet_id: u16, code: u8) -> Ack {

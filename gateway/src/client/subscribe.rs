@@ -2,6 +2,7 @@
 
 use tracing::debug;
 
+use super::publish::Held;
 use super::{Client, Close};
 use crate::codec::{reason, Packet, Properties, SubAck, Subscribe, UnsubAck, Unsubscribe};
 use crate::metrics::LimitExceeded;
@@ -78,7 +79,7 @@ impl Client {
             reasons,
             properties: Properties::default(),
         });
-        self.acknowledge_when_stored(suback, mark);
+        self.acknowledge_when_stored(Held::Other(Box::new(suback)), mark);
         Ok(())
     }
 
@@ -118,6 +119,6 @@ impl Client {
             reasons,
             properties: Properties::default(),
         });
-        self.acknowledge_when_stored(unsuback, mark);
+        self.acknowledge_when_stored(Held::Other(Box::new(unsuback)), mark);
     }
 }
