@@ -15,20 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?instructions|calls}; bin=${2:?gateway binary}; qos=${3:-0}
-sim=target/release/device-sim
-[ -x "$sim" ] || cargo build --release -p device-sim >&2
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-gw=""; perf_pid=""
-cleanup() {
-    [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null || true
-    [ -n "$gw" ] && kill -INT "$gw" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-python3 -c "import sys; sys.path.insert(0, 'bench'); import harness; print(harness.gateway_config($port, '$dir'))" \
-    > "$dir/gw.toml"
+. bench/gateway_scratch.sh
 case "$mode" in
     instructions)
         valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/gw.toml" \
