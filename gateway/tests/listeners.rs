@@ -167,23 +167,9 @@ async fn pub_sub(addr: SocketAddr, tls: &[&str], topic: &str, payload: &str) -> 
 async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
     let dir = temp_dir("mosquitto");
     let pki = Pki::new(&dir, "mosquitto test CA");
-    let (cert, key) = pki.server();
     let (dev_cert, dev_key) = pki.issue("device-7", Some("device-7"), &[]);
     let (san_cert, san_key) = pki.issue("san-only", None, &["device-9.example"]);
-    let acl = dir.join("acl");
-    // Anonymous clients (the CA-only TLS listener) may use open/#; identified ones their own tree.
-    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
-    let tls = tls_listener(&cert, &key);
-    let mut mutual = tls_listener(&cert, &key);
-    mutual.ca = Some(pki.ca_path());
-    mutual.require_client_cert = true;
-    mutual.use_identity_as_username = true;
-    let broker = TestBroker::with(move |c| {
-        c.auth.acl_file = Some(acl);
-        c.auth.allow_anonymous = true;
-        c.listeners = vec![tls, mutual];
-    })
-    .await;
+    let broker = tls_and_mutual_tls_broker(&pki, &dir).await;
     let (tls_addr, mutual_addr) = (broker.listeners[0], broker.listeners[1]);
     let ca = pki.ca_path();
     let ca = ca.to_str().expect("utf-8 path");
@@ -260,6 +246,26 @@ async fn mosquitto_clients_over_tls_and_mutual_tls_with_identity_as_username() {
 
 /// The hosts every TLS client is tried with: an IP literal and a name, both in the server
 /// certificate (`IP:127.0.0.1, DNS:localhost`).
+/// A broker with a server-authenticated TLS listener (`listeners[0]`) and a mutual TLS one
+/// (`listeners[1]`: the client certificate's identity is the username), both with `pki`'s server
+/// certificate. Anonymous clients may use `open/#`, identified ones their own `dev/%u/#`.
+async fn tls_and_mutual_tls_broker(pki: &Pki, dir: &Path) -> TestBroker {
+    let (cert, key) = pki.server();
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
+    let tls = tls_listener(&cert, &key);
+    let mut mutual = tls_listener(&cert, &key);
+    mutual.ca = Some(pki.ca_path());
+    mutual.require_client_cert = true;
+    mutual.use_identity_as_username = true;
+    TestBroker::with(move |c| {
+        c.auth.acl_file = Some(acl);
+        c.auth.allow_anonymous = true;
+        c.listeners = vec![tls, mutual];
+    })
+    .await
+}
+
 const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
 
 /// OpenSSL clients (libmosquitto) by IP literal and by name, TLS 1.2 and 1.3, without a client
@@ -270,21 +276,8 @@ const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
 async fn mosquitto_clients_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
     let dir = temp_dir("mosquitto-matrix");
     let pki = Pki::new(&dir, "mosquitto matrix CA");
-    let (cert, key) = pki.server();
     let (dev_cert, dev_key) = pki.issue("device-3", Some("device-3"), &[]);
-    let acl = dir.join("acl");
-    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
-    let tls = tls_listener(&cert, &key);
-    let mut mutual = tls_listener(&cert, &key);
-    mutual.ca = Some(pki.ca_path());
-    mutual.require_client_cert = true;
-    mutual.use_identity_as_username = true;
-    let broker = TestBroker::with(move |c| {
-        c.auth.acl_file = Some(acl);
-        c.auth.allow_anonymous = true;
-        c.listeners = vec![tls, mutual];
-    })
-    .await;
+    let broker = tls_and_mutual_tls_broker(&pki, &dir).await;
     let ca = pki.ca_path();
     let ca = ca.to_str().expect("utf-8 path");
     let (c, k) = (
@@ -395,21 +388,8 @@ fn rustls_client(
 async fn rumqttc_by_ip_literal_and_by_name_tls12_tls13_with_and_without_client_cert() {
     let dir = temp_dir("rumqttc-matrix");
     let pki = Pki::new(&dir, "rumqttc matrix CA");
-    let (cert, key) = pki.server();
     let (dev_cert, dev_key) = pki.issue("device-5", Some("device-5"), &[]);
-    let acl = dir.join("acl");
-    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
-    let tls = tls_listener(&cert, &key);
-    let mut mutual = tls_listener(&cert, &key);
-    mutual.ca = Some(pki.ca_path());
-    mutual.require_client_cert = true;
-    mutual.use_identity_as_username = true;
-    let broker = TestBroker::with(move |c| {
-        c.auth.acl_file = Some(acl);
-        c.auth.allow_anonymous = true;
-        c.listeners = vec![tls, mutual];
-    })
-    .await;
+    let broker = tls_and_mutual_tls_broker(&pki, &dir).await;
 
     let mut failures = Vec::new();
     let mut tried = 0;
@@ -533,21 +513,8 @@ async fn tls_sessions_resume_by_tls13_ticket_tls12_ticket_and_session_id_keeping
     use tokio_rustls::rustls::HandshakeKind;
     let dir = temp_dir("resumption");
     let pki = Pki::new(&dir, "resumption CA");
-    let (cert, key) = pki.server();
     let (dev_cert, dev_key) = pki.issue("device-6", Some("device-6"), &[]);
-    let acl = dir.join("acl");
-    std::fs::write(&acl, "topic readwrite open/#\npattern readwrite dev/%u/#\n").expect("acl");
-    let tls = tls_listener(&cert, &key);
-    let mut mutual = tls_listener(&cert, &key);
-    mutual.ca = Some(pki.ca_path());
-    mutual.require_client_cert = true;
-    mutual.use_identity_as_username = true;
-    let broker = TestBroker::with(move |c| {
-        c.auth.acl_file = Some(acl);
-        c.auth.allow_anonymous = true;
-        c.listeners = vec![tls, mutual];
-    })
-    .await;
+    let broker = tls_and_mutual_tls_broker(&pki, &dir).await;
 
     let mut failures = Vec::new();
     let mut tried = 0;
