@@ -716,10 +716,12 @@ async fn accepted_sockets_get_tcp_keepalive() {
         .await;
         for addr in [broker.addr, broker.listeners[0]] {
             let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            // The broker sets keepalive just after accepting: its socket can be seen a moment
+            // before that, so wait for the setting, not only for the socket.
             let mut found = None;
             for _ in 0..100 {
                 found = server_keepalive(&client);
-                if found.is_some() {
+                if found.is_some_and(|(on, ..)| on == (idle > 0)) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
