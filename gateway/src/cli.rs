@@ -58,4 +58,12 @@ pub enum StoreAction {
         /// Store directory (storage.dir)
         dir: PathBuf,
     },
+    /// Rebuild a store the gateway refuses (truncated, damaged pages) from what still verifies;
+    /// the damaged file is kept beside it as store.redb.damaged-SECONDS. A sound store is left
+    /// alone. Exit 0 when the store is sound afterwards, 2 when it cannot be repaired (not a
+    /// store, or a store of another format).
+    Repair {
+        /// Store directory (storage.dir)
+        dir: PathBuf,
+    },
 }

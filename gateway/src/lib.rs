@@ -62,4 +62,6 @@ mod ws;
 pub use broker::Broker;
 pub use config::Config;
 pub use context::Context;
-pub use store::{check_store, export_store, StoreError, StoreSummary};
+pub use store::{
+    check_store, export_store, repair_store, Found, RepairReport, StoreError, StoreSummary,
+};

@@ -100,6 +100,44 @@ fn store(action: &StoreAction) -> ExitCode {
             );
         }),
         StoreAction::Export { dir } => gateway::export_store(dir, &mut std::io::stdout().lock()),
+        StoreAction::Repair { dir } => {
+            gateway::repair_store(dir).map(|r| {
+                let s = r.summary;
+                let holds = format!(
+                    "{} sessions, {} messages, {} retained",
+                    s.sessions, s.messages, s.retained
+                );
+                let Some(kept) = r.damaged_kept_as else {
+                    println!("store {} is sound, left as it is: {holds}", dir.display());
+                    return;
+                };
+                println!("store {} repaired: {holds}", dir.display());
+                match r.found {
+                    gateway::Found::Tree {
+                        lost_pages,
+                        older_commit,
+                    } => {
+                        println!(
+                    "read from its last intact commit{}: {lost_pages} damaged pages left out",
+                    if older_commit { " (the newest was damaged)" } else { "" }
+                )
+                    }
+                    gateway::Found::Loose { versions } => println!(
+                        "no commit led to its tables: rebuilt from every page that still decodes; \
+                     messages settled or removed just before the damage may be back \
+                     ({versions} keys had several versions, one kept)"
+                    ),
+                    gateway::Found::Sound => {}
+                }
+                if r.skipped_entries > 0 {
+                    println!(
+                        "{} entries did not decode and were left out",
+                        r.skipped_entries
+                    );
+                }
+                println!("the damaged file is kept as {}", kept.display());
+            })
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,9 +25,11 @@ mod inspect;
 mod journal;
 mod layout;
 mod load;
+mod pages;
 mod record;
 #[cfg(test)]
 pub(crate) mod recording;
+mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +44,7 @@ use crate::session::{Pending, Session, Stage, SubscriptionRecord};
 
 pub(crate) use disk::DiskStore;
 pub use inspect::{check_store, export_store, StoreSummary};
+pub use repair::{repair_store, Found, RepairReport};
 
 /// A point in a store's sequence of changes: durable once everything recorded up to it is.
 /// 0 is always durable (nothing to wait for).

@@ -277,14 +277,9 @@ fn write_store(setup: &Setup, bytes: &[u8]) -> PathBuf {
     file
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
-    let setup = Setup::new();
-    let foreign = write_store(&setup, b"this is not a database at all, just text\n");
-    refused(&setup);
-    std::fs::remove_file(foreign).expect("remove");
-
-    // A real store with something in it, then damaged two ways.
+/// A store holding 50 retained messages `c/0`..`c/49` of 2,000 bytes, written by the gateway
+/// and closed cleanly; its bytes.
+async fn store_of_50_retained(setup: &Setup) -> Vec<u8> {
     let mut gw = setup.start();
     let mut p = Raw::connected(gw.addr, V::V311, "c-pub").await;
     for i in 0..50u16 {
@@ -302,9 +297,18 @@ async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
     }
     gw.signal(libc::SIGTERM);
     assert!(gw.exit_status(Duration::from_secs(10)).await.success());
-    let file = setup.store.join("store.redb");
-    let sound = std::fs::read(&file).expect("read store");
+    std::fs::read(setup.store.join("store.redb")).expect("read store")
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
+    let setup = Setup::new();
+    let foreign = write_store(&setup, b"this is not a database at all, just text\n");
+    refused(&setup);
+    std::fs::remove_file(foreign).expect("remove");
+
+    // A real store with something in it, then damaged two ways.
+    let sound = store_of_50_retained(&setup).await;
     let check = store_command("check", &setup.store);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     let said = String::from_utf8_lossy(&check.stdout);
@@ -340,6 +344,91 @@ async fn a_foreign_truncated_or_corrupt_store_stops_the_gateway_with_exit_2() {
     r.subscribe(V::V311, "c/49", 0).await;
     let f = r.expect_packet("a retained message").await;
     assert_eq!(raw::publish_of(&f, V::V311).payload.len(), 2000);
+}
+
+/// `gateway store repair DIR`: a truncated or damaged store rebuilt from what still verifies,
+/// the damaged file kept as it was; the gateway then starts and serves what was recovered,
+/// exactly. A sound store is left alone; a foreign file is refused with one line, exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_repaired_from_what_still_verifies() {
+    let setup = Setup::new();
+    let sound = store_of_50_retained(&setup).await;
+    let repair = store_command("repair", &setup.store);
+    assert_eq!(repair.status.code(), Some(0), "{repair:?}");
+    assert!(String::from_utf8_lossy(&repair.stdout).contains("is sound, left as it is"));
+    assert_eq!(std::fs::read_dir(&setup.store).expect("dir").count(), 1);
+
+    let mut corrupt = sound.clone();
+    for b in &mut corrupt[4096..sound.len() - 4096] {
+        *b ^= 0x5A;
+    }
+    for (damage, damaged) in [
+        ("truncated", sound[..sound.len() / 2].to_vec()),
+        ("corrupt", corrupt),
+    ] {
+        let _ = std::fs::remove_dir_all(&setup.store);
+        write_store(&setup, &damaged);
+        let repair = store_command("repair", &setup.store);
+        let said = String::from_utf8_lossy(&repair.stdout);
+        assert_eq!(repair.status.code(), Some(0), "{damage}: {repair:?}");
+        assert!(
+            said.contains("repaired") && said.contains("kept as"),
+            "{said}"
+        );
+        let kept: Vec<_> = std::fs::read_dir(&setup.store)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().contains("store.redb.damaged-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{damage}: the damaged file kept");
+        assert!(
+            std::fs::read(&kept[0]).expect("kept") == damaged,
+            "{damage}: as it was"
+        );
+        let check = store_command("check", &setup.store);
+        assert_eq!(check.status.code(), Some(0), "{damage}: {check:?}");
+
+        // What the export lists is what the gateway serves, each message whole.
+        let export = store_command("export", &setup.store);
+        let lines = String::from_utf8_lossy(&export.stdout);
+        let recovered = lines.lines().filter(|l| l.contains("\"retained\"")).count();
+        assert!(
+            (1..50).contains(&recovered),
+            "{damage}: {recovered} recovered"
+        );
+        let gw = setup.start();
+        let mut r = Raw::connected(gw.addr, V::V311, "c-reader").await;
+        r.subscribe(V::V311, "c/#", 0).await;
+        for _ in 0..recovered {
+            let f = r.expect_packet("a retained message").await;
+            assert_eq!(raw::publish_of(&f, V::V311).payload, vec![b'x'; 2000]);
+        }
+        assert!(
+            matches!(
+                r.read_packet_within(Duration::from_millis(300)).await,
+                Err(End::Silent)
+            ),
+            "{damage}: nothing beyond what the export lists"
+        );
+        drop(gw);
+        println!("{damage}: {recovered} of 50 retained messages recovered; {said}");
+    }
+
+    let _ = std::fs::remove_dir_all(&setup.store);
+    write_store(&setup, b"this is not a database at all, just text\n");
+    let repair = store_command("repair", &setup.store);
+    assert_eq!(repair.status.code(), Some(2), "{repair:?}");
+    let said = String::from_utf8_lossy(&repair.stderr);
+    assert_eq!(said.lines().count(), 1, "one line: {said}");
+    assert!(
+        said.contains("store.redb") && said.contains("not a redb file"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&setup.store).expect("dir").count(),
+        1,
+        "nothing left beside"
+    );
 }
 
 /// A tmpfs of its own, unmounted on drop.

@@ -21,7 +21,7 @@ use crate::session::Stage;
 /// The file inside `[storage] dir`.
 pub(crate) const FILE: &str = "store.redb";
 /// What `meta.format` holds in a store of this layout.
-const FORMAT: &str = "gateway-store-2";
+pub(super) const FORMAT: &str = "gateway-store-2";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(super) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
