@@ -276,6 +276,7 @@ mod tests {
                 "gateway-passwd.8",
                 "gateway-store-check.8",
                 "gateway-store-export.8",
+                "gateway-store-repair.8",
                 "gateway-store.8",
                 "gateway.8",
             ]
