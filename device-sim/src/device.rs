@@ -44,11 +44,11 @@ struct Device {
     /// 4 bytes keep `Device` at 16: 4 billion messages per device is 49 days at 1,000 msg/s.
     seq: u32,
     pkid: u16,
-    /// Packet id and send time of each unacknowledged message, oldest first; absent while
+    /// Packet id, seq and send time of each unacknowledged message, oldest first; absent while
     /// nothing is in flight, which is most of a device's life. Boxed: 8 bytes in every idle
     /// device instead of a `VecDeque`'s 32.
     #[allow(clippy::box_collection)]
-    inflight: Option<Box<VecDeque<(u16, Instant)>>>,
+    inflight: Option<Box<VecDeque<(u16, u32, Instant)>>>,
 }
 
 /// A device's whole life in one frame: connecting, connected, paused between sessions. No
@@ -248,7 +248,8 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                 ctx.stats.devices_connected.fetch_sub(1, Relaxed);
                 // Whatever is still unacknowledged now never will be (clean sessions, no resend).
                 if let Some(inflight) = device.inflight.take() {
-                    ctx.stats.unacked.fetch_add(inflight.len() as u64, Relaxed);
+                    ctx.stats
+                        .unacknowledged(id, inflight.iter().map(|(_, seq, _)| u64::from(*seq)));
                 }
                 outcome
             };
@@ -421,9 +422,11 @@ impl Device {
         self.seq = self.seq.wrapping_add(1);
         ctx.stats.published[target_index].fetch_add(1, Relaxed);
         if qos > 0 {
-            self.inflight
-                .get_or_insert_with(Box::default)
-                .push_back((pkid, Instant::now()));
+            self.inflight.get_or_insert_with(Box::default).push_back((
+                pkid,
+                self.seq.wrapping_sub(1),
+                Instant::now(),
+            ));
         }
         Ok(())
     }
@@ -473,8 +476,8 @@ impl Device {
         let Some(inflight) = &mut self.inflight else {
             return;
         };
-        if let Some(at) = inflight.iter().position(|(p, _)| *p == pkid) {
-            if let Some((_, sent)) = inflight.remove(at) {
+        if let Some(at) = inflight.iter().position(|(p, _, _)| *p == pkid) {
+            if let Some((_, _, sent)) = inflight.remove(at) {
                 ctx.stats
                     .hists
                     .lock()

@@ -38,6 +38,10 @@ pub struct Slice {
 pub struct Engine {
     ctx: Arc<Ctx>,
     slice: Slice,
+    /// Every subscriber and every device of the run are in this process.
+    whole_run: bool,
+    /// The subscribers' trackers (one per `$share` group), for `unacked_missing`.
+    trackers: Mutex<Vec<Arc<Mutex<Tracker>>>>,
 }
 
 impl Engine {
@@ -62,6 +66,8 @@ impl Engine {
                 seen,
             )),
             slice,
+            whole_run,
+            trackers: Mutex::new(Vec::new()),
         }
     }
 
@@ -79,11 +85,16 @@ impl Engine {
         // Members of one `$share` group see parts of every device's stream, so they verify
         // against one tracker; plain subscribers each see everything and verify alone.
         let shared = Arc::new(Mutex::new(Tracker::default()));
+        if self.ctx.settings.share_group.is_some() {
+            self.trackers.lock().push(shared.clone());
+        }
         for index in range {
             let tracker = if self.ctx.settings.share_group.is_some() {
                 shared.clone()
             } else {
-                Arc::new(Mutex::new(Tracker::default()))
+                let own = Arc::new(Mutex::new(Tracker::default()));
+                self.trackers.lock().push(own.clone());
+                own
             };
             self.ctx.task_started();
             tokio::spawn(subscriber::run(self.ctx.clone(), index, tracker));
@@ -151,8 +162,34 @@ impl Engine {
         // now; who was connected comes from before the stop.
         let closed = self.snapshot();
         last.unacked = closed.unacked;
+        last.unacked_missing = self.unacked_missing();
         timers.abort();
         last
+    }
+
+    /// Of the deliveries the unacknowledged messages were due, how many never arrived: what a
+    /// broker that went away may lose. Known only with the whole run here and every
+    /// unacknowledged message remembered.
+    fn unacked_missing(&self) -> Option<u64> {
+        let stats = &self.ctx.stats;
+        if !self.whole_run || !stats.unacked_all_tracked() {
+            return None;
+        }
+        let trackers = self.trackers.lock();
+        let unacked = stats.unacked_seqs.lock();
+        let missing = unacked
+            .iter()
+            .map(|&(device, seq)| {
+                let (target, _, _) = self.ctx.device_route(device);
+                let due = self.ctx.settings.deliveries_per_message(target);
+                let seen = trackers
+                    .iter()
+                    .filter(|t| t.lock().has_seen(device, seq))
+                    .count() as u64;
+                due.saturating_sub(seen)
+            })
+            .sum();
+        Some(missing)
     }
 }
 

@@ -78,6 +78,10 @@ pub struct Report {
     /// Deliveries of this run's messages, duplicates included.
     pub messages_received: u64,
     pub lost: u64,
+    /// Of `lost`, the deliveries of messages the broker had acknowledged (PUBACK / PUBCOMP):
+    /// what a broker that crashed or went away must not lose. Absent where it cannot be told
+    /// (devices and subscribers in several processes).
+    pub lost_acknowledged: Option<u64>,
     pub duplicates: u64,
     pub out_of_order: u64,
     /// Messages of earlier runs (stamped before this one started) and of other publishers.
@@ -134,6 +138,9 @@ impl Report {
             messages_expected: expected,
             messages_received: s.received,
             lost: expected.saturating_sub(unique),
+            lost_acknowledged: s
+                .unacked_missing
+                .map(|m| expected.saturating_sub(unique).saturating_sub(m)),
             duplicates: s.duplicates,
             out_of_order: s.out_of_order,
             stale: s.stale,
@@ -231,7 +238,14 @@ impl Report {
             "received",
             format!("{} ({:.0}/s)", self.messages_received, self.receive_rate),
         );
-        row(&mut t, "lost", self.lost.to_string());
+        row(
+            &mut t,
+            "lost",
+            match self.lost_acknowledged {
+                Some(acked) if self.lost > 0 => format!("{} ({acked} acknowledged)", self.lost),
+                _ => self.lost.to_string(),
+            },
+        );
         row(&mut t, "duplicates", self.duplicates.to_string());
         row(&mut t, "out of order", self.out_of_order.to_string());
         if self.stale + self.foreign > 0 {

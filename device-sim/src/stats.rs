@@ -9,6 +9,10 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+/// At most this many unacknowledged messages are remembered one by one (16 MiB); beyond, the
+/// loss among acknowledged messages is not known (`Snapshot::unacked_missing` is absent).
+const UNACKED_TRACKED: usize = 1 << 20;
+
 /// Histograms hold microseconds, from 1 µs to one hour at 3 significant digits.
 const HIST_MAX_US: u64 = 3_600_000_000;
 
@@ -39,6 +43,9 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub skipped: AtomicU64,
     pub unacked: AtomicU64,
+    /// Which messages were left unacknowledged (device, seq), up to `UNACKED_TRACKED`: a run
+    /// whose broker went away may lose those and only those (`Snapshot::unacked_missing`).
+    pub unacked_seqs: Mutex<Vec<(u64, u64)>>,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
@@ -69,6 +76,7 @@ impl Stats {
             acked: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
+            unacked_seqs: Mutex::new(Vec::new()),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
@@ -87,6 +95,19 @@ impl Stats {
                 puback: new_histogram(),
             }),
         }
+    }
+
+    /// Messages of `device` that will never be acknowledged (its connection ended first).
+    pub fn unacknowledged(&self, device: u64, seqs: impl ExactSizeIterator<Item = u64>) {
+        self.unacked.fetch_add(seqs.len() as u64, Relaxed);
+        let mut tracked = self.unacked_seqs.lock();
+        let room = UNACKED_TRACKED.saturating_sub(tracked.len());
+        tracked.extend(seqs.take(room).map(|seq| (device, seq)));
+    }
+
+    /// Whether every unacknowledged message is in `unacked_seqs`.
+    pub fn unacked_all_tracked(&self) -> bool {
+        self.unacked.load(Relaxed) == self.unacked_seqs.lock().len() as u64
     }
 
     pub fn connect_failed(&self, reason: &str) {
@@ -116,6 +137,7 @@ impl Stats {
             acked: self.acked.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             unacked: self.unacked.load(Relaxed),
+            unacked_missing: None,
             received: self.received.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             out_of_order: self.out_of_order.load(Relaxed),
@@ -154,6 +176,11 @@ pub struct Snapshot {
     pub acked: u64,
     pub skipped: u64,
     pub unacked: u64,
+    /// Deliveries of the unacknowledged messages that never arrived, when known: only a
+    /// process that holds every device and every subscriber can tell, once the run is over.
+    /// Loss beyond it is loss of acknowledged messages (`Report::lost_acknowledged`).
+    #[serde(default)]
+    pub unacked_missing: Option<u64>,
     pub received: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
@@ -184,6 +211,13 @@ impl Snapshot {
         let slowest = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
+        };
+        self.unacked_missing = if self.devices_target == 0 && self.subscribers_target == 0 {
+            other.unacked_missing
+        } else {
+            self.unacked_missing
+                .zip(other.unacked_missing)
+                .map(|(a, b)| a + b)
         };
         if self.devices_target == 0 {
             self.all_connected_ms = other.all_connected_ms;

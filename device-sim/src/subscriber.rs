@@ -28,6 +28,11 @@ struct Subscriber {
     tracker: Arc<Mutex<Tracker>>,
     /// Counted once towards the process's ready subscribers, on its first SUBACK.
     counted_ready: bool,
+    /// QoS 2 packet ids received and not yet released (PUBREL): a PUBLISH that comes again
+    /// with one of them is the same message, resent by a broker that did not learn of the
+    /// PUBREC (it restarted, or the connection dropped), and is not delivered twice. Kept with
+    /// the session across reconnections, as MQTT's receiver state is.
+    awaiting_release: Vec<u16>,
 }
 
 pub async fn run(ctx: Arc<Ctx>, index: u32, tracker: Arc<Mutex<Tracker>>) {
@@ -35,6 +40,7 @@ pub async fn run(ctx: Arc<Ctx>, index: u32, tracker: Arc<Mutex<Tracker>>) {
         index,
         tracker,
         counted_ready: false,
+        awaiting_release: Vec::new(),
     };
     let mut failures = 0u32;
     loop {
@@ -75,7 +81,12 @@ impl Subscriber {
         )
         .await;
         let mut conn = match established {
-            Ok((conn, _)) => conn,
+            Ok((conn, session_present)) => {
+                if !session_present {
+                    self.awaiting_release.clear();
+                }
+                conn
+            }
             Err(reason) => {
                 ctx.stats.connect_failed(&reason);
                 return Outcome::Failed;
@@ -178,15 +189,27 @@ impl Subscriber {
     ) -> Result<(), Reason> {
         let protocol = ctx.settings.protocol;
         let encoded = match packet {
-            Incoming::Publish { qos, pkid, payload } => {
-                self.verify(ctx, &payload);
-                match qos {
-                    1 => codec::ack(reply, protocol, Ack::Puback, pkid),
-                    2 => codec::ack(reply, protocol, Ack::Pubrec, pkid),
-                    _ => Ok(()),
+            Incoming::Publish { qos, pkid, payload } => match qos {
+                1 => {
+                    self.verify(ctx, &payload);
+                    codec::ack(reply, protocol, Ack::Puback, pkid)
                 }
+                2 => {
+                    if !self.awaiting_release.contains(&pkid) {
+                        self.awaiting_release.push(pkid);
+                        self.verify(ctx, &payload);
+                    }
+                    codec::ack(reply, protocol, Ack::Pubrec, pkid)
+                }
+                _ => {
+                    self.verify(ctx, &payload);
+                    Ok(())
+                }
+            },
+            Incoming::PubRel { pkid } => {
+                self.awaiting_release.retain(|&p| p != pkid);
+                codec::ack(reply, protocol, Ack::Pubcomp, pkid)
             }
-            Incoming::PubRel { pkid } => codec::ack(reply, protocol, Ack::Pubcomp, pkid),
             Incoming::SubAck { refused: true } => return Err(Reason::Borrowed("suback_refused")),
             Incoming::SubAck { refused: false } => {
                 if !self.counted_ready {
@@ -240,4 +263,49 @@ impl Subscriber {
 fn failed(ctx: &Ctx, reason: Reason) -> Outcome {
     ctx.stats.disconnected(&reason);
     Outcome::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Stamp;
+    use crate::scenario::Settings;
+
+    /// A QoS 2 PUBLISH that comes again before its PUBREL (a broker that restarted without
+    /// learning of the PUBREC resends it) is the same message; after the release, the same
+    /// message again is a duplicate.
+    #[test]
+    fn a_qos2_message_resent_before_its_release_is_delivered_once() {
+        let settings = Settings::resolve(&crate::cli::RunArgs::default()).expect("valid");
+        let ctx = Ctx::new(settings, 0..1, 0, None);
+        let mut payload = Vec::new();
+        let stamp = Stamp {
+            device: 0,
+            seq: 0,
+            sent_us: now_us(),
+        };
+        ctx.settings.payload.encode(stamp, &mut payload);
+        let payload = Bytes::from(payload);
+        let mut s = Subscriber {
+            index: 0,
+            tracker: Arc::default(),
+            counted_ready: false,
+            awaiting_release: Vec::new(),
+        };
+        let mut reply = BytesMut::new();
+        let publish = || Incoming::Publish {
+            qos: 2,
+            pkid: 7,
+            payload: payload.clone(),
+        };
+        for packet in [publish(), publish()] {
+            s.on_packet(&ctx, packet, &mut reply).expect("PUBREC");
+        }
+        assert_eq!(ctx.stats.received.load(Relaxed), 1);
+        assert_eq!(ctx.stats.duplicates.load(Relaxed), 0);
+        s.on_packet(&ctx, Incoming::PubRel { pkid: 7 }, &mut reply)
+            .expect("PUBCOMP");
+        s.on_packet(&ctx, publish(), &mut reply).expect("PUBREC");
+        assert_eq!(ctx.stats.duplicates.load(Relaxed), 1);
+    }
 }

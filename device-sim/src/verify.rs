@@ -69,6 +69,20 @@ impl Tracker {
         }
     }
 
+    /// Whether message `seq` of `device` arrived (one whose gap was forgotten counts as
+    /// arrived: the loss arithmetic has it).
+    pub fn has_seen(&self, device: u64, seq: u64) -> bool {
+        let below_next = usize::try_from(device)
+            .ok()
+            .and_then(|i| self.next.get(i))
+            .is_some_and(|next| seq < *next);
+        below_next
+            && self
+                .gaps
+                .get(&device)
+                .map_or(true, |gaps| gaps.binary_search(&seq).is_err())
+    }
+
     /// Messages seen to be missing so far (holes behind the highest sequence per device).
     #[cfg(test)]
     pub fn open_gaps(&self) -> u64 {
@@ -100,6 +114,8 @@ mod tests {
         assert_eq!(t.observe(1, 3), Verdict::Duplicate);
         assert_eq!(t.observe(1, 0), Verdict::Duplicate);
         assert_eq!(t.open_gaps(), 1, "seq 1 is still missing");
+        assert!(t.has_seen(1, 0) && t.has_seen(1, 2) && t.has_seen(1, 3));
+        assert!(!t.has_seen(1, 1) && !t.has_seen(1, 4) && !t.has_seen(2, 0));
         assert_eq!(t.observe(1, 4), Verdict::InOrder);
         // Other devices are independent.
         assert_eq!(t.observe(0, 0), Verdict::InOrder);

@@ -46,14 +46,23 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the binary with `args` after the listener flags.
     pub fn start(args: &[&str]) -> Gateway {
-        Gateway::spawn(Command::new(env!("CARGO_BIN_EXE_gateway")), args)
+        Gateway::spawn(
+            Command::new(env!("CARGO_BIN_EXE_gateway")),
+            "127.0.0.1:0",
+            args,
+        )
+    }
+
+    /// Starts the binary listening on `listen` (a port that must stay the same across restarts).
+    pub fn start_at(listen: &str, args: &[&str]) -> Gateway {
+        Gateway::spawn(Command::new(env!("CARGO_BIN_EXE_gateway")), listen, args)
     }
 
     /// Starts the binary with `env` added to its environment.
     pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> Gateway {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
         command.envs(env.iter().copied());
-        Gateway::spawn(command, args)
+        Gateway::spawn(command, "127.0.0.1:0", args)
     }
 
     /// Starts the binary under an open-file limit of `nofile` (soft and hard).
@@ -63,16 +72,16 @@ impl Gateway {
             .arg("-c")
             .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_gateway"));
-        Gateway::spawn(command, args)
+        Gateway::spawn(command, "127.0.0.1:0", args)
     }
 
-    fn spawn(mut command: Command, args: &[&str]) -> Gateway {
+    fn spawn(mut command: Command, listen: &str, args: &[&str]) -> Gateway {
         let cwd = scratch::Scratch::new("cwd");
         let mut child = command
             .current_dir(cwd.path())
             .args([
                 "--mqtt-listen",
-                "127.0.0.1:0",
+                listen,
                 "--http-listen",
                 "off",
                 "--log-level",
