@@ -64,6 +64,16 @@ impl Setup {
 struct Rng(u64);
 
 impl Rng {
+    /// Seeded from the clock, the seed printed.
+    fn from_clock() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        println!("kill moments from seed {seed}");
+        Rng(seed)
+    }
+
     fn next(&mut self, below: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -147,12 +157,8 @@ async fn drain(addr: std::net::SocketAddr) -> (HashMap<String, (u8, usize)>, Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_across_kill_9() {
     let setup = Setup::new();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("kill moments from seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
     {
         let gw = setup.start();
         let (mut sub, _) = Raw::connect(gw.addr, &Connect::v311("dur-sub", false, 60)).await;
@@ -246,12 +252,8 @@ fn device_sim() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_sim_reports_no_acknowledged_message_lost_across_20_kills() {
     let setup = Setup::new();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    println!("kill moments from seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
     let listen = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         probe.local_addr().expect("addr").to_string()
