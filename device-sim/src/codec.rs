@@ -37,15 +37,35 @@ pub enum CodecError {
 /// What a client needs from what the broker sends.
 #[derive(Debug)]
 pub enum Incoming {
-    ConnAck { code: u8, name: String },
-    Publish { qos: u8, pkid: u16, payload: Bytes },
-    PubAck { pkid: u16 },
-    PubRec { pkid: u16 },
-    PubRel { pkid: u16 },
-    PubComp { pkid: u16 },
-    SubAck { refused: bool },
+    ConnAck {
+        code: u8,
+        name: String,
+        session_present: bool,
+    },
+    Publish {
+        qos: u8,
+        pkid: u16,
+        payload: Bytes,
+    },
+    PubAck {
+        pkid: u16,
+    },
+    PubRec {
+        pkid: u16,
+    },
+    PubRel {
+        pkid: u16,
+    },
+    PubComp {
+        pkid: u16,
+    },
+    SubAck {
+        refused: bool,
+    },
     PingResp,
-    Disconnect { reason: u8 },
+    Disconnect {
+        reason: u8,
+    },
     Unexpected,
 }
 
@@ -109,6 +129,7 @@ fn from_v4(packet: v4::Packet) -> Incoming {
         v4::Packet::ConnAck(ack) => Incoming::ConnAck {
             code: ack.code as u8,
             name: snake(&format!("{:?}", ack.code)),
+            session_present: ack.session_present,
         },
         v4::Packet::Publish(p) => Incoming::Publish {
             qos: p.qos as u8,
@@ -132,6 +153,7 @@ fn from_v5(packet: v5::Packet) -> Incoming {
         v5::Packet::ConnAck(ack) => Incoming::ConnAck {
             code: ack.code as u8,
             name: snake(&format!("{:?}", ack.code)),
+            session_present: ack.session_present,
         },
         v5::Packet::Publish(p) => Incoming::Publish {
             qos: p.qos as u8,
@@ -322,8 +344,28 @@ mod tests {
     fn connack_codes_get_names() {
         let mut buf = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x05][..]);
         match decode(&mut buf, Protocol::V311) {
-            Ok(Some(Incoming::ConnAck { code: 5, name })) => assert_eq!(name, "not_authorized"),
+            Ok(Some(Incoming::ConnAck { code: 5, name, .. })) => assert_eq!(name, "not_authorized"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A persistent session's receiver state (QoS 2 ids awaiting PUBREL) is kept only when the
+    /// broker says the session is present.
+    #[test]
+    fn connack_tells_whether_the_session_is_present() {
+        for (v, wire) in [
+            (Protocol::V311, &[0x20u8, 0x02, 0x01, 0x00][..]),
+            (Protocol::V5, &[0x20u8, 0x03, 0x01, 0x00, 0x00][..]),
+        ] {
+            let mut buf = BytesMut::from(wire);
+            match decode(&mut buf, v) {
+                Ok(Some(Incoming::ConnAck {
+                    code: 0,
+                    session_present,
+                    ..
+                })) => assert!(session_present, "{v:?}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

@@ -147,9 +147,14 @@ pub async fn establish(
             // Stop at CONNACK: a resumed session's messages may follow in the same segment,
             // and they belong to the client's main loop (to be verified and acknowledged).
             let open = conn.read_until(protocol, |packet, _| {
-                if let Incoming::ConnAck { code, name } = packet {
+                if let Incoming::ConnAck {
+                    code,
+                    name,
+                    session_present,
+                } = packet
+                {
                     connack = Some(if code == 0 {
-                        Ok(false)
+                        Ok(session_present)
                     } else {
                         Err(Cow::Owned(format!("connack_{name}")))
                     });

@@ -254,11 +254,13 @@ impl Router {
         })
     }
 
-    /// A stored message went out with `packet_id` and now waits for `stage`.
-    pub(crate) fn sent(&self, session: &Session, seq: u64, packet_id: u16, stage: Stage) {
-        if seq != 0 {
-            self.store.sent(&session.client_id, seq, packet_id, stage);
+    /// A stored message went out with `packet_id` and now waits for `stage`; durable at the
+    /// mark returned (0 when not stored).
+    pub(crate) fn sent(&self, session: &Session, seq: u64, packet_id: u16, stage: Stage) -> Mark {
+        if seq == 0 {
+            return 0;
         }
+        self.store.sent(&session.client_id, seq, packet_id, stage)
     }
 
     /// A stored message's flow ended (acknowledged, refused or expired).

@@ -124,8 +124,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// the session's queue is locked (see `Session::enqueue`).
     fn queued(&self, client_id: &Arc<str>, delivery: &crate::session::Delivery) -> Mark;
     /// A stored message was sent with `packet_id` and now waits for `stage` (or, PUBREL sent,
-    /// for PUBCOMP).
-    fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage);
+    /// for PUBCOMP). A QoS 2 flow waits for the mark before the packet goes out: a restart must
+    /// resend it with the same packet id (PUBLISH) or as PUBREL, or the receiver, who tells a
+    /// resend from a new message only by that id and stage, would deliver it twice.
+    fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage) -> Mark;
     /// A stored message's flow ended: acknowledged, refused by the client, or expired.
     fn settled(&self, client_id: &Arc<str>, seq: u64);
     /// An inbound QoS 2 packet id is held until PUBREL (`held`), or was released.
@@ -173,7 +175,9 @@ impl Store for MemoryStore {
         0
     }
 
-    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
+    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) -> Mark {
+        0
+    }
 
     fn settled(&self, _: &Arc<str>, _: u64) {}
 

@@ -31,12 +31,17 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_storage("")
+    }
+
+    /// With `storage` added to the `[storage]` table.
+    fn with_storage(storage: &str) -> Setup {
         let dir = binary::scratch::Scratch::new("durability");
         let store = dir.path().join("data");
         let config = dir.path().join("gateway.toml");
         // The subscriber stays offline for the whole run: its queue must hold everything.
         let text = format!(
-            "[mqtt]\nmax_queued_messages = 10000000\n[storage]\ndir = {:?}\n",
+            "[mqtt]\nmax_queued_messages = 10000000\n[storage]\ndir = {:?}\n{storage}\n",
             store.to_str().expect("UTF-8 path")
         );
         std::fs::write(&config, text).expect("write config");
@@ -225,6 +230,87 @@ async fn nothing_acknowledged_is_lost_across_kill_9() {
         acked.len(),
         got.len()
     );
+}
+
+/// A QoS 2 delivery to a persistent session that a crash interrupts is resumed after the
+/// restart, never delivered again as a new message: the client tells a resend only by its
+/// packet id (held until PUBREL), so the gateway stores the id before the PUBLISH goes out, and
+/// the PUBREC before its PUBREL (after PUBREL the client may forget the id). A commit delay of
+/// 300 ms makes the window a crash would fall into wide: without either rule the kill lands in
+/// it every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_delivery_interrupted_by_a_crash_is_resumed_not_repeated() {
+    let setup = Setup::with_storage("commit_delay_ms = 300");
+    let subscriber = Connect::v311("q2-sub", false, 60);
+    let publish = |pid: u16, payload: &[u8]| {
+        V::V311.publish(PUBLISH | 0x04, b"q2/t", Some(pid), &[], payload)
+    };
+    let mut gw = setup.start();
+    {
+        let (mut sub, _) = Raw::connect(gw.addr, &subscriber).await;
+        sub.subscribe(V::V311, "q2/#", 2).await;
+        sub.send(&encode_disconnect(None)).await;
+    }
+    // Published (and so stored) whole: PUBREC, PUBREL, PUBCOMP.
+    let published = |addr, payload: &'static [u8]| async move {
+        let mut p = Raw::connected(addr, V::V311, "q2-pub").await;
+        p.send(&publish(1, payload)).await;
+        assert_eq!(p.expect_packet("PUBREC").await.kind(), PUBREC);
+        p.send(&packet(PUBREL, &1u16.to_be_bytes())).await;
+        assert_eq!(p.expect_packet("PUBCOMP").await.kind(), PUBCOMP);
+    };
+    // Queued while the subscriber is away.
+    published(gw.addr, b"first").await;
+
+    // The PUBLISH arrives, is answered with PUBREC, and the gateway dies.
+    let (mut sub, present) = Raw::connect(gw.addr, &subscriber).await;
+    assert!(present);
+    let first = raw::publish_of(&sub.expect_packet("PUBLISH").await, V::V311);
+    assert_eq!(first.payload, b"first");
+    sub.send(&packet(PUBREC, &first.packet_id.to_be_bytes()))
+        .await;
+    gw.child.kill().expect("SIGKILL");
+    gw.child.wait().expect("reaped");
+    gw = setup.start();
+    let (mut sub, present) = Raw::connect(gw.addr, &subscriber).await;
+    assert!(present);
+    let again = sub.expect_packet("the first message resumed").await;
+    if again.kind() == PUBLISH {
+        let p = raw::publish_of(&again, V::V311);
+        assert_eq!(
+            (p.packet_id, p.dup, &p.payload[..]),
+            (first.packet_id, true, &b"first"[..]),
+            "resent under its id, or the client takes it for a new message"
+        );
+        sub.send(&packet(PUBREC, &first.packet_id.to_be_bytes()))
+            .await;
+        assert_eq!(sub.expect_packet("PUBREL").await.kind(), PUBREL & 0xF0);
+    } else {
+        assert_eq!(again.kind(), PUBREL & 0xF0, "{again:?}");
+    }
+
+    // PUBREL arrives, the client completes and forgets the id, and the gateway dies.
+    sub.send(&packet(PUBCOMP, &first.packet_id.to_be_bytes()))
+        .await;
+    published(gw.addr, b"second").await;
+    let second = raw::publish_of(&sub.expect_packet("PUBLISH").await, V::V311);
+    assert_eq!(second.payload, b"second");
+    sub.send(&packet(PUBREC, &second.packet_id.to_be_bytes()))
+        .await;
+    assert_eq!(sub.expect_packet("PUBREL").await.kind(), PUBREL & 0xF0);
+    sub.send(&packet(PUBCOMP, &second.packet_id.to_be_bytes()))
+        .await;
+    gw.child.kill().expect("SIGKILL");
+    gw.child.wait().expect("reaped");
+    let gw = setup.start();
+    let (mut sub, present) = Raw::connect(gw.addr, &subscriber).await;
+    assert!(present);
+    // At most a PUBREL again (answered with PUBCOMP, as for an id no longer held); never either
+    // message as a PUBLISH.
+    while let Ok(f) = sub.read_packet_within(Duration::from_millis(800)).await {
+        assert_ne!(f.kind(), PUBLISH, "delivered again: {f:?}");
+        sub.send(&packet(PUBCOMP, &f.body[..2])).await;
+    }
 }
 
 /// device-sim, beside this test's gateway binary; built here when missing (`cargo test -p

@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-use super::publish::ack;
+use super::publish::{ack, Held};
 use super::{Client, READ_PAUSE_BYTES};
 use crate::clock::{unix_millis, UnixMillis};
 use crate::codec::{self, reason, Packet, QoS};
@@ -64,20 +64,39 @@ impl Client {
         for seq in settled {
             router.settled(&self.session, seq);
         }
+        let mut exactly_once = false;
         for o in ready.iter().filter(|o| o.delivery.seq != 0) {
-            let stage = if o.delivery.qos == QoS::ExactlyOnce {
-                Stage::PubRec
+            if o.delivery.qos == QoS::ExactlyOnce {
+                exactly_once = true;
             } else {
-                Stage::PubAck
-            };
-            router.sent(&self.session, o.delivery.seq, o.packet_id, stage);
+                router.sent(&self.session, o.delivery.seq, o.packet_id, Stage::PubAck);
+            }
         }
         let full = ready.len() >= FILL_BATCH;
+        if exactly_once {
+            self.hold_exactly_once(&mut ready);
+        }
         if !ready.is_empty() {
             self.write_outgoing(&mut ready, now);
         }
         READY.with(|r| *r.borrow_mut() = ready);
         full
+    }
+
+    /// Takes the stored QoS 2 deliveries out of `ready`: each goes out once its packet id is
+    /// stored (`Store::sent`), so that a restart resends it under the same id, which the client
+    /// holds until PUBREL and answers without delivering it again. A QoS 1 resend is a duplicate
+    /// QoS 1 allows, and goes out at once.
+    fn hold_exactly_once(&mut self, ready: &mut Vec<Outgoing>) {
+        let router = self.ctx.router.clone();
+        for o in std::mem::take(ready) {
+            if o.delivery.qos == QoS::ExactlyOnce && o.delivery.seq != 0 {
+                let mark = router.sent(&self.session, o.delivery.seq, o.packet_id, Stage::PubRec);
+                self.acknowledge_when_stored(Held::Publish(Box::new(o)), mark);
+            } else {
+                ready.push(o);
+            }
+        }
     }
 
     /// Brings the next part of a queue that a restart left in the store into memory, when the

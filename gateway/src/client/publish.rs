@@ -8,11 +8,12 @@ use bytestring::ByteString;
 use tracing::debug;
 
 use super::{AliasesIn, Client, Close};
+use crate::clock::unix_millis;
 use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
 use crate::limits::QuotaExceeded;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded};
-use crate::session::{IncomingQos2, Stage};
+use crate::session::{IncomingQos2, Outgoing, Stage};
 use crate::store::Mark;
 use crate::topic;
 
@@ -224,14 +225,16 @@ impl Client {
             }
             return Ok(());
         }
-        let code = match self.session.acknowledge(a.packet_id, Stage::PubRec) {
+        let (code, mark) = match self.session.acknowledge(a.packet_id, Stage::PubRec) {
             Some(seq) => {
-                router.sent(&self.session, seq, a.packet_id, Stage::PubComp);
-                reason::SUCCESS
+                let mark = router.sent(&self.session, seq, a.packet_id, Stage::PubComp);
+                (reason::SUCCESS, mark)
             }
-            None => reason::PACKET_IDENTIFIER_NOT_FOUND,
+            None => (reason::PACKET_IDENTIFIER_NOT_FOUND, 0),
         };
-        self.send(&Packet::PubRel(ack(a.packet_id, code)));
+        // Once the client has PUBREL it may forget the id; a restart must then resend PUBREL,
+        // not the PUBLISH it would take for a new message.
+        self.acknowledge_when_stored(Held::PubRel(a.packet_id, code), mark);
         Ok(())
     }
 
@@ -264,7 +267,7 @@ impl Client {
     /// the acknowledged packets came: behind any still held.
     pub(super) fn acknowledge_when_stored(&mut self, held: Held, mark: Mark) {
         if mark == 0 && self.held.is_none() {
-            self.send(&held.packet());
+            self.emit(held);
             return;
         }
         self.held
@@ -290,17 +293,31 @@ impl Client {
                 break;
             }
             if let Some((_, ack)) = held.acks.pop_front() {
-                self.send(&ack.packet());
+                self.emit(ack);
             }
         }
         if !held.acks.is_empty() {
             self.held = Some(held);
         }
     }
+
+    /// Sends what was held, built into a packet only now.
+    fn emit(&mut self, held: Held) {
+        let packet = match held {
+            Held::PubAck(id, code) => Packet::PubAck(ack(id, code)),
+            Held::PubRec(id, code) => Packet::PubRec(ack(id, code)),
+            Held::PubComp(id, code) => Packet::PubComp(ack(id, code)),
+            Held::PubRel(id, code) => Packet::PubRel(ack(id, code)),
+            Held::Other(p) => *p,
+            Held::Publish(o) => return self.write_outgoing(&mut vec![*o], unix_millis()),
+        };
+        self.send(&packet);
+    }
 }
 
-/// Acknowledgements held until the store has what they acknowledge: boxed and present only
-/// while some are held (a session with no persistent subscriber never has one).
+/// Acknowledgements (and QoS 2 flows to persistent sessions) held until the store has what they
+/// depend on: boxed and present only while some are held (a session with no persistent
+/// subscriber never has one).
 pub(super) struct HeldAcks {
     acks: std::collections::VecDeque<(Mark, Held)>,
     /// The mark the session asked to be woken for.
@@ -324,19 +341,12 @@ pub(super) enum Held {
     PubAck(u16, u8),
     PubRec(u16, u8),
     PubComp(u16, u8),
+    /// Ends a QoS 2 delivery to the client, once its stage is stored.
+    PubRel(u16, u8),
+    /// A QoS 2 PUBLISH to a persistent session, once its packet id is stored.
+    Publish(Box<Outgoing>),
     /// SUBACK, UNSUBACK.
     Other(Box<Packet>),
-}
-
-impl Held {
-    fn packet(self) -> Packet {
-        match self {
-            Held::PubAck(id, code) => Packet::PubAck(ack(id, code)),
-            Held::PubRec(id, code) => Packet::PubRec(ack(id, code)),
-            Held::PubComp(id, code) => Packet::PubComp(ack(id, code)),
-            Held::Other(p) => *p,
-        }
-    }
 }
 
 pub(super) fn ack(packet_id: u16, code: u8) -> Ack {

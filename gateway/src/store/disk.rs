@@ -129,8 +129,8 @@ impl Store for DiskStore {
         self.record(|b| b.queued(client_id, delivery))
     }
 
-    fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage) {
-        self.record(|b| b.sent(client_id, seq, packet_id, stage));
+    fn sent(&self, client_id: &Arc<str>, seq: u64, packet_id: u16, stage: Stage) -> Mark {
+        self.record(|b| b.sent(client_id, seq, packet_id, stage))
     }
 
     fn settled(&self, client_id: &Arc<str>, seq: u64) {

@@ -58,7 +58,9 @@ impl Store for Recording {
         self.note(format!("queued {client_id} {}", d.msg.topic));
         0
     }
-    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) {}
+    fn sent(&self, _: &Arc<str>, _: u64, _: u16, _: Stage) -> Mark {
+        0
+    }
     fn settled(&self, _: &Arc<str>, _: u64) {}
     fn incoming_qos2(&self, _: &Arc<str>, _: u16, _: bool) -> Mark {
         0
