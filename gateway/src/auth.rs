@@ -23,7 +23,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -34,6 +34,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 
 use crate::acl::{Acl, AclHandle};
+use crate::argon2_memory::Argon2Memory;
 use crate::config::{Config, ConfigError};
 
 /// One user's stored hash.
@@ -45,7 +46,7 @@ enum Hash {
         salt: Vec<u8>,
         hash: Vec<u8>,
     },
-    /// A PHC string, verified by the argon2 crate (which compares in constant time).
+    /// A PHC string, verified in kept memory (`Argon2Memory`).
     Argon2(String),
 }
 
@@ -90,7 +91,7 @@ impl Hash {
         Err("unsupported hash (expected a `$7$` mosquitto_passwd or `$argon2` entry)".to_owned())
     }
 
-    fn verify(&self, password: &[u8]) -> bool {
+    fn verify(&self, password: &[u8], memory: &Argon2Memory) -> bool {
         match self {
             Hash::Pbkdf2 {
                 iterations,
@@ -101,8 +102,7 @@ impl Hash {
                 pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
                 out.ct_eq(hash).into()
             }
-            Hash::Argon2(phc) => PasswordHash::new(phc)
-                .is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok()),
+            Hash::Argon2(phc) => memory.verify(phc, password),
         }
     }
 
@@ -162,12 +162,12 @@ impl PasswordFile {
     }
 
     /// Checks a login; an unknown user costs one hash of the costliest entry all the same.
-    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+    pub(crate) fn verify(&self, user: &str, password: &[u8], memory: &Argon2Memory) -> bool {
         match self.users.get(user) {
-            Some(hash) => hash.verify(password),
+            Some(hash) => hash.verify(password, memory),
             None => {
                 if let Some(decoy) = &self.decoy {
-                    std::hint::black_box(decoy.verify(password));
+                    std::hint::black_box(decoy.verify(password, memory));
                 }
                 false
             }
@@ -197,6 +197,7 @@ pub struct Security {
     passwords: Option<RwLock<Arc<PasswordFile>>>,
     acl: Option<Arc<AclHandle>>,
     hashing: Arc<Semaphore>,
+    argon2_memory: Arc<Argon2Memory>,
 }
 
 impl Security {
@@ -223,6 +224,7 @@ impl Security {
             passwords,
             acl,
             hashing: Arc::new(Semaphore::new(cpus)),
+            argon2_memory: Arc::default(),
         })
     }
 
@@ -278,9 +280,10 @@ impl Security {
         }
         // The permit moves into the hashing closure: if this handshake is dropped mid-hash, the
         // hash still holds its CPU slot until it really ends.
+        let memory = self.argon2_memory.clone();
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            file.verify(&name, &password)
+            file.verify(&name, &password, &memory)
         })
         .await
         .unwrap_or(false);
@@ -405,9 +408,10 @@ mod tests {
     #[test]
     fn verifies_a_mosquitto_entry() {
         let file = PasswordFile::parse(MOSQUITTO_ALICE).unwrap();
-        assert!(file.verify("alice", b"secret"));
-        assert!(!file.verify("alice", b"Secret"));
-        assert!(!file.verify("bob", b"secret"));
+        let m = Argon2Memory::default();
+        assert!(file.verify("alice", b"secret", &m));
+        assert!(!file.verify("alice", b"Secret", &m));
+        assert!(!file.verify("bob", b"secret", &m));
     }
 
     #[test]
@@ -422,8 +426,9 @@ mod tests {
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains("bob:$argon2id$"));
         let file = PasswordFile::parse(&text).unwrap();
-        assert!(file.verify("bob", b"pw2") && !file.verify("bob", b"pw1"));
-        assert!(file.verify("alice", b"secret"));
+        let m = Argon2Memory::default();
+        assert!(file.verify("bob", b"pw2", &m) && !file.verify("bob", b"pw1", &m));
+        assert!(file.verify("alice", b"secret", &m));
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -562,11 +567,12 @@ mod tests {
             pbkdf2::pbkdf2_hmac::<Sha512>(&pw, &salt, iterations, &mut hash);
             let line = format!("u:$7${iterations}${}${}", STANDARD.encode(&salt), STANDARD.encode(hash));
             let file = PasswordFile::parse(&line).unwrap();
-            prop_assert!(file.verify("u", &pw));
+            let m = Argon2Memory::default();
+            prop_assert!(file.verify("u", &pw, &m));
             let mut other = pw.clone();
             // Not a zero byte: HMAC pads keys with zeros, so "" and "\0" are the same key.
             other.push(b'x');
-            prop_assert!(!file.verify("u", &other));
+            prop_assert!(!file.verify("u", &other, &m));
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod topic_index;
 mod acl;
 mod admin;
 mod admission;
+mod argon2_memory;
 mod broker;
 mod client;
 mod cluster;
