@@ -31,11 +31,11 @@ use bytestring::ByteString;
 use parking_lot::RwLock;
 use sha2::Sha512;
 use subtle::ConstantTimeEq as _;
-use tokio::sync::Semaphore;
 
 use crate::acl::{Acl, AclHandle};
 use crate::argon2_memory::Argon2Memory;
 use crate::config::{Config, ConfigError};
+use crate::hashing_slots::HashingSlots;
 
 /// One user's stored hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +196,7 @@ pub struct Security {
     acl_path: Option<std::path::PathBuf>,
     passwords: Option<RwLock<Arc<PasswordFile>>>,
     acl: Option<Arc<AclHandle>>,
-    hashing: Arc<Semaphore>,
+    hashing: Arc<HashingSlots>,
     argon2_memory: Arc<Argon2Memory>,
 }
 
@@ -223,7 +223,7 @@ impl Security {
             acl_path: auth.acl_file.clone(),
             passwords,
             acl,
-            hashing: Arc::new(Semaphore::new(cpus)),
+            hashing: HashingSlots::new(cpus),
             argon2_memory: Arc::default(),
         })
     }
@@ -271,10 +271,7 @@ impl Security {
         let file = slot.read().clone();
         let name = user.to_string();
         let password = password.unwrap_or_default().to_vec();
-        // A closed semaphore cannot happen (it is never closed); refuse rather than panic.
-        let Ok(permit) = self.hashing.clone().acquire_owned().await else {
-            return Err(Refusal::BadCredentials);
-        };
+        let permit = self.hashing.acquire().await;
         if gone() {
             return Err(Refusal::Gone);
         }

@@ -44,6 +44,7 @@ mod context;
 mod endpoint;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod hashing_slots;
 mod hibernate;
 mod http;
 mod limits;

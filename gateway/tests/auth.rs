@@ -208,8 +208,10 @@ async fn unknown_and_known_users_fail_in_the_same_time() {
     let [known, unknown, hash_time] =
         refused_login_times(b.addr, ["bob", "nobody"], &phc, 20).await;
     println!("hash {hash_time:?}, known user {known:?}, unknown user {unknown:?}");
+    // A quarter: the broker checks in kept memory (`argon2_memory`), without the reference's
+    // 19 MiB allocation per check, so it is faster; a skipped hash would take microseconds.
     assert!(
-        known > hash_time / 2 && unknown > hash_time / 2,
+        known > hash_time / 4 && unknown > hash_time / 4,
         "a refusal skipped the hash: hash {hash_time:?}, known {known:?}, unknown {unknown:?}"
     );
     let (fast, slow) = (known.min(unknown), known.max(unknown));
