@@ -35,10 +35,15 @@ impl Client {
                         code: Some(reason::SESSION_TAKEN_OVER),
                         will: true,
                     },
+                    // The broker, not the client, ends the connection: its will stands, as for any
+                    // connection that ends without the client's DISCONNECT [MQTT-3.1.2-8]. MQTT
+                    // lets a shutting-down server defer it to the restart: a persistent
+                    // session's delayed will is kept in its record, and goes out after the
+                    // restart unless the client is back first (`Registry::detach`).
                     Kick::Shutdown => Close {
                         reason: CloseReason::Shutdown,
                         code: Some(reason::SERVER_SHUTTING_DOWN),
-                        will: false,
+                        will: true,
                     },
                     Kick::Administrative => Close {
                         reason: CloseReason::Administrative,

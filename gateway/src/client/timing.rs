@@ -195,6 +195,13 @@ impl Sleeper for Client {
     }
 
     fn resume(mut self: Box<Self>) {
+        #[cfg(feature = "fault-injection")]
+        if self.session.client_id.starts_with(crate::fault::PANIC_ON_RESUME) {
+            panic!(
+                "fault injection: panic requested by {}",
+                self.session.client_id
+            );
+        }
         if let Err(e) = self.conn.resume() {
             // Dropped here: closed as a network failure, will and session handled by `Drop`.
             debug!(client = %self.session.client_id, "cannot resume from hibernation: {e}");
