@@ -16,12 +16,17 @@ use crate::session::Kick;
 
 impl Client {
     /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
-    /// `fresh`: just attached, so a first wait with nothing to do hibernates at once (a device
-    /// that connects and then talks every few minutes never keeps a task for the wait).
+    /// `fresh`: just attached, so a silence of `FIRST_PACKET_GRACE` already hibernates it (a
+    /// device that connects and then talks every few minutes keeps its task that long only),
+    /// until its first packet. Otherwise it was resumed from hibernation, mostly because its
+    /// client sent something: the socket is read at once rather than after tokio's reactor,
+    /// which has just been given the socket, reports it readable (one turn of it saved on the
+    /// first packet after a silence; a read that finds nothing costs one syscall).
     pub(super) async fn run(mut self: Box<Self>, mut fresh: bool) {
+        let mut read_at_once = !fresh;
         // Only what the loop needs across waits lives here: this future is every active
         // session's task.
-        let first = self.next_timer(broker_nanos(&self.ctx));
+        let first = self.next_timer(broker_nanos(&self.ctx), fresh);
         let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
@@ -79,16 +84,16 @@ impl Client {
             }
             let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
-            let idle_now = fresh && self.hibernation().is_some() && self.conn.may_hibernate();
-            fresh = false;
+            let read_now = std::mem::take(&mut read_at_once);
             let session = &self.session;
             let conn = &mut self.conn;
             let mut wait = timer.as_mut();
             // `move`: the flags by value, a byte each in the task's future rather than a pointer.
             let event = std::future::poll_fn(move |cx| {
                 if reading {
-                    // The rest of a read that held more than one batch: no need to wait.
-                    if conn.holds_frames() {
+                    // Just resumed (see above), or the rest of a read that held more than one
+                    // batch: no need to wait.
+                    if read_now || conn.holds_frames() {
                         return Poll::Ready(Ok(Event::Readable));
                     }
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
@@ -102,9 +107,6 @@ impl Client {
                 }
                 if session.poll_woken(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Woken));
-                }
-                if idle_now {
-                    return Poll::Ready(Ok(Event::Idle));
                 }
                 if timed && wait.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Timer));
@@ -121,6 +123,7 @@ impl Client {
                     }
                 }
                 Ok(Event::Readable) => {
+                    fresh = false;
                     if let Some(close) = self.read_and_handle(&mut frames) {
                         break close;
                     }
@@ -135,10 +138,6 @@ impl Client {
                     }
                 }
                 Ok(Event::Writable | Event::Woken) => {}
-                Ok(Event::Idle) => match self.hibernate() {
-                    Ok(()) => return,
-                    Err(me) => self = me,
-                },
                 Ok(Event::Timer) => {
                     let now = broker_nanos(&self.ctx);
                     if let Some(close) = self.keep_alive_expired(now) {
@@ -147,7 +146,7 @@ impl Client {
                     if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
-                    if let Some(after) = self.hibernation() {
+                    if let Some(after) = self.hibernation(fresh) {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
@@ -157,7 +156,7 @@ impl Client {
                             }
                         }
                     }
-                    let next = self.next_timer(now).unwrap_or(u64::MAX);
+                    let next = self.next_timer(now, fresh).unwrap_or(u64::MAX);
                     timer.as_mut().reset(self.instant(next).into());
                 }
             }
