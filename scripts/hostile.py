@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measures what hostile clients cost a gateway binary (issue 18, items 5 to 7); not in CI.
+"""Measures what hostile clients cost a gateway binary (issue 18, items 2 and 5 to 7); not in CI.
 
     scripts/hostile.py trickle GATEWAY SEGMENT PAUSE_US SIZE   one SIZE-byte QoS 1 PUBLISH sent
                                                                SEGMENT bytes at a time, PAUSE_US apart
@@ -8,6 +8,12 @@
     scripts/hostile.py logins GATEWAY COUNT wait|leave         COUNT wrong-password logins at once
                                                                (connect_timeout 0.5 s), waiting for
                                                                the answer or leaving at once
+    scripts/hostile.py subscribe GATEWAY RETAINED REPEATS      RETAINED small retained messages, then
+                                                               one SUBSCRIBE repeating `#` REPEATS
+                                                               times from a client that does not read;
+                                                               two others ping meanwhile, one every
+                                                               5 ms, one every 300 ms (hibernating
+                                                               in between): their slowest PINGRESP
 
 Each run starts GATEWAY (any build, old or new: only keys both know are set) on free loopback
 ports in a temporary directory, with storage off, and prints one line: the gateway's CPU time
@@ -215,6 +221,58 @@ def logins(binary, count, mode):
     g.stop()
 
 
+def subscribe(binary, retained, repeats):
+    g = Gateway(binary, "[mqtt]\nhibernate_after = 0.1\n")
+    pub = socket.create_connection(("127.0.0.1", g.mqtt))
+    pub.sendall(connect_packet("retainer"))
+    read_exact(pub, 4)
+    burst = b""
+    for i in range(retained):
+        body = string(f"r/{i}") + b"0123456789abcdef"
+        burst += bytes([0x31]) + varint(len(body)) + body
+    pub.sendall(burst + b"\xc0\x00")
+    assert read_exact(pub, 2) == b"\xd0\x00", "no PINGRESP after the retained messages"
+    slowest = {}
+    stop = threading.Event()
+
+    def pinger(tag, every):
+        s = socket.create_connection(("127.0.0.1", g.mqtt))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(connect_packet(f"pinger-{tag}"))
+        read_exact(s, 4)
+        worst = 0.0
+        while not stop.is_set():
+            started = time.time()
+            s.sendall(b"\xc0\x00")
+            read_exact(s, 2)
+            worst = max(worst, time.time() - started)
+            time.sleep(every)
+        slowest[tag] = worst
+
+    threads = [threading.Thread(target=pinger, args=(tag, every))
+               for tag, every in (("busy", 0.005), ("hibernating", 0.3))]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    atk = socket.create_connection(("127.0.0.1", g.mqtt))
+    atk.sendall(connect_packet("attacker"))
+    read_exact(atk, 4)
+    body = b"\x00\x09" + (string("#") + b"\x00") * repeats
+    rss, cpu, peak = g.rss(), g.cpu(), 0
+    atk.sendall(bytes([0x82]) + varint(len(body)) + body)
+    for _ in range(100):
+        peak = max(peak, g.rss())
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(f"{name(binary)}: {retained} retained, SUBSCRIBE of {len(body)} bytes repeating '#' "
+          f"{repeats} times: RSS +{(peak - rss) / 2**20:.1f} MiB at most in 5 s, gateway CPU "
+          f"{g.cpu() - cpu:.2f} s, slowest PINGRESP busy {slowest['busy'] * 1000:.1f} ms, "
+          f"hibernating {slowest['hibernating'] * 1000:.1f} ms")
+    g.stop()
+
+
 if __name__ == "__main__":
     match sys.argv[1:]:
         case ["trickle", binary, segment, pause_us, size]:
@@ -223,5 +281,7 @@ if __name__ == "__main__":
             backlog(binary, int(clients))
         case ["logins", binary, count, ("wait" | "leave") as mode]:
             logins(binary, int(count), mode)
+        case ["subscribe", binary, retained, repeats]:
+            subscribe(binary, int(retained), int(repeats))
         case _:
             raise SystemExit(__doc__)

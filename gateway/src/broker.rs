@@ -166,7 +166,11 @@ impl Broker {
         let _memory = (high_water > 0).then(|| limits::watch_memory(ctx.clone(), high_water));
         // Aborted when `run` returns, after the drain below resumed (and so closed) every
         // hibernating session; any left over is dropped with it.
-        let _parker = Background::spawn(ctx.parker.clone().run());
+        let metrics = ctx.metrics.clone();
+        let _parker = Background::spawn(ctx.parker.clone().run(move |what| {
+            metrics.task_panics.increment(1);
+            tracing::error!("a panic in the hibernation parker (its sessions live on): {what}");
+        }));
         // Delayed wills and session expiries stop with the broker too.
         let timers = ctx.clone();
         let _timers =

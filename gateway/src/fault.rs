@@ -1,8 +1,12 @@
 //! Test-only fault injection (feature `fault-injection`): failures a test cannot cause from
-//! outside the process. A PUBLISH to `$fault/panic` panics its session's task (`client`); this
-//! file holds the process-wide switches.
+//! outside the process. A PUBLISH to `$fault/panic` panics its session's task (`client`), and a
+//! session whose client id starts with `PANIC_ON_RESUME` panics when the parker resumes it from
+//! hibernation (inside the parker's task); this file holds them and the process-wide switches.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Client ids starting with this panic on leaving hibernation (`Sleeper::resume`).
+pub const PANIC_ON_RESUME: &str = "fault-resume-panic";
 
 static STORE_WRITES_FAIL: AtomicBool = AtomicBool::new(false);
 

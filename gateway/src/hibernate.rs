@@ -18,16 +18,22 @@
 //!
 //! A hibernating session's waker allocates nothing: it is the token itself plus the parker's
 //! index in a process-wide table (`PARKERS`), packed into the waker's data word.
+//!
+//! Every hibernating session depends on the parker's one task, so a panic must not end it: one
+//! while resuming a sleeper drops that sleeper alone (its own clean-up runs while unwinding) and
+//! is reported, and one anywhere else in the loop restarts the loop with the sleepers in place.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -181,18 +187,34 @@ impl Parker {
     }
 
     /// Resumes sleepers as their sockets, wakers and deadlines call for; runs until dropped
-    /// (aborted with the broker), which drops whoever still sleeps, polled or not.
-    pub(crate) fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+    /// (aborted with the broker), which drops whoever still sleeps, polled or not. `on_panic`
+    /// hears of every panic caught on the way (with its message): one while resuming a sleeper
+    /// costs that sleeper only, one elsewhere restarts the loop.
+    pub(crate) fn run(
+        self: Arc<Self>,
+        on_panic: impl Fn(&str) + Send + Sync + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let release = Release(self.clone());
         async move {
             let _release = release;
-            self.drive().await;
+            // Outlives a restart of the loop: the tokens taken from epoll and the wakers but not
+            // handled yet (epoll reports a socket once, so a lost token is a lost session).
+            let mut due = VecDeque::new();
+            loop {
+                let driven = AssertUnwindSafe(self.drive(&mut due, &on_panic))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = driven {
+                    on_panic(crate::task::panic_message(&*panic));
+                    // A fault that comes back at once must not spin a core.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
         }
     }
 
-    async fn drive(&self) {
+    async fn drive(&self, due: &mut VecDeque<u64>, on_panic: &impl Fn(&str)) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        let mut due = Vec::new();
         loop {
             let next = self.next_deadline();
             let timer = async {
@@ -225,15 +247,21 @@ impl Parker {
                 () = self.notify.notified() => {}
                 () = timer => {}
             }
-            due.append(&mut self.woken.lock());
-            self.take_expired(&mut due);
-            for (i, token) in due.drain(..).enumerate() {
+            due.extend(self.woken.lock().drain(..));
+            self.take_expired(due);
+            let mut resumed = 0;
+            while let Some(token) = due.pop_front() {
                 if let Some(sleeper) = self.take(token) {
-                    sleeper.resume();
+                    // Unwinding drops the sleeper, which closes it; the others never see it.
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| sleeper.resume()));
+                    if let Err(panic) = outcome {
+                        on_panic(crate::task::panic_message(&*panic));
+                    }
                 }
                 // A reconnect storm or a broadcast wakes thousands at once: let the tasks just
                 // resumed (and everyone else on this worker) run between batches.
-                if i % RESUME_BATCH == RESUME_BATCH - 1 {
+                resumed += 1;
+                if resumed % RESUME_BATCH == 0 {
                     tokio::task::yield_now().await;
                 }
             }
@@ -264,7 +292,7 @@ impl Parker {
         Some(sleeper)
     }
 
-    fn take_expired(&self, due: &mut Vec<u64>) {
+    fn take_expired(&self, due: &mut VecDeque<u64>) {
         let now = self.millis(Instant::now());
         let mut s = self.slots.lock();
         while let Some(&Reverse((at, token))) = s.timers.peek() {
@@ -272,7 +300,7 @@ impl Parker {
                 break;
             }
             s.timers.pop();
-            due.push(token);
+            due.push_back(token);
         }
     }
 
@@ -410,7 +438,9 @@ mod tests {
             self.already_woken
         }
 
+        /// A probe named "panics" panics instead, as a session's resume might.
         fn resume(self: Box<Self>) {
+            assert_ne!(self.name, "panics", "resume failed");
             let _ = self.resumed.send(self.name);
         }
     }
@@ -420,18 +450,23 @@ mod tests {
         task: tokio::task::JoinHandle<()>,
         resumed: mpsc::UnboundedReceiver<&'static str>,
         tx: mpsc::UnboundedSender<&'static str>,
+        panics: mpsc::UnboundedReceiver<String>,
     }
 
     impl Fixture {
         fn new() -> Fixture {
             let parker = Parker::new().expect("epoll");
-            let task = tokio::spawn(parker.clone().run());
+            let (panicked, panics) = mpsc::unbounded_channel();
+            let task = tokio::spawn(parker.clone().run(move |what| {
+                let _ = panicked.send(what.to_owned());
+            }));
             let (tx, resumed) = mpsc::unbounded_channel();
             Fixture {
                 parker,
                 task,
                 resumed,
                 tx,
+                panics,
             }
         }
 
@@ -481,6 +516,39 @@ mod tests {
         assert_eq!(f.next().await, Some("a"));
         assert!(f.nothing_within(100).await);
         assert_eq!(f.parker.len(), 1);
+    }
+
+    /// A panic while resuming one sleeper is that sleeper's end only: it is dropped (its socket
+    /// closed), the panic reported, and the parker goes on resuming and parking the others.
+    #[tokio::test]
+    async fn a_panic_while_resuming_one_sleeper_leaves_the_others_to_the_parker() {
+        let mut f = Fixture::new();
+        let (mut bad, _) = f.park("panics", None, false);
+        let (mut a, _) = f.park("a", None, false);
+        let (mut b, _) = f.park("b", None, false);
+        bad.write_all(&[0xc0, 0]).expect("write");
+        a.write_all(&[0xc0, 0]).expect("write");
+        assert_eq!(f.next().await, Some("a"));
+        let what = tokio::time::timeout(Duration::from_secs(2), f.panics.recv())
+            .await
+            .expect("the panic is reported")
+            .expect("reporter alive");
+        assert!(what.contains("resume failed"), "{what}");
+        bad.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        // Closed with our bytes unread: a reset rather than an orderly end.
+        match bad.read(&mut [0u8; 8]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the failed sleeper is not closed: {other:?}"),
+        }
+        b.write_all(&[0xc0, 0]).expect("write");
+        assert_eq!(f.next().await, Some("b"), "the parker still resumes");
+        let (mut c, _) = f.park("c", None, false);
+        c.write_all(&[0xc0, 0]).expect("write");
+        assert_eq!(f.next().await, Some("c"), "and still parks");
+        assert_eq!(f.parker.len(), 0);
+        assert!(!f.task.is_finished());
     }
 
     #[tokio::test]

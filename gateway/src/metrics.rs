@@ -139,13 +139,21 @@ pub enum LimitExceeded {
     PublishBytesRate,
     Subscriptions,
     TopicLength,
+    /// A subscription's retained messages did not all fit in its session's retained backlog.
+    RetainedBacklog,
+    RetainedBacklogBytes,
 }
 
-const LIMITS_EXCEEDED: [(LimitExceeded, &str); 4] = [
+const LIMITS_EXCEEDED: [(LimitExceeded, &str); 6] = [
     (LimitExceeded::PublishRate, "max_publish_rate"),
     (LimitExceeded::PublishBytesRate, "max_publish_bytes_rate"),
     (LimitExceeded::Subscriptions, "max_subscriptions_per_client"),
     (LimitExceeded::TopicLength, "max_topic_length"),
+    (LimitExceeded::RetainedBacklog, "max_retained_backlog"),
+    (
+        LimitExceeded::RetainedBacklogBytes,
+        "max_retained_backlog_bytes",
+    ),
 ];
 
 /// Why a connection ended.
@@ -566,7 +574,8 @@ fn describe() {
     describe_counter!(
         "gateway_limits_exceeded_total",
         "Client actions refused by a per-client [limits] key (publish quotas: the client is \
-         disconnected; subscriptions and topic length: the filter or the client is refused)."
+         disconnected; subscriptions and topic length: the filter or the client is refused; \
+         retained backlog: a subscription's retained messages cut short)."
     );
     describe_counter!(
         "gateway_malformed_packets_total",

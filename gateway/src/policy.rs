@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::session::BacklogLimits;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
@@ -36,6 +37,8 @@ pub(crate) struct Policy {
     pub(crate) max_publish_bytes_rate: u64,
     /// 0 is unlimited.
     pub(crate) max_subscriptions_per_client: usize,
+    /// What a session's SUBSCRIBEs may queue of retained messages at once.
+    pub(crate) retained_backlog: BacklogLimits,
 }
 
 impl Policy {
@@ -58,6 +61,10 @@ impl Policy {
             max_publish_rate: limits.max_publish_rate,
             max_publish_bytes_rate: limits.max_publish_bytes_rate,
             max_subscriptions_per_client: limits.max_subscriptions_per_client,
+            retained_backlog: BacklogLimits {
+                messages: limits.max_retained_backlog,
+                bytes: limits.max_retained_backlog_bytes,
+            },
         }
     }
 }

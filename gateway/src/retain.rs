@@ -72,24 +72,33 @@ impl<V> Node<V> {
     }
 }
 
-impl<V: Clone> Node<V> {
-    /// Appends the values whose topics match `levels` (a topic filter's levels).
-    fn collect(&self, levels: &[&str], out: &mut Vec<V>) {
+impl<V> Node<V> {
+    /// Hands `visit` the values whose topics match `levels` (a topic filter's levels) until it
+    /// returns false; returns false when it was stopped so.
+    fn visit(&self, levels: &[&str], visit: &mut impl FnMut(&V) -> bool) -> bool {
         // `None` depth: everything below the node matches (we are under a `#`).
         let mut stack: Vec<(&Self, Option<usize>)> = vec![(self, Some(0))];
         while let Some((node, depth)) = stack.pop() {
             let Some(depth) = depth else {
-                out.extend(node.value.iter().cloned());
+                if node.value.as_ref().is_some_and(|v| !visit(v)) {
+                    return false;
+                }
                 stack.extend(node.children.values().map(|child| (child, None)));
                 continue;
             };
             // MQTT §4.7.2: wildcards in the first level do not match topics starting with '$'.
             let visible = |name: &str| depth > 0 || !name.starts_with('$');
             match levels.get(depth) {
-                None => out.extend(node.value.iter().cloned()),
+                None => {
+                    if node.value.as_ref().is_some_and(|v| !visit(v)) {
+                        return false;
+                    }
+                }
                 Some(&"#") => {
                     // `a/#` also matches `a` itself.
-                    out.extend(node.value.iter().cloned());
+                    if node.value.as_ref().is_some_and(|v| !visit(v)) {
+                        return false;
+                    }
                     stack.extend(
                         node.children
                             .iter()
@@ -110,6 +119,7 @@ impl<V: Clone> Node<V> {
                 }
             }
         }
+        true
     }
 }
 
@@ -164,17 +174,22 @@ impl<V: Clone> RetainStore<V> {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Appends every retained value whose topic matches `filter` (a valid topic filter) to `out`,
-    /// in no particular order.
-    pub(crate) fn matching(&self, filter: &str, out: &mut Vec<V>) {
+    /// Hands `visit` every retained value whose topic matches `filter` (a valid topic filter), in
+    /// no particular order, until it returns false: a caller with a bound stops the walk there
+    /// instead of collecting what it would throw away.
+    pub(crate) fn matching(&self, filter: &str, mut visit: impl FnMut(&V) -> bool) {
         let levels: Vec<&str> = filter.split('/').collect();
         match levels.first() {
             Some(&("+" | "#")) | None => {
                 for shard in self.shards.iter() {
-                    shard.read().collect(&levels, out);
+                    if !shard.read().visit(&levels, &mut visit) {
+                        return;
+                    }
                 }
             }
-            Some(first) => self.shard(first).read().collect(&levels, out),
+            Some(first) => {
+                self.shard(first).read().visit(&levels, &mut visit);
+            }
         }
     }
 
@@ -194,9 +209,31 @@ mod tests {
 
     fn matching_sorted<V: Clone + Ord>(store: &RetainStore<V>, filter: &str) -> Vec<V> {
         let mut out = Vec::new();
-        store.matching(filter, &mut out);
+        store.matching(filter, |v| {
+            out.push(v.clone());
+            true
+        });
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_walk_stops_where_the_visitor_says() {
+        let store = RetainStore::new(100);
+        for i in 0..50 {
+            store.set(&format!("{}/x/{i}", i % 5), i).unwrap();
+        }
+        for filter in ["#", "+/x/+", "3/#"] {
+            let mut seen = 0;
+            store.matching(filter, |_| {
+                seen += 1;
+                seen < 4
+            });
+            assert_eq!(
+                seen, 4,
+                "{filter}: the walk went on after the visitor stopped it"
+            );
+        }
     }
 
     fn node_count<V>(store: &RetainStore<V>) -> usize {
@@ -286,20 +323,26 @@ mod tests {
         let stored = started.elapsed();
 
         let mut out = Vec::with_capacity(N + 1);
+        let collect = |filter: &str, out: &mut Vec<usize>| {
+            store.matching(filter, |v| {
+                out.push(*v);
+                true
+            })
+        };
         let started = Instant::now();
-        store.matching("sensors/+/temp", &mut out);
+        collect("sensors/+/temp", &mut out);
         let plus = started.elapsed();
         assert_eq!(out.len(), N);
 
         out.clear();
         let started = Instant::now();
-        store.matching("#", &mut out);
+        collect("#", &mut out);
         let hash = started.elapsed();
         assert_eq!(out.len(), N, "'#' must not return $SYS topics");
 
         out.clear();
         let started = Instant::now();
-        store.matching("sensors/4242/temp", &mut out);
+        collect("sensors/4242/temp", &mut out);
         let literal = started.elapsed();
         assert_eq!(out, vec![4242]);
 

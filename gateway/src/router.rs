@@ -25,7 +25,8 @@ use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::RetainStore;
 use crate::session::{
-    Delivery, Enqueued, QueueLimits, Session, SessionId, Stage, SubscriptionRecord,
+    BacklogFull, Delivery, Enqueued, QueueLimits, Room, Session, SessionId, Stage,
+    SubscriptionRecord,
 };
 use crate::store::{Mark, MemoryStore, SessionRecord, Store, StoredWill};
 use crate::topic::{self, TopicError};
@@ -355,27 +356,37 @@ impl Router {
     }
 
     /// Retained messages matching a new subscription, as deliveries at the granted QoS with the
-    /// RETAIN flag set (as the specification requires for messages sent because of a subscribe).
+    /// RETAIN flag set (as the specification requires for messages sent because of a subscribe),
+    /// as many as `room` takes: the walk stops at the first that does not fit, and which bound
+    /// stopped it comes back with what was found.
     pub fn retained_for(
         &self,
         filter: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> Vec<Delivery> {
+        room: &mut Room,
+    ) -> (Vec<Delivery>, Option<BacklogFull>) {
         let mut found = Vec::new();
-        self.retained.matching(filter, &mut found);
+        let mut full = None;
         let now = unix_millis();
-        found
-            .into_iter()
-            .filter(|msg| !msg.is_expired(now))
-            .map(|msg| Delivery {
+        self.retained.matching(filter, |msg| {
+            if msg.is_expired(now) {
+                return true;
+            }
+            if let Err(bound) = room.take(msg) {
+                full = Some(bound);
+                return false;
+            }
+            found.push(Delivery {
                 qos: options.qos.min(msg.qos),
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
                 seq: 0,
-                msg,
-            })
-            .collect()
+                msg: msg.clone(),
+            });
+            true
+        });
+        (found, full)
     }
 
     pub fn retained_len(&self) -> usize {

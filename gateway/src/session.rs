@@ -138,13 +138,72 @@ struct State {
     /// Deliveries of retained messages after a SUBSCRIBE, fed into the window in slices. Boxed
     /// and present only while non-empty: most sessions never have one, and a drained backlog
     /// gives its buffer back instead of keeping it for the session's lifetime.
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes here instead of 32
-    retained_backlog: Option<Box<VecDeque<Delivery>>>,
+    retained_backlog: Option<Box<RetainedBacklog>>,
     /// Bumped (wrapping) on every attach; an expiry timer acts only on the generation it was
     /// set for, and none lives for 2^32 attaches.
     generation: u32,
     /// The latest connection attached to this session, for the admin API.
     connection: Option<ConnectionInfo>,
+}
+
+/// Retained messages found for new subscriptions and not yet sent, with the bytes (topic and
+/// payload) they hold: what `limits.max_retained_backlog` and `_bytes` bound.
+#[derive(Debug, Default)]
+struct RetainedBacklog {
+    deliveries: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+/// Bounds of a session's retained backlog (`limits.max_retained_backlog`, `_bytes`); 0: none.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Which bound of the retained backlog a message did not fit in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacklogFull {
+    Messages,
+    Bytes,
+}
+
+/// What a session's retained backlog can still take: handed out by `Session::retained_room`
+/// and used up message by message as a SUBSCRIBE's filters find retained messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Room {
+    /// Room without bounds, for tests of what is found.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Room {
+        Room {
+            messages: usize::MAX,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Takes room for `msg`, or tells which bound it does not fit in.
+    pub fn take(&mut self, msg: &Message) -> Result<(), BacklogFull> {
+        let size = backlog_bytes(msg);
+        if self.messages == 0 {
+            return Err(BacklogFull::Messages);
+        }
+        if size > self.bytes {
+            return Err(BacklogFull::Bytes);
+        }
+        self.messages -= 1;
+        self.bytes -= size;
+        Ok(())
+    }
+}
+
+/// What a retained message counts for against `limits.max_retained_backlog_bytes`.
+fn backlog_bytes(msg: &Message) -> usize {
+    msg.topic.len() + msg.payload.len()
 }
 
 /// The part of a session's queue that a restart left in the store: `count` messages from
@@ -344,17 +403,41 @@ impl Session {
         (Enqueued::Queued, mark)
     }
 
-    /// Queues retained messages found for a new subscription; they are sent in slices behind the
-    /// live queue's window so that a subscribe matching 100k retained messages stalls nobody.
+    /// What the retained backlog may still take within `limits`. Only the connection's own task
+    /// adds to the backlog (while the client only takes from it), so the room it is told stays
+    /// free until it adds what it found.
+    pub fn retained_room(&self, limits: BacklogLimits) -> Room {
+        let st = self.state.lock();
+        let (messages, bytes) = st
+            .retained_backlog
+            .as_ref()
+            .map_or((0, 0), |b| (b.deliveries.len(), b.bytes));
+        let free = |max: usize, used: usize| {
+            if max == 0 {
+                usize::MAX
+            } else {
+                max.saturating_sub(used)
+            }
+        };
+        Room {
+            messages: free(limits.messages, messages),
+            bytes: free(limits.bytes, bytes),
+        }
+    }
+
+    /// Queues retained messages found for a new subscription (within its `Room`); they are sent
+    /// in slices behind the live queue's window so that a subscribe matching 100k retained
+    /// messages stalls nobody.
     pub fn add_retained(&self, deliveries: Vec<Delivery>) {
         if deliveries.is_empty() {
             return;
         }
-        self.state
-            .lock()
-            .retained_backlog
-            .get_or_insert_with(Box::default)
-            .extend(deliveries);
+        let bytes: usize = deliveries.iter().map(|d| backlog_bytes(&d.msg)).sum();
+        let mut st = self.state.lock();
+        let backlog = st.retained_backlog.get_or_insert_with(Box::default);
+        backlog.deliveries.extend(deliveries);
+        backlog.bytes += bytes;
+        drop(st);
         self.wake();
     }
 
@@ -376,7 +459,9 @@ impl Session {
             let from_backlog =
                 st.queue.is_empty() || (st.retained_backlog.is_some() && taken < max / 2);
             let next = if from_backlog {
-                st.retained_backlog.as_ref().and_then(|b| b.front())
+                st.retained_backlog
+                    .as_ref()
+                    .and_then(|b| b.deliveries.front())
             } else {
                 st.queue.front()
             };
@@ -543,13 +628,6 @@ impl Session {
         self.state.lock().subscriptions.len()
     }
 
-    /// Whether subscribing to `filter` keeps the session within `max` subscriptions: replacing
-    /// an existing one always does.
-    pub fn may_subscribe_within(&self, filter: &str, max: usize) -> bool {
-        let st = self.state.lock();
-        st.subscriptions.len() < max || st.subscriptions.iter().any(|s| s.filter == filter)
-    }
-
     /// Puts stored pending state back into a session restored at start, before any client or
     /// publisher can reach it. Packet ids continue after the highest one in flight.
     pub fn restore_pending(&self, pending: Pending) {
@@ -613,7 +691,11 @@ impl Session {
     pub fn queue_len(&self) -> usize {
         let st = self.state.lock();
         let stored = st.stored.as_ref().map_or(0, |b| b.count as usize);
-        st.queue.len() + st.retained_backlog.as_ref().map_or(0, |b| b.len()) + stored
+        let retained = st
+            .retained_backlog
+            .as_ref()
+            .map_or(0, |b| b.deliveries.len());
+        st.queue.len() + retained + stored
     }
 
     /// Leaves `count` queued messages in the store (seqs `from_seq..=last_seq`) at start: read
@@ -681,8 +763,11 @@ impl State {
     /// The next retained delivery; the backlog's box goes once it is drained.
     fn pop_retained(&mut self) -> Option<Delivery> {
         let backlog = self.retained_backlog.as_mut()?;
-        let next = backlog.pop_front();
-        if backlog.is_empty() {
+        let next = backlog.deliveries.pop_front();
+        if let Some(d) = &next {
+            backlog.bytes = backlog.bytes.saturating_sub(backlog_bytes(&d.msg));
+        }
+        if backlog.deliveries.is_empty() {
             self.retained_backlog = None;
         }
         next

@@ -43,13 +43,17 @@ pub(crate) fn spawn_isolated(
         .map(move |outcome| {
             if let Err(panic) = outcome {
                 metrics.task_panics.increment(1);
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown");
-                error!(%peer, "connection task panicked: {what}");
+                error!(%peer, "connection task panicked: {}", panic_message(&*panic));
             }
         });
     tokio::spawn(guarded);
+}
+
+/// What a caught panic said, for the log.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown")
 }

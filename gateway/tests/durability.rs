@@ -741,3 +741,56 @@ async fn the_will_of_a_session_connected_at_a_crash_goes_out_after_the_restart()
         ("wills/dev", &b"gone"[..])
     );
 }
+
+/// The same with a clean shutdown (SIGTERM) in place of the crash: the broker closes the
+/// device's connection without its DISCONNECT, so the will stands [MQTT-3.1.2-8]. It goes out
+/// in the drain (Mosquitto too publishes wills at exit) into the offline subscriber's stored
+/// queue; a delayed one stays in the device's record and goes out after the restart (MQTT lets a
+/// server defer wills to its restart). Before, a shutdown dropped the will: it never went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_session_connected_at_a_clean_shutdown_goes_out_too() {
+    const WILL_DELAY: u32 = 2;
+    let setup = Setup::new();
+    let mut gw = setup.start();
+    let (mut sub, _) = Raw::connect(gw.addr, &Connect::v311("will-sub", false, 60)).await;
+    sub.subscribe(V::V311, "wills/#", 1).await;
+    sub.send(&encode_disconnect(None)).await;
+    let mut at_once = Connect::v311("will-now", false, 60);
+    at_once.will = Some(raw::Will::qos1("wills/now", b"gone"));
+    let (_now, _) = Raw::connect(gw.addr, &at_once).await;
+    // v5, will delay 2 s, session expiry 1 h.
+    let mut delayed = Connect::v5("will-later", false, 60);
+    delayed.properties = raw::prop_u32(0x11, 3600);
+    let mut will = raw::Will::qos1("wills/later", b"gone later");
+    will.properties = raw::prop_u32(0x18, WILL_DELAY);
+    delayed.will = Some(will);
+    let (_later, _) = Raw::connect(gw.addr, &delayed).await;
+    gw.signal(libc::SIGTERM);
+    assert!(gw.exit_status(Duration::from_secs(15)).await.success());
+
+    let started = std::time::Instant::now();
+    let gw = setup.start();
+    let (mut sub, present) = Raw::connect(gw.addr, &Connect::v311("will-sub", false, 60)).await;
+    assert!(present);
+    let mut wills = Vec::new();
+    while wills.len() < 2 {
+        let f = sub.expect_packet("the wills").await;
+        let p = raw::publish_of(&f, V::V311);
+        sub.send(&raw::encode_puback(p.packet_id)).await;
+        wills.push((p.topic, p.payload, started.elapsed()));
+    }
+    assert_eq!(
+        (wills[0].0.as_str(), &wills[0].1[..]),
+        ("wills/now", &b"gone"[..]),
+        "the undelayed will, queued in the drain: {wills:?}"
+    );
+    assert_eq!(
+        (wills[1].0.as_str(), &wills[1].1[..]),
+        ("wills/later", &b"gone later"[..]),
+        "{wills:?}"
+    );
+    assert!(
+        wills[1].2 >= Duration::from_secs(u64::from(WILL_DELAY) - 1),
+        "the delayed will waited for its delay: {wills:?}"
+    );
+}

@@ -200,3 +200,42 @@ async fn a_client_that_stops_reading_is_still_closed_when_silence_would_hibernat
     );
     obs.shutdown().await;
 }
+
+/// Issue 18, item 10: a new session used to hibernate right after CONNACK, so its first packet
+/// (its SUBSCRIBE, mostly, a round trip later) waited for the parker's wake-up while other
+/// clients' running tasks handled theirs at once: a PUBLISH another client sent after that
+/// SUBSCRIBE could be routed first and miss it (Paho's `test_subscribe_options`). A new session
+/// now keeps its task for a second of silence (less when `hibernate_after` is shorter), and a
+/// packet within it is handled by that task; hibernation follows the silence as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_waits_for_its_first_packet_in_its_task() {
+    let broker = TestBroker::start().await;
+    let mut late = Vec::new();
+    for round in 0..5 {
+        let mut sub = Raw::connected(broker.addr, V::V311, &format!("first-{round}")).await;
+        // A round trip's worth of silence, then the first packet.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            hibernating(&broker),
+            0,
+            "round {round}: hibernating before its first packet"
+        );
+        let sent = Instant::now();
+        sub.subscribe(V::V311, &format!("first/{round}"), 0).await;
+        late.push(sent.elapsed());
+        drop(sub);
+        assert!(eventually(WAIT, || broker.ctx.state().connections == 0).await);
+    }
+    println!("SUBSCRIBE 50 ms after CONNACK to its SUBACK: {late:?}");
+    // Silent past the grace: it hibernates, and is woken as before.
+    let mut quiet = Raw::connected(broker.addr, V::V311, "first-quiet").await;
+    let connected = Instant::now();
+    until_hibernating(&broker, 1).await;
+    let after = connected.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "hibernated {after:?} after CONNACK"
+    );
+    quiet.ping().await;
+    broker.shutdown().await;
+}

@@ -1,7 +1,9 @@
 //! Fault isolation between sessions: when one session's task panics (test-only fault injection,
 //! a PUBLISH to `$fault/panic`), only that connection closes. Fifty other clients exchanging
 //! QoS 1 messages lose nothing and see no stall, the failed client's will is published once,
-//! and it can reconnect with the same client id and work normally.
+//! and it can reconnect with the same client id and work normally. The same for a panic in
+//! the hibernation parker's task while it resumes one session (client ids starting with
+//! `fault::PANIC_ON_RESUME`): every other hibernating session stays parked and is resumed.
 
 mod clients;
 mod common;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clients::raw::{self, Connect, Raw, V};
 use clients::v3::{self, AsyncClient, Event, MqttOptions, Packet, QoS};
 use clients::WAIT;
 use common::TestBroker;
@@ -412,4 +415,65 @@ async fn panic_of_a_persistent_session_keeps_its_subscriptions() {
     drop(back);
     other.task.abort();
     observer.task.abort();
+}
+
+/// The parker's task resumes every hibernating session: a panic there while resuming one (test
+/// fault: its client id) closes that one, publishes its will, and nobody else notices. The
+/// others are still parked and resumed by their packets, a takeover of one works, and sessions
+/// park and wake again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_resuming_a_hibernating_session_affects_no_other() {
+    const OTHERS: usize = 10;
+    record_panics();
+    let broker =
+        TestBroker::with(|c| c.mqtt.hibernate_after = Some(Duration::from_millis(100))).await;
+    let addr = broker.addr;
+    let hibernating = || broker.ctx.state().sessions_hibernating;
+    let observer = connect(addr, "parked-observer", WILL_TOPIC, false).await;
+    let victim_id = format!("{}-victim", gateway::fault::PANIC_ON_RESUME);
+    let mut connect_victim = Connect::v311(&victim_id, true, 60);
+    connect_victim.will = Some(raw::Will::qos1(WILL_TOPIC, WILL_PAYLOAD));
+    let (mut victim, _) = Raw::connect(addr, &connect_victim).await;
+    let mut others = Vec::new();
+    for i in 0..OTHERS {
+        others.push(Raw::connected(addr, V::V311, &format!("parked-{i}")).await);
+    }
+    assert!(
+        common::eventually(WAIT, || hibernating() == OTHERS + 2).await,
+        "{} hibernating, expected {}",
+        hibernating(),
+        OTHERS + 2
+    );
+
+    // The victim's PINGREQ makes the parker resume it: the panic.
+    victim.send(&raw::encode_pingreq()).await;
+    wait_for_panic_of(&victim_id).await;
+    victim.expect_closed("the victim's connection").await;
+    wait_for(&observer, "the victim's will is published", |s| {
+        !s.other.is_empty()
+    })
+    .await;
+
+    // Every other session is still parked and comes back on its own packet.
+    for (i, other) in others.iter_mut().enumerate() {
+        tokio::time::timeout(WAIT, other.ping())
+            .await
+            .unwrap_or_else(|_| panic!("parked session {i} not resumed"));
+    }
+    // A takeover of a parked session: the new connection gets it, the old one is closed.
+    assert!(common::eventually(WAIT, || hibernating() >= OTHERS).await);
+    let mut back = Raw::connected(addr, V::V311, "parked-0").await;
+    others[0].expect_closed("the session taken over").await;
+    back.ping().await;
+    // Parking and waking go on.
+    assert!(common::eventually(WAIT, || hibernating() >= OTHERS).await);
+    others[1].ping().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        observer.seen.lock().expect("seen lock").other,
+        vec![(WILL_TOPIC.to_owned(), WILL_PAYLOAD.to_vec())],
+        "the will once"
+    );
+    observer.task.abort();
+    broker.shutdown().await;
 }

@@ -340,3 +340,40 @@ async fn connection_without_connect_is_closed_after_the_connect_timeout() {
     assert_eq!(ok.expect_packet("PINGRESP").await.kind(), raw::PINGRESP);
     broker.shutdown().await;
 }
+
+/// A shutdown closes the connections without the clients' DISCONNECT, so their wills stand
+/// [MQTT-3.1.2-8] and go out in the drain, whether the session was in its task or hibernating
+/// (resumed by the shutdown's kick). Retained ones are what a restart's subscribers see of the
+/// devices the shutdown disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_publishes_the_wills_of_connected_clients() {
+    for hibernate in [None, Some(Duration::from_millis(50))] {
+        let broker = TestBroker::with(|c| c.mqtt.hibernate_after = hibernate).await;
+        let retained_will = |topic| raw::Will {
+            topic,
+            payload: b"gone",
+            qos: 1,
+            retain: true,
+            properties: Vec::new(),
+        };
+        let mut v3 = raw::Connect::v311("shut-v3", true, 60);
+        v3.will = Some(retained_will("wills/v3"));
+        let (mut v3, _) = Raw::connect(broker.addr, &v3).await;
+        let mut v5 = raw::Connect::v5("shut-v5", true, 60);
+        v5.will = Some(retained_will("wills/v5"));
+        let (mut v5, _) = Raw::connect(broker.addr, &v5).await;
+        if hibernate.is_some() {
+            let parked = || broker.ctx.state().sessions_hibernating == 2;
+            assert!(common::eventually(WAIT, parked).await, "both hibernating");
+        }
+        let ctx = broker.ctx.clone();
+        broker.shutdown().await;
+        v3.expect_closed("3.1.1 client at shutdown").await;
+        v5.expect_disconnect(0x8B, "v5 client at shutdown").await;
+        assert_eq!(
+            ctx.state().retained_messages,
+            2,
+            "hibernating {hibernate:?}: both wills published (retained)"
+        );
+    }
+}

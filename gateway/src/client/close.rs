@@ -1,6 +1,7 @@
 //! The end of a connection: the client's DISCONNECT, the last flush, and in `Drop` the session
 //! and its will handed to the registry, which decides their fate (`Registry::detach`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -82,6 +83,12 @@ impl Drop for Client {
         if std::thread::panicking() {
             self.close = CloseReason::Panic;
             self.publish_will = true;
+        } else if self.close == CloseReason::Network && !self.ctx.ready.load(Ordering::Acquire) {
+            // Dropped as the broker stops without its task having closed it (still hibernating
+            // when the drain ended, or its task stopped with the runtime; a network failure
+            // meanwhile looks the same): a shutdown like the kicked ones, will included (see
+            // `Kick::Shutdown`).
+            self.close = CloseReason::Shutdown;
         }
         self.session.set_online(false);
         self.ctx.metrics.connections_current.decrement(1.0);

@@ -14,14 +14,22 @@ use crate::connection::ReadError;
 use crate::metrics::CloseReason;
 use crate::session::Kick;
 
+/// The packet type of PUBLISH, in a frame's first byte's high nibble.
+const PUBLISH: u8 = 3;
+
 impl Client {
     /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
-    /// `fresh`: just attached, so a first wait with nothing to do hibernates at once (a device
-    /// that connects and then talks every few minutes never keeps a task for the wait).
+    /// `fresh`: just attached, so a silence of `FIRST_PACKET_GRACE` already hibernates it (a
+    /// device that connects and then talks every few minutes keeps its task that long only),
+    /// until its first packet. Otherwise it was resumed from hibernation, mostly because its
+    /// client sent something: the socket is read at once rather than after tokio's reactor,
+    /// which has just been given the socket, reports it readable (one turn of it saved on the
+    /// first packet after a silence; a read that finds nothing costs one syscall).
     pub(super) async fn run(mut self: Box<Self>, mut fresh: bool) {
+        let mut read_at_once = !fresh;
         // Only what the loop needs across waits lives here: this future is every active
         // session's task.
-        let first = self.next_timer(broker_nanos(&self.ctx));
+        let first = self.next_timer(broker_nanos(&self.ctx), fresh);
         let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
@@ -35,10 +43,15 @@ impl Client {
                         code: Some(reason::SESSION_TAKEN_OVER),
                         will: true,
                     },
+                    // The broker, not the client, ends the connection: its will stands, as for any
+                    // connection that ends without the client's DISCONNECT [MQTT-3.1.2-8]. MQTT
+                    // lets a shutting-down server defer it to the restart: a persistent
+                    // session's delayed will is kept in its record, and goes out after the
+                    // restart unless the client is back first (`Registry::detach`).
                     Kick::Shutdown => Close {
                         reason: CloseReason::Shutdown,
                         code: Some(reason::SERVER_SHUTTING_DOWN),
-                        will: false,
+                        will: true,
                     },
                     Kick::Administrative => Close {
                         reason: CloseReason::Administrative,
@@ -74,16 +87,16 @@ impl Client {
             }
             let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
             let writing = self.conn.has_pending();
-            let idle_now = fresh && self.hibernation().is_some() && self.conn.may_hibernate();
-            fresh = false;
+            let read_now = std::mem::take(&mut read_at_once);
             let session = &self.session;
             let conn = &mut self.conn;
             let mut wait = timer.as_mut();
             // `move`: the flags by value, a byte each in the task's future rather than a pointer.
             let event = std::future::poll_fn(move |cx| {
                 if reading {
-                    // The rest of a read that held more than one batch: no need to wait.
-                    if conn.holds_frames() {
+                    // Just resumed (see above), or the rest of a read that held more than one
+                    // batch: no need to wait.
+                    if read_now || conn.holds_frames() {
                         return Poll::Ready(Ok(Event::Readable));
                     }
                     if let Poll::Ready(r) = conn.poll_read_ready(cx) {
@@ -97,9 +110,6 @@ impl Client {
                 }
                 if session.poll_woken(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Woken));
-                }
-                if idle_now {
-                    return Poll::Ready(Ok(Event::Idle));
                 }
                 if timed && wait.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(Event::Timer));
@@ -116,8 +126,27 @@ impl Client {
                     }
                 }
                 Ok(Event::Readable) => {
-                    if let Some(close) = self.read_and_handle(&mut frames) {
+                    fresh = false;
+                    if let Some(close) = self.read_frames(&mut frames) {
                         break close;
+                    }
+                    // Tasks woken in one turn of tokio's reactor run last woken first (the
+                    // scheduler's LIFO slot), so another client's SUBSCRIBE that reached the
+                    // broker before this PUBLISH may wait behind it and miss the message. Letting
+                    // the tasks woken with this one run first routes it in arrival order, as a
+                    // single-threaded broker would (issue 18, item 10: Paho's
+                    // `test_subscribe_options`). One yield per read that holds a PUBLISH.
+                    if frames
+                        .iter()
+                        .any(|f| f.first().is_some_and(|b| b >> 4 == PUBLISH))
+                    {
+                        tokio::task::yield_now().await;
+                    }
+                    if !frames.is_empty() {
+                        self.ctx.metrics.received_frames(&frames);
+                        if let Some(close) = self.handle_frames(&mut frames) {
+                            break close;
+                        }
                     }
                     // A packet left half read: its timeout may come before anything the timer
                     // waits for. Looked at once per read, reset only when it is earlier.
@@ -130,10 +159,6 @@ impl Client {
                     }
                 }
                 Ok(Event::Writable | Event::Woken) => {}
-                Ok(Event::Idle) => match self.hibernate() {
-                    Ok(()) => return,
-                    Err(me) => self = me,
-                },
                 Ok(Event::Timer) => {
                     let now = broker_nanos(&self.ctx);
                     if let Some(close) = self.keep_alive_expired(now) {
@@ -142,7 +167,7 @@ impl Client {
                     if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
-                    if let Some(after) = self.hibernation() {
+                    if let Some(after) = self.hibernation(fresh) {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
@@ -152,7 +177,7 @@ impl Client {
                             }
                         }
                     }
-                    let next = self.next_timer(now).unwrap_or(u64::MAX);
+                    let next = self.next_timer(now, fresh).unwrap_or(u64::MAX);
                     timer.as_mut().reset(self.instant(next).into());
                 }
             }
@@ -160,9 +185,8 @@ impl Client {
         self.finish(close).await;
     }
 
-    /// Reads one batch (or takes the next of a read that held more) and handles every complete
-    /// packet in it.
-    fn read_and_handle(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
+    /// Reads one batch (or takes the next of a read that held more) into `frames`.
+    fn read_frames(&mut self, frames: &mut Vec<Bytes>) -> Option<Close> {
         let max = self.ctx.policy.max_packet_size as usize;
         match self.conn.try_read_frames(max, frames) {
             Ok(0) => {}
@@ -188,11 +212,7 @@ impl Client {
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
-        if frames.is_empty() {
-            return None;
-        }
-        self.ctx.metrics.received_frames(frames);
-        self.handle_frames(frames)
+        None
     }
 
     /// Handles decoded-in-order frames until one closes the connection; the rest are dropped then.

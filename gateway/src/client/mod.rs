@@ -71,8 +71,6 @@ enum Event {
     Readable,
     Writable,
     Woken,
-    /// Just attached and nothing to do: hibernate.
-    Idle,
     /// Keep-alive is due, or the connection may have been silent long enough to hibernate.
     Timer,
 }
@@ -166,11 +164,9 @@ pub(crate) async fn serve(
             }
         }
         let metrics = client.ctx.metrics.clone();
-        // A new session with nothing to do waits for its first packet hibernating, without ever
-        // spawning its task: connecting costs one task, not two.
-        if let Err(client) = Box::new(client).hibernate_at_once() {
-            spawn_isolated(metrics, peer, client.run(true));
-        }
+        // The session's task handles its first packets as they come, in the order they reach
+        // the broker relative to other clients' (see `timing::FIRST_PACKET_GRACE`).
+        spawn_isolated(metrics, peer, Box::new(client).run(true));
     }
 }
 

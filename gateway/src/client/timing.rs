@@ -13,6 +13,15 @@ use crate::hibernate::Sleeper;
 use crate::metrics::CloseReason;
 use crate::task::spawn_isolated;
 
+/// How long a session just attached waits for its first packet before it hibernates (unless
+/// `mqtt.hibernate_after` is shorter). A client's first packets (its SUBSCRIBE, mostly) come
+/// within a round trip of CONNACK; hibernating at once sent them through the parker's wake-up
+/// (an epoll event, the parker's task, a new task) while other clients' running tasks handled
+/// theirs at once, so a PUBLISH another client sent after the SUBSCRIBE could be routed first
+/// and miss it (issue 18, item 10). A second covers any round trip but a satellite's, and costs
+/// a connection storm of N clients a second of N tasks.
+const FIRST_PACKET_GRACE: Duration = Duration::from_secs(1);
+
 /// Now on the broker's clock: nanoseconds since `ctx.started`, the unit of a client's
 /// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen).
 pub(super) fn broker_nanos(ctx: &Context) -> u64 {
@@ -20,9 +29,15 @@ pub(super) fn broker_nanos(ctx: &Context) -> u64 {
 }
 
 impl Client {
-    /// The silence (nanoseconds) after which this session hibernates; `None`: never.
-    pub(super) fn hibernation(&self) -> Option<u64> {
-        self.ctx.policy.hibernate_after.map(duration_nanos)
+    /// The silence (nanoseconds) after which this session hibernates; `None`: never. `fresh`:
+    /// just attached and no packet read yet (`FIRST_PACKET_GRACE`).
+    pub(super) fn hibernation(&self, fresh: bool) -> Option<u64> {
+        let after = self.ctx.policy.hibernate_after?;
+        Some(duration_nanos(if fresh {
+            after.min(FIRST_PACKET_GRACE)
+        } else {
+            after
+        }))
     }
 
     /// The silence a client may keep, in nanoseconds: 1.5 times its keep-alive or, for one
@@ -103,8 +118,8 @@ impl Client {
 
     /// When the timer must fire next (nanoseconds on the broker's clock): the keep-alive check,
     /// the packet timeout of a half-read packet and, with hibernation on, the end of a silent
-    /// period. `None` when none applies.
-    pub(super) fn next_timer(&self, now: u64) -> Option<u64> {
+    /// period (`fresh`: see `hibernation`). `None` when none applies.
+    pub(super) fn next_timer(&self, now: u64, fresh: bool) -> Option<u64> {
         let keep_alive = self.keep_alive_period().map(|period| {
             let waiting = self.conn.has_pending();
             let read_paused = self.conn.pending_memory() >= READ_PAUSE_BYTES;
@@ -115,7 +130,7 @@ impl Client {
             }
             .saturating_add(period)
         });
-        let silent = self.hibernation().map(|after| {
+        let silent = self.hibernation(fresh).map(|after| {
             let at = self.last_read.max(self.last_write).saturating_add(after);
             // Past it without hibernating (busy or refused), or just resumed after a long
             // silence: the next look is a whole period away.
@@ -138,23 +153,6 @@ impl Client {
             .started
             .checked_add(Duration::from_nanos(nanos))
             .map_or(far, |at| at.min(far))
-    }
-
-    /// Right after CONNACK: writes it and hibernates when the socket took everything and the
-    /// session has nothing queued. Gives the client back otherwise, for its task.
-    pub(super) fn hibernate_at_once(mut self: Box<Self>) -> Result<(), Box<Self>> {
-        if self.hibernation().is_none() || self.session.queue_len() > 0 {
-            return Err(self);
-        }
-        match self.conn.try_flush() {
-            Ok(n) => {
-                self.last_write = broker_nanos(&self.ctx);
-                self.ctx.metrics.add_bytes_sent(n as u64);
-            }
-            // The task meets the error again and closes the connection.
-            Err(_) => return Err(self),
-        }
-        self.hibernate()
     }
 
     /// Ends the task and leaves the client to the parker, its socket off tokio's reactor, until
@@ -195,6 +193,17 @@ impl Sleeper for Client {
     }
 
     fn resume(mut self: Box<Self>) {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .session
+            .client_id
+            .starts_with(crate::fault::PANIC_ON_RESUME)
+        {
+            panic!(
+                "fault injection: panic requested by {}",
+                self.session.client_id
+            );
+        }
         if let Err(e) = self.conn.resume() {
             // Dropped here: closed as a network failure, will and session handled by `Drop`.
             debug!(client = %self.session.client_id, "cannot resume from hibernation: {e}");

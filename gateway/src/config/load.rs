@@ -12,9 +12,10 @@ use super::validate::{
     check_admin_token, check_log_level, ADMIN_TOKEN_HINT, COMMIT_DELAY_MS, CONNECT_BURST,
     CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_INFLIGHT,
     MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE, MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES,
-    MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM,
-    RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE,
-    TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
+    MAX_RETAINED_BACKLOG, MAX_RETAINED_BACKLOG_BYTES, MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH,
+    MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM, RETAINED_MAX, SESSION_EXPIRY_MAX,
+    SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
+    TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
     boolean, integer, optional_path, optional_socket_addr, seconds, seconds_or_never, socket_addr,
@@ -150,6 +151,13 @@ impl Config {
             }
             ("limits", "max_subscriptions_per_client") => {
                 self.limits.max_subscriptions_per_client = integer(k, value, MAX_SUBSCRIPTIONS)?;
+            }
+            ("limits", "max_retained_backlog") => {
+                self.limits.max_retained_backlog = integer(k, value, MAX_RETAINED_BACKLOG)?;
+            }
+            ("limits", "max_retained_backlog_bytes") => {
+                self.limits.max_retained_backlog_bytes =
+                    integer(k, value, MAX_RETAINED_BACKLOG_BYTES)?;
             }
             ("limits", "max_topic_length") => {
                 self.limits.max_topic_length = integer(k, value, MAX_TOPIC_LENGTH)?;

@@ -183,6 +183,12 @@ pub struct LimitsConfig {
     pub max_publish_bytes_rate: u64,
     /// Subscriptions one session may hold; 0 means no limit.
     pub max_subscriptions_per_client: usize,
+    /// Retained messages queued for one session by its SUBSCRIBEs and not yet sent; 0 means no
+    /// limit.
+    pub max_retained_backlog: usize,
+    /// Bytes (topic and payload) of the retained messages queued for one session by its
+    /// SUBSCRIBEs and not yet sent; 0 means no limit.
+    pub max_retained_backlog_bytes: usize,
     /// Bytes; longest topic name or subscription filter accepted.
     pub max_topic_length: usize,
     /// Bytes of resident memory above which new connections are refused and QoS 0 is shed; 0
@@ -279,6 +285,8 @@ impl Default for LimitsConfig {
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
             max_subscriptions_per_client: 10_000,
+            max_retained_backlog: 100_000,
+            max_retained_backlog_bytes: 16 << 20,
             max_topic_length: 1024,
             memory_high_water: 0,
         }

@@ -40,6 +40,8 @@ pub(super) const MAX_HANDSHAKES: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_PUBLISH_RATE: Bounds = Bounds::new(0, u32::MAX as u64);
 pub(super) const MAX_PUBLISH_BYTES_RATE: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_SUBSCRIPTIONS: Bounds = Bounds::new(0, UNBOUNDED);
+pub(super) const MAX_RETAINED_BACKLOG: Bounds = Bounds::new(0, UNBOUNDED);
+pub(super) const MAX_RETAINED_BACKLOG_BYTES: Bounds = Bounds::new(0, UNBOUNDED);
 /// A topic of one byte must fit; 65535 is the longest an MQTT string can be.
 pub(super) const MAX_TOPIC_LENGTH: Bounds = Bounds::new(1, u16::MAX as u64);
 pub(super) const MEMORY_HIGH_WATER: Bounds = Bounds::new(0, UNBOUNDED);
@@ -172,6 +174,16 @@ impl Config {
             "limits.max_subscriptions_per_client",
             l.max_subscriptions_per_client as u64,
             MAX_SUBSCRIPTIONS,
+        )?;
+        check(
+            "limits.max_retained_backlog",
+            l.max_retained_backlog as u64,
+            MAX_RETAINED_BACKLOG,
+        )?;
+        check(
+            "limits.max_retained_backlog_bytes",
+            l.max_retained_backlog_bytes as u64,
+            MAX_RETAINED_BACKLOG_BYTES,
         )?;
         check(
             "limits.max_topic_length",

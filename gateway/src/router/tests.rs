@@ -13,7 +13,7 @@ use crate::cluster::{Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
-use crate::session::{Outgoing, QueueLimits, Session};
+use crate::session::{BacklogFull, BacklogLimits, Outgoing, QueueLimits, Room, Session};
 use crate::store::recording::Recording;
 
 const Q0: QoS = QoS::AtMostOnce;
@@ -404,7 +404,8 @@ fn retained_messages_are_set_replaced_and_cleared_by_an_empty_payload() {
     let retained = |filter: &str| -> Vec<(String, Bytes)> {
         let mut v: Vec<_> = f
             .router
-            .retained_for(filter, opts(Q2), None)
+            .retained_for(filter, opts(Q2), None, &mut Room::unbounded())
+            .0
             .into_iter()
             .map(|d| (d.msg.topic.to_string(), d.msg.payload.clone()))
             .collect();
@@ -455,7 +456,9 @@ fn retained_for_a_subscribe_sets_retain_at_the_lower_of_granted_and_message_qos(
     for (row, (granted, stored, expected)) in table.into_iter().enumerate() {
         let f = Fixture::new(100, false);
         f.publish("a/b", b"kept", stored, true, 99);
-        let found = f.router.retained_for("a/+", opts(granted), Some(4));
+        let (found, _) =
+            f.router
+                .retained_for("a/+", opts(granted), Some(4), &mut Room::unbounded());
         assert_eq!(found.len(), 1, "row {row}");
         let d = &found[0];
         assert_eq!(d.qos, expected, "row {row}");
@@ -487,13 +490,47 @@ fn retained_for_matches_the_filter() {
     for (filter, expected) in table {
         let mut topics: Vec<String> = f
             .router
-            .retained_for(filter, opts(Q1), None)
+            .retained_for(filter, opts(Q1), None, &mut Room::unbounded())
+            .0
             .iter()
             .map(|d| d.msg.topic.to_string())
             .collect();
         topics.sort();
         assert_eq!(topics, *expected, "{filter}");
     }
+}
+
+/// A subscribe's retained messages stop at the session's room, and say which bound they met.
+#[test]
+fn retained_for_stops_at_the_room_it_is_given() {
+    let f = Fixture::new(100, false);
+    for i in 0..5 {
+        f.publish(&format!("r/{i}"), b"12345", Q0, true, 99);
+    }
+    let session = Session::new(7, "room".into());
+    let mut room = session.retained_room(BacklogLimits {
+        messages: 3,
+        bytes: 0,
+    });
+    let (found, full) = f.router.retained_for("r/#", opts(Q0), None, &mut room);
+    assert_eq!((found.len(), full), (3, Some(BacklogFull::Messages)));
+    session.add_retained(found);
+    // What waits counts: the next subscribe finds the backlog full.
+    let mut room = session.retained_room(BacklogLimits {
+        messages: 3,
+        bytes: 0,
+    });
+    let (found, full) = f.router.retained_for("r/#", opts(Q0), None, &mut room);
+    assert_eq!((found.len(), full), (0, Some(BacklogFull::Messages)));
+    // 8 bytes of topic and payload each: 20 bytes hold two.
+    let mut room = Session::new(8, "bytes".into()).retained_room(BacklogLimits {
+        messages: 0,
+        bytes: 20,
+    });
+    let (found, full) = f.router.retained_for("r/#", opts(Q0), None, &mut room);
+    assert_eq!((found.len(), full), (2, Some(BacklogFull::Bytes)));
+    let (found, full) = f.router.retained_for("nothing", opts(Q0), None, &mut room);
+    assert_eq!((found.len(), full), (0, None));
 }
 
 #[test]

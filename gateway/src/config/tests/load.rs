@@ -98,6 +98,8 @@ fn every_key_is_parsed() {
         max_publish_rate = 50
         max_publish_bytes_rate = 100000
         max_subscriptions_per_client = 0
+        max_retained_backlog = 0
+        max_retained_backlog_bytes = 4096
         max_topic_length = 65535
         memory_high_water = 1073741824
         [storage]
@@ -150,6 +152,8 @@ fn every_key_is_parsed() {
             max_publish_rate: 50,
             max_publish_bytes_rate: 100_000,
             max_subscriptions_per_client: 0,
+            max_retained_backlog: 0,
+            max_retained_backlog_bytes: 4096,
             max_topic_length: 65535,
             memory_high_water: 1 << 30,
         },

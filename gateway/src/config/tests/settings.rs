@@ -57,6 +57,8 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.limits.max_publish_rate, 0);
     assert_eq!(c.limits.max_publish_bytes_rate, 0);
     assert_eq!(c.limits.max_subscriptions_per_client, 10_000);
+    assert_eq!(c.limits.max_retained_backlog, 100_000);
+    assert_eq!(c.limits.max_retained_backlog_bytes, 16 << 20);
     assert_eq!(c.limits.max_topic_length, 1024);
     assert_eq!(c.limits.memory_high_water, 0);
     c.validate().unwrap();
@@ -75,6 +77,6 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);
     assert_eq!(count("auth"), 3);
-    assert_eq!(count("limits"), 9);
+    assert_eq!(count("limits"), 11);
     assert_eq!(count("storage"), 4);
 }
