@@ -127,13 +127,24 @@ def keep_open(port, count, opener, pace):
                 time.sleep(0.1)
                 break
         deadline = time.time() + 1.0
-        while time.time() < deadline and socks:
-            readable, _, _ = select.select(socks, [], [], max(0.0, deadline - time.time()))
-            for s in readable:
+        # poll, not select: these are more sockets than select's 1,024 descriptors.
+        poller = select.poll()
+        by_fd = {s.fileno(): s for s in socks}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        while time.time() < deadline and by_fd:
+            for fd, _ in poller.poll(max(0.0, deadline - time.time()) * 1000):
+                s = by_fd.get(fd)
+                if s is None:
+                    continue
                 try:
                     if not s.recv(4096):
                         raise OSError("closed")
+                except BlockingIOError:
+                    continue
                 except OSError:
+                    poller.unregister(fd)
+                    del by_fd[fd]
                     socks.remove(s)
                     s.close()
         step += 1
@@ -307,10 +318,15 @@ def main():
             threading.Thread(target=target, args=targs, daemon=True).start()
 
     churn_reports = []
+    began = time.time()
 
     def churner():
+        # From when the fleet is in: during its first login storm a churn run's verifier may
+        # not get in before its devices publish, which would count as loss.
+        while not STOP.is_set() and total(metrics(sim_http), "device_sim_devices_connected") < fleet:
+            time.sleep(5)
         minute = 0
-        while not STOP.is_set() and minute < args.minutes - 1:
+        while not STOP.is_set() and time.time() - began < seconds - 60:
             report = os.path.join(work, f"churn-{minute}.json")
             p = start([args.device_sim, "run", *named("churn"), *common, "--devices", str(churn),
                        "--connect-rate", "500", "--client-id", "churn-{id}",
@@ -325,7 +341,6 @@ def main():
         threading.Thread(target=churner, daemon=True).start()
 
     samples = []
-    began = time.time()
     before = metrics(sim_http)
     while time.time() - began < seconds and gw.poll() is None and not STOP.is_set():
         time.sleep(10)
