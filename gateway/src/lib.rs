@@ -47,6 +47,7 @@ mod hibernate;
 mod http;
 mod limits;
 mod listener;
+mod nats;
 mod policy;
 mod process;
 mod registry;
