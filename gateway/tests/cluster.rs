@@ -23,15 +23,37 @@ use observe::{request, samples, total, Observed};
 
 /// A node of the cluster on `nats`, named `name`.
 async fn node(nats_url: &str, name: &str) -> Observed {
+    node_with(nats_url, name, |_| {}).await
+}
+
+/// A node whose `[nats]` section `tune` completes.
+async fn node_with(
+    nats_url: &str,
+    name: &str,
+    tune: impl FnOnce(&mut gateway::config::NatsConfig),
+) -> Observed {
     let url = nats_url.to_owned();
     let name = name.to_owned();
     Observed::start(move |c| {
         c.sys.interval = 0;
         c.nats.servers = vec![url];
+        tune(&mut c.nats);
         c.cluster.enabled = true;
         c.cluster.node_name = name;
     })
     .await
+}
+
+/// Waits until `/readyz` of `node` answers `status`, within `d`.
+async fn ready(node: &Observed, status: u16, d: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < deadline {
+        if request(node.http, "GET", "/readyz", None).await.0 == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// A metric of `node` (summed over its labels matching `labels`).
@@ -517,6 +539,104 @@ async fn readiness_says_when_cluster_routing_is_down_and_the_node_recovers_by_it
         .publish_confirmed("t", v3::QoS::AtLeastOnce, false, "from b")
         .await;
     assert_eq!(&sub.next_publish(WAIT).await.payload[..], b"from b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_log_in_to_nats_with_a_user_and_password_or_a_token() {
+    let port = free_port();
+    let Some(nats) = NatsServer::start_with(port, &["--user", "gw", "--pass", "s3cret"]).await
+    else {
+        return;
+    };
+    let login = |user: &str, pass: &str| {
+        let (user, pass) = (user.to_owned(), pass.to_owned());
+        move |n: &mut gateway::config::NatsConfig| {
+            n.user = Some(user);
+            n.password = Some(pass);
+        }
+    };
+    let a = node_with(&nats.url(), "a", login("gw", "s3cret")).await;
+    let b = node_with(&nats.url(), "b", login("gw", "s3cret")).await;
+    let wrong = node_with(&nats.url(), "c", login("gw", "wrong")).await;
+    assert!(ready(&a, 200, WAIT).await && ready(&b, 200, WAIT).await);
+    let mut sub = v3::connect(b.mqtt, &unique_id("sub")).await;
+    sub.subscribe("auth/t", v3::QoS::AtLeastOnce).await;
+    interest(&a, 1.0).await;
+    let mut publisher = v3::connect(a.mqtt, &unique_id("pub")).await;
+    publisher
+        .publish_confirmed("auth/t", v3::QoS::AtLeastOnce, false, "in")
+        .await;
+    assert_eq!(&sub.next_publish(WAIT).await.payload[..], b"in");
+    // A refused login leaves the node serving locally, not ready, and unknown to the others.
+    assert!(!ready(&wrong, 200, Duration::from_secs(2)).await);
+    assert_eq!(metric(&a, "gateway_cluster_nodes", &[]).await, 1.0);
+    drop(nats);
+
+    let Some(nats) = NatsServer::start_with(free_port(), &["--auth", "t0ken"]).await else {
+        return;
+    };
+    let with_token = node_with(&nats.url(), "d", |n| n.token = Some("t0ken".into())).await;
+    assert!(ready(&with_token, 200, WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_nats_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = binary::scratch::Scratch::new("nats-tls");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("ca.pem"), ca.pem()).expect("write CA");
+    for (name, sans) in [
+        ("server", vec!["localhost", "127.0.0.1"]),
+        ("client", vec!["node"]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let sans: Vec<String> = sans.into_iter().map(str::to_owned).collect();
+        let cert = CertificateParams::new(sans)
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("sign");
+        std::fs::write(path(&format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
+    }
+    let text = |name: &str| path(name).display().to_string();
+    let (cert, key, ca_file) = (text("server.pem"), text("server.key"), text("ca.pem"));
+    let port = free_port();
+    let tls = [
+        "--tls",
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+        "--tlsverify",
+        "--tlscacert",
+        &ca_file,
+    ];
+    let Some(_nats) = NatsServer::start_with(port, &tls).await else {
+        return;
+    };
+    let url = format!("tls://127.0.0.1:{port}");
+    let with_cert = |n: &mut gateway::config::NatsConfig| {
+        n.tls_ca = Some(path("ca.pem"));
+        n.tls_cert = Some(path("client.pem"));
+        n.tls_key = Some(path("client.key"));
+    };
+    let a = node_with(&url, "a", with_cert).await;
+    let b = node_with(&url, "b", with_cert).await;
+    // Without a client certificate the server refuses the handshake.
+    let anonymous = node_with(&url, "c", |n| n.tls_ca = Some(path("ca.pem"))).await;
+    assert!(ready(&a, 200, WAIT).await && ready(&b, 200, WAIT).await);
+    let mut sub = v5::connect(b.mqtt, &unique_id("sub")).await;
+    sub.subscribe("tls/#", v5::QoS::AtLeastOnce).await;
+    interest(&a, 1.0).await;
+    let mut publisher = v5::connect(a.mqtt, &unique_id("pub")).await;
+    publisher
+        .publish_confirmed("tls/t", v5::QoS::AtLeastOnce, false, "sealed")
+        .await;
+    assert_eq!(payload_v5(&sub.next_publish(WAIT).await), "sealed");
+    assert!(!ready(&anonymous, 200, Duration::from_secs(2)).await);
 }
 
 #[test]

@@ -54,17 +54,19 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub(crate) enum Control {
+    /// A node's connection came up; its snapshot follows on the same subject.
     Hello {
         node: String,
         instance: u64,
-        version: u64,
-        entries: Vec<Entry>,
     },
+    /// One part of a node's whole set at `version`; the last part has `more` false. A set too
+    /// large for one NATS message (1 MiB by default) is sent in parts (`snapshot_parts`).
     Snapshot {
         node: String,
         instance: u64,
         version: u64,
         entries: Vec<Entry>,
+        more: bool,
     },
     Add {
         node: String,
@@ -96,7 +98,20 @@ pub(crate) enum Control {
 }
 
 impl Control {
-    fn sender(&self) -> &str {
+    /// The instance of the node that sent it, where the message carries it.
+    pub(crate) fn instance(&self) -> Option<u64> {
+        match self {
+            Control::Hello { instance, .. }
+            | Control::Snapshot { instance, .. }
+            | Control::Add { instance, .. }
+            | Control::Remove { instance, .. }
+            | Control::Beat { instance, .. }
+            | Control::Bye { instance, .. } => Some(*instance),
+            Control::Sync { .. } => None,
+        }
+    }
+
+    pub(crate) fn sender(&self) -> &str {
         match self {
             Control::Hello { node, .. }
             | Control::Snapshot { node, .. }
@@ -130,10 +145,15 @@ struct Peer {
     asked: Option<Instant>,
 }
 
+/// The parts of one node's snapshot gathered so far: (instance, version, entries).
+type Parts = (u64, u64, Vec<Entry>);
+
 /// Every other node's interest.
 pub(crate) struct RemoteInterest {
     index: TopicIndex<u32, ()>,
     peers: Mutex<HashMap<String, Peer>>,
+    /// Snapshot parts gathered per node.
+    partial: Mutex<HashMap<String, Parts>>,
     next_id: Mutex<u32>,
     entries: AtomicUsize,
     nodes: AtomicUsize,
@@ -144,6 +164,7 @@ impl Default for RemoteInterest {
         RemoteInterest {
             index: TopicIndex::new(),
             peers: Mutex::new(HashMap::new()),
+            partial: Mutex::new(HashMap::new()),
             next_id: Mutex::new(0),
             entries: AtomicUsize::new(0),
             nodes: AtomicUsize::new(0),
@@ -194,22 +215,28 @@ impl RemoteInterest {
                 }
                 Reply::Nothing
             }
-            Control::Hello {
-                node,
-                instance,
-                version,
-                entries,
-            } => {
-                self.replace(&mut peers, &node, instance, version, entries, now);
-                Reply::SnapshotTo(node)
-            }
+            Control::Hello { node, .. } => Reply::SnapshotTo(node),
             Control::Snapshot {
                 node,
                 instance,
                 version,
                 entries,
+                more,
             } => {
-                self.replace(&mut peers, &node, instance, version, entries, now);
+                let mut partial = self.partial.lock();
+                let parts = partial
+                    .entry(node.clone())
+                    .or_insert_with(|| (instance, version, Vec::new()));
+                // A part of another snapshot than the one being gathered starts over (the
+                // parts of one snapshot arrive together and in order: one sender, one task).
+                if (parts.0, parts.1) != (instance, version) {
+                    *parts = (instance, version, Vec::new());
+                }
+                parts.2.extend(entries);
+                if !more {
+                    let (_, _, all) = partial.remove(&node).unwrap_or_default();
+                    self.replace(&mut peers, &node, instance, version, all, now);
+                }
                 Reply::Nothing
             }
             Control::Add {
@@ -355,6 +382,45 @@ impl RemoteInterest {
     }
 }
 
+/// Bytes of entries per snapshot part: far below NATS's default max_payload (1 MiB), so that a
+/// part always fits even with the largest filter (65,535 bytes, escaped in JSON at most 6x).
+const PART_BYTES: usize = 64 * 1024;
+
+/// `entries` as the snapshot parts of `node` at `version`.
+pub(crate) fn snapshot_parts(
+    node: &str,
+    instance: u64,
+    version: u64,
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<Control> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        bytes += e.filter.len() + e.group.as_ref().map_or(0, String::len) + 16;
+        part.push(e);
+        if bytes >= PART_BYTES {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+    }
+    if !part.is_empty() || parts.is_empty() {
+        parts.push(part);
+    }
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, entries)| Control::Snapshot {
+            node: node.to_owned(),
+            instance,
+            version,
+            entries,
+            more: i < last,
+        })
+        .collect()
+}
+
 /// Asks `node` for a snapshot unless that was done within `SYNC_BACKOFF`.
 fn ask(peers: &mut HashMap<String, Peer>, node: &str, now: Instant) -> Reply {
     if let Some(p) = peers.get_mut(node) {
@@ -388,13 +454,17 @@ mod tests {
         }
     }
 
-    fn hello(node: &str, entries: &[&str]) -> Control {
-        Control::Hello {
+    /// A node's arrival: its hello, then its snapshot (in one part).
+    fn hello(r: &RemoteInterest, node: &str, entries: &[&str], t: Instant) -> Reply {
+        let hello = Control::Hello {
             node: node.to_owned(),
             instance: 1,
-            version: 0,
-            entries: entries.iter().map(|f| entry(f)).collect(),
+        };
+        let reply = r.apply(hello, "a", t);
+        for part in snapshot_parts(node, 1, 0, entries.iter().map(|f| entry(f))) {
+            assert_eq!(r.apply(part, "a", t), Reply::Nothing);
         }
+        reply
     }
 
     fn wants(r: &RemoteInterest, topic: &str) -> bool {
@@ -405,10 +475,7 @@ mod tests {
     fn deltas_in_order_apply_and_a_gap_asks_for_a_snapshot() {
         let r = RemoteInterest::default();
         let t = Instant::now();
-        assert_eq!(
-            r.apply(hello("b", &["x/#"]), "a", t),
-            Reply::SnapshotTo("b".into())
-        );
+        assert_eq!(hello(&r, "b", &["x/#"], t), Reply::SnapshotTo("b".into()));
         assert!(wants(&r, "x/1") && !wants(&r, "y"));
         assert_eq!(r.apply(add("b", 1, "y"), "a", t), Reply::Nothing);
         assert!(wants(&r, "y"));
@@ -425,6 +492,7 @@ mod tests {
             instance: 1,
             version: 4,
             entries: vec![entry("z"), entry("x/#")],
+            more: false,
         };
         assert_eq!(r.apply(snapshot, "a", t), Reply::Nothing);
         assert!(wants(&r, "z") && wants(&r, "x") && !wants(&r, "y"));
@@ -438,7 +506,7 @@ mod tests {
         r.apply(remove, "a", t);
         assert!(!wants(&r, "z"));
         // Our own name is never a peer.
-        r.apply(hello("a", &["mine"]), "a", t);
+        hello(&r, "a", &["mine"], t);
         assert!(!wants(&r, "mine"));
     }
 
@@ -446,8 +514,8 @@ mod tests {
     fn beats_heal_divergence_and_silent_or_leaving_nodes_are_dropped() {
         let r = RemoteInterest::default();
         let t = Instant::now();
-        r.apply(hello("b", &["b/#"]), "a", t);
-        r.apply(hello("c", &["c/#"]), "a", t);
+        hello(&r, "b", &["b/#"], t);
+        hello(&r, "c", &["c/#"], t);
         let beat = |node: &str, version| Control::Beat {
             node: node.into(),
             instance: 1,
@@ -478,7 +546,7 @@ mod tests {
     fn shared_entries_are_groups_whose_members_are_nodes() {
         let r = RemoteInterest::default();
         let t = Instant::now();
-        let shared = |node: &str| Control::Hello {
+        let shared = |node: &str| Control::Snapshot {
             node: node.into(),
             instance: 1,
             version: 0,
@@ -486,6 +554,7 @@ mod tests {
                 group: Some("g".into()),
                 filter: "s/+".into(),
             }],
+            more: false,
         };
         r.apply(shared("b"), "a", t);
         r.apply(shared("c"), "a", t);
@@ -493,6 +562,27 @@ mod tests {
         assert!(m.plain.is_empty());
         assert_eq!(m.shared.len(), 1);
         assert_eq!(m.shared[0].len(), 2);
+    }
+
+    #[test]
+    fn large_sets_travel_in_parts_and_apply_once_whole() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        let filters: Vec<String> = (0..20_000).map(|i| format!("cmd/device-{i:06}")).collect();
+        let parts = snapshot_parts("b", 1, 9, filters.iter().map(|f| entry(f)));
+        assert!(parts.len() > 4, "{} parts", parts.len());
+        let (last, first) = parts.split_last().unwrap();
+        for part in first {
+            assert!(serde_json::to_vec(part).unwrap().len() < 256 * 1024);
+            r.apply(part.clone(), "a", t);
+            // Nothing applies before the last part.
+            assert_eq!(r.len(), 0);
+        }
+        r.apply(last.clone(), "a", t);
+        assert_eq!(r.len(), 20_000);
+        assert!(wants(&r, "cmd/device-019999") && !wants(&r, "cmd/device-020000"));
+        // An empty set is one part too.
+        assert_eq!(snapshot_parts("b", 1, 0, Vec::new()).len(), 1);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio_stream::StreamMap;
 use tracing::{debug, info, warn};
 
 use super::envelope;
-use super::interest::{Control, Entry, RemoteInterest, Reply};
+use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
 use super::{Claiming, Cluster, ClusterState, Interest};
 use crate::clock::unix_millis;
@@ -98,6 +98,8 @@ pub(crate) struct Link {
     cluster: Arc<NatsCluster>,
     events: mpsc::Receiver<Event>,
     outbox: mpsc::Receiver<Outgoing>,
+    /// Whether the duplicate-name warning was logged (once is enough).
+    warned_name: bool,
 }
 
 impl NatsCluster {
@@ -133,6 +135,7 @@ impl NatsCluster {
             cluster: cluster.clone(),
             events,
             outbox,
+            warned_name: false,
         };
         Ok((cluster, link))
     }
@@ -437,52 +440,61 @@ impl Link {
         }
     }
 
-    /// This node's whole interest, to every node (which answer with theirs).
+    /// This node's hello and its whole interest, to every node (which answer with theirs).
     async fn hello(&self, client: &Client, st: &State) {
         let c = &self.cluster;
         let hello = Control::Hello {
             node: c.node.clone(),
             instance: c.instance,
-            version: st.version,
-            entries: st.local.keys().cloned().collect(),
         };
         let _ = client.publish(c.all_subject(), control_bytes(&hello)).await;
+        self.snapshot(client, st, c.all_subject()).await;
     }
 
-    async fn control(&self, client: &Client, st: &State, msg: async_nats::Message) {
+    /// This node's whole interest, in parts, to `subject`.
+    async fn snapshot(&self, client: &Client, st: &State, subject: String) {
+        let c = &self.cluster;
+        let entries = st.local.keys().cloned();
+        for part in snapshot_parts(&c.node, c.instance, st.version, entries) {
+            let _ = client.publish(subject.clone(), control_bytes(&part)).await;
+        }
+    }
+
+    async fn control(&mut self, client: &Client, st: &State, msg: async_nats::Message) {
         let c = &self.cluster;
         let parsed = serde_json::from_slice::<Control>(&msg.payload);
         let Ok(control) = parsed else {
             c.metrics.cluster.dropped(ClusterDrop::Malformed);
             return;
         };
+        if control.sender() == c.node && control.instance().is_some_and(|i| i != c.instance) {
+            // no_echo keeps this node's own messages away: another node uses its name.
+            if !self.warned_name {
+                warn!(node = %c.node, "cluster: another node uses this node's name; node names must be unique");
+                self.warned_name = true;
+            }
+            return;
+        }
         let reply = c.remote.apply(control, &c.node, Instant::now());
-        let (to, what) = match reply {
-            Reply::Nothing => return,
-            Reply::SnapshotTo(node) => (
-                node,
-                Control::Snapshot {
-                    node: c.node.clone(),
-                    instance: c.instance,
-                    version: st.version,
-                    entries: st.local.keys().cloned().collect(),
-                },
-            ),
-            Reply::SyncFrom(node) => (
-                node,
-                Control::Sync {
-                    node: c.node.clone(),
-                },
-            ),
+        let (Reply::SnapshotTo(to) | Reply::SyncFrom(to)) = &reply else {
+            return;
         };
-        if !valid_node_name(&to) {
+        if !valid_node_name(to) {
             c.metrics.cluster.dropped(ClusterDrop::Malformed);
             return;
         }
-        if c.nats.is_connected() {
-            let _ = client
-                .publish(c.node_subject(&to), control_bytes(&what))
-                .await;
+        if !c.nats.is_connected() {
+            return;
+        }
+        let subject = c.node_subject(to);
+        match reply {
+            Reply::SnapshotTo(_) => self.snapshot(client, st, subject).await,
+            _ => {
+                let sync = Control::Sync {
+                    node: c.node.clone(),
+                };
+                let _ = client.publish(subject, control_bytes(&sync)).await;
+            }
         }
     }
 
@@ -519,20 +531,26 @@ impl Link {
             let want = router.has_interest(&entry.filter, entry.group.as_deref());
             let have = st.local.contains_key(&entry);
             let add = if want && !have {
-                let mut sids = Vec::new();
-                let subscribed = match &entry.group {
-                    None => {
-                        let mut subs = Vec::new();
-                        for subject in filter_subjects(&c.prefix, &entry.filter) {
-                            subs.push(client.subscribe(subject).await);
-                        }
-                        subs
-                    }
-                    Some(group) => {
-                        let subject = group_subject(&c.prefix, group, &entry.filter);
-                        vec![client.queue_subscribe(subject, QUEUE.to_owned()).await]
-                    }
+                let subjects = match &entry.group {
+                    None => filter_subjects(&c.prefix, &entry.filter),
+                    Some(group) => vec![group_subject(&c.prefix, group, &entry.filter)],
                 };
+                // A SUB line beyond the server's max_control_line closes the connection: such a
+                // filter (possible only with limits.max_topic_length far above its default)
+                // stays local, said once here.
+                if subjects.iter().any(|s| s.len() > MAX_SUBJECT) {
+                    warn!(filter = %entry.filter, "cluster: filter too long for a NATS subject; it gets no messages from other nodes");
+                    c.metrics.cluster.dropped(ClusterDrop::TooLarge);
+                    continue;
+                }
+                let mut sids = Vec::new();
+                let mut subscribed = Vec::with_capacity(subjects.len());
+                for subject in subjects {
+                    subscribed.push(match &entry.group {
+                        None => client.subscribe(subject).await,
+                        Some(_) => client.queue_subscribe(subject, QUEUE.to_owned()).await,
+                    });
+                }
                 for sub in subscribed {
                     match sub {
                         Ok(sub) => {

@@ -63,6 +63,11 @@ impl NatsServer {
 
     /// Starts a server on `port` (to bring one back where nodes expect it).
     pub async fn start_on(port: u16) -> Option<NatsServer> {
+        NatsServer::start_with(port, &[]).await
+    }
+
+    /// Starts a server on `port` with more command-line options (credentials, TLS).
+    pub async fn start_with(port: u16, extra: &[&str]) -> Option<NatsServer> {
         let binary = binary()?;
         let dir = Scratch::new("nats");
         let monitor_port = free_port();
@@ -73,6 +78,7 @@ impl NatsServer {
             .arg("-js")
             .arg("-sd")
             .arg(dir.path().join("js"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
