@@ -542,6 +542,77 @@ async fn readiness_says_when_cluster_routing_is_down_and_the_node_recovers_by_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_cluster() {
+    let port = free_port();
+    let Some(mut nats) = NatsServer::start_on(port).await else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&nats.url(), "a").await,
+        node(&nats.url(), "b").await,
+        node(&nats.url(), "c").await,
+    );
+    let mut sub_b = v3::connect(b.mqtt, &unique_id("sub-b")).await;
+    sub_b.subscribe("r/#", v3::QoS::AtLeastOnce).await;
+    let mut sub_c = v3::connect(c.mqtt, &unique_id("sub-c")).await;
+    sub_c.subscribe("r/+", v3::QoS::AtLeastOnce).await;
+    interest(&a, 2.0).await;
+    // A clean shutdown says goodbye: the others drop its interest without waiting for its
+    // beats to stop (5 s).
+    c.shutdown().await;
+    within(Duration::from_secs(1), "a forgetting c", async {
+        while metric(&a, "gateway_cluster_remote_interest", &[]).await != 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(metric(&a, "gateway_cluster_nodes", &[]).await, 1.0);
+
+    // NATS goes away: both nodes say routing is down, keep serving locally, and come back by
+    // themselves when it returns, with b's interest announced again.
+    nats.kill();
+    assert!(ready(&a, 503, WAIT).await && ready(&b, 503, WAIT).await);
+    let mut local = v3::connect(a.mqtt, &unique_id("local")).await;
+    local.subscribe("l", v3::QoS::AtLeastOnce).await;
+    let mut pub_a = v3::connect(a.mqtt, &unique_id("pub-a")).await;
+    pub_a
+        .publish_confirmed("l", v3::QoS::AtLeastOnce, false, "still here")
+        .await;
+    assert_eq!(&local.next_publish(WAIT).await.payload[..], b"still here");
+    // While NATS is down, what b wants is dropped and counted, not queued without bound.
+    pub_a
+        .publish_confirmed("r/x", v3::QoS::AtLeastOnce, false, "lost")
+        .await;
+    assert!(
+        metric(
+            &a,
+            "gateway_cluster_messages_dropped_total",
+            &["\"link_down\""]
+        )
+        .await
+            >= 1.0
+    );
+    // b's interest changes while NATS is away: nothing can be announced then.
+    sub_b.subscribe("r2/#", v3::QoS::AtLeastOnce).await;
+    let Some(_nats) = NatsServer::start_on(port).await else {
+        return;
+    };
+    assert!(ready(&a, 200, Duration::from_secs(20)).await);
+    assert!(ready(&b, 200, Duration::from_secs(20)).await);
+    // b's hello and snapshot after reconnecting (or, failing those, a beat showing another
+    // version) bring a's view up to date.
+    interest(&a, 2.0).await;
+    pub_a
+        .publish_confirmed("r2/x", v3::QoS::AtLeastOnce, false, "new filter")
+        .await;
+    assert_eq!(&sub_b.next_publish(WAIT).await.payload[..], b"new filter");
+    pub_a
+        .publish_confirmed("r/x", v3::QoS::AtLeastOnce, false, "back")
+        .await;
+    assert_eq!(&sub_b.next_publish(WAIT).await.payload[..], b"back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_log_in_to_nats_with_a_user_and_password_or_a_token() {
     let port = free_port();
     let Some(nats) = NatsServer::start_with(port, &["--user", "gw", "--pass", "s3cret"]).await
