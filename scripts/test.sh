@@ -8,6 +8,9 @@
 #   - prometheus (apt, only when prometheus or promtool is missing): the dashboard tests (gateway's
 #     and device-sim's) run a real Prometheus on its own loopback port, and promtool checks the
 #     /metrics outputs; without it these tests skip loudly, or fail when CI is set,
+#   - nats-server (apt, only when it is missing from PATH and /usr/sbin): the cluster tests
+#     (gateway/tests/cluster.rs) run a real nats-server 2.9 on their own loopback ports; without
+#     it they skip loudly, or fail when CI is set,
 #   - python3-venv (apt) when `python3 -m venv` is unavailable,
 #   - paho-mqtt and pytest into a virtualenv at .venv/ (pip, gateway/tests/interop/requirements.txt),
 #   - nodejs + npm (apt, only when node or npm is missing) and MQTT.js into target/interop-node/
@@ -62,6 +65,9 @@ if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/de
 fi
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
     apt_install --no-install-recommends prometheus
+fi
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    apt_install --no-install-recommends nats-server
 fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_install python3-venv

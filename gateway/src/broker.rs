@@ -17,6 +17,7 @@ use tracing::info;
 
 use crate::admission::Admission;
 use crate::auth::Security;
+use crate::cluster::{Link, NatsCluster};
 use crate::config::Config;
 use crate::context::Context;
 use crate::endpoint::Endpoint;
@@ -42,6 +43,8 @@ pub struct Broker {
     /// The `[[listeners]]` sockets, in `ctx.endpoints` order.
     extra: Vec<TcpListener>,
     http: Option<http::Server>,
+    /// `[cluster] enabled`: this node in the cluster and its link task, started by `run`.
+    cluster: Option<(Arc<NatsCluster>, Link)>,
 }
 
 impl Broker {
@@ -86,6 +89,16 @@ impl Broker {
             // Before any socket: an unreadable store stops the gateway (exit 2 in `main`).
             router = router.with_store(Arc::new(DiskStore::open(&config.storage, &metrics.store)?));
         }
+        let cluster = if config.cluster.enabled {
+            // Connects in the background: the node serves its local clients while NATS is down.
+            let (cluster, link) = NatsCluster::connect(&config, metrics.clone())
+                .await
+                .context("cannot set up the cluster's NATS connection")?;
+            router = router.with_cluster(cluster.clone());
+            Some((cluster, link))
+        } else {
+            None
+        };
         let router = Arc::new(router);
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
@@ -128,6 +141,7 @@ impl Broker {
             local_addr,
             extra,
             http,
+            cluster,
         })
     }
 
@@ -175,6 +189,13 @@ impl Broker {
         let timers = ctx.clone();
         let _timers =
             Background::spawn(async move { timers.registry.run_timers(&timers.router).await });
+        let (cluster, _link) = match self.cluster {
+            Some((cluster, link)) => {
+                let router = Arc::downgrade(&ctx.router);
+                (Some(cluster), Some(Background::spawn(link.run(router))))
+            }
+            None => (None, None),
+        };
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
         // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.
@@ -191,6 +212,10 @@ impl Broker {
             _ = shutdown => {}
         }
         ctx.ready.store(false, Ordering::Release);
+        if let Some(cluster) = &cluster {
+            // The other nodes stop sending here at once rather than after the peer timeout.
+            cluster.leave().await;
+        }
         info!("shutting down: listener closed, disconnecting clients");
         let close_all = || {
             for session in ctx.registry.all() {

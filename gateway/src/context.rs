@@ -59,6 +59,10 @@ impl Context {
         state.stored_sessions = store.sessions;
         state.stored_messages = store.messages;
         state.store_available = store.available;
+        let cluster = self.router.cluster.state();
+        state.cluster_connected = cluster.connected;
+        state.cluster_remote_interest = cluster.remote_interest;
+        state.cluster_nodes = cluster.nodes;
         for session in self.registry.all() {
             if session.is_online() {
                 state.sessions_online += 1;

@@ -137,6 +137,12 @@ fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Respons
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: the store cannot write (disk full or I/O error)\n",
                 )
+            } else if ctx.router.cluster.state().down {
+                // Local clients are still served; messages to and from other nodes are not.
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: cluster routing is down (no connection to NATS)\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }

@@ -49,6 +49,7 @@ mod hibernate;
 mod http;
 mod limits;
 mod listener;
+mod nats;
 mod policy;
 mod process;
 mod registry;

@@ -132,6 +132,48 @@ const DROP_REASONS: [(DropReason, &str); 10] = [
     (DropReason::StoreUnavailable, "store_unavailable"),
 ];
 
+/// Why a message was not sent to, or not taken from, the cluster.
+#[derive(Debug, Clone, Copy)]
+pub enum ClusterDrop {
+    /// A message from another node that does not decode (subject or envelope): dropped.
+    Malformed,
+    /// Other nodes wanted it while this node's NATS connection was down.
+    LinkDown,
+    /// Too large for NATS (its subject beyond the control line, its envelope beyond the
+    /// server's max_payload).
+    TooLarge,
+    /// The queue towards NATS was full (NATS slower than the publishers).
+    Overflow,
+}
+
+const CLUSTER_DROPS: [(ClusterDrop, &str); 4] = [
+    (ClusterDrop::Malformed, "malformed"),
+    (ClusterDrop::LinkDown, "link_down"),
+    (ClusterDrop::TooLarge, "too_large"),
+    (ClusterDrop::Overflow, "overflow"),
+];
+
+/// What the cluster link records (`cluster::link`); all at 0 on a standalone node.
+pub struct ClusterMetrics {
+    /// Messages published to NATS for other nodes (one per NATS message, whatever the number
+    /// of nodes NATS fans it out to).
+    pub sent: Counter,
+    /// Envelope bytes of those messages.
+    pub sent_bytes: Counter,
+    /// Messages received from other nodes and delivered into the local router.
+    pub received: Counter,
+    pub received_bytes: Counter,
+    /// Extra copies NATS delivered for overlapping filters, discarded.
+    pub duplicates: Counter,
+    dropped: [Counter; CLUSTER_DROPS.len()],
+}
+
+impl ClusterMetrics {
+    pub fn dropped(&self, reason: ClusterDrop) {
+        self.dropped[reason as usize].increment(1);
+    }
+}
+
 /// A per-client `[limits]` a client ran into, labelled with the key's name.
 #[derive(Debug, Clone, Copy)]
 pub enum LimitExceeded {
@@ -281,6 +323,7 @@ pub struct Metrics {
     packets_received: [Counter; 16],
     packets_sent: [Counter; 16],
     pub store: StoreMetrics,
+    pub cluster: ClusterMetrics,
 }
 
 /// What the store's writer thread records, per commit.
@@ -354,6 +397,16 @@ impl Metrics {
                 commits: counter!("gateway_store_commits_total"),
                 written_bytes: counter!("gateway_store_written_bytes_total"),
                 errors: counter!("gateway_store_errors_total"),
+            },
+            cluster: ClusterMetrics {
+                sent: counter!("gateway_cluster_messages_sent_total"),
+                sent_bytes: counter!("gateway_cluster_sent_bytes_total"),
+                received: counter!("gateway_cluster_messages_received_total"),
+                received_bytes: counter!("gateway_cluster_received_bytes_total"),
+                duplicates: counter!("gateway_cluster_duplicates_total"),
+                dropped: CLUSTER_DROPS.map(|(_, reason)| {
+                    counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
+                }),
             },
         }
     }
@@ -654,6 +707,42 @@ fn describe() {
         "gateway_store_available",
         "1 while the store writes, 0 while its commits fail (PUBACK of stored messages refused)."
     );
+    describe_counter!(
+        "gateway_cluster_messages_sent_total",
+        "Messages published to NATS for other cluster nodes (one per NATS message)."
+    );
+    describe_counter!(
+        "gateway_cluster_sent_bytes_total",
+        "Bytes of the messages published to NATS for other cluster nodes."
+    );
+    describe_counter!(
+        "gateway_cluster_messages_received_total",
+        "Messages received from other cluster nodes and routed to local subscribers."
+    );
+    describe_counter!(
+        "gateway_cluster_received_bytes_total",
+        "Bytes of the messages received from other cluster nodes."
+    );
+    describe_counter!(
+        "gateway_cluster_duplicates_total",
+        "Extra copies NATS delivered for overlapping filters of this node, discarded."
+    );
+    describe_counter!(
+        "gateway_cluster_messages_dropped_total",
+        "Messages not sent to or not taken from the cluster, by reason."
+    );
+    describe_gauge!(
+        "gateway_cluster_connected",
+        "1 while this node's NATS connection is up; 0 while down, and on a standalone node."
+    );
+    describe_gauge!(
+        "gateway_cluster_remote_interest",
+        "Other nodes' (node, shared group, filter) interest entries known to this node."
+    );
+    describe_gauge!(
+        "gateway_cluster_nodes",
+        "Other cluster nodes known to this node (heard from within the last 5 s)."
+    );
     describe_gauge!(
         "gateway_build_info",
         "Always 1; the version label tells which build is running."
@@ -679,6 +768,12 @@ pub struct BrokerState {
     pub stored_messages: u64,
     /// False while the store's commits fail.
     pub store_available: bool,
+    /// This node is clustered and connected to NATS.
+    pub cluster_connected: bool,
+    /// Other nodes' interest entries known here.
+    pub cluster_remote_interest: usize,
+    /// Other cluster nodes known here.
+    pub cluster_nodes: usize,
 }
 
 /// Gauges set from a `BrokerState` right before rendering.
@@ -696,6 +791,9 @@ struct StateGauges {
     stored_sessions: Gauge,
     stored_messages: Gauge,
     store_available: Gauge,
+    cluster_connected: Gauge,
+    cluster_remote_interest: Gauge,
+    cluster_nodes: Gauge,
 }
 
 impl StateGauges {
@@ -715,6 +813,9 @@ impl StateGauges {
             stored_sessions: gauge!("gateway_stored_sessions"),
             stored_messages: gauge!("gateway_stored_messages"),
             store_available: gauge!("gateway_store_available"),
+            cluster_connected: gauge!("gateway_cluster_connected"),
+            cluster_remote_interest: gauge!("gateway_cluster_remote_interest"),
+            cluster_nodes: gauge!("gateway_cluster_nodes"),
         }
     }
 }
@@ -745,6 +846,11 @@ impl Exporter {
         s.stored_messages.set(state.stored_messages as f64);
         s.store_available
             .set(if state.store_available { 1.0 } else { 0.0 });
+        s.cluster_connected
+            .set(if state.cluster_connected { 1.0 } else { 0.0 });
+        s.cluster_remote_interest
+            .set(state.cluster_remote_interest as f64);
+        s.cluster_nodes.set(state.cluster_nodes as f64);
         let mut out = self.handle.render();
         process::render(&mut out);
         out
@@ -773,6 +879,9 @@ mod tests {
             assert_eq!(*reason as usize, i, "{reason:?}");
         }
         for (i, reason) in CLOSE_REASONS.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for (i, (reason, _)) in CLUSTER_DROPS.iter().enumerate() {
             assert_eq!(*reason as usize, i, "{reason:?}");
         }
         for (i, (limit, _)) in LIMITS_EXCEEDED.iter().enumerate() {

@@ -30,7 +30,7 @@ use crate::session::{
 };
 use crate::store::{Mark, MemoryStore, SessionRecord, Store, StoredWill};
 use crate::topic::{self, TopicError};
-use crate::topic_index::TopicIndex;
+use crate::topic_index::{Matches, SharedGroup, TopicIndex};
 
 /// `offer`'s mark for a copy the store could not take.
 const REFUSED: Mark = Mark::MAX;
@@ -100,8 +100,7 @@ impl Router {
         self
     }
 
-    /// The router as one node of a cluster (the seam's own tests).
-    #[cfg(test)]
+    /// The router as one node of a cluster.
     pub(crate) fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Router {
         self.cluster = cluster;
         self
@@ -124,7 +123,73 @@ impl Router {
             stored = self.retain(&msg);
         }
         let matches = self.index.matches(&msg.topic);
+        let (mut delivered, plain_stored, mut refused) = self.deliver_plain(&msg, &matches);
+        stored = stored.max(plain_stored);
+        // The broker's own status messages ($SYS, origin 0) stay on the node.
+        let clustered = msg.origin != 0;
+        for group in &matches.shared {
+            // A group with members on other nodes too takes turns with them (`Cluster::share`):
+            // each message goes to exactly one member cluster-wide.
+            if clustered && !self.cluster.share(&msg, group.name(), group.filter()) {
+                continue;
+            }
+            let (n, mark) = self.deliver_to_group(&msg, group);
+            delivered += n;
+            stored = stored.max(mark);
+            refused |= mark == REFUSED;
+        }
+        // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
+        // listens; counting them would bury the drops that matter.
+        if clustered {
+            if delivered == 0 {
+                self.metrics.dropped(DropReason::NoSubscribers, 1);
+            }
+            self.cluster.forward(&msg, &matches);
+        }
+        Routed {
+            delivered,
+            stored: if refused { 0 } else { stored },
+            refused,
+        }
+    }
+
+    /// A message another node forwarded: to this node's plain subscribers only. It is not
+    /// retained here (retained messages stay on the node they were published on until they
+    /// live in JetStream), not offered to shared groups (those get their own copy, addressed to
+    /// one group: `deliver_shared`), and never forwarded again. Returns how many sessions it
+    /// was queued for.
+    pub(crate) fn deliver_remote(&self, msg: Arc<Message>) -> usize {
+        let matches = self.index.matches(&msg.topic);
+        self.deliver_plain(&msg, &matches).0
+    }
+
+    /// A message another node sent to shared group (`group`, `filter`) for one of its members
+    /// here. Returns how many sessions it was queued for (0: the group has no member here any
+    /// more).
+    pub(crate) fn deliver_shared(&self, msg: Arc<Message>, group: &str, filter: &str) -> usize {
+        let matches = self.index.matches(&msg.topic);
+        matches
+            .shared
+            .iter()
+            .find(|g| g.name() == group && g.filter() == filter)
+            .map_or(0, |g| self.deliver_to_group(&msg, g).0)
+    }
+
+    /// Whether (`filter`, `group`) has a subscriber on this node now: the truth the cluster
+    /// announces, whatever order the `Interest` reports arrived in.
+    pub(crate) fn has_interest(&self, filter: &str, group: Option<&str>) -> bool {
+        self.index.contains(filter, group)
+    }
+
+    /// One copy per session of the plain subscriptions in `matches`: the highest granted QoS,
+    /// every subscription identifier. Returns (sessions, the store's mark, refused).
+    fn deliver_plain(
+        &self,
+        msg: &Arc<Message>,
+        matches: &Matches<SessionId, Subscriber>,
+    ) -> (usize, Mark, bool) {
         let mut delivered = 0;
+        let mut stored = 0;
         let mut refused = false;
         let mut plain = matches.plain.iter().peekable();
         while let Some((key, first)) = plain.next() {
@@ -156,35 +221,26 @@ impl Router {
                 refused |= mark == REFUSED;
             }
         }
-        for group in &matches.shared {
-            if let Some((_, member)) = group.pick(|_, s| s.session.is_online()) {
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: member.options.qos.min(msg.qos),
-                    retain: member.options.retain_as_published && msg.retain,
-                    subscription_ids: member.id.into_iter().collect(),
-                    seq: 0,
-                };
-                let (n, mark) = self.offer(&member.session, d);
-                delivered += n;
-                stored = stored.max(mark);
-                refused |= mark == REFUSED;
-            }
-        }
-        // The broker's own status messages ($SYS, origin 0) are published whether or not anyone
-        // listens; counting them would bury the drops that matter.
-        if msg.origin != 0 {
-            if delivered == 0 {
-                self.metrics.dropped(DropReason::NoSubscribers, 1);
-            }
-            // The node's own status messages stay on the node.
-            self.cluster.forward(&msg);
-        }
-        Routed {
-            delivered,
-            stored: if refused { 0 } else { stored },
-            refused,
-        }
+        (delivered, stored, refused)
+    }
+
+    /// One member of `group` (an online one if any) gets `msg`.
+    fn deliver_to_group(
+        &self,
+        msg: &Arc<Message>,
+        group: &SharedGroup<SessionId, Subscriber>,
+    ) -> (usize, Mark) {
+        let Some((_, member)) = group.pick(|_, s| s.session.is_online()) else {
+            return (0, 0);
+        };
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: member.options.qos.min(msg.qos),
+            retain: member.options.retain_as_published && msg.retain,
+            subscription_ids: member.id.into_iter().collect(),
+            seq: 0,
+        };
+        self.offer(&member.session, d)
     }
 
     /// Queues `d` for `session` (and the store, for a persistent one); returns whether it was

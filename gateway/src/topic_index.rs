@@ -185,6 +185,15 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
         self.plain.is_empty() && self.shared.is_empty()
     }
 
+    /// Whether the plain subscriptions (or group `group`) have a member; an existing group is
+    /// never empty.
+    fn has(&self, group: Option<&str>) -> bool {
+        match group {
+            None => !self.plain.is_empty(),
+            Some(name) => self.shared.contains_key(name),
+        }
+    }
+
     fn collect(&self, out: &mut Matches<K, V>) {
         out.plain
             .extend(self.plain.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -302,6 +311,22 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
     /// Whether this node must survive if one of its edges is pruned.
     fn branches(&self) -> bool {
         self.leaf.is_some() || self.fanout() > 1
+    }
+
+    /// The leaf `path` ends at, if the trie has it.
+    fn find(&self, path: &Path<'_>) -> Option<&Leaf<K, V>> {
+        let mut node = self;
+        for &step in &path.steps {
+            node = match step {
+                Step::Literal(level) => node.children.get(level)?,
+                Step::Plus => node.plus.as_deref()?,
+            };
+        }
+        if path.multi {
+            node.hash.as_deref()
+        } else {
+            node.leaf.as_deref()
+        }
     }
 
     fn child_mut(&mut self, step: Step<'_>) -> Option<&mut Self> {
@@ -670,6 +695,16 @@ where
         drop(wild);
         drop(trie);
         found
+    }
+
+    /// Whether (`filter`, `group`) has at least one subscriber.
+    pub fn contains(&self, filter: &str, group: Option<&str>) -> bool {
+        let path = Path::parse(filter);
+        let found = |trie: &Node<K, V>| trie.find(&path).is_some_and(|leaf| leaf.has(group));
+        match path.steps.first() {
+            Some(Step::Literal(first)) => found(&self.shards[self.shard_of(first)].trie.read()),
+            Some(Step::Plus) | None => found(&self.wild.read()),
+        }
     }
 
     /// Number of subscriptions, shared-group memberships included.

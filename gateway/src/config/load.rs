@@ -9,17 +9,17 @@ use toml::{Table, Value};
 use super::error::{invalid, render, syntax_error, ConfigError};
 use super::settings::{Config, ListenerConfig, ListenerKind, StorageSync};
 use super::validate::{
-    check_admin_token, check_log_level, ADMIN_TOKEN_HINT, COMMIT_DELAY_MS, CONNECT_BURST,
-    CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS, MAX_HANDSHAKES, MAX_INFLIGHT,
-    MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE, MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES,
-    MAX_RETAINED_BACKLOG, MAX_RETAINED_BACKLOG_BYTES, MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH,
-    MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, RECEIVE_MAXIMUM, RETAINED_MAX, SESSION_EXPIRY_MAX,
-    SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
-    TOPIC_ALIAS_MAXIMUM,
+    check_admin_token, check_log_level, check_nats_url, check_token, ADMIN_TOKEN_HINT,
+    COMMIT_DELAY_MS, CONNECT_BURST, CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS,
+    MAX_HANDSHAKES, MAX_INFLIGHT, MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE,
+    MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES, MAX_RETAINED_BACKLOG, MAX_RETAINED_BACKLOG_BYTES,
+    MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, NATS_URL_HINT,
+    RECEIVE_MAXIMUM, RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT,
+    TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
-    boolean, integer, optional_path, optional_socket_addr, seconds, seconds_or_never, socket_addr,
-    string, LISTEN_HINT,
+    boolean, integer, optional_path, optional_socket_addr, optional_string, seconds,
+    seconds_or_never, socket_addr, string, LISTEN_HINT,
 };
 
 impl Config {
@@ -34,7 +34,15 @@ impl Config {
             }
             if !matches!(
                 section.as_str(),
-                "mqtt" | "http" | "sys" | "log" | "auth" | "limits" | "storage"
+                "mqtt"
+                    | "http"
+                    | "sys"
+                    | "log"
+                    | "auth"
+                    | "limits"
+                    | "storage"
+                    | "nats"
+                    | "cluster"
             ) {
                 return Err(ConfigError::UnknownKey {
                     key: section.clone(),
@@ -183,6 +191,43 @@ impl Config {
                     "batched" => StorageSync::Batched,
                     _ => return Err(invalid(k, value, HINT)),
                 };
+            }
+            ("nats", "servers") => {
+                let Value::Array(items) = value else {
+                    return Err(invalid(
+                        k,
+                        value,
+                        format!("expected a list of {NATS_URL_HINT}"),
+                    ));
+                };
+                let mut servers = Vec::with_capacity(items.len());
+                for item in items {
+                    let url = string(k, item, NATS_URL_HINT)?;
+                    check_nats_url(k, url)?;
+                    servers.push(url.to_owned());
+                }
+                self.nats.servers = servers;
+            }
+            ("nats", "user") => self.nats.user = optional_string(k, value)?,
+            ("nats", "password") => self.nats.password = optional_string(k, value)?,
+            ("nats", "token") => self.nats.token = optional_string(k, value)?,
+            ("nats", "creds_file") => self.nats.creds_file = optional_path(k, value)?,
+            ("nats", "tls_ca") => self.nats.tls_ca = optional_path(k, value)?,
+            ("nats", "tls_cert") => self.nats.tls_cert = optional_path(k, value)?,
+            ("nats", "tls_key") => self.nats.tls_key = optional_path(k, value)?,
+            ("cluster", "enabled") => self.cluster.enabled = boolean(k, value)?,
+            ("cluster", "node_name") => {
+                let name = string(k, value, "expected a node name")?;
+                // Empty is allowed here (the default); `validate` refuses it when enabled.
+                if !name.is_empty() {
+                    check_token(k, name)?;
+                }
+                self.cluster.node_name = name.to_owned();
+            }
+            ("cluster", "subject_prefix") => {
+                let prefix = string(k, value, "expected a NATS subject token")?;
+                check_token(k, prefix)?;
+                self.cluster.subject_prefix = prefix.to_owned();
             }
             ("auth", "allow_anonymous") => self.auth.allow_anonymous = boolean(k, value)?,
             ("auth", "password_file") => self.auth.password_file = optional_path(k, value)?,

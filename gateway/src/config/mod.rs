@@ -23,6 +23,6 @@ mod values;
 
 pub use error::ConfigError;
 pub use settings::{
-    AuthConfig, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerKind, LogConfig,
-    MqttConfig, StorageConfig, StorageSync, SysConfig,
+    AuthConfig, ClusterConfig, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerKind,
+    LogConfig, MqttConfig, NatsConfig, StorageConfig, StorageSync, SysConfig,
 };

@@ -15,6 +15,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    /// `[nats]`: how to reach NATS (the cluster's transport; later also ingestion's).
+    pub nats: NatsConfig,
+    /// `[cluster]`: this node as one of many forming one broker over NATS.
+    pub cluster: ClusterConfig,
     /// `[[listeners]]`: listeners besides `mqtt.listen`, in file order.
     pub listeners: Vec<ListenerConfig>,
 }
@@ -237,6 +241,57 @@ impl Default for StorageConfig {
             dir: PathBuf::from("data"),
             commit_delay_ms: 2,
             sync: StorageSync::Always,
+        }
+    }
+}
+
+/// The `[nats]` section: the NATS servers and how to log in to them. Used only by what needs
+/// NATS (`[cluster] enabled`); a node without it never connects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// `nats://host:port` or `tls://host:port` URLs; the client fails over between them.
+    pub servers: Vec<String>,
+    /// User name and password (`user`, `password`), both or neither.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// A NATS `.creds` file (user JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA certificates the servers' certificates must chain to; setting it requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients (both or neither).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NatsConfig {
+    /// Whether the connection must use TLS: a `tls://` URL or any TLS file asks for it.
+    pub fn tls_required(&self) -> bool {
+        self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.servers.iter().any(|s| s.starts_with("tls://"))
+    }
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Whether this node joins a cluster over `[nats]`; false: a standalone broker.
+    pub enabled: bool,
+    /// This node's name, unique within the cluster (one NATS subject token).
+    pub node_name: String,
+    /// First token of every NATS subject the cluster uses, so that several clusters (or other
+    /// applications) can share one NATS without seeing each other's traffic.
+    pub subject_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_name: String::new(),
+            subject_prefix: "gateway".to_owned(),
         }
     }
 }

@@ -77,6 +77,12 @@ impl fmt::Display for Bounds {
     }
 }
 
+pub(super) const NATS_URL_HINT: &str =
+    "expected a NATS server URL such as \"nats://127.0.0.1:4222\" or \"tls://nats.example:4222\"";
+
+/// Longest node name or subject prefix: they are repeated in every control subject.
+const TOKEN_MAX: usize = 64;
+
 pub(super) const LEVEL_HINT: &str =
     "expected error, warn, info, debug, trace or a tracing filter directive";
 
@@ -213,7 +219,130 @@ impl Config {
                 });
             }
         }
+        self.validate_cluster()?;
         check_log_level("log.level", &self.log.level)
+    }
+
+    /// `[nats]` and `[cluster]`: what the parser checks key by key, and what needs two keys.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let n = &self.nats;
+        let quoted = |s: &str| render(&Value::String(s.to_owned()));
+        for url in &n.servers {
+            check_nats_url("nats.servers", url)?;
+        }
+        let pair = |a: (&str, bool), b: (&str, bool)| {
+            if a.1 != b.1 {
+                let (set, unset) = if a.1 { (a.0, b.0) } else { (b.0, a.0) };
+                return Err(ConfigError::InvalidValue {
+                    key: unset.to_owned(),
+                    value: "\"\"".to_owned(),
+                    reason: format!("{set} is set: both or neither"),
+                });
+            }
+            Ok(())
+        };
+        pair(
+            ("nats.user", n.user.is_some()),
+            ("nats.password", n.password.is_some()),
+        )?;
+        pair(
+            ("nats.tls_cert", n.tls_cert.is_some()),
+            ("nats.tls_key", n.tls_key.is_some()),
+        )?;
+        if let Some(token) = &n.token {
+            if n.user.is_some() || n.creds_file.is_some() {
+                return Err(ConfigError::InvalidValue {
+                    key: "nats.token".to_owned(),
+                    value: quoted(token),
+                    reason: "a token excludes nats.user/password and nats.creds_file".to_owned(),
+                });
+            }
+        }
+        let c = &self.cluster;
+        check_token("cluster.subject_prefix", &c.subject_prefix)?;
+        if !c.node_name.is_empty() {
+            check_token("cluster.node_name", &c.node_name)?;
+        }
+        if c.enabled {
+            if n.servers.is_empty() {
+                return Err(ConfigError::InvalidValue {
+                    key: "nats.servers".to_owned(),
+                    value: "[]".to_owned(),
+                    reason: "[cluster] enabled = true needs at least one NATS server".to_owned(),
+                });
+            }
+            if c.node_name.is_empty() {
+                return Err(ConfigError::InvalidValue {
+                    key: "cluster.node_name".to_owned(),
+                    value: "\"\"".to_owned(),
+                    reason: "[cluster] enabled = true needs this node's name, unique in the \
+                             cluster"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A NATS server URL: `nats://` or `tls://`, optional `user:password@`, a host, an optional
+/// port; nothing after it. Checked here so that a typo stops the gateway at start instead of
+/// leaving the cluster link retrying an address that can never work.
+pub(super) fn check_nats_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let reject = || ConfigError::InvalidValue {
+        key: key.to_owned(),
+        value: render(&Value::String(url.to_owned())),
+        reason: NATS_URL_HINT.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or_else(reject)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host_port.is_empty() || host_port.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(reject());
+    }
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(reject)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() || host.contains(['[', ']']) {
+        return Err(reject());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(reject()),
+        }
+    }
+    Ok(())
+}
+
+/// A node name or subject prefix becomes one token of NATS subjects: no `.` (the separator),
+/// no `*` or `>` (wildcards), no whitespace or control characters, not too long.
+pub(super) fn check_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    let good = !token.is_empty()
+        && token.len() <= TOKEN_MAX
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if good {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key: key.to_owned(),
+            value: render(&Value::String(token.to_owned())),
+            reason: format!(
+                "expected 1..={TOKEN_MAX} ASCII letters, digits, '-' or '_' (it is a NATS \
+                 subject token)"
+            ),
+        })
     }
 }
 

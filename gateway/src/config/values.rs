@@ -68,6 +68,12 @@ pub(super) fn optional_path(key: &str, value: &Value) -> Result<Option<PathBuf>,
     Ok((!path.is_empty()).then(|| PathBuf::from(path)))
 }
 
+/// A string where `""` means "not set".
+pub(super) fn optional_string(key: &str, value: &Value) -> Result<Option<String>, ConfigError> {
+    let text = string(key, value, "expected a string, or \"\" for none")?;
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
 /// Accepts integer or fractional seconds so sub-second timeouts can be set for tests and labs.
 pub(super) fn seconds(key: &str, value: &Value) -> Result<Duration, ConfigError> {
     let not_positive = || invalid(key, value, "must be > 0 seconds");

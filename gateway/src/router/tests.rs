@@ -7,14 +7,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::Router;
+use super::{Router, Subscriber};
 use crate::clock::unix_millis;
 use crate::cluster::{Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
+use crate::session::SessionId;
 use crate::session::{BacklogFull, BacklogLimits, Outgoing, QueueLimits, Room, Session};
 use crate::store::recording::Recording;
+use crate::topic_index::Matches;
 
 const Q0: QoS = QoS::AtMostOnce;
 const Q1: QoS = QoS::AtLeastOnce;
@@ -706,8 +708,11 @@ fn a_resubscribe_replaces_the_options() {
 struct Heard(Arc<Mutex<Vec<String>>>);
 
 impl Cluster for Heard {
-    fn forward(&self, m: &Arc<Message>) {
+    fn forward(&self, m: &Arc<Message>, _: &Matches<SessionId, Subscriber>) {
         self.0.lock().push(format!("forward {}", m.topic));
+    }
+    fn share(&self, _: &Arc<Message>, _: &str, _: &str) -> bool {
+        true
     }
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {
         self.0.lock().push(format!("{change:?} {filter} {group:?}"));

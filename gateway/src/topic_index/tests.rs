@@ -630,3 +630,29 @@ proptest! {
         prop_assert_eq!(trie_size(&index), 0);
     }
 }
+
+#[test]
+fn contains_tells_whether_a_filter_and_group_have_a_subscriber_now() {
+    let index = Index::new();
+    assert!(!index.contains("a/+/#", None));
+    index.insert("a/+/#", None, 1, "x".into());
+    index.insert("a/+/#", Some("g"), 2, "y".into());
+    index.insert("#", None, 3, "z".into());
+    assert!(index.contains("a/+/#", None));
+    assert!(index.contains("a/+/#", Some("g")));
+    assert!(index.contains("#", None));
+    // Neighbours in the trie are other filters.
+    for (filter, group) in [
+        ("a/+", None),
+        ("a/+/#", Some("h")),
+        ("a/#", None),
+        ("+/#", None),
+    ] {
+        assert!(!index.contains(filter, group), "{filter} {group:?}");
+    }
+    index.remove("a/+/#", None, &1);
+    assert!(!index.contains("a/+/#", None));
+    assert!(index.contains("a/+/#", Some("g")));
+    index.remove("a/+/#", Some("g"), &2);
+    assert!(!index.contains("a/+/#", Some("g")));
+}

@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 #[path = "../scratch/mod.rs"]
 pub mod scratch;
 
+pub mod nats;
+
 pub struct TestBroker {
     pub addr: SocketAddr,
     /// The `[[listeners]]` addresses, in configuration order.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::error;
 use crate::config::values::LISTEN_HINT;
 use crate::config::{
-    AuthConfig, Config, HttpConfig, LimitsConfig, ListenerKind, LogConfig, MqttConfig,
-    StorageConfig, StorageSync, SysConfig,
+    AuthConfig, ClusterConfig, Config, HttpConfig, LimitsConfig, ListenerKind, LogConfig,
+    MqttConfig, NatsConfig, StorageConfig, StorageSync, SysConfig,
 };
 
 #[test]
@@ -107,6 +107,14 @@ fn every_key_is_parsed() {
         dir = "/var/lib/gateway"
         commit_delay_ms = 0
         sync = "batched"
+        [nats]
+        servers = ["nats://a:4222", "nats://b"]
+        token = "secret"
+        tls_ca = "ca.pem"
+        [cluster]
+        enabled = true
+        node_name = "node-1"
+        subject_prefix = "gw_test"
     "#;
     let expected = Config {
         mqtt: MqttConfig {
@@ -162,6 +170,17 @@ fn every_key_is_parsed() {
             dir: "/var/lib/gateway".into(),
             commit_delay_ms: 0,
             sync: StorageSync::Batched,
+        },
+        nats: NatsConfig {
+            servers: vec!["nats://a:4222".to_owned(), "nats://b".to_owned()],
+            token: Some("secret".to_owned()),
+            tls_ca: Some("ca.pem".into()),
+            ..NatsConfig::default()
+        },
+        cluster: ClusterConfig {
+            enabled: true,
+            node_name: "node-1".to_owned(),
+            subject_prefix: "gw_test".to_owned(),
         },
         listeners: Vec::new(),
     };

@@ -3,6 +3,7 @@
 
 use super::Config;
 
+mod cluster;
 mod load;
 mod settings;
 mod validate;

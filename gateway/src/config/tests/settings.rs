@@ -71,7 +71,7 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     // Parsing alone would accept a file that omits keys; the file is meant to document all.
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
-    assert_eq!(table.len(), 7);
+    assert_eq!(table.len(), 9);
     assert_eq!(count("mqtt"), 20);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
@@ -79,4 +79,6 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     assert_eq!(count("auth"), 3);
     assert_eq!(count("limits"), 11);
     assert_eq!(count("storage"), 4);
+    assert_eq!(count("nats"), 8);
+    assert_eq!(count("cluster"), 3);
 }

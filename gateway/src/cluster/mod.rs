@@ -5,12 +5,41 @@
 //! nats-server's sublist does for route interest), and claims a client id before attaching its
 //! session, so that a client id is unique across the cluster. `Standalone`, the default, is a
 //! single node: nobody else wants anything, and every claim is granted.
+//!
+//! `[cluster] enabled` puts `NatsCluster` (`link`) in its place: nodes form one broker over
+//! NATS. One concept a file: `subject` maps MQTT topics and filters to NATS subjects,
+//! `envelope` is the wire form of a forwarded message, `interest` the other nodes' filters as
+//! this node learns them, and `link` the NATS connection's work: forwarding, receiving into the
+//! local router (which never forwards again), and keeping this node's interest announced.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
+use crate::router::Subscriber;
+use crate::session::SessionId;
+use crate::topic_index::Matches;
+
+mod envelope;
+mod interest;
+mod link;
+mod subject;
+
+pub(crate) use link::{Link, NatsCluster};
+
+/// What the cluster reports to `/metrics` and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ClusterState {
+    /// This node is clustered and its NATS connection is up.
+    pub(crate) connected: bool,
+    /// This node is clustered and its NATS connection is down: routing to other nodes stops.
+    pub(crate) down: bool,
+    /// (node, group, filter) entries of other nodes' interest.
+    pub(crate) remote_interest: usize,
+    /// Other nodes known.
+    pub(crate) nodes: usize,
+}
 
 /// A change of a node's interest in one filter (with its shared group, if any). Changes to one
 /// filter made by two tasks at once (a subscribe racing the last unsubscribe) may be reported in
@@ -28,19 +57,33 @@ pub(crate) type Claiming = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub(crate) trait Cluster: Send + Sync + 'static {
     /// A message published on this node, after local delivery: sent to the nodes with interest.
-    fn forward(&self, message: &Arc<Message>);
+    /// `local` is what it matched here; shared groups with local members were settled by
+    /// `share` already.
+    fn forward(&self, message: &Arc<Message>, local: &Matches<SessionId, Subscriber>);
+    /// Whether a member of the local shared group (`group`, `filter`) takes `message`; false
+    /// when the cluster sent it to a member on another node instead (each message to exactly
+    /// one member cluster-wide).
+    fn share(&self, message: &Arc<Message>, group: &str, filter: &str) -> bool;
     /// This node's interest in `filter` (in shared group `group`) changed: the router reports the
     /// topic index's first subscriber in, last subscriber out.
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest);
     /// Resolves when this node may attach the session of `client_id`.
     fn claim(&self, client_id: &str) -> Claiming;
+    /// The cluster's state for metrics and readiness.
+    fn state(&self) -> ClusterState {
+        ClusterState::default()
+    }
 }
 
 /// A single node: nothing to forward or announce, every claim granted.
 pub(crate) struct Standalone;
 
 impl Cluster for Standalone {
-    fn forward(&self, _: &Arc<Message>) {}
+    fn forward(&self, _: &Arc<Message>, _: &Matches<SessionId, Subscriber>) {}
+
+    fn share(&self, _: &Arc<Message>, _: &str, _: &str) -> bool {
+        true
+    }
 
     fn interest(&self, _: &str, _: Option<&str>, _: Interest) {}
 

@@ -1,0 +1,599 @@
+//! Remote interest: which other nodes want which filters, learnt over NATS.
+//!
+//! A node forwards a message only if some other node has a matching subscription, so that a
+//! node nobody elsewhere listens to sends nothing to NATS. Each node therefore mirrors the
+//! others' filters (not their subscribers: one entry per (node, group, filter), as the topic
+//! index reports first-in and last-out) in a `TopicIndex` keyed by node, the same structure
+//! local routing uses, with its result cache.
+//!
+//! How nodes learn it, on core NATS only (no consensus: each node is the only writer of its
+//! own set, and the others copy it):
+//! - `add` / `remove` deltas, broadcast on `{prefix}.c.all`, each numbered by its sender
+//!   (`version`, +1 per delta). NATS keeps one connection's messages in order, so a receiver
+//!   applies version v+1 after v; a gap, an unknown node or a new instance (restart) means it
+//!   missed something, and it asks that node for a snapshot (`sync`, sent to the node's own
+//!   subject `{prefix}.c.node.{name}`), ignoring deltas until the snapshot replaces the set.
+//! - `hello` when a node's connection comes up (start, or back after an outage): it carries
+//!   the node's whole set, and every other node answers with a snapshot of its own sent
+//!   directly to the newcomer.
+//! - `beat` every second with the sender's version: a receiver whose copy has another version
+//!   asks for a snapshot, so a lost delta heals within a beat. A node not heard from for
+//!   `PEER_TIMEOUT` (crashed, cut off from NATS) is dropped with all its interest; `bye` drops
+//!   it at once on a clean shutdown.
+//!
+//! Worst cases are bounded: a node missing a delta forwards a message nobody wants (wasted, not
+//! wrong) or does not forward one for at most a beat (the new subscriber's first messages from
+//! other nodes are lost, as for a message racing a subscribe on one node).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::topic_index::{Matches, TopicIndex};
+
+/// A node silent for this long is taken as gone (beats come every second).
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one snapshot request per node in this time: beats and deltas that keep disagreeing
+/// while a snapshot is on its way must not ask again and again.
+const SYNC_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Interest in one filter, in a shared group or not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub(crate) struct Entry {
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
+    #[serde(rename = "f")]
+    pub(crate) filter: String,
+}
+
+/// The control messages between nodes (JSON: small, rare, and readable with `nats sub`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// A node's connection came up; its snapshot follows on the same subject.
+    Hello {
+        node: String,
+        instance: u64,
+    },
+    /// One part of a node's whole set at `version`; the last part has `more` false. A set too
+    /// large for one NATS message (1 MiB by default) is sent in parts (`snapshot_parts`).
+    Snapshot {
+        node: String,
+        instance: u64,
+        version: u64,
+        entries: Vec<Entry>,
+        more: bool,
+    },
+    Add {
+        node: String,
+        instance: u64,
+        version: u64,
+        #[serde(flatten)]
+        entry: Entry,
+    },
+    Remove {
+        node: String,
+        instance: u64,
+        version: u64,
+        #[serde(flatten)]
+        entry: Entry,
+    },
+    Beat {
+        node: String,
+        instance: u64,
+        version: u64,
+    },
+    /// "Send me your snapshot": to the asked node's own subject.
+    Sync {
+        node: String,
+    },
+    Bye {
+        node: String,
+        instance: u64,
+    },
+}
+
+impl Control {
+    /// The instance of the node that sent it, where the message carries it.
+    pub(crate) fn instance(&self) -> Option<u64> {
+        match self {
+            Control::Hello { instance, .. }
+            | Control::Snapshot { instance, .. }
+            | Control::Add { instance, .. }
+            | Control::Remove { instance, .. }
+            | Control::Beat { instance, .. }
+            | Control::Bye { instance, .. } => Some(*instance),
+            Control::Sync { .. } => None,
+        }
+    }
+
+    pub(crate) fn sender(&self) -> &str {
+        match self {
+            Control::Hello { node, .. }
+            | Control::Snapshot { node, .. }
+            | Control::Add { node, .. }
+            | Control::Remove { node, .. }
+            | Control::Beat { node, .. }
+            | Control::Sync { node }
+            | Control::Bye { node, .. } => node,
+        }
+    }
+}
+
+/// What applying a control message asks of the link.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Nothing,
+    /// Send our snapshot to this node.
+    SnapshotTo(String),
+    /// Ask this node for its snapshot.
+    SyncFrom(String),
+}
+
+/// Another node as this one knows it.
+struct Peer {
+    id: u32,
+    instance: u64,
+    version: u64,
+    entries: HashSet<Entry>,
+    last_seen: Instant,
+    /// When a snapshot was last asked of it; deltas are ignored while one is awaited.
+    asked: Option<Instant>,
+}
+
+/// The parts of one node's snapshot gathered so far: (instance, version, entries).
+type Parts = (u64, u64, Vec<Entry>);
+
+/// Every other node's interest.
+pub(crate) struct RemoteInterest {
+    index: TopicIndex<u32, ()>,
+    peers: Mutex<HashMap<String, Peer>>,
+    /// Snapshot parts gathered per node.
+    partial: Mutex<HashMap<String, Parts>>,
+    next_id: Mutex<u32>,
+    entries: AtomicUsize,
+    nodes: AtomicUsize,
+}
+
+impl Default for RemoteInterest {
+    fn default() -> Self {
+        RemoteInterest {
+            index: TopicIndex::new(),
+            peers: Mutex::new(HashMap::new()),
+            partial: Mutex::new(HashMap::new()),
+            next_id: Mutex::new(0),
+            entries: AtomicUsize::new(0),
+            nodes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl RemoteInterest {
+    /// The other nodes' interest in `topic`: plain entries (one per node) and shared groups
+    /// (their members are nodes).
+    pub(crate) fn matches(&self, topic: &str) -> Arc<Matches<u32, ()>> {
+        self.index.matches(topic)
+    }
+
+    /// (node, group, filter) entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Other nodes known.
+    pub(crate) fn nodes(&self) -> usize {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
+    /// Instances of the nodes known, for the duplicate filter to forget the others.
+    pub(crate) fn instances(&self) -> HashSet<u64> {
+        self.peers.lock().values().map(|p| p.instance).collect()
+    }
+
+    /// Applies one control message from another node (`me` is this node's name: a message
+    /// claiming it is ignored).
+    pub(crate) fn apply(&self, msg: Control, me: &str, now: Instant) -> Reply {
+        let from = msg.sender().to_owned();
+        if from == me {
+            return Reply::Nothing;
+        }
+        let mut peers = self.peers.lock();
+        if let Some(p) = peers.get_mut(&from) {
+            p.last_seen = now;
+        }
+        match msg {
+            Control::Sync { node } => Reply::SnapshotTo(node),
+            Control::Bye { node, instance } => {
+                if peers.get(&node).is_some_and(|p| p.instance == instance) {
+                    if let Some(p) = peers.remove(&node) {
+                        self.drop_peer(p);
+                    }
+                }
+                Reply::Nothing
+            }
+            Control::Hello { node, .. } => Reply::SnapshotTo(node),
+            Control::Snapshot {
+                node,
+                instance,
+                version,
+                entries,
+                more,
+            } => {
+                let mut partial = self.partial.lock();
+                let parts = partial
+                    .entry(node.clone())
+                    .or_insert_with(|| (instance, version, Vec::new()));
+                // A part of another snapshot than the one being gathered starts over (the
+                // parts of one snapshot arrive together and in order: one sender, one task).
+                if (parts.0, parts.1) != (instance, version) {
+                    *parts = (instance, version, Vec::new());
+                }
+                parts.2.extend(entries);
+                if !more {
+                    let (_, _, all) = partial.remove(&node).unwrap_or_default();
+                    self.replace(&mut peers, &node, instance, version, all, now);
+                }
+                Reply::Nothing
+            }
+            Control::Add {
+                node,
+                instance,
+                version,
+                entry,
+            } => self.delta(&mut peers, &node, instance, version, entry, true, now),
+            Control::Remove {
+                node,
+                instance,
+                version,
+                entry,
+            } => self.delta(&mut peers, &node, instance, version, entry, false, now),
+            Control::Beat {
+                node,
+                instance,
+                version,
+            } => {
+                let agrees = peers
+                    .get(&node)
+                    .is_some_and(|p| p.instance == instance && p.version == version);
+                if agrees {
+                    Reply::Nothing
+                } else {
+                    ask(&mut peers, &node, now)
+                }
+            }
+        }
+    }
+
+    /// One numbered change of `node`'s set: applied when it is the next one, else (a gap, an
+    /// unknown node or instance) a snapshot is asked for.
+    #[allow(clippy::too_many_arguments)]
+    fn delta(
+        &self,
+        peers: &mut HashMap<String, Peer>,
+        node: &str,
+        instance: u64,
+        version: u64,
+        entry: Entry,
+        add: bool,
+        now: Instant,
+    ) -> Reply {
+        let Some(p) = peers.get_mut(node) else {
+            return ask(peers, node, now);
+        };
+        if p.instance != instance {
+            return ask(peers, node, now);
+        }
+        if version <= p.version {
+            // Already in the snapshot this node sent after it.
+            return Reply::Nothing;
+        }
+        if version != p.version + 1 {
+            return ask(peers, node, now);
+        }
+        p.version = version;
+        if add {
+            if p.entries.insert(entry.clone()) {
+                self.index
+                    .insert(&entry.filter, entry.group.as_deref(), p.id, ());
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if p.entries.remove(&entry) {
+            self.index
+                .remove(&entry.filter, entry.group.as_deref(), &p.id);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+        Reply::Nothing
+    }
+
+    /// `node`'s whole set, from a hello or a snapshot.
+    fn replace(
+        &self,
+        peers: &mut HashMap<String, Peer>,
+        node: &str,
+        instance: u64,
+        version: u64,
+        entries: Vec<Entry>,
+        now: Instant,
+    ) {
+        let new: HashSet<Entry> = entries.into_iter().collect();
+        let peer = match peers.get_mut(node) {
+            Some(p) => p,
+            None => {
+                let id = {
+                    let mut next = self.next_id.lock();
+                    *next = next.wrapping_add(1);
+                    *next
+                };
+                self.nodes.fetch_add(1, Ordering::Relaxed);
+                peers.entry(node.to_owned()).or_insert(Peer {
+                    id,
+                    instance,
+                    version: 0,
+                    entries: HashSet::new(),
+                    last_seen: now,
+                    asked: None,
+                })
+            }
+        };
+        for gone in peer.entries.difference(&new) {
+            self.index
+                .remove(&gone.filter, gone.group.as_deref(), &peer.id);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+        for came in new.difference(&peer.entries) {
+            self.index
+                .insert(&came.filter, came.group.as_deref(), peer.id, ());
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+        peer.entries = new;
+        peer.instance = instance;
+        peer.version = version;
+        peer.asked = None;
+        peer.last_seen = now;
+    }
+
+    fn drop_peer(&self, peer: Peer) {
+        for e in &peer.entries {
+            self.index.remove(&e.filter, e.group.as_deref(), &peer.id);
+        }
+        self.entries
+            .fetch_sub(peer.entries.len(), Ordering::Relaxed);
+        self.nodes.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Drops the nodes not heard from within `PEER_TIMEOUT`; returns their names.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<String> {
+        let mut peers = self.peers.lock();
+        let silent: Vec<String> = peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) > PEER_TIMEOUT)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &silent {
+            if let Some(p) = peers.remove(name) {
+                self.drop_peer(p);
+            }
+        }
+        silent
+    }
+}
+
+/// Bytes of entries per snapshot part: far below NATS's default max_payload (1 MiB), so that a
+/// part always fits even with the largest filter (65,535 bytes, escaped in JSON at most 6x).
+const PART_BYTES: usize = 64 * 1024;
+
+/// `entries` as the snapshot parts of `node` at `version`.
+pub(crate) fn snapshot_parts(
+    node: &str,
+    instance: u64,
+    version: u64,
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<Control> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        bytes += e.filter.len() + e.group.as_ref().map_or(0, String::len) + 16;
+        part.push(e);
+        if bytes >= PART_BYTES {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+    }
+    if !part.is_empty() || parts.is_empty() {
+        parts.push(part);
+    }
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, entries)| Control::Snapshot {
+            node: node.to_owned(),
+            instance,
+            version,
+            entries,
+            more: i < last,
+        })
+        .collect()
+}
+
+/// Asks `node` for a snapshot unless that was done within `SYNC_BACKOFF`.
+fn ask(peers: &mut HashMap<String, Peer>, node: &str, now: Instant) -> Reply {
+    if let Some(p) = peers.get_mut(node) {
+        if p.asked
+            .is_some_and(|t| now.saturating_duration_since(t) < SYNC_BACKOFF)
+        {
+            return Reply::Nothing;
+        }
+        p.asked = Some(now);
+    }
+    Reply::SyncFrom(node.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(filter: &str) -> Entry {
+        Entry {
+            group: None,
+            filter: filter.to_owned(),
+        }
+    }
+
+    fn add(node: &str, version: u64, filter: &str) -> Control {
+        Control::Add {
+            node: node.to_owned(),
+            instance: 1,
+            version,
+            entry: entry(filter),
+        }
+    }
+
+    /// A node's arrival: its hello, then its snapshot (in one part).
+    fn hello(r: &RemoteInterest, node: &str, entries: &[&str], t: Instant) -> Reply {
+        let hello = Control::Hello {
+            node: node.to_owned(),
+            instance: 1,
+        };
+        let reply = r.apply(hello, "a", t);
+        for part in snapshot_parts(node, 1, 0, entries.iter().map(|f| entry(f))) {
+            assert_eq!(r.apply(part, "a", t), Reply::Nothing);
+        }
+        reply
+    }
+
+    fn wants(r: &RemoteInterest, topic: &str) -> bool {
+        !r.matches(topic).plain.is_empty()
+    }
+
+    #[test]
+    fn deltas_in_order_apply_and_a_gap_asks_for_a_snapshot() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        assert_eq!(hello(&r, "b", &["x/#"], t), Reply::SnapshotTo("b".into()));
+        assert!(wants(&r, "x/1") && !wants(&r, "y"));
+        assert_eq!(r.apply(add("b", 1, "y"), "a", t), Reply::Nothing);
+        assert!(wants(&r, "y"));
+        // Version 3 after 1: version 2 was lost.
+        assert_eq!(
+            r.apply(add("b", 3, "z"), "a", t),
+            Reply::SyncFrom("b".into())
+        );
+        assert!(!wants(&r, "z"));
+        // Asked once per backoff, however many disagreeing messages come meanwhile.
+        assert_eq!(r.apply(add("b", 4, "z"), "a", t), Reply::Nothing);
+        let snapshot = Control::Snapshot {
+            node: "b".into(),
+            instance: 1,
+            version: 4,
+            entries: vec![entry("z"), entry("x/#")],
+            more: false,
+        };
+        assert_eq!(r.apply(snapshot, "a", t), Reply::Nothing);
+        assert!(wants(&r, "z") && wants(&r, "x") && !wants(&r, "y"));
+        assert_eq!(r.len(), 2);
+        let remove = Control::Remove {
+            node: "b".into(),
+            instance: 1,
+            version: 5,
+            entry: entry("z"),
+        };
+        r.apply(remove, "a", t);
+        assert!(!wants(&r, "z"));
+        // Our own name is never a peer.
+        hello(&r, "a", &["mine"], t);
+        assert!(!wants(&r, "mine"));
+    }
+
+    #[test]
+    fn beats_heal_divergence_and_silent_or_leaving_nodes_are_dropped() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        hello(&r, "b", &["b/#"], t);
+        hello(&r, "c", &["c/#"], t);
+        let beat = |node: &str, version| Control::Beat {
+            node: node.into(),
+            instance: 1,
+            version,
+        };
+        assert_eq!(r.apply(beat("b", 0), "a", t), Reply::Nothing);
+        assert_eq!(r.apply(beat("b", 7), "a", t), Reply::SyncFrom("b".into()));
+        assert_eq!(r.apply(beat("d", 0), "a", t), Reply::SyncFrom("d".into()));
+        assert_eq!(r.nodes(), 2);
+        // b keeps beating, c goes silent.
+        let later = t + PEER_TIMEOUT + Duration::from_secs(1);
+        r.apply(beat("b", 0), "a", later - Duration::from_secs(1));
+        assert_eq!(r.expire(later), vec!["c".to_owned()]);
+        assert!(wants(&r, "b/x") && !wants(&r, "c/x"));
+        r.apply(
+            Control::Bye {
+                node: "b".into(),
+                instance: 1,
+            },
+            "a",
+            later,
+        );
+        assert_eq!((r.len(), r.nodes()), (0, 0));
+        assert!(!wants(&r, "b/x"));
+    }
+
+    #[test]
+    fn shared_entries_are_groups_whose_members_are_nodes() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        let shared = |node: &str| Control::Snapshot {
+            node: node.into(),
+            instance: 1,
+            version: 0,
+            entries: vec![Entry {
+                group: Some("g".into()),
+                filter: "s/+".into(),
+            }],
+            more: false,
+        };
+        r.apply(shared("b"), "a", t);
+        r.apply(shared("c"), "a", t);
+        let m = r.matches("s/1");
+        assert!(m.plain.is_empty());
+        assert_eq!(m.shared.len(), 1);
+        assert_eq!(m.shared[0].len(), 2);
+    }
+
+    #[test]
+    fn large_sets_travel_in_parts_and_apply_once_whole() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        let filters: Vec<String> = (0..20_000).map(|i| format!("cmd/device-{i:06}")).collect();
+        let parts = snapshot_parts("b", 1, 9, filters.iter().map(|f| entry(f)));
+        assert!(parts.len() > 4, "{} parts", parts.len());
+        let (last, first) = parts.split_last().unwrap();
+        for part in first {
+            assert!(serde_json::to_vec(part).unwrap().len() < 256 * 1024);
+            r.apply(part.clone(), "a", t);
+            // Nothing applies before the last part.
+            assert_eq!(r.len(), 0);
+        }
+        r.apply(last.clone(), "a", t);
+        assert_eq!(r.len(), 20_000);
+        assert!(wants(&r, "cmd/device-019999") && !wants(&r, "cmd/device-020000"));
+        // An empty set is one part too.
+        assert_eq!(snapshot_parts("b", 1, 0, Vec::new()).len(), 1);
+    }
+
+    #[test]
+    fn control_messages_are_compact_json() {
+        let text = serde_json::to_string(&add("b", 1, "x/#")).unwrap();
+        assert_eq!(
+            text,
+            r#"{"k":"add","node":"b","instance":1,"version":1,"f":"x/#"}"#
+        );
+        let back: Control = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, add("b", 1, "x/#"));
+        assert!(serde_json::from_slice::<Control>(b"\xff{").is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! `NatsCluster`: this node's side of the cluster, over one NATS connection.
+//!
+//! Routing (the `Cluster` seam, called on the publishers' tasks): a message leaves the node only
+//! when `interest` says another node wants it. Plain interest costs one NATS message on the
+//! topic's subject, whatever the number of nodes; NATS fans it out to the nodes subscribed to a
+//! matching subject. A shared group with members on other nodes gets its own copy on the
+//! group's subject, where a NATS queue group picks one node; a group with members here too
+//! takes turns between this node and the others (`share`), so every message reaches exactly one
+//! member cluster-wide. Messages are encoded on the publisher's task and queued for the link
+//! task; a full queue, or a link that is down, drops and counts (never blocks a publisher).
+//!
+//! The link task (`Link::run`) owns the connection's work in one place, in order: publishing
+//! the queue, the NATS subscriptions that mirror this node's filters (one per filter, two for a
+//! `#` filter below the root, one queue subscription per shared group), receiving into the
+//! local router with `Router::deliver_remote`/`deliver_shared` (which never forward again: a
+//! message crosses NATS once), and the interest protocol (`interest`).
+//!
+//! One node, one copy: NATS delivers a message once per matching subscription, so a node with
+//! overlapping filters (`a/+` and `a/#`) gets it twice. Each forwarded message carries its
+//! sender's instance and a sequence number, and the receiver keeps a window of the sequence
+//! numbers it has seen per sender (`Dedup`); the local router then gives each subscriber one
+//! copy, as on one node. The window is far larger than a subscription's buffer
+//! (`nats::SUBSCRIPTION_CAPACITY`), so copies of one message never lag each other past it.
+//! The connection uses no_echo: this node's own messages never come back to it.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::client::PublishErrorKind;
+use async_nats::{Client, Event};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::StreamMap;
+use tracing::{debug, info, warn};
+
+use super::envelope;
+use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
+use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
+use super::{Claiming, Cluster, ClusterState, Interest};
+use crate::clock::unix_millis;
+use crate::config::Config;
+use crate::message::Message;
+use crate::metrics::{ClusterDrop, DropReason, Metrics};
+use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
+use crate::router::{Router, Subscriber};
+use crate::session::SessionId;
+use crate::topic;
+use crate::topic_index::Matches;
+
+/// Messages waiting for the link task; beyond it they are dropped and counted.
+const OUTBOX: usize = 16_384;
+/// How often a node says it is alive (with its interest version).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// nats-server refuses a protocol line longer than max_control_line (4 KiB by default); a
+/// subject longer than this would get the connection closed, so the message is dropped instead.
+const MAX_SUBJECT: usize = 3_584;
+/// Sequence numbers remembered per sender; see the module comment.
+const DEDUP_WINDOW: u64 = 1 << 16;
+/// Messages published per wake of the link task before it looks at its other work again.
+const PUBLISH_BATCH: usize = 256;
+/// The NATS queue group name of shared-group subscriptions (each group has its own subject).
+const QUEUE: &str = "share";
+/// How long a clean shutdown waits for its goodbye to reach NATS.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A message on its way to NATS.
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+}
+
+/// This node in a cluster: the `Cluster` the router calls.
+pub(crate) struct NatsCluster {
+    node: String,
+    prefix: String,
+    /// Random per process start: tells a restarted node from the one before.
+    instance: u64,
+    seq: AtomicU64,
+    remote: RemoteInterest,
+    nats: Nats,
+    /// Filters whose local interest changed since the link last looked (the router's reports;
+    /// the link reads the truth from the router).
+    dirty: Mutex<HashSet<Entry>>,
+    wake: Notify,
+    outbox: mpsc::Sender<Outgoing>,
+    /// Round-robin between this node and the others for shared groups present on both.
+    turn: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// The link task's own state; `run` it.
+pub(crate) struct Link {
+    cluster: Arc<NatsCluster>,
+    events: mpsc::Receiver<Event>,
+    outbox: mpsc::Receiver<Outgoing>,
+    /// Whether the duplicate-name warning was logged (once is enough).
+    warned_name: bool,
+}
+
+impl NatsCluster {
+    /// Starts connecting to `[nats]` (in the background: a node starts and serves its local
+    /// clients while NATS is unreachable) and returns the cluster and its link task.
+    pub(crate) async fn connect(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<NatsCluster>, Link), NatsError> {
+        let node = config.cluster.node_name.clone();
+        let (event_tx, events) = mpsc::channel(EVENT_BACKLOG);
+        let nats = Nats::connect(&config.nats, &format!("gateway-{node}"), true, event_tx).await?;
+        let (outbox_tx, outbox) = mpsc::channel(OUTBOX);
+        let instance = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        info!(
+            node,
+            instance, "cluster: connecting to NATS in the background"
+        );
+        let cluster = Arc::new(NatsCluster {
+            node,
+            prefix: config.cluster.subject_prefix.clone(),
+            instance,
+            seq: AtomicU64::new(0),
+            remote: RemoteInterest::default(),
+            nats,
+            dirty: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            outbox: outbox_tx,
+            turn: AtomicUsize::new(0),
+            metrics,
+        });
+        let link = Link {
+            cluster: cluster.clone(),
+            events,
+            outbox,
+            warned_name: false,
+        };
+        Ok((cluster, link))
+    }
+
+    /// Tells the other nodes this one leaves (a clean shutdown), so they stop sending at once
+    /// instead of after `PEER_TIMEOUT`.
+    pub(crate) async fn leave(&self) {
+        if !self.nats.is_connected() {
+            return;
+        }
+        let bye = Control::Bye {
+            node: self.node.clone(),
+            instance: self.instance,
+        };
+        let client = &self.nats.client;
+        let sent = async {
+            client
+                .publish(self.all_subject(), control_bytes(&bye))
+                .await
+                .ok()?;
+            client.flush().await.ok()
+        };
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, sent).await;
+    }
+
+    fn all_subject(&self) -> String {
+        format!("{}.c.all", self.prefix)
+    }
+
+    fn node_subject(&self, node: &str) -> String {
+        format!("{}.c.node.{node}", self.prefix)
+    }
+
+    /// Encodes `msg` for `subject` and queues it for the link; false when it was dropped.
+    fn send(&self, subject: String, msg: &Message, with_topic: bool) -> bool {
+        let m = &self.metrics.cluster;
+        if !self.nats.is_connected() {
+            m.dropped(ClusterDrop::LinkDown);
+            return false;
+        }
+        if subject.len() > MAX_SUBJECT {
+            m.dropped(ClusterDrop::TooLarge);
+            return false;
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let payload = envelope::encode(msg, self.instance, seq, with_topic, unix_millis());
+        match self.outbox.try_send(Outgoing { subject, payload }) {
+            Ok(()) => true,
+            Err(_) => {
+                m.dropped(ClusterDrop::Overflow);
+                false
+            }
+        }
+    }
+}
+
+impl Cluster for NatsCluster {
+    fn forward(&self, msg: &Arc<Message>, local: &Matches<SessionId, Subscriber>) {
+        let remote = self.remote.matches(&msg.topic);
+        if remote.is_empty() {
+            return;
+        }
+        if !remote.plain.is_empty() {
+            self.send(topic_subject(&self.prefix, &msg.topic), msg, false);
+        }
+        for group in &remote.shared {
+            // A group with members here too was settled by `share` during local delivery.
+            let settled = local
+                .shared
+                .iter()
+                .any(|l| l.name() == group.name() && l.filter() == group.filter());
+            if !settled {
+                let subject = group_subject(&self.prefix, group.name(), group.filter());
+                self.send(subject, msg, true);
+            }
+        }
+    }
+
+    fn share(&self, msg: &Arc<Message>, group: &str, filter: &str) -> bool {
+        let remote = self.remote.matches(&msg.topic);
+        let nodes = remote
+            .shared
+            .iter()
+            .find(|g| g.name() == group && g.filter() == filter)
+            .map_or(0, |g| g.len());
+        if nodes == 0 || !self.nats.is_connected() {
+            return true;
+        }
+        // This node's turn one time in (nodes + 1); on the others' turns the message goes to
+        // the group's NATS queue, which picks one of them. If it cannot be sent, a member
+        // here takes it after all.
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        if turn % (nodes + 1) == 0 {
+            return true;
+        }
+        !self.send(group_subject(&self.prefix, group, filter), msg, true)
+    }
+
+    fn interest(&self, filter: &str, group: Option<&str>, _change: Interest) {
+        // The report is a hint: the link asks the router what holds now (`has_interest`), so
+        // reports arriving out of order cannot leave a stale announcement behind.
+        self.dirty.lock().insert(Entry {
+            group: group.map(str::to_owned),
+            filter: filter.to_owned(),
+        });
+        self.wake.notify_one();
+    }
+
+    fn claim(&self, _: &str) -> Claiming {
+        // Cluster-wide sessions come later: a claim is granted at once, as on one node.
+        Box::pin(std::future::ready(()))
+    }
+
+    fn state(&self) -> ClusterState {
+        let connected = self.nats.is_connected();
+        ClusterState {
+            connected,
+            down: !connected,
+            remote_interest: self.remote.len(),
+            nodes: self.remote.nodes(),
+        }
+    }
+}
+
+fn control_bytes(c: &Control) -> Bytes {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(c).map(Bytes::from).unwrap_or_default()
+}
+
+/// A node name from the wire becomes part of a subject: only what the configuration allows.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// What a data subscription receives.
+enum Kind {
+    /// Messages on topics matching one of this node's plain filters.
+    Plain,
+    /// Messages for one member of this node's shared group.
+    Group(Entry),
+}
+
+/// The sequence numbers seen from one sender instance, as a ring of bits over the last
+/// `DEDUP_WINDOW` of them.
+struct Window {
+    top: u64,
+    seen: Box<[u64]>,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            top: 0,
+            seen: vec![0u64; (DEDUP_WINDOW / 64) as usize].into_boxed_slice(),
+        }
+    }
+
+    fn bit(seq: u64) -> (usize, u64) {
+        let i = seq % DEDUP_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// Whether `seq` is seen for the first time (and marks it seen).
+    fn fresh(&mut self, seq: u64) -> bool {
+        if seq > self.top {
+            if seq - self.top >= DEDUP_WINDOW {
+                self.seen.fill(0);
+            } else {
+                for s in self.top + 1..seq {
+                    let (w, b) = Window::bit(s);
+                    self.seen[w] &= !b;
+                }
+            }
+            self.top = seq;
+            let (w, b) = Window::bit(seq);
+            self.seen[w] |= b;
+            return true;
+        }
+        if self.top - seq >= DEDUP_WINDOW {
+            // Older than anything remembered: cannot be told apart, and a copy this late is
+            // far likelier a duplicate than a message (see the module comment).
+            return false;
+        }
+        let (w, b) = Window::bit(seq);
+        let fresh = self.seen[w] & b == 0;
+        self.seen[w] |= b;
+        fresh
+    }
+}
+
+#[derive(Default)]
+struct Dedup {
+    senders: HashMap<u64, Window>,
+}
+
+impl Dedup {
+    fn fresh(&mut self, instance: u64, seq: u64) -> bool {
+        self.senders
+            .entry(instance)
+            .or_insert_with(Window::new)
+            .fresh(seq)
+    }
+
+    /// Forgets the senders that are no longer nodes of the cluster.
+    fn keep(&mut self, instances: &HashSet<u64>) {
+        self.senders.retain(|i, _| instances.contains(i));
+    }
+}
+
+/// The link task's working state.
+struct State {
+    data: StreamMap<u64, async_nats::Subscriber>,
+    kinds: HashMap<u64, Kind>,
+    next_sid: u64,
+    /// This node's announced interest and the data subscriptions serving each entry.
+    local: HashMap<Entry, Vec<u64>>,
+    /// Deltas announced so far.
+    version: u64,
+    dedup: Dedup,
+}
+
+impl Link {
+    /// Runs until the broker stops (aborted with its `Background`).
+    pub(crate) async fn run(mut self, router: Weak<Router>) {
+        let c = self.cluster.clone();
+        let client = c.nats.client.clone();
+        let subscribed = async {
+            let all = client.subscribe(c.all_subject()).await?;
+            let direct = client.subscribe(c.node_subject(&c.node)).await?;
+            Ok::<_, async_nats::SubscribeError>((all, direct))
+        };
+        let (mut all, mut direct) = match subscribed.await {
+            Ok(subs) => subs,
+            Err(e) => {
+                warn!("cluster: cannot subscribe to the control subjects: {e}");
+                return;
+            }
+        };
+        let mut st = State {
+            data: StreamMap::new(),
+            kinds: HashMap::new(),
+            next_sid: 0,
+            local: HashMap::new(),
+            version: 0,
+            dedup: Dedup::default(),
+        };
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(event) = self.events.recv() => match event {
+                    Event::Connected => {
+                        info!(node = %c.node, "cluster: connected to NATS");
+                        self.hello(&client, &st).await;
+                    }
+                    Event::Disconnected => {
+                        warn!(node = %c.node, "cluster: NATS connection lost; routing to other nodes stops until it returns");
+                    }
+                    other => debug!("cluster: NATS event: {other}"),
+                },
+                Some(msg) = all.next() => self.control(&client, &st, msg).await,
+                Some(msg) = direct.next() => self.control(&client, &st, msg).await,
+                Some((sid, msg)) = st.data.next() => {
+                    if let Some(router) = router.upgrade() {
+                        receive(&c, &router, &mut st, sid, msg);
+                    }
+                }
+                Some(out) = self.outbox.recv() => {
+                    self.publish(&client, out).await;
+                    for _ in 1..PUBLISH_BATCH {
+                        match self.outbox.try_recv() {
+                            Ok(out) => self.publish(&client, out).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = c.wake.notified() => {
+                    if let Some(router) = router.upgrade() {
+                        self.reconcile(&client, &router, &mut st).await;
+                    }
+                }
+                _ = beat.tick() => {
+                    // Events can be dropped under a burst: the client's own state is the truth.
+                    if c.nats.refresh() {
+                        let beat = Control::Beat {
+                            node: c.node.clone(),
+                            instance: c.instance,
+                            version: st.version,
+                        };
+                        let _ = client.publish(c.all_subject(), control_bytes(&beat)).await;
+                    }
+                    for gone in c.remote.expire(Instant::now()) {
+                        info!(node = %gone, "cluster: node silent, its interest dropped");
+                    }
+                    st.dedup.keep(&c.remote.instances());
+                }
+            }
+        }
+    }
+
+    /// This node's hello and its whole interest, to every node (which answer with theirs).
+    async fn hello(&self, client: &Client, st: &State) {
+        let c = &self.cluster;
+        let hello = Control::Hello {
+            node: c.node.clone(),
+            instance: c.instance,
+        };
+        let _ = client.publish(c.all_subject(), control_bytes(&hello)).await;
+        self.snapshot(client, st, c.all_subject()).await;
+    }
+
+    /// This node's whole interest, in parts, to `subject`.
+    async fn snapshot(&self, client: &Client, st: &State, subject: String) {
+        let c = &self.cluster;
+        let entries = st.local.keys().cloned();
+        for part in snapshot_parts(&c.node, c.instance, st.version, entries) {
+            let _ = client.publish(subject.clone(), control_bytes(&part)).await;
+        }
+    }
+
+    async fn control(&mut self, client: &Client, st: &State, msg: async_nats::Message) {
+        let c = &self.cluster;
+        let parsed = serde_json::from_slice::<Control>(&msg.payload);
+        let Ok(control) = parsed else {
+            c.metrics.cluster.dropped(ClusterDrop::Malformed);
+            return;
+        };
+        if control.sender() == c.node && control.instance().is_some_and(|i| i != c.instance) {
+            // no_echo keeps this node's own messages away: another node uses its name.
+            if !self.warned_name {
+                warn!(node = %c.node, "cluster: another node uses this node's name; node names must be unique");
+                self.warned_name = true;
+            }
+            return;
+        }
+        let reply = c.remote.apply(control, &c.node, Instant::now());
+        let (Reply::SnapshotTo(to) | Reply::SyncFrom(to)) = &reply else {
+            return;
+        };
+        if !valid_node_name(to) {
+            c.metrics.cluster.dropped(ClusterDrop::Malformed);
+            return;
+        }
+        if !c.nats.is_connected() {
+            return;
+        }
+        let subject = c.node_subject(to);
+        match reply {
+            Reply::SnapshotTo(_) => self.snapshot(client, st, subject).await,
+            _ => {
+                let sync = Control::Sync {
+                    node: c.node.clone(),
+                };
+                let _ = client.publish(subject, control_bytes(&sync)).await;
+            }
+        }
+    }
+
+    async fn publish(&self, client: &Client, out: Outgoing) {
+        let m = &self.cluster.metrics.cluster;
+        // A publish while disconnected would wait in the client's buffer and then block this
+        // task: the message is dropped instead (NATS being down is counted, not hidden).
+        if !self.cluster.nats.is_connected() {
+            m.dropped(ClusterDrop::LinkDown);
+            return;
+        }
+        let len = out.payload.len() as u64;
+        match client.publish(out.subject, out.payload).await {
+            Ok(()) => {
+                m.sent.increment(1);
+                m.sent_bytes.increment(len);
+            }
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                m.dropped(ClusterDrop::TooLarge);
+            }
+            Err(e) => {
+                debug!("cluster: publish failed: {e}");
+                m.dropped(ClusterDrop::LinkDown);
+            }
+        }
+    }
+
+    /// Brings the NATS subscriptions and the announced interest in line with the router for
+    /// every filter reported since the last time.
+    async fn reconcile(&self, client: &Client, router: &Router, st: &mut State) {
+        let c = &self.cluster;
+        let dirty: Vec<Entry> = c.dirty.lock().drain().collect();
+        for entry in dirty {
+            let want = router.has_interest(&entry.filter, entry.group.as_deref());
+            let have = st.local.contains_key(&entry);
+            let add = if want && !have {
+                let subjects = match &entry.group {
+                    None => filter_subjects(&c.prefix, &entry.filter),
+                    Some(group) => vec![group_subject(&c.prefix, group, &entry.filter)],
+                };
+                // A SUB line beyond the server's max_control_line closes the connection: such a
+                // filter (possible only with limits.max_topic_length far above its default)
+                // stays local, said once here.
+                if subjects.iter().any(|s| s.len() > MAX_SUBJECT) {
+                    warn!(filter = %entry.filter, "cluster: filter too long for a NATS subject; it gets no messages from other nodes");
+                    c.metrics.cluster.dropped(ClusterDrop::TooLarge);
+                    continue;
+                }
+                let mut sids = Vec::new();
+                let mut subscribed = Vec::with_capacity(subjects.len());
+                for subject in subjects {
+                    subscribed.push(match &entry.group {
+                        None => client.subscribe(subject).await,
+                        Some(_) => client.queue_subscribe(subject, QUEUE.to_owned()).await,
+                    });
+                }
+                for sub in subscribed {
+                    match sub {
+                        Ok(sub) => {
+                            st.next_sid += 1;
+                            let kind = match &entry.group {
+                                None => Kind::Plain,
+                                Some(_) => Kind::Group(entry.clone()),
+                            };
+                            st.kinds.insert(st.next_sid, kind);
+                            st.data.insert(st.next_sid, sub);
+                            sids.push(st.next_sid);
+                        }
+                        Err(e) => {
+                            warn!(filter = %entry.filter, "cluster: NATS subscribe failed: {e}")
+                        }
+                    }
+                }
+                st.local.insert(entry.clone(), sids);
+                true
+            } else if !want && have {
+                for sid in st.local.remove(&entry).unwrap_or_default() {
+                    // Dropping the subscriber unsubscribes it.
+                    st.data.remove(&sid);
+                    st.kinds.remove(&sid);
+                }
+                false
+            } else {
+                continue;
+            };
+            st.version += 1;
+            let (node, instance, version) = (c.node.clone(), c.instance, st.version);
+            let delta = if add {
+                Control::Add {
+                    node,
+                    instance,
+                    version,
+                    entry,
+                }
+            } else {
+                Control::Remove {
+                    node,
+                    instance,
+                    version,
+                    entry,
+                }
+            };
+            // While disconnected the delta is not sent: the hello on reconnection carries the
+            // whole set, and the others' beats would notice the version gap anyway.
+            if c.nats.is_connected() {
+                let _ = client.publish(c.all_subject(), control_bytes(&delta)).await;
+            }
+        }
+    }
+}
+
+/// One message from a data subscription into the local router.
+fn receive(c: &NatsCluster, router: &Router, st: &mut State, sid: u64, msg: async_nats::Message) {
+    let m = &c.metrics.cluster;
+    let Some(kind) = st.kinds.get(&sid) else {
+        return;
+    };
+    let bytes = msg.payload.len() as u64;
+    let Ok(env) = envelope::decode(msg.payload) else {
+        m.dropped(ClusterDrop::Malformed);
+        return;
+    };
+    let topic = match kind {
+        Kind::Plain => topic_of(&c.prefix, msg.subject.as_str()).ok(),
+        Kind::Group(_) => env.topic.as_ref().map(|t| t.to_string()),
+    };
+    let Some(topic) =
+        topic.filter(|t| topic::validate_topic_name(t, router.max_topic_levels()).is_ok())
+    else {
+        m.dropped(ClusterDrop::Malformed);
+        return;
+    };
+    if matches!(kind, Kind::Plain) && !st.dedup.fresh(env.origin, env.seq) {
+        m.duplicates.increment(1);
+        return;
+    }
+    m.received.increment(1);
+    m.received_bytes.increment(bytes);
+    let now = unix_millis();
+    let message = env.into_message(topic.into(), now);
+    if message.is_expired(now) {
+        c.metrics.dropped(DropReason::Expired, 1);
+        return;
+    }
+    let delivered = match kind {
+        Kind::Plain => router.deliver_remote(Arc::new(message)),
+        Kind::Group(e) => {
+            let group = e.group.as_deref().unwrap_or_default();
+            router.deliver_shared(Arc::new(message), group, &e.filter)
+        }
+    };
+    if delivered == 0 {
+        c.metrics.dropped(DropReason::NoSubscribers, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nats::SUBSCRIPTION_CAPACITY;
+
+    #[test]
+    fn the_window_passes_each_sequence_number_once_in_any_order() {
+        let mut w = Window::new();
+        assert!(w.fresh(1));
+        assert!(!w.fresh(1));
+        assert!(w.fresh(3));
+        assert!(w.fresh(2));
+        assert!(!w.fresh(3) && !w.fresh(2));
+        // A jump beyond the window forgets everything before it...
+        assert!(w.fresh(3 + DEDUP_WINDOW + 5));
+        // ...and what is older than the window is refused.
+        assert!(!w.fresh(4));
+        let top = 3 + DEDUP_WINDOW + 5;
+        assert!(w.fresh(top - 10) && !w.fresh(top - 10));
+        // Bits of numbers skipped by an advance are cleared, not left from a lap before.
+        let mut w = Window::new();
+        assert!(w.fresh(5));
+        assert!(w.fresh(5 + DEDUP_WINDOW - 1));
+        assert!(w.fresh(5 + DEDUP_WINDOW + 1));
+        // 5 + DEDUP_WINDOW shares 5's bit, which the advance past it cleared.
+        assert!(w.fresh(5 + DEDUP_WINDOW));
+    }
+
+    #[test]
+    fn wire_node_names_are_subject_tokens() {
+        assert!(valid_node_name("node-1_a"));
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
+            assert!(!valid_node_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_dedup_window_is_larger_than_a_subscription_buffer() {
+        assert!(DEDUP_WINDOW as usize > 4 * SUBSCRIPTION_CAPACITY);
+    }
+}

@@ -1,0 +1,147 @@
+//! A real `nats-server` for the cluster tests: Debian's 2.9 (`/usr/sbin/nats-server`, or one on
+//! PATH), on free loopback ports, JetStream on with a store in a temporary directory, its
+//! monitoring endpoint (`-m`) on for `/varz`. Killed (by its own child handle) and its files
+//! removed on drop.
+//!
+//! Without the binary a test is skipped with a loud message, except under CI (`CI` set), where
+//! it fails: `scripts/test.sh` installs the `nats-server` package.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::scratch::Scratch;
+
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    pub monitor: SocketAddr,
+    dir: Scratch,
+}
+
+/// The binary, or `None` (after a loud message) when it is missing outside CI.
+fn binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    let found = on_path.or_else(|| {
+        let debian = PathBuf::from("/usr/sbin/nats-server");
+        debian.is_file().then_some(debian)
+    });
+    if found.is_none() {
+        let missing = "`nats-server` not found: install Debian's `nats-server` package \
+                       (`apt-get install nats-server`; scripts/test.sh does)";
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(!ci, "{missing}; CI must not skip this test");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! SKIPPED: {missing}. Nothing was checked. !!!!!\n"
+        );
+    }
+    found
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl NatsServer {
+    /// Starts a server on a free port; `None` when the binary is missing outside CI.
+    pub async fn start() -> Option<NatsServer> {
+        NatsServer::start_on(free_port()).await
+    }
+
+    /// Starts a server on `port` (to bring one back where nodes expect it).
+    pub async fn start_on(port: u16) -> Option<NatsServer> {
+        NatsServer::start_with(port, &[]).await
+    }
+
+    /// Starts a server on `port` with more command-line options (credentials, TLS).
+    pub async fn start_with(port: u16, extra: &[&str]) -> Option<NatsServer> {
+        let binary = binary()?;
+        let dir = Scratch::new("nats");
+        let monitor_port = free_port();
+        let log = std::fs::File::create(dir.path().join("nats.log")).expect("log file");
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor_port.to_string()])
+            .arg("-js")
+            .arg("-sd")
+            .arg(dir.path().join("js"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        let server = NatsServer {
+            child,
+            port,
+            monitor: SocketAddr::from(([127, 0, 0, 1], monitor_port)),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && server.try_varz().await.is_some()
+            {
+                return Some(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "nats-server not ready within 10 s; its log:\n{}",
+            server.log()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    async fn try_varz(&self) -> Option<serde_json::Value> {
+        let mut stream = tokio::net::TcpStream::connect(self.monitor).await.ok()?;
+        let head = format!(
+            "GET /varz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.monitor
+        );
+        stream.write_all(head.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    }
+
+    /// nats-server's own count of messages it received from clients (`/varz` `in_msgs`).
+    pub async fn in_msgs(&self) -> u64 {
+        let varz = self.try_varz().await.expect("GET /varz");
+        varz["in_msgs"].as_u64().expect("in_msgs in /varz")
+    }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
