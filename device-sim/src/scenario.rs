@@ -657,6 +657,70 @@ mod tests {
     }
 
     #[test]
+    fn tls_verifies_the_target_host_and_its_options_need_tls() {
+        let targets = vec!["localhost:8883".to_string(), "127.0.0.1:8883".to_string()];
+        let on = RunArgs {
+            targets: targets.clone(),
+            tls: Some(true),
+            insecure: Some(true),
+            ..RunArgs::default()
+        };
+        let names = |args: &RunArgs| {
+            Settings::resolve(args)
+                .expect("valid")
+                .tls
+                .expect("TLS on")
+                .server_names
+        };
+        assert_eq!(names(&on), ["localhost", "127.0.0.1"]);
+        let named = RunArgs {
+            tls_server_name: Some("broker.example".into()),
+            ..on.clone()
+        };
+        assert_eq!(names(&named), ["broker.example", "broker.example"]);
+        assert_eq!(host_of("[::1]:8883"), "::1");
+        assert!(Settings::resolve(&RunArgs::default())
+            .expect("valid")
+            .tls
+            .is_none());
+        let refused = [
+            (
+                RunArgs {
+                    targets: targets.clone(),
+                    cafile: Some("ca.pem".into()),
+                    ..RunArgs::default()
+                },
+                "cafile",
+            ),
+            (
+                RunArgs {
+                    insecure: None,
+                    ..on.clone()
+                },
+                "cafile",
+            ),
+            (
+                RunArgs {
+                    cert: Some("dev-%i.pem".into()),
+                    ..on.clone()
+                },
+                "key",
+            ),
+            (
+                RunArgs {
+                    cafile: Some("ca.pem".into()),
+                    ..on.clone()
+                },
+                "insecure",
+            ),
+        ];
+        for (args, key) in refused {
+            let err = Settings::resolve(&args).expect_err("refused");
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn a_window_is_bounded_and_at_qos0_needs_a_subscriber() {
         let window = |window, qos, subscribers| {
             Settings::resolve(&RunArgs {
