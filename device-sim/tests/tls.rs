@@ -1,8 +1,8 @@
 //! device-sim over TLS against the gateway (in-process, a `tls` listener with an rcgen CA and a
 //! server certificate for `DNS:localhost, IP:127.0.0.1`): a clean run by IP literal and by name,
 //! mutual TLS with one certificate per device (`%i`, proven by an ACL that lets each device
-//! publish only under its own certificate's name), verification failures counted by kind (an
-//! unknown CA, a name the certificate does not carry), and a reconnect storm whose handshakes
+//! publish only under its own certificate's name), failures counted by kind (an unknown CA, a
+//! name the certificate does not carry, a plain-TCP port, no client certificate), and a reconnect storm whose handshakes
 //! resume the devices' earlier sessions (and do not without resumption).
 
 mod common;
@@ -176,15 +176,23 @@ async fn verification_failures_are_counted_by_kind() {
     let pki = Pki::new(dir.path(), "ca");
     let other = Pki::new(dir.path(), "other-ca");
     let gateway = tls_gateway(&pki).await;
-    let target = gateway.listeners[0].to_string();
+    let tls_target = gateway.listeners[0].to_string();
+    // The plain MQTT port takes the ClientHello for a malformed packet and closes.
+    let plain_target = gateway.addr.to_string();
     let (ca, other_ca) = (pki.ca_path(), other.ca_path());
-    for (cafile, server_name, expected) in [
-        (&other_ca, None, "tls_unknown_ca"),
-        (&ca, Some("elsewhere.example"), "tls_name_mismatch"),
+    for (target, cafile, server_name, expected) in [
+        (&tls_target, &other_ca, None, "tls_unknown_ca"),
+        (
+            &tls_target,
+            &ca,
+            Some("elsewhere.example"),
+            "tls_name_mismatch",
+        ),
+        (&plain_target, &ca, None, "tls_closed_in_handshake"),
     ] {
         let mut args = vec![
             "--target",
-            &target,
+            target,
             "--tls",
             "--cafile",
             path(cafile),
