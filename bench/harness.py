@@ -648,6 +648,12 @@ def tls_pki(workdir):
                 "-subj", "/CN=localhost")
         openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
                 "-days", "3", "-out", out[kind]["cert"], "-extfile", ext)
+    # Mosquitto started as root drops to its own user before it reads its certificate and key:
+    # they must be readable to it (bench-only keys), and the run's directory traversable.
+    os.chmod(workdir, 0o711)
+    os.chmod(d, 0o755)
+    for kind in out:
+        os.chmod(out[kind]["key"], 0o644)
     open(os.path.join(d, "done"), "w").close()
     return out
 
@@ -728,12 +734,20 @@ def wl_tls_idle(broker, workdir, opts):
 
 
 def wl_tls_storm(broker, workdir, opts):
-    """(i) N idle TLS devices (ECDSA P-256 server key) all dropped at once and reconnecting,
-    with device-sim resuming its TLS 1.3 sessions and without: all-back time, broker CPU
-    from just before the event until all are back, per 1,000 reconnections."""
+    """(i) N idle TLS devices all dropped at once and reconnecting, with device-sim resuming
+    its TLS 1.3 sessions and without, for each server key of --tls-storm-keys: all-back time,
+    broker CPU from just before the event until all are back, per 1,000 reconnections."""
     if broker.kind not in TLS_KINDS:
         return {}
-    tls = tls_pki(workdir)["ecdsa"]
+    out = {}
+    for key in opts.tls_storm_keys.split(","):
+        for name, value in tls_storm(broker, workdir, opts, key).items():
+            out[name if name == "loadavg_1m" else f"i_{key}_{name}"] = value
+    return out
+
+
+def tls_storm(broker, workdir, opts, key):
+    tls = tls_pki(workdir)[key]
     n, at = opts.tls_storm_devices, opts.tls_storm_at
     out = {}
     for resumption in ("resumed", "full"):
@@ -789,14 +803,14 @@ backoff_max = "1s"
         back_ms = report.get("reconnect_all_back_ms")
         dropped = (report.get("disconnects_by_reason") or {}).get("disconnect_event", 0)
         cpu = extra.get("storm_cpu")
-        out[f"i_{resumption}_all_back_s"] = back_ms / 1000 if back_ms is not None else None
-        out[f"i_{resumption}_cpu_ms_per_1k_reconnects"] = (
+        out[f"{resumption}_all_back_s"] = back_ms / 1000 if back_ms is not None else None
+        out[f"{resumption}_cpu_ms_per_1k_reconnects"] = (
             1000 * cpu / (dropped / 1000) if cpu is not None and dropped else None)
-        out[f"i_{resumption}_dropped"] = dropped
-        out[f"i_{resumption}_connected_before_event"] = extra.get("connected_before")
-        out[f"i_{resumption}_connected_at_end"] = report["devices_connected"]
-        out[f"i_{resumption}_tls_resumed"] = report.get("tls_resumed")
-        out[f"i_{resumption}_tls_full"] = report.get("tls_full")
+        out[f"{resumption}_dropped"] = dropped
+        out[f"{resumption}_connected_before_event"] = extra.get("connected_before")
+        out[f"{resumption}_connected_at_end"] = report["devices_connected"]
+        out[f"{resumption}_tls_resumed"] = report.get("tls_resumed")
+        out[f"{resumption}_tls_full"] = report.get("tls_full")
         out["loadavg_1m"] = max(out.get("loadavg_1m", 0), extra["loadavg_1m"])
     return out
 
@@ -841,6 +855,8 @@ def main():
     ap.add_argument("--tls-devices", type=int, default=4000,
                     help="idle devices of (h), connected in the clear and over TLS")
     ap.add_argument("--tls-storm-devices", type=int, default=10000)
+    ap.add_argument("--tls-storm-keys", default="ecdsa,rsa",
+                    help="server keys of (i), comma-separated: ecdsa (P-256), rsa (2048)")
     ap.add_argument("--tls-storm-at", type=int, default=20,
                     help="seconds into (i) when the devices are dropped (all must be connected)")
     ap.add_argument("--gateway-bin", action="append", default=[], metavar="LABEL=PATH",
