@@ -1,5 +1,6 @@
 //! device-sim over TLS against the gateway (in-process, a `tls` listener with an rcgen CA and a
-//! server certificate for `DNS:localhost, IP:127.0.0.1`): a clean run by IP literal and by name,
+//! server certificate for `DNS:localhost, IP:127.0.0.1`): a clean run by IP literal, by name,
+//! with a server name given and with `--insecure`,
 //! mutual TLS with one certificate per device (`%i`, proven by an ACL that lets each device
 //! publish only under its own certificate's name), failures counted by kind (an unknown CA, a
 //! name the certificate does not carry, a plain-TCP port, no client certificate), and a reconnect storm whose handshakes
@@ -40,6 +41,9 @@ fn reason(run: &Run, key: &str, reason: &str) -> u64 {
     run.report[key][reason].as_u64().unwrap_or(0)
 }
 
+/// By IP literal (verified against the certificate's IP address, no SNI), by name (verified and
+/// sent as SNI), by IP with `--tls-server-name localhost`, and with `--insecure` (no CA file:
+/// nothing verified).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_by_ip_literal_and_by_name_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -47,35 +51,43 @@ async fn tls_by_ip_literal_and_by_name_loses_nothing() {
     let gateway = tls_gateway(&pki).await;
     let port = gateway.listeners[0].port();
     let ca = pki.ca_path();
-    for host in ["127.0.0.1", "localhost"] {
+    let verified = ["--cafile", path(&ca)];
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("ip", "127.0.0.1", &verified),
+        ("name", "localhost", &verified),
+        (
+            "server-name",
+            "127.0.0.1",
+            &["--cafile", path(&ca), "--tls-server-name", "localhost"],
+        ),
+        ("insecure", "127.0.0.1", &["--insecure"]),
+    ];
+    for (case, host, tls) in cases {
         let target = format!("{host}:{port}");
-        let run = simulate(
-            &[
-                "--target",
-                &target,
-                "--tls",
-                "--cafile",
-                path(&ca),
-                "--devices",
-                "100",
-                "--client-id",
-                &format!("tls-{host}-{{id}}"),
-                "--publish-interval",
-                "250ms",
-                "--duration",
-                "2s",
-                "--drain",
-                "1s",
-                "--max-loss",
-                "0",
-            ],
-            &[],
-        )
-        .await;
+        let client_id = format!("tls-{case}-{{id}}");
+        let mut args = vec![
+            "--target",
+            &target,
+            "--tls",
+            "--devices",
+            "100",
+            "--client-id",
+            &client_id,
+            "--publish-interval",
+            "250ms",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+            "--max-loss",
+            "0",
+        ];
+        args.extend_from_slice(tls);
+        let run = simulate(&args, &[]).await;
         run.assert_clean(100);
         assert_eq!(run.report["tls"], true, "{}", run.report);
         // 100 devices and the subscriber, each one full handshake.
-        assert_eq!(run.n("tls_full"), 101, "{host}: {}", run.report);
+        assert_eq!(run.n("tls_full"), 101, "{case}: {}", run.report);
         assert!(run.stdout.contains("TLS handshakes"), "{}", run.stdout);
     }
 }
