@@ -626,6 +626,7 @@ mod tests {
             "smoke",
             "fleet-10k",
             "reconnect-storm",
+            "tls-reconnect-storm",
             "persistent-offline",
             "million",
         ] {
