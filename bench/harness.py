@@ -145,13 +145,29 @@ class Broker:
         self.kind = "gateway" if gw else name.split(":", 1)[0]
         self.bin, self.variant = gw if gw else (None, None)
         self.persistent = persistent
+        # {"cert", "key", "ca"}: the broker's listener speaks TLS with these files (the TLS
+        # workloads set it, then restart the broker).
+        self.tls = None
         self.port = PORTS[self.kind]
         self.dir = tempfile.mkdtemp(prefix=f"{name.replace(':', '-')}-", dir=workdir)
         self.proc = None
 
     def command(self):
         d, port = self.dir, self.port
-        if self.kind == "gateway":
+        if self.kind == "gateway" and self.tls:
+            # The plain listener moves to a free port; the measured one is a [[listeners]] TLS
+            # listener, which admits anonymous clients only with allow_anonymous.
+            conf = gateway_config(os_port(), d, GATEWAY_VARIANTS.get(self.variant)) + f"""[auth]
+allow_anonymous = true
+[[listeners]]
+kind = "tls"
+bind = "127.0.0.1:{port}"
+cert = "{self.tls['cert']}"
+key = "{self.tls['key']}"
+"""
+            cmd = [GATEWAYS[self.bin], "--config", f"{d}/gateway.toml"]
+            path = f"{d}/gateway.toml"
+        elif self.kind == "gateway":
             conf = gateway_config(port, d, GATEWAY_VARIANTS.get(self.variant))
             cmd = [GATEWAYS[self.bin], "--config", f"{d}/gateway.toml"]
             path = f"{d}/gateway.toml"
@@ -160,9 +176,11 @@ class Broker:
             # broker's directory at the default autosave_interval (1800 s) and at shutdown.
             persistence = (f"persistence true\npersistence_location {d}/" if self.persistent
                            else "persistence false")
+            tls = (f"cafile {self.tls['ca']}\ncertfile {self.tls['cert']}\n"
+                   f"keyfile {self.tls['key']}\n" if self.tls else "")
             conf = f"""# written by bench/harness.py
 listener {port} 127.0.0.1
-allow_anonymous true
+{tls}allow_anonymous true
 {persistence}
 log_dest none
 max_queued_messages 100000
@@ -597,6 +615,206 @@ backoff_max = "1s"
     }
 
 
+# ---------------------------------------------------------------- TLS (issue 16)
+# Gateway and Mosquitto only (the peers in this harness have no TLS listener configured).
+TLS_KINDS = ("gateway", "mosquitto")
+
+
+def tls_pki(workdir):
+    """A CA and two server certificates for IP:127.0.0.1 and DNS:localhost, one with an ECDSA
+    P-256 key and one with an RSA 2048 key, made with the openssl CLI once per harness run.
+    Returns {"ecdsa": {cert, key, ca}, "rsa": {...}}."""
+    d = os.path.join(workdir, "pki")
+    ca_key, ca = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
+    out = {k: {"cert": os.path.join(d, f"{k}.pem"), "key": os.path.join(d, f"{k}.key"),
+               "ca": ca} for k in ("ecdsa", "rsa")}
+    if os.path.exists(os.path.join(d, "done")):
+        return out
+    os.makedirs(d, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    openssl("req", "-x509", *ec, "-nodes", "-keyout", ca_key, "-out", ca, "-days", "3",
+            "-subj", "/CN=bench CA")
+    ext = os.path.join(d, "server.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth\n")
+    for kind, newkey in (("ecdsa", ec), ("rsa", ["-newkey", "rsa:2048"])):
+        csr = os.path.join(d, f"{kind}.csr")
+        openssl("req", *newkey, "-nodes", "-keyout", out[kind]["key"], "-out", csr,
+                "-subj", "/CN=localhost")
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                "-days", "3", "-out", out[kind]["cert"], "-extfile", ext)
+    # Mosquitto started as root drops to its own user before it reads its certificate and key:
+    # they must be readable to it (bench-only keys), and the run's directory traversable.
+    os.chmod(workdir, 0o711)
+    os.chmod(d, 0o755)
+    for kind in out:
+        os.chmod(out[kind]["key"], 0o644)
+    open(os.path.join(d, "done"), "w").close()
+    return out
+
+
+def proc_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def proc_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tls_args(tls):
+    return ["--tls", "--cafile", tls["ca"]] if tls else []
+
+
+def wl_tls_idle(broker, workdir, opts):
+    """(h) N idle devices connected unpaced with 100 handshakes in flight, in the clear, then
+    over TLS with the ECDSA P-256 and with the RSA 2048 server key, a fresh broker each: full
+    TLS 1.3 handshakes per second, broker CPU per 1,000, RSS per idle session (broker and
+    device-sim)."""
+    if broker.kind not in TLS_KINDS:
+        return {}
+    pki = tls_pki(workdir)
+    n = opts.tls_devices
+    out = {}
+    for label, tls in (("plain", None), ("ecdsa", pki["ecdsa"]), ("rsa", pki["rsa"])):
+        broker.tls = tls
+        broker.restart()
+        rss0 = broker.rss()
+        cpu0 = broker.cpu()
+
+        def watch(sim, b):
+            # As (a): wait for the connected gauge, note CPU (broker and simulator: the
+            # handshakes' cost on each side), let both settle, read RSS, stop the simulator.
+            deadline = time.time() + opts.idle_timeout
+            while time.time() < deadline and sim.poll() is None:
+                got = sim_metric("device_sim_devices_connected")
+                if got is not None and got >= n:
+                    break
+                time.sleep(0.25)
+            cpu, sim_cpu = b.cpu(), proc_cpu(sim.pid)
+            time.sleep(1.5)
+            rss, sim_rss = b.rss(), proc_rss(sim.pid)
+            if sim.poll() is None:
+                os.kill(sim.pid, signal.SIGINT)
+            return {"rss": rss, "cpu": cpu, "sim_rss": sim_rss, "sim_cpu": sim_cpu}
+
+        report, _, extra = run_sim(broker, workdir, [
+            "--devices", str(n), "--subscribers", "0", "--publish-interval", "0",
+            "--keep-alive", "300s", "--connect-rate", "1000000", "--connect-window", "100",
+            "--duration", f"{opts.idle_timeout + 5}s", "--drain", "0s",
+            "--connect-timeout", "30s", "--client-id", f"tls-{label}-{{id}}", *tls_args(tls),
+        ], watch)
+        connected = report["devices_connected"]
+        k = connected / 1000 if connected else None
+        out[f"h_{label}_connected@{n}"] = connected
+        out[f"h_{label}_connects_per_s@{n}"] = report["connect_rate_per_s"]
+        out[f"h_{label}_cpu_ms_per_1k_connects"] = 1000 * (extra["cpu"] - cpu0) / k if k else None
+        out[f"h_{label}_rss_per_session_B"] = (extra["rss"] - rss0) / max(connected, 1)
+        out[f"h_{label}_sim_cpu_ms_per_1k_connects"] = 1000 * extra["sim_cpu"] / k if k else None
+        out[f"h_{label}_sim_rss_B@{n}"] = extra["sim_rss"]
+        if tls:
+            out[f"h_{label}_tls_full"] = report.get("tls_full")
+        out["loadavg_1m"] = max(out.get("loadavg_1m", 0), extra["loadavg_1m"])
+    # What a TLS device costs device-sim beyond a plain one (same N, one process each time).
+    plain_sim = out[f"h_plain_sim_rss_B@{n}"]
+    for label in ("ecdsa", "rsa"):
+        out[f"h_{label}_sim_extra_B_per_tls_device"] = (
+            (out[f"h_{label}_sim_rss_B@{n}"] - plain_sim) / n)
+    return out
+
+
+def wl_tls_storm(broker, workdir, opts):
+    """(i) N idle TLS devices all dropped at once and reconnecting, with device-sim resuming
+    its TLS 1.3 sessions and without, for each server key of --tls-storm-keys: all-back time,
+    broker CPU from just before the event until all are back, per 1,000 reconnections."""
+    if broker.kind not in TLS_KINDS:
+        return {}
+    out = {}
+    for key in opts.tls_storm_keys.split(","):
+        for name, value in tls_storm(broker, workdir, opts, key).items():
+            out[name if name == "loadavg_1m" else f"i_{key}_{name}"] = value
+    return out
+
+
+def tls_storm(broker, workdir, opts, key):
+    tls = tls_pki(workdir)[key]
+    n, at = opts.tls_storm_devices, opts.tls_storm_at
+    out = {}
+    for resumption in ("resumed", "full"):
+        broker.tls = tls
+        broker.restart()
+        scen = os.path.join(workdir, "tls-storm.toml")
+        with open(scen, "w") as f:
+            f.write(f"""# written by bench/harness.py: every TLS device drops at once and reconnects
+devices = {n}
+connect_rate = 1000000
+connect_window = 100
+client_id = "tls-storm-{{id}}"
+topic = "tls-storm/{{id}}/t"
+publish_interval = "0s"
+keep_alive = "300s"
+subscribers = 0
+duration = "{at + opts.storm_window}s"
+drain = "0s"
+connect_timeout = "30s"
+tls = true
+cafile = "{tls['ca']}"
+tls_resumption = {"true" if resumption == "resumed" else "false"}
+[disconnect]
+at = "{at}s"
+share = 1.0
+who = "devices"
+offline_for = "0s"
+backoff_min = "10ms"
+backoff_max = "1s"
+""")
+
+        def watch(sim, b):
+            # Broker CPU just before the event (the fleet idle since it connected) and once the
+            # connected gauge shows everyone back; then the run is ended.
+            t0 = time.time()
+            cpu_before = None
+            connected_before = None
+            while sim.poll() is None and time.time() - t0 < at + opts.storm_window + 10:
+                c = sim_metric("device_sim_devices_connected")
+                if cpu_before is None and time.time() - t0 >= at - 1:
+                    cpu_before, connected_before = b.cpu(), c
+                if time.time() - t0 > at + 1 and c is not None and c >= n:
+                    break
+                time.sleep(0.1)
+            cpu_after = b.cpu()
+            time.sleep(0.5)
+            if sim.poll() is None:
+                os.kill(sim.pid, signal.SIGINT)
+            return {"storm_cpu": cpu_after - cpu_before if cpu_before is not None else None,
+                    "connected_before": connected_before}
+
+        report, _, extra = run_sim(broker, workdir, ["--scenario", scen], watch)
+        back_ms = report.get("reconnect_all_back_ms")
+        dropped = (report.get("disconnects_by_reason") or {}).get("disconnect_event", 0)
+        cpu = extra.get("storm_cpu")
+        out[f"{resumption}_all_back_s"] = back_ms / 1000 if back_ms is not None else None
+        out[f"{resumption}_cpu_ms_per_1k_reconnects"] = (
+            1000 * cpu / (dropped / 1000) if cpu is not None and dropped else None)
+        out[f"{resumption}_dropped"] = dropped
+        out[f"{resumption}_connected_before_event"] = extra.get("connected_before")
+        out[f"{resumption}_connected_at_end"] = report["devices_connected"]
+        out[f"{resumption}_tls_resumed"] = report.get("tls_resumed")
+        out[f"{resumption}_tls_full"] = report.get("tls_full")
+        out["loadavg_1m"] = max(out.get("loadavg_1m", 0), extra["loadavg_1m"])
+    return out
+
+
 WORKLOADS = {
     "a": ("idle connections: RSS per session, connect rate", wl_idle),
     "b": ("QoS 0 fan-in: 100 publishers -> 1 wildcard subscriber, 64 B", wl_fanin(0)),
@@ -605,6 +823,8 @@ WORKLOADS = {
     "e": ("latency: 1,000 QoS 1 publishers at 10 msg/s -> 1 wildcard subscriber", wl_latency),
     "f": ("reconnect storm: every session dropped at once", wl_storm),
     "g": ("QoS 1 fan-in to a persistent subscriber: (c) with the subscriber's clean session off", wl_fanin(1, True)),
+    "h": ("TLS: full handshakes per second and CPU (ECDSA P-256, RSA 2048), idle RSS per TLS session", wl_tls_idle),
+    "i": ("TLS reconnect storm: every TLS device dropped at once, with and without resumption", wl_tls_storm),
 }
 # Workloads on persistent sessions: their brokers get a store where they have one to turn on.
 PERSISTENT_WORKLOADS = {"g"}
@@ -612,7 +832,8 @@ PERSISTENT_WORKLOADS = {"g"}
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="abcdef",
-                    help="letters of the workloads to run ((g) only when named)")
+                    help="letters of the workloads to run ((g), (h), (i) only when named; "
+                    "(h) and (i) run against the gateway and Mosquitto only)")
     ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd",
                     help="brokers, in the order of the table; gateway-VARIANT runs the gateway "
                     f"with a configuration variant ({', '.join(GATEWAY_VARIANTS)}), e.g. "
@@ -631,6 +852,13 @@ def main():
                     help="connects per second of the paced run in (a)")
     ap.add_argument("--storm-devices", type=int, default=10000)
     ap.add_argument("--storm-window", type=int, default=20)
+    ap.add_argument("--tls-devices", type=int, default=4000,
+                    help="idle devices of (h), connected in the clear and over TLS")
+    ap.add_argument("--tls-storm-devices", type=int, default=10000)
+    ap.add_argument("--tls-storm-keys", default="ecdsa,rsa",
+                    help="server keys of (i), comma-separated: ecdsa (P-256), rsa (2048)")
+    ap.add_argument("--tls-storm-at", type=int, default=20,
+                    help="seconds into (i) when the devices are dropped (all must be connected)")
     ap.add_argument("--gateway-bin", action="append", default=[], metavar="LABEL=PATH",
                     help="run this gateway binary as broker gateway:LABEL in place of "
                     "target/release/gateway; repeat for an A/B comparison of builds (the first "

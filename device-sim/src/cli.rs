@@ -117,6 +117,29 @@ pub struct RunArgs {
     /// Source addresses to bind, e.g. `127.0.0.2-127.0.0.60` or a comma-separated list.
     #[arg(long, value_name = "RANGE")]
     pub source_ips: Option<String>,
+    /// Connect over TLS (rustls, TLS 1.3 and 1.2).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
+    /// PEM CA certificates the broker's certificate must chain to (with `--tls`).
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; `%i` in the path becomes the device number
+    /// (`sub-K` for subscriber K), for one certificate per device.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<String>,
+    /// PEM private key of `--cert`; `%i` as there.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<String>,
+    /// Accept any broker certificate (tests, lab brokers): no verification.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+    /// The name the broker's certificate is verified against and sent as SNI (default: the
+    /// target's host when it is a name; an IP literal is verified as an address, without SNI).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Resume TLS sessions on reconnect (tickets kept per device); `=false` for full handshakes.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_resumption: Option<bool>,
     #[arg(long)]
     pub username: Option<String>,
     #[arg(long)]

@@ -1,18 +1,22 @@
 //! One MQTT connection as the simulator holds it: the socket, plus only a partial packet's tail
 //! and unsent bytes when there are any. Reads land in a per-thread scratch buffer and writes
-//! are encoded into another, so an idle connection owns no buffer at all.
+//! are encoded into another, so an idle plain connection owns no buffer at all. A TLS
+//! connection adds its boxed session ([`TlsSession`]), which decrypts into the same scratch
+//! buffer and keeps unsent records itself.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::codec::{self, CodecError, ConnectOptions, Incoming, Protocol};
+use crate::tls::{Fill, TlsDial, TlsSession};
 
 /// Why a connection attempt failed or a connection ended; a metric and report label.
 pub type Reason = Cow<'static, str>;
@@ -59,10 +63,6 @@ struct SpillBytes {
 }
 
 impl Spill {
-    fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
     fn as_slice(&self) -> &[u8] {
         self.0.as_deref().map_or(&[], |spill| &spill.bytes)
     }
@@ -73,12 +73,63 @@ impl Spill {
             spill.bytes.extend_from_slice(bytes);
         }
     }
+}
 
-    /// Drops the first `n` bytes, and the buffer with them when nothing is left.
+/// Unsent bytes of a plain connection, or a TLS connection's session (which keeps its unsent
+/// records itself): one pointer, null while a plain connection has sent everything, so TLS
+/// costs nothing to the devices that do not use it.
+#[derive(Default)]
+struct Out(Option<Box<OutState>>);
+
+enum OutState {
+    Unsent(Vec<u8>),
+    // Boxed again: a plain connection's unsent bytes must not allocate a session's size.
+    Tls(Box<TlsSession>),
+}
+
+impl Out {
+    fn tls(&mut self) -> Option<&mut TlsSession> {
+        match self.0.as_deref_mut() {
+            Some(OutState::Tls(tls)) => Some(tls),
+            _ => None,
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        match self.0.as_deref() {
+            None => false,
+            Some(OutState::Unsent(bytes)) => !bytes.is_empty(),
+            Some(OutState::Tls(tls)) => tls.wants_write(),
+        }
+    }
+
+    fn unsent(&self) -> &[u8] {
+        match self.0.as_deref() {
+            Some(OutState::Unsent(bytes)) => bytes,
+            _ => &[],
+        }
+    }
+
+    /// Keeps `bytes` of a plain connection for later.
+    fn extend(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match &mut **self
+            .0
+            .get_or_insert_with(|| Box::new(OutState::Unsent(Vec::new())))
+        {
+            OutState::Unsent(unsent) => unsent.extend_from_slice(bytes),
+            // Unreachable: a TLS connection's writes go through its session.
+            OutState::Tls(_) => {}
+        }
+    }
+
+    /// Drops the first `n` unsent bytes, and the buffer with them when nothing is left.
     fn consume(&mut self, n: usize) {
-        if let Some(spill) = &mut self.0 {
-            spill.bytes.drain(..n);
-            if spill.bytes.is_empty() {
+        if let Some(OutState::Unsent(unsent)) = self.0.as_deref_mut() {
+            unsent.drain(..n);
+            if unsent.is_empty() {
                 self.0 = None;
             }
         }
@@ -88,7 +139,7 @@ impl Spill {
 pub struct Conn {
     pub stream: TcpStream,
     tail: Spill,
-    pending: Spill,
+    out: Out,
 }
 
 async fn tcp_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
@@ -121,15 +172,18 @@ async fn tcp_connect(target: SocketAddr, source: Option<Ipv4Addr>) -> io::Result
     Ok(stream)
 }
 
-/// TCP connect, CONNECT, CONNACK, within `timeout`. Returns the connection and whether the
-/// broker had a session.
+/// TCP connect, the TLS handshake with `tls`, CONNECT, CONNACK, within `timeout`. Returns the
+/// connection and whether the broker had a session.
 pub async fn establish(
     target: SocketAddr,
     source: Option<Ipv4Addr>,
+    tls: Option<TlsDial<'_>>,
     protocol: Protocol,
     options: &ConnectOptions<'_>,
     timeout: Duration,
 ) -> Result<(Conn, bool), Reason> {
+    // Whether the deadline struck during the TLS handshake, for its own reason.
+    let in_tls = AtomicBool::new(false);
     let handshake = async {
         let stream = tcp_connect(target, source)
             .await
@@ -137,8 +191,16 @@ pub async fn establish(
         let mut conn = Conn {
             stream,
             tail: Spill::default(),
-            pending: Spill::default(),
+            out: Out::default(),
         };
+        if let Some(dial) = &tls {
+            in_tls.store(true, Relaxed);
+            // After the TCP connect: a failed connect must not use up a resumption ticket.
+            conn.out = Out(Some(Box::new(OutState::Tls(dial.start()?))));
+            let resumed = conn.tls_handshake().await?;
+            dial.handshake_done(resumed);
+            in_tls.store(false, Relaxed);
+        }
         conn.send(|buf| codec::connect(buf, protocol, options))?;
         let mut connack: Option<Result<bool, Reason>> = None;
         loop {
@@ -172,13 +234,49 @@ pub async fn establish(
     };
     match tokio::time::timeout(timeout, handshake).await {
         Ok(result) => result,
+        Err(_) if in_tls.load(Relaxed) => Err(Cow::Borrowed("tls_handshake_timeout")),
         Err(_) => Err(Cow::Borrowed("timeout")),
     }
 }
 
 impl Conn {
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.out.has_pending()
+    }
+
+    /// Drives the TLS handshake to its end; whether it resumed an earlier session.
+    async fn tls_handshake(&mut self) -> Result<bool, Reason> {
+        let mut early = BytesMut::new();
+        loop {
+            self.flush_pending().await?;
+            let Some(tls) = self.out.tls() else {
+                return Ok(false);
+            };
+            if let Some(resumed) = tls.resumed() {
+                // Nothing decrypts before the handshake ends, but keep whatever did.
+                self.tail.extend(&early);
+                return Ok(resumed);
+            }
+            self.stream.readable().await.map_err(|e| io_reason(&e))?;
+            if let Fill::Eof = tls.fill(&self.stream, &mut early)? {
+                // A plain-TCP port, or a broker that dropped the hello.
+                return Err(Cow::Borrowed("tls_closed_in_handshake"));
+            }
+        }
+    }
+
+    /// Reads what the socket has into `rx` (decrypted on TLS).
+    fn fill(&mut self, rx: &mut BytesMut) -> Result<Fill, Reason> {
+        if let Some(tls) = self.out.tls() {
+            return tls.fill(&self.stream, rx);
+        }
+        rx.reserve(SCRATCH);
+        match self.stream.try_read_buf(rx) {
+            Ok(0) => Ok(Fill::Eof),
+            Ok(_) => Ok(Fill::Progress),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Fill::WouldBlock),
+            Err(e) => Err(io_reason(&e)),
+        }
     }
 
     /// Reads what the socket has and hands each complete packet to `on_packet`, which may
@@ -225,12 +323,10 @@ impl Conn {
                         break;
                     }
                     reads += 1;
-                    rx.reserve(SCRATCH);
-                    match self.stream.try_read_buf(&mut *rx) {
-                        Ok(0) => open = false,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(io_reason(&e)),
+                    match self.fill(&mut rx)? {
+                        Fill::Eof => open = false,
+                        Fill::Progress => {}
+                        Fill::WouldBlock => break,
                     }
                 }
                 // Only unprocessed bytes survive the batch, copied to fit.
@@ -242,6 +338,9 @@ impl Conn {
                 }
                 if !tx.is_empty() {
                     self.write_now(&tx)?;
+                } else if self.out.tls().is_some() {
+                    // What the TLS session answers by itself (key updates, alerts).
+                    self.flush()?;
                 }
                 Ok(open)
             })
@@ -267,8 +366,12 @@ impl Conn {
     }
 
     fn write_now(&mut self, bytes: &[u8]) -> Result<(), Reason> {
-        if !self.pending.is_empty() {
-            self.pending.extend(bytes);
+        if let Some(tls) = self.out.tls() {
+            tls.write(bytes)?;
+            return tls.flush(&self.stream);
+        }
+        if self.out.has_pending() {
+            self.out.extend(bytes);
             return Ok(());
         }
         let mut written = 0;
@@ -279,14 +382,17 @@ impl Conn {
                 Err(e) => return Err(io_reason(&e)),
             }
         }
-        self.pending.extend(&bytes[written..]);
+        self.out.extend(&bytes[written..]);
         Ok(())
     }
 
     /// Writes unsent bytes as far as the socket takes them without waiting.
     pub fn flush(&mut self) -> Result<(), Reason> {
+        if let Some(tls) = self.out.tls() {
+            return tls.flush(&self.stream);
+        }
         let mut written = 0;
-        let pending = self.pending.as_slice();
+        let pending = self.out.unsent();
         while written < pending.len() {
             match self.stream.try_write(&pending[written..]) {
                 Ok(n) => written += n,
@@ -294,7 +400,7 @@ impl Conn {
                 Err(e) => return Err(io_reason(&e)),
             }
         }
-        self.pending.consume(written);
+        self.out.consume(written);
         Ok(())
     }
 
@@ -307,11 +413,15 @@ impl Conn {
         Ok(())
     }
 
-    /// A normal DISCONNECT, best effort: the socket closes right after.
+    /// A normal DISCONNECT (and TLS close_notify), best effort: the socket closes right after.
     pub fn disconnect(&mut self) {
         let _ = self.send(|buf| {
             codec::disconnect(buf);
             Ok(())
         });
+        if let Some(tls) = self.out.tls() {
+            tls.close();
+            let _ = tls.flush(&self.stream);
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::codec::ConnectOptions;
 use crate::scenario::{Settings, Who};
 use crate::stats::Stats;
 use crate::timer::Timers;
+use crate::tls::{Peer, TlsClient, TlsDial};
 use crate::window::Seen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +40,8 @@ pub fn now_us() -> u64 {
 pub struct Ctx {
     pub settings: Settings,
     pub stats: Stats,
+    /// The TLS client of every connection of the process, with `--tls`.
+    pub tls: Option<TlsClient>,
     /// Messages stamped earlier belong to an earlier run (a persistent session's backlog).
     pub run_start_us: u64,
     phase: AtomicU8,
@@ -63,6 +66,7 @@ impl Ctx {
     /// The context of a process holding `devices`, in the subscribing phase.
     pub(crate) fn new(
         settings: Settings,
+        tls: Option<TlsClient>,
         devices: Range<u64>,
         run_start_us: u64,
         seen: Option<Seen>,
@@ -70,6 +74,7 @@ impl Ctx {
         Ctx {
             stats: Stats::new(settings.targets.len()),
             settings,
+            tls,
             run_start_us,
             phase: AtomicU8::new(Phase::Subscribing as u8),
             wake: Notify::new(),
@@ -163,13 +168,24 @@ impl Ctx {
         (target, s.targets[target], source)
     }
 
-    pub fn subscriber_route(&self, index: u32) -> (SocketAddr, Option<Ipv4Addr>) {
+    /// Subscriber `index`'s target (its index and address) and source address.
+    pub fn subscriber_route(&self, index: u32) -> (usize, SocketAddr, Option<Ipv4Addr>) {
         let s = &self.settings;
         let k = u64::from(index);
-        let target = s.targets[(k % s.targets.len() as u64) as usize];
+        let target = (k % s.targets.len() as u64) as usize;
         let source = (!s.source_ips.is_empty())
             .then(|| s.source_ips[(k % s.source_ips.len() as u64) as usize]);
-        (target, source)
+        (target, s.targets[target], source)
+    }
+
+    /// How `peer` speaks TLS to target `target`, with `--tls`.
+    pub fn tls_dial(&self, target: usize, peer: Peer) -> Option<TlsDial<'_>> {
+        self.tls.as_ref().map(|client| TlsDial {
+            client,
+            target,
+            peer,
+            stats: &self.stats,
+        })
     }
 
     pub fn connect_options<'a>(&'a self, client_id: &'a str) -> ConnectOptions<'a> {

@@ -24,6 +24,7 @@ use crate::payload::Stamp;
 use crate::scenario::{render, Who, MAX_INFLIGHT};
 use crate::stats::micros;
 use crate::timer::{ms, ms_of, now_ms, NEVER};
+use crate::tls::Peer;
 use crate::window::STALL;
 
 /// How long a device leaving in the disconnect event waits for its acknowledgements.
@@ -84,12 +85,13 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                 let epoch = ctx.disconnect_epoch();
                 ctx.stats.connect_attempts.fetch_add(1, Relaxed);
                 let mut conn = {
-                    let (_, target, source) = ctx.device_route(id);
+                    let (target_index, target, source) = ctx.device_route(id);
                     let started = Instant::now();
                     // Boxed: the handshake's state (connect future, timer, client id) is large
                     // and lives only for the handshake; inline, every idle device future would be
                     // sized for it.
-                    let handshake = Box::pin(handshake(&ctx, id, target, source)).await;
+                    let handshake =
+                        Box::pin(handshake(&ctx, id, target_index, target, source)).await;
                     if std::mem::take(&mut first) {
                         ctx.first_handshake_done();
                     }
@@ -302,6 +304,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
 async fn handshake(
     ctx: &Ctx,
     id: u64,
+    target_index: usize,
     target: std::net::SocketAddr,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Conn, Reason> {
@@ -310,6 +313,7 @@ async fn handshake(
     connection::establish(
         target,
         source,
+        ctx.tls_dial(target_index, Peer::Device(id)),
         settings.protocol,
         &ctx.connect_options(&client_id),
         settings.connect_timeout,
@@ -507,7 +511,7 @@ mod tests {
             .expect("runtime");
         let _entered = runtime.enter();
         let settings = Settings::resolve(&crate::cli::RunArgs::default()).expect("valid");
-        let ctx = Ctx::new(settings, 0..1, 0, None);
+        let ctx = Ctx::new(settings, None, 0..1, 0, None);
         let device = run(Arc::new(ctx), 0);
         let size = std::mem::size_of_val(&device);
         assert!(size <= 160, "device future grew to {size} bytes");

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::context::{now_us, Ctx, Phase};
 use crate::scenario::Settings;
 use crate::stats::Snapshot;
+use crate::tls::{TlsClient, TlsError};
 use crate::verify::Tracker;
 use crate::window::Seen;
 use crate::{device, subscriber};
@@ -45,9 +46,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(settings: Settings, slice: Slice, run_start_us: u64) -> Engine {
+    /// The engine of `slice`; fails when its TLS files cannot be read.
+    pub fn new(settings: Settings, slice: Slice, run_start_us: u64) -> Result<Engine, TlsError> {
         let targets = settings.targets.len();
         let devices = slice.devices.end - slice.devices.start;
+        let subscribers = u64::from(slice.subscribers.end - slice.subscribers.start);
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|tls| TlsClient::new(tls, devices + subscribers))
+            .transpose()?;
         // Every subscriber in this process: they see every device's messages that reach them.
         let whole_run = devices == settings.devices
             && u64::from(slice.subscribers.end - slice.subscribers.start)
@@ -58,9 +66,10 @@ impl Engine {
                 .collect();
             Seen::new(slice.devices.start, devices, copies)
         });
-        Engine {
+        Ok(Engine {
             ctx: Arc::new(Ctx::new(
                 settings,
+                tls,
                 slice.devices.clone(),
                 run_start_us,
                 seen,
@@ -68,7 +77,7 @@ impl Engine {
             slice,
             whole_run,
             trackers: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -16,6 +16,7 @@ mod scenario;
 mod stats;
 mod subscriber;
 mod timer;
+mod tls;
 mod verify;
 mod window;
 mod workers;

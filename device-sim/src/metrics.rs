@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use crate::scenario::Settings;
 use crate::stats::Snapshot;
+use crate::tls;
 
 /// Bucket bounds in seconds, from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -118,6 +119,10 @@ pub fn install(addr: SocketAddr, settings: &Settings) -> Result<Exporter, BuildE
         Unit::Seconds,
         "PUBLISH to PUBACK (QoS 1) or PUBCOMP (QoS 2)."
     );
+    describe_counter!(
+        "device_sim_tls_handshakes_total",
+        "TLS handshakes completed, by kind: full or resumed (an earlier session's ticket or id)."
+    );
     register_at_zero(settings);
     Ok(Exporter {
         previous: Snapshot::empty(settings.targets.len()),
@@ -151,6 +156,15 @@ fn register_at_zero(settings: &Settings) {
     }
     for reason in DISCONNECT_REASONS.iter().copied().flatten() {
         counter!("device_sim_disconnects_total", "reason" => *reason).absolute(0);
+    }
+    if settings.tls.is_some() {
+        for reason in tls::REASONS {
+            counter!("device_sim_connect_failures_total", "reason" => *reason).absolute(0);
+            counter!("device_sim_disconnects_total", "reason" => *reason).absolute(0);
+        }
+        for kind in ["full", "resumed"] {
+            counter!("device_sim_tls_handshakes_total", "kind" => kind).absolute(0);
+        }
     }
     for name in [
         "device_sim_latency_seconds",
@@ -195,6 +209,11 @@ impl Exporter {
         counter!("device_sim_messages_received_total").absolute(s.received);
         counter!("device_sim_messages_duplicate_total").absolute(s.duplicates);
         counter!("device_sim_messages_out_of_order_total").absolute(s.out_of_order);
+        if settings.tls.is_some() {
+            counter!("device_sim_tls_handshakes_total", "kind" => "full").absolute(s.tls_full);
+            counter!("device_sim_tls_handshakes_total", "kind" => "resumed")
+                .absolute(s.tls_resumed);
+        }
         record_difference(
             "device_sim_latency_seconds",
             &s.latency,

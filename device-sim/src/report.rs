@@ -66,6 +66,11 @@ pub struct Report {
     /// From the disconnect event until every device was connected again; absent without an
     /// event or when the fleet was not all back by the end.
     pub reconnect_all_back_ms: Option<f64>,
+    /// With `--tls`: handshakes completed in full and resumed (devices and subscribers, every
+    /// attempt that got through the TLS handshake); 0 without TLS.
+    pub tls: bool,
+    pub tls_full: u64,
+    pub tls_resumed: u64,
     pub messages_published: u64,
     /// QoS 1/2 messages acknowledged (PUBACK / PUBCOMP), unacknowledged at the end, skipped
     /// because the device's window (or its bound of 64) was full.
@@ -131,6 +136,9 @@ impl Report {
                 .filter(|ms| *ms > 0.0)
                 .map(|ms| settings.devices as f64 * 1000.0 / ms),
             reconnect_all_back_ms: s.all_back_ms,
+            tls: settings.tls.is_some(),
+            tls_full: s.tls_full,
+            tls_resumed: s.tls_resumed,
             messages_published: s.published_total(),
             messages_acked: s.acked,
             messages_unacked: s.unacked,
@@ -212,6 +220,13 @@ impl Report {
         }
         if let Some(ms) = self.reconnect_all_back_ms {
             row(&mut t, "all back after event", format!("{ms:.1} ms"));
+        }
+        if self.tls {
+            row(
+                &mut t,
+                "TLS handshakes",
+                format!("{} full, {} resumed", self.tls_full, self.tls_resumed),
+            );
         }
         row(
             &mut t,

@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::report::{expected_deliveries, Report};
 use crate::scenario::Settings;
 use crate::stats::Snapshot;
+use crate::tls::TlsClient;
 use crate::workers::{subscribe_window, Fleet, Message, WorkerPlan};
 use crate::{metrics, plan};
 
@@ -22,6 +23,10 @@ const OVERRUN: Duration = Duration::from_secs(30);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&args)?;
+    if let Some(tls) = &settings.tls {
+        // Unreadable TLS files are the user's to fix before any worker starts.
+        TlsClient::new(tls, 1)?;
+    }
     let capacity = plan::per_process_capacity(args.max_per_process);
     let slices = plan::split(&settings, capacity)?;
     let run_start_us = now_us();
@@ -49,7 +54,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut fleet = if plans.len() == 1 {
         let mut plans = plans;
-        Fleet::local(plans.remove(0))
+        Fleet::local(plans.remove(0))?
     } else {
         Fleet::spawn(plans).await?
     };

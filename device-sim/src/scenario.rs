@@ -3,7 +3,7 @@
 //! keep (such as a device's in-flight limit), so they never see bad input.
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,13 @@ struct ScenarioFile {
     source_ips: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    tls: Option<bool>,
+    cafile: Option<PathBuf>,
+    cert: Option<String>,
+    key: Option<String>,
+    insecure: Option<bool>,
+    tls_server_name: Option<String>,
+    tls_resumption: Option<bool>,
     disconnect: Option<DisconnectFile>,
 }
 
@@ -122,6 +129,20 @@ pub struct Disconnect {
     pub offline_for: Duration,
 }
 
+/// How devices and subscribers speak TLS (`--tls`); each process builds its client from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsSettings {
+    pub cafile: Option<PathBuf>,
+    /// Client certificate and key paths; `%i` becomes the device number (`sub-K` for
+    /// subscriber K).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub insecure: bool,
+    pub resumption: bool,
+    /// Per target: the name its certificate is verified against (and SNI when a DNS name).
+    pub server_names: Vec<String>,
+}
+
 /// Everything a process needs to simulate its part of the fleet; sent to workers as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -156,6 +177,8 @@ pub struct Settings {
     pub source_ips: Vec<Ipv4Addr>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Plain TCP when absent.
+    pub tls: Option<TlsSettings>,
     pub disconnect: Option<Disconnect>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -224,6 +247,82 @@ fn resolve_target(target: &str) -> Result<SocketAddr, ScenarioError> {
         .ok_or_else(|| err("no address".to_string()))
 }
 
+/// The host of `HOST:PORT` (`[V6]:PORT` too), for the TLS server name.
+fn host_of(target: &str) -> &str {
+    if let Some(rest) = target.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    target.rsplit_once(':').map_or(target, |(host, _)| host)
+}
+
+/// The TLS settings of the flags over the file, when TLS is on; TLS options without it are
+/// refused rather than silently connecting in the clear.
+fn resolve_tls(
+    args: &RunArgs,
+    file: &ScenarioFile,
+    targets: &[String],
+) -> Result<Option<TlsSettings>, ScenarioError> {
+    let cafile = args.cafile.clone().or(file.cafile.clone());
+    let cert = args.cert.clone().or(file.cert.clone());
+    let key = args.key.clone().or(file.key.clone());
+    let insecure = args.insecure.or(file.insecure).unwrap_or(false);
+    let server_name = args
+        .tls_server_name
+        .clone()
+        .or(file.tls_server_name.clone());
+    let resumption = args.tls_resumption.or(file.tls_resumption).unwrap_or(true);
+    if !args.tls.or(file.tls).unwrap_or(false) {
+        let given = [
+            ("cafile", cafile.is_some()),
+            ("cert", cert.is_some()),
+            ("key", key.is_some()),
+            ("insecure", insecure),
+            ("tls_server_name", server_name.is_some()),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(invalid(name, "(given)", "needs tls (--tls)"));
+        }
+        return Ok(None);
+    }
+    if cert.is_some() != key.is_some() {
+        return Err(invalid(
+            if cert.is_some() { "key" } else { "cert" },
+            "(missing)",
+            "cert and key go together",
+        ));
+    }
+    if cafile.is_none() && !insecure {
+        return Err(invalid(
+            "cafile",
+            "(missing)",
+            "tls needs a CA file to verify the broker, or insecure",
+        ));
+    }
+    if cafile.is_some() && insecure {
+        return Err(invalid(
+            "insecure",
+            true,
+            "insecure verifies nothing: the cafile would be ignored",
+        ));
+    }
+    let server_names = targets
+        .iter()
+        .map(|t| {
+            server_name
+                .clone()
+                .unwrap_or_else(|| host_of(t).to_string())
+        })
+        .collect();
+    Ok(Some(TlsSettings {
+        cafile,
+        cert,
+        key,
+        insecure,
+        resumption,
+        server_names,
+    }))
+}
+
 /// A client id or topic for one device: `{id}` becomes its number.
 pub fn render(template: &str, id: u64) -> String {
     template.replace("{id}", &id.to_string())
@@ -259,6 +358,7 @@ impl Settings {
             .iter()
             .map(|t| resolve_target(t))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = resolve_tls(args, &file, &targets_text)?;
 
         let devices = args.devices.or(file.devices).unwrap_or(100);
         let connect_rate = args.connect_rate.or(file.connect_rate).unwrap_or(1000.0);
@@ -448,6 +548,7 @@ impl Settings {
             source_ips,
             username,
             password,
+            tls,
             disconnect,
             backoff_min,
             backoff_max,
@@ -525,6 +626,7 @@ mod tests {
             "smoke",
             "fleet-10k",
             "reconnect-storm",
+            "tls-reconnect-storm",
             "persistent-offline",
             "million",
         ] {
@@ -553,6 +655,70 @@ mod tests {
         };
         let err = Settings::resolve(&bad).expect_err("rejected");
         assert!(err.to_string().contains("client_id"), "{err}");
+    }
+
+    #[test]
+    fn tls_verifies_the_target_host_and_its_options_need_tls() {
+        let targets = vec!["localhost:8883".to_string(), "127.0.0.1:8883".to_string()];
+        let on = RunArgs {
+            targets: targets.clone(),
+            tls: Some(true),
+            insecure: Some(true),
+            ..RunArgs::default()
+        };
+        let names = |args: &RunArgs| {
+            Settings::resolve(args)
+                .expect("valid")
+                .tls
+                .expect("TLS on")
+                .server_names
+        };
+        assert_eq!(names(&on), ["localhost", "127.0.0.1"]);
+        let named = RunArgs {
+            tls_server_name: Some("broker.example".into()),
+            ..on.clone()
+        };
+        assert_eq!(names(&named), ["broker.example", "broker.example"]);
+        assert_eq!(host_of("[::1]:8883"), "::1");
+        assert!(Settings::resolve(&RunArgs::default())
+            .expect("valid")
+            .tls
+            .is_none());
+        let refused = [
+            (
+                RunArgs {
+                    targets: targets.clone(),
+                    cafile: Some("ca.pem".into()),
+                    ..RunArgs::default()
+                },
+                "cafile",
+            ),
+            (
+                RunArgs {
+                    insecure: None,
+                    ..on.clone()
+                },
+                "cafile",
+            ),
+            (
+                RunArgs {
+                    cert: Some("dev-%i.pem".into()),
+                    ..on.clone()
+                },
+                "key",
+            ),
+            (
+                RunArgs {
+                    cafile: Some("ca.pem".into()),
+                    ..on.clone()
+                },
+                "insecure",
+            ),
+        ];
+        for (args, key) in refused {
+            let err = Settings::resolve(&args).expect_err("refused");
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Stats {
     pub event_at_us: AtomicU64,
     /// The last time after the event at which every device of the process was connected.
     pub back_at_us: AtomicU64,
+    /// TLS handshakes completed in full and resumed (a session ticket or id of an earlier one).
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     disconnects: Mutex<BTreeMap<String, u64>>,
     pub hists: Mutex<Hists>,
@@ -87,6 +90,8 @@ impl Stats {
             all_connected_us: AtomicU64::new(0),
             event_at_us: AtomicU64::new(0),
             back_at_us: AtomicU64::new(0),
+            tls_full: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             disconnects: Mutex::new(BTreeMap::new()),
             hists: Mutex::new(Hists {
@@ -154,6 +159,8 @@ impl Stats {
                 let back = self.back_at_us.load(Relaxed);
                 (event > 0 && back >= event).then(|| (back - event) as f64 / 1000.0)
             },
+            tls_full: self.tls_full.load(Relaxed),
+            tls_resumed: self.tls_resumed.load(Relaxed),
             latency: hists.latency.clone(),
             connect: hists.connect.clone(),
             puback: hists.puback.clone(),
@@ -192,6 +199,11 @@ pub struct Snapshot {
     /// From the disconnect event until every device was connected again (the latest such
     /// moment), when it has happened.
     pub all_back_ms: Option<f64>,
+    /// TLS handshakes completed in full and resumed.
+    #[serde(default)]
+    pub tls_full: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
     #[serde(with = "histogram_b64")]
     pub latency: Histogram<u64>,
     #[serde(with = "histogram_b64")]
@@ -253,6 +265,8 @@ impl Snapshot {
         self.stale += other.stale;
         self.foreign += other.foreign;
         self.open_gaps += other.open_gaps;
+        self.tls_full += other.tls_full;
+        self.tls_resumed += other.tls_resumed;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.connect.add(&other.connect);

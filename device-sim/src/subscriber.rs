@@ -15,6 +15,7 @@ use crate::codec::{self, Ack, Incoming};
 use crate::connection::{self, Conn, Reason};
 use crate::context::{now_us, Ctx};
 use crate::scenario::{render, Who};
+use crate::tls::Peer;
 use crate::verify::{Tracker, Verdict};
 
 enum Outcome {
@@ -68,13 +69,14 @@ impl Subscriber {
             return Outcome::Stopped;
         }
         let settings = &ctx.settings;
-        let (target, source) = ctx.subscriber_route(self.index);
+        let (target_index, target, source) = ctx.subscriber_route(self.index);
         let epoch = ctx.disconnect_epoch();
         ctx.stats.connect_attempts.fetch_add(1, Relaxed);
         let client_id = render(&settings.subscriber_client_id, u64::from(self.index));
         let established = connection::establish(
             target,
             source,
+            ctx.tls_dial(target_index, Peer::Subscriber(self.index)),
             settings.protocol,
             &ctx.subscriber_connect_options(&client_id),
             settings.connect_timeout,
@@ -277,7 +279,7 @@ mod tests {
     #[test]
     fn a_qos2_message_resent_before_its_release_is_delivered_once() {
         let settings = Settings::resolve(&crate::cli::RunArgs::default()).expect("valid");
-        let ctx = Ctx::new(settings, 0..1, 0, None);
+        let ctx = Ctx::new(settings, None, 0..1, 0, None);
         let mut payload = Vec::new();
         let stamp = Stamp {
             device: 0,

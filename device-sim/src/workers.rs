@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::{Engine, Slice};
 use crate::scenario::Settings;
 use crate::stats::Snapshot;
+use crate::tls::TlsError;
 
 /// How long each process gives its subscribers to get their SUBACK before publishing anyway.
 pub fn subscribe_window(settings: &Settings) -> Duration {
@@ -66,13 +67,13 @@ impl Fleet {
     }
 
     /// The whole run in this process.
-    pub fn local(plan: WorkerPlan) -> Fleet {
+    pub fn local(plan: WorkerPlan) -> Result<Fleet, TlsError> {
         let (tx, messages) = mpsc::unbounded_channel();
         let (go, go_rx) = oneshot::channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
+        let window = subscribe_window(&plan.settings);
+        let engine = Engine::new(plan.settings, plan.slice, plan.run_start_us)?;
         tokio::spawn(async move {
-            let window = subscribe_window(&plan.settings);
-            let engine = Engine::new(plan.settings, plan.slice, plan.run_start_us);
             let ok = engine.connect_subscribers(window).await;
             let _ = tx.send((0, Message::Ready { ok }));
             if go_rx.await.is_err() {
@@ -100,13 +101,13 @@ impl Fleet {
                 },
             ));
         });
-        Fleet {
+        Ok(Fleet {
             messages,
             controls: vec![Control::Local {
                 go: Some(go),
                 stop: Some(stop),
             }],
-        }
+        })
     }
 
     /// One worker process per plan.
@@ -232,7 +233,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
         .context("worker: no plan on stdin")?;
     let plan: WorkerPlan = serde_json::from_str(&plan_line).context("worker: unreadable plan")?;
     let window = subscribe_window(&plan.settings);
-    let engine = Engine::new(plan.settings, plan.slice, plan.run_start_us);
+    let engine = Engine::new(plan.settings, plan.slice, plan.run_start_us)?;
     let ok = engine.connect_subscribers(window).await;
     emit(&Message::Ready { ok });
     match lines.next_line().await? {

@@ -30,6 +30,8 @@ pub const REPORT_KEYS: &[&str] = &[
     "connect_ms",
 ];
 
+pub mod pki;
+
 // The gateway's own test helper: a store directory per broker, removed on drop.
 #[allow(clippy::duplicate_mod)]
 #[path = "../../../gateway/tests/scratch/mod.rs"]
@@ -37,6 +39,8 @@ pub mod scratch;
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The `[[listeners]]` addresses, in configuration order.
+    pub listeners: Vec<SocketAddr>,
     context: Arc<Context>,
     stop: Option<oneshot::Sender<()>>,
     _data: scratch::Scratch,
@@ -53,6 +57,7 @@ impl Gateway {
         tune(&mut config);
         let broker = Broker::bind(config).await.expect("gateway binds");
         let addr = broker.local_addr();
+        let listeners = broker.listener_addrs();
         let context = broker.context();
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(broker.run(async move {
@@ -60,6 +65,7 @@ impl Gateway {
         }));
         Gateway {
             addr,
+            listeners,
             context,
             stop: Some(stop),
             _data: data,
@@ -123,12 +129,17 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// Mosquitto whose listener has `listener_lines` (e.g. `certfile ...`) added.
+    pub fn start_with(listener_lines: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\n{listener_lines}allow_anonymous true\nmax_queued_messages 0\npersistence false\n"),
         )
         .expect("writes config");
         let child = Command::new("/usr/sbin/mosquitto")
@@ -280,4 +291,37 @@ backoff_max = "100ms"
     )
     .expect("writes scenario");
     simulate(&["--scenario", file.to_str().expect("utf-8 path")], &[]).await
+}
+
+/// `reconnect-storm.toml` in small: every device drops 1.5 s in and comes straight back.
+pub fn tls_storm_scenario(dir: &Path, target: &str, ca: &Path, devices: u64) -> std::path::PathBuf {
+    let file = dir.join("storm.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"targets = ["{target}"]
+devices = {devices}
+connect_rate = 1000
+topic = "storm/{{id}}/telemetry"
+publish_interval = "250ms"
+qos = 1
+subscribers = 1
+duration = "4s"
+drain = "1s"
+tls = true
+cafile = "{ca}"
+
+[disconnect]
+at = "1500ms"
+share = 1.0
+who = "devices"
+offline_for = "0s"
+backoff_min = "20ms"
+backoff_max = "300ms"
+"#,
+            ca = ca.display()
+        ),
+    )
+    .expect("writes scenario");
+    file
 }
