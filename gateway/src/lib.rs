@@ -43,6 +43,9 @@ mod context;
 mod endpoint;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hibernate;
 mod http;
 mod limits;
