@@ -19,6 +19,8 @@ use crate::session::{Delivery, SubscriptionRecord};
 /// - whatever a decoder accepts (a retained message, a queued delivery, a session, a journal
 ///   entry, a message key) encodes back to exactly the bytes it was read from: a decoder that
 ///   accepted two spellings of one value would read a damaged byte as a valid value;
+/// - what it accepts is a value the live state can hold: subscription options and identifiers
+///   as a SUBSCRIBE could have set them;
 /// - a value built from the input (arbitrary strings, payloads, properties, wills,
 ///   subscriptions) is read back from its encoding as the same value (compared by re-encoding).
 pub(crate) fn store_record(data: &[u8]) {
@@ -34,11 +36,22 @@ pub(crate) fn store_record(data: &[u8]) {
         1 => {
             if let Ok((sent, d)) = record::read_delivery(bytes, 1) {
                 assert_eq!(delivery(sent, &d), bytes, "delivery {d:?}");
+                assert!(
+                    d.subscription_ids
+                        .iter()
+                        .all(|&id| valid_subscription_id(id)),
+                    "delivery with subscription ids {:?}",
+                    d.subscription_ids
+                );
             }
         }
         2 => {
             if let Ok(s) = record::read_session("client", bytes) {
                 assert_eq!(record::session(&s), bytes, "session {s:?}");
+                for sub in &s.subscriptions {
+                    assert!(sub.options.retain_handling <= 2, "restored {sub:?}");
+                    assert!(sub.id.map_or(true, valid_subscription_id), "restored {sub:?}");
+                }
             }
         }
         3 => {
@@ -55,6 +68,15 @@ pub(crate) fn store_record(data: &[u8]) {
         }
         _ => built(&mut Input::new(bytes)),
     }
+}
+
+/// What a SUBSCRIBE's subscription identifier can be (a nonzero variable byte integer).
+fn valid_subscription_id(id: u32) -> bool {
+    (1..=268_435_455).contains(&id)
+}
+
+fn subscription_id(input: &mut Input<'_>) -> u32 {
+    1 + input.u32() % 268_435_455
 }
 
 fn delivery(sent: Option<(u16, u8)>, d: &Delivery) -> Vec<u8> {
@@ -78,7 +100,9 @@ fn built(input: &mut Input<'_>) {
         msg: Arc::new(m),
         qos: qos(input),
         retain: input.byte() & 1 != 0,
-        subscription_ids: (0..input.byte() % 4).map(|_| input.u32()).collect(),
+        subscription_ids: (0..input.byte() % 4)
+            .map(|_| subscription_id(input))
+            .collect(),
         seq: input.u64(),
     };
     // Stage codes are 1 to 3; 0 is the "not sent" marker, which `sent: None` writes.
@@ -118,7 +142,7 @@ fn built(input: &mut Input<'_>) {
                     retain_as_published: input.byte() & 1 != 0,
                     retain_handling: input.byte() % 3,
                 },
-                id: optional(input, Input::u32),
+                id: optional(input, subscription_id),
             })
             .collect(),
         will,
