@@ -50,7 +50,10 @@ pub(crate) fn store_record(data: &[u8]) {
                 assert_eq!(record::session(&s), bytes, "session {s:?}");
                 for sub in &s.subscriptions {
                     assert!(sub.options.retain_handling <= 2, "restored {sub:?}");
-                    assert!(sub.id.map_or(true, valid_subscription_id), "restored {sub:?}");
+                    assert!(
+                        sub.id.map_or(true, valid_subscription_id),
+                        "restored {sub:?}"
+                    );
                 }
             }
         }
