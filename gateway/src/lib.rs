@@ -44,6 +44,9 @@ mod context;
 mod endpoint;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hashing_slots;
 mod hibernate;
 mod http;

@@ -20,6 +20,8 @@
 mod apply;
 mod batch;
 pub(crate) mod disk;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod group_commit;
 mod inspect;
 mod journal;

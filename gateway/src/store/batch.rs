@@ -278,12 +278,13 @@ impl Batch {
                     client: r.span()?,
                     seq: r.u64()?,
                 },
-                6 => Op::Incoming(Arc::from(r.str()?), r.u16()?, r.take(1)?[0] != 0),
+                6 => Op::Incoming(Arc::from(r.str()?), r.u16()?, r.flag()?),
                 7 => {
                     let topic = ByteString::from(r.str()?);
-                    let m = match r.take(1)?[0] {
-                        0 => None,
-                        _ => Some(Arc::new(record::read_retained(r.bytes()?)?)),
+                    let m = if r.flag()? {
+                        Some(Arc::new(record::read_retained(r.bytes()?)?))
+                    } else {
+                        None
                     };
                     Op::Retained(topic, m)
                 }
@@ -361,6 +362,14 @@ impl<'a> Cursor<'a> {
     }
     fn u64(&mut self) -> Result<u64, Corrupt> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A flag is written as 0 or 1; anything else is damage, not `true`.
+    fn flag(&mut self) -> Result<bool, Corrupt> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(Corrupt(format!("journal: flag byte {v}"))),
+        }
     }
     fn span(&mut self) -> Result<Span, Corrupt> {
         Ok(Span {
@@ -472,5 +481,46 @@ mod tests {
         one.encode(&mut bad);
         bad[1 + 4 + 1 + 4..1 + 4 + 1 + 8].copy_from_slice(&99u32.to_le_bytes());
         assert!(Batch::decode(&bad).is_err());
+    }
+
+    /// Found by the `store_record` fuzz target (fuzz/regressions/store_record/): a flag byte
+    /// other than 0 or 1 (a damaged entry) was read as `true`, a silently different value.
+    #[test]
+    fn a_journal_flag_other_than_0_or_1_is_refused() {
+        let mut entry = Vec::new();
+        let mut b = Batch::default();
+        b.ops.push(Op::Incoming("c".into(), 1, true));
+        b.encode(&mut entry);
+        // Version, op count, kind, name ("c"), packet id: the held flag follows.
+        let held = 1 + 4 + 1 + 4 + 1 + 2;
+        assert_eq!(entry[held], 1);
+        entry[held] = 5;
+        assert!(Batch::decode(&entry).is_err(), "held flag 5");
+
+        let mut b = Batch::default();
+        b.ops.push(Op::Retained("t".into(), None));
+        b.encode(&mut entry);
+        // Version, op count, kind, topic ("t"): the flag for a message follows.
+        let present = 1 + 4 + 1 + 4 + 1;
+        assert_eq!(entry[present], 0);
+        let message = Message::new(
+            &ByteString::from_static("t"),
+            &Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+            0,
+            None,
+        );
+        let record = record::retained(&message);
+        entry.splice(present..=present, [2].into_iter().chain(put(&record)));
+        assert!(Batch::decode(&entry).is_err(), "message flag 2");
+        entry[present] = 1;
+        assert!(Batch::decode(&entry).is_ok(), "message flag 1");
+    }
+
+    fn put(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bytes(&mut out, b);
+        out
     }
 }

@@ -171,6 +171,15 @@ fn put_message(w: &mut Writer, m: &Message) {
     }
 }
 
+/// A v5 subscription identifier: 1 to 268,435,455 (a nonzero variable byte integer), as a
+/// SUBSCRIBE sets it; any other value cannot be sent in a PUBLISH.
+fn subscription_id(v: u64) -> Result<u32, Corrupt> {
+    u32::try_from(v)
+        .ok()
+        .filter(|id| (1..=268_435_455).contains(id))
+        .ok_or_else(|| corrupt(format!("subscription identifier {v}")))
+}
+
 fn narrow<T: TryFrom<u64>>(v: Option<u64>, what: &str) -> Result<Option<T>, Corrupt> {
     v.map(|v| T::try_from(v).map_err(|_| corrupt(format!("{what} out of range"))))
         .transpose()
@@ -279,7 +288,7 @@ pub(super) fn read_delivery(
     let n = r.u32()?;
     let mut subscription_ids = Vec::new();
     for _ in 0..n {
-        subscription_ids.push(r.u32()?);
+        subscription_ids.push(subscription_id(r.u32()?.into())?);
     }
     let msg = Arc::new(get_message(&mut r)?);
     r.end()?;
@@ -336,12 +345,12 @@ pub(super) fn read_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecor
             qos: r.qos()?,
             no_local: r.flag()?,
             retain_as_published: r.flag()?,
-            retain_handling: r.u8()?,
+            retain_handling: match r.u8()? {
+                v @ 0..=2 => v,
+                v => return Err(corrupt(format!("retain handling {v}"))),
+            },
         };
-        let id = r
-            .opt_u64()?
-            .map(|v| u32::try_from(v).map_err(|_| corrupt("subscription identifier out of range")))
-            .transpose()?;
+        let id = r.opt_u64()?.map(subscription_id).transpose()?;
         subscriptions.push(SubscriptionRecord {
             filter,
             options,
@@ -491,5 +500,58 @@ mod tests {
             let _ = read_retained(&b);
         }
         assert!(read_retained(&[2]).unwrap_err().0.contains("version 2"));
+    }
+
+    /// Found by the `store_record` fuzz target's replayed corpus (fuzz/regressions/store_record/):
+    /// a damaged record was read with subscription identifier 0 or one beyond a variable byte
+    /// integer (a PUBLISH carrying it is malformed, and debug builds panic encoding it), or
+    /// with retain handling 3 and above.
+    #[test]
+    fn subscription_values_no_subscribe_can_set_are_refused() {
+        let d = |subscription_ids: Vec<u32>| Delivery {
+            msg: Arc::new(message()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids,
+            seq: 1,
+        };
+        let stored = |d: &Delivery| {
+            let (mut tail, mut out) = (Vec::new(), Vec::new());
+            delivery_tail(&mut tail, d);
+            delivery(&mut out, None, &tail);
+            out
+        };
+        assert!(read_delivery(&stored(&d(vec![1, 268_435_455])), 1).is_ok());
+        for bad in [0, 268_435_456, u32::MAX] {
+            assert!(
+                read_delivery(&stored(&d(vec![7, bad])), 1).is_err(),
+                "id {bad}"
+            );
+        }
+
+        let s = |id, retain_handling| SessionRecord {
+            client_id: "c".into(),
+            expiry_interval: 60,
+            expires_at: None,
+            subscriptions: vec![SubscriptionRecord {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    retain_handling,
+                    ..SubscriptionOptions::default()
+                },
+                id,
+            }],
+            will: None,
+        };
+        assert!(read_session("c", &session(&s(Some(1), 2))).is_ok());
+        assert!(read_session("c", &session(&s(Some(0), 0))).is_err(), "id 0");
+        assert!(
+            read_session("c", &session(&s(Some(1 << 28), 0))).is_err(),
+            "id 2^28"
+        );
+        assert!(
+            read_session("c", &session(&s(None, 3))).is_err(),
+            "retain handling 3"
+        );
     }
 }
