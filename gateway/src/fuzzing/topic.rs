@@ -98,7 +98,10 @@ pub fn topic(data: &[u8]) {
             _ => {
                 let filter = some_filter(&mut input);
                 let mut found = Vec::new();
-                retained.matching(&filter, &mut found);
+                retained.matching(&filter, |v| {
+                    found.push(*v);
+                    true
+                });
                 found.sort_unstable();
                 let mut expected: Vec<u32> = kept
                     .iter()
