@@ -45,6 +45,7 @@ mod endpoint;
 pub mod fault;
 mod hibernate;
 mod http;
+mod ingest;
 mod limits;
 mod listener;
 mod nats;

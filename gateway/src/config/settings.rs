@@ -21,6 +21,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[[listeners]]`: listeners besides `mqtt.listen`, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// `[[ingest]]`: rules writing published messages into JetStream streams, in file order.
+    pub ingest: Vec<super::IngestRule>,
 }
 
 /// What a `[[listeners]]` entry speaks on its socket.

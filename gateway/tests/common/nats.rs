@@ -71,31 +71,34 @@ impl NatsServer {
         let binary = binary()?;
         let dir = Scratch::new("nats");
         let monitor_port = free_port();
-        let log = std::fs::File::create(dir.path().join("nats.log")).expect("log file");
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor_port.to_string()])
-            .arg("-js")
-            .arg("-sd")
-            .arg(dir.path().join("js"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nats-server starts");
+        let child = spawn(&binary, port, monitor_port, &dir, extra);
         let server = NatsServer {
             child,
             port,
             monitor: SocketAddr::from(([127, 0, 0, 1], monitor_port)),
             dir,
         };
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    /// Starts the (killed) server again on its port with its JetStream store, as a restart
+    /// after a crash would: what it acknowledged is still there.
+    pub async fn start_again(&mut self) {
+        let binary = binary().expect("nats-server ran before");
+        self.child = spawn(&binary, self.port, self.monitor.port(), &self.dir, &[]);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let server = self;
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && server.try_varz().await.is_some()
             {
-                return Some(server);
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -138,6 +141,26 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(binary: &PathBuf, port: u16, monitor_port: u16, dir: &Scratch, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("nats.log"))
+        .expect("log file");
+    Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor_port.to_string()])
+        .arg("-js")
+        .arg("-sd")
+        .arg(dir.path().join("js"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("nats-server starts")
 }
 
 impl Drop for NatsServer {
