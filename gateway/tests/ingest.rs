@@ -79,17 +79,52 @@ async fn holds(js: &jetstream::Context, stream: &str, n: u64) {
     }
 }
 
-/// The stream's messages, in order.
-async fn messages(js: &jetstream::Context, stream: &str) -> Vec<jetstream::message::StreamMessage> {
-    let s = js.get_stream(stream).await.expect("stream exists");
-    let mut out = Vec::new();
-    for seq in 1..=count(js, stream).await {
-        out.push(s.get_raw_message(seq).await.expect("message by sequence"));
+/// A message as a backend reads it.
+struct Stored {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+}
+
+/// The stream's messages, in order, read as a backend does: through a consumer (an ephemeral
+/// one from the start). `Stream::get_raw_message` would not do: async-nats 0.52 keeps only the
+/// last value of a repeated header there.
+async fn messages(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
+    use futures_util::StreamExt;
+    let n = count(js, stream).await as usize;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream exists")
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m = within(WAIT, "a stored message", batch.next())
+            .await
+            .expect("a message")
+            .expect("a message, not an error");
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            headers: m.headers.clone().unwrap_or_default(),
+            payload: m.payload.clone(),
+        });
     }
     out
 }
 
-fn header(m: &jetstream::message::StreamMessage, name: &str) -> String {
+fn header(m: &Stored, name: &str) -> String {
     m.headers
         .get(name)
         .map(|v| v.as_str().to_owned())

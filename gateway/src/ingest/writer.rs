@@ -207,10 +207,13 @@ impl Writer {
                                 kind,
                                 IngestFailure::StreamFull | IngestFailure::TooLarge
                             );
-                            if permanent || queued.write.qos0 || Instant::now() >= queued.deadline
-                            {
+                            if permanent || queued.write.qos0 {
                                 inflight_bytes -= queued.write.size();
                                 self.refuse(queued, kind);
+                            } else if Instant::now() >= queued.deadline {
+                                // Whatever the last attempt said, the write ran out of time.
+                                inflight_bytes -= queued.write.size();
+                                self.refuse(queued, IngestFailure::Timeout);
                             } else {
                                 self.set_blocked(|| format!("writes are retried: {e}"));
                                 inflight.push(attempt(js.clone(), queued, Some(RETRY_PAUSE)));

@@ -1,13 +1,13 @@
 //! A real `nats-server` for the cluster tests: Debian's 2.9 (`/usr/sbin/nats-server`, or one on
 //! PATH), on free loopback ports, JetStream on with a store in a temporary directory, its
 //! monitoring endpoint (`-m`) on for `/varz`. Killed (by its own child handle) and its files
-//! removed on drop.
+//! removed on drop; `kill` and `start_again` stop it and bring it back with its store.
 //!
 //! Without the binary a test is skipped with a loud message, except under CI (`CI` set), where
 //! it fails: `scripts/test.sh` installs the `nats-server` package.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,12 +91,10 @@ impl NatsServer {
     }
 
     async fn wait_ready(&self) {
-        let server = self;
-        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && server.try_varz().await.is_some()
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.try_varz().await.is_some()
             {
                 return;
             }
@@ -104,7 +102,7 @@ impl NatsServer {
         }
         panic!(
             "nats-server not ready within 10 s; its log:\n{}",
-            server.log()
+            self.log()
         );
     }
 
@@ -143,7 +141,8 @@ impl NatsServer {
     }
 }
 
-fn spawn(binary: &PathBuf, port: u16, monitor_port: u16, dir: &Scratch, extra: &[&str]) -> Child {
+/// Runs the server with its store under `dir`, its log appended to `dir`'s `nats.log`.
+fn spawn(binary: &Path, port: u16, monitor_port: u16, dir: &Scratch, extra: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
