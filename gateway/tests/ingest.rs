@@ -18,7 +18,7 @@ use async_nats::jetstream;
 use clients::raw::{self, Connect, Raw, PUBACK, V};
 use clients::{unique_id, v5, within, QUIET, WAIT};
 use common::nats::NatsServer;
-use gateway::config::{IngestAck, IngestRule};
+use gateway::config::{IngestAck, IngestDiscard, IngestRule};
 use observe::{families, repo_root, request, samples, total, Observed};
 
 /// A gateway with `rules` writing to `nats`.
@@ -413,5 +413,46 @@ async fn qos0_beyond_the_rule_room_is_dropped_and_counted() {
     assert_eq!(
         metric(&gw, "gateway_ingest_messages_total", &[]).await,
         50.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_that_discards_new_refuses_the_publisher() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut rule = IngestRule::new("d/#", "FULL", "f.{client_id}");
+    rule.discard = IngestDiscard::New;
+    rule.max_bytes = 1000;
+    rule.ack_timeout = Duration::from_secs(3);
+    let gw = gateway(&nats, vec![rule]).await;
+    let js = js(&nats).await;
+    let mut device = Raw::connected(gw.mqtt, V::V5, &unique_id("filler")).await;
+    let mut codes = Vec::new();
+    for id in 1..=20u16 {
+        device
+            .send(&qos1(V::V5, "d/1", id, &[b'x'; 200], false))
+            .await;
+        codes.push(puback_code(&device.expect_kind(PUBACK, WAIT).await));
+        if codes.last() != Some(&0) {
+            break;
+        }
+    }
+    assert_eq!(codes[0], 0, "the first messages fit: {codes:?}");
+    assert_eq!(codes.last(), Some(&0x97), "then quota exceeded: {codes:?}");
+    let stored = count(&js, "FULL").await;
+    assert_eq!(
+        stored as usize,
+        codes.len() - 1,
+        "every acknowledged message, no more"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_ingest_failed_total",
+            &["kind=\"stream_full\""]
+        )
+        .await,
+        1.0
     );
 }
