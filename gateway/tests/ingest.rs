@@ -456,3 +456,23 @@ async fn a_full_stream_that_discards_new_refuses_the_publisher() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_created_again_and_the_held_puback_follows() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(
+        &nats,
+        vec![IngestRule::new("d/#", "AGAIN", "a.{client_id}")],
+    )
+    .await;
+    let js = js(&nats).await;
+    js.delete_stream("AGAIN").await.expect("stream deleted");
+    let mut device = Raw::connected(gw.mqtt, V::V311, &unique_id("after-delete")).await;
+    device.send(&qos1(V::V311, "d/1", 1, b"kept", false)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    let stored = messages(&js, "AGAIN").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload, "kept");
+}

@@ -14,6 +14,8 @@
 //! is sent again, with the same `Nats-Msg-Id` so that JetStream stores it once, until the rule's
 //! `ack_timeout` has passed since it was submitted; then it is refused. A full stream (discard
 //! new) refuses at once. QoS 0 writes are never sent twice (at most once): a failure drops them.
+//! A publish that finds no stream (deleted, or a server restarted without its store) has the
+//! stream set up again, so writing resumes by itself.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +86,9 @@ pub(crate) struct Writer {
     ack_timeout: Duration,
     queue: Mutex<VecDeque<Queued>>,
     wake: Notify,
+    /// A publish found no stream for its subject (deleted, or a server that lost its store):
+    /// the stream is looked up, and created, again.
+    missing: Notify,
     /// Writes and bytes submitted and not finished (queued or in flight).
     pending: AtomicU64,
     pending_bytes: AtomicU64,
@@ -114,6 +119,7 @@ impl Writer {
             ack_timeout: rule.ack_timeout,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            missing: Notify::new(),
             pending: AtomicU64::new(0),
             pending_bytes: AtomicU64::new(0),
             // Not ready until the stream is known to exist: a QoS 0 message written before would
@@ -125,7 +131,12 @@ impl Writer {
         let task = {
             let writer = writer.clone();
             async move {
-                let setup = writer.ensure_stream(&js, config);
+                let setup = async {
+                    loop {
+                        writer.ensure_stream(&js, config.clone()).await;
+                        writer.missing.notified().await;
+                    }
+                };
                 futures_util::future::join(setup, writer.run(&js)).await;
             }
             .boxed()
@@ -202,6 +213,9 @@ impl Writer {
                             self.stored(queued, &ack);
                         }
                         Err(e) => {
+                            if e.kind() == PublishErrorKind::StreamNotFound {
+                                self.missing.notify_one();
+                            }
                             let kind = classify(&e);
                             let permanent = matches!(
                                 kind,
@@ -283,7 +297,8 @@ impl Writer {
     }
 
     /// Looks the stream up and creates it if missing (an existing stream is used as it is),
-    /// trying again until it succeeds: NATS may be down at start.
+    /// trying again until it succeeds: NATS may be down at start. Again whenever a publish
+    /// finds no stream (`missing`).
     async fn ensure_stream(&self, js: &jetstream::Context, config: stream::Config) {
         let name = config.name.clone();
         let mut pause = RETRY_PAUSE;
