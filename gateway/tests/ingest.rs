@@ -476,3 +476,59 @@ async fn a_deleted_stream_is_created_again_and_the_held_puback_follows() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].payload, "kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("ingest-kill");
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "[nats]\nservers = [\"{}\"]\n[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\n\
+         subject = \"k.{{client_id}}\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).expect("config written");
+    let gw = binary::Gateway::start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let js = js(&nats).await;
+    // The stream exists once the gateway set it up.
+    within(WAIT, "the stream", async {
+        while js.get_stream("KILL").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut device = Raw::connected(gw.addr, V::V311, &unique_id("killed")).await;
+    const SENT: u16 = 2000;
+    let mut burst = Vec::new();
+    for id in 1..=SENT {
+        burst.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), false));
+    }
+    device.stream_write(&burst).await;
+    let mut acked = Vec::new();
+    while acked.len() < 100 {
+        let f = device.expect_kind(PUBACK, WAIT).await;
+        acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+    }
+    gw.signal(libc::SIGKILL);
+    // PUBACKs the gateway wrote before it died are still to be read.
+    for f in device.until_closed(WAIT).await {
+        if f.kind() == PUBACK {
+            acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+        }
+    }
+    assert!(acked.len() < usize::from(SENT), "killed during the run");
+    eprintln!("{} of {SENT} acknowledged before the kill", acked.len());
+    let stored: std::collections::HashSet<String> = messages(&js, "KILL")
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let lost: Vec<u16> = acked
+        .iter()
+        .copied()
+        .filter(|id| !stored.contains(&id.to_string()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+}
