@@ -532,3 +532,22 @@ async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream
         .collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
 }
+
+#[test]
+fn a_bad_rule_stops_the_binary_with_exit_2_naming_key_and_value() {
+    let dir = binary::scratch::Scratch::new("ingest-config");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[ingest]]\nfilter = \"d/#\"\n\
+         stream = \"S\"\nsubject = \"t.{client_id}.>\"\n",
+    )
+    .expect("config written");
+    let out = binary::run_refused_config(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for `ingest[0].subject`: \"t.{client_id}.>\""),
+        "{stderr}"
+    );
+}

@@ -15,7 +15,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
-    /// `[nats]`: how to reach NATS (the cluster's transport; later also ingestion's).
+    /// `[nats]`: how to reach NATS (the cluster's transport, and where `[[ingest]]` writes).
     pub nats: NatsConfig,
     /// `[cluster]`: this node as one of many forming one broker over NATS.
     pub cluster: ClusterConfig,
@@ -242,7 +242,7 @@ impl Default for StorageConfig {
 }
 
 /// The `[nats]` section: the NATS servers and how to log in to them. Used only by what needs
-/// NATS (`[cluster] enabled`); a node without it never connects.
+/// NATS (`[cluster] enabled`, `[[ingest]]` rules); a node without them never connects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatsConfig {
     /// `nats://host:port` or `tls://host:port` URLs; the client fails over between them.
