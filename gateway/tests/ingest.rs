@@ -551,3 +551,52 @@ fn a_bad_rule_stops_the_binary_with_exit_2_naming_key_and_value() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_resend_while_the_first_write_waits_gets_pubrec_once_stored_and_one_entry() {
+    const PUBREC: u8 = 0x50;
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(&nats, vec![IngestRule::new("d/#", "QOS2", "q.{client_id}")]).await;
+    let id = unique_id("exactly-once");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.mqtt, &persistent).await;
+    nats.kill();
+    device
+        .send(&V::V311.publish(0x34, b"d/2", Some(5), &[], b"once"))
+        .await;
+    assert_eq!(
+        device.read_packet_within(Duration::from_secs(1)).await,
+        Err(raw::End::Silent),
+        "no PUBREC while JetStream is down"
+    );
+    // The client gives up on this connection and sends the message again (DUP) on a new one.
+    drop(device);
+    let (mut device, present) = Raw::connect(gw.mqtt, &persistent).await;
+    assert!(present);
+    device
+        .send(&V::V311.publish(0x3C, b"d/2", Some(5), &[], b"once"))
+        .await;
+    assert_eq!(
+        device.read_packet_within(Duration::from_secs(1)).await,
+        Err(raw::End::Silent),
+        "the resend waits for JetStream too"
+    );
+    nats.start_again().await;
+    let rec = within(
+        Duration::from_secs(15),
+        "PUBREC",
+        device.expect_kind(PUBREC, WAIT),
+    )
+    .await;
+    assert_eq!(rec.body[..2], 5u16.to_be_bytes());
+    let js = js(&nats).await;
+    holds(&js, "QOS2", 1).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        count(&js, "QOS2").await,
+        1,
+        "one entry for the message and its resend"
+    );
+}
