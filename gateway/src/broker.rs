@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
+use crate::ingest::{Ingest, IngestTasks};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::registry::Registry;
@@ -45,6 +46,8 @@ pub struct Broker {
     http: Option<http::Server>,
     /// `[cluster] enabled`: this node in the cluster and its link task, started by `run`.
     cluster: Option<(Arc<NatsCluster>, Link)>,
+    /// `[[ingest]]`: the rules' stream set-up and writers, started by `run`.
+    ingest: Option<IngestTasks>,
 }
 
 impl Broker {
@@ -99,6 +102,14 @@ impl Broker {
         } else {
             None
         };
+        // Also in the background: publishers wait for their acknowledgements until NATS is up.
+        let (ingest, ingest_tasks) = match Ingest::connect(&config, &metrics)
+            .await
+            .context("cannot set up ingestion's NATS connection")?
+        {
+            Some((ingest, tasks)) => (Some(ingest), Some(tasks)),
+            None => (None, None),
+        };
         let router = Arc::new(router);
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
@@ -128,6 +139,7 @@ impl Broker {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             parker: Parker::new().context("cannot create the hibernation epoll set")?,
+            ingest,
         });
         let http = match http {
             Some((listener, exporter)) => {
@@ -142,6 +154,7 @@ impl Broker {
             extra,
             http,
             cluster,
+            ingest: ingest_tasks,
         })
     }
 
@@ -196,6 +209,7 @@ impl Broker {
             }
             None => (None, None),
         };
+        let _ingest = self.ingest.map(IngestTasks::spawn);
         ctx.ready.store(true, Ordering::Release);
         let pacer = listener::shared_pacer(&ctx);
         // Every accept loop runs until shutdown: `mqtt.listen` first, then the `[[listeners]]`.

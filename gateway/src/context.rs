@@ -15,6 +15,7 @@ use crate::auth::Security;
 use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
+use crate::ingest::Ingest;
 use crate::metrics::{BrokerState, Metrics};
 use crate::policy::Policy;
 use crate::registry::Registry;
@@ -39,6 +40,8 @@ pub struct Context {
     pub(crate) started: Instant,
     /// Holds idle sessions without their tasks (`mqtt.hibernate_after`).
     pub(crate) parker: Arc<Parker>,
+    /// `[[ingest]]`: published messages into JetStream; `None` without rules.
+    pub(crate) ingest: Option<Arc<Ingest>>,
 }
 
 impl Context {

@@ -143,6 +143,11 @@ fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Respons
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: cluster routing is down (no connection to NATS)\n",
                 )
+            } else if let Some(why) = ctx.ingest.as_ref().and_then(|i| i.blocked()) {
+                // Publishers matched by the rule wait for acknowledgements (ack = "stream").
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                *r.body_mut() = Body::from(format!("not ready: {why}\n"));
+                r
             } else {
                 text(StatusCode::OK, "ready\n")
             }

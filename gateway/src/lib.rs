@@ -50,6 +50,7 @@ pub mod fuzzing;
 mod hashing_slots;
 mod hibernate;
 mod http;
+mod ingest;
 mod limits;
 mod listener;
 mod nats;

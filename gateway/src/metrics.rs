@@ -21,7 +21,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::codec::Packet;
 use crate::config::ListenerKind;
@@ -43,6 +45,15 @@ pub const COMMIT_BUCKETS: [f64; 14] = [
 ];
 
 const STORE_COMMIT: &str = "gateway_store_commit_seconds";
+
+/// Upper bounds of the ingestion ack histogram, in seconds: a JetStream ack on loopback takes
+/// a few hundred microseconds, one through an outage up to a rule's `ack_timeout`.
+pub const INGEST_ACK_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    10.0, 30.0,
+];
+
+const INGEST_ACK: &str = "gateway_ingest_ack_seconds";
 
 /// MQTT control packet type names, indexed by the type nibble of the fixed header.
 const PACKET_TYPES: [&str; 16] = [
@@ -174,6 +185,56 @@ impl ClusterMetrics {
     }
 }
 
+/// Why an ingestion write was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestFailure {
+    /// No ack within the rule's `ack_timeout` (JetStream slow or unreachable).
+    Timeout,
+    /// No stream for the subject, or the connection broke (retried until `ack_timeout`).
+    Unavailable,
+    /// The stream is full and discards new messages.
+    StreamFull,
+    /// Larger than the NATS server's max_payload.
+    TooLarge,
+    /// A QoS 1/2 message while the rule's queue was far beyond its room (a client ignoring its
+    /// window).
+    Overflow,
+    Other,
+}
+
+const INGEST_FAILURES: [(IngestFailure, &str); 6] = [
+    (IngestFailure::Timeout, "timeout"),
+    (IngestFailure::Unavailable, "unavailable"),
+    (IngestFailure::StreamFull, "stream_full"),
+    (IngestFailure::TooLarge, "too_large"),
+    (IngestFailure::Overflow, "overflow"),
+    (IngestFailure::Other, "other"),
+];
+
+/// What one `[[ingest]]` rule's writer records, labelled `rule` (its index) and `stream`.
+pub struct IngestMetrics {
+    /// Messages the rule matched and took.
+    pub messages: Counter,
+    /// Writes JetStream acknowledged (stored), and their payload bytes.
+    pub acked: Counter,
+    pub acked_bytes: Counter,
+    /// Writes JetStream acknowledged as duplicates of one it had (a resend): not stored again.
+    pub duplicates: Counter,
+    /// QoS 0 messages dropped because the rule had no room.
+    pub dropped: Counter,
+    /// Writes queued or awaiting JetStream's ack.
+    pub inflight: Gauge,
+    /// From a write's submission to JetStream's ack.
+    pub ack_seconds: Histogram,
+    failed: [Counter; INGEST_FAILURES.len()],
+}
+
+impl IngestMetrics {
+    pub fn failed(&self, kind: IngestFailure) {
+        self.failed[kind as usize].increment(1);
+    }
+}
+
 /// A per-client `[limits]` a client ran into, labelled with the key's name.
 #[derive(Debug, Clone, Copy)]
 pub enum LimitExceeded {
@@ -220,9 +281,12 @@ pub enum CloseReason {
     PacketTimeout,
     /// A client without keep-alive had no traffic either way for `mqtt.idle_timeout`.
     Idle,
+    /// A 3.1.1 client published what an `[[ingest]]` rule with `ack = "stream"` could not
+    /// store: it has no way to be told but the close, and will resend.
+    IngestRefused,
 }
 
-const CLOSE_REASONS: [CloseReason; 14] = [
+const CLOSE_REASONS: [CloseReason; 15] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -237,6 +301,7 @@ const CLOSE_REASONS: [CloseReason; 14] = [
     CloseReason::StoreUnavailable,
     CloseReason::PacketTimeout,
     CloseReason::Idle,
+    CloseReason::IngestRefused,
 ];
 
 impl CloseReason {
@@ -256,6 +321,7 @@ impl CloseReason {
             CloseReason::StoreUnavailable => "store_unavailable",
             CloseReason::PacketTimeout => "packet_timeout",
             CloseReason::Idle => "idle",
+            CloseReason::IngestRefused => "ingest_refused",
         }
     }
 }
@@ -324,6 +390,9 @@ pub struct Metrics {
     packets_sent: [Counter; 16],
     pub store: StoreMetrics,
     pub cluster: ClusterMetrics,
+    /// The broker's own recorder, for handles whose labels are known only later
+    /// (`ingest_rule`); `None` without one.
+    recorder: Option<PrometheusRecorder>,
 }
 
 /// What the store's writer thread records, per commit.
@@ -408,6 +477,33 @@ impl Metrics {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
                 }),
             },
+            recorder: None,
+        }
+    }
+
+    /// The handles of `[[ingest]]` rule `rule` writing to `stream`, registered with this
+    /// broker's recorder.
+    pub fn ingest_rule(&self, rule: usize, stream: &str) -> IngestMetrics {
+        let register = || {
+            let labels = [("rule", rule.to_string()), ("stream", stream.to_owned())];
+            IngestMetrics {
+                messages: counter!("gateway_ingest_messages_total", &labels),
+                acked: counter!("gateway_ingest_acked_total", &labels),
+                acked_bytes: counter!("gateway_ingest_acked_bytes_total", &labels),
+                duplicates: counter!("gateway_ingest_duplicates_total", &labels),
+                dropped: counter!("gateway_ingest_dropped_total", &labels),
+                inflight: gauge!("gateway_ingest_inflight", &labels),
+                ack_seconds: histogram!(INGEST_ACK, &labels),
+                failed: INGEST_FAILURES.map(|(_, kind)| {
+                    let mut labels = labels.to_vec();
+                    labels.push(("kind", kind.to_owned()));
+                    counter!("gateway_ingest_failed_total", &labels)
+                }),
+            }
+        };
+        match &self.recorder {
+            Some(recorder) => metrics::with_local_recorder(recorder, register),
+            None => register(),
         }
     }
 
@@ -421,8 +517,9 @@ impl Metrics {
                 &DELIVERY_BUCKETS,
             )?
             .set_buckets_for_metric(Matcher::Full(STORE_COMMIT.to_owned()), &COMMIT_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(INGEST_ACK.to_owned()), &INGEST_ACK_BUCKETS)?
             .build_recorder();
-        let (metrics, state) = metrics::with_local_recorder(&recorder, || {
+        let (mut metrics, state) = metrics::with_local_recorder(&recorder, || {
             describe();
             (Metrics::new(), StateGauges::new())
         });
@@ -430,6 +527,7 @@ impl Metrics {
             handle: recorder.handle(),
             state,
         };
+        metrics.recorder = Some(recorder);
         Ok((metrics, exporter))
     }
 
@@ -703,6 +801,40 @@ fn describe() {
         "gateway_stored_messages",
         "Messages in the store, queued or in flight for persistent sessions."
     );
+    describe_counter!(
+        "gateway_ingest_messages_total",
+        "Messages an [[ingest]] rule matched and took, by rule (index) and stream."
+    );
+    describe_counter!(
+        "gateway_ingest_acked_total",
+        "Ingestion writes JetStream acknowledged (stored), by rule and stream."
+    );
+    describe_counter!(
+        "gateway_ingest_acked_bytes_total",
+        "Payload bytes of the ingestion writes JetStream acknowledged."
+    );
+    describe_counter!(
+        "gateway_ingest_duplicates_total",
+        "Ingestion writes JetStream recognised as resends (Nats-Msg-Id) and did not store again."
+    );
+    describe_counter!(
+        "gateway_ingest_dropped_total",
+        "QoS 0 messages an ingestion rule dropped for lack of room (max_inflight, \
+         max_inflight_bytes)."
+    );
+    describe_counter!(
+        "gateway_ingest_failed_total",
+        "Ingestion writes not stored, by kind; for ack = \"stream\" the publisher was refused."
+    );
+    describe_gauge!(
+        "gateway_ingest_inflight",
+        "Ingestion writes queued or awaiting JetStream's ack, by rule and stream."
+    );
+    describe_histogram!(
+        INGEST_ACK,
+        metrics::Unit::Seconds,
+        "Ingestion writes: from the message's arrival at the rule to JetStream's ack."
+    );
     describe_gauge!(
         "gateway_store_available",
         "1 while the store writes, 0 while its commits fail (PUBACK of stored messages refused)."
@@ -886,6 +1018,9 @@ mod tests {
         }
         for (i, (limit, _)) in LIMITS_EXCEEDED.iter().enumerate() {
             assert_eq!(*limit as usize, i, "{limit:?}");
+        }
+        for (i, (kind, _)) in INGEST_FAILURES.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
         }
     }
 

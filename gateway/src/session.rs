@@ -113,6 +113,9 @@ pub enum Kick {
     TakenOver,
     Shutdown,
     Administrative,
+    /// Ingestion refused a message a 3.1.1 client cannot be told about: it is disconnected
+    /// without the acknowledgement, so it sends again.
+    IngestRefused,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +147,10 @@ struct State {
     generation: u32,
     /// The latest connection attached to this session, for the admin API.
     connection: Option<ConnectionInfo>,
+    /// Numbering of its published messages for ingestion's de-duplication ids; present once it
+    /// published a QoS 1/2 message an `[[ingest]]` rule matched. A clean start drops it: new
+    /// session, new epoch.
+    ingest_ids: Option<Box<crate::ingest::PublishIds>>,
 }
 
 /// Retained messages found for new subscriptions and not yet sent, with the bytes (topic and
@@ -356,6 +363,7 @@ impl Session {
             Kick::TakenOver => 1,
             Kick::Shutdown => 2,
             Kick::Administrative => 3,
+            Kick::IngestRefused => 4,
         };
         self.kick.store(v, Ordering::Release);
         self.wake();
@@ -366,6 +374,7 @@ impl Session {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::Shutdown),
             3 => Some(Kick::Administrative),
+            4 => Some(Kick::IngestRefused),
             _ => None,
         }
     }
@@ -589,6 +598,20 @@ impl Session {
             st.incoming_qos2 = None;
         }
         released
+    }
+
+    /// The (epoch, number) of a published QoS 1/2 message for ingestion (`ingest::dedup`).
+    pub(crate) fn ingest_number(
+        &self,
+        packet_id: u16,
+        resend: bool,
+        content: u64,
+        window: usize,
+    ) -> (u64, u64) {
+        let mut st = self.state.lock();
+        st.ingest_ids
+            .get_or_insert_with(|| Box::new(crate::ingest::PublishIds::new(self.id)))
+            .assign(packet_id, resend, content, window)
     }
 
     pub fn expiry_interval(&self) -> u32 {

@@ -58,6 +58,12 @@ impl Client {
                         code: Some(reason::ADMINISTRATIVE_ACTION),
                         will: true,
                     },
+                    // Only 3.1.1 clients are kicked for it: no DISCONNECT to send.
+                    Kick::IngestRefused => Close {
+                        reason: CloseReason::IngestRefused,
+                        code: None,
+                        will: true,
+                    },
                 };
             }
             let more = self.fill();

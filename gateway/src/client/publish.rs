@@ -10,10 +10,11 @@ use tracing::debug;
 use super::{AliasesIn, Client, Close};
 use crate::clock::unix_millis;
 use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
+use crate::ingest::{Ticket, TicketState};
 use crate::limits::QuotaExceeded;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded};
-use crate::session::{IncomingQos2, Outgoing, Stage};
+use crate::session::{IncomingQos2, Kick, Outgoing, Stage};
 use crate::store::Mark;
 use crate::topic;
 
@@ -84,28 +85,38 @@ impl Client {
             },
             _ => (true, 0),
         };
-        if route {
-            let msg = Message::new(
+        // A QoS 2 resend is not routed again, but ingestion sees it: its write may not have
+        // been acknowledged yet (or was refused), and the same de-duplication id makes a
+        // second write harmless.
+        let mut ticket = None;
+        if route || ctx.ingest.is_some() {
+            let msg = Arc::new(Message::new(
                 &topic,
                 &p.payload,
                 p.qos,
                 p.retain,
                 self.session.id,
                 ForwardedProperties::from_properties(&p.properties),
-            );
-            let routed = ctx.router.route(Arc::new(msg));
-            if routed.refused {
-                return self.refuse_unstored(&p);
+            ));
+            if route {
+                let routed = ctx.router.route(msg.clone());
+                if routed.refused {
+                    return self.refuse_unstored(&p);
+                }
+                stored = stored.max(routed.stored);
             }
-            stored = stored.max(routed.stored);
+            if let Some(ingest) = &ctx.ingest {
+                let window = usize::from(policy.receive_maximum);
+                ticket = ingest.offer(&msg, &self.session, p.packet_id, p.dup || !route, window);
+            }
         }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.acknowledge_when_stored(Held::PubAck(p.packet_id, 0), stored);
+                self.acknowledge_when(Held::PubAck(p.packet_id, 0), stored, ticket);
             }
             QoS::ExactlyOnce => {
-                self.acknowledge_when_stored(Held::PubRec(p.packet_id, 0), stored);
+                self.acknowledge_when(Held::PubRec(p.packet_id, 0), stored, ticket);
             }
         }
         Ok(())
@@ -266,24 +277,34 @@ impl Client {
     /// Sends an acknowledgement once the store holds what it acknowledges (`mark`), in the order
     /// the acknowledged packets came: behind any still held.
     pub(super) fn acknowledge_when_stored(&mut self, held: Held, mark: Mark) {
-        if mark == 0 && self.held.is_none() {
+        self.acknowledge_when(held, mark, None);
+    }
+
+    /// `acknowledge_when_stored`, also waiting for ingestion's writes (`ticket`): the
+    /// acknowledgement goes when both the store and JetStream have the message.
+    fn acknowledge_when(&mut self, held: Held, mark: Mark, ticket: Option<Arc<Ticket>>) {
+        if mark == 0 && ticket.is_none() && self.held.is_none() {
             self.emit(held);
             return;
         }
         self.held
             .get_or_insert_with(|| Box::new(HeldAcks::new()))
             .acks
-            .push_back((mark, held));
+            .push_back((mark, ticket, held));
         self.release_acks();
     }
 
-    /// Sends the held acknowledgements whose marks are durable, in order; asks the store to wake
-    /// the session when the first one still held is.
+    /// Sends the held acknowledgements whose marks are durable and whose ingestion writes are
+    /// acknowledged, in order; asks the store to wake the session when the first one still held
+    /// is durable (a ticket wakes it by itself). A refused ingestion write refuses its
+    /// acknowledgement: v5 with the reason code; a 3.1.1 client is disconnected (it cannot be
+    /// told), and nothing after it is acknowledged.
     pub(super) fn release_acks(&mut self) {
         let Some(mut held) = self.held.take() else {
             return;
         };
-        while let Some(&(mark, _)) = held.acks.front() {
+        while let Some((mark, ticket, _)) = held.acks.front() {
+            let mark = *mark;
             let store = &self.ctx.router.store;
             if !store.is_durable(mark) {
                 if held.waiting_for < mark {
@@ -292,7 +313,21 @@ impl Client {
                 }
                 break;
             }
-            if let Some((_, ack)) = held.acks.pop_front() {
+            let refused = match ticket.as_ref().map(|t| t.state()) {
+                None | Some(TicketState::Stored) => None,
+                Some(TicketState::Pending) => break,
+                Some(TicketState::Refused(code)) => Some(code),
+            };
+            if refused.is_some() && !self.protocol.is_v5() {
+                debug!(client = %self.session.client_id, "ingestion refused a message: disconnecting the 3.1.1 client");
+                self.session.kick(Kick::IngestRefused);
+                break;
+            }
+            if let Some((_, _, ack)) = held.acks.pop_front() {
+                let ack = match refused {
+                    Some(code) => self.refused(ack, code),
+                    None => ack,
+                };
                 self.emit(ack);
             }
         }
@@ -313,13 +348,28 @@ impl Client {
         };
         self.send(&packet);
     }
+
+    /// `ack` with reason code `code`; a refused QoS 2 id is not held (the client may reuse it).
+    fn refused(&mut self, ack: Held, code: u8) -> Held {
+        match ack {
+            Held::PubAck(id, _) => Held::PubAck(id, code),
+            Held::PubRec(id, _) => {
+                if self.session.release_incoming(id) {
+                    self.ctx.router.incoming_qos2(&self.session, id, false);
+                }
+                Held::PubRec(id, code)
+            }
+            other => other,
+        }
+    }
 }
 
-/// Acknowledgements (and QoS 2 flows to persistent sessions) held until the store has what they
-/// depend on: boxed and present only while some are held (a session with no persistent
-/// subscriber never has one).
+/// Acknowledgements (and QoS 2 flows to persistent sessions) held until the store and ingestion
+/// have what they depend on: boxed and present only while some are held (a session with no
+/// persistent subscriber or ingestion rule never has one).
 pub(super) struct HeldAcks {
-    acks: std::collections::VecDeque<(Mark, Held)>,
+    /// Each with the store's mark and ingestion's ticket it waits for.
+    acks: std::collections::VecDeque<(Mark, Option<Arc<Ticket>>, Held)>,
     /// The mark the session asked to be woken for.
     waiting_for: Mark,
 }

@@ -1,5 +1,5 @@
 //! Loading: TOML text or a file into a [`Config`], walked section by section and key by key
-//! (`[[listeners]]` included), and the command-line overrides applied through [`Config::set`].
+//! (`[[listeners]]` and `[[ingest]]` included), and the command-line overrides applied through [`Config::set`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -27,9 +27,15 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let table: Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         let mut config = Config::default();
+        let mut ingest = None;
         for (section, body) in &table {
             if section == "listeners" {
                 config.listeners = listeners(body)?;
+                continue;
+            }
+            if section == "ingest" {
+                // After the loop: its filters are checked against mqtt.max_topic_levels.
+                ingest = Some(body);
                 continue;
             }
             if !matches!(
@@ -55,6 +61,9 @@ impl Config {
             for (key, value) in keys {
                 config.set_value(section, key, value)?;
             }
+        }
+        if let Some(body) = ingest {
+            config.ingest = super::ingest::rules(body, config.mqtt.max_topic_levels)?;
         }
         config.validate()?;
         Ok(config)

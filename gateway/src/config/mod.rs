@@ -11,9 +11,10 @@
 //! One concern a file: `settings` holds the types and their defaults; `load` turns file text and
 //! command-line overrides into a [`Config`], walking it key by key; `values` turns one TOML value
 //! into a typed one (integers in range, booleans, addresses, paths, seconds); `validate` owns the
-//! ranges and the cross-field rules; `error` owns [`ConfigError`] and how a value is quoted in it.
+//! ranges and the cross-field rules; `ingest` parses the `[[ingest]]` rules; `error` owns [`ConfigError`] and how a value is quoted in it.
 
 mod error;
+mod ingest;
 mod load;
 mod settings;
 #[cfg(test)]
@@ -22,6 +23,7 @@ mod validate;
 mod values;
 
 pub use error::ConfigError;
+pub use ingest::{IngestAck, IngestDiscard, IngestRetention, IngestRule, IngestStorage};
 pub use settings::{
     AuthConfig, ClusterConfig, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerKind,
     LogConfig, MqttConfig, NatsConfig, StorageConfig, StorageSync, SysConfig,

@@ -15,12 +15,14 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
-    /// `[nats]`: how to reach NATS (the cluster's transport; later also ingestion's).
+    /// `[nats]`: how to reach NATS (the cluster's transport, and where `[[ingest]]` writes).
     pub nats: NatsConfig,
     /// `[cluster]`: this node as one of many forming one broker over NATS.
     pub cluster: ClusterConfig,
     /// `[[listeners]]`: listeners besides `mqtt.listen`, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// `[[ingest]]`: rules writing published messages into JetStream streams, in file order.
+    pub ingest: Vec<super::IngestRule>,
 }
 
 /// What a `[[listeners]]` entry speaks on its socket.
@@ -246,7 +248,7 @@ impl Default for StorageConfig {
 }
 
 /// The `[nats]` section: the NATS servers and how to log in to them. Used only by what needs
-/// NATS (`[cluster] enabled`); a node without it never connects.
+/// NATS (`[cluster] enabled`, `[[ingest]]` rules); a node without them never connects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatsConfig {
     /// `nats://host:port` or `tls://host:port` URLs; the client fails over between them.

@@ -58,7 +58,7 @@ pub(super) const TCP_KEEPALIVE_COUNT: Bounds = Bounds::new(1, 127);
 const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
 impl Bounds {
-    const fn new(min: u64, max: u64) -> Bounds {
+    pub(super) const fn new(min: u64, max: u64) -> Bounds {
         Bounds { min, max }
     }
 
@@ -258,6 +258,13 @@ impl Config {
                 });
             }
         }
+        if !self.ingest.is_empty() && n.servers.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                key: "nats.servers".to_owned(),
+                value: "[]".to_owned(),
+                reason: "[[ingest]] rules need at least one NATS server".to_owned(),
+            });
+        }
         let c = &self.cluster;
         check_token("cluster.subject_prefix", &c.subject_prefix)?;
         if !c.node_name.is_empty() {
@@ -342,6 +349,29 @@ pub(super) fn check_token(key: &str, token: &str) -> Result<(), ConfigError> {
                 "expected 1..={TOKEN_MAX} ASCII letters, digits, '-' or '_' (it is a NATS \
                  subject token)"
             ),
+        })
+    }
+}
+
+/// Longest JetStream stream name the gateway accepts (the server allows more; a stream name is
+/// part of every JetStream API subject about it).
+const STREAM_NAME_MAX: usize = 128;
+
+/// A JetStream stream name: it becomes a token of the JetStream API's subjects, and a file name
+/// on the server, so no `.`, wildcards, whitespace or path separators.
+pub(super) fn check_stream_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let good = !name.is_empty()
+        && name.len() <= STREAM_NAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if good {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key: key.to_owned(),
+            value: render(&Value::String(name.to_owned())),
+            reason: format!("expected 1..={STREAM_NAME_MAX} ASCII letters, digits, '-' or '_'"),
         })
     }
 }

@@ -1,13 +1,13 @@
 //! A real `nats-server` for the cluster tests: Debian's 2.9 (`/usr/sbin/nats-server`, or one on
 //! PATH), on free loopback ports, JetStream on with a store in a temporary directory, its
 //! monitoring endpoint (`-m`) on for `/varz`. Killed (by its own child handle) and its files
-//! removed on drop.
+//! removed on drop; `kill` and `start_again` stop it and bring it back with its store.
 //!
 //! Without the binary a test is skipped with a loud message, except under CI (`CI` set), where
 //! it fails: `scripts/test.sh` installs the `nats-server` package.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,37 +71,38 @@ impl NatsServer {
         let binary = binary()?;
         let dir = Scratch::new("nats");
         let monitor_port = free_port();
-        let log = std::fs::File::create(dir.path().join("nats.log")).expect("log file");
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor_port.to_string()])
-            .arg("-js")
-            .arg("-sd")
-            .arg(dir.path().join("js"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nats-server starts");
+        let child = spawn(&binary, port, monitor_port, &dir, extra);
         let server = NatsServer {
             child,
             port,
             monitor: SocketAddr::from(([127, 0, 0, 1], monitor_port)),
             dir,
         };
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    /// Starts the (killed) server again on its port with its JetStream store, as a restart
+    /// after a crash would: what it acknowledged is still there.
+    pub async fn start_again(&mut self) {
+        let binary = binary().expect("nats-server ran before");
+        self.child = spawn(&binary, self.port, self.monitor.port(), &self.dir, &[]);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && server.try_varz().await.is_some()
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.try_varz().await.is_some()
             {
-                return Some(server);
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
             "nats-server not ready within 10 s; its log:\n{}",
-            server.log()
+            self.log()
         );
     }
 
@@ -138,6 +139,27 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the server with its store under `dir`, its log appended to `dir`'s `nats.log`.
+fn spawn(binary: &Path, port: u16, monitor_port: u16, dir: &Scratch, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("nats.log"))
+        .expect("log file");
+    Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor_port.to_string()])
+        .arg("-js")
+        .arg("-sd")
+        .arg(dir.path().join("js"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("nats-server starts")
 }
 
 impl Drop for NatsServer {

@@ -183,6 +183,7 @@ fn every_key_is_parsed() {
             subject_prefix: "gw_test".to_owned(),
         },
         listeners: Vec::new(),
+        ingest: Vec::new(),
     };
     assert_eq!(Config::from_toml(text).unwrap(), expected);
 }

@@ -4,6 +4,7 @@
 use super::Config;
 
 mod cluster;
+mod ingest;
 mod load;
 mod settings;
 mod validate;

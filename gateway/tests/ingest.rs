@@ -1,0 +1,602 @@
+//! Ingestion into NATS JetStream (`[[ingest]]`) against a real nats-server 2.9 (Debian's, JetStream
+//! on, its store in a temporary directory; see `common::nats`), with real MQTT clients (rumqttc,
+//! raw sockets) and the stream read back with async-nats: subjects and headers, one write per
+//! matching rule, PUBACK only once the stream has the message (nats-server stopped: none; back:
+//! it comes), a DUP resend after a lost PUBACK stored once, refusals after `ack_timeout`, QoS 0
+//! overflow counted, and `/readyz` naming the blocked rule.
+//!
+//! Without `nats-server` the tests are skipped with a loud message, and fail under CI.
+
+mod binary;
+mod clients;
+mod common;
+mod observe;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clients::raw::{self, Connect, Raw, PUBACK, V};
+use clients::{unique_id, v5, within, QUIET, WAIT};
+use common::nats::NatsServer;
+use gateway::config::{IngestAck, IngestDiscard, IngestRule};
+use observe::{families, repo_root, request, samples, total, Observed};
+
+/// A gateway with `rules` writing to `nats`.
+async fn gateway(nats: &NatsServer, rules: Vec<IngestRule>) -> Observed {
+    let url = nats.url();
+    let gw = Observed::start(move |c| {
+        c.sys.interval = 0;
+        c.nats.servers = vec![url];
+        c.ingest = rules;
+    })
+    .await;
+    // The streams exist (created by the gateway) once it is ready.
+    assert!(
+        eventually_ready(&gw, 200).await,
+        "gateway not ready: {:?}",
+        request(gw.http, "GET", "/readyz", None).await
+    );
+    gw
+}
+
+async fn eventually_ready(gw: &Observed, status: u16) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if request(gw.http, "GET", "/readyz", None).await.0 == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn js(nats: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("test connects to NATS");
+    jetstream::new(client)
+}
+
+/// How many messages `stream` holds.
+async fn count(js: &jetstream::Context, stream: &str) -> u64 {
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    s.info().await.expect("stream info").state.messages
+}
+
+/// Waits until `stream` holds `n` messages.
+async fn holds(js: &jetstream::Context, stream: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = count(js, stream).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream {stream} holds {now} messages, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A message as a backend reads it.
+struct Stored {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+}
+
+/// The stream's messages, in order, read as a backend does: through a consumer (an ephemeral
+/// one from the start). `Stream::get_raw_message` would not do: async-nats 0.52 keeps only the
+/// last value of a repeated header there.
+async fn messages(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
+    use futures_util::StreamExt;
+    let n = count(js, stream).await as usize;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream exists")
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let m = within(WAIT, "a stored message", batch.next())
+            .await
+            .expect("a message")
+            .expect("a message, not an error");
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            headers: m.headers.clone().unwrap_or_default(),
+            payload: m.payload.clone(),
+        });
+    }
+    out
+}
+
+fn header(m: &Stored, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", m.headers))
+}
+
+async fn metric(gw: &Observed, name: &str, labels: &[&str]) -> f64 {
+    total(&samples(&gw.metrics().await), name, labels)
+}
+
+/// A 3.1.1 or v5 QoS 1 PUBLISH, DUP when `dup`.
+fn qos1(v: V, topic: &str, id: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+    let first = if dup { 0x3A } else { 0x32 };
+    v.publish(first, topic.as_bytes(), Some(id), &[], payload)
+}
+
+/// The reason code of a PUBACK (0 for 3.1.1 and for a v5 PUBACK without one).
+fn puback_code(f: &raw::Frame) -> u8 {
+    assert_eq!(f.kind(), PUBACK, "expected PUBACK, got {f:?}");
+    f.body.get(2).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_land_with_subjects_and_headers_once_per_matching_rule() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(
+        &nats,
+        vec![
+            IngestRule::new("dev/+/t/#", "TEL", "tel.{client_id}.{2}"),
+            IngestRule::new("dev/#", "ALL", "all.{topic}"),
+        ],
+    )
+    .await;
+    let js = js(&nats).await;
+    let id = unique_id("dev a");
+    let mut device = v5::connect(gw.mqtt, &id).await;
+    let props = v5::PublishProperties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("unit".into(), "°C".into()), ("k=1".into(), "v w".into())],
+        ..v5::PublishProperties::default()
+    };
+    device
+        .publish_with(
+            "dev/s.1/t/x",
+            v5::QoS::AtMostOnce,
+            false,
+            "m0",
+            props.clone(),
+        )
+        .await;
+    device
+        .publish_confirmed_with("dev/s.1/t/x", v5::QoS::AtLeastOnce, true, "m1", Some(props))
+        .await;
+    device
+        .publish_confirmed("dev/s.1/t/x", v5::QoS::ExactlyOnce, false, "m2")
+        .await;
+    // Matched by the second rule only; and a topic no rule matches.
+    device
+        .publish_confirmed("dev/other", v5::QoS::AtLeastOnce, false, "m3")
+        .await;
+    device
+        .publish_confirmed("elsewhere", v5::QoS::AtLeastOnce, false, "none")
+        .await;
+    holds(&js, "TEL", 3).await;
+    holds(&js, "ALL", 4).await;
+
+    let escaped_id = id.replace(' ', "%20");
+    let tel = messages(&js, "TEL").await;
+    for (i, m) in tel.iter().enumerate() {
+        assert_eq!(m.payload, format!("m{i}").as_bytes(), "in publish order");
+        assert_eq!(
+            m.subject.as_str(),
+            format!("tel.{escaped_id}.s%2E1"),
+            "level 2 escaped"
+        );
+        assert_eq!(header(m, "Mqtt-Topic"), "dev/s.1/t/x");
+        assert_eq!(header(m, "Mqtt-Client-Id"), escaped_id);
+        assert_eq!(header(m, "Mqtt-Qos"), i.to_string());
+        assert_eq!(header(m, "Mqtt-Retain"), (i == 1).to_string());
+        assert_eq!(
+            m.headers.get("Nats-Msg-Id").is_some(),
+            i > 0,
+            "de-dup id for QoS 1/2"
+        );
+    }
+    assert_eq!(header(&tel[1], "Mqtt-Content-Type"), "application/json");
+    let user: Vec<&str> = tel[1]
+        .headers
+        .get_all("Mqtt-User-Property")
+        .map(|v| v.as_str())
+        .collect();
+    assert_eq!(user, ["unit=°C", "k%3D1=v%20w"]);
+    let all = messages(&js, "ALL").await;
+    let subjects: Vec<&str> = all.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "all.dev.s%2E1.t.x",
+            "all.dev.s%2E1.t.x",
+            "all.dev.s%2E1.t.x",
+            "all.dev.other"
+        ]
+    );
+    assert_eq!(
+        metric(&gw, "gateway_ingest_acked_total", &["rule=\"0\""]).await,
+        3.0
+    );
+    assert_eq!(
+        metric(&gw, "gateway_ingest_acked_total", &["stream=\"ALL\""]).await,
+        4.0
+    );
+    assert_eq!(
+        metric(&gw, "gateway_ingest_ack_seconds_count", &[]).await,
+        7.0
+    );
+
+    // docs/operations.md lists exactly the families a gateway with rules serves.
+    let doc = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("doc");
+    let section = doc
+        .split("\n## Ingestion metrics\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("an Ingestion metrics section");
+    let listed: Vec<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(name, _)| name.to_owned()))
+        .collect();
+    let served: Vec<String> = families(&gw.metrics().await)
+        .into_keys()
+        .filter(|f| f.starts_with("gateway_ingest_"))
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, served, "docs/operations.md, Ingestion metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_waits_until_the_stream_has_the_message() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(&nats, vec![IngestRule::new("d/#", "WAIT", "w.{client_id}")]).await;
+    for v in V::BOTH {
+        let id = unique_id("waiting");
+        let mut device = Raw::connected(gw.mqtt, v, &id).await;
+        device.send(&qos1(v, "d/1", 1, b"up", false)).await;
+        assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+
+        nats.kill();
+        device.send(&qos1(v, "d/1", 2, b"held", false)).await;
+        assert_eq!(
+            device.read_packet_within(Duration::from_secs(2)).await,
+            Err(raw::End::Silent),
+            "{v:?}: no PUBACK while JetStream is down"
+        );
+        let (status, body) = request(gw.http, "GET", "/readyz", None).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("ingest"), "{body}");
+
+        nats.start_again().await;
+        let ack = within(
+            Duration::from_secs(15),
+            "the held PUBACK",
+            device.expect_kind(PUBACK, WAIT),
+        )
+        .await;
+        assert_eq!(puback_code(&ack), 0);
+        assert_eq!(ack.body[..2], 2u16.to_be_bytes());
+        let js = js(&nats).await;
+        let stored = messages(&js, "WAIT").await;
+        assert!(
+            stored
+                .iter()
+                .any(|m| m.payload == "held" && header(m, "Mqtt-Client-Id") == id),
+            "{v:?}: the acknowledged message is in the stream"
+        );
+        assert!(eventually_ready(&gw, 200).await, "ready again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dup_resend_after_a_lost_puback_is_stored_once() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(
+        &nats,
+        vec![IngestRule::new("d/#", "DEDUP", "d.{client_id}")],
+    )
+    .await;
+    let js = js(&nats).await;
+    let id = unique_id("resender");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.mqtt, &persistent).await;
+    device
+        .send(&qos1(V::V311, "d/x", 7, b"reading-1", false))
+        .await;
+    holds(&js, "DEDUP", 1).await;
+    // The PUBACK is lost with the connection; the client sends the message again with DUP.
+    drop(device);
+    let (mut device, present) = Raw::connect(gw.mqtt, &persistent).await;
+    assert!(present, "the session was kept");
+    device
+        .send(&qos1(V::V311, "d/x", 7, b"reading-1", true))
+        .await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    // A new message reusing packet id 7, even with the same payload, is a new entry.
+    device
+        .send(&qos1(V::V311, "d/x", 7, b"reading-1", false))
+        .await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    holds(&js, "DEDUP", 2).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        count(&js, "DEDUP").await,
+        2,
+        "the resend was not stored again"
+    );
+    assert_eq!(
+        metric(&gw, "gateway_ingest_duplicates_total", &[]).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_after_ack_timeout_v5_with_0x80_and_3_1_1_disconnected() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut rule = IngestRule::new("d/#", "SHORT", "s.{client_id}");
+    rule.ack_timeout = Duration::from_secs(1);
+    let gw = gateway(&nats, vec![rule]).await;
+    nats.kill();
+    let mut v5_device = Raw::connected(gw.mqtt, V::V5, &unique_id("v5")).await;
+    v5_device.send(&qos1(V::V5, "d/1", 1, b"x", false)).await;
+    let ack = within(
+        Duration::from_secs(5),
+        "PUBACK 0x80",
+        v5_device.expect_kind(PUBACK, WAIT),
+    )
+    .await;
+    assert_eq!(puback_code(&ack), 0x80, "v5: unspecified error");
+
+    let mut v3_device = Raw::connected(gw.mqtt, V::V311, &unique_id("v3")).await;
+    v3_device.send(&qos1(V::V311, "d/1", 1, b"x", false)).await;
+    let seen = v3_device.until_closed(Duration::from_secs(5)).await;
+    assert!(
+        seen.iter().all(|f| f.kind() != PUBACK),
+        "3.1.1: closed without PUBACK, got {seen:?}"
+    );
+    assert!(metric(&gw, "gateway_ingest_failed_total", &["kind=\"timeout\""]).await >= 2.0);
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_connections_closed_total",
+            &["reason=\"ingest_refused\""]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_beyond_the_rule_room_is_dropped_and_counted() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut rule = IngestRule::new("d/#", "ROOM", "r.{client_id}");
+    rule.ack = IngestAck::Local;
+    rule.max_inflight = 4;
+    let gw = gateway(&nats, vec![rule]).await;
+    // Nothing is acknowledged while NATS is down: the room stays taken.
+    nats.kill();
+    let mut device = Raw::connected(gw.mqtt, V::V311, &unique_id("chatty")).await;
+    for i in 0..50u32 {
+        device
+            .send(&V::V311.publish(0x30, b"d/1", None, &[], &i.to_be_bytes()))
+            .await;
+    }
+    device.ping().await;
+    let dropped = metric(&gw, "gateway_ingest_dropped_total", &["rule=\"0\""]).await;
+    assert!(dropped >= 46.0, "dropped {dropped} of 50 with room for 4");
+    assert_eq!(
+        metric(&gw, "gateway_ingest_messages_total", &[]).await,
+        50.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_that_discards_new_refuses_the_publisher() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut rule = IngestRule::new("d/#", "FULL", "f.{client_id}");
+    rule.discard = IngestDiscard::New;
+    rule.max_bytes = 1000;
+    rule.ack_timeout = Duration::from_secs(3);
+    let gw = gateway(&nats, vec![rule]).await;
+    let js = js(&nats).await;
+    let mut device = Raw::connected(gw.mqtt, V::V5, &unique_id("filler")).await;
+    let mut codes = Vec::new();
+    for id in 1..=20u16 {
+        device
+            .send(&qos1(V::V5, "d/1", id, &[b'x'; 200], false))
+            .await;
+        codes.push(puback_code(&device.expect_kind(PUBACK, WAIT).await));
+        if codes.last() != Some(&0) {
+            break;
+        }
+    }
+    assert_eq!(codes[0], 0, "the first messages fit: {codes:?}");
+    assert_eq!(codes.last(), Some(&0x97), "then quota exceeded: {codes:?}");
+    let stored = count(&js, "FULL").await;
+    assert_eq!(
+        stored as usize,
+        codes.len() - 1,
+        "every acknowledged message, no more"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_ingest_failed_total",
+            &["kind=\"stream_full\""]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_created_again_and_the_held_puback_follows() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(
+        &nats,
+        vec![IngestRule::new("d/#", "AGAIN", "a.{client_id}")],
+    )
+    .await;
+    let js = js(&nats).await;
+    js.delete_stream("AGAIN").await.expect("stream deleted");
+    let mut device = Raw::connected(gw.mqtt, V::V311, &unique_id("after-delete")).await;
+    device.send(&qos1(V::V311, "d/1", 1, b"kept", false)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    let stored = messages(&js, "AGAIN").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload, "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("ingest-kill");
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "[nats]\nservers = [\"{}\"]\n[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\n\
+         subject = \"k.{{client_id}}\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).expect("config written");
+    let gw = binary::Gateway::start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let js = js(&nats).await;
+    // The stream exists once the gateway set it up.
+    within(WAIT, "the stream", async {
+        while js.get_stream("KILL").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut device = Raw::connected(gw.addr, V::V311, &unique_id("killed")).await;
+    const SENT: u16 = 2000;
+    let mut burst = Vec::new();
+    for id in 1..=SENT {
+        burst.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), false));
+    }
+    device.stream_write(&burst).await;
+    let mut acked = Vec::new();
+    while acked.len() < 100 {
+        let f = device.expect_kind(PUBACK, WAIT).await;
+        acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+    }
+    gw.signal(libc::SIGKILL);
+    // PUBACKs the gateway wrote before it died are still to be read.
+    for f in device.until_closed(WAIT).await {
+        if f.kind() == PUBACK {
+            acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+        }
+    }
+    assert!(acked.len() < usize::from(SENT), "killed during the run");
+    eprintln!("{} of {SENT} acknowledged before the kill", acked.len());
+    let stored: std::collections::HashSet<String> = messages(&js, "KILL")
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let lost: Vec<u16> = acked
+        .iter()
+        .copied()
+        .filter(|id| !stored.contains(&id.to_string()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+}
+
+#[test]
+fn a_bad_rule_stops_the_binary_with_exit_2_naming_key_and_value() {
+    let dir = binary::scratch::Scratch::new("ingest-config");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[ingest]]\nfilter = \"d/#\"\n\
+         stream = \"S\"\nsubject = \"t.{client_id}.>\"\n",
+    )
+    .expect("config written");
+    let out = binary::run_refused_config(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for `ingest[0].subject`: \"t.{client_id}.>\""),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_resend_while_the_first_write_waits_gets_pubrec_once_stored_and_one_entry() {
+    const PUBREC: u8 = 0x50;
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(&nats, vec![IngestRule::new("d/#", "QOS2", "q.{client_id}")]).await;
+    let id = unique_id("exactly-once");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.mqtt, &persistent).await;
+    nats.kill();
+    device
+        .send(&V::V311.publish(0x34, b"d/2", Some(5), &[], b"once"))
+        .await;
+    assert_eq!(
+        device.read_packet_within(Duration::from_secs(1)).await,
+        Err(raw::End::Silent),
+        "no PUBREC while JetStream is down"
+    );
+    // The client gives up on this connection and sends the message again (DUP) on a new one.
+    drop(device);
+    let (mut device, present) = Raw::connect(gw.mqtt, &persistent).await;
+    assert!(present);
+    device
+        .send(&V::V311.publish(0x3C, b"d/2", Some(5), &[], b"once"))
+        .await;
+    assert_eq!(
+        device.read_packet_within(Duration::from_secs(1)).await,
+        Err(raw::End::Silent),
+        "the resend waits for JetStream too"
+    );
+    nats.start_again().await;
+    let rec = within(
+        Duration::from_secs(15),
+        "PUBREC",
+        device.expect_kind(PUBREC, WAIT),
+    )
+    .await;
+    assert_eq!(rec.body[..2], 5u16.to_be_bytes());
+    let js = js(&nats).await;
+    holds(&js, "QOS2", 1).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        count(&js, "QOS2").await,
+        1,
+        "one entry for the message and its resend"
+    );
+}
