@@ -26,6 +26,16 @@ async fn node(nats_url: &str, name: &str) -> Observed {
     node_with(nats_url, name, |_| {}).await
 }
 
+/// Nodes a, b and c on one NATS server.
+async fn three_nodes(nats: &NatsServer) -> (Observed, Observed, Observed) {
+    let url = nats.url();
+    (
+        node(&url, "a").await,
+        node(&url, "b").await,
+        node(&url, "c").await,
+    )
+}
+
 /// A node whose `[nats]` section `tune` completes.
 async fn node_with(
     nats_url: &str,
@@ -88,11 +98,7 @@ async fn cross_node_qos_0_1_2_with_3_1_1_and_5_0_clients() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
-    let (a, b, c) = (
-        node(&nats.url(), "a").await,
-        node(&nats.url(), "b").await,
-        node(&nats.url(), "c").await,
-    );
+    let (a, b, c) = three_nodes(&nats).await;
     let mut sub_b = v3::connect(b.mqtt, &unique_id("sub-b")).await;
     sub_b.subscribe("x/#", v3::QoS::ExactlyOnce).await;
     let mut sub_c = v5::connect(c.mqtt, &unique_id("sub-c")).await;
@@ -296,11 +302,7 @@ async fn a_shared_subscription_across_nodes_gives_each_message_to_exactly_one_me
     let Some(nats) = NatsServer::start().await else {
         return;
     };
-    let (a, b, c) = (
-        node(&nats.url(), "a").await,
-        node(&nats.url(), "b").await,
-        node(&nats.url(), "c").await,
-    );
+    let (a, b, c) = three_nodes(&nats).await;
     const GROUP: &str = "$share/g/s/#";
     // Two members on a, two on b (3.1.1 and 5.0 each); publishers on a (which has members)
     // and on c (which has none).
@@ -547,11 +549,7 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_c
     let Some(mut nats) = NatsServer::start_on(port).await else {
         return;
     };
-    let (a, b, c) = (
-        node(&nats.url(), "a").await,
-        node(&nats.url(), "b").await,
-        node(&nats.url(), "c").await,
-    );
+    let (a, b, c) = three_nodes(&nats).await;
     let mut sub_b = v3::connect(b.mqtt, &unique_id("sub-b")).await;
     sub_b.subscribe("r/#", v3::QoS::AtLeastOnce).await;
     let mut sub_c = v3::connect(c.mqtt, &unique_id("sub-c")).await;

@@ -334,23 +334,24 @@ pub(super) fn check_nats_url(key: &str, url: &str) -> Result<(), ConfigError> {
 /// A node name or subject prefix becomes one token of NATS subjects: no `.` (the separator),
 /// no `*` or `>` (wildcards), no whitespace or control characters, not too long.
 pub(super) fn check_token(key: &str, token: &str) -> Result<(), ConfigError> {
-    let good = !token.is_empty()
-        && token.len() <= TOKEN_MAX
-        && token
+    check_name(key, token, TOKEN_MAX, " (it is a NATS subject token)")
+}
+
+/// Letters, digits, '-' and '_' only, 1..=`max` of them; `why` ends the refusal's reason.
+fn check_name(key: &str, name: &str, max: usize, why: &str) -> Result<(), ConfigError> {
+    let good = !name.is_empty()
+        && name.len() <= max
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if good {
-        Ok(())
-    } else {
-        Err(ConfigError::InvalidValue {
-            key: key.to_owned(),
-            value: render(&Value::String(token.to_owned())),
-            reason: format!(
-                "expected 1..={TOKEN_MAX} ASCII letters, digits, '-' or '_' (it is a NATS \
-                 subject token)"
-            ),
-        })
+        return Ok(());
     }
+    Err(ConfigError::InvalidValue {
+        key: key.to_owned(),
+        value: render(&Value::String(name.to_owned())),
+        reason: format!("expected 1..={max} ASCII letters, digits, '-' or '_'{why}"),
+    })
 }
 
 /// Longest JetStream stream name the gateway accepts (the server allows more; a stream name is
@@ -360,20 +361,7 @@ const STREAM_NAME_MAX: usize = 128;
 /// A JetStream stream name: it becomes a token of the JetStream API's subjects, and a file name
 /// on the server, so no `.`, wildcards, whitespace or path separators.
 pub(super) fn check_stream_name(key: &str, name: &str) -> Result<(), ConfigError> {
-    let good = !name.is_empty()
-        && name.len() <= STREAM_NAME_MAX
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if good {
-        Ok(())
-    } else {
-        Err(ConfigError::InvalidValue {
-            key: key.to_owned(),
-            value: render(&Value::String(name.to_owned())),
-            reason: format!("expected 1..={STREAM_NAME_MAX} ASCII letters, digits, '-' or '_'"),
-        })
-    }
+    check_name(key, name, STREAM_NAME_MAX, "")
 }
 
 pub(super) fn check(key: &str, n: u64, bounds: Bounds) -> Result<(), ConfigError> {
