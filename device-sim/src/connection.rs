@@ -16,10 +16,8 @@ use bytes::BytesMut;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::codec::{self, CodecError, ConnectOptions, Incoming, Protocol};
+pub use crate::reason::{io_reason, Reason};
 use crate::tls::{Fill, TlsDial, TlsSession};
-
-/// Why a connection attempt failed or a connection ended; a metric and report label.
-pub type Reason = Cow<'static, str>;
 
 /// Bytes asked of the kernel per read; a burst larger than this takes several reads.
 const SCRATCH: usize = 64 * 1024;
@@ -29,19 +27,6 @@ const READS_PER_WAKE: usize = 16;
 thread_local! {
     static RX: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     static TX: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-pub fn io_reason(e: &io::Error) -> Reason {
-    Cow::Borrowed(match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_open_files",
-        Some(libc::EADDRNOTAVAIL) => "address_not_available",
-        Some(libc::EADDRINUSE) => "address_in_use",
-        Some(libc::ECONNREFUSED) => "refused",
-        Some(libc::ECONNRESET) => "reset",
-        Some(libc::ETIMEDOUT) => "timeout",
-        Some(libc::EPIPE) => "broken_pipe",
-        _ => "io_error",
-    })
 }
 
 fn codec_reason(e: CodecError) -> Reason {

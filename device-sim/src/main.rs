@@ -10,6 +10,7 @@ mod metrics;
 mod payload;
 mod plan;
 mod progress;
+mod reason;
 mod report;
 mod run;
 mod scenario;

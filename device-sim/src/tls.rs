@@ -44,7 +44,7 @@ use tokio_rustls::rustls::{
     Error, HandshakeKind, NamedGroup, RootCertStore, SignatureScheme,
 };
 
-use crate::connection::Reason;
+use crate::reason::{io_reason, Reason};
 use crate::scenario::TlsSettings;
 use crate::stats::Stats;
 
@@ -285,7 +285,7 @@ impl TlsSession {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
-            Err(e) => return Err(crate::connection::io_reason(&e)),
+            Err(e) => return Err(io_reason(&e)),
         };
         let state = self.process(stream)?;
         let available = state.plaintext_bytes_to_read();
@@ -295,7 +295,7 @@ impl TlsSession {
             self.conn
                 .reader()
                 .read_exact(&mut plain[start..])
-                .map_err(|e| crate::connection::io_reason(&e))?;
+                .map_err(|e| io_reason(&e))?;
             return Ok(Fill::Progress);
         }
         if eof || state.peer_has_closed() {
@@ -324,7 +324,7 @@ impl TlsSession {
         self.conn
             .writer()
             .write_all(bytes)
-            .map_err(|e| crate::connection::io_reason(&e))
+            .map_err(|e| io_reason(&e))
     }
 
     /// Writes encrypted bytes as far as the socket takes them without waiting.
@@ -333,7 +333,7 @@ impl TlsSession {
             match self.conn.write_tls(&mut Socket(stream)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(crate::connection::io_reason(&e)),
+                Err(e) => return Err(io_reason(&e)),
             }
         }
         Ok(())

@@ -59,6 +59,7 @@ mod process;
 mod registry;
 mod retain;
 mod store;
+mod subscriber;
 mod sys;
 mod task;
 mod timers;

@@ -32,16 +32,10 @@ use crate::store::{Mark, MemoryStore, SessionRecord, Store, StoredWill};
 use crate::topic::{self, TopicError};
 use crate::topic_index::{Matches, SharedGroup, TopicIndex};
 
+pub use crate::subscriber::Subscriber;
+
 /// `offer`'s mark for a copy the store could not take.
 const REFUSED: Mark = Mark::MAX;
-
-/// What the index stores for one subscription.
-#[derive(Clone)]
-pub struct Subscriber {
-    pub session: Arc<Session>,
-    pub options: SubscriptionOptions,
-    pub id: Option<u32>,
-}
 
 pub struct Router {
     index: TopicIndex<SessionId, Subscriber>,

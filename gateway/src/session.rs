@@ -150,7 +150,7 @@ struct State {
     /// Numbering of its published messages for ingestion's de-duplication ids; present once it
     /// published a QoS 1/2 message an `[[ingest]]` rule matched. A clean start drops it: new
     /// session, new epoch.
-    ingest_ids: Option<Box<crate::ingest::PublishIds>>,
+    ingest_ids: Option<Box<crate::ingest::dedup::PublishIds>>,
 }
 
 /// Retained messages found for new subscriptions and not yet sent, with the bytes (topic and
@@ -610,7 +610,7 @@ impl Session {
     ) -> (u64, u64) {
         let mut st = self.state.lock();
         st.ingest_ids
-            .get_or_insert_with(|| Box::new(crate::ingest::PublishIds::new(self.id)))
+            .get_or_insert_with(|| Box::new(crate::ingest::dedup::PublishIds::new(self.id)))
             .assign(packet_id, resend, content, window)
     }
 

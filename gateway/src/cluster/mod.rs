@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
-use crate::router::Subscriber;
 use crate::session::SessionId;
+use crate::subscriber::Subscriber;
 use crate::topic_index::Matches;
 
 mod envelope;

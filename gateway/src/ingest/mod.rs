@@ -17,7 +17,7 @@
 //! Ingestion has its own NATS connection (`nats::Nats`, the `[nats]` settings), apart from the
 //! cluster's, so that a stream slow to acknowledge never delays cluster routing.
 
-mod dedup;
+pub(crate) mod dedup;
 mod headers;
 mod rules;
 mod subject;
@@ -37,7 +37,6 @@ use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::session::Session;
 use crate::task::Background;
 
-pub(crate) use dedup::PublishIds;
 pub(crate) use subject::Template;
 
 use rules::Rule;
