@@ -580,8 +580,11 @@ async fn a_damaged_store_is_repaired_from_what_still_verifies() {
         let export = store_command("export", &setup.store);
         let lines = String::from_utf8_lossy(&export.stdout);
         let recovered = lines.lines().filter(|l| l.contains("\"retained\"")).count();
+        // A cut file keeps its first half; an XOR over all but the first and last pages may
+        // leave no leaf whole (it depends on where the leaves lie).
+        let least = usize::from(damage == "truncated");
         assert!(
-            (1..50).contains(&recovered),
+            (least..50).contains(&recovered),
             "{damage}: {recovered} recovered"
         );
         let gw = setup.start();
