@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark harness: the gateway against Mosquitto, nats-server (MQTT) and rumqttd.
+"""Benchmark harness: the gateway against Mosquitto, nats-server (MQTT), rumqttd and FlashMQ.
 
 Runs each workload against every broker, alternating brokers, each run on a fresh broker process
 in its own temporary directory, started with the same open-file limit, logging off and raised
@@ -37,7 +37,10 @@ SIM_HTTP_PORT = 29890
 SIM_HTTP = [f"127.0.0.1:{SIM_HTTP_PORT}"]  # the running simulator's metrics address
 SOURCE_IPS = "127.0.0.2-127.0.0.11"
 
-PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887}
+PORTS = {"gateway": 21883, "mosquitto": 21884, "nats": 21885, "rumqttd": 21887, "flashmq": 21889}
+# FlashMQ is built from source (BENCHMARKS.md, "Peers"); it cannot be installed on a fresh
+# machine, so the harness runs it only when this variable names its binary.
+FLASHMQ_ENV = "FLASHMQ"
 # Every broker process gets a port no earlier process used: the connections a stopped broker
 # closed linger in TIME_WAIT on its port, and a new client reusing such a 4-tuple waits 1 s for
 # a SYN retry, which would distort connect figures.
@@ -229,6 +232,25 @@ next_connection_delay_ms = 0
 """
             path = f"{d}/rumqttd.toml"
             cmd = [rumqttd_bin(), "-q", "-c", path]
+        elif self.name == "flashmq":
+            # No storage_dir: nothing persisted. Its per-client QoS queue bounds (512 messages,
+            # 64 KiB by default) are raised like the others' so that no bound drops messages.
+            conf = f"""# written by bench/harness.py
+log_level none
+quiet true
+allow_anonymous true
+rlimit_nofile {NOFILE}
+max_qos_msg_pending_per_client 65535
+max_qos_bytes_pending_per_client 1073741824
+listen {{
+  protocol mqtt
+  inet_protocol ip4
+  inet4_bind_address 127.0.0.1
+  port {port}
+}}
+"""
+            path = f"{d}/flashmq.conf"
+            cmd = [os.environ[FLASHMQ_ENV], "--config-file", path]
         else:
             raise ValueError(self.name)
         with open(path, "w") as f:
@@ -359,6 +381,9 @@ def available_brokers(wanted):
             log("nats-server missing (apt-get install -y nats-server); skipped")
         elif b == "rumqttd" and not os.path.exists(rumqttd_bin()):
             log("rumqttd missing (cargo install rumqttd --version 0.20.0); skipped")
+        elif b == "flashmq" and not os.access(os.environ.get(FLASHMQ_ENV, ""), os.X_OK):
+            log(f"FLASHMQ SKIPPED: set {FLASHMQ_ENV}=/path/to/flashmq (built from source, see "
+                "BENCHMARKS.md 'Peers'); it is not packaged")
         else:
             ok.append(b)
     return ok
@@ -479,17 +504,20 @@ def connect_paced(broker, workdir, opts):
     }
 
 
-def wl_fanin(qos, persistent=False):
-    """(b)/(c), and with `persistent` (g): (c) with every client on a persistent session."""
-    key = "g" if persistent else ("b" if qos == 0 else "c")
-    name = "pfanin" if persistent else f"fanin{qos}"
+def wl_fanin(qos, persistent=False, deep=False):
+    """(b)/(c), with `persistent` (g): (c) with every client on a persistent session, and with
+    `deep` (j)/(k): (b)/(c) with `--deep-window` messages in flight per publisher (an ingest
+    burst) instead of `--fanin-window`."""
+    key = "g" if persistent else ("jk" if deep else "bc")[qos]
+    name = "pfanin" if persistent else f"{'deep' if deep else ''}fanin{qos}"
 
     def run(broker, workdir, opts):
         # Closed loop by default: each publisher keeps `fanin_window` messages outstanding
         # (unacknowledged at QoS 1, not yet seen by the subscriber at QoS 0), so the rate is
         # what the broker sustains; `--fanin-interval` gives a fixed offered load instead.
-        pace = (["--publish-interval", opts.fanin_interval] if opts.fanin_interval else
-                ["--publish-interval", "0", "--window", str(opts.fanin_window)])
+        window = opts.deep_window if deep else opts.fanin_window
+        pace = (["--publish-interval", opts.fanin_interval] if opts.fanin_interval and not deep
+                else ["--publish-interval", "0", "--window", str(window)])
         # (g): the subscriber alone on a persistent session, the 100 publishers clean.
         session = ["--subscriber-clean-session=false"] if persistent else []
         written0 = broker.written()
@@ -825,6 +853,8 @@ WORKLOADS = {
     "g": ("QoS 1 fan-in to a persistent subscriber: (c) with the subscriber's clean session off", wl_fanin(1, True)),
     "h": ("TLS: full handshakes per second and CPU (ECDSA P-256, RSA 2048), idle RSS per TLS session", wl_tls_idle),
     "i": ("TLS reconnect storm: every TLS device dropped at once, with and without resumption", wl_tls_storm),
+    "j": ("QoS 0 fan-in, deep window: (b) with 100 publishers x --deep-window in flight", wl_fanin(0, deep=True)),
+    "k": ("QoS 1 fan-in, deep window: (c) with 100 publishers x --deep-window in flight", wl_fanin(1, deep=True)),
 }
 # Workloads on persistent sessions: their brokers get a store where they have one to turn on.
 PERSISTENT_WORKLOADS = {"g"}
@@ -832,7 +862,7 @@ PERSISTENT_WORKLOADS = {"g"}
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="abcdef",
-                    help="letters of the workloads to run ((g), (h), (i) only when named; "
+                    help="letters of the workloads to run ((g)-(k) only when named; "
                     "(h) and (i) run against the gateway and Mosquitto only)")
     ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd",
                     help="brokers, in the order of the table; gateway-VARIANT runs the gateway "
@@ -842,6 +872,8 @@ def main():
     ap.add_argument("--duration", default="10s", help="publishing time of (b)-(e) and (g)")
     ap.add_argument("--fanin-window", type=int, default=10,
                     help="messages each publisher keeps outstanding in (b)/(c)/(g) (closed loop)")
+    ap.add_argument("--deep-window", type=int, default=100,
+                    help="messages each publisher keeps outstanding in (j)/(k)")
     ap.add_argument("--fanin-interval", default="",
                     help="a fixed per-publisher interval in (b)/(c)/(g) instead of the closed loop "
                          "(2ms: ~30-40k msg/s offered)")
@@ -1032,6 +1064,13 @@ def machine():
         except (OSError, IndexError, subprocess.TimeoutExpired):
             pass
     versions["rumqttd"] = "0.20.0 (cargo install rumqttd --version 0.20.0)"
+    if os.environ.get(FLASHMQ_ENV):
+        try:
+            r = subprocess.run([os.environ[FLASHMQ_ENV], "--version"], capture_output=True,
+                               text=True, timeout=5)
+            versions["flashmq"] = " ".join((r.stdout + r.stderr).split()[:6])
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     info["versions"] = versions
     return info
 

@@ -73,7 +73,7 @@ pub struct Report {
     pub tls_resumed: u64,
     pub messages_published: u64,
     /// QoS 1/2 messages acknowledged (PUBACK / PUBCOMP), unacknowledged at the end, skipped
-    /// because the device's window (or its bound of 64) was full.
+    /// because the device's window (or, without one, its bound of 64) was full.
     pub messages_acked: u64,
     pub messages_unacked: u64,
     pub messages_skipped: u64,

@@ -12,10 +12,14 @@ use crate::cli::RunArgs;
 use crate::codec::Protocol;
 use crate::payload::{Payload, PayloadError};
 
-/// Unacknowledged messages per device before further ones are skipped (and counted): a
-/// broker that stops acknowledging must not make the simulator grow without bound. A
-/// closed-loop window above it is refused here.
+/// Unacknowledged messages per device before further ones are skipped (and counted) when no
+/// `--window` is set: a broker that stops acknowledging must not make the simulator grow
+/// without bound.
 pub const MAX_INFLIGHT: usize = 64;
+
+/// The largest closed-loop `--window`: deep enough for an ingest burst (the benchmark's
+/// 100 publishers x 100 in flight), and still a bound on what a device keeps.
+pub const MAX_WINDOW: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -412,11 +416,11 @@ impl Settings {
             return Err(invalid("qos", qos, "0, 1 or 2"));
         }
         let window = args.window.or(file.window).unwrap_or(0);
-        if window as usize > MAX_INFLIGHT {
+        if window as usize > MAX_WINDOW {
             return Err(invalid(
                 "window",
                 window,
-                "at most 64, a device's in-flight bound",
+                "at most 1024, a device's in-flight bound",
             ));
         }
         let protocol = match args
@@ -731,9 +735,9 @@ mod tests {
                 ..RunArgs::default()
             })
         };
-        assert_eq!(window(64, 1, 0).expect("valid").window, 64);
+        assert_eq!(window(1024, 1, 0).expect("valid").window, 1024);
         assert!(window(10, 0, 1).is_ok());
-        for (w, q, s) in [(65, 1, 1), (10, 0, 0)] {
+        for (w, q, s) in [(1025, 1, 1), (10, 0, 0)] {
             let err = window(w, q, s).expect_err("rejected");
             assert!(err.to_string().contains("window"), "{err}");
         }

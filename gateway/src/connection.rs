@@ -32,6 +32,9 @@ use crate::codec::{self, DecodeError};
 
 /// Bytes read per readiness event at most; also the per-worker scratch size.
 const SCRATCH_SIZE: usize = 64 * 1024;
+/// A read goes into what is left of the worker's scratch buffer while that is at least this
+/// much; below it, the next read gets a fresh buffer.
+const SCRATCH_MIN_ROOM: usize = 8 * 1024;
 /// Write queue storage kept by an empty queue, in chunks (two per delivered message).
 const KEPT_CHUNKS: usize = 16;
 /// Chunks handed to one vectored write (well under IOV_MAX).
@@ -47,6 +50,18 @@ const CHUNK_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 32;
 
 thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Makes room in the worker's scratch buffer for the next read. The frames of a read are views
+/// of the buffer, so it is shared until their last message is dropped (often on another worker,
+/// after delivery). Taking a fresh 64 KiB buffer for every read, as this did before, made each
+/// read allocate one and each drained batch free one: under QoS 1 fan-in the allocator's
+/// consolidation and heap trimming (an `mprotect` per ~140 messages) showed in the profile
+/// (BENCHMARKS.md, "FlashMQ and the deep window"). Reads share a buffer until its tail is short.
+fn make_room(scratch: &mut BytesMut) {
+    if scratch.capacity() < SCRATCH_MIN_ROOM {
+        scratch.reserve(SCRATCH_SIZE);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +287,7 @@ impl Connection {
             None => {
                 let read = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
-                    s.reserve(SCRATCH_SIZE);
+                    make_room(&mut s);
                     match read_now(stream, &mut *s) {
                         Ok(Some(0)) => Err(ReadError::Eof),
                         Ok(Some(n)) => Ok(Some((s.split().freeze(), n))),
@@ -552,7 +567,7 @@ impl StreamIo {
         }
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            scratch.reserve(SCRATCH_SIZE);
+            make_room(&mut scratch);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *scratch) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
