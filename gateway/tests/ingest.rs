@@ -477,49 +477,51 @@ async fn a_deleted_stream_is_created_again_and_the_held_puback_follows() {
     assert_eq!(stored[0].payload, "kept");
 }
 
+/// Issue 15: kill -9 the gateway during QoS 1 ingestion (a persistent session's burst of 2000,
+/// pipelined): every PUBACKed message is in the stream; after the restart the device re-sends
+/// every unacknowledged one with DUP, and then each of the 2000 is in the stream exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     let dir = binary::scratch::Scratch::new("ingest-kill");
-    let config = dir.path().join("gateway.toml");
-    let text = format!(
-        "[nats]\nservers = [\"{}\"]\n[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\n\
-         subject = \"k.{{client_id}}\"\n",
-        nats.url()
-    );
-    std::fs::write(&config, text).expect("config written");
-    let gw = binary::Gateway::start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\nsubject = \"k.{client_id}\"\n";
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
     let js = js(&nats).await;
-    // The stream exists once the gateway set it up.
-    within(WAIT, "the stream", async {
-        while js.get_stream("KILL").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let mut device = Raw::connected(gw.addr, V::V311, &unique_id("killed")).await;
+    stream_exists(&js, "KILL").await;
+    let id = unique_id("killed");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.addr, &persistent).await;
     const SENT: u16 = 2000;
-    let mut burst = Vec::new();
-    for id in 1..=SENT {
-        burst.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), false));
-    }
-    device.stream_write(&burst).await;
-    let mut acked = Vec::new();
+    let burst = |ids: &mut dyn Iterator<Item = u16>, dup: bool| {
+        let mut bytes = Vec::new();
+        for id in ids {
+            bytes.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), dup));
+        }
+        bytes
+    };
+    device.stream_write(&burst(&mut (1..=SENT), false)).await;
+    let mut acked = std::collections::BTreeSet::new();
     while acked.len() < 100 {
         let f = device.expect_kind(PUBACK, WAIT).await;
-        acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
     }
     gw.signal(libc::SIGKILL);
     // PUBACKs the gateway wrote before it died are still to be read.
     for f in device.until_closed(WAIT).await {
         if f.kind() == PUBACK {
-            acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+            acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
         }
     }
     assert!(acked.len() < usize::from(SENT), "killed during the run");
-    eprintln!("{} of {SENT} acknowledged before the kill", acked.len());
+    drop(gw);
+    let before = count(&js, "KILL").await;
+    eprintln!(
+        "{} of {SENT} acknowledged before the kill, {before} in the stream",
+        acked.len()
+    );
     let stored: std::collections::HashSet<String> = messages(&js, "KILL")
         .await
         .into_iter()
@@ -531,6 +533,25 @@ async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream
         .filter(|id| !stored.contains(&id.to_string()))
         .collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    let (mut device, present) = Raw::connect(gw.addr, &persistent).await;
+    assert!(present, "the session was restored");
+    let mut unacked = (1..=SENT).filter(|id| !acked.contains(id));
+    device.stream_write(&burst(&mut unacked, true)).await;
+    while acked.len() < usize::from(SENT) {
+        let f = device.expect_kind(PUBACK, WAIT).await;
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
+    }
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "KILL").await;
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(counts.len(), usize::from(SENT));
 }
 
 #[test]

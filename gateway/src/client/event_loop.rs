@@ -91,7 +91,11 @@ impl Client {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
+            // A publisher whose acknowledgements wait (for the store, or for JetStream with
+            // `[[ingest]]`) is not read beyond its window: TCP pushes back on a 3.1.1 client
+            // that has no Receive Maximum to keep.
+            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES
+                && self.held_acks() < usize::from(self.ctx.policy.receive_maximum);
             let writing = self.conn.has_pending();
             let read_now = std::mem::take(&mut read_at_once);
             let session = &self.session;
