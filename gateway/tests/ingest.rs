@@ -408,11 +408,20 @@ async fn qos0_beyond_the_rule_room_is_dropped_and_counted() {
             .await;
     }
     device.ping().await;
+    // `ack = "local"`, the weaker mode: a QoS 1 message is acknowledged at once, JetStream or not.
+    device.send(&qos1(V::V311, "d/1", 9, b"local", false)).await;
+    let ack = within(
+        Duration::from_secs(1),
+        "PUBACK at once",
+        device.expect_kind(PUBACK, WAIT),
+    )
+    .await;
+    assert_eq!(ack.body[..2], 9u16.to_be_bytes());
     let dropped = metric(&gw, "gateway_ingest_dropped_total", &["rule=\"0\""]).await;
     assert!(dropped >= 46.0, "dropped {dropped} of 50 with room for 4");
     assert_eq!(
         metric(&gw, "gateway_ingest_messages_total", &[]).await,
-        50.0
+        51.0
     );
 }
 
@@ -569,6 +578,19 @@ fn a_bad_rule_stops_the_binary_with_exit_2_naming_key_and_value() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("invalid value for `ingest[0].subject`: \"t.{client_id}.>\""),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[ingest]]\nfilter = \"$share/g/d/#\"\n\
+         stream = \"S\"\nsubject = \"t.{client_id}\"\n",
+    )
+    .expect("config written");
+    let out = binary::run_refused_config(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for `ingest[0].filter`: \"$share/g/d/#\""),
         "{stderr}"
     );
 }
@@ -1011,6 +1033,15 @@ async fn nats_killed_mid_traffic_holds_the_pubacks_loses_nothing_and_resumes() {
     let (status, body) = request(gw.http, "GET", "/readyz", None).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ingest"), "{body}");
+    let waiting = metric(&gw, "gateway_ingest_inflight", &["rule=\"0\""]).await;
+    let unacked: usize = devices
+        .iter()
+        .map(|(_, _, a)| usize::from(SENT) - a.len())
+        .sum();
+    assert!(
+        waiting >= 1.0 && waiting <= unacked as f64,
+        "writes waiting for JetStream: {waiting}, unacknowledged {unacked}"
+    );
 
     nats.start_again().await;
     for (v, device, acked) in &mut devices {
