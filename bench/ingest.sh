@@ -8,7 +8,8 @@
 #              JetStream has the message), writing to nats-server 2.9 (JetStream, file store);
 #   nats-mqtt  nats-server 2.9's own MQTT listener (it writes QoS 1 messages into JetStream
 #              itself before its PUBACK);
-#   none       the gateway without a rule (plain QoS 1 fan-in, no subscriber).
+#   none       the gateway without a rule (plain QoS 1 fan-in, no subscriber);
+#   local      (only when named) the gateway with the rule's weaker `ack = "local"`.
 # Each broker is started fresh (nats-server's store in a temporary directory). Broker CPU is
 # utime + stime from /proc over the load only: gateway + nats-server for `stream`, nats-server
 # for `nats-mqtt`, the gateway for `none`.
@@ -43,9 +44,9 @@ run() {
     {
       echo "[nats]"; echo "servers = [\"nats://127.0.0.1:$NPORT\"]"
       echo "[storage]"; echo "dir = \"$T/data\""
-      if [ "$MODE" = stream ]; then
+      if [ "$MODE" = stream ] || [ "$MODE" = local ]; then
         echo "[[ingest]]"; echo 'filter = "bench/#"'; echo 'stream = "BENCH"'
-        echo 'subject = "bench.{client_id}"'; echo 'ack = "stream"'
+        echo 'subject = "bench.{client_id}"'; echo "ack = \"$MODE\""
       fi
     } > $T/gateway.toml
     $BIN/gateway --config $T/gateway.toml --mqtt-listen 127.0.0.1:$MPORT --http-listen off \
@@ -60,12 +61,12 @@ run() {
     --topic 'bench/{id}' --report $OUT/$MODE.json >$OUT/$MODE.txt 2>&1 || true
   N1=$(cpu $NATS); G1=0; [ -n "$GW" ] && G1=$(cpu $GW)
   case $MODE in
-    stream) TICKS=$((G1 - G0 + N1 - N0)) ;;
+    stream|local) TICKS=$((G1 - G0 + N1 - N0)) ;;
     nats-mqtt) TICKS=$((N1 - N0)) ;;
     none) TICKS=$((G1 - G0)) ;;
   esac
   STORED=$(curl -s "http://127.0.0.1:$JPORT/jsz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
-  echo "$TICKS $STORED" > $OUT/$MODE.cpu
+  echo "$TICKS $STORED $((N1 - N0))" > $OUT/$MODE.cpu
   [ -n "$GW" ] && { kill $GW; wait $GW 2>/dev/null || true; }
   kill $NATS; wait $NATS 2>/dev/null || true
   rm -rf $T
@@ -77,20 +78,23 @@ import json, sys
 out, modes = sys.argv[1], sys.argv[2:]
 name = {"stream": "(a) gateway, ack = \"stream\" (gateway + nats-server CPU)",
         "nats-mqtt": "(b) nats-server 2.9.10 MQTT -> JetStream",
-        "none": "(c) gateway, plain QoS 1 fan-in, no rule"}
+        "none": "(c) gateway, plain QoS 1 fan-in, no rule",
+        "local": "gateway, ack = \"local\" (gateway + nats-server CPU)"}
 rows = {}
 for m in modes:
     r = json.load(open(f"{out}/{m}.json"))
-    ticks, stored = open(f"{out}/{m}.cpu").read().split()
+    ticks, stored, nats_ticks = open(f"{out}/{m}.cpu").read().split()
     acked = r["messages_acked"]
     rate = acked / r["duration_s"]
     cpu = int(ticks) / 100
-    rows[m] = (rate, cpu / acked * 1e6 if acked else float("nan"), r["puback_ms"]["p50"],
+    per_m = lambda t: int(t) / 100 / acked * 1e6 if acked else float("nan")
+    rows[m] = (rate, per_m(ticks), per_m(nats_ticks), r["puback_ms"]["p50"],
                r["puback_ms"]["p99"], acked, int(stored), r["messages_unacked"])
-print("| broker | acked msg/s | broker CPU s per 1M | PUBACK p50 ms | p99 ms | acked | in JetStream | unacked at end |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for m, (rate, cpu, p50, p99, acked, stored, unacked) in rows.items():
-    print(f"| {name.get(m, m)} | {rate:,.0f} | {cpu:.1f} | {p50:.2f} | {p99:.2f} | {acked} | {stored} | {unacked} |")
+print("| broker | acked msg/s | broker CPU s per 1M | of which nats-server | PUBACK p50 ms | p99 ms | acked | in JetStream | unacked at end |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for m, (rate, cpu, nats_cpu, p50, p99, acked, stored, unacked) in rows.items():
+    nats_cpu = f"{nats_cpu:.1f}" if m != "none" else "-"
+    print(f"| {name.get(m, m)} | {rate:,.0f} | {cpu:.1f} | {nats_cpu} | {p50:.2f} | {p99:.2f} | {acked} | {stored} | {unacked} |")
 if "stream" in rows and "nats-mqtt" in rows:
     a, b = rows["stream"], rows["nats-mqtt"]
     print(f"\n(a)/(b): {a[0]/b[0]:.2f}x msg/s, {a[1]/b[1]:.2f}x CPU per message")

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use redb::{Table, TableDefinition, WriteTransaction};
+use redb::{Table, TableDefinition, TableHandle, WriteTransaction};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::batch::{Batch, Op, Span};
@@ -166,6 +166,20 @@ impl<'tx> Tables<'tx> {
     fn ingest_ids(&mut self) -> Result<&mut IngestIds<'tx>, redb::Error> {
         opened(self.tx, &mut self.ingest_ids, INGEST_IDS)
     }
+    /// The table if the store has one: a store that never ingested gets none (opening a table
+    /// in a write transaction creates it).
+    fn ingest_ids_if_any(&mut self) -> Result<Option<&mut IngestIds<'tx>>, redb::Error> {
+        if self.ingest_ids.is_none() {
+            let exists = self
+                .tx
+                .list_tables()?
+                .any(|t| t.name() == INGEST_IDS.name());
+            if !exists {
+                return Ok(None);
+            }
+        }
+        self.ingest_ids().map(Some)
+    }
     fn sessions(&mut self) -> Result<&mut Table<'tx, &'static str, &'static [u8]>, redb::Error> {
         opened(self.tx, &mut self.sessions, SESSIONS)
     }
@@ -255,8 +269,9 @@ pub(super) fn apply(
                 n.flows_cleared.push(Arc::from(c));
                 t.incoming()?
                     .retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
-                t.ingest_ids()?
-                    .retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+                if let Some(ids) = t.ingest_ids_if_any()? {
+                    ids.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+                }
             }
             &Op::Queued {
                 client,
