@@ -8,6 +8,13 @@
 //! The consumer is durable: stopped and started again under the same name, it continues after
 //! the last message it acknowledged, however long it was away (within the stream's limits).
 //! A new name starts from the stream's first message: a replay from the start.
+//!
+//! With `--info` first it prints what `nats stream info` shows (the stream's configuration and
+//! state, from the JetStream API) and exits:
+//!
+//! ```text
+//! cargo run -p gateway --example ingest_consumer -- --info nats://127.0.0.1:4222 TELEMETRY
+//! ```
 
 use std::time::Duration;
 
@@ -16,7 +23,8 @@ use futures_util::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), async_nats::Error> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let info = args.next_if(|a| a == "--info").is_some();
     let url = args
         .next()
         .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
@@ -24,6 +32,9 @@ async fn main() -> Result<(), async_nats::Error> {
     let durable = args.next().unwrap_or_else(|| "backend".to_owned());
 
     let js = jetstream::new(async_nats::connect(&url).await?);
+    if info {
+        return print_info(&js, &stream).await;
+    }
     let consumer = js
         .get_stream(&stream)
         .await?
@@ -66,5 +77,52 @@ async fn main() -> Result<(), async_nats::Error> {
         // Acknowledged once handled: a crash before this line gets the message again.
         message.ack().await?;
     }
+    Ok(())
+}
+
+/// The stream's configuration and state, as `nats stream info` shows them.
+async fn print_info(js: &jetstream::Context, name: &str) -> Result<(), async_nats::Error> {
+    let info = js.get_stream(name).await?.info().await?.clone();
+    let c = &info.config;
+    let limit = |v: i64| {
+        if v < 0 {
+            "unlimited".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    let age = |d: Duration| {
+        if d.is_zero() {
+            "unlimited".to_owned()
+        } else {
+            format!("{d:?}")
+        }
+    };
+    println!("Information for Stream {} created {}", c.name, info.created);
+    println!();
+    println!("Configuration:");
+    println!("             Subjects: {}", c.subjects.join(", "));
+    println!("             Replicas: {}", c.num_replicas);
+    println!("              Storage: {:?}", c.storage);
+    println!("            Retention: {:?}", c.retention);
+    println!("       Discard Policy: {:?}", c.discard);
+    println!("     Duplicate Window: {:?}", c.duplicate_window);
+    println!("     Maximum Messages: {}", limit(c.max_messages));
+    println!("        Maximum Bytes: {}", limit(c.max_bytes));
+    println!("          Maximum Age: {}", age(c.max_age));
+    println!();
+    let s = &info.state;
+    println!("State:");
+    println!("             Messages: {}", s.messages);
+    println!("                Bytes: {}", s.bytes);
+    println!(
+        "             FirstSeq: {} @ {}",
+        s.first_sequence, s.first_timestamp
+    );
+    println!(
+        "              LastSeq: {} @ {}",
+        s.last_sequence, s.last_timestamp
+    );
+    println!("     Active Consumers: {}", s.consumer_count);
     Ok(())
 }

@@ -103,14 +103,14 @@ impl Broker {
             None
         };
         // Also in the background: publishers wait for their acknowledgements until NATS is up.
-        let (ingest, ingest_tasks) = match Ingest::connect(&config, &metrics)
+        let (ingest, ingest_tasks) = match Ingest::connect(&config, &metrics, &router.store)
             .await
             .context("cannot set up ingestion's NATS connection")?
         {
             Some((ingest, tasks)) => (Some(ingest), Some(tasks)),
             None => (None, None),
         };
-        let router = Arc::new(router);
+        let router = Arc::new(router.with_ingest(ingest.clone()));
         let listener = listener::bind(config.mqtt.listen)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;

@@ -213,7 +213,7 @@ impl Registry {
                 // The will waits for its delay, but not beyond the session's end [MQTT-3.1.3-9].
                 let wait = if ends { 0 } else { delay.min(expiry) };
                 if wait == 0 {
-                    router.publish(will);
+                    router.publish_will(will, &session.client_id);
                 } else {
                     let due = now + u64::from(wait) * 1000;
                     pending_will = Some(StoredWill::Due {
@@ -270,7 +270,7 @@ impl Registry {
                 if let Some(StoredWill::Due { message, .. } | StoredWill::Armed { message, .. }) =
                     record.will
                 {
-                    wills.push(message);
+                    wills.push((message, record.client_id.clone()));
                 }
                 router.store.session_removed(&record.client_id);
                 continue;
@@ -293,7 +293,7 @@ impl Registry {
                 // goes out after its delay, not beyond the session's end.
                 Some(StoredWill::Armed { message, delay }) => {
                     match delay.min(record.expiry_interval) {
-                        0 => wills.push(message),
+                        0 => wills.push((message, record.client_id.clone())),
                         wait => {
                             let due = now + u64::from(wait) * 1000;
                             self.schedule(due, &session, generation, Due::Will(message));
@@ -311,8 +311,8 @@ impl Registry {
             }
         }
         router.restore_retained(restored.retained);
-        for will in wills {
-            router.publish(will);
+        for (will, client_id) in wills {
+            router.publish_will(will, &client_id);
         }
     }
 
@@ -332,7 +332,7 @@ impl Registry {
         }
         match what {
             Due::Will(will) => {
-                router.publish(will);
+                router.publish_will(will, &session.client_id);
             }
             Due::Expiry => {
                 let Some(_owner) = session.try_own() else {

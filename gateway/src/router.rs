@@ -21,6 +21,7 @@ use bytestring::ByteString;
 use crate::clock::unix_millis;
 use crate::cluster::{Cluster, Interest, Standalone};
 use crate::codec::{QoS, SubscriptionOptions};
+use crate::ingest::Ingest;
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retain::RetainStore;
@@ -49,6 +50,8 @@ pub struct Router {
     pub overloaded: AtomicBool,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cluster: Arc<dyn Cluster>,
+    /// `[[ingest]]` rules, which wills go to too (`publish_will`).
+    ingest: Option<Arc<Ingest>>,
 }
 
 /// Where a published message went.
@@ -85,6 +88,7 @@ impl Router {
             overloaded: AtomicBool::new(false),
             store: Arc::new(MemoryStore),
             cluster: Arc::new(Standalone),
+            ingest: None,
         }
     }
 
@@ -98,6 +102,21 @@ impl Router {
     pub(crate) fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Router {
         self.cluster = cluster;
         self
+    }
+
+    /// The router with ingestion: wills are written into JetStream too.
+    pub(crate) fn with_ingest(mut self, ingest: Option<Arc<Ingest>>) -> Router {
+        self.ingest = ingest;
+        self
+    }
+
+    /// Publishes `client_id`'s will: routed like any message, and ingested (a device's message
+    /// the broker publishes for it; clients' own publishes are ingested by their tasks).
+    pub(crate) fn publish_will(&self, will: Arc<Message>, client_id: &str) {
+        if let Some(ingest) = &self.ingest {
+            ingest.offer_will(&will, client_id);
+        }
+        self.publish(will);
     }
 
     pub fn max_topic_levels(&self) -> usize {

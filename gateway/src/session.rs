@@ -58,12 +58,14 @@ pub struct Inflight {
 
 /// What a session holds besides its subscriptions, as a store keeps it while the session waits
 /// offline and a restart gives it back: messages not yet sent (in order), the outbound window
-/// (packet id, how far its flow got, the message) and the inbound QoS 2 ids awaiting PUBREL.
+/// (packet id, how far its flow got, the message), the inbound QoS 2 ids awaiting PUBREL and
+/// the numbering of its published messages for ingestion (`ingest::dedup`).
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
     pub queue: Vec<Delivery>,
     pub inflight: Vec<(u16, Stage, Delivery)>,
     pub incoming_qos2: Vec<u16>,
+    pub(crate) ingest_ids: Vec<crate::ingest::dedup::StoredId>,
 }
 
 /// A subscription as the session remembers it, to replay, list or remove it.
@@ -148,8 +150,8 @@ struct State {
     /// The latest connection attached to this session, for the admin API.
     connection: Option<ConnectionInfo>,
     /// Numbering of its published messages for ingestion's de-duplication ids; present once it
-    /// published a QoS 1/2 message an `[[ingest]]` rule matched. A clean start drops it: new
-    /// session, new epoch.
+    /// published a QoS 1/2 message an `[[ingest]]` rule matched, or restored. A clean start
+    /// drops it: new session, new epoch.
     ingest_ids: Option<Box<crate::ingest::dedup::PublishIds>>,
 }
 
@@ -600,14 +602,15 @@ impl Session {
         released
     }
 
-    /// The (epoch, number) of a published QoS 1/2 message for ingestion (`ingest::dedup`).
+    /// The (epoch, number) of a published QoS 1/2 message for ingestion, and what a persistent
+    /// session's store must record of it (`ingest::dedup`).
     pub(crate) fn ingest_number(
         &self,
         packet_id: u16,
         resend: bool,
         content: u64,
         window: usize,
-    ) -> (u64, u64) {
+    ) -> (u64, u64, Option<crate::ingest::dedup::NewId>) {
         let mut st = self.state.lock();
         st.ingest_ids
             .get_or_insert_with(|| Box::new(crate::ingest::dedup::PublishIds::new(self.id)))
@@ -678,6 +681,8 @@ impl Session {
         );
         st.incoming_qos2 =
             (!pending.incoming_qos2.is_empty()).then(|| Box::new(pending.incoming_qos2));
+        st.ingest_ids =
+            crate::ingest::dedup::PublishIds::restored(pending.ingest_ids).map(Box::new);
     }
 
     pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {

@@ -15,7 +15,8 @@
 //! (`session_saved`, whenever one of them changes); each QoS 1/2 message queued for it under its
 //! `seq` (`queued`), how far its outbound flow got once sent (`sent`: packet id and stage) and its
 //! end (`settled`: acknowledged, refused or expired); the inbound QoS 2 packet ids awaiting PUBREL
-//! (`incoming_qos2`). Retained messages are kept by topic (`retained`).
+//! (`incoming_qos2`); the numbering of its messages written into JetStream (`ingest_id`).
+//! Retained messages are kept by topic (`retained`).
 
 mod apply;
 mod batch;
@@ -137,6 +138,18 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// A retained message was set (`Some`) or cleared (`None`) on `topic`.
     fn retained(&self, topic: &ByteString, message: Option<&Arc<Message>>) -> Mark;
+
+    /// A persistent session's message got a new de-duplication number for ingestion
+    /// (`ingest::dedup`). Its JetStream write waits for the mark returned, whatever `sync` says:
+    /// a restart must give the same number to the resend of anything JetStream may hold.
+    fn ingest_id(&self, _client_id: &Arc<str>, _new: crate::ingest::dedup::NewId) -> Mark {
+        0
+    }
+    /// The marks committed so far, as they come (`None`: a store that never has one to wait
+    /// for).
+    fn committed(&self) -> Option<tokio::sync::watch::Receiver<Mark>> {
+        None
+    }
 
     /// Whether everything recorded up to `mark` is durable.
     fn is_durable(&self, mark: Mark) -> bool;

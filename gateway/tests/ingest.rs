@@ -408,11 +408,20 @@ async fn qos0_beyond_the_rule_room_is_dropped_and_counted() {
             .await;
     }
     device.ping().await;
+    // `ack = "local"`, the weaker mode: a QoS 1 message is acknowledged at once, JetStream or not.
+    device.send(&qos1(V::V311, "d/1", 9, b"local", false)).await;
+    let ack = within(
+        Duration::from_secs(1),
+        "PUBACK at once",
+        device.expect_kind(PUBACK, WAIT),
+    )
+    .await;
+    assert_eq!(ack.body[..2], 9u16.to_be_bytes());
     let dropped = metric(&gw, "gateway_ingest_dropped_total", &["rule=\"0\""]).await;
     assert!(dropped >= 46.0, "dropped {dropped} of 50 with room for 4");
     assert_eq!(
         metric(&gw, "gateway_ingest_messages_total", &[]).await,
-        50.0
+        51.0
     );
 }
 
@@ -477,49 +486,51 @@ async fn a_deleted_stream_is_created_again_and_the_held_puback_follows() {
     assert_eq!(stored[0].payload, "kept");
 }
 
+/// Issue 15: kill -9 the gateway during QoS 1 ingestion (a persistent session's burst of 2000,
+/// pipelined): every PUBACKed message is in the stream; after the restart the device re-sends
+/// every unacknowledged one with DUP, and then each of the 2000 is in the stream exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     let dir = binary::scratch::Scratch::new("ingest-kill");
-    let config = dir.path().join("gateway.toml");
-    let text = format!(
-        "[nats]\nservers = [\"{}\"]\n[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\n\
-         subject = \"k.{{client_id}}\"\n",
-        nats.url()
-    );
-    std::fs::write(&config, text).expect("config written");
-    let gw = binary::Gateway::start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\nsubject = \"k.{client_id}\"\n";
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
     let js = js(&nats).await;
-    // The stream exists once the gateway set it up.
-    within(WAIT, "the stream", async {
-        while js.get_stream("KILL").await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let mut device = Raw::connected(gw.addr, V::V311, &unique_id("killed")).await;
+    stream_exists(&js, "KILL").await;
+    let id = unique_id("killed");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.addr, &persistent).await;
     const SENT: u16 = 2000;
-    let mut burst = Vec::new();
-    for id in 1..=SENT {
-        burst.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), false));
-    }
-    device.stream_write(&burst).await;
-    let mut acked = Vec::new();
+    let burst = |ids: &mut dyn Iterator<Item = u16>, dup: bool| {
+        let mut bytes = Vec::new();
+        for id in ids {
+            bytes.extend(qos1(V::V311, "d/1", id, id.to_string().as_bytes(), dup));
+        }
+        bytes
+    };
+    device.stream_write(&burst(&mut (1..=SENT), false)).await;
+    let mut acked = std::collections::BTreeSet::new();
     while acked.len() < 100 {
         let f = device.expect_kind(PUBACK, WAIT).await;
-        acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
     }
     gw.signal(libc::SIGKILL);
     // PUBACKs the gateway wrote before it died are still to be read.
     for f in device.until_closed(WAIT).await {
         if f.kind() == PUBACK {
-            acked.push(u16::from_be_bytes([f.body[0], f.body[1]]));
+            acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
         }
     }
     assert!(acked.len() < usize::from(SENT), "killed during the run");
-    eprintln!("{} of {SENT} acknowledged before the kill", acked.len());
+    drop(gw);
+    let before = count(&js, "KILL").await;
+    eprintln!(
+        "{} of {SENT} acknowledged before the kill, {before} in the stream",
+        acked.len()
+    );
     let stored: std::collections::HashSet<String> = messages(&js, "KILL")
         .await
         .into_iter()
@@ -531,6 +542,25 @@ async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream
         .filter(|id| !stored.contains(&id.to_string()))
         .collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    let (mut device, present) = Raw::connect(gw.addr, &persistent).await;
+    assert!(present, "the session was restored");
+    let mut unacked = (1..=SENT).filter(|id| !acked.contains(id));
+    device.stream_write(&burst(&mut unacked, true)).await;
+    while acked.len() < usize::from(SENT) {
+        let f = device.expect_kind(PUBACK, WAIT).await;
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
+    }
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "KILL").await;
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(counts.len(), usize::from(SENT));
 }
 
 #[test]
@@ -548,6 +578,19 @@ fn a_bad_rule_stops_the_binary_with_exit_2_naming_key_and_value() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("invalid value for `ingest[0].subject`: \"t.{client_id}.>\""),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[ingest]]\nfilter = \"$share/g/d/#\"\n\
+         stream = \"S\"\nsubject = \"t.{client_id}\"\n",
+    )
+    .expect("config written");
+    let out = binary::run_refused_config(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for `ingest[0].filter`: \"$share/g/d/#\""),
         "{stderr}"
     );
 }
@@ -599,4 +642,428 @@ async fn a_qos2_resend_while_the_first_write_waits_gets_pubrec_once_stored_and_o
         1,
         "one entry for the message and its resend"
     );
+}
+
+/// A gateway binary keeping its store in `dir`/data, listening on `listen` (the same address
+/// across restarts), with `rules` (TOML `[[ingest]]` tables) writing to `nats`.
+fn stored_gateway(
+    dir: &binary::scratch::Scratch,
+    nats: &NatsServer,
+    listen: &str,
+    rules: &str,
+) -> binary::Gateway {
+    let config = dir.path().join("gateway.toml");
+    let text = format!(
+        "[nats]\nservers = [\"{}\"]\n[storage]\ndir = {:?}\n{rules}",
+        nats.url(),
+        dir.path().join("data").to_str().expect("UTF-8 path")
+    );
+    std::fs::write(&config, text).expect("config written");
+    binary::Gateway::start_at(listen, &["--config", config.to_str().expect("UTF-8 path")])
+}
+
+/// Waits until `stream` exists (set up by the gateway, or by the test).
+async fn stream_exists(js: &jetstream::Context, stream: &str) {
+    within(WAIT, "the stream", async {
+        while js.get_stream(stream).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// The payloads `stream` holds, each with how many entries have it.
+async fn payload_counts(
+    js: &jetstream::Context,
+    stream: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for m in messages(js, stream).await {
+        *counts
+            .entry(String::from_utf8_lossy(&m.payload).into_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Issue 15, de-duplication across a restart: a device with a persistent session sends QoS 1
+/// and QoS 2 messages; JetStream stores them (stream `FIRST`) but the acknowledgements wait for a
+/// second rule whose stream does not take them yet (`HELD` lacks the subject); the gateway is
+/// killed with SIGKILL and restarted on its store; the device comes back and sends every
+/// unacknowledged message again with DUP, as MQTT requires. Each is in `FIRST` once, and a new
+/// message reusing a packet id with the same payload afterwards is a new entry. Before the
+/// numbering was kept by the store, every resend was stored a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_and_a_restart_dup_resends_of_a_persistent_session_are_stored_once() {
+    const PUBREC: u8 = 0x50;
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let js = js(&nats).await;
+    // Exists without the rule's subject: its writes are retried, the acks held.
+    js.create_stream(jetstream::stream::Config {
+        name: "HELD".into(),
+        subjects: vec!["other.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream HELD");
+    let dir = binary::scratch::Scratch::new("ingest-restart");
+    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"FIRST\"\nsubject = \"f.{client_id}\"\n\
+                 [[ingest]]\nfilter = \"d/#\"\nstream = \"HELD\"\nsubject = \"h.{client_id}\"\n";
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    stream_exists(&js, "FIRST").await;
+    let id = unique_id("restarted");
+    let persistent = Connect::v311(&id, false, 60);
+    let (mut device, _) = Raw::connect(gw.addr, &persistent).await;
+    // Packet ids 1..=40 QoS 1, 41..=80 QoS 2; payload = packet id, and one pair alike.
+    const N: u16 = 80;
+    let publish = |packet_id: u16, dup: bool| {
+        let payload = packet_id.to_string();
+        let (qos1_first, qos2_first) = if dup { (0x3A, 0x3C) } else { (0x32, 0x34) };
+        let first = if packet_id <= N / 2 {
+            qos1_first
+        } else {
+            qos2_first
+        };
+        V::V311.publish(first, b"d/t", Some(packet_id), &[], payload.as_bytes())
+    };
+    for packet_id in 1..=N {
+        device.send(&publish(packet_id, false)).await;
+    }
+    holds(&js, "FIRST", u64::from(N)).await;
+    assert_eq!(
+        device.read_packet_within(Duration::from_millis(300)).await,
+        Err(raw::End::Silent),
+        "no acknowledgement while HELD refuses"
+    );
+    gw.signal(libc::SIGKILL);
+    drop(device);
+    drop(gw);
+
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    let (mut device, present) = Raw::connect(gw.addr, &persistent).await;
+    assert!(present, "the session was restored");
+    for packet_id in 1..=N {
+        device.send(&publish(packet_id, true)).await;
+    }
+    // HELD takes the subject now: the held writes go through, the device is acknowledged.
+    js.update_stream(jetstream::stream::Config {
+        name: "HELD".into(),
+        subjects: vec!["other.>".into(), "h.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("HELD updated");
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < usize::from(N) {
+        let f = within(
+            Duration::from_secs(40),
+            "an acknowledgement",
+            device.read_packet(),
+        )
+        .await
+        .expect("a packet");
+        assert!([PUBACK, PUBREC].contains(&f.kind()), "{f:?}");
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
+    }
+    holds(&js, "HELD", u64::from(N)).await;
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "FIRST").await;
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "stored twice after the restart: {twice:?}"
+    );
+    assert_eq!(counts.len(), usize::from(N));
+
+    // A new message reusing packet id 1 with the same payload: the numbering went on.
+    device.send(&qos1(V::V311, "d/t", 1, b"1", false)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    holds(&js, "FIRST", u64::from(N) + 1).await;
+}
+
+/// The converse, which would lose data if wrong: a clean start, before or after a restart of
+/// the gateway, begins a new numbering under a new epoch, so a new message that reuses an old
+/// packet id with the old payload is a new entry, never taken for a duplicate within the
+/// stream's duplicate window. So is a new persistent session after a clean one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_before_or_after_a_restart_never_makes_a_new_message_a_duplicate() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let js = js(&nats).await;
+    let dir = binary::scratch::Scratch::new("ingest-clean");
+    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"CLEAN\"\nsubject = \"c.{client_id}\"\n";
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    stream_exists(&js, "CLEAN").await;
+    let id = unique_id("cleaned");
+    let mut stored = 0;
+    same_again(&js, gw.addr, &id, &mut stored, false, false).await;
+    same_again(&js, gw.addr, &id, &mut stored, true, false).await;
+    same_again(&js, gw.addr, &id, &mut stored, false, false).await;
+    gw.signal(libc::SIGKILL);
+    drop(gw);
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    // The persistent session is back with its numbering: a new message is new.
+    same_again(&js, gw.addr, &id, &mut stored, false, false).await;
+    // A clean start after the restart: a new epoch; even a DUP is nobody's resend then.
+    same_again(&js, gw.addr, &id, &mut stored, true, true).await;
+    gw.signal(libc::SIGKILL);
+    drop(gw);
+    // A clean session is never stored: after this restart its client starts afresh again.
+    let gw = stored_gateway(&dir, &nats, &listen, rules);
+    same_again(&js, gw.addr, &id, &mut stored, true, false).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(count(&js, "CLEAN").await, stored);
+}
+
+/// Sends the same message once more on a new connection of `id` (packet id 1, payload "same",
+/// DUP when `dup`), and checks that it is one more entry.
+async fn same_again(
+    js: &jetstream::Context,
+    addr: std::net::SocketAddr,
+    id: &str,
+    stored: &mut u64,
+    clean: bool,
+    dup: bool,
+) {
+    let (mut device, _) = Raw::connect(addr, &Connect::v311(id, clean, 60)).await;
+    device.send(&qos1(V::V311, "d/t", 1, b"same", dup)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    *stored += 1;
+    holds(js, "CLEAN", *stored).await;
+}
+
+/// Issue 15, which messages are ingested: a will is a device's message, written by the rules it
+/// matches, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_ingested_once_by_each_rule_it_matches() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(
+        &nats,
+        vec![
+            IngestRule::new("status/#", "WILLS", "w.{client_id}"),
+            IngestRule::new("other/#", "OTHER", "o.{client_id}"),
+        ],
+    )
+    .await;
+    let js = js(&nats).await;
+    let id = unique_id("mortal");
+    let mut connect = Connect::v311(&id, true, 60);
+    connect.will = Some(raw::Will::qos1("status/mortal", b"offline"));
+    let (device, _) = Raw::connect(gw.mqtt, &connect).await;
+    // Lost without DISCONNECT: the will goes out.
+    drop(device);
+    holds(&js, "WILLS", 1).await;
+    tokio::time::sleep(QUIET).await;
+    let stored = messages(&js, "WILLS").await;
+    assert_eq!(stored.len(), 1, "once");
+    assert_eq!(stored[0].payload, "offline");
+    assert_eq!(header(&stored[0], "Mqtt-Topic"), "status/mortal");
+    assert_eq!(header(&stored[0], "Mqtt-Client-Id"), id);
+    assert_eq!(header(&stored[0], "Mqtt-Qos"), "1");
+    assert_eq!(count(&js, "OTHER").await, 0);
+
+    // A DISCONNECT discards the will: nothing written.
+    let mut device = Raw::connect(gw.mqtt, &connect).await.0;
+    device.send(&raw::encode_disconnect(None)).await;
+    device.expect_closed("after DISCONNECT").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(count(&js, "WILLS").await, 1);
+}
+
+/// The broker's own `$SYS` status follows MQTT matching: a `#` rule never writes it (wildcards
+/// never match `$` topics), and a rule naming `$SYS` is refused at start, since it would stay
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_status_is_never_ingested_and_a_sys_rule_is_refused() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let url = nats.url();
+    let gw = Observed::start(move |c| {
+        // $SYS status every second.
+        c.sys.interval = 1;
+        c.nats.servers = vec![url];
+        c.ingest = vec![IngestRule::new("#", "EVERYTHING", "all.{topic}")];
+    })
+    .await;
+    assert!(eventually_ready(&gw, 200).await);
+    let js = js(&nats).await;
+    let mut watcher = v5::connect(gw.mqtt, &unique_id("sys-watcher")).await;
+    watcher.subscribe("$SYS/#", v5::QoS::AtMostOnce).await;
+    // The status goes out (seen by a subscriber)...
+    let status = watcher.next_publish(Duration::from_secs(5)).await;
+    assert!(status.topic.starts_with(b"$SYS/"), "{:?}", status.topic);
+    let mut device = v5::connect(gw.mqtt, &unique_id("sys-device")).await;
+    device
+        .publish_confirmed("d/1", v5::QoS::AtLeastOnce, false, "device")
+        .await;
+    holds(&js, "EVERYTHING", 1).await;
+    // ...but only the device's message is in the stream, a status interval later too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stored = messages(&js, "EVERYTHING").await;
+    let topics: Vec<String> = stored.iter().map(|m| header(m, "Mqtt-Topic")).collect();
+    assert_eq!(topics, ["d/1"]);
+
+    let dir = binary::scratch::Scratch::new("ingest-sys");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n[[ingest]]\nfilter = \"$SYS/#\"\n\
+         stream = \"S\"\nsubject = \"sys.{topic}\"\n",
+    )
+    .expect("config written");
+    let out = binary::run_refused_config(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for `ingest[0].filter`: \"$SYS/#\""),
+        "{stderr}"
+    );
+}
+
+/// Issue 15 in a cluster: the same rule on two nodes sharing one nats-server writes each
+/// message once: on the node where the device published, not again on the node that received
+/// it from the cluster for a subscriber there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_every_cluster_node_writes_each_message_once() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let node = |name: &'static str| {
+        let url = nats.url();
+        Observed::start(move |c| {
+            c.sys.interval = 0;
+            c.nats.servers = vec![url];
+            c.cluster.enabled = true;
+            c.cluster.node_name = name.to_owned();
+            c.ingest = vec![IngestRule::new("d/#", "CLUSTER", "cl.{client_id}")];
+        })
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    assert!(eventually_ready(&a, 200).await && eventually_ready(&b, 200).await);
+    let js = js(&nats).await;
+    // Subscribers on both nodes: every message crosses to the other node.
+    let mut sub_a = v5::connect(a.mqtt, &unique_id("sub-a")).await;
+    sub_a.subscribe("d/#", v5::QoS::AtLeastOnce).await;
+    let mut sub_b = v5::connect(b.mqtt, &unique_id("sub-b")).await;
+    sub_b.subscribe("d/#", v5::QoS::AtLeastOnce).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&a, "gateway_cluster_remote_interest", &[]).await < 1.0
+        || metric(&b, "gateway_cluster_remote_interest", &[]).await < 1.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "interest known");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut pub_a = v5::connect(a.mqtt, &unique_id("pub-a")).await;
+    let mut pub_b = v5::connect(b.mqtt, &unique_id("pub-b")).await;
+    for i in 0..10 {
+        pub_a
+            .publish_confirmed("d/a", v5::QoS::AtLeastOnce, false, format!("a{i}"))
+            .await;
+        pub_b
+            .publish_confirmed("d/b", v5::QoS::ExactlyOnce, false, format!("b{i}"))
+            .await;
+    }
+    for _ in 0..20 {
+        sub_a.next_publish(WAIT).await;
+        sub_b.next_publish(WAIT).await;
+    }
+    assert!(metric(&b, "gateway_cluster_messages_received_total", &[]).await >= 10.0);
+    holds(&js, "CLUSTER", 20).await;
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "CLUSTER").await;
+    assert_eq!(counts.len(), 20);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    // Each node wrote its own devices' messages.
+    assert_eq!(metric(&a, "gateway_ingest_acked_total", &[]).await, 10.0);
+    assert_eq!(metric(&b, "gateway_ingest_acked_total", &[]).await, 10.0);
+}
+
+/// Issue 15: nats-server killed mid-traffic (a 3.1.1 and a v5 device each with a pipelined
+/// burst of 300 QoS 1 messages): the PUBACKs stop, `/readyz` says ingestion is blocked; nats-server
+/// comes back (its store kept, as after a crash) and the devices get every PUBACK without
+/// sending anything again; every message is in the stream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_mid_traffic_holds_the_pubacks_loses_nothing_and_resumes() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let gw = gateway(&nats, vec![IngestRule::new("d/#", "MID", "m.{client_id}")]).await;
+    const SENT: u16 = 300;
+    let mut devices = Vec::new();
+    for v in V::BOTH {
+        let mut device = Raw::connected(gw.mqtt, v, &unique_id("mid")).await;
+        let mut burst = Vec::new();
+        for id in 1..=SENT {
+            burst.extend(qos1(v, "d/1", id, format!("{v:?}-{id}").as_bytes(), false));
+        }
+        device.stream_write(&burst).await;
+        devices.push((v, device, std::collections::BTreeSet::new()));
+    }
+    let record = |acked: &mut std::collections::BTreeSet<u16>, f: &raw::Frame| {
+        assert_eq!(puback_code(f), 0);
+        acked.insert(u16::from_be_bytes([f.body[0], f.body[1]]));
+    };
+    let (_, first, acked) = &mut devices[0];
+    while acked.len() < 20 {
+        let f = first.expect_kind(PUBACK, WAIT).await;
+        record(acked, &f);
+    }
+    nats.kill();
+    // What JetStream had acknowledged still comes; then nothing.
+    for (v, device, acked) in &mut devices {
+        while let Ok(f) = device.read_packet_within(Duration::from_secs(1)).await {
+            record(acked, &f);
+        }
+        assert!(acked.len() < usize::from(SENT), "{v:?}: PUBACKs stopped");
+        eprintln!("{v:?}: {} acknowledged when NATS went", acked.len());
+    }
+    let (status, body) = request(gw.http, "GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ingest"), "{body}");
+    let waiting = metric(&gw, "gateway_ingest_inflight", &["rule=\"0\""]).await;
+    let unacked: usize = devices
+        .iter()
+        .map(|(_, _, a)| usize::from(SENT) - a.len())
+        .sum();
+    assert!(
+        waiting >= 1.0 && waiting <= unacked as f64,
+        "writes waiting for JetStream: {waiting}, unacknowledged {unacked}"
+    );
+
+    nats.start_again().await;
+    for (v, device, acked) in &mut devices {
+        while acked.len() < usize::from(SENT) {
+            let f = within(
+                Duration::from_secs(20),
+                "the held PUBACKs",
+                device.expect_kind(PUBACK, WAIT),
+            )
+            .await;
+            record(acked, &f);
+        }
+        eprintln!("{v:?}: all acknowledged after NATS came back");
+    }
+    let js = js(&nats).await;
+    holds(&js, "MID", 2 * u64::from(SENT)).await;
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "MID").await;
+    assert_eq!(counts.len(), 2 * usize::from(SENT));
+    assert!(counts.values().all(|&n| n == 1), "each once: {counts:?}");
+    // (In each device's order only while nothing fails: the writes in flight when NATS went
+    // are retried one by one, and those nats-server took before it died are not stored again;
+    // see the README.)
+    assert!(eventually_ready(&gw, 200).await, "ready again");
 }

@@ -91,7 +91,12 @@ impl Client {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES;
+            // With `[[ingest]]`, a publisher whose acknowledgements wait for JetStream is not
+            // read beyond its window: TCP pushes back on a 3.1.1 client that has no Receive
+            // Maximum to keep, and ingestion's de-duplication window covers what it sent.
+            let reading = self.conn.pending_memory() < READ_PAUSE_BYTES
+                && (self.ctx.ingest.is_none()
+                    || self.held_acks() < usize::from(self.ctx.policy.receive_maximum));
             let writing = self.conn.has_pending();
             let read_now = std::mem::take(&mut read_at_once);
             let session = &self.session;

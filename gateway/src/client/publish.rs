@@ -106,7 +106,9 @@ impl Client {
                 stored = stored.max(routed.stored);
             }
             if let Some(ingest) = &ctx.ingest {
-                let window = usize::from(policy.receive_maximum);
+                // Every unacknowledged message can be resent, and the last `receive_maximum`
+                // acknowledged ones too (their PUBACK may be lost).
+                let window = usize::from(policy.receive_maximum) + self.held_acks();
                 ticket = ingest.offer(&msg, &self.session, p.packet_id, p.dup || !route, window);
             }
         }
@@ -336,6 +338,11 @@ impl Client {
         }
     }
 
+    /// How many acknowledgements wait (for the store, or for ingestion).
+    pub(super) fn held_acks(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len())
+    }
+
     /// Sends what was held, built into a packet only now.
     fn emit(&mut self, held: Held) {
         let packet = match held {
@@ -375,6 +382,10 @@ pub(super) struct HeldAcks {
 }
 
 impl HeldAcks {
+    pub(super) fn len(&self) -> usize {
+        self.acks.len()
+    }
+
     fn new() -> HeldAcks {
         HeldAcks {
             // A publisher's window of acknowledgements per commit, without regrowing.

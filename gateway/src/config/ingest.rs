@@ -150,6 +150,15 @@ fn rule(i: usize, keys: &Table, max_levels: usize) -> Result<IngestRule, ConfigE
                         "a shared subscription filter cannot be an ingestion rule",
                     ));
                 }
+                // `$SYS/...` is the broker's own status, not a device's message: it is never
+                // ingested, so a rule naming it would stay silently empty.
+                if filter.starts_with('$') {
+                    return Err(invalid(
+                        k,
+                        value,
+                        "topics starting with $ are the broker's, not devices' messages, and are not ingested",
+                    ));
+                }
                 topic::validate_topic_filter(filter, max_levels)
                     .map_err(|e| invalid(k, value, format!("{hint}: {e}")))?;
                 r.filter = filter.to_owned();

@@ -14,6 +14,14 @@
 //! `ack_timeout`) refuses the acknowledgement: v5 clients get the reason code, 3.1.1 clients are
 //! disconnected without one, so they send again.
 //!
+//! A persistent session's de-duplication numbers are recorded by the store, and its writes
+//! wait until they are committed (`dedup`), so that a resend after a restart is recognised.
+//!
+//! Wills are ingested too (`offer_will`): a device's message, published by the broker for it.
+//! Messages that reach this node from another cluster node are not: the node where the device
+//! published wrote them already. The broker's own `$SYS` status never is (a rule cannot name
+//! `$` topics, and wildcards never match them).
+//!
 //! Ingestion has its own NATS connection (`nats::Nats`, the `[nats]` settings), apart from the
 //! cluster's, so that a stream slow to acknowledge never delays cluster routing.
 
@@ -35,6 +43,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::session::Session;
+use crate::store::{Mark, Store};
 use crate::task::Background;
 
 pub(crate) use subject::Template;
@@ -60,6 +69,8 @@ pub(crate) enum IngestError {
 pub(crate) struct Ingest {
     rules: Vec<Rule>,
     nats: Nats,
+    /// Where persistent sessions' de-duplication numbers are recorded (`dedup`).
+    store: Arc<dyn Store>,
 }
 
 /// What `Broker::run` starts: the stream set-up and the writers.
@@ -80,6 +91,7 @@ impl Ingest {
     pub(crate) async fn connect(
         config: &Config,
         metrics: &Metrics,
+        store: &Arc<dyn Store>,
     ) -> Result<Option<(Arc<Ingest>, IngestTasks)>, IngestError> {
         if config.ingest.is_empty() {
             return Ok(None);
@@ -104,13 +116,23 @@ impl Ingest {
         let mut rules = Vec::with_capacity(config.ingest.len());
         let mut tasks = vec![writer::watch_connection(events)];
         for ((index, rule), template) in config.ingest.iter().enumerate().zip(templates) {
-            let (writer, task) =
-                Writer::start(index, rule, &template, nats.client.clone(), metrics);
+            let (writer, task) = Writer::start(
+                index,
+                rule,
+                &template,
+                nats.client.clone(),
+                store.committed(),
+                metrics,
+            );
             rules.push(Rule::new(index, rule, template, writer));
             tasks.push(task);
         }
         Ok(Some((
-            Arc::new(Ingest { rules, nats }),
+            Arc::new(Ingest {
+                rules,
+                nats,
+                store: store.clone(),
+            }),
             IngestTasks { tasks },
         )))
     }
@@ -141,9 +163,14 @@ impl Ingest {
             matched.iter().filter(|r| r.holds_ack()).count()
         };
         let ticket = (waits > 0).then(|| Arc::new(Ticket::new(waits, session.clone())));
+        let mut after: Mark = 0;
         let number = (!qos0).then(|| {
             let content = dedup::content_hash(&msg.topic, &msg.payload);
-            session.ingest_number(packet_id, resend, content, window)
+            let (epoch, n, new) = session.ingest_number(packet_id, resend, content, window);
+            if let Some(new) = new.filter(|_| session.is_persistent()) {
+                after = self.store.ingest_id(&session.client_id, new);
+            }
+            (epoch, n)
         });
         for rule in matched {
             let msg_id = number.map(|(epoch, n)| {
@@ -155,10 +182,27 @@ impl Ingest {
                 payload: msg.payload.clone(),
                 ticket: ticket.clone().filter(|_| rule.holds_ack()),
                 qos0,
+                after,
             };
             rule.writer.submit(write);
         }
         ticket
+    }
+
+    /// Hands a will, published for `client_id` by the broker, to every matching rule. Nobody
+    /// waits for its acknowledgement, and it has no de-duplication id: a will the broker
+    /// publishes again after a crash (its record not yet cleared) is written again.
+    pub(crate) fn offer_will(&self, msg: &Arc<Message>, client_id: &str) {
+        for rule in self.rules.iter().filter(|r| r.matches(&msg.topic)) {
+            rule.writer.submit(Write {
+                subject: rule.subject(&msg.topic, client_id),
+                headers: headers::headers(msg, client_id, None),
+                payload: msg.payload.clone(),
+                ticket: None,
+                qos0: msg.qos == QoS::AtMostOnce,
+                after: 0,
+            });
+        }
     }
 
     /// The first rule that cannot write now and why, for `/readyz`.

@@ -34,11 +34,12 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::config::{IngestDiscard, IngestRetention, IngestRule, IngestStorage};
 use crate::metrics::{IngestFailure, IngestMetrics, Metrics};
+use crate::store::Mark;
 
 use super::subject::Template;
 use super::{Refusal, Ticket};
@@ -65,6 +66,8 @@ pub(super) struct Write {
     /// Present when the publisher's acknowledgement waits for this write.
     pub(super) ticket: Option<Arc<Ticket>>,
     pub(super) qos0: bool,
+    /// The store's mark of its de-duplication number (`dedup`): not sent before it is committed.
+    pub(super) after: Mark,
 }
 
 impl Write {
@@ -97,6 +100,9 @@ pub(crate) struct Writer {
     metrics: IngestMetrics,
 }
 
+/// The store's committed marks, which writes with a mark wait for (`Write::after`).
+type Committed = Option<watch::Receiver<Mark>>;
+
 impl Writer {
     /// The writer of rule `index` and its task (stream set-up, then the write loop).
     pub(super) fn start(
@@ -104,6 +110,7 @@ impl Writer {
         rule: &IngestRule,
         template: &Template,
         client: Client,
+        committed: Committed,
         metrics: &Metrics,
     ) -> (Arc<Writer>, BoxFuture<'static, ()>) {
         let attempt = (rule.ack_timeout / ATTEMPTS).clamp(ATTEMPT_MIN, ATTEMPT_MAX);
@@ -137,7 +144,7 @@ impl Writer {
                         writer.missing.notified().await;
                     }
                 };
-                futures_util::future::join(setup, writer.run(&js)).await;
+                futures_util::future::join(setup, writer.run(&js, committed)).await;
             }
             .boxed()
         };
@@ -190,21 +197,45 @@ impl Writer {
         *blocked = Some(why);
     }
 
-    /// Sends queued writes while there is room, collects acks, sends failed writes again.
-    async fn run(&self, js: &jetstream::Context) {
+    /// Sends queued writes while there is room, collects acks, sends failed writes again. A
+    /// write whose de-duplication number is not committed yet holds the ones behind it (they
+    /// go in order; the store commits within `commit_delay_ms`).
+    async fn run(&self, js: &jetstream::Context, mut committed: Committed) {
         let mut inflight: FuturesUnordered<BoxFuture<'static, Attempt>> = FuturesUnordered::new();
         let mut inflight_bytes = 0u64;
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut uncommitted = false;
             while (inflight.len() as u64) < self.max_inflight && inflight_bytes < self.max_bytes {
-                let Some(q) = self.queue.lock().pop_front() else {
+                let q = {
+                    let mut queue = self.queue.lock();
+                    let Some(head) = queue.front() else {
+                        break;
+                    };
+                    if let Some(c) = committed.as_mut().filter(|_| head.write.after > 0) {
+                        // Seen before the check: a commit after it wakes `changed` below.
+                        if head.write.after > *c.borrow_and_update() {
+                            uncommitted = true;
+                            break;
+                        }
+                    }
+                    queue.pop_front()
+                };
+                let Some(q) = q else {
                     break;
                 };
                 inflight_bytes += q.write.size();
                 inflight.push(attempt(js.clone(), q, None));
             }
+            let store_commits = async {
+                match committed.as_mut() {
+                    Some(c) if uncommitted => c.changed().await.is_ok(),
+                    _ => false,
+                }
+            };
             tokio::select! {
+                true = store_commits => {}
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     let Attempt { queued, result } = done;
                     match result {

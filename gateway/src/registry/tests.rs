@@ -233,6 +233,7 @@ async fn restore_gives_a_session_back_its_queue_window_and_qos2_ids() {
                 queue: vec![delivery("q/1", 2), delivery("q/2", 3)],
                 inflight: vec![(41, Stage::PubAck, delivery("f/1", 1))],
                 incoming_qos2: vec![9],
+                ..Pending::default()
             },
             stored: 0,
             stored_from: 0,

@@ -9,11 +9,13 @@
 
 use std::sync::Arc;
 
-use redb::{Table, TableDefinition, WriteTransaction};
+use redb::{Table, TableDefinition, TableHandle, WriteTransaction};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::batch::{Batch, Op, Span};
-use super::layout::{stage_code, MessageKey, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::layout::{
+    stage_code, MessageKey, FLOWS, INCOMING, INGEST_IDS, MESSAGES, RETAINED, SESSIONS,
+};
 use super::record;
 
 /// What a committed batch changed, for the counts and the metrics, and the `flows` entries it
@@ -133,7 +135,10 @@ struct Tables<'tx> {
     flows: Option<Table<'tx, &'static [u8], (u16, u8)>>,
     incoming: Option<Table<'tx, (&'static str, u16), ()>>,
     retained: Option<Table<'tx, &'static str, &'static [u8]>>,
+    ingest_ids: Option<IngestIds<'tx>>,
 }
+
+type IngestIds<'tx> = Table<'tx, (&'static str, u16), (u64, u64, u64)>;
 
 fn opened<'s, 'tx, K: redb::Key + 'static, V: redb::Value + 'static>(
     tx: &'tx WriteTransaction,
@@ -155,7 +160,25 @@ impl<'tx> Tables<'tx> {
             flows: None,
             incoming: None,
             retained: None,
+            ingest_ids: None,
         }
+    }
+    fn ingest_ids(&mut self) -> Result<&mut IngestIds<'tx>, redb::Error> {
+        opened(self.tx, &mut self.ingest_ids, INGEST_IDS)
+    }
+    /// The table if the store has one: a store that never ingested gets none (opening a table
+    /// in a write transaction creates it).
+    fn ingest_ids_if_any(&mut self) -> Result<Option<&mut IngestIds<'tx>>, redb::Error> {
+        if self.ingest_ids.is_none() {
+            let exists = self
+                .tx
+                .list_tables()?
+                .any(|t| t.name() == INGEST_IDS.name());
+            if !exists {
+                return Ok(None);
+            }
+        }
+        self.ingest_ids().map(Some)
     }
     fn sessions(&mut self) -> Result<&mut Table<'tx, &'static str, &'static [u8]>, redb::Error> {
         opened(self.tx, &mut self.sessions, SESSIONS)
@@ -246,6 +269,9 @@ pub(super) fn apply(
                 n.flows_cleared.push(Arc::from(c));
                 t.incoming()?
                     .retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+                if let Some(ids) = t.ingest_ids_if_any()? {
+                    ids.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)?;
+                }
             }
             &Op::Queued {
                 client,
@@ -306,6 +332,15 @@ pub(super) fn apply(
                     t.retained()?.remove(&topic[..])?;
                 }
             },
+            Op::IngestId(c, new) => {
+                let id = &new.id;
+                let ids = t.ingest_ids()?;
+                if let Some(gone) = new.evicted.filter(|&gone| gone != id.packet_id) {
+                    ids.remove((&c[..], gone))?;
+                }
+                n.bytes += (c.len() + 26) as u64;
+                ids.insert((&c[..], id.packet_id), (id.epoch, id.content, id.n))?;
+            }
         }
     }
     settled.sort_unstable();

@@ -16,6 +16,7 @@ use bytestring::ByteString;
 
 use super::record::{self, Corrupt};
 use super::SessionRecord;
+use crate::ingest::dedup::{NewId, StoredId};
 use crate::message::Message;
 use crate::session::{Delivery, Stage};
 
@@ -67,6 +68,9 @@ pub(super) enum Op {
     },
     Incoming(Arc<str>, u16, bool),
     Retained(ByteString, Option<Arc<Message>>),
+    /// A new number of a persistent session's ingested message (`ingest::dedup`), and the
+    /// packet id that fell out of its window.
+    IngestId(Arc<str>, NewId),
 }
 
 #[derive(Default)]
@@ -241,6 +245,22 @@ impl Batch {
                         None => out.push(0),
                     }
                 }
+                Op::IngestId(c, new) => {
+                    out.push(8);
+                    put_bytes(out, c.as_bytes());
+                    let id = &new.id;
+                    out.extend_from_slice(&id.packet_id.to_le_bytes());
+                    out.extend_from_slice(&id.epoch.to_le_bytes());
+                    out.extend_from_slice(&id.content.to_le_bytes());
+                    out.extend_from_slice(&id.n.to_le_bytes());
+                    match new.evicted {
+                        Some(gone) => {
+                            out.push(1);
+                            out.extend_from_slice(&gone.to_le_bytes());
+                        }
+                        None => out.push(0),
+                    }
+                }
             }
         }
         put_bytes(out, self.names.as_bytes());
@@ -287,6 +307,17 @@ impl Batch {
                         None
                     };
                     Op::Retained(topic, m)
+                }
+                8 => {
+                    let client = Arc::from(r.str()?);
+                    let id = StoredId {
+                        packet_id: r.u16()?,
+                        epoch: r.u64()?,
+                        content: r.u64()?,
+                        n: r.u64()?,
+                    };
+                    let evicted = if r.flag()? { Some(r.u16()?) } else { None };
+                    Op::IngestId(client, NewId { id, evicted })
                 }
                 t => return Err(Corrupt(format!("journal: unknown change {t}"))),
             };
@@ -458,11 +489,22 @@ mod tests {
         b.ops.push(Op::SessionRemoved("gone".into()));
         b.ops.push(Op::Incoming("dev".into(), 7, true));
         b.ops.push(Op::Retained("r".into(), None));
+        let new = NewId {
+            id: StoredId {
+                packet_id: 3,
+                epoch: u64::MAX,
+                content: 5,
+                n: 6,
+            },
+            evicted: Some(65535),
+        };
+        b.ops.push(Op::IngestId("dev".into(), new));
         let mut entry = Vec::new();
         b.encode(&mut entry);
         let back = Batch::decode(&entry).expect("decodes");
         assert_eq!(described(&back), described(&b));
-        assert_eq!(back.ops.len(), 7);
+        assert_eq!(back.ops.len(), 8);
+        assert!(matches!(&back.ops[7], Op::IngestId(c, n) if &**c == "dev" && *n == new));
         assert!(matches!(&back.ops[4], Op::SessionRemoved(c) if &**c == "gone"));
         assert!(matches!(&back.ops[5], Op::Incoming(c, 7, true) if &**c == "dev"));
         assert!(matches!(&back.ops[6], Op::Retained(t, None) if t == "r"));

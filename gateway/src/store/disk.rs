@@ -26,6 +26,7 @@ use super::load::{read_all, Decode};
 use super::record;
 use super::{Mark, Restored, SessionRecord, Store, StoreError, StoreStats};
 use crate::config::{StorageConfig, StorageSync};
+use crate::ingest::dedup::NewId;
 use crate::message::Message;
 use crate::metrics::StoreMetrics;
 use crate::session::{Delivery, Session, Stage};
@@ -143,6 +144,14 @@ impl Store for DiskStore {
 
     fn retained(&self, topic: &ByteString, message: Option<&Arc<Message>>) -> Mark {
         self.record(|_| Op::Retained(topic.clone(), message.cloned()))
+    }
+
+    fn ingest_id(&self, client_id: &Arc<str>, new: NewId) -> Mark {
+        self.shared.record(|_| Op::IngestId(client_id.clone(), new))
+    }
+
+    fn committed(&self) -> Option<tokio::sync::watch::Receiver<Mark>> {
+        Some(self.shared.committed())
     }
 
     fn is_durable(&self, mark: Mark) -> bool {

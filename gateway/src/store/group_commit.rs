@@ -46,6 +46,8 @@ pub(super) struct Shared {
     recorded: Condvar,
     /// Every mark up to this one is on disk.
     durable: AtomicU64,
+    /// `durable` for those who wait asynchronously (ingestion's writers).
+    committed: tokio::sync::watch::Sender<Mark>,
     waiters: Mutex<Vec<(Mark, Weak<Session>)>>,
     /// Cleared while commits fail.
     available: AtomicBool,
@@ -154,6 +156,7 @@ impl Writer {
                         info!("store writes again: acknowledging stored messages");
                     }
                     s.durable.store(last, Ordering::Release);
+                    s.committed.send_replace(last);
                     self.wake(last);
                     // (Emptied, its buffers kept for the recorders.)
                     self.unapplied.append(&mut batch);
@@ -264,6 +267,7 @@ impl Shared {
             pending: Mutex::new(Recorded::default()),
             recorded: Condvar::new(),
             durable: AtomicU64::new(0),
+            committed: tokio::sync::watch::Sender::new(0),
             waiters: Mutex::new(Vec::new()),
             available: AtomicBool::new(true),
             sessions: AtomicU64::new(sessions),
@@ -293,6 +297,10 @@ impl Shared {
     pub(super) fn close(&self) {
         self.pending.lock().closing = true;
         self.recorded.notify_one();
+    }
+
+    pub(super) fn committed(&self) -> tokio::sync::watch::Receiver<Mark> {
+        self.committed.subscribe()
     }
 
     pub(super) fn is_durable(&self, mark: Mark) -> bool {

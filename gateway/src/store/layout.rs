@@ -2,8 +2,10 @@
 //!
 //! Tables: `sessions` (client id -> record), `messages` (message key -> delivery), `flows`
 //! (message key -> packet id and stage, once sent), `incoming` ((client id, packet id) -> (),
-//! inbound QoS 2 awaiting PUBREL), `retained` (topic -> message), `journal` (commit number ->
-//! a batch of changes not yet applied to the others), `meta` (`format`).
+//! inbound QoS 2 awaiting PUBREL), `ingest_ids` ((client id, packet id) -> (epoch, content, n):
+//! the numbering of ingested messages, `ingest::dedup`; a store without the table has none),
+//! `retained` (topic -> message), `journal` (commit number -> a batch of changes not yet applied
+//! to the others), `meta` (`format`).
 //!
 //! A message key is (client id, seq) as plain bytes (`MessageKey`): the client id's length, the
 //! client id, the seq big-endian. A session's keys share their first bytes and sort by seq, so
@@ -29,6 +31,8 @@ pub(super) const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 pub(super) const FLOWS: TableDefinition<&[u8], (u16, u8)> = TableDefinition::new("flows");
 pub(super) const INCOMING: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming");
 pub(super) const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+pub(super) const INGEST_IDS: TableDefinition<(&str, u16), (u64, u64, u64)> =
+    TableDefinition::new("ingest_ids");
 /// Batches committed but not yet applied to the tables above (`journal`), by commit number.
 pub(super) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 

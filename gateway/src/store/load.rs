@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::layout::{stage_of, MessageKey, FLOWS, INCOMING, MESSAGES, RETAINED, SESSIONS};
+use super::layout::{
+    stage_of, MessageKey, FLOWS, INCOMING, INGEST_IDS, MESSAGES, RETAINED, SESSIONS,
+};
 use super::record;
 use super::{Restored, StoredSession};
+use crate::ingest::dedup::StoredId;
 use crate::session::Pending;
 
 /// What of the queued messages `read_all` decodes.
@@ -104,6 +107,22 @@ pub(crate) fn read_all(db: &Database, decode: Decode) -> Result<Restored, String
             let (c, id) = k.value();
             if let Some(&i) = index.get(c) {
                 sessions[i].pending.incoming_qos2.push(id);
+            }
+        }
+    }
+    // A store written before ingestion kept numberings has no such table: its sessions start
+    // new epochs (`ingest::dedup`).
+    if let Ok(table) = tx.open_table(INGEST_IDS) {
+        for entry in table.iter().map_err(|x| e("ingest_ids", &x))? {
+            let (k, v) = entry.map_err(|x| e("ingest_ids", &x))?;
+            let ((c, packet_id), (epoch, content, n)) = (k.value(), v.value());
+            if let Some(&i) = index.get(c) {
+                sessions[i].pending.ingest_ids.push(StoredId {
+                    packet_id,
+                    epoch,
+                    content,
+                    n,
+                });
             }
         }
     }

@@ -235,6 +235,69 @@ fn a_removed_session_takes_its_messages_and_ids_with_it() {
     assert_eq!(store.stats().messages, 2);
 }
 
+/// A persistent session's ingestion numbering (`ingest::dedup`): each new id is kept, the one
+/// that fell out of the window goes, a committed mark says the write may go to JetStream, and a
+/// removed session (a clean start) takes its ids with it.
+#[test]
+fn ingest_ids_come_back_without_the_evicted_and_go_with_their_session() {
+    use crate::ingest::dedup::{NewId, StoredId};
+    let dir = Dir::new();
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let id = |packet_id, n| StoredId {
+        packet_id,
+        epoch: 77,
+        content: u64::from(packet_id) * 10,
+        n,
+    };
+    {
+        let store = dir.open();
+        let mut committed = store.committed().expect("a disk store tells its commits");
+        for c in [&a, &b] {
+            store.session_saved(&record(c));
+            store.ingest_id(
+                c,
+                NewId {
+                    id: id(1, 0),
+                    evicted: None,
+                },
+            );
+            store.ingest_id(
+                c,
+                NewId {
+                    id: id(2, 1),
+                    evicted: None,
+                },
+            );
+        }
+        let mark = store.ingest_id(
+            &b,
+            NewId {
+                id: id(3, 2),
+                evicted: Some(1),
+            },
+        );
+        assert!(mark > 0, "whatever `sync` says, the write waits for this");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            while *committed.borrow_and_update() < mark {
+                committed.changed().await.expect("the writer runs");
+            }
+        });
+        assert!(store.is_durable(mark));
+        store.session_removed("a");
+    }
+    let restored = dir.open().load().expect("loads");
+    let ids: Vec<_> = restored
+        .sessions
+        .iter()
+        .map(|s| (s.record.client_id.to_string(), s.pending.ingest_ids.clone()))
+        .collect();
+    assert_eq!(ids, [("b".to_owned(), vec![id(2, 1), id(3, 2)])]);
+}
+
 /// Messages settled in a later batch than they were written go, and only they: runs of
 /// consecutive seqs are removed in one range each, gaps and other sessions' messages stay.
 #[test]
