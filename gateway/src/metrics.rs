@@ -241,16 +241,21 @@ pub enum LimitExceeded {
     PublishRate,
     PublishBytesRate,
     Subscriptions,
+    SubscriptionBytes,
     TopicLength,
     /// A subscription's retained messages did not all fit in its session's retained backlog.
     RetainedBacklog,
     RetainedBacklogBytes,
 }
 
-const LIMITS_EXCEEDED: [(LimitExceeded, &str); 6] = [
+const LIMITS_EXCEEDED: [(LimitExceeded, &str); 7] = [
     (LimitExceeded::PublishRate, "max_publish_rate"),
     (LimitExceeded::PublishBytesRate, "max_publish_bytes_rate"),
     (LimitExceeded::Subscriptions, "max_subscriptions_per_client"),
+    (
+        LimitExceeded::SubscriptionBytes,
+        "max_subscription_bytes_per_client",
+    ),
     (LimitExceeded::TopicLength, "max_topic_length"),
     (LimitExceeded::RetainedBacklog, "max_retained_backlog"),
     (

@@ -94,6 +94,13 @@ impl Router {
         self
     }
 
+    /// The retained store bounded to `max_bytes` too (`mqtt.retained_max_bytes`), each message
+    /// counted with what it holds on the heap.
+    pub(crate) fn with_retained_max_bytes(mut self, max_bytes: usize) -> Router {
+        self.retained = self.retained.with_max_bytes(max_bytes, retained_weight);
+        self
+    }
+
     /// The router as one node of a cluster.
     pub(crate) fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Router {
         self.cluster = cluster;
@@ -450,6 +457,19 @@ impl Router {
     pub fn shared_subscription_len(&self) -> usize {
         self.index.shared_len()
     }
+}
+
+/// What a retained message holds on the heap, its topic's place in the retained trie excepted
+/// (the store counts that): the shared message with its copies of topic, payload and properties.
+pub(crate) fn retained_weight(msg: &Arc<Message>) -> usize {
+    // The `Arc`'s two counters, and a malloc header and rounding for each of the message's
+    // three allocations.
+    const ALLOCATIONS: usize = 16 + 3 * 24;
+    std::mem::size_of::<Message>()
+        + ALLOCATIONS
+        + msg.topic.len()
+        + msg.payload.len()
+        + msg.properties.as_deref().map_or(0, |p| p.heap_bytes())
 }
 
 #[cfg(test)]

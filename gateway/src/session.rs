@@ -75,6 +75,20 @@ pub struct SubscriptionRecord {
     pub id: Option<u32>,
 }
 
+/// What the index and the session spend on one subscription beyond its filter's bytes: the
+/// index's leaf and member, the session's record. The heap figures of BENCHMARKS.md "Memory per
+/// topic" (`heap_count::figures`) stay under it.
+pub(crate) const SUBSCRIPTION_BYTES: usize = 352;
+
+/// What a subscription to `filter` counts against `limits.max_subscription_bytes_per_client`:
+/// the filter twice (the index's edge label, the session's record) and the fixed part.
+pub(crate) fn subscription_bytes(filter: &str) -> usize {
+    filter
+        .len()
+        .saturating_mul(2)
+        .saturating_add(SUBSCRIPTION_BYTES)
+}
+
 /// What became of a message offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -129,6 +143,8 @@ struct State {
     #[allow(clippy::box_collection)] // the box is the point: 8 bytes here instead of 24
     incoming_qos2: Option<Box<Vec<u16>>>,
     subscriptions: Vec<SubscriptionRecord>,
+    /// `subscription_bytes` of every filter in `subscriptions`.
+    subscription_bytes: usize,
     next_packet_id: u16,
     /// The `seq` of the last delivery stored for this session.
     last_seq: u64,
@@ -635,6 +651,7 @@ impl Session {
             *existing = rec;
             true
         } else {
+            st.subscription_bytes += subscription_bytes(&rec.filter);
             st.subscriptions.push(rec);
             false
         }
@@ -644,7 +661,21 @@ impl Session {
         let mut st = self.state.lock();
         let before = st.subscriptions.len();
         st.subscriptions.retain(|s| s.filter != filter);
-        st.subscriptions.len() != before
+        let forgotten = st.subscriptions.len() != before;
+        if forgotten {
+            st.subscription_bytes -= subscription_bytes(filter);
+        }
+        forgotten
+    }
+
+    /// Whether a subscription to `filter` keeps the session within `max` bytes of
+    /// subscriptions (see [`subscription_bytes`]): replacing an existing one always does.
+    pub(crate) fn subscription_fits(&self, filter: &str, max: usize) -> bool {
+        let st = self.state.lock();
+        st.subscription_bytes
+            .saturating_add(subscription_bytes(filter))
+            <= max
+            || st.subscriptions.iter().any(|s| s.filter == filter)
     }
 
     pub fn subscription_count(&self) -> usize {

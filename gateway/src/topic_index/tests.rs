@@ -26,7 +26,7 @@ fn group_ids<V>(m: &Matches<u32, V>) -> BTreeSet<(String, String)> {
 fn trie_size<K: Clone + Eq + Hash + Ord, V: Clone>(index: &TopicIndex<K, V>) -> usize {
     fn below<K, V>(node: &Node<K, V>) -> usize {
         let own = usize::from(node.leaf.is_some()) + usize::from(node.hash.is_some());
-        own + node.children.values().map(|c| 1 + below(c)).sum::<usize>()
+        own + node.edges.iter().map(|e| 1 + below(&e.node)).sum::<usize>()
             + node.plus.as_deref().map_or(0, |p| 1 + below(p))
     }
     index
@@ -655,4 +655,40 @@ fn contains_tells_whether_a_filter_and_group_have_a_subscriber_now() {
     assert!(index.contains("a/+/#", Some("g")));
     index.remove("a/+/#", Some("g"), &2);
     assert!(!index.contains("a/+/#", Some("g")));
+}
+
+/// Time per lookup of both topic shapes of BENCHMARKS.md "Memory per topic" in an index of
+/// 100,000 of them, without the cache (its hits never reach the trie): `cargo test --release -p gateway --lib lookup_speed -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a timing for BENCHMARKS.md; meaningful in release builds only"]
+fn lookup_speed() {
+    const N: u32 = 100_000;
+    let short = |i: u32| format!("s/{i:05}/t");
+    let long = |i: u32| {
+        (0..8u32)
+            .map(|level| format!("level{level}-{:017x}", u64::from(i) << 8 | u64::from(level)))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    for (name, shape) in [("short", &short as &dyn Fn(u32) -> String), ("long", &long)] {
+        {
+            let index = TopicIndex::<u32, ()>::with_cache_capacity(0);
+            let topics: Vec<String> = (0..N).map(shape).collect();
+            for (i, topic) in topics.iter().enumerate() {
+                index.insert(topic, None, i as u32, ());
+            }
+            index.insert("+/#", None, N, ());
+            let started = Instant::now();
+            let mut found = 0;
+            for round in 0..5 {
+                for topic in topics.iter().skip(round).step_by(5) {
+                    found += index.matches(topic).plain.len();
+                }
+            }
+            let per = started.elapsed() / N;
+            assert_eq!(found, 2 * N as usize);
+            println!("lookup {name}: {per:?} per topic");
+        }
+    }
 }

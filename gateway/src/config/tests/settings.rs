@@ -28,6 +28,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.mqtt.max_inflight, 32);
     assert_eq!(c.mqtt.session_expiry_max, 172_800);
     assert_eq!(c.mqtt.retained_max, 1_000_000);
+    assert_eq!(c.mqtt.retained_max_bytes, 1 << 30);
     assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.mqtt.packet_timeout, Duration::from_secs(60));
     assert_eq!(c.mqtt.idle_timeout, Some(Duration::from_secs(3600)));
@@ -57,6 +58,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.limits.max_publish_rate, 0);
     assert_eq!(c.limits.max_publish_bytes_rate, 0);
     assert_eq!(c.limits.max_subscriptions_per_client, 10_000);
+    assert_eq!(c.limits.max_subscription_bytes_per_client, 8 << 20);
     assert_eq!(c.limits.max_retained_backlog, 100_000);
     assert_eq!(c.limits.max_retained_backlog_bytes, 16 << 20);
     assert_eq!(c.limits.max_topic_length, 1024);
