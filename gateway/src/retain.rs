@@ -4,7 +4,12 @@
 //! the reverse of the routing question [`crate::topic_index`] answers. Topics are therefore kept
 //! in a trie of levels, so a filter with a literal prefix (`sensors/+/temp`) walks only the
 //! matching branch instead of scanning every retained topic. The trie is sharded by first level,
-//! like the subscription index, so retained publishes to unrelated trees do not contend.
+//! like the subscription index, so retained publishes to unrelated trees do not contend, and
+//! path-compressed ([`crate::trie_edges`]), so a topic no other shares costs one edge.
+//!
+//! The store is bounded in topics and in bytes (`mqtt.retained_max`, `mqtt.retained_max_bytes`),
+//! both taken before the trie grows; a message counts what its value holds (the `weigh` the
+//! owner gives), its topic and [`ENTRY_BYTES`].
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -341,6 +346,19 @@ mod tests {
     }
 
     #[test]
+    fn a_node_and_its_edge_stay_small() {
+        // A retained message's place in the store: its edge is a label and a node, the node an
+        // edge vector and the value.
+        type N = Node<std::sync::Arc<crate::message::Message>>;
+        assert!(
+            std::mem::size_of::<N>() <= 32,
+            "{}",
+            std::mem::size_of::<N>()
+        );
+        assert!(std::mem::size_of::<trie_edges::Edge<N>>() <= 48);
+    }
+
+    #[test]
     fn refused_topic_leaves_no_nodes() {
         let store = RetainStore::new(0);
         assert_eq!(store.set("a/b/c", 1), Err(RetainFull));
@@ -435,28 +453,77 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (strategies::topic_name(), any::<u32>()).prop_map(|(t, v)| Op::Set(t, v)),
-            1 => strategies::topic_name().prop_map(Op::Remove),
+            3 => (strategies::any_topic_name(), any::<u32>()).prop_map(|(t, v)| Op::Set(t, v)),
+            1 => strategies::any_topic_name().prop_map(Op::Remove),
         ]
     }
 
+    /// Every node but the root stores a message or is where topics branch: nothing left empty,
+    /// no bend that should have been joined into one edge.
+    fn assert_compact<V>(store: &RetainStore<V>) {
+        fn below<V>(node: &Node<V>) {
+            for edge in node.edges.iter() {
+                let n = &edge.node;
+                assert!(
+                    n.value.is_some() || n.edges.len() >= 2,
+                    "node under {:?}: no value, {} edges",
+                    edge.label(),
+                    n.edges.len()
+                );
+                below(n);
+            }
+        }
+        for shard in store.shards.iter() {
+            below(&shard.read());
+        }
+    }
+
+    /// What a value counts in `matches_naive_filtering`'s byte bound.
+    fn weigh(v: &u32) -> usize {
+        (*v % 64) as usize
+    }
+
     proptest! {
+        /// Sets and removes against a map of topics, within bounds of topics and bytes that a
+        /// sequence may or may not reach: same answers, same matches as the reference matcher,
+        /// the byte count exact and the trie compact after each step.
         #[test]
         fn matches_naive_filtering(
             ops in prop::collection::vec(op(), 0..60),
-            filters in prop::collection::vec(strategies::topic_filter(), 1..10),
+            filters in prop::collection::vec(strategies::any_topic_filter(), 1..10),
+            max in prop::sample::select(&[3usize, usize::MAX][..]),
+            max_bytes in prop::sample::select(&[600usize, usize::MAX][..]),
         ) {
-            let store = RetainStore::new(usize::MAX);
-            let mut model = BTreeMap::new();
+            let store = RetainStore::new(max).with_max_bytes(max_bytes, weigh);
+            let cost = |topic: &str, v: &u32| weigh(v) + topic.len() + ENTRY_BYTES;
+            let mut model: BTreeMap<String, u32> = BTreeMap::new();
+            let mut bytes = 0;
             for op in ops {
                 match op {
                     Op::Set(topic, v) => {
-                        prop_assert_eq!(store.set(&topic, v), Ok(model.insert(topic, v)));
+                        let old = model.get(&topic).map(|old| cost(&topic, old));
+                        let fits = match old {
+                            Some(old) => bytes - old + cost(&topic, &v) <= max_bytes,
+                            None => model.len() < max && bytes + cost(&topic, &v) <= max_bytes,
+                        };
+                        let expected = if fits {
+                            bytes = bytes - old.unwrap_or(0) + cost(&topic, &v);
+                            Ok(model.insert(topic.clone(), v))
+                        } else {
+                            Err(RetainFull)
+                        };
+                        prop_assert_eq!(store.set(&topic, v), expected, "set {}", topic);
                     }
                     Op::Remove(topic) => {
-                        prop_assert_eq!(store.remove(&topic), model.remove(&topic));
+                        let removed = model.remove(&topic);
+                        if let Some(v) = &removed {
+                            bytes -= cost(&topic, v);
+                        }
+                        prop_assert_eq!(store.remove(&topic), removed);
                     }
                 }
+                prop_assert_eq!(store.bytes.load(Ordering::Relaxed), bytes);
+                assert_compact(&store);
             }
             prop_assert_eq!(store.len(), model.len());
             for filter in &filters {
@@ -470,8 +537,10 @@ mod tests {
             }
             for topic in model.keys() {
                 store.remove(topic);
+                assert_compact(&store);
             }
             prop_assert_eq!(node_count(&store), 0);
+            prop_assert_eq!(store.bytes.load(Ordering::Relaxed), 0);
         }
     }
 }

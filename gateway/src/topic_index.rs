@@ -5,6 +5,10 @@
 //! `Arc<Matches>` it can fan out from without holding any lock.
 //!
 //! Layout, and why:
+//! - Each trie is path-compressed with compact nodes ([`crate::trie_edges`]): literal levels no
+//!   other filter branches from share one edge, so a subscription to a long unique filter costs
+//!   about its length and a few hundred bytes, not a hash map and a boxed key per level. A `+`
+//!   level is a node of its own; a leaf keeps its subscribers in a vector while few.
 //! - Filters are split into 32 tries by a hash of their first level, each behind its own
 //!   `RwLock`, so subscribes to unrelated topic trees do not contend and publishes never take a
 //!   global lock. Filters whose first level is a wildcard (`+/...`, `#`) can match any topic, so
@@ -173,6 +177,8 @@ impl<K: Clone + Eq, V: Clone> SharedGroup<K, V> {
 /// adds and removes one in constant time.
 enum Members<K, V> {
     Few(Vec<(K, V)>),
+    // Boxed: 8 bytes in every leaf instead of a map's 48, for the few leaves that need one.
+    #[allow(clippy::box_collection)]
     Many(Box<HashMap<K, V>>),
 }
 
@@ -241,8 +247,11 @@ impl<K: Clone + Eq + Hash, V: Clone> Members<K, V> {
 /// is boxed and absent until one exists.
 struct Leaf<K, V> {
     plain: Members<K, V>,
-    shared: Option<Box<HashMap<Box<str>, Arc<SharedGroup<K, V>>>>>,
+    shared: Option<Box<Groups<K, V>>>,
 }
+
+/// A leaf's shared groups by name.
+type Groups<K, V> = HashMap<Box<str>, Arc<SharedGroup<K, V>>>;
 
 impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
     fn new() -> Self {

@@ -40,11 +40,7 @@ impl<N: Branching> Edge<N> {
     /// Whether the label's first level is `level`.
     fn starts_with_level(&self, level: &str) -> bool {
         self.label.starts_with(level)
-            && self
-                .label
-                .as_bytes()
-                .get(level.len())
-                .is_none_or(|&b| b == b'/')
+            && matches!(self.label.as_bytes().get(level.len()), None | Some(b'/'))
     }
 
     /// How many levels the label has when it spells exactly the first ones of `levels`; `None`
@@ -236,7 +232,9 @@ impl<N: Branching> Edges<N> {
                     let mut v = Vec::with_capacity(t.len());
                     v.extend(t.drain());
                     *self = Edges::Few(v);
-                } else {
+                } else if t.len() < t.capacity() / 4 {
+                    // Not at every removal: a subscribe and unsubscribe in turn at a wide node
+                    // would rehash it each time.
                     t.shrink_to_fit(rehash);
                 }
                 e

@@ -37,6 +37,68 @@ fn trie_size<K: Clone + Eq + Hash + Ord, V: Clone>(index: &TopicIndex<K, V>) -> 
         + below(&index.wild.read())
 }
 
+/// Every node but a root stores subscriptions, has a `+` child or is where filters branch, and
+/// a node reached by `+` is not empty: nothing left to prune, no bend left unjoined.
+fn assert_compact<K: Clone + Eq + Hash + Ord, V: Clone>(index: &TopicIndex<K, V>) {
+    fn below<K: Clone + Eq + Hash, V: Clone>(node: &Node<K, V>) {
+        for edge in node.edges.iter() {
+            let n = &edge.node;
+            assert!(
+                n.holds() || n.edges.len() >= 2,
+                "node under {:?}: holds nothing, {} edges",
+                edge.label(),
+                n.edges.len()
+            );
+            below(n);
+        }
+        if let Some(plus) = &node.plus {
+            assert!(!plus.is_empty(), "an empty `+` node");
+            below(plus);
+        }
+    }
+    for shard in index.shards.iter() {
+        below(&shard.trie.read());
+    }
+    below(&index.wild.read());
+}
+
+#[test]
+fn nodes_and_leaves_stay_small() {
+    use crate::subscriber::Subscriber;
+    type N = Node<u64, Subscriber>;
+    assert!(
+        std::mem::size_of::<N>() <= 48,
+        "{}",
+        std::mem::size_of::<N>()
+    );
+    assert!(std::mem::size_of::<Leaf<u64, Subscriber>>() <= 32);
+    assert!(std::mem::size_of::<(u64, Subscriber)>() <= 32);
+}
+
+#[test]
+fn many_subscribers_of_one_filter_move_to_a_map_and_back() {
+    let index = Index::new();
+    for key in 0..50 {
+        index.insert("many/x", None, key, key.to_string());
+    }
+    assert_eq!(
+        plain_keys(&index.matches("many/x")),
+        (0..50).collect::<Vec<_>>()
+    );
+    for key in 2..50 {
+        assert_eq!(
+            index.remove("many/x", None, &key).value,
+            Some(key.to_string())
+        );
+    }
+    assert_eq!(plain_keys(&index.matches("many/x")), [0, 1]);
+    let leaf = index.shards[index.shard_of("many")].trie.read();
+    let leaf = leaf
+        .find(&Path::parse("many/x"))
+        .map(|l| matches!(l.plain, Members::Few(_)));
+    assert_eq!(leaf, Some(true));
+}
+
 fn cached_topics<K, V>(index: &TopicIndex<K, V>) -> usize {
     index
         .shards
@@ -478,11 +540,11 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let group = prop::option::of(prop::sample::select(&["g", "h"][..]));
     prop_oneof![
-        4 => (strategies::topic_filter(), group.clone(), 0..4u32)
+        4 => (strategies::any_topic_filter(), group.clone(), 0..4u32)
             .prop_map(|(f, g, k)| Op::Insert(f, g, k)),
-        2 => (strategies::topic_filter(), group, 0..4u32)
+        2 => (strategies::any_topic_filter(), group, 0..4u32)
             .prop_map(|(f, g, k)| Op::Remove(f, g, k)),
-        4 => strategies::topic_name().prop_map(Op::Match),
+        4 => strategies::any_topic_name().prop_map(Op::Match),
     ]
 }
 
@@ -592,7 +654,7 @@ proptest! {
     #[test]
     fn agrees_with_naive_matcher(
         ops in prop::collection::vec(op(), 1..80),
-        probes in prop::collection::vec(strategies::topic_name(), 1..8),
+        probes in prop::collection::vec(strategies::any_topic_name(), 1..8),
         cache in prop::sample::select(&[1usize, 3, 4096][..]),
     ) {
         let index = Index::with_cache_capacity(cache);
@@ -610,6 +672,7 @@ proptest! {
                 }
                 Op::Match(topic) => check(&index, &model, &topic)?,
             }
+            assert_compact(&index);
             prop_assert_eq!(index.len(), model.len());
             prop_assert_eq!(
                 index.shared_len(),
@@ -623,6 +686,7 @@ proptest! {
         for (filter, group, key) in subscriptions {
             prop_assert!(index.remove(&filter, group, &key).value.is_some());
             model.remove(&(filter, group, key));
+            assert_compact(&index);
             if let Some(topic) = probes.first() {
                 check(&index, &model, topic)?;
             }

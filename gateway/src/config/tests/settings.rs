@@ -74,12 +74,12 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
     assert_eq!(table.len(), 9);
-    assert_eq!(count("mqtt"), 20);
+    assert_eq!(count("mqtt"), 21);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);
     assert_eq!(count("auth"), 3);
-    assert_eq!(count("limits"), 11);
+    assert_eq!(count("limits"), 12);
     assert_eq!(count("storage"), 4);
     assert_eq!(count("nats"), 8);
     assert_eq!(count("cluster"), 3);
