@@ -736,23 +736,23 @@ fn lookup_speed() {
             .join("/")
     };
     for (name, shape) in [("short", &short as &dyn Fn(u32) -> String), ("long", &long)] {
-        {
-            let index = TopicIndex::<u32, ()>::with_cache_capacity(0);
-            let topics: Vec<String> = (0..N).map(shape).collect();
-            for (i, topic) in topics.iter().enumerate() {
-                index.insert(topic, None, i as u32, ());
-            }
-            index.insert("+/#", None, N, ());
-            let started = Instant::now();
-            let mut found = 0;
-            for round in 0..5 {
-                for topic in topics.iter().skip(round).step_by(5) {
-                    found += index.matches(topic).plain.len();
-                }
-            }
-            let per = started.elapsed() / N;
-            assert_eq!(found, 2 * N as usize);
-            println!("lookup {name}: {per:?} per topic");
+        let index = TopicIndex::<u32, ()>::with_cache_capacity(0);
+        let topics: Vec<String> = (0..N).map(shape).collect();
+        for (i, topic) in topics.iter().enumerate() {
+            index.insert(topic, None, i as u32, ());
         }
+        index.insert("+/#", None, N, ());
+        // In strides rather than in insertion order: consecutive lookups do not walk nodes the
+        // one before just brought into the CPU cache.
+        let started = Instant::now();
+        let mut found = 0;
+        for round in 0..5 {
+            for topic in topics.iter().skip(round).step_by(5) {
+                found += index.matches(topic).plain.len();
+            }
+        }
+        let per = started.elapsed() / N;
+        assert_eq!(found, 2 * N as usize);
+        println!("lookup {name}: {per:?} per topic");
     }
 }
