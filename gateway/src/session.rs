@@ -143,8 +143,6 @@ struct State {
     #[allow(clippy::box_collection)] // the box is the point: 8 bytes here instead of 24
     incoming_qos2: Option<Box<Vec<u16>>>,
     subscriptions: Vec<SubscriptionRecord>,
-    /// `subscription_bytes` of every filter in `subscriptions`.
-    subscription_bytes: usize,
     next_packet_id: u16,
     /// The `seq` of the last delivery stored for this session.
     last_seq: u64,
@@ -651,7 +649,6 @@ impl Session {
             *existing = rec;
             true
         } else {
-            st.subscription_bytes += subscription_bytes(&rec.filter);
             st.subscriptions.push(rec);
             false
         }
@@ -661,21 +658,23 @@ impl Session {
         let mut st = self.state.lock();
         let before = st.subscriptions.len();
         st.subscriptions.retain(|s| s.filter != filter);
-        let forgotten = st.subscriptions.len() != before;
-        if forgotten {
-            st.subscription_bytes -= subscription_bytes(filter);
-        }
-        forgotten
+        st.subscriptions.len() != before
     }
 
     /// Whether a subscription to `filter` keeps the session within `max` bytes of
     /// subscriptions (see [`subscription_bytes`]): replacing an existing one always does.
     pub(crate) fn subscription_fits(&self, filter: &str, max: usize) -> bool {
+        // Summed here rather than kept in `State`, which would grow every session by a word: the
+        // scan is the one `record_subscription` makes anyway, over a count the limits bound.
         let st = self.state.lock();
-        st.subscription_bytes
-            .saturating_add(subscription_bytes(filter))
-            <= max
-            || st.subscriptions.iter().any(|s| s.filter == filter)
+        let mut used = 0usize;
+        for s in &st.subscriptions {
+            if s.filter == filter {
+                return true;
+            }
+            used = used.saturating_add(subscription_bytes(&s.filter));
+        }
+        used.saturating_add(subscription_bytes(filter)) <= max
     }
 
     pub fn subscription_count(&self) -> usize {
