@@ -255,6 +255,11 @@ impl<V: Clone> RetainStore<V> {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// What the stored messages count against `max_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Hands `visit` every retained value whose topic matches `filter` (a valid topic filter), in
     /// no particular order, until it returns false: a caller with a bound stops the walk there
     /// instead of collecting what it would throw away.

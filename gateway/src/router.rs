@@ -450,6 +450,11 @@ impl Router {
         self.retained.len()
     }
 
+    /// What the retained messages count against `mqtt.retained_max_bytes`.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.bytes()
+    }
+
     pub fn subscription_len(&self) -> usize {
         self.index.len()
     }

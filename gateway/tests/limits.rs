@@ -509,6 +509,9 @@ async fn retained_messages_beyond_retained_max_bytes_are_delivered_but_not_store
         .await,
         2.0
     );
+    // Two messages of 10,000 bytes stored, counted in real bytes and within the bound.
+    let counted = metric(&obs, "gateway_retained_bytes", "").await;
+    assert!((20_000.0..=25_000.0).contains(&counted), "{counted}");
     obs.shutdown().await;
 }
 
