@@ -191,6 +191,7 @@ mod figures {
             // What the bounds count must not undercount what the heap holds.
             let topic = shape(0);
             let counted = retained_weight(&message(&topic)) + topic.len() + ENTRY_BYTES;
+            println!("{name}: a retained message counts {counted} B against retained_max_bytes");
             assert!(
                 trie <= topic.len() + ENTRY_BYTES,
                 "{name}: {trie} B in the store"

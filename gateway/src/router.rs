@@ -465,16 +465,23 @@ impl Router {
 }
 
 /// What a retained message holds on the heap, its topic's place in the retained trie excepted
-/// (the store counts that): the shared message with its copies of topic, payload and properties.
+/// (the store counts that): the shared message with its copies of topic, payload and properties,
+/// and the PUBLISH heads delivering it encodes and keeps, one per layout it goes out in.
 pub(crate) fn retained_weight(msg: &Arc<Message>) -> usize {
     // The `Arc`'s two counters, and a malloc header and rounding for each of the message's
     // three allocations.
     const ALLOCATIONS: usize = 16 + 3 * 24;
+    // A head: its fixed header and packet id, its buffer's shared header, malloc's rounding.
+    const HEAD: usize = 64;
+    let properties = msg.properties.as_deref().map_or(0, |p| p.heap_bytes());
+    // Four layouts (protocol family x QoS 0 or not); only the two v5 ones carry properties.
+    let heads = 4 * (HEAD + msg.topic.len()) + 2 * properties;
     std::mem::size_of::<Message>()
         + ALLOCATIONS
         + msg.topic.len()
         + msg.payload.len()
-        + msg.properties.as_deref().map_or(0, |p| p.heap_bytes())
+        + properties
+        + heads
 }
 
 #[cfg(test)]
