@@ -79,7 +79,8 @@ impl Broker {
             config.mqtt.retained_max,
             config.mqtt.max_topic_levels,
             metrics.clone(),
-        );
+        )
+        .with_retained_max_bytes(config.mqtt.retained_max_bytes);
 
         // Certificates before any socket: a bad file is a configuration error (exit 2 in `main`).
         let endpoints = config

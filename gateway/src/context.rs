@@ -53,6 +53,7 @@ impl Context {
             subscriptions: self.router.subscription_len(),
             shared_subscriptions: self.router.shared_subscription_len(),
             retained_messages: self.router.retained_len(),
+            retained_bytes: self.router.retained_bytes(),
             uptime_seconds: self.started.elapsed().as_secs(),
             sessions_hibernating: self.parker.len(),
             ..BrokerState::default()

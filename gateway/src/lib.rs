@@ -48,6 +48,8 @@ pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hashing_slots;
+#[cfg(test)]
+mod heap_count;
 mod hibernate;
 mod http;
 mod ingest;
@@ -65,6 +67,7 @@ mod task;
 mod timers;
 mod tls;
 mod topic;
+mod trie_edges;
 mod ws;
 
 pub use broker::Broker;

@@ -45,6 +45,23 @@ impl ForwardedProperties {
         };
         (f != ForwardedProperties::default()).then(|| Box::new(f))
     }
+
+    /// The bytes these properties hold on the heap, their box included (for the retained
+    /// store's byte bound); 32 per string or vector for its header and the allocator's rounding.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let string = |s: &ByteString| 32 + s.len();
+        std::mem::size_of::<Self>()
+            + 16
+            + self.content_type.as_ref().map_or(0, string)
+            + self.response_topic.as_ref().map_or(0, string)
+            + self.correlation_data.as_ref().map_or(0, |d| 32 + d.len())
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| string(k) + string(v))
+                .sum::<usize>()
+            + self.user_properties.capacity() * std::mem::size_of::<(ByteString, ByteString)>()
+    }
 }
 
 /// Identifies the session a message came from, for v5 No Local. 0 is the broker itself.

@@ -241,16 +241,21 @@ pub enum LimitExceeded {
     PublishRate,
     PublishBytesRate,
     Subscriptions,
+    SubscriptionBytes,
     TopicLength,
     /// A subscription's retained messages did not all fit in its session's retained backlog.
     RetainedBacklog,
     RetainedBacklogBytes,
 }
 
-const LIMITS_EXCEEDED: [(LimitExceeded, &str); 6] = [
+const LIMITS_EXCEEDED: [(LimitExceeded, &str); 7] = [
     (LimitExceeded::PublishRate, "max_publish_rate"),
     (LimitExceeded::PublishBytesRate, "max_publish_bytes_rate"),
     (LimitExceeded::Subscriptions, "max_subscriptions_per_client"),
+    (
+        LimitExceeded::SubscriptionBytes,
+        "max_subscription_bytes_per_client",
+    ),
     (LimitExceeded::TopicLength, "max_topic_length"),
     (LimitExceeded::RetainedBacklog, "max_retained_backlog"),
     (
@@ -757,6 +762,10 @@ fn describe() {
         "Topics holding a retained message."
     );
     describe_gauge!(
+        "gateway_retained_bytes",
+        "Bytes the retained messages count against mqtt.retained_max_bytes."
+    );
+    describe_gauge!(
         "gateway_queued_messages",
         "Messages waiting in session queues (retained backlogs included)."
     );
@@ -890,6 +899,8 @@ pub struct BrokerState {
     pub subscriptions: usize,
     pub shared_subscriptions: usize,
     pub retained_messages: usize,
+    /// What the retained messages count against `mqtt.retained_max_bytes`.
+    pub retained_bytes: usize,
     pub queued_messages: usize,
     pub inflight_messages: usize,
     pub uptime_seconds: u64,
@@ -915,6 +926,7 @@ struct StateGauges {
     subscriptions: Gauge,
     shared_subscriptions: Gauge,
     retained: Gauge,
+    retained_bytes: Gauge,
     queued: Gauge,
     inflight: Gauge,
     uptime: Gauge,
@@ -937,6 +949,7 @@ impl StateGauges {
             subscriptions: gauge!("gateway_subscriptions"),
             shared_subscriptions: gauge!("gateway_shared_subscriptions"),
             retained: gauge!("gateway_retained_messages"),
+            retained_bytes: gauge!("gateway_retained_bytes"),
             queued: gauge!("gateway_queued_messages"),
             inflight: gauge!("gateway_inflight_messages"),
             uptime: gauge!("gateway_uptime_seconds"),
@@ -969,6 +982,7 @@ impl Exporter {
         s.shared_subscriptions
             .set(state.shared_subscriptions as f64);
         s.retained.set(state.retained_messages as f64);
+        s.retained_bytes.set(state.retained_bytes as f64);
         s.queued.set(state.queued_messages as f64);
         s.inflight.set(state.inflight_messages as f64);
         s.hibernating.set(state.sessions_hibernating as f64);

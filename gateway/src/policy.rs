@@ -37,6 +37,8 @@ pub(crate) struct Policy {
     pub(crate) max_publish_bytes_rate: u64,
     /// 0 is unlimited.
     pub(crate) max_subscriptions_per_client: usize,
+    /// 0 is unlimited.
+    pub(crate) max_subscription_bytes_per_client: usize,
     /// What a session's SUBSCRIBEs may queue of retained messages at once.
     pub(crate) retained_backlog: BacklogLimits,
 }
@@ -61,6 +63,7 @@ impl Policy {
             max_publish_rate: limits.max_publish_rate,
             max_publish_bytes_rate: limits.max_publish_bytes_rate,
             max_subscriptions_per_client: limits.max_subscriptions_per_client,
+            max_subscription_bytes_per_client: limits.max_subscription_bytes_per_client,
             retained_backlog: BacklogLimits {
                 messages: limits.max_retained_backlog,
                 bytes: limits.max_retained_backlog_bytes,

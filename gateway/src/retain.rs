@@ -4,9 +4,13 @@
 //! the reverse of the routing question [`crate::topic_index`] answers. Topics are therefore kept
 //! in a trie of levels, so a filter with a literal prefix (`sensors/+/temp`) walks only the
 //! matching branch instead of scanning every retained topic. The trie is sharded by first level,
-//! like the subscription index, so retained publishes to unrelated trees do not contend.
+//! like the subscription index, so retained publishes to unrelated trees do not contend, and
+//! path-compressed ([`crate::trie_edges`]), so a topic no other shares costs one edge.
+//!
+//! The store is bounded in topics and in bytes (`mqtt.retained_max`, `mqtt.retained_max_bytes`),
+//! both taken before the trie grows; a message counts what its value holds (the `weigh` the
+//! owner gives), its topic and [`ENTRY_BYTES`].
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,68 +18,82 @@ use parking_lot::RwLock;
 use thiserror::Error;
 
 use crate::topic;
+use crate::trie_edges::{self, Branching, Edges};
 
 const SHARDS: usize = 16;
 
-/// Storing one more distinct topic would exceed the configured maximum.
+/// What the store itself spends on one topic besides its label's bytes, counted against the
+/// byte bound: an edge and a node, and the edge a split may add. The heap figures of
+/// BENCHMARKS.md "Memory per topic" (`heap_count::figures`) stay under this.
+pub(crate) const ENTRY_BYTES: usize = 160;
+
+/// Storing the message would exceed the configured maximum: of distinct topics, or of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("retained message store is full")]
 pub(crate) struct RetainFull;
 
+/// A node exists where a retained message is or where topics branch (see [`trie_edges`]).
 struct Node<V> {
-    children: HashMap<Box<str>, Node<V>>,
+    edges: Edges<Node<V>>,
     value: Option<V>,
 }
 
-impl<V> Node<V> {
-    fn new() -> Self {
+impl<V> Branching for Node<V> {
+    fn empty() -> Self {
         Node {
-            children: HashMap::new(),
+            edges: Edges::new(),
             value: None,
         }
     }
 
-    fn find_mut(&mut self, topic: &str) -> Option<&mut Self> {
-        let mut node = self;
-        for level in topic.split('/') {
-            node = node.children.get_mut(level)?;
-        }
-        Some(node)
+    fn edges(&self) -> &Edges<Self> {
+        &self.edges
     }
 
-    /// Removes the value at `topic` and prunes the nodes left empty. Iterative rather than
-    /// recursive so that topic depth cannot exhaust the stack.
-    fn remove(&mut self, topic: &str) -> Option<V> {
-        let levels: Vec<&str> = topic.split('/').collect();
-        // Index of the level leaving the deepest node that must survive pruning; every node
-        // below it on the path has this path as its only content.
-        let mut keep = 0;
-        let mut node = &mut *self;
-        for (i, level) in levels.iter().enumerate() {
-            if node.value.is_some() || node.children.len() > 1 {
-                keep = i;
-            }
-            node = node.children.get_mut(*level)?;
-        }
-        let value = node.value.take()?;
-        if node.children.is_empty() {
-            let mut ancestor = &mut *self;
-            for level in &levels[..keep] {
-                match ancestor.children.get_mut(*level) {
-                    Some(child) => ancestor = child,
-                    None => return Some(value),
-                }
-            }
-            ancestor.children.remove(levels[keep]);
-        }
-        Some(value)
+    fn edges_mut(&mut self) -> &mut Edges<Self> {
+        &mut self.edges
+    }
+
+    fn holds(&self) -> bool {
+        self.value.is_some()
     }
 }
 
 impl<V> Node<V> {
-    /// Hands `visit` the values whose topics match `levels` (a topic filter's levels) until it
+    /// Removes the value at `levels` and prunes what is left empty, joining an edge with the one
+    /// below it where the node between is now a mere bend. Iterative rather than recursive so
+    /// that topic depth cannot exhaust the stack.
+    fn remove(&mut self, levels: &[&str]) -> Option<V> {
+        // The first level of each edge on the path, and how many of them lead to the deepest
+        // node that must survive pruning: every node below it holds only this topic.
+        let mut hops: Vec<&str> = Vec::new();
+        let mut keep = 0;
+        let mut node = &mut *self;
+        let mut at = 0;
+        while let Some(&level) = levels.get(at) {
+            if node.value.is_some() || node.edges.len() > 1 {
+                keep = hops.len();
+            }
+            let edge = node.edges.get_mut(level)?;
+            at += edge.spells(&levels[at..])?;
+            hops.push(level);
+            node = &mut edge.node;
+        }
+        let value = node.value.take()?;
+        if node.edges.is_empty() {
+            if let Some(survivor) = trie_edges::walk_mut(self, &hops[..keep]) {
+                survivor.edges.remove(hops[keep]);
+            }
+            trie_edges::rejoin(self, &hops[..keep]);
+        } else {
+            trie_edges::rejoin(self, &hops);
+        }
+        Some(value)
+    }
+
+    /// Hands `visit` the values whose topics match `filter` (a topic filter's levels) until it
     /// returns false; returns false when it was stopped so.
-    fn visit(&self, levels: &[&str], visit: &mut impl FnMut(&V) -> bool) -> bool {
+    fn visit(&self, filter: &[&str], visit: &mut impl FnMut(&V) -> bool) -> bool {
         // `None` depth: everything below the node matches (we are under a `#`).
         let mut stack: Vec<(&Self, Option<usize>)> = vec![(self, Some(0))];
         while let Some((node, depth)) = stack.pop() {
@@ -83,12 +101,10 @@ impl<V> Node<V> {
                 if node.value.as_ref().is_some_and(|v| !visit(v)) {
                     return false;
                 }
-                stack.extend(node.children.values().map(|child| (child, None)));
+                stack.extend(node.edges.iter().map(|edge| (&edge.node, None)));
                 continue;
             };
-            // MQTT §4.7.2: wildcards in the first level do not match topics starting with '$'.
-            let visible = |name: &str| depth > 0 || !name.starts_with('$');
-            match levels.get(depth) {
+            match filter.get(depth) {
                 None => {
                     if node.value.as_ref().is_some_and(|v| !visit(v)) {
                         return false;
@@ -100,21 +116,21 @@ impl<V> Node<V> {
                         return false;
                     }
                     stack.extend(
-                        node.children
+                        node.edges
                             .iter()
-                            .filter(|(name, _)| visible(name))
-                            .map(|(_, child)| (child, None)),
+                            .filter(|edge| depth > 0 || !edge.label().starts_with('$'))
+                            .map(|edge| (&edge.node, None)),
                     );
                 }
-                Some(&"+") => stack.extend(
-                    node.children
-                        .iter()
-                        .filter(|(name, _)| visible(name))
-                        .map(|(_, child)| (child, Some(depth + 1))),
-                ),
+                Some(&"+") => stack.extend(node.edges.iter().filter_map(|edge| {
+                    let below = meet(edge.label(), filter, depth)?;
+                    Some((&edge.node, below))
+                })),
                 Some(literal) => {
-                    if let Some(child) = node.children.get(*literal) {
-                        stack.push((child, Some(depth + 1)));
+                    if let Some(edge) = node.edges.get(literal) {
+                        if let Some(below) = meet(edge.label(), filter, depth) {
+                            stack.push((&edge.node, below));
+                        }
                     }
                 }
             }
@@ -123,55 +139,125 @@ impl<V> Node<V> {
     }
 }
 
-/// Retained messages by topic name, bounded to `max` distinct topics.
+/// Where `filter`'s levels from `depth` on lead through an edge labelled `label`: `None` if
+/// they do not match it, `Some(None)` if a `#` within it matches all below, otherwise the
+/// filter depth at the edge's node.
+fn meet(label: &str, filter: &[&str], depth: usize) -> Option<Option<usize>> {
+    let mut at = depth;
+    for level in label.split('/') {
+        // MQTT §4.7.2: wildcards in the first level do not match topics starting with '$'.
+        let wild_ok = at > 0 || !level.starts_with('$');
+        match *filter.get(at)? {
+            "#" if wild_ok => return Some(None),
+            "+" if wild_ok => {}
+            literal if literal == level => {}
+            _ => return None,
+        }
+        at += 1;
+    }
+    Some(Some(at))
+}
+
+/// Retained messages by topic name, bounded to `max` distinct topics and to `max_bytes` bytes.
 pub(crate) struct RetainStore<V> {
     shards: Box<[RwLock<Node<V>>]>,
     hasher: RandomState,
     len: AtomicUsize,
     max: usize,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// The bytes a value holds on the heap, its topic excepted (the store counts that).
+    weigh: fn(&V) -> usize,
 }
 
 impl<V: Clone> RetainStore<V> {
     pub(crate) fn new(max: usize) -> Self {
         RetainStore {
-            shards: (0..SHARDS).map(|_| RwLock::new(Node::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Node::empty())).collect(),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
             max,
+            bytes: AtomicUsize::new(0),
+            max_bytes: usize::MAX,
+            weigh: |_| 0,
         }
     }
 
-    /// Stores (replacing) the retained message for `topic` (a valid topic name). Replacing is
-    /// always allowed; a new topic is refused once `max` topics are stored.
+    /// The store bounded to `max_bytes` too: each message counts what `weigh` says its value
+    /// holds, plus its topic and [`ENTRY_BYTES`].
+    pub(crate) fn with_max_bytes(mut self, max_bytes: usize, weigh: fn(&V) -> usize) -> Self {
+        self.max_bytes = max_bytes;
+        self.weigh = weigh;
+        self
+    }
+
+    fn cost(&self, topic: &str, value: &V) -> usize {
+        (self.weigh)(value)
+            .saturating_add(topic.len())
+            .saturating_add(ENTRY_BYTES)
+    }
+
+    /// Takes `n` more bytes if they fit under the bound.
+    fn reserve_bytes(&self, n: usize) -> Result<(), RetainFull> {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_add(n).filter(|&total| total <= self.max_bytes)
+            })
+            .map(drop)
+            .map_err(|_| RetainFull)
+    }
+
+    /// Stores (replacing) the retained message for `topic` (a valid topic name). A new topic is
+    /// refused once `max` topics are stored, and any message that would take the store past
+    /// `max_bytes`: a replacement refused so leaves the message it would have replaced. Both
+    /// bounds are taken before the trie grows, so a refused message leaves no node behind.
     pub(crate) fn set(&self, topic: &str, value: V) -> Result<Option<V>, RetainFull> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let cost = self.cost(topic, &value);
         let mut root = self.shard(topic::first_level(topic)).write();
-        if let Some(slot) = root.find_mut(topic).and_then(|node| node.value.as_mut()) {
+        if let Some(slot) =
+            trie_edges::descend_mut(&mut *root, &levels).and_then(|node| node.value.as_mut())
+        {
+            let old = self.cost(topic, slot);
+            if cost > old {
+                self.reserve_bytes(cost - old)?;
+            } else {
+                self.bytes.fetch_sub(old - cost, Ordering::Relaxed);
+            }
             return Ok(Some(std::mem::replace(slot, value)));
         }
-        // Reserving before building the path means a refused topic leaves no empty nodes behind.
         self.len
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max).then_some(n + 1)
             })
             .map_err(|_| RetainFull)?;
-        let mut node = &mut *root;
-        for level in topic.split('/') {
-            node = node.children.entry(level.into()).or_insert_with(Node::new);
+        if let Err(full) = self.reserve_bytes(cost) {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return Err(full);
         }
-        node.value = Some(value);
+        trie_edges::descend_or_make(&mut *root, &levels).value = Some(value);
         Ok(None)
     }
 
     pub(crate) fn remove(&self, topic: &str) -> Option<V> {
-        let removed = self.shard(topic::first_level(topic)).write().remove(topic);
-        if removed.is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-        }
-        removed
+        let levels: Vec<&str> = topic.split('/').collect();
+        let removed = self
+            .shard(topic::first_level(topic))
+            .write()
+            .remove(&levels)?;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(self.cost(topic, &removed), Ordering::Relaxed);
+        Some(removed)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// What the stored messages count against `max_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Hands `visit` every retained value whose topic matches `filter` (a valid topic filter), in
@@ -238,7 +324,7 @@ mod tests {
 
     fn node_count<V>(store: &RetainStore<V>) -> usize {
         fn below<V>(node: &Node<V>) -> usize {
-            node.children.values().map(|c| 1 + below(c)).sum()
+            node.edges.iter().map(|e| 1 + below(&e.node)).sum()
         }
         store.shards.iter().map(|s| below(&s.read())).sum()
     }
@@ -262,6 +348,19 @@ mod tests {
         assert_eq!(store.set("d", 4), Ok(None));
         assert_eq!(store.len(), 2);
         assert_eq!(matching_sorted(&store, "#"), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_node_and_its_edge_stay_small() {
+        // A retained message's place in the store: its edge is a label and a node, the node an
+        // edge vector and the value.
+        type N = Node<std::sync::Arc<crate::message::Message>>;
+        assert!(
+            std::mem::size_of::<N>() <= 32,
+            "{}",
+            std::mem::size_of::<N>()
+        );
+        assert!(std::mem::size_of::<trie_edges::Edge<N>>() <= 48);
     }
 
     #[test]
@@ -359,28 +458,77 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (strategies::topic_name(), any::<u32>()).prop_map(|(t, v)| Op::Set(t, v)),
-            1 => strategies::topic_name().prop_map(Op::Remove),
+            3 => (strategies::any_topic_name(), any::<u32>()).prop_map(|(t, v)| Op::Set(t, v)),
+            1 => strategies::any_topic_name().prop_map(Op::Remove),
         ]
     }
 
+    /// Every node but the root stores a message or is where topics branch: nothing left empty,
+    /// no bend that should have been joined into one edge.
+    fn assert_compact<V>(store: &RetainStore<V>) {
+        fn below<V>(node: &Node<V>) {
+            for edge in node.edges.iter() {
+                let n = &edge.node;
+                assert!(
+                    n.value.is_some() || n.edges.len() >= 2,
+                    "node under {:?}: no value, {} edges",
+                    edge.label(),
+                    n.edges.len()
+                );
+                below(n);
+            }
+        }
+        for shard in store.shards.iter() {
+            below(&shard.read());
+        }
+    }
+
+    /// What a value counts in `matches_naive_filtering`'s byte bound.
+    fn weigh(v: &u32) -> usize {
+        (*v % 64) as usize
+    }
+
     proptest! {
+        /// Sets and removes against a map of topics, within bounds of topics and bytes that a
+        /// sequence may or may not reach: same answers, same matches as the reference matcher,
+        /// the byte count exact and the trie compact after each step.
         #[test]
         fn matches_naive_filtering(
             ops in prop::collection::vec(op(), 0..60),
-            filters in prop::collection::vec(strategies::topic_filter(), 1..10),
+            filters in prop::collection::vec(strategies::any_topic_filter(), 1..10),
+            max in prop::sample::select(&[3usize, usize::MAX][..]),
+            max_bytes in prop::sample::select(&[600usize, usize::MAX][..]),
         ) {
-            let store = RetainStore::new(usize::MAX);
-            let mut model = BTreeMap::new();
+            let store = RetainStore::new(max).with_max_bytes(max_bytes, weigh);
+            let cost = |topic: &str, v: &u32| weigh(v) + topic.len() + ENTRY_BYTES;
+            let mut model: BTreeMap<String, u32> = BTreeMap::new();
+            let mut bytes = 0;
             for op in ops {
                 match op {
                     Op::Set(topic, v) => {
-                        prop_assert_eq!(store.set(&topic, v), Ok(model.insert(topic, v)));
+                        let old = model.get(&topic).map(|old| cost(&topic, old));
+                        let fits = match old {
+                            Some(old) => bytes - old + cost(&topic, &v) <= max_bytes,
+                            None => model.len() < max && bytes + cost(&topic, &v) <= max_bytes,
+                        };
+                        let expected = if fits {
+                            bytes = bytes - old.unwrap_or(0) + cost(&topic, &v);
+                            Ok(model.insert(topic.clone(), v))
+                        } else {
+                            Err(RetainFull)
+                        };
+                        prop_assert_eq!(store.set(&topic, v), expected, "set {}", topic);
                     }
                     Op::Remove(topic) => {
-                        prop_assert_eq!(store.remove(&topic), model.remove(&topic));
+                        let removed = model.remove(&topic);
+                        if let Some(v) = &removed {
+                            bytes -= cost(&topic, v);
+                        }
+                        prop_assert_eq!(store.remove(&topic), removed);
                     }
                 }
+                prop_assert_eq!(store.bytes.load(Ordering::Relaxed), bytes);
+                assert_compact(&store);
             }
             prop_assert_eq!(store.len(), model.len());
             for filter in &filters {
@@ -394,8 +542,10 @@ mod tests {
             }
             for topic in model.keys() {
                 store.remove(topic);
+                assert_compact(&store);
             }
             prop_assert_eq!(node_count(&store), 0);
+            prop_assert_eq!(store.bytes.load(Ordering::Relaxed), 0);
         }
     }
 }

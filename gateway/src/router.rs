@@ -98,6 +98,13 @@ impl Router {
         self
     }
 
+    /// The retained store bounded to `max_bytes` too (`mqtt.retained_max_bytes`), each message
+    /// counted with what it holds on the heap.
+    pub(crate) fn with_retained_max_bytes(mut self, max_bytes: usize) -> Router {
+        self.retained = self.retained.with_max_bytes(max_bytes, retained_weight);
+        self
+    }
+
     /// The router as one node of a cluster.
     pub(crate) fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Router {
         self.cluster = cluster;
@@ -462,6 +469,11 @@ impl Router {
         self.retained.len()
     }
 
+    /// What the retained messages count against `mqtt.retained_max_bytes`.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.bytes()
+    }
+
     pub fn subscription_len(&self) -> usize {
         self.index.len()
     }
@@ -469,6 +481,26 @@ impl Router {
     pub fn shared_subscription_len(&self) -> usize {
         self.index.shared_len()
     }
+}
+
+/// What a retained message holds on the heap, its topic's place in the retained trie excepted
+/// (the store counts that): the shared message with its copies of topic, payload and properties,
+/// and the PUBLISH heads delivering it encodes and keeps, one per layout it goes out in.
+pub(crate) fn retained_weight(msg: &Arc<Message>) -> usize {
+    // The `Arc`'s two counters, and a malloc header and rounding for each of the message's
+    // three allocations.
+    const ALLOCATIONS: usize = 16 + 3 * 24;
+    // A head: its fixed header and packet id, its buffer's shared header, malloc's rounding.
+    const HEAD: usize = 64;
+    let properties = msg.properties.as_deref().map_or(0, |p| p.heap_bytes());
+    // Four layouts (protocol family x QoS 0 or not); only the two v5 ones carry properties.
+    let heads = 4 * (HEAD + msg.topic.len()) + 2 * properties;
+    std::mem::size_of::<Message>()
+        + ALLOCATIONS
+        + msg.topic.len()
+        + msg.payload.len()
+        + properties
+        + heads
 }
 
 #[cfg(test)]

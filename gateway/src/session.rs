@@ -77,6 +77,20 @@ pub struct SubscriptionRecord {
     pub id: Option<u32>,
 }
 
+/// What the index and the session spend on one subscription beyond its filter's bytes: the
+/// index's leaf and member, the session's record. The heap figures of BENCHMARKS.md "Memory per
+/// topic" (`heap_count::figures`) stay under it.
+pub(crate) const SUBSCRIPTION_BYTES: usize = 352;
+
+/// What a subscription to `filter` counts against `limits.max_subscription_bytes_per_client`:
+/// the filter twice (the index's edge label, the session's record) and the fixed part.
+pub(crate) fn subscription_bytes(filter: &str) -> usize {
+    filter
+        .len()
+        .saturating_mul(2)
+        .saturating_add(SUBSCRIPTION_BYTES)
+}
+
 /// What became of a message offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -648,6 +662,22 @@ impl Session {
         let before = st.subscriptions.len();
         st.subscriptions.retain(|s| s.filter != filter);
         st.subscriptions.len() != before
+    }
+
+    /// Whether a subscription to `filter` keeps the session within `max` bytes of
+    /// subscriptions (see [`subscription_bytes`]): replacing an existing one always does.
+    pub(crate) fn subscription_fits(&self, filter: &str, max: usize) -> bool {
+        // Summed here rather than kept in `State`, which would grow every session by a word: the
+        // scan is the one `record_subscription` makes anyway, over a count the limits bound.
+        let st = self.state.lock();
+        let mut used = 0usize;
+        for s in &st.subscriptions {
+            if s.filter == filter {
+                return true;
+            }
+            used = used.saturating_add(subscription_bytes(&s.filter));
+        }
+        used.saturating_add(subscription_bytes(filter)) <= max
     }
 
     pub fn subscription_count(&self) -> usize {

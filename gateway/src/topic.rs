@@ -139,6 +139,39 @@ pub(crate) mod strategies {
     const TOPIC_LEVELS: [&str; 4] = ["a", "b", "$a", ""];
     const FILTER_LEVELS: [&str; 5] = ["a", "b", "$a", "", "+"];
 
+    /// More levels to pick from and deeper topics: enough siblings for a trie node's edges to
+    /// turn into a table and back, and long paths for edges to split and join.
+    const WIDE_LEVELS: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "$a", "", "j"];
+
+    /// A topic name from `topic_name`'s few levels, or now and then from the wide ones.
+    pub(crate) fn any_topic_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => topic_name(),
+            1 => prop::collection::vec(prop::sample::select(&WIDE_LEVELS[..]), 1..8)
+                .prop_map(|levels| levels.join("/"))
+                .prop_filter("topic names are non-empty", |t| !t.is_empty()),
+        ]
+    }
+
+    /// A topic filter from `topic_filter`'s few levels, or now and then from the wide ones.
+    pub(crate) fn any_topic_filter() -> impl Strategy<Value = String> {
+        let wide = prop::collection::vec(
+            prop_oneof![4 => prop::sample::select(&WIDE_LEVELS[..]), 1 => Just("+")],
+            0..8,
+        );
+        prop_oneof![
+            3 => topic_filter(),
+            1 => (wide, any::<bool>())
+                .prop_map(|(mut levels, multi)| {
+                    if multi || levels.is_empty() {
+                        levels.push("#");
+                    }
+                    levels.join("/")
+                })
+                .prop_filter("topic filters are non-empty", |f| !f.is_empty()),
+        ]
+    }
+
     pub(crate) fn topic_name() -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(&TOPIC_LEVELS[..]), 1..5)
             .prop_map(|levels| levels.join("/"))

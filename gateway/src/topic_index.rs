@@ -5,6 +5,10 @@
 //! `Arc<Matches>` it can fan out from without holding any lock.
 //!
 //! Layout, and why:
+//! - Each trie is path-compressed with compact nodes ([`crate::trie_edges`]): literal levels no
+//!   other filter branches from share one edge, so a subscription to a long unique filter costs
+//!   about its length and a few hundred bytes, not a hash map and a boxed key per level. A `+`
+//!   level is a node of its own; a leaf keeps its subscribers in a vector while few.
 //! - Filters are split into 32 tries by a hash of their first level, each behind its own
 //!   `RwLock`, so subscribes to unrelated topic trees do not contend and publishes never take a
 //!   global lock. Filters whose first level is a wildcard (`+/...`, `#`) can match any topic, so
@@ -32,6 +36,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::topic;
+use crate::trie_edges::{self, Branching, Edges};
 
 /// Number of tries for filters with a literal first level.
 const SHARDS: usize = 32;
@@ -167,22 +172,97 @@ impl<K: Clone + Eq, V: Clone> SharedGroup<K, V> {
     }
 }
 
-/// Subscriptions whose filter ends at one trie position.
-struct Leaf<K, V> {
-    plain: HashMap<K, V>,
-    shared: HashMap<Box<str>, Arc<SharedGroup<K, V>>>,
+/// The plain subscribers of one filter: a vector sized to fit while there are few (most filters
+/// have one subscriber), a map beyond, so that a filter with thousands of subscribers still
+/// adds and removes one in constant time.
+enum Members<K, V> {
+    Few(Vec<(K, V)>),
+    // Boxed: 8 bytes in every leaf instead of a map's 48, for the few leaves that need one.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<K, V>>),
 }
+
+/// Members kept in a vector up to this many; a map beyond.
+const FEW_MEMBERS: usize = 8;
+/// A map back to a vector when this few are left (the gap stops flip-flopping at the edge).
+const FEWER_MEMBERS: usize = 4;
+
+impl<K: Clone + Eq + Hash, V: Clone> Members<K, V> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Members::Few(v) => v.is_empty(),
+            Members::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self {
+            Members::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
+                    return Some(std::mem::replace(&mut slot.1, value));
+                }
+                if v.len() < FEW_MEMBERS {
+                    v.reserve_exact(1);
+                    v.push((key, value));
+                } else {
+                    let mut m: HashMap<K, V> = v.drain(..).collect();
+                    m.insert(key, value);
+                    *self = Members::Many(Box::new(m));
+                }
+                None
+            }
+            Members::Many(m) => m.insert(key, value),
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        match self {
+            Members::Few(v) => {
+                let i = v.iter().position(|(k, _)| k == key)?;
+                let (_, value) = v.swap_remove(i);
+                v.shrink_to_fit();
+                Some(value)
+            }
+            Members::Many(m) => {
+                let value = m.remove(key)?;
+                if m.len() <= FEWER_MEMBERS {
+                    let mut v = Vec::with_capacity(m.len());
+                    v.extend(m.drain());
+                    *self = Members::Few(v);
+                }
+                Some(value)
+            }
+        }
+    }
+
+    fn clone_into(&self, out: &mut Vec<(K, V)>) {
+        match self {
+            Members::Few(v) => out.extend(v.iter().cloned()),
+            Members::Many(m) => out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        }
+    }
+}
+
+/// Subscriptions whose filter ends at one trie position. Shared groups are rare, so their map
+/// is boxed and absent until one exists.
+struct Leaf<K, V> {
+    plain: Members<K, V>,
+    shared: Option<Box<Groups<K, V>>>,
+}
+
+/// A leaf's shared groups by name.
+type Groups<K, V> = HashMap<Box<str>, Arc<SharedGroup<K, V>>>;
 
 impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
     fn new() -> Self {
         Leaf {
-            plain: HashMap::new(),
-            shared: HashMap::new(),
+            plain: Members::Few(Vec::new()),
+            shared: None,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.shared.is_empty()
+        self.plain.is_empty() && self.shared.is_none()
     }
 
     /// Whether the plain subscriptions (or group `group`) have a member; an existing group is
@@ -190,14 +270,15 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
     fn has(&self, group: Option<&str>) -> bool {
         match group {
             None => !self.plain.is_empty(),
-            Some(name) => self.shared.contains_key(name),
+            Some(name) => self.shared.as_ref().is_some_and(|s| s.contains_key(name)),
         }
     }
 
     fn collect(&self, out: &mut Matches<K, V>) {
-        out.plain
-            .extend(self.plain.iter().map(|(k, v)| (k.clone(), v.clone())));
-        out.shared.extend(self.shared.values().cloned());
+        self.plain.clone_into(&mut out.plain);
+        if let Some(shared) = &self.shared {
+            out.shared.extend(shared.values().cloned());
+        }
     }
 
     fn insert(&mut self, filter: &str, group: Option<&str>, key: K, value: V) -> Inserted<V> {
@@ -208,21 +289,24 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
                 Inserted { previous, first }
             }
             // A group is deleted with its last member, so an existing group is never empty.
-            Some(name) => match self.shared.get(name) {
-                Some(existing) => Inserted {
-                    previous: existing.upsert(key, value),
-                    first: false,
-                },
-                None => {
-                    let created = SharedGroup::new(name, filter);
-                    created.upsert(key, value);
-                    self.shared.insert(name.into(), Arc::new(created));
-                    Inserted {
-                        previous: None,
-                        first: true,
+            Some(name) => {
+                let shared = self.shared.get_or_insert_with(Box::default);
+                match shared.get(name) {
+                    Some(existing) => Inserted {
+                        previous: existing.upsert(key, value),
+                        first: false,
+                    },
+                    None => {
+                        let created = SharedGroup::new(name, filter);
+                        created.upsert(key, value);
+                        shared.insert(name.into(), Arc::new(created));
+                        Inserted {
+                            previous: None,
+                            first: true,
+                        }
                     }
                 }
-            },
+            }
         }
     }
 
@@ -234,11 +318,15 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
                 Some((value, self.plain.is_empty()))
             }
             Some(name) => {
-                let existing = self.shared.get(name)?;
+                let shared = self.shared.as_mut()?;
+                let existing = shared.get(name)?;
                 let value = existing.remove(key)?;
                 let deleted = existing.is_empty();
                 if deleted {
-                    self.shared.remove(name);
+                    shared.remove(name);
+                    if shared.is_empty() {
+                        self.shared = None;
+                    }
                 }
                 Some((value, deleted))
             }
@@ -246,15 +334,13 @@ impl<K: Clone + Eq + Hash, V: Clone> Leaf<K, V> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Step<'a> {
-    Literal(&'a str),
-    Plus,
-}
+/// The level of a filter path that stands for `+`: a literal level never is exactly `+`.
+const PLUS: &str = "+";
 
-/// A filter as trie steps; a trailing `#` is not a step but selects the node's `hash` leaf.
+/// A filter's levels, `+` included; a trailing `#` is not a level but selects the node's `hash`
+/// leaf.
 struct Path<'a> {
-    steps: Vec<Step<'a>>,
+    levels: Vec<&'a str>,
     multi: bool,
 }
 
@@ -262,27 +348,44 @@ impl<'a> Path<'a> {
     /// Anything after a `#` is ignored, the same way [`topic::matches`] ignores it, so that an
     /// unvalidated filter is still stored where removal and cache invalidation will look for it.
     fn parse(filter: &'a str) -> Self {
-        let mut steps = Vec::new();
+        let mut levels = Vec::new();
         for level in filter.split('/') {
-            match level {
-                "#" => return Path { steps, multi: true },
-                "+" => steps.push(Step::Plus),
-                literal => steps.push(Step::Literal(literal)),
+            if level == "#" {
+                return Path {
+                    levels,
+                    multi: true,
+                };
             }
+            levels.push(level);
         }
         Path {
-            steps,
+            levels,
             multi: false,
         }
     }
 
     fn is_literal(&self) -> bool {
-        !self.multi && self.steps.iter().all(|s| matches!(s, Step::Literal(_)))
+        !self.multi && !self.levels.contains(&PLUS)
+    }
+
+    /// The trie the filter lives in: the wild one when its first level is a wildcard.
+    fn first_literal(&self) -> Option<&'a str> {
+        self.levels.first().copied().filter(|&l| l != PLUS)
     }
 }
 
+/// How a path goes from a node to the next: along a literal edge (named by its first level) or
+/// to the `+` child.
+#[derive(Clone, Copy)]
+enum Hop<'a> {
+    Edge(&'a str),
+    Plus,
+}
+
+/// A node exists where a filter ends or where filters branch, literal levels in between being
+/// edge labels (see [`trie_edges`]); a `+` level is always a node of its own.
 struct Node<K, V> {
-    children: HashMap<Box<str>, Node<K, V>>,
+    edges: Edges<Node<K, V>>,
     plus: Option<Box<Node<K, V>>>,
     /// Subscriptions to `{this node's path}/#`; `#` is always last, so it needs no node.
     hash: Option<Box<Leaf<K, V>>>,
@@ -290,18 +393,32 @@ struct Node<K, V> {
     leaf: Option<Box<Leaf<K, V>>>,
 }
 
-impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
-    fn new() -> Self {
+impl<K, V> Branching for Node<K, V> {
+    fn empty() -> Self {
         Node {
-            children: HashMap::new(),
+            edges: Edges::new(),
             plus: None,
             hash: None,
             leaf: None,
         }
     }
 
+    fn edges(&self) -> &Edges<Self> {
+        &self.edges
+    }
+
+    fn edges_mut(&mut self) -> &mut Edges<Self> {
+        &mut self.edges
+    }
+
+    fn holds(&self) -> bool {
+        self.plus.is_some() || self.hash.is_some() || self.leaf.is_some()
+    }
+}
+
+impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
     fn fanout(&self) -> usize {
-        self.children.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
+        self.edges.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
     }
 
     fn is_empty(&self) -> bool {
@@ -316,11 +433,17 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
     /// The leaf `path` ends at, if the trie has it.
     fn find(&self, path: &Path<'_>) -> Option<&Leaf<K, V>> {
         let mut node = self;
-        for &step in &path.steps {
-            node = match step {
-                Step::Literal(level) => node.children.get(level)?,
-                Step::Plus => node.plus.as_deref()?,
-            };
+        let mut levels = &path.levels[..];
+        while let Some(&level) = levels.first() {
+            if level == PLUS {
+                node = node.plus.as_deref()?;
+                levels = &levels[1..];
+            } else {
+                // A label never holds `+`, so it cannot spell levels past one.
+                let edge = node.edges.get(level)?;
+                levels = &levels[edge.spells(levels)?..];
+                node = &edge.node;
+            }
         }
         if path.multi {
             node.hash.as_deref()
@@ -329,18 +452,19 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
         }
     }
 
-    fn child_mut(&mut self, step: Step<'_>) -> Option<&mut Self> {
-        match step {
-            Step::Literal(level) => self.children.get_mut(level),
-            Step::Plus => self.plus.as_deref_mut(),
+    fn hop_mut(&mut self, hop: Hop<'_>) -> Option<&mut Self> {
+        match hop {
+            Hop::Edge(level) => Some(&mut self.edges.get_mut(level)?.node),
+            Hop::Plus => self.plus.as_deref_mut(),
         }
     }
 
-    fn child_or_insert(&mut self, step: Step<'_>) -> &mut Self {
-        match step {
-            Step::Literal(level) => self.children.entry(level.into()).or_insert_with(Node::new),
-            Step::Plus => self.plus.get_or_insert_with(|| Box::new(Node::new())),
+    fn walk_mut(&mut self, hops: &[Hop<'_>]) -> Option<&mut Self> {
+        let mut node = self;
+        for &hop in hops {
+            node = node.hop_mut(hop)?;
         }
+        Some(node)
     }
 
     fn insert(
@@ -352,8 +476,19 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
         value: V,
     ) -> Inserted<V> {
         let mut node = self;
-        for &step in &path.steps {
-            node = node.child_or_insert(step);
+        let mut levels = &path.levels[..];
+        while let Some(&level) = levels.first() {
+            if level == PLUS {
+                node = node.plus.get_or_insert_with(|| Box::new(Node::empty()));
+                levels = &levels[1..];
+            } else {
+                let run = levels
+                    .iter()
+                    .position(|&l| l == PLUS)
+                    .unwrap_or(levels.len());
+                node = trie_edges::descend_or_make(node, &levels[..run]);
+                levels = &levels[run..];
+            }
         }
         let slot = if path.multi {
             &mut node.hash
@@ -364,21 +499,33 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
             .insert(filter, group, key, value)
     }
 
-    /// Removes one subscription and prunes the nodes left empty; the flag is `Leaf::remove`'s.
-    /// Iterative rather than recursive so that filter depth cannot exhaust the stack.
+    /// Removes one subscription, prunes the nodes left empty and joins edges around a node left
+    /// a mere bend; the flag is `Leaf::remove`'s. Iterative rather than recursive so that filter
+    /// depth cannot exhaust the stack.
     fn remove(&mut self, path: &Path<'_>, group: Option<&str>, key: &K) -> Option<(V, bool)> {
-        // Index of the step leaving the deepest node that must survive pruning; every node below
-        // it on the path has this path as its only content.
+        // The hops of the path, and how many of them lead to the deepest node that must survive
+        // pruning: every node below it on the path has this path as its only content.
+        let mut hops = Vec::new();
         let mut keep = 0;
         let mut node = &mut *self;
-        for (i, &step) in path.steps.iter().enumerate() {
+        let mut levels = &path.levels[..];
+        while let Some(&level) = levels.first() {
             if node.branches() {
-                keep = i;
+                keep = hops.len();
             }
-            node = node.child_mut(step)?;
+            if level == PLUS {
+                node = node.plus.as_deref_mut()?;
+                hops.push(Hop::Plus);
+                levels = &levels[1..];
+            } else {
+                let edge = node.edges.get_mut(level)?;
+                levels = &levels[edge.spells(levels)?..];
+                hops.push(Hop::Edge(level));
+                node = &mut edge.node;
+            }
         }
         if path.multi && node.branches() {
-            keep = path.steps.len();
+            keep = hops.len();
         }
         let slot = if path.multi {
             &mut node.hash
@@ -396,27 +543,40 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
             node.is_empty()
         };
         if prune {
-            self.cut(path, keep);
+            self.cut(&hops, keep);
+            self.rejoin(&hops[..keep]);
+        } else {
+            self.rejoin(&hops);
         }
         Some(removed)
     }
 
-    /// Drops the subtree reached by step `at` of `path` (or the `#` leaf when `at` is past the
-    /// last step).
-    fn cut(&mut self, path: &Path<'_>, at: usize) {
-        let mut node = self;
-        for &step in &path.steps[..at] {
-            match node.child_mut(step) {
-                Some(child) => node = child,
-                None => return,
+    /// Drops the subtree reached by hop `at` of `hops` (or the `#` leaf when `at` is past the
+    /// last hop).
+    fn cut(&mut self, hops: &[Hop<'_>], at: usize) {
+        let Some(node) = self.walk_mut(&hops[..at]) else {
+            return;
+        };
+        match hops.get(at) {
+            Some(Hop::Edge(level)) => {
+                node.edges.remove(level);
             }
-        }
-        match path.steps.get(at) {
-            Some(Step::Literal(level)) => {
-                node.children.remove(*level);
-            }
-            Some(Step::Plus) => node.plus = None,
+            Some(Hop::Plus) => node.plus = None,
             None => node.hash = None,
+        }
+    }
+
+    /// Joins the edge `hops` ends with and the one edge below its node when that node holds
+    /// nothing else any more; a node reached by `+` stays a node.
+    fn rejoin(&mut self, hops: &[Hop<'_>]) {
+        let Some((Hop::Edge(level), above)) = hops.split_last() else {
+            return;
+        };
+        if let Some(edge) = self
+            .walk_mut(above)
+            .and_then(|node| node.edges.get_mut(level))
+        {
+            edge.merge_if_single();
         }
     }
 
@@ -439,8 +599,10 @@ impl<K: Clone + Eq + Hash, V: Clone> Node<K, V> {
                 }
                 continue;
             };
-            if let Some(child) = node.children.get(*level) {
-                stack.push((child, depth + 1));
+            if let Some(edge) = node.edges.get(level) {
+                if let Some(n) = edge.spells(&levels[depth..]) {
+                    stack.push((&edge.node, depth + n));
+                }
             }
             if wildcards_allowed {
                 if let Some(plus) = &node.plus {
@@ -615,11 +777,11 @@ where
         TopicIndex {
             shards: (0..SHARDS)
                 .map(|_| Shard {
-                    trie: RwLock::new(Node::new()),
+                    trie: RwLock::new(Node::empty()),
                     cache: RwLock::new(Cache::new(topics_per_shard)),
                 })
                 .collect(),
-            wild: RwLock::new(Node::new()),
+            wild: RwLock::new(Node::empty()),
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
             shared_len: AtomicUsize::new(0),
@@ -701,9 +863,9 @@ where
     pub fn contains(&self, filter: &str, group: Option<&str>) -> bool {
         let path = Path::parse(filter);
         let found = |trie: &Node<K, V>| trie.find(&path).is_some_and(|leaf| leaf.has(group));
-        match path.steps.first() {
-            Some(Step::Literal(first)) => found(&self.shards[self.shard_of(first)].trie.read()),
-            Some(Step::Plus) | None => found(&self.wild.read()),
+        match path.first_literal() {
+            Some(first) => found(&self.shards[self.shard_of(first)].trie.read()),
+            None => found(&self.wild.read()),
         }
     }
 
@@ -734,8 +896,8 @@ where
         path: &Path<'_>,
         change: impl FnOnce(&mut Node<K, V>) -> (R, bool),
     ) -> R {
-        match path.steps.first() {
-            Some(Step::Literal(first)) => {
+        match path.first_literal() {
+            Some(first) => {
                 let shard = &self.shards[self.shard_of(first)];
                 let mut trie = shard.trie.write();
                 let (result, stale) = change(&mut trie);
@@ -749,7 +911,7 @@ where
                 }
                 result
             }
-            Some(Step::Plus) | None => {
+            None => {
                 let mut wild = self.wild.write();
                 let (result, stale) = change(&mut wild);
                 if stale {

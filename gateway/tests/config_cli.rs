@@ -94,6 +94,24 @@ fn bad_value_in_file_exits_2_naming_key_and_value() {
 }
 
 #[test]
+fn bad_byte_bounds_exit_2_naming_key_and_value() {
+    for (text, message) in [
+        (
+            "[mqtt]\nretained_max_bytes = -1\n",
+            "config: invalid value for `mqtt.retained_max_bytes`: -1 (must be >= 0)",
+        ),
+        (
+            "[limits]\nmax_subscription_bytes_per_client = \"8M\"\n",
+            "config: invalid value for `limits.max_subscription_bytes_per_client`: \"8M\" \
+             (expected an integer)",
+        ),
+    ] {
+        let file = TempConfig::new(text);
+        assert_config_error(&run(&["--config", file.path()]), message);
+    }
+}
+
+#[test]
 fn wrong_type_in_file_exits_2_naming_key_and_value() {
     let file = TempConfig::new("[mqtt]\nqueue_qos0_offline = \"no\"\n");
     assert_config_error(

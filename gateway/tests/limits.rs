@@ -396,6 +396,125 @@ async fn subscriptions_beyond_the_limit_are_refused_in_suback() {
     obs.shutdown().await;
 }
 
+/// What one subscription counts against `max_subscription_bytes_per_client`: its filter twice
+/// and 352 bytes (`session::subscription_bytes`, documented in config/gateway.toml).
+fn subscription_cost(filter: &str) -> usize {
+    2 * filter.len() + 352
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_bytes_beyond_the_limit_are_refused_in_suback() {
+    // Room for two short filters, not three; a long filter does not fit beside one short one,
+    // though the count limit would let hundreds in.
+    let limit = 2 * subscription_cost("b/1") + 100;
+    let obs = broker(|c| c.limits.max_subscription_bytes_per_client = limit).await;
+    let long = format!("b/{}", "x".repeat(300));
+    for (v, refused) in [(V::V5, QUOTA_EXCEEDED), (V::V311, 0x80)] {
+        let mut raw = Raw::connected(obs.mqtt, v, &format!("bytes-{v:?}")).await;
+        let mut other = Raw::connected(obs.mqtt, v, &format!("bytes-other-{v:?}")).await;
+        raw.send(&subscribe_many(v, &["b/1", "b/2", "b/3"])).await;
+        assert_eq!(suback_codes(&mut raw, v).await, [0, 0, refused]);
+        // Replacing an existing subscription still works; a new one still does not.
+        raw.send(&subscribe_many(v, &["b/2", &long])).await;
+        assert_eq!(suback_codes(&mut raw, v).await, [0, refused]);
+        // What an unsubscribe frees is room again, for a short filter, not for the long one.
+        let mut body = vec![0, 9];
+        body.extend_from_slice(v.no_props());
+        body.extend(string(b"b/1"));
+        raw.send(&packet(0xA2, &body)).await;
+        raw.expect_kind(0xB0, WAIT).await;
+        raw.send(&subscribe_many(v, &[&long, "b/3"])).await;
+        assert_eq!(suback_codes(&mut raw, v).await, [refused, 0]);
+        // The granted ones deliver, the refused ones do not, the connection stays.
+        raw.send(&v.publish(0x30, b"b/3", None, &[], b"granted"))
+            .await;
+        let f = raw.expect_kind(clients::raw::PUBLISH, WAIT).await;
+        assert!(f.body.ends_with(b"granted"), "{f:?}");
+        raw.send(&v.publish(0x30, long.as_bytes(), None, &[], b"refused"))
+            .await;
+        assert!(
+            matches!(raw.read_packet_within(QUIET).await, Err(End::Silent)),
+            "a refused subscription delivered"
+        );
+        // Another client's budget is its own.
+        other.send(&subscribe_many(v, &["b/1", "b/2"])).await;
+        assert_eq!(suback_codes(&mut other, v).await, [0, 0]);
+        still_served(&mut raw, v, "b/2").await;
+    }
+    assert_eq!(
+        metric_reaches(
+            &obs,
+            "gateway_limits_exceeded_total",
+            "\"max_subscription_bytes_per_client\"",
+            6.0
+        )
+        .await,
+        6.0
+    );
+    obs.shutdown().await;
+}
+
+/// The retained messages a new subscription got: (topic, payload length, first payload byte).
+async fn retained(c: &mut v5::Client) -> Vec<(String, usize, u8)> {
+    let mut seen = Vec::new();
+    while let Some(p) = c.try_next_publish(QUIET).await {
+        assert!(p.retain);
+        seen.push((v5::topic_of(&p), p.payload.len(), p.payload[0]));
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_beyond_retained_max_bytes_are_delivered_but_not_stored() {
+    // Each 10,000-byte message counts its payload, topic and well under 1,000 bytes besides:
+    // two fit, a third does not.
+    let obs = broker(|c| c.mqtt.retained_max_bytes = 25_000).await;
+    let mut publ = v5::connect(obs.mqtt, &unique_id("rb-pub")).await;
+    let mut live = v5::connect(obs.mqtt, &unique_id("rb-live")).await;
+    live.subscribe("rb/#", v5::QoS::AtMostOnce).await;
+    let payload = |byte: u8, n: usize| vec![byte; n];
+    for (topic, byte) in [("rb/1", b'1'), ("rb/2", b'2'), ("rb/3", b'3')] {
+        publ.publish_confirmed(topic, v5::QoS::AtLeastOnce, true, payload(byte, 10_000))
+            .await;
+        // Refused by the store or not, the message is routed.
+        assert_eq!(v5::topic_of(&live.next_publish(WAIT).await), topic);
+    }
+    let mut sub = v5::connect(obs.mqtt, &unique_id("rb-sub")).await;
+    sub.subscribe("rb/#", v5::QoS::AtMostOnce).await;
+    assert_eq!(
+        retained(&mut sub).await,
+        [("rb/1".into(), 10_000, b'1'), ("rb/2".into(), 10_000, b'2')]
+    );
+    // A deletion frees its bytes; a larger replacement that does not fit keeps the old message.
+    publ.publish_confirmed("rb/1", v5::QoS::AtLeastOnce, true, Vec::new())
+        .await;
+    publ.publish_confirmed("rb/3", v5::QoS::AtLeastOnce, true, payload(b'3', 10_000))
+        .await;
+    publ.publish_confirmed("rb/2", v5::QoS::AtLeastOnce, true, payload(b'4', 14_000))
+        .await;
+    let mut sub = v5::connect(obs.mqtt, &unique_id("rb-sub2")).await;
+    sub.subscribe("rb/#", v5::QoS::AtMostOnce).await;
+    assert_eq!(
+        retained(&mut sub).await,
+        [("rb/2".into(), 10_000, b'2'), ("rb/3".into(), 10_000, b'3')]
+    );
+    assert_eq!(
+        metric_reaches(
+            &obs,
+            "gateway_messages_dropped_total",
+            "reason=\"retained_full\"",
+            2.0
+        )
+        .await,
+        2.0
+    );
+    // Two messages of 10,000 bytes stored, counted in real bytes and within the bound.
+    let counted = metric(&obs, "gateway_retained_bytes", "").await;
+    assert!((20_000.0..=25_000.0).contains(&counted), "{counted}");
+    obs.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_and_filters_beyond_max_topic_length_are_refused() {
     let obs = broker(|c| c.limits.max_topic_length = 16).await;

@@ -251,6 +251,7 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     at_least("gateway_subscriptions", &[], 4.0);
     at_least("gateway_shared_subscriptions", &[], 1.0);
     at_least("gateway_retained_messages", &[], 1.0);
+    at_least("gateway_retained_bytes", &[], 1.0);
     at_least("gateway_queued_messages", &[], 50.0);
     at_least("gateway_inflight_messages", &[], 32.0);
     at_least("gateway_build_info", &[], 1.0);

@@ -111,6 +111,15 @@ impl Client {
             debug!(client = %self.session.client_id, %filter, "subscription refused: limits.max_subscriptions_per_client");
             return reason::QUOTA_EXCEEDED;
         }
+        // Before the index or the session allocate anything for it.
+        let max_bytes = policy.max_subscription_bytes_per_client;
+        if max_bytes > 0 && !self.session.subscription_fits(filter, max_bytes) {
+            self.ctx
+                .metrics
+                .limit_exceeded(LimitExceeded::SubscriptionBytes);
+            debug!(client = %self.session.client_id, %filter, "subscription refused: limits.max_subscription_bytes_per_client");
+            return reason::QUOTA_EXCEEDED;
+        }
         if !self.may_subscribe(filter) {
             debug!(client = %self.session.client_id, %filter, "subscription not authorized");
             return reason::NOT_AUTHORIZED;

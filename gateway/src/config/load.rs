@@ -13,9 +13,10 @@ use super::validate::{
     COMMIT_DELAY_MS, CONNECT_BURST, CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS,
     MAX_HANDSHAKES, MAX_INFLIGHT, MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE,
     MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES, MAX_RETAINED_BACKLOG, MAX_RETAINED_BACKLOG_BYTES,
-    MAX_SUBSCRIPTIONS, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, NATS_URL_HINT,
-    RECEIVE_MAXIMUM, RETAINED_MAX, SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT,
-    TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
+    MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTION_BYTES, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS,
+    MEMORY_HIGH_WATER, NATS_URL_HINT, RECEIVE_MAXIMUM, RETAINED_MAX, RETAINED_MAX_BYTES,
+    SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE,
+    TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
     boolean, integer, optional_path, optional_socket_addr, optional_string, seconds,
@@ -114,6 +115,9 @@ impl Config {
                 m.session_expiry_max = integer(k, value, SESSION_EXPIRY_MAX)?;
             }
             ("mqtt", "retained_max") => m.retained_max = integer(k, value, RETAINED_MAX)?,
+            ("mqtt", "retained_max_bytes") => {
+                m.retained_max_bytes = integer(k, value, RETAINED_MAX_BYTES)?;
+            }
             ("mqtt", "connect_timeout") => m.connect_timeout = seconds(k, value)?,
             ("mqtt", "packet_timeout") => m.packet_timeout = seconds(k, value)?,
             ("mqtt", "idle_timeout") => m.idle_timeout = seconds_or_never(k, value)?,
@@ -168,6 +172,10 @@ impl Config {
             }
             ("limits", "max_subscriptions_per_client") => {
                 self.limits.max_subscriptions_per_client = integer(k, value, MAX_SUBSCRIPTIONS)?;
+            }
+            ("limits", "max_subscription_bytes_per_client") => {
+                self.limits.max_subscription_bytes_per_client =
+                    integer(k, value, MAX_SUBSCRIPTION_BYTES)?;
             }
             ("limits", "max_retained_backlog") => {
                 self.limits.max_retained_backlog = integer(k, value, MAX_RETAINED_BACKLOG)?;

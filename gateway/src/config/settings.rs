@@ -114,6 +114,9 @@ pub struct MqttConfig {
     pub session_expiry_max: u32,
     /// Maximum number of distinct retained topics.
     pub retained_max: usize,
+    /// Bytes the retained messages may hold: topic, payload and properties, with what the
+    /// message and its place in the retained store cost besides.
+    pub retained_max_bytes: usize,
     /// Time a new connection has from accept (or its connect_rate slot) to CONNACK: reading
     /// CONNECT, the password check and taking its session over.
     pub connect_timeout: Duration,
@@ -189,6 +192,9 @@ pub struct LimitsConfig {
     pub max_publish_bytes_rate: u64,
     /// Subscriptions one session may hold; 0 means no limit.
     pub max_subscriptions_per_client: usize,
+    /// Bytes one session's subscriptions may cost: each its filter twice and a fixed part (see
+    /// `session::subscription_bytes`); 0 means no limit.
+    pub max_subscription_bytes_per_client: usize,
     /// Retained messages queued for one session by its SUBSCRIBEs and not yet sent; 0 means no
     /// limit.
     pub max_retained_backlog: usize,
@@ -317,6 +323,7 @@ impl Default for MqttConfig {
             max_inflight: 32,
             session_expiry_max: 172_800,
             retained_max: 1_000_000,
+            retained_max_bytes: 1 << 30,
             connect_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(60),
             idle_timeout: Some(Duration::from_secs(3600)),
@@ -342,6 +349,7 @@ impl Default for LimitsConfig {
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
             max_subscriptions_per_client: 10_000,
+            max_subscription_bytes_per_client: 8 << 20,
             max_retained_backlog: 100_000,
             max_retained_backlog_bytes: 16 << 20,
             max_topic_length: 1024,

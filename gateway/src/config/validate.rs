@@ -29,6 +29,7 @@ pub(super) const MAX_QUEUED_MESSAGES: Bounds = Bounds::new(1, UNBOUNDED);
 pub(super) const MAX_INFLIGHT: Bounds = Bounds::new(1, u16::MAX as u64);
 pub(super) const SESSION_EXPIRY_MAX: Bounds = Bounds::new(0, u32::MAX as u64);
 pub(super) const RETAINED_MAX: Bounds = Bounds::new(0, UNBOUNDED);
+pub(super) const RETAINED_MAX_BYTES: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_TOPIC_LEVELS: Bounds = Bounds::new(1, UNBOUNDED);
 pub(super) const TOPIC_ALIAS_MAXIMUM: Bounds = Bounds::new(0, u16::MAX as u64);
 pub(super) const FD_RESERVE: Bounds = Bounds::new(0, u32::MAX as u64);
@@ -40,6 +41,7 @@ pub(super) const MAX_HANDSHAKES: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_PUBLISH_RATE: Bounds = Bounds::new(0, u32::MAX as u64);
 pub(super) const MAX_PUBLISH_BYTES_RATE: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_SUBSCRIPTIONS: Bounds = Bounds::new(0, UNBOUNDED);
+pub(super) const MAX_SUBSCRIPTION_BYTES: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_RETAINED_BACKLOG: Bounds = Bounds::new(0, UNBOUNDED);
 pub(super) const MAX_RETAINED_BACKLOG_BYTES: Bounds = Bounds::new(0, UNBOUNDED);
 /// A topic of one byte must fit; 65535 is the longest an MQTT string can be.
@@ -118,6 +120,11 @@ impl Config {
             SESSION_EXPIRY_MAX,
         )?;
         check("mqtt.retained_max", m.retained_max as u64, RETAINED_MAX)?;
+        check(
+            "mqtt.retained_max_bytes",
+            m.retained_max_bytes as u64,
+            RETAINED_MAX_BYTES,
+        )?;
         for (key, duration) in [
             ("mqtt.connect_timeout", m.connect_timeout),
             ("mqtt.packet_timeout", m.packet_timeout),
@@ -180,6 +187,11 @@ impl Config {
             "limits.max_subscriptions_per_client",
             l.max_subscriptions_per_client as u64,
             MAX_SUBSCRIPTIONS,
+        )?;
+        check(
+            "limits.max_subscription_bytes_per_client",
+            l.max_subscription_bytes_per_client as u64,
+            MAX_SUBSCRIPTION_BYTES,
         )?;
         check(
             "limits.max_retained_backlog",

@@ -68,6 +68,7 @@ fn every_key_is_parsed() {
         max_inflight = 7
         session_expiry_max = 0
         retained_max = 0
+        retained_max_bytes = 123456
         connect_timeout = 2.5
         packet_timeout = 30
         idle_timeout = 600
@@ -98,6 +99,7 @@ fn every_key_is_parsed() {
         max_publish_rate = 50
         max_publish_bytes_rate = 100000
         max_subscriptions_per_client = 0
+        max_subscription_bytes_per_client = 65536
         max_retained_backlog = 0
         max_retained_backlog_bytes = 4096
         max_topic_length = 65535
@@ -127,6 +129,7 @@ fn every_key_is_parsed() {
             max_inflight: 7,
             session_expiry_max: 0,
             retained_max: 0,
+            retained_max_bytes: 123_456,
             connect_timeout: Duration::from_millis(2500),
             packet_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),
@@ -160,6 +163,7 @@ fn every_key_is_parsed() {
             max_publish_rate: 50,
             max_publish_bytes_rate: 100_000,
             max_subscriptions_per_client: 0,
+            max_subscription_bytes_per_client: 65536,
             max_retained_backlog: 0,
             max_retained_backlog_bytes: 4096,
             max_topic_length: 65535,

@@ -28,6 +28,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.mqtt.max_inflight, 32);
     assert_eq!(c.mqtt.session_expiry_max, 172_800);
     assert_eq!(c.mqtt.retained_max, 1_000_000);
+    assert_eq!(c.mqtt.retained_max_bytes, 1 << 30);
     assert_eq!(c.mqtt.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.mqtt.packet_timeout, Duration::from_secs(60));
     assert_eq!(c.mqtt.idle_timeout, Some(Duration::from_secs(3600)));
@@ -57,6 +58,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.limits.max_publish_rate, 0);
     assert_eq!(c.limits.max_publish_bytes_rate, 0);
     assert_eq!(c.limits.max_subscriptions_per_client, 10_000);
+    assert_eq!(c.limits.max_subscription_bytes_per_client, 8 << 20);
     assert_eq!(c.limits.max_retained_backlog, 100_000);
     assert_eq!(c.limits.max_retained_backlog_bytes, 16 << 20);
     assert_eq!(c.limits.max_topic_length, 1024);
@@ -72,12 +74,12 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
     assert_eq!(table.len(), 9);
-    assert_eq!(count("mqtt"), 20);
+    assert_eq!(count("mqtt"), 21);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);
     assert_eq!(count("auth"), 3);
-    assert_eq!(count("limits"), 11);
+    assert_eq!(count("limits"), 12);
     assert_eq!(count("storage"), 4);
     assert_eq!(count("nats"), 8);
     assert_eq!(count("cluster"), 3);

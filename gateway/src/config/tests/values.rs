@@ -134,6 +134,12 @@ fn out_of_range_values_are_named_with_their_value() {
             "must be >= 0",
         ),
         (
+            "retained_max_bytes = -1",
+            "mqtt.retained_max_bytes",
+            "-1",
+            "must be >= 0",
+        ),
+        (
             "connect_timeout = 0",
             "mqtt.connect_timeout",
             "0",
@@ -249,6 +255,10 @@ fn bad_limits_are_named_with_their_value() {
     assert_eq!(
         error("[limits]\nmemory_high_water = \"1G\""),
         "config: invalid value for `limits.memory_high_water`: \"1G\" (expected an integer)"
+    );
+    assert_eq!(
+        error("[limits]\nmax_subscription_bytes_per_client = -4"),
+        "config: invalid value for `limits.max_subscription_bytes_per_client`: -4 (must be >= 0)"
     );
     assert_eq!(
         error("[limits]\nmax_publish_rate = -1"),
