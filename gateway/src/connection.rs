@@ -15,7 +15,9 @@
 //! be a ping), so waiting for input means polling the stream's `poll_read` itself, into the same
 //! scratch buffer, and keeping what it returned until `try_read_frames` takes it. Their writes
 //! go through `poll_write_vectored` and `poll_flush`; what the stream buffered but has not
-//! flushed counts as pending. The plain TCP path is untouched by this.
+//! flushed counts as pending. The plain TCP path is untouched by this. A stream that implements
+//! `Hibernates` (TLS: `tls::stream`) hibernates like a plain socket once it holds no bytes of its
+//! own; other streams (WebSocket) keep their task.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
