@@ -7,6 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -155,6 +156,11 @@ async fn held(
         tls.read_exact(&mut ping).await.expect("read");
         tls.write_all(b"pong").await.expect("write");
         tls.flush().await.expect("flush");
+        // Waits for more, as a session's task does before it parks (this once kept an empty
+        // 4 KiB read buffer).
+        let mut more = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_millis(20), tls.read(&mut more)).await;
+        assert!(waited.is_err(), "the client sent nothing more");
         assert!(tls.idle(), "nothing held back");
         tls.hibernate().expect("parks");
         assert!(tls.hibernating_fd() >= 0);
