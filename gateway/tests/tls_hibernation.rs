@@ -210,7 +210,7 @@ async fn rustls_sessions_wake_on_a_packet_survive_key_update_close_at_keep_alive
     for version in ["1.3", "1.2"] {
         for mutual in [false, true] {
             let case = format!("TLS {version} client-cert={mutual}");
-            let client_cert = mutual.then(|| (dev_cert.as_path(), dev_key.as_path()));
+            let client_cert = mutual.then_some((dev_cert.as_path(), dev_key.as_path()));
             let addr = broker.listeners[usize::from(mutual)];
             let config = resuming(&ca, version, client_cert);
             one_session(&broker, addr, &config, &case, HandshakeKind::Full).await;
