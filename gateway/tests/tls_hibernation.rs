@@ -164,7 +164,8 @@ impl TlsClient {
         self.stream.flush().await.expect("flush");
     }
 
-    /// The next packet (first byte, body) within `within`; `None` at the end of the stream.
+    /// The next packet (first byte, body) within `within`; `None` at the end of the stream,
+    /// which must be a TLS close_notify.
     async fn packet(&mut self, within: Duration) -> Option<(u8, Vec<u8>)> {
         tokio::time::timeout(within, async {
             loop {
@@ -178,7 +179,9 @@ impl TlsClient {
                     }
                 }
                 match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
+                    Ok(0) => return None,
+                    // tokio-rustls reports a TCP end without close_notify as an error.
+                    Err(e) => panic!("the stream ended without close_notify: {e}"),
                     Ok(_) => {}
                 }
             }
@@ -198,7 +201,8 @@ impl TlsClient {
 /// A rustls client over TLS 1.3 and 1.2, without and with a client certificate: its session
 /// hibernates after SUBSCRIBE; a PUBLISH to itself wakes it (PUBACK and the message come back);
 /// on TLS 1.3 the client then rotates its keys (KeyUpdate, answered by the broker's own) and is
-/// still understood; it hibernates again and is closed at its keep-alive while hibernating.
+/// still understood; it hibernates again and is closed at its keep-alive while hibernating,
+/// with a TLS close_notify.
 /// Reconnecting resumes its TLS session from the ticket or session id it got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rustls_sessions_wake_on_a_packet_survive_key_update_close_at_keep_alive_and_resume() {
