@@ -15,7 +15,9 @@
 //! be a ping), so waiting for input means polling the stream's `poll_read` itself, into the same
 //! scratch buffer, and keeping what it returned until `try_read_frames` takes it. Their writes
 //! go through `poll_write_vectored` and `poll_flush`; what the stream buffered but has not
-//! flushed counts as pending. The plain TCP path is untouched by this.
+//! flushed counts as pending. The plain TCP path is untouched by this. A stream that implements
+//! `Hibernates` (TLS: `tls::stream`) hibernates like a plain socket once it holds no bytes of its
+//! own; other streams (WebSocket) keep their task.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -79,6 +81,20 @@ pub(crate) trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncStream for T {}
 
+/// A stream transport that can hibernate: its socket leaves tokio's reactor and its buffers are
+/// freed, its protocol state (TLS keys, WebSocket framing) kept.
+pub(crate) trait Hibernates: AsyncStream {
+    /// Whether it holds no bytes of its own: none read and not returned, none written and not
+    /// sent. Only then may it hibernate.
+    fn idle(&self) -> bool;
+    /// Takes the socket off the reactor, keeping it open; every I/O call fails until `resume`.
+    fn hibernate(&mut self) -> io::Result<()>;
+    /// Registers the socket with the reactor again; inside the runtime.
+    fn resume(&mut self) -> io::Result<()>;
+    /// The socket's descriptor while it hibernates, -1 otherwise.
+    fn hibernating_fd(&self) -> std::os::fd::RawFd;
+}
+
 enum Transport {
     Tcp(TcpStream),
     /// Boxed: a TLS session's state is large and only TLS/WebSocket connections pay for it.
@@ -88,8 +104,23 @@ enum Transport {
     Hibernating(Option<std::net::TcpStream>),
 }
 
+/// A stream transport, and whether it can hibernate.
+enum Io {
+    Fixed(Box<dyn AsyncStream>),
+    Hibernates(Box<dyn Hibernates>),
+}
+
+impl Io {
+    fn get(&mut self) -> &mut dyn AsyncStream {
+        match self {
+            Io::Fixed(io) => &mut **io,
+            Io::Hibernates(io) => &mut **io,
+        }
+    }
+}
+
 struct StreamIo {
-    io: Box<dyn AsyncStream>,
+    io: Io,
     /// Bytes `poll_read` returned while the task waited for input, not yet framed.
     received: Option<Bytes>,
     /// The stream ended (read returned 0 bytes).
@@ -124,6 +155,15 @@ impl Connection {
 
     /// A TLS or WebSocket connection.
     pub(crate) fn stream(io: Box<dyn AsyncStream>) -> Connection {
+        Connection::over(Io::Fixed(io))
+    }
+
+    /// A TLS or WebSocket connection that hibernates like a plain one.
+    pub(crate) fn hibernating_stream(io: Box<dyn Hibernates>) -> Connection {
+        Connection::over(Io::Hibernates(io))
+    }
+
+    fn over(io: Io) -> Connection {
         Connection::with(Transport::Stream(Box::new(StreamIo {
             io,
             received: None,
@@ -150,13 +190,19 @@ impl Connection {
         }
     }
 
-    /// Whether `hibernate` may take the socket off the reactor now: plain TCP, nothing waiting to
-    /// be written, no packet half read or not handed out.
+    /// Whether `hibernate` may take the socket off the reactor now: plain TCP or a stream that
+    /// hibernates and holds nothing, nothing waiting to be written, no packet half read or not
+    /// handed out.
     pub(crate) fn may_hibernate(&self) -> bool {
-        matches!(self.transport, Transport::Tcp(_))
-            && self.pending.is_empty()
-            && self.partial.is_none()
-            && self.unframed.is_none()
+        let transport = match &self.transport {
+            Transport::Tcp(_) => true,
+            Transport::Stream(s) => match &s.io {
+                Io::Hibernates(io) => s.received.is_none() && !s.eof && !s.unflushed && io.idle(),
+                Io::Fixed(_) => false,
+            },
+            Transport::Hibernating(_) => false,
+        };
+        transport && self.pending.is_empty() && self.partial.is_none() && self.unframed.is_none()
     }
 
     /// Whether frames of an earlier read wait to be handed out: `try_read_frames` gives the next
@@ -167,13 +213,22 @@ impl Connection {
 
     /// Deregisters the socket from tokio's reactor, keeping it open.
     pub(crate) fn hibernate(&mut self) -> io::Result<()> {
+        // A working connection keeps its write queue's storage (freeing it whenever it empties
+        // cost an allocation per delivery); a hibernating one keeps none.
         match std::mem::replace(&mut self.transport, Transport::Hibernating(None)) {
             Transport::Tcp(stream) => {
-                // A working connection keeps its write queue's storage (freeing it whenever it
-                // empties cost an allocation per delivery); a hibernating one keeps none.
                 self.pending = VecDeque::new();
                 self.transport = Transport::Hibernating(Some(stream.into_std()?));
                 Ok(())
+            }
+            Transport::Stream(mut s) if matches!(s.io, Io::Hibernates(_)) => {
+                self.pending = VecDeque::new();
+                let slept = match &mut s.io {
+                    Io::Hibernates(io) => io.hibernate(),
+                    Io::Fixed(_) => Ok(()),
+                };
+                self.transport = Transport::Stream(s);
+                slept
             }
             other => {
                 self.transport = other;
@@ -189,6 +244,14 @@ impl Connection {
                 self.transport = Transport::Tcp(TcpStream::from_std(stream)?);
                 Ok(())
             }
+            Transport::Stream(mut s) => {
+                let resumed = match &mut s.io {
+                    Io::Hibernates(io) => io.resume(),
+                    Io::Fixed(_) => Err(hibernating()),
+                };
+                self.transport = Transport::Stream(s);
+                resumed
+            }
             other => {
                 self.transport = other;
                 Err(hibernating())
@@ -201,6 +264,10 @@ impl Connection {
         use std::os::fd::AsRawFd;
         match &self.transport {
             Transport::Hibernating(Some(stream)) => stream.as_raw_fd(),
+            Transport::Stream(s) => match &s.io {
+                Io::Hibernates(io) => io.hibernating_fd(),
+                Io::Fixed(_) => -1,
+            },
             _ => -1,
         }
     }
@@ -454,7 +521,7 @@ impl Connection {
         while !self.pending.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let count = gather(&self.pending, &mut iov);
-            match Pin::new(&mut s.io).poll_write_vectored(cx, &iov[..count]) {
+            match Pin::new(s.io.get()).poll_write_vectored(cx, &iov[..count]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     written += n;
@@ -470,7 +537,7 @@ impl Connection {
             return Poll::Ready(Ok(written));
         };
         if s.unflushed {
-            match Pin::new(&mut s.io).poll_flush(cx) {
+            match Pin::new(s.io.get()).poll_flush(cx) {
                 Poll::Ready(Ok(())) => s.unflushed = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
@@ -507,7 +574,7 @@ impl Connection {
         self.flush_within(within).await;
         if let Transport::Stream(s) = &mut self.transport {
             use tokio::io::AsyncWriteExt;
-            let _ = tokio::time::timeout_at(deadline, s.io.shutdown()).await;
+            let _ = tokio::time::timeout_at(deadline, s.io.get().shutdown()).await;
         }
     }
 
@@ -529,10 +596,10 @@ impl Connection {
                     while let Ok(1..) = stream.read(&mut sink).await {}
                 }
                 Transport::Stream(s) => {
-                    if s.io.shutdown().await.is_err() {
+                    if s.io.get().shutdown().await.is_err() {
                         return;
                     }
-                    while let Ok(1..) = s.io.read(&mut sink).await {}
+                    while let Ok(1..) = s.io.get().read(&mut sink).await {}
                 }
                 Transport::Hibernating(_) => {}
             }
@@ -568,7 +635,7 @@ impl StreamIo {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             make_room(&mut scratch);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut *scratch) {
+            match tokio_util::io::poll_read_buf(Pin::new(self.io.get()), cx, &mut *scratch) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
                     Poll::Ready(Ok(()))

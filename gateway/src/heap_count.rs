@@ -63,12 +63,16 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Heap bytes (in malloc chunks) this thread's allocations hold now, net of what it freed.
+pub(crate) fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
 /// Heap bytes (in malloc chunks) that `build` left allocated by this thread, with its result.
 pub(crate) fn retained_by<R>(build: impl FnOnce() -> R) -> (R, usize) {
-    let before = LIVE.with(Cell::get);
+    let before = live();
     let built = build();
-    let after = LIVE.with(Cell::get);
-    (built, usize::try_from(after - before).unwrap_or(0))
+    (built, usize::try_from(live() - before).unwrap_or(0))
 }
 
 mod tests {

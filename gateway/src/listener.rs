@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::client::{self, Opened};
 use crate::config::ListenerKind;
-use crate::connection::{AsyncStream, Connection};
+use crate::connection::Connection;
 use crate::context::{ConnectionSlot, Context};
 use crate::endpoint::Endpoint;
 use crate::limits::{ConnectPacer, Handshake, Pace};
@@ -234,7 +234,7 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
             default_listener: false,
         });
     };
-    let secured = match tls.acceptor().accept(stream).await {
+    let secured = match tls::accept(tls.config(), stream).await {
         Ok(s) => s,
         Err(e) => {
             ctx.metrics.tls_handshake_failures.increment(1);
@@ -243,8 +243,6 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
     };
     let identity = if l.config.use_identity_as_username {
         let name = secured
-            .get_ref()
-            .1
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(tls::certificate_identity);
@@ -256,16 +254,16 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
     } else {
         None
     };
-    let io: Box<dyn AsyncStream> = if l.kind().is_websocket() {
+    let conn = if l.kind().is_websocket() {
         let ws = ws::accept(secured, &l.config.path, max_frame)
             .await
             .map_err(|e| e.to_string())?;
-        Box::new(ws)
+        Connection::stream(Box::new(ws))
     } else {
-        Box::new(secured)
+        Connection::hibernating_stream(Box::new(secured))
     };
     Ok(Opened {
-        conn: Connection::stream(io),
+        conn,
         identity,
         default_listener: false,
     })

@@ -7,6 +7,8 @@
 //! that fails to load is reported with the listener's key (`listeners[N].cert`) and the path, at
 //! start as a configuration error, on SIGHUP as a logged error that keeps the previous config.
 //!
+//! Sessions run over `stream`, which lets an idle one hibernate with its keys alone.
+//!
 //! rustls 0.23 with the aws-lc-rs provider, TLS 1.3 and 1.2. A client that puts an IP literal in SNI
 //! (libmosquitto and other OpenSSL clients connecting by address) is served as one that sent no
 //! SNI. Resumption is on: TLS 1.3 session tickets and TLS 1.2 tickets (RFC 5077) are stateless,
@@ -26,9 +28,12 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use tokio_rustls::rustls::version::{TLS12, TLS13};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, ListenerConfig};
+
+mod stream;
+
+pub(crate) use stream::accept;
 
 /// The certificates of one TLS listener, reloadable.
 pub(crate) struct TlsFiles {
@@ -48,9 +53,9 @@ impl TlsFiles {
         })
     }
 
-    /// An acceptor on the current certificates, for one new connection.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().clone())
+    /// The current certificates, for one new connection.
+    pub(crate) fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().clone()
     }
 
     /// Reads the files again; on failure the previous certificates stay in use.

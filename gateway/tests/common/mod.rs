@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 pub mod scratch;
 
 pub mod nats;
+pub mod pki;
 
 pub struct TestBroker {
     pub addr: SocketAddr,
