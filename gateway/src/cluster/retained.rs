@@ -38,9 +38,11 @@ use crate::message::Message;
 use crate::metrics::{ClusterDrop, Metrics};
 use crate::router::Router;
 
-/// Retained writes waiting for JetStream (NATS down or slow); beyond it they are dropped and
-/// counted, and the topic keeps its value on this node only.
+/// Retained writes waiting for JetStream (NATS down or slow), in number and in bytes (subjects
+/// and payloads); beyond either they are dropped and counted, and the topic keeps its value on
+/// this node only.
 const MAX_PENDING: usize = 65_536;
+const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Writes sent before their acknowledgements are awaited.
 const BATCH: usize = 256;
 /// Pauses between attempts while JetStream is unreachable.
@@ -55,13 +57,26 @@ struct Write {
     payload: Bytes,
 }
 
+/// The writes waiting for JetStream and their bytes.
+#[derive(Default)]
+struct Pending {
+    writes: VecDeque<Write>,
+    bytes: usize,
+}
+
+impl Write {
+    fn size(&self) -> usize {
+        self.subject.len() + self.payload.len()
+    }
+}
+
 /// This node's side of the retained stream.
 pub(crate) struct RetainedStream {
     /// `{prefix}.r`: the topics' subjects follow it.
     subjects: String,
     stream: String,
     instance: u64,
-    pending: Mutex<VecDeque<Write>>,
+    pending: Mutex<Pending>,
     wake: Notify,
     /// The copy has caught up with the stream (set once at start, and again after each loss).
     loaded: AtomicBool,
@@ -77,7 +92,7 @@ impl RetainedStream {
             subjects: format!("{prefix}.r"),
             stream: format!("{prefix}_retained"),
             instance,
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             loaded: AtomicBool::new(false),
             reconnected: Notify::new(),
@@ -113,12 +128,14 @@ impl RetainedStream {
         } else {
             envelope::encode(msg, self.instance, 0, false, unix_millis())
         };
+        let write = Write { subject, payload };
         let mut pending = self.pending.lock();
-        if pending.len() >= MAX_PENDING {
+        if pending.writes.len() >= MAX_PENDING || pending.bytes + write.size() > MAX_PENDING_BYTES {
             m.dropped(ClusterDrop::Overflow);
             return;
         }
-        pending.push_back(Write { subject, payload });
+        pending.bytes += write.size();
+        pending.writes.push_back(write);
         drop(pending);
         self.wake.notify_one();
     }
@@ -166,6 +183,7 @@ impl RetainedStream {
             let batch: Vec<(String, Bytes)> = {
                 let pending = self.pending.lock();
                 pending
+                    .writes
                     .iter()
                     .take(BATCH)
                     .map(|w| (w.subject.clone(), w.payload.clone()))
@@ -203,7 +221,11 @@ impl RetainedStream {
                 }
             }
             m.retained_written.increment(done as u64);
-            self.pending.lock().drain(..done);
+            {
+                let mut pending = self.pending.lock();
+                let sent: usize = pending.writes.drain(..done).map(|w| w.size()).sum();
+                pending.bytes -= sent;
+            }
             if failed || done == 0 {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RETRY_MAX);
@@ -320,5 +342,43 @@ impl RetainedStream {
         let msg = env.into_message(topic.as_str().into(), stored_at);
         router.apply_retained(&topic, Some(Arc::new(msg)));
         m.retained_applied.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    fn retained(topic: &str, payload: Vec<u8>) -> Message {
+        Message::restored(
+            topic.into(),
+            payload.into(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn writes_waiting_for_jetstream_are_bounded_in_bytes_and_number() {
+        let stream = RetainedStream::new("gw", 1, Arc::new(Metrics::new()));
+        let big = MAX_PENDING_BYTES / 4;
+        for i in 0..8 {
+            stream.write(&retained(&format!("t/{i}"), vec![7; big]));
+        }
+        let pending = stream.pending.lock();
+        assert_eq!(
+            pending.writes.len(),
+            3,
+            "a fourth would pass the byte bound"
+        );
+        assert!(pending.bytes <= MAX_PENDING_BYTES);
+        drop(pending);
+        for i in 0..MAX_PENDING + 10 {
+            stream.write(&retained(&format!("s/{i}"), Vec::new()));
+        }
+        assert_eq!(stream.pending.lock().writes.len(), MAX_PENDING);
     }
 }
