@@ -67,6 +67,7 @@ impl Context {
         state.cluster_connected = cluster.connected;
         state.cluster_remote_interest = cluster.remote_interest;
         state.cluster_nodes = cluster.nodes;
+        state.cluster_retained_ready = cluster.connected && !cluster.retained_behind;
         for session in self.registry.all() {
             if session.is_online() {
                 state.sessions_online += 1;

@@ -143,6 +143,12 @@ fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Respons
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: cluster routing is down (no connection to NATS)\n",
                 )
+            } else if ctx.router.cluster.state().retained_behind {
+                // New subscribers would miss retained messages of other nodes.
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: retained messages are not caught up with the cluster's JetStream stream\n",
+                )
             } else if let Some(why) = ctx.ingest.as_ref().and_then(|i| i.blocked()) {
                 // Publishers matched by the rule wait for acknowledgements (ack = "stream").
                 let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "");

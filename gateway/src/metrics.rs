@@ -176,6 +176,10 @@ pub struct ClusterMetrics {
     pub received_bytes: Counter,
     /// Extra copies NATS delivered for overlapping filters, discarded.
     pub duplicates: Counter,
+    /// Retained sets and clears of this node's clients that JetStream acknowledged.
+    pub retained_written: Counter,
+    /// Retained sets and clears read from the retained stream into this node's copy.
+    pub retained_applied: Counter,
     dropped: [Counter; CLUSTER_DROPS.len()],
 }
 
@@ -478,6 +482,8 @@ impl Metrics {
                 received: counter!("gateway_cluster_messages_received_total"),
                 received_bytes: counter!("gateway_cluster_received_bytes_total"),
                 duplicates: counter!("gateway_cluster_duplicates_total"),
+                retained_written: counter!("gateway_cluster_retained_writes_total"),
+                retained_applied: counter!("gateway_cluster_retained_updates_total"),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
                 }),
@@ -872,6 +878,18 @@ fn describe() {
         "gateway_cluster_messages_dropped_total",
         "Messages not sent to or not taken from the cluster, by reason."
     );
+    describe_counter!(
+        "gateway_cluster_retained_writes_total",
+        "Retained sets and clears of this node's clients acknowledged by the retained stream."
+    );
+    describe_counter!(
+        "gateway_cluster_retained_updates_total",
+        "Retained sets and clears read from the retained stream into this node's copy."
+    );
+    describe_gauge!(
+        "gateway_cluster_retained_ready",
+        "1 while this node's retained messages are caught up with the cluster's retained stream."
+    );
     describe_gauge!(
         "gateway_cluster_connected",
         "1 while this node's NATS connection is up; 0 while down, and on a standalone node."
@@ -917,6 +935,8 @@ pub struct BrokerState {
     pub cluster_remote_interest: usize,
     /// Other cluster nodes known here.
     pub cluster_nodes: usize,
+    /// This node is clustered and its retained copy is caught up with the retained stream.
+    pub cluster_retained_ready: bool,
 }
 
 /// Gauges set from a `BrokerState` right before rendering.
@@ -938,6 +958,7 @@ struct StateGauges {
     cluster_connected: Gauge,
     cluster_remote_interest: Gauge,
     cluster_nodes: Gauge,
+    cluster_retained_ready: Gauge,
 }
 
 impl StateGauges {
@@ -961,6 +982,7 @@ impl StateGauges {
             cluster_connected: gauge!("gateway_cluster_connected"),
             cluster_remote_interest: gauge!("gateway_cluster_remote_interest"),
             cluster_nodes: gauge!("gateway_cluster_nodes"),
+            cluster_retained_ready: gauge!("gateway_cluster_retained_ready"),
         }
     }
 }
@@ -997,6 +1019,12 @@ impl Exporter {
         s.cluster_remote_interest
             .set(state.cluster_remote_interest as f64);
         s.cluster_nodes.set(state.cluster_nodes as f64);
+        s.cluster_retained_ready
+            .set(if state.cluster_retained_ready {
+                1.0
+            } else {
+                0.0
+            });
         let mut out = self.handle.render();
         process::render(&mut out);
         out

@@ -174,8 +174,8 @@ impl Router {
     }
 
     /// A message another node forwarded: to this node's plain subscribers only. It is not
-    /// retained here (retained messages stay on the node they were published on until they
-    /// live in JetStream), not offered to shared groups (those get their own copy, addressed to
+    /// retained here (a retained message reaches this node's copy through the cluster's
+    /// retained stream, in the stream's order), not offered to shared groups (those get their own copy, addressed to
     /// one group: `deliver_shared`), and never forwarded again. Returns how many sessions it
     /// was queued for.
     pub(crate) fn deliver_remote(&self, msg: Arc<Message>) -> usize {
@@ -299,19 +299,36 @@ impl Router {
 
     /// The broker's own retained status messages (`$SYS`, origin 0) are published afresh after
     /// a restart: only clients' retained messages are stored.
+    /// In a cluster, the cluster keeps clients' retained messages (`Cluster::retained`) instead
+    /// of the local store.
     fn retain(&self, msg: &Arc<Message>) -> Mark {
         let stored = msg.origin != 0;
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
-            if stored {
+            if stored && !self.cluster.retained(msg) {
                 return self.store.retained(&msg.topic, None);
             }
         } else if self.retained.set(&msg.topic, msg.clone()).is_err() {
             self.metrics.dropped(DropReason::RetainedFull, 1);
-        } else if stored {
+        } else if stored && !self.cluster.retained(msg) {
             return self.store.retained(&msg.topic, Some(msg));
         }
         0
+    }
+
+    /// A retained set (`Some`) or clear (`None`) from the cluster's retained stream, in the
+    /// stream's order: this node's copy only (the cluster keeps it already).
+    pub(crate) fn apply_retained(&self, topic: &str, msg: Option<Arc<Message>>) {
+        match msg {
+            Some(msg) if !msg.is_expired(unix_millis()) => {
+                if self.retained.set(topic, msg).is_err() {
+                    self.metrics.dropped(DropReason::RetainedFull, 1);
+                }
+            }
+            _ => {
+                self.retained.remove(topic);
+            }
+        }
     }
 
     /// A persistent session's subscriptions, expiry or will changed: the store keeps the new

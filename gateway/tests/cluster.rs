@@ -734,3 +734,232 @@ fn cluster_configuration_mistakes_exit_2_naming_key_and_value() {
         assert!(stderr.starts_with(message), "{text}: {stderr}");
     }
 }
+
+/// A node with `[mqtt]` settings `tune` changes.
+async fn node_mqtt(
+    nats_url: &str,
+    name: &str,
+    tune: impl FnOnce(&mut gateway::config::MqttConfig),
+) -> Observed {
+    let url = nats_url.to_owned();
+    let name = name.to_owned();
+    Observed::start(move |c| {
+        c.sys.interval = 0;
+        c.nats.servers = vec![url];
+        c.cluster.enabled = true;
+        c.cluster.node_name = name;
+        tune(&mut c.mqtt);
+    })
+    .await
+}
+
+/// The retained messages a new subscriber to `filter` on `node` gets: (topic, payload), sorted.
+async fn retained_on(node: &Observed, filter: &str) -> Vec<(String, String)> {
+    let mut sub = v5::connect(node.mqtt, &unique_id("look")).await;
+    sub.subscribe(filter, v5::QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    while let Some(p) = sub.try_next_publish(QUIET).await {
+        assert!(p.retain, "a retained message is sent with RETAIN set");
+        got.push((v5::topic_of(&p), payload_v5(&p)));
+    }
+    sub.disconnect().await;
+    got.sort();
+    got
+}
+
+/// Waits until a new subscriber to `filter` on `node` gets exactly `want`.
+async fn retained_becomes(node: &Observed, filter: &str, want: &[(&str, &str)]) {
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_string()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = retained_on(node, filter).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained on {filter}: {got:?}, expected {want:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_cluster_wide_and_survive_a_restart_of_every_node() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let (a, b, c) = three_nodes(&nats).await;
+    for n in [&a, &b, &c] {
+        assert!(ready(n, 200, WAIT).await, "retained stream loaded");
+    }
+    // Set on a (5.0, with properties) and on b (3.1.1); nobody subscribed anywhere yet.
+    let mut pub_a = v5::connect(a.mqtt, &unique_id("pub-a")).await;
+    let props = v5::PublishProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        message_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    pub_a
+        .publish_confirmed_with("ret/a", v5::QoS::AtLeastOnce, true, "from a", Some(props))
+        .await;
+    let mut pub_b = v3::connect(b.mqtt, &unique_id("pub-b")).await;
+    pub_b
+        .publish_confirmed("ret/b", v3::QoS::AtLeastOnce, true, "from b")
+        .await;
+    pub_b
+        .publish_confirmed("ret/gone", v3::QoS::AtLeastOnce, true, "soon cleared")
+        .await;
+    // A later subscriber on c (which no client retained anything on) gets both, with the v5
+    // properties intact; a 3.1.1 subscriber there too.
+    retained_becomes(
+        &c,
+        "ret/#",
+        &[
+            ("ret/a", "from a"),
+            ("ret/b", "from b"),
+            ("ret/gone", "soon cleared"),
+        ],
+    )
+    .await;
+    let mut props_sub = v5::connect(c.mqtt, &unique_id("props")).await;
+    props_sub.subscribe("ret/a", v5::QoS::AtLeastOnce).await;
+    let got = props_sub.next_publish(WAIT).await;
+    let p = got.properties.unwrap_or_default();
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.user_properties, [("k".to_string(), "v".to_string())]);
+    assert!(
+        matches!(p.message_expiry_interval, Some(590..=600)),
+        "{p:?}"
+    );
+    let mut v3_sub = v3::connect(c.mqtt, &unique_id("v3")).await;
+    v3_sub.subscribe("ret/b", v3::QoS::AtLeastOnce).await;
+    let got = v3_sub.next_publish(WAIT).await;
+    assert!(got.retain);
+    assert_eq!(&got.payload[..], b"from b");
+
+    // A clear (empty payload) on c clears it everywhere, and a replace on a replaces it
+    // everywhere.
+    let mut pub_c = v3::connect(c.mqtt, &unique_id("pub-c")).await;
+    pub_c
+        .publish_confirmed("ret/gone", v3::QoS::AtLeastOnce, true, "")
+        .await;
+    pub_a
+        .publish_confirmed("ret/a", v5::QoS::AtLeastOnce, true, "from a again")
+        .await;
+    let want = [("ret/a", "from a again"), ("ret/b", "from b")];
+    for n in [&a, &b, &c] {
+        retained_becomes(n, "ret/#", &want).await;
+    }
+    assert!(metric(&a, "gateway_cluster_retained_writes_total", &[]).await >= 2.0);
+    assert!(metric(&b, "gateway_cluster_retained_updates_total", &[]).await >= 5.0);
+    assert_eq!(metric(&b, "gateway_cluster_retained_ready", &[]).await, 1.0);
+
+    // Every node stops; two new ones (with empty local state) serve what the cluster kept.
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+    let (d, e) = (node(&nats.url(), "d").await, node(&nats.url(), "e").await);
+    for n in [&d, &e] {
+        assert!(ready(n, 200, WAIT).await);
+        assert_eq!(retained_on(n, "ret/#").await.len(), 2);
+        retained_becomes(n, "ret/#", &want).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_setting_one_retained_topic_at_once_converge_to_one_value() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let (a, b, c) = three_nodes(&nats).await;
+    let mut pub_a = v3::connect(a.mqtt, &unique_id("pub-a")).await;
+    let mut pub_b = v3::connect(b.mqtt, &unique_id("pub-b")).await;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let topic = format!("race/{round}");
+        tokio::join!(
+            pub_a.publish_confirmed(&topic, v3::QoS::AtLeastOnce, true, format!("a{round}")),
+            pub_b.publish_confirmed(&topic, v3::QoS::AtLeastOnce, true, format!("b{round}")),
+        );
+    }
+    // Each topic ends with one value, the same on every node (whichever won the stream).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = [
+            retained_on(&a, "race/#").await,
+            retained_on(&b, "race/#").await,
+            retained_on(&c, "race/#").await,
+        ];
+        if seen[0].len() == ROUNDS && seen.iter().all(|s| *s == seen[0]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes disagree: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_writes_made_while_nats_is_down_reach_the_cluster_when_it_returns() {
+    let port = free_port();
+    let Some(mut nats) = NatsServer::start_on(port).await else {
+        return;
+    };
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    assert!(ready(&a, 200, WAIT).await && ready(&b, 200, WAIT).await);
+    nats.kill();
+    assert!(ready(&a, 503, WAIT).await);
+    let mut pub_a = v3::connect(a.mqtt, &unique_id("pub-a")).await;
+    pub_a
+        .publish_confirmed("down/x", v3::QoS::AtLeastOnce, true, "kept")
+        .await;
+    // Served locally at once.
+    retained_becomes(&a, "down/#", &[("down/x", "kept")]).await;
+    nats.start_again().await;
+    assert!(ready(&a, 200, Duration::from_secs(20)).await);
+    assert!(ready(&b, 200, Duration::from_secs(20)).await);
+    // b's copy follows the stream again once its connection is back (not after the lost
+    // consumer's missed heartbeats, seconds later), and it is not ready before that.
+    retained_becomes(&b, "down/#", &[("down/x", "kept")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_max_applies_to_what_other_nodes_retain() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = node(&nats.url(), "a").await;
+    let small = node_mqtt(&nats.url(), "small", |m| m.retained_max = 1).await;
+    assert!(ready(&a, 200, WAIT).await && ready(&small, 200, WAIT).await);
+    let mut pub_a = v3::connect(a.mqtt, &unique_id("pub-a")).await;
+    for t in ["lim/1", "lim/2", "lim/3"] {
+        pub_a
+            .publish_confirmed(t, v3::QoS::AtLeastOnce, true, t)
+            .await;
+    }
+    retained_becomes(
+        &a,
+        "lim/#",
+        &[("lim/1", "lim/1"), ("lim/2", "lim/2"), ("lim/3", "lim/3")],
+    )
+    .await;
+    within(WAIT, "the small node refusing two", async {
+        while metric(
+            &small,
+            "gateway_messages_dropped_total",
+            &["\"retained_full\""],
+        )
+        .await
+            < 2.0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(retained_on(&small, "lim/#").await.len(), 1);
+}

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::envelope;
 use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
+use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
 use super::{Claiming, Cluster, ClusterState, Interest};
 use crate::clock::unix_millis;
@@ -90,6 +91,8 @@ pub(crate) struct NatsCluster {
     outbox: mpsc::Sender<Outgoing>,
     /// Round-robin between this node and the others for shared groups present on both.
     turn: AtomicUsize,
+    /// Retained messages in JetStream.
+    retained: RetainedStream,
     metrics: Arc<Metrics>,
 }
 
@@ -129,6 +132,11 @@ impl NatsCluster {
             wake: Notify::new(),
             outbox: outbox_tx,
             turn: AtomicUsize::new(0),
+            retained: RetainedStream::new(
+                &config.cluster.subject_prefix,
+                instance,
+                metrics.clone(),
+            ),
             metrics,
         });
         let link = Link {
@@ -244,6 +252,11 @@ impl Cluster for NatsCluster {
         self.wake.notify_one();
     }
 
+    fn retained(&self, msg: &Arc<Message>) -> bool {
+        self.retained.write(msg);
+        true
+    }
+
     fn claim(&self, _: &str) -> Claiming {
         // Cluster-wide sessions come later: a claim is granted at once, as on one node.
         Box::pin(std::future::ready(()))
@@ -256,6 +269,7 @@ impl Cluster for NatsCluster {
             down: !connected,
             remote_interest: self.remote.len(),
             nodes: self.remote.nodes(),
+            retained_behind: !self.retained.ready(),
         }
     }
 }
@@ -362,8 +376,15 @@ struct State {
 }
 
 impl Link {
-    /// Runs until the broker stops (aborted with its `Background`).
-    pub(crate) async fn run(mut self, router: Weak<Router>) {
+    /// Runs until the broker stops (aborted with its `Background`): the routing link and the
+    /// retained stream.
+    pub(crate) async fn run(self, router: Weak<Router>) {
+        let c = self.cluster.clone();
+        let js = async_nats::jetstream::new(c.nats.client.clone());
+        futures_util::future::join(self.route(router.clone()), c.retained.run(js, router)).await;
+    }
+
+    async fn route(mut self, router: Weak<Router>) {
         let c = self.cluster.clone();
         let client = c.nats.client.clone();
         let subscribed = async {
@@ -393,9 +414,11 @@ impl Link {
                 Some(event) = self.events.recv() => match event {
                     Event::Connected => {
                         info!(node = %c.node, "cluster: connected to NATS");
+                        c.retained.connection(true);
                         self.hello(&client, &st).await;
                     }
                     Event::Disconnected => {
+                        c.retained.connection(false);
                         warn!(node = %c.node, "cluster: NATS connection lost; routing to other nodes stops until it returns");
                     }
                     other => debug!("cluster: NATS event: {other}"),

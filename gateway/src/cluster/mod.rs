@@ -24,6 +24,7 @@ use crate::topic_index::Matches;
 mod envelope;
 mod interest;
 mod link;
+mod retained;
 mod subject;
 
 pub(crate) use link::{Link, NatsCluster};
@@ -39,6 +40,9 @@ pub(crate) struct ClusterState {
     pub(crate) remote_interest: usize,
     /// Other nodes known.
     pub(crate) nodes: usize,
+    /// This node is clustered and its retained messages are not (yet, or no longer) those of
+    /// the cluster's retained stream: loading at start, or the stream is unreachable.
+    pub(crate) retained_behind: bool,
 }
 
 /// A change of a node's interest in one filter (with its shared group, if any). Changes to one
@@ -67,6 +71,11 @@ pub(crate) trait Cluster: Send + Sync + 'static {
     /// This node's interest in `filter` (in shared group `group`) changed: the router reports the
     /// topic index's first subscriber in, last subscriber out.
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest);
+    /// A client's retained set or clear (empty payload), applied to this node's copy already;
+    /// true when the cluster keeps it (then the local store does not).
+    fn retained(&self, _message: &Arc<Message>) -> bool {
+        false
+    }
     /// Resolves when this node may attach the session of `client_id`.
     fn claim(&self, client_id: &str) -> Claiming;
     /// The cluster's state for metrics and readiness.
