@@ -843,17 +843,20 @@ impl State {
         if self.resends == 0 {
             return 0;
         }
-        let mut on_wire = self.inflight.len() - usize::from(self.resends);
-        let mut taken = 0;
-        for i in self.inflight.iter_mut().filter(|i| i.resend) {
-            if on_wire >= window || taken >= max {
-                break;
-            }
-            i.resend = false;
-            out.push(i.outgoing_again());
-            on_wire += 1;
-            taken += 1;
-        }
+        let on_wire = self.inflight.len() - usize::from(self.resends);
+        let room = window.saturating_sub(on_wire).min(max);
+        let before = out.len();
+        out.extend(
+            self.inflight
+                .iter_mut()
+                .filter(|i| i.resend)
+                .take(room)
+                .map(|i| {
+                    i.resend = false;
+                    i.outgoing_again()
+                }),
+        );
+        let taken = out.len() - before;
         self.resends -= taken as u16;
         taken
     }

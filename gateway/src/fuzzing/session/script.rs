@@ -176,8 +176,10 @@ pub(super) fn ack(packet_id: u16, reason: u8) -> Ack {
 }
 
 pub(super) fn disconnect(input: &mut Input) -> Disconnect {
-    let mut properties = Properties::default();
-    properties.session_expiry_interval = input.pick(&[None, None, Some(0), Some(30)]);
+    let properties = Properties {
+        session_expiry_interval: input.pick(&[None, None, Some(0), Some(30)]),
+        ..Properties::default()
+    };
     Disconnect {
         reason: input.pick(&[0x00, 0x04, 0x80]),
         properties,
