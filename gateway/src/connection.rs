@@ -404,7 +404,8 @@ impl Connection {
             buf.extend_from_slice(&data);
             self.partial = Some(Box::new(Partial {
                 buf,
-                since: Instant::now(),
+                // tokio's clock, as the packet timeout's timer (see `client::timing`).
+                since: tokio::time::Instant::now().into_std(),
             }));
         }
         Ok(())

@@ -12,11 +12,13 @@ mod auth;
 mod codec;
 mod config;
 pub(crate) mod input;
+mod session;
 mod topic;
 
 pub use auth::auth_files;
 pub use codec::codec;
 pub use config::config;
+pub use session::session;
 pub use topic::topic;
 
 /// The store's stored forms: records (retained messages, queued deliveries, sessions), journal
@@ -35,4 +37,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("store_record", store_record),
     ("config", config),
     ("auth_files", auth_files),
+    ("session", session),
 ];

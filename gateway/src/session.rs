@@ -54,6 +54,9 @@ pub struct Inflight {
     /// Which packet id allocation of the session this was (wrapping): tells whether an entry is
     /// old enough to hold the id being allocated (see `State::allocate_packet_id`).
     serial: u32,
+    /// Still to be sent again on the connection now attached: it was in flight on an earlier one
+    /// and the window had no room for it when this one attached (`inflight_for_resend`).
+    resend: bool,
 }
 
 /// What a session holds besides its subscriptions, as a store keeps it while the session waits
@@ -146,6 +149,8 @@ struct State {
     incoming_qos2: Option<Box<Vec<u16>>>,
     subscriptions: Vec<SubscriptionRecord>,
     next_packet_id: u16,
+    /// Entries of `inflight` marked `resend` (at most one per packet id).
+    resends: u16,
     /// The `seq` of the last delivery stored for this session.
     last_seq: u64,
     /// Packet id allocations so far (wrapping).
@@ -236,6 +241,18 @@ struct StoredBacklog {
     count: u64,
     next_seq: u64,
     live_from: u64,
+}
+
+/// A session's queues and window as its bounds see them (`Session::occupancy`).
+#[cfg(feature = "fuzzing")]
+pub(crate) struct Occupancy {
+    /// Messages queued, in memory and in the store.
+    pub(crate) queued: usize,
+    /// Retained messages queued by SUBSCRIBEs, and their bytes (topic and payload).
+    pub(crate) retained: usize,
+    pub(crate) retained_bytes: usize,
+    /// Packet ids in flight, oldest first.
+    pub(crate) inflight: Vec<u16>,
 }
 
 /// Who is (or was last) connected to a session. Compact (24 bytes): every session carries one.
@@ -478,8 +495,8 @@ impl Session {
         settled: &mut Vec<u64>,
     ) -> usize {
         let mut st = self.state.lock();
+        let mut taken = st.resend_owed(window, max, out);
         let mut expired = 0;
-        let mut taken = 0;
         while taken < max {
             let from_backlog =
                 st.queue.is_empty() || (st.retained_backlog.is_some() && taken < max / 2);
@@ -528,6 +545,7 @@ impl Session {
                     delivery: d.clone(),
                     stage,
                     serial,
+                    resend: false,
                 });
                 id
             };
@@ -542,17 +560,23 @@ impl Session {
         expired
     }
 
-    /// Everything still unacknowledged, to resend on resume: PUBLISH with DUP, or PUBREL.
-    pub fn inflight_for_resend(&self, out: &mut Vec<Outgoing>) {
-        let st = self.state.lock();
-        for i in &st.inflight {
-            out.push(Outgoing {
-                delivery: i.delivery.clone(),
-                packet_id: i.packet_id,
-                dup: i.stage != Stage::PubComp,
-                pubrel: i.stage == Stage::PubComp,
-            });
+    /// What is still unacknowledged, to resend on resume (PUBLISH with DUP, or PUBREL), oldest
+    /// first and as much as the new connection's `window` takes: a client that comes back with a
+    /// smaller Receive Maximum is not sent more than it allows [MQTT-4.9.0-2]. The rest keep
+    /// their packet ids and go out as acknowledgements make room (`take_ready`), before anything
+    /// new.
+    pub fn inflight_for_resend(&self, window: usize, out: &mut Vec<Outgoing>) {
+        let mut st = self.state.lock();
+        let mut resends = 0;
+        for (n, i) in st.inflight.iter_mut().enumerate() {
+            i.resend = n >= window;
+            if i.resend {
+                resends += 1;
+            } else {
+                out.push(i.outgoing_again());
+            }
         }
+        st.resends = resends;
     }
 
     /// Applies a PUBACK, PUBREC or PUBCOMP. Returns the delivery's `seq` (0 when not stored), or
@@ -567,7 +591,7 @@ impl Session {
         match ack {
             Stage::PubRec => st.inflight[pos].stage = Stage::PubComp,
             Stage::PubAck | Stage::PubComp => {
-                st.inflight.remove(pos);
+                st.remove_inflight(pos);
                 drop(st);
                 // A slot in the window opened: the connection may send more.
                 self.wake();
@@ -581,7 +605,7 @@ impl Session {
     pub fn abandon(&self, packet_id: u16) -> Option<u64> {
         let mut st = self.state.lock();
         let pos = st.inflight.iter().position(|i| i.packet_id == packet_id)?;
-        let seq = st.inflight.remove(pos).map_or(0, |i| i.delivery.seq);
+        let seq = st.remove_inflight(pos).map_or(0, |i| i.delivery.seq);
         drop(st);
         self.wake();
         Some(seq)
@@ -707,6 +731,7 @@ impl Session {
                     delivery,
                     stage,
                     serial,
+                    resend: false,
                 }),
         );
         st.incoming_qos2 =
@@ -808,6 +833,23 @@ impl Session {
         self.state.lock().inflight.len()
     }
 
+    /// What the session holds against its bounds, for the session fuzz target's invariants.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn occupancy(&self) -> Occupancy {
+        let st = self.state.lock();
+        let stored = st.stored.as_ref().map_or(0, |b| b.count as usize);
+        let (retained, retained_bytes) = st
+            .retained_backlog
+            .as_ref()
+            .map_or((0, 0), |b| (b.deliveries.len(), b.bytes));
+        Occupancy {
+            queued: st.queue.len() + stored,
+            retained,
+            retained_bytes,
+            inflight: st.inflight.iter().map(|i| i.packet_id).collect(),
+        }
+    }
+
     pub fn set_connection(&self, info: ConnectionInfo) {
         self.state.lock().connection = Some(info);
     }
@@ -817,7 +859,52 @@ impl Session {
     }
 }
 
+impl Inflight {
+    /// This entry sent again: PUBLISH with DUP, or PUBREL once PUBREC came.
+    fn outgoing_again(&self) -> Outgoing {
+        Outgoing {
+            delivery: self.delivery.clone(),
+            packet_id: self.packet_id,
+            dup: self.stage != Stage::PubComp,
+            pubrel: self.stage == Stage::PubComp,
+        }
+    }
+}
+
 impl State {
+    /// Sends again, oldest first, what an earlier connection left in flight and the window now
+    /// has room for (at most `max`); returns how many.
+    fn resend_owed(&mut self, window: usize, max: usize, out: &mut Vec<Outgoing>) -> usize {
+        if self.resends == 0 {
+            return 0;
+        }
+        let on_wire = self.inflight.len() - usize::from(self.resends);
+        let room = window.saturating_sub(on_wire).min(max);
+        let before = out.len();
+        out.extend(
+            self.inflight
+                .iter_mut()
+                .filter(|i| i.resend)
+                .take(room)
+                .map(|i| {
+                    i.resend = false;
+                    i.outgoing_again()
+                }),
+        );
+        let taken = out.len() - before;
+        self.resends -= taken as u16;
+        taken
+    }
+
+    /// Ends the flow at `pos` of the window.
+    fn remove_inflight(&mut self, pos: usize) -> Option<Inflight> {
+        let removed = self.inflight.remove(pos)?;
+        if removed.resend {
+            self.resends -= 1;
+        }
+        Some(removed)
+    }
+
     /// The next retained delivery; the backlog's box goes once it is drained.
     fn pop_retained(&mut self) -> Option<Delivery> {
         let backlog = self.retained_backlog.as_mut()?;
@@ -990,7 +1077,7 @@ mod tests {
         s.take_ready(unix_millis(), 2, 100, &mut out, &mut Vec::new());
         assert_eq!(out.len(), 1);
         let mut resend = Vec::new();
-        s.inflight_for_resend(&mut resend);
+        s.inflight_for_resend(usize::MAX, &mut resend);
         assert_eq!(resend.len(), 2);
         assert!(resend.iter().all(|o| o.dup));
     }
@@ -1023,6 +1110,48 @@ mod tests {
         assert!(s.acknowledge(stuck, Stage::PubAck).is_some());
     }
 
+    /// A client back with a smaller Receive Maximum gets what was in flight again as its window
+    /// allows, the rest as it acknowledges, before anything new (found by the session fuzz
+    /// target: all of it was resent at once).
+    #[test]
+    fn a_resume_resends_within_the_new_window() {
+        let s = Session::new(1, "c".into());
+        s.set_online(true);
+        let limits = QueueLimits {
+            max_queued: 10,
+            queue_qos0_offline: false,
+        };
+        let mut out = Vec::new();
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce] {
+            s.enqueue(delivery(qos), limits, |_| 0);
+        }
+        s.take_ready(unix_millis(), 3, 10, &mut out, &mut Vec::new());
+        let ids: Vec<u16> = out.iter().map(|o| o.packet_id).collect();
+        assert!(s.acknowledge(ids[1], Stage::PubRec).is_some());
+        s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0);
+
+        let mut resend = Vec::new();
+        s.inflight_for_resend(1, &mut resend);
+        assert_eq!(resend.len(), 1);
+        assert!(resend[0].dup && resend[0].packet_id == ids[0]);
+        out.clear();
+        s.take_ready(unix_millis(), 1, 10, &mut out, &mut Vec::new());
+        assert!(out.is_empty(), "the window is full: {out:?}");
+        assert!(s.acknowledge(ids[0], Stage::PubAck).is_some());
+        s.take_ready(unix_millis(), 1, 10, &mut out, &mut Vec::new());
+        assert_eq!(out.len(), 1);
+        assert!(out[0].pubrel && out[0].packet_id == ids[1], "{out:?}");
+        out.clear();
+        assert!(s.acknowledge(ids[1], Stage::PubComp).is_some());
+        s.take_ready(unix_millis(), 1, 10, &mut out, &mut Vec::new());
+        assert!(out[0].dup && out[0].packet_id == ids[2], "{out:?}");
+        out.clear();
+        assert!(s.acknowledge(ids[2], Stage::PubAck).is_some());
+        s.take_ready(unix_millis(), 1, 10, &mut out, &mut Vec::new());
+        assert!(!out[0].dup && !out[0].pubrel, "then the queue: {out:?}");
+        assert_eq!(s.inflight_len(), 1);
+    }
+
     #[test]
     fn qos2_flow_moves_to_pubcomp_then_completes() {
         let s = Session::new(1, "c".into());
@@ -1033,7 +1162,7 @@ mod tests {
         let id = out[0].packet_id;
         assert!(s.acknowledge(id, Stage::PubRec).is_some());
         let mut resend = Vec::new();
-        s.inflight_for_resend(&mut resend);
+        s.inflight_for_resend(usize::MAX, &mut resend);
         assert!(resend[0].pubrel);
         assert!(s.acknowledge(id, Stage::PubComp).is_some());
         assert_eq!(s.inflight_len(), 0);

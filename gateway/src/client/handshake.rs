@@ -295,7 +295,9 @@ impl Client {
             client.ctx.router.save_session(&client.session, None, will);
         }
         let mut resend = Vec::new();
-        client.session.inflight_for_resend(&mut resend);
+        client
+            .session
+            .inflight_for_resend(usize::from(client.send_window), &mut resend);
         client.write_outgoing(&mut resend, unix_millis());
         Some(client)
     }

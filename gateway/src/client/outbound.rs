@@ -65,7 +65,11 @@ impl Client {
             router.settled(&self.session, seq);
         }
         let mut exactly_once = false;
-        for o in ready.iter().filter(|o| o.delivery.seq != 0) {
+        // Resends (`Session::inflight_for_resend`) are stored at the stage they reached already.
+        for o in ready
+            .iter()
+            .filter(|o| o.delivery.seq != 0 && !o.dup && !o.pubrel)
+        {
             if o.delivery.qos == QoS::ExactlyOnce {
                 exactly_once = true;
             } else {
@@ -90,7 +94,7 @@ impl Client {
     fn hold_exactly_once(&mut self, ready: &mut Vec<Outgoing>) {
         let router = self.ctx.router.clone();
         for o in std::mem::take(ready) {
-            if o.delivery.qos == QoS::ExactlyOnce && o.delivery.seq != 0 {
+            if o.delivery.qos == QoS::ExactlyOnce && o.delivery.seq != 0 && !o.dup && !o.pubrel {
                 let mark = router.sent(&self.session, o.delivery.seq, o.packet_id, Stage::PubRec);
                 self.acknowledge_when_stored(Held::Publish(Box::new(o)), mark);
             } else {

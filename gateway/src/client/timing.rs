@@ -23,9 +23,12 @@ use crate::task::spawn_isolated;
 const FIRST_PACKET_GRACE: Duration = Duration::from_secs(1);
 
 /// Now on the broker's clock: nanoseconds since `ctx.started`, the unit of a client's
-/// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen).
+/// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen). Read from
+/// tokio's clock, which is the system's unless a test paused it (the session fuzz target runs
+/// the broker on paused time): the timers the task sleeps on are tokio's too.
 pub(super) fn broker_nanos(ctx: &Context) -> u64 {
-    u64::try_from(ctx.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    let now = tokio::time::Instant::now().into_std();
+    u64::try_from(now.saturating_duration_since(ctx.started).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Client {

@@ -247,7 +247,7 @@ async fn restore_gives_a_session_back_its_queue_window_and_qos2_ids() {
     let a = registry.attach("dev-5", false, &router).await;
     assert!(a.present);
     let mut resend = Vec::new();
-    a.session.inflight_for_resend(&mut resend);
+    a.session.inflight_for_resend(usize::MAX, &mut resend);
     let resent: Vec<_> = resend
         .iter()
         .map(|o| (o.packet_id, o.dup, &o.delivery.msg.topic[..]))

@@ -1,0 +1,137 @@
+//! Whether what the broker acknowledged to publishers reached the subscribers: every QoS 1/2
+//! PUBLISH acknowledged with success reaches every client subscribed to its topic at QoS 1 or 2
+//! at least once, and a QoS 2 one at QoS 2 exactly once, when the subscriber's limits allow.
+//!
+//! Judged only where the outcome is certain from the wire: the subscription's SUBACK came back
+//! before the PUBLISH was sent and nothing changed it (UNSUBSCRIBE, SUBSCRIBE to the same filter)
+//! before the publisher's acknowledgement came back; the subscriber is still connected at the
+//! end and has acknowledged everything; the broker dropped nothing by its limits (counted);
+//! the message is not retained (a new subscription gets a retained copy again) and cannot
+//! expire; No Local and shared subscriptions are left out. Each PUBLISH carries a tag of its
+//! own in its payload; exactly once is judged for a tag the broker only read in QoS 2 PUBLISHes
+//! of one connection under one packet id not released (PUBREL) in between: resends of one
+//! message, which the broker must route once.
+
+use std::collections::HashMap;
+
+use super::peer::{Peer, Published};
+use crate::codec::QoS;
+use crate::topic;
+
+pub(super) fn check(peers: &[&Peer], dropped: bool) {
+    let mut origins: HashMap<u64, Vec<(usize, &Published)>> = HashMap::new();
+    for (c, p) in peers.iter().enumerate() {
+        for publish in &p.log.publishes {
+            if let Some(tag) = publish.tag {
+                origins.entry(tag).or_default().push((c, publish));
+            }
+        }
+    }
+    for (a, publisher) in peers.iter().enumerate() {
+        for publish in &publisher.log.publishes {
+            let (Some(acked), Some(tag), Some(topic)) =
+                (publish.acked_at, publish.tag, &publish.topic)
+            else {
+                continue;
+            };
+            if publish.qos == QoS::AtMostOnce || publish.retain || publish.expires {
+                continue;
+            }
+            let once = exactly_once(&origins[&tag], publisher, a);
+            for subscriber in peers.iter().filter(|p| p.attached()) {
+                let received = subscriber
+                    .log
+                    .receipts
+                    .iter()
+                    .filter(|r| r.tag == Some(tag))
+                    .count();
+                let granted = granted(subscriber, topic, publish.sent_at, acked);
+                if !dropped
+                    && granted
+                        .is_some_and(|g| g != QoS::AtMostOnce && publish.qos != QoS::AtMostOnce)
+                {
+                    assert!(
+                        received >= 1,
+                        "client {}: message <{tag:x}> on {topic:?}, acknowledged to client {} at step {acked}, never arrived",
+                        subscriber.slot,
+                        publisher.slot
+                    );
+                }
+                if once && !shares(subscriber) {
+                    assert!(
+                        received <= 1,
+                        "client {}: QoS 2 message <{tag:x}> from client {} arrived {received} times",
+                        subscriber.slot,
+                        publisher.slot
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether every PUBLISH with this tag is one QoS 2 message of connection `a` sent again.
+fn exactly_once(origins: &[(usize, &Published)], publisher: &Peer, a: usize) -> bool {
+    let first = origins[0].1;
+    if !origins.iter().all(|&(c, p)| {
+        c == a && p.qos == QoS::ExactlyOnce && p.packet_id == first.packet_id && !p.retain
+    }) {
+        return false;
+    }
+    let from = origins.iter().map(|(_, p)| p.sent_at).min().unwrap_or(0);
+    let until = origins.iter().map(|(_, p)| p.sent_at).max().unwrap_or(0);
+    !publisher
+        .log
+        .pubrels
+        .iter()
+        .any(|&(step, id)| id == first.packet_id && (from..=until).contains(&step))
+}
+
+/// The highest QoS granted to `subscriber` by a subscription certain to have been in place from
+/// before `sent` to `acked` that matches `topic` (leaving out No Local and shared ones).
+fn granted(subscriber: &Peer, topic: &str, sent: u64, acked: u64) -> Option<QoS> {
+    let log = &subscriber.log;
+    let mut best = None;
+    for s in &log.subscribes {
+        let Some((at, codes)) = &s.granted else {
+            continue;
+        };
+        if *at >= sent {
+            continue;
+        }
+        for (i, ((filter, options), &code)) in s.filters.iter().zip(codes).enumerate() {
+            // A filter named again in the same SUBSCRIBE takes its last entry's options.
+            if s.filters[i + 1..].iter().any(|(f, _)| f == filter) {
+                continue;
+            }
+            let Some(qos) = QoS::from_u8(code) else {
+                continue;
+            };
+            if options.no_local || filter.starts_with("$share/") || !topic::matches(filter, topic) {
+                continue;
+            }
+            let changed = log
+                .unsubscribes
+                .iter()
+                .any(|(step, f)| f == filter && *step > *at && *step <= acked)
+                || log.subscribes.iter().any(|other| {
+                    other.sent_at > s.sent_at
+                        && other.sent_at <= acked
+                        && other.filters.iter().any(|(f, _)| f == filter)
+                });
+            if !changed {
+                best = best.max(Some(qos));
+            }
+        }
+    }
+    best
+}
+
+/// Whether `subscriber` ever asked for a shared subscription (a second copy by design).
+fn shares(subscriber: &Peer) -> bool {
+    subscriber
+        .log
+        .subscribes
+        .iter()
+        .any(|s| s.filters.iter().any(|(f, _)| f.starts_with("$share/")))
+}
