@@ -123,20 +123,18 @@ impl TlsStream {
     /// records to send `outgoing`. On an error, the alert rustls queued for it joins
     /// `outgoing` too.
     fn process(&mut self) -> io::Result<()> {
-        self.run(false).inspect_err(|_| {
-            let _ = self.run(true);
+        // Run again after an error for the alert rustls queued; it answers the error again then.
+        self.run().inspect_err(|_| {
+            let _ = self.run();
         })
     }
 
-    /// `alerts_only`: after an error, takes the records rustls queued without reading input.
-    fn run(&mut self, alerts_only: bool) -> io::Result<()> {
+    fn run(&mut self) -> io::Result<()> {
         loop {
-            let input: &mut [u8] = if alerts_only {
-                &mut []
-            } else {
-                &mut self.incoming
-            };
-            let status = self.conn.process_tls_records(input);
+            // The input is passed even when only the queued alert is wanted: rustls keeps a
+            // handshake message that spans records as offsets into it, and an empty slice in its
+            // place panicked in its deframer (client certificates split over several reads).
+            let status = self.conn.process_tls_records(&mut self.incoming);
             let mut discard = status.discard;
             let mut again = true;
             let outcome = match status.state {
@@ -191,10 +189,8 @@ impl TlsStream {
                     Ok(())
                 }
             };
-            if !alerts_only {
-                self.incoming.drain(..discard.min(self.incoming.len()));
-                release(&mut self.incoming);
-            }
+            self.incoming.drain(..discard.min(self.incoming.len()));
+            release(&mut self.incoming);
             outcome?;
             if !again {
                 return Ok(());
