@@ -152,12 +152,14 @@ async fn connect_rate_paces_a_storm_and_refuses_what_would_wait_too_long() {
         .collect();
     let mut admitted = Vec::new();
     let mut refused = Vec::new();
+    let mut last_refused = Duration::ZERO;
     for a in attempts {
         match a.await.expect("attempt task") {
             (Ok(raw), at) => admitted.push((raw, at)),
-            (Err((n, code)), _) => {
+            (Err((n, code)), at) => {
                 assert_eq!(code, None, "storm-{n}: refusal must be a bare close");
                 refused.push(n);
+                last_refused = last_refused.max(at);
             }
         }
     }
@@ -175,11 +177,15 @@ async fn connect_rate_paces_a_storm_and_refuses_what_would_wait_too_long() {
         admitted.len(),
         refused.len()
     );
-    // The burst at once, then RATE per second for at most one second of waiting.
+    // The burst at once, then RATE per second for at most one second of waiting. On a loaded
+    // machine the accept loop takes a while to take in the whole storm, and every slot that
+    // elapses meanwhile is granted too: the last refusal marks when the storm was all accepted.
     let expected = (BURST + RATE) as usize;
+    let accept_spread = (last_refused.as_secs_f64() * f64::from(RATE)).ceil() as usize;
+    eprintln!("last refusal after {last_refused:?}");
     assert!(
-        admitted.len() >= expected - 15 && admitted.len() <= expected + 5,
-        "{} admitted; expected about {expected}",
+        admitted.len() >= expected - 15 && admitted.len() <= expected + accept_spread + 5,
+        "{} admitted; expected about {expected} (+{accept_spread} while the storm was accepted)",
         admitted.len()
     );
     assert!(
