@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 
-use async_nats::header::{HeaderMap, HeaderValue, NATS_MESSAGE_ID};
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 
 use crate::codec::QoS;
 use crate::message::Message;
@@ -26,27 +26,35 @@ pub(crate) const RETAIN: &str = "Mqtt-Retain";
 pub(crate) const CONTENT_TYPE: &str = "Mqtt-Content-Type";
 pub(crate) const USER_PROPERTY: &str = "Mqtt-User-Property";
 
+// Made once: a name given as text is validated and copied at every insert.
+const TOPIC_NAME: HeaderName = HeaderName::from_static(TOPIC);
+const CLIENT_ID_NAME: HeaderName = HeaderName::from_static(CLIENT_ID);
+const QOS_NAME: HeaderName = HeaderName::from_static(QOS);
+const RETAIN_NAME: HeaderName = HeaderName::from_static(RETAIN);
+const CONTENT_TYPE_NAME: HeaderName = HeaderName::from_static(CONTENT_TYPE);
+const USER_PROPERTY_NAME: HeaderName = HeaderName::from_static(USER_PROPERTY);
+
 /// The headers of `msg` from `client_id`; `msg_id` for QoS 1/2.
 pub(crate) fn headers(msg: &Message, client_id: &str, msg_id: Option<String>) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(TOPIC, value(&msg.topic, false));
-    h.insert(CLIENT_ID, value(client_id, false));
+    h.insert(TOPIC_NAME, value(&msg.topic, false));
+    h.insert(CLIENT_ID_NAME, value(client_id, false));
     let qos = match msg.qos {
         QoS::AtMostOnce => "0",
         QoS::AtLeastOnce => "1",
         QoS::ExactlyOnce => "2",
     };
-    h.insert(QOS, qos);
-    h.insert(RETAIN, if msg.retain { "true" } else { "false" });
+    h.insert(QOS_NAME, qos);
+    h.insert(RETAIN_NAME, if msg.retain { "true" } else { "false" });
     if let Some(p) = &msg.properties {
         if let Some(ct) = &p.content_type {
-            h.insert(CONTENT_TYPE, value(ct, false));
+            h.insert(CONTENT_TYPE_NAME, value(ct, false));
         }
         for (name, v) in &p.user_properties {
             let mut text = escaped(name, true);
             text.push('=');
             text.push_str(&escaped(v, false));
-            h.append(USER_PROPERTY, plain(text));
+            h.append(USER_PROPERTY_NAME, plain(text));
         }
     }
     if let Some(id) = msg_id {

@@ -29,6 +29,7 @@ pub(crate) mod dedup;
 mod headers;
 mod rules;
 mod subject;
+mod window;
 mod writer;
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -177,9 +178,10 @@ impl Ingest {
                 dedup::msg_id(&session.client_id, epoch, packet_id, n, rule.index)
             });
             let write = Write {
-                subject: rule.subject(&msg.topic, &session.client_id),
-                headers: headers::headers(msg, &session.client_id, msg_id),
-                payload: msg.payload.clone(),
+                subject: rule.subject(&msg.topic, &session.client_id).into(),
+                message: msg.clone(),
+                client_id: session.client_id.clone(),
+                msg_id,
                 ticket: ticket.clone().filter(|_| rule.holds_ack()),
                 qos0,
                 after,
@@ -195,9 +197,10 @@ impl Ingest {
     pub(crate) fn offer_will(&self, msg: &Arc<Message>, client_id: &str) {
         for rule in self.rules.iter().filter(|r| r.matches(&msg.topic)) {
             rule.writer.submit(Write {
-                subject: rule.subject(&msg.topic, client_id),
-                headers: headers::headers(msg, client_id, None),
-                payload: msg.payload.clone(),
+                subject: rule.subject(&msg.topic, client_id).into(),
+                message: msg.clone(),
+                client_id: client_id.into(),
+                msg_id: None,
                 ticket: None,
                 qos0: msg.qos == QoS::AtMostOnce,
                 after: 0,

@@ -5,6 +5,11 @@
 //! others, so throughput is not one message per round trip. Writes are sent in the order they
 //! were submitted (so a device's messages land in its order while nothing fails).
 //!
+//! A write is a plain NATS publish whose reply subject is the rule's inbox and the write's
+//! sequence number (`window`), and one subscription takes every ack: no request, timer, future
+//! or lookup per message, as async-nats's JetStream publish would cost. Attempts time out on the
+//! writer's tick.
+//!
 //! Bounds: beyond the room, writes wait in the rule's queue. QoS 0 messages are dropped (and
 //! counted) when the queue is full; QoS 1/2 messages are bounded by their publishers' windows
 //! (their acknowledgements are held), and one that comes while the queue holds
@@ -22,33 +27,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::header::HeaderMap;
-use async_nats::jetstream::context::{GetStreamErrorKind, PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::client::PublishErrorKind;
+use async_nats::connection::State;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::stream;
-use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{Client, Event};
-use bytes::Bytes;
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::{self, stream, ErrorCode};
+use async_nats::{Client, Event, StatusCode, Subject, Subscriber};
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use crate::config::{IngestDiscard, IngestRetention, IngestRule, IngestStorage};
+use crate::message::Message;
 use crate::metrics::{IngestFailure, IngestMetrics, Metrics};
 use crate::store::Mark;
 
+use super::headers::headers;
 use super::subject::Template;
+use super::window::Window;
 use super::{Refusal, Ticket};
 
 /// A QoS 1/2 write is refused at once while the queue holds this many times the room: the
 /// publishers' windows normally keep it far below.
 const OVERFLOW_FACTOR: u64 = 4;
-/// How often queued writes are checked against their deadline while the rule cannot send.
-const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// How often attempts are checked for their timeout, failed writes for their retry, and queued
+/// writes for their deadline.
+const TICK: Duration = Duration::from_millis(100);
 /// Pause before a failed write is sent again, and between attempts to set up the stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 const SETUP_PAUSE_MAX: Duration = Duration::from_secs(5);
@@ -58,11 +65,14 @@ const ATTEMPTS: u32 = 4;
 const ATTEMPT_MIN: Duration = Duration::from_millis(250);
 const ATTEMPT_MAX: Duration = Duration::from_secs(5);
 
-/// One message for one rule.
+/// One message for one rule. Its headers are made at each send rather than kept: a write is
+/// nearly always sent once, and a header map costs as much to copy as to make.
 pub(super) struct Write {
-    pub(super) subject: String,
-    pub(super) headers: HeaderMap,
-    pub(super) payload: Bytes,
+    pub(super) subject: Subject,
+    pub(super) message: Arc<Message>,
+    pub(super) client_id: Arc<str>,
+    /// `Nats-Msg-Id`, for QoS 1/2.
+    pub(super) msg_id: Option<String>,
     /// Present when the publisher's acknowledgement waits for this write.
     pub(super) ticket: Option<Arc<Ticket>>,
     pub(super) qos0: bool,
@@ -72,7 +82,7 @@ pub(super) struct Write {
 
 impl Write {
     fn size(&self) -> u64 {
-        (self.subject.len() + self.payload.len()) as u64
+        (self.subject.len() + self.message.payload.len()) as u64
     }
 }
 
@@ -87,6 +97,8 @@ pub(crate) struct Writer {
     max_inflight: u64,
     max_bytes: u64,
     ack_timeout: Duration,
+    /// One attempt's wait for its ack.
+    attempt: Duration,
     queue: Mutex<VecDeque<Queued>>,
     wake: Notify,
     /// A publish found no stream for its subject (deleted, or a server that lost its store):
@@ -116,14 +128,12 @@ impl Writer {
         let attempt = (rule.ack_timeout / ATTEMPTS).clamp(ATTEMPT_MIN, ATTEMPT_MAX);
         let js = jetstream::ContextBuilder::new()
             .timeout(attempt)
-            // The rule's own bound is the one that counts; this only must not be lower.
-            .max_ack_inflight(rule.max_inflight.saturating_add(1))
-            .backpressure_on_inflight(true)
-            .build(client);
+            .build(client.clone());
         let writer = Arc::new(Writer {
             max_inflight: rule.max_inflight as u64,
             max_bytes: rule.max_inflight_bytes,
             ack_timeout: rule.ack_timeout,
+            attempt,
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             missing: Notify::new(),
@@ -144,7 +154,7 @@ impl Writer {
                         writer.missing.notified().await;
                     }
                 };
-                futures_util::future::join(setup, writer.run(&js, committed)).await;
+                futures_util::future::join(setup, writer.run(&client, committed)).await;
             }
             .boxed()
         };
@@ -200,33 +210,45 @@ impl Writer {
     /// Sends queued writes while there is room, collects acks, sends failed writes again. A
     /// write whose de-duplication number is not committed yet holds the ones behind it (they
     /// go in order; the store commits within `commit_delay_ms`).
-    async fn run(&self, js: &jetstream::Context, mut committed: Committed) {
-        let mut inflight: FuturesUnordered<BoxFuture<'static, Attempt>> = FuturesUnordered::new();
-        let mut inflight_bytes = 0u64;
-        let mut tick = tokio::time::interval(EXPIRY_TICK);
+    async fn run(&self, client: &Client, mut committed: Committed) {
+        let inbox = client.new_inbox();
+        let mut acks = self.subscribe(client, &inbox).await;
+        let mut sent = Sent {
+            window: Window::new(),
+            bytes: 0,
+            retry: VecDeque::new(),
+        };
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut uncommitted = false;
-            while (inflight.len() as u64) < self.max_inflight && inflight_bytes < self.max_bytes {
-                let q = {
-                    let mut queue = self.queue.lock();
-                    let Some(head) = queue.front() else {
+            if client.connection_state() == State::Connected {
+                while (sent.window.span() as u64) < self.max_inflight && sent.bytes < self.max_bytes
+                {
+                    let now = Instant::now();
+                    let q = if sent.retry.front().is_some_and(|(due, _)| *due <= now) {
+                        sent.retry.pop_front().map(|(_, q)| q)
+                    } else {
+                        let mut queue = self.queue.lock();
+                        let Some(head) = queue.front() else {
+                            break;
+                        };
+                        if let Some(c) = committed.as_mut().filter(|_| head.write.after > 0) {
+                            // Seen before the check: a commit after it wakes `changed` below.
+                            if head.write.after > *c.borrow_and_update() {
+                                uncommitted = true;
+                                break;
+                            }
+                        }
+                        queue.pop_front()
+                    };
+                    let Some(q) = q else {
                         break;
                     };
-                    if let Some(c) = committed.as_mut().filter(|_| head.write.after > 0) {
-                        // Seen before the check: a commit after it wakes `changed` below.
-                        if head.write.after > *c.borrow_and_update() {
-                            uncommitted = true;
-                            break;
-                        }
+                    if !self.send(client, &inbox, q, &mut sent).await {
+                        break;
                     }
-                    queue.pop_front()
-                };
-                let Some(q) = q else {
-                    break;
-                };
-                inflight_bytes += q.write.size();
-                inflight.push(attempt(js.clone(), q, None));
+                }
             }
             let store_commits = async {
                 match committed.as_mut() {
@@ -236,39 +258,114 @@ impl Writer {
             };
             tokio::select! {
                 true = store_commits => {}
-                Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let Attempt { queued, result } = done;
-                    match result {
-                        Ok(ack) => {
-                            inflight_bytes -= queued.write.size();
-                            self.stored(queued, &ack);
-                        }
-                        Err(e) => {
-                            if e.kind() == PublishErrorKind::StreamNotFound {
-                                self.missing.notify_one();
-                            }
-                            let kind = classify(&e);
-                            let permanent = matches!(
-                                kind,
-                                IngestFailure::StreamFull | IngestFailure::TooLarge
-                            );
-                            if permanent || queued.write.qos0 {
-                                inflight_bytes -= queued.write.size();
-                                self.refuse(queued, kind);
-                            } else if Instant::now() >= queued.deadline {
-                                // Whatever the last attempt said, the write ran out of time.
-                                inflight_bytes -= queued.write.size();
-                                self.refuse(queued, IngestFailure::Timeout);
-                            } else {
-                                self.set_blocked(|| format!("writes are retried: {e}"));
-                                inflight.push(attempt(js.clone(), queued, Some(RETRY_PAUSE)));
-                            }
-                        }
-                    }
-                }
+                Some(ack) = acks.next() => self.answered(&ack, &mut sent),
                 _ = self.wake.notified() => {}
-                _ = tick.tick() => self.expire_queued(),
+                _ = tick.tick() => {
+                    self.expire_queued();
+                    self.time_out(&mut sent);
+                }
             }
+        }
+    }
+
+    /// The subscription that takes this writer's acks, retried until the client takes it.
+    async fn subscribe(&self, client: &Client, inbox: &str) -> Subscriber {
+        loop {
+            match client.subscribe(format!("{inbox}.*")).await {
+                Ok(acks) => return acks,
+                Err(e) => self.set_blocked(|| format!("cannot subscribe to acks: {e}")),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Publishes `q` with its reply subject; false when it could not be handed to the client
+    /// (then it is refused or waits for its retry).
+    async fn send(&self, client: &Client, inbox: &str, q: Queued, sent: &mut Sent) -> bool {
+        let w = &q.write;
+        let seq = sent.window.next_seq();
+        let publish = client.publish_with_reply_and_headers(
+            w.subject.clone(),
+            format!("{inbox}.{seq}"),
+            headers(&w.message, &w.client_id, w.msg_id.clone()),
+            w.message.payload.clone(),
+        );
+        // Handing a publish to the client waits only while its command queue is full (a
+        // connection that is slow or just went down): bounded so that acks and deadlines
+        // are looked at meanwhile.
+        let failure = match tokio::time::timeout(self.attempt, publish).await {
+            Ok(Ok(())) => {
+                sent.bytes += w.size();
+                sent.window.push(q, Instant::now());
+                return true;
+            }
+            Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                (IngestFailure::TooLarge, e.to_string())
+            }
+            Ok(Err(e)) => (IngestFailure::Unavailable, e.to_string()),
+            Err(_) => (
+                IngestFailure::Unavailable,
+                "the NATS client's queue stayed full".to_owned(),
+            ),
+        };
+        self.failed(q, failure, sent);
+        false
+    }
+
+    /// An ack (or a refusal) on the inbox: finishes the write it answers.
+    fn answered(&self, ack: &async_nats::Message, sent: &mut Sent) {
+        let seq = ack.subject.rsplit('.').next().and_then(|s| s.parse().ok());
+        // A late answer to an attempt that timed out: its retry has an answer of its own.
+        let Some(q) = seq.and_then(|seq| sent.window.take(seq)) else {
+            return;
+        };
+        sent.bytes -= q.write.size();
+        match verdict(ack) {
+            Ok(stored) => self.stored(q, &stored),
+            Err(failure) => {
+                if failure.0 == IngestFailure::Unavailable {
+                    self.missing.notify_one();
+                }
+                self.failed(q, failure, sent);
+            }
+        }
+    }
+
+    /// Attempts whose ack did not come within `attempt` are failed (retried or refused).
+    fn time_out(&self, sent: &mut Sent) {
+        let now = Instant::now();
+        if let Some(sent_by) = now.checked_sub(self.attempt) {
+            while let Some(q) = sent.window.take_sent_by(sent_by) {
+                sent.bytes -= q.write.size();
+                let why = format!("no ack within {:?}", self.attempt);
+                self.failed(q, (IngestFailure::Timeout, why), sent);
+            }
+        }
+        // A write waiting for its retry is refused once its deadline passed.
+        let mut waiting = VecDeque::with_capacity(sent.retry.len());
+        for (due, q) in sent.retry.drain(..) {
+            if q.deadline <= now {
+                self.refuse(q, IngestFailure::Timeout);
+            } else {
+                waiting.push_back((due, q));
+            }
+        }
+        sent.retry = waiting;
+    }
+
+    /// A write that was not stored: refused when that is final or its time is up, sent again
+    /// after `RETRY_PAUSE` otherwise (with the same `Nats-Msg-Id`: JetStream stores it once).
+    fn failed(&self, q: Queued, (kind, why): (IngestFailure, String), sent: &mut Sent) {
+        let permanent = matches!(kind, IngestFailure::StreamFull | IngestFailure::TooLarge);
+        let now = Instant::now();
+        if permanent || q.write.qos0 {
+            self.refuse(q, kind);
+        } else if now >= q.deadline {
+            // Whatever the last attempt said, the write ran out of time.
+            self.refuse(q, IngestFailure::Timeout);
+        } else {
+            self.set_blocked(|| format!("writes are retried: {why}"));
+            sent.retry.push_back((now + RETRY_PAUSE, q));
         }
     }
 
@@ -297,7 +394,8 @@ impl Writer {
             m.duplicates.increment(1);
         } else {
             m.acked.increment(1);
-            m.acked_bytes.increment(queued.write.payload.len() as u64);
+            m.acked_bytes
+                .increment(queued.write.message.payload.len() as u64);
         }
         m.ack_seconds
             .record(queued.submitted.elapsed().as_secs_f64());
@@ -357,59 +455,37 @@ impl Writer {
     }
 }
 
-/// One send of a write and its ack.
-struct Attempt {
-    queued: Queued,
-    result: Result<PublishAck, PublishError>,
+/// The writes sent and not answered, and those waiting to be sent again.
+struct Sent {
+    window: Window<Queued>,
+    /// Bytes of the writes in `window`.
+    bytes: u64,
+    /// Failed writes with the instant they are due again, in that order.
+    retry: VecDeque<(Instant, Queued)>,
 }
 
-fn attempt(
-    js: jetstream::Context,
-    queued: Queued,
-    pause: Option<Duration>,
-) -> BoxFuture<'static, Attempt> {
-    async move {
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
-        }
-        let w = &queued.write;
-        let publish = PublishMessage::build()
-            .payload(w.payload.clone())
-            .headers(w.headers.clone());
-        let result = match js.send_publish(w.subject.clone(), publish).await {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        Attempt { queued, result }
+/// What JetStream's answer on a write's reply subject says.
+fn verdict(ack: &async_nats::Message) -> Result<PublishAck, (IngestFailure, String)> {
+    if ack.status == Some(StatusCode::NO_RESPONDERS) {
+        return Err((
+            IngestFailure::Unavailable,
+            "no stream takes the subject".to_owned(),
+        ));
     }
-    .boxed()
+    match serde_json::from_slice::<Response<PublishAck>>(&ack.payload) {
+        Ok(Response::Ok(stored)) => Ok(stored),
+        // JetStream's "store failed" (10077) is how a full stream with discard new refuses
+        // (maximum bytes / messages exceeded).
+        Ok(Response::Err { error }) if error.error_code() == ErrorCode::STREAM_STORE_FAILED => {
+            Err((IngestFailure::StreamFull, error.to_string()))
+        }
+        Ok(Response::Err { error }) => Err((IngestFailure::Other, error.to_string())),
+        Err(e) => Err((IngestFailure::Other, format!("unreadable ack: {e}"))),
+    }
 }
 
 fn stream_missing(e: &async_nats::error::Error<GetStreamErrorKind>) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND)
-}
-
-/// What a failed publish means for the rule.
-fn classify(e: &PublishError) -> IngestFailure {
-    match e.kind() {
-        PublishErrorKind::TimedOut => IngestFailure::Timeout,
-        PublishErrorKind::StreamNotFound | PublishErrorKind::BrokenPipe => {
-            IngestFailure::Unavailable
-        }
-        PublishErrorKind::MaxPayloadExceeded => IngestFailure::TooLarge,
-        _ => {
-            // JetStream's "store failed" (10077) is how a full stream with discard new refuses
-            // (maximum bytes / messages exceeded).
-            let full = std::error::Error::source(e)
-                .and_then(|s| s.downcast_ref::<jetstream::Error>())
-                .is_some_and(|j| j.error_code() == ErrorCode::STREAM_STORE_FAILED);
-            if full {
-                IngestFailure::StreamFull
-            } else {
-                IngestFailure::Other
-            }
-        }
-    }
 }
 
 /// The stream the gateway creates when it is missing.
