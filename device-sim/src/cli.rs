@@ -102,7 +102,8 @@ pub struct RunArgs {
     /// Subscription filter (default: the topic template with `{id}` replaced by `+`).
     #[arg(long, value_name = "FILTER")]
     pub subscribe_filter: Option<String>,
-    /// The targets are nodes of one cluster: every subscriber sees every device's messages.
+    /// The targets are nodes of one cluster: every subscriber sees every device's messages, and a
+    /// client whose node refuses or is gone fails over to the next target.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub cluster: Option<bool>,
     /// Length of the run from the first connection until publishing stops.

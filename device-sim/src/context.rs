@@ -157,25 +157,44 @@ impl Ctx {
             .unwrap_or_default()
     }
 
-    /// Device `id` goes to target `id mod T` from source address `(id / T) mod S`, so every
-    /// (source, target) pair gets an even share of the ephemeral ports.
-    pub fn device_route(&self, id: u64) -> (usize, SocketAddr, Option<Ipv4Addr>) {
+    /// Device `id` goes to target `(id + moved) mod T` from source address `(id / T) mod S`,
+    /// so every (source, target) pair gets an even share of the ephemeral ports. `moved`
+    /// counts the targets it failed over from (`next_target`).
+    pub fn device_route(&self, id: u64, moved: u16) -> (usize, SocketAddr, Option<Ipv4Addr>) {
         let s = &self.settings;
         let t = s.targets.len() as u64;
-        let target = (id % t) as usize;
+        let target = ((id + u64::from(moved)) % t) as usize;
         let source = (!s.source_ips.is_empty())
             .then(|| s.source_ips[((id / t) % s.source_ips.len() as u64) as usize]);
         (target, s.targets[target], source)
     }
 
-    /// Subscriber `index`'s target (its index and address) and source address.
-    pub fn subscriber_route(&self, index: u32) -> (usize, SocketAddr, Option<Ipv4Addr>) {
+    /// Subscriber `index`'s target (its index and address) and source address; `moved` as
+    /// for devices.
+    pub fn subscriber_route(
+        &self,
+        index: u32,
+        moved: u16,
+    ) -> (usize, SocketAddr, Option<Ipv4Addr>) {
         let s = &self.settings;
         let k = u64::from(index);
-        let target = (k % s.targets.len() as u64) as usize;
+        let target = ((k + u64::from(moved)) % s.targets.len() as u64) as usize;
         let source = (!s.source_ips.is_empty())
             .then(|| s.source_ips[(k % s.source_ips.len() as u64) as usize]);
         (target, s.targets[target], source)
+    }
+
+    /// After a failed connect, where a client goes next: with `--cluster` the targets are nodes
+    /// of one broker, so a client whose node is gone (killed, or refusing) fails over to the
+    /// next one, and stays there while it works. Without it, each target is its own broker and
+    /// a client keeps to its own.
+    pub fn next_target(&self, moved: u16) -> u16 {
+        let t = self.settings.targets.len();
+        if !self.settings.cluster || t < 2 {
+            return 0;
+        }
+        let wrap = u16::try_from(t).unwrap_or(u16::MAX);
+        (moved + 1) % wrap
     }
 
     /// How `peer` speaks TLS to target `target`, with `--tls`.

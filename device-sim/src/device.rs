@@ -45,6 +45,8 @@ struct Device {
     /// 4 bytes keep `Device` at 16: 4 billion messages per device is 49 days at 1,000 msg/s.
     seq: u32,
     pkid: u16,
+    /// Targets failed over from (`Ctx::next_target`); in the padding of the fields around it.
+    moved: u16,
     /// Packet id, seq and send time of each unacknowledged message, oldest first; absent while
     /// nothing is in flight, which is most of a device's life. Boxed: 8 bytes in every idle
     /// device instead of a `VecDeque`'s 32.
@@ -72,6 +74,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
         let mut device = Device {
             seq: 0,
             pkid: 0,
+            moved: 0,
             inflight: None,
         };
         let mut failures = 0u32;
@@ -85,7 +88,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                 let epoch = ctx.disconnect_epoch();
                 ctx.stats.connect_attempts.fetch_add(1, Relaxed);
                 let mut conn = {
-                    let (target_index, target, source) = ctx.device_route(id);
+                    let (target_index, target, source) = ctx.device_route(id, device.moved);
                     let started = Instant::now();
                     // Boxed: the handshake's state (connect future, timer, client id) is large
                     // and lives only for the handshake; inline, every idle device future would be
@@ -106,6 +109,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         }
                         Err(reason) => {
                             ctx.stats.connect_failed(&reason);
+                            device.moved = ctx.next_target(device.moved);
                             break 'session Outcome::ConnectFailed;
                         }
                     }
@@ -400,7 +404,7 @@ impl Device {
 
     fn publish(&mut self, ctx: &Ctx, conn: &mut Conn, id: u64) -> Result<(), Reason> {
         let settings = &ctx.settings;
-        let (target_index, _, _) = ctx.device_route(id);
+        let (target_index, _, _) = ctx.device_route(id, self.moved);
         let qos = settings.qos;
         if !self.window_room(ctx, id) {
             ctx.stats.skipped.fetch_add(1, Relaxed);

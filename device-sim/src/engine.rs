@@ -189,7 +189,9 @@ impl Engine {
         let missing = unacked
             .iter()
             .map(|&(device, seq)| {
-                let (target, _, _) = self.ctx.device_route(device);
+                // Where it went last is not known here; which target does not matter with
+                // `--cluster`, the only case where a device moves.
+                let (target, _, _) = self.ctx.device_route(device, 0);
                 let due = self.ctx.settings.deliveries_per_message(target);
                 let seen = trackers
                     .iter()

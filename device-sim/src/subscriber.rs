@@ -34,6 +34,8 @@ struct Subscriber {
     /// PUBREC (it restarted, or the connection dropped), and is not delivered twice. Kept with
     /// the session across reconnections, as MQTT's receiver state is.
     awaiting_release: Vec<u16>,
+    /// Targets failed over from (`Ctx::next_target`).
+    moved: u16,
 }
 
 pub async fn run(ctx: Arc<Ctx>, index: u32, tracker: Arc<Mutex<Tracker>>) {
@@ -42,6 +44,7 @@ pub async fn run(ctx: Arc<Ctx>, index: u32, tracker: Arc<Mutex<Tracker>>) {
         tracker,
         counted_ready: false,
         awaiting_release: Vec::new(),
+        moved: 0,
     };
     let mut failures = 0u32;
     loop {
@@ -69,7 +72,7 @@ impl Subscriber {
             return Outcome::Stopped;
         }
         let settings = &ctx.settings;
-        let (target_index, target, source) = ctx.subscriber_route(self.index);
+        let (target_index, target, source) = ctx.subscriber_route(self.index, self.moved);
         let epoch = ctx.disconnect_epoch();
         ctx.stats.connect_attempts.fetch_add(1, Relaxed);
         let client_id = render(&settings.subscriber_client_id, u64::from(self.index));
@@ -91,6 +94,7 @@ impl Subscriber {
             }
             Err(reason) => {
                 ctx.stats.connect_failed(&reason);
+                self.moved = ctx.next_target(self.moved);
                 return Outcome::Failed;
             }
         };
@@ -293,6 +297,7 @@ mod tests {
             tracker: Arc::default(),
             counted_ready: false,
             awaiting_release: Vec::new(),
+            moved: 0,
         };
         let mut reply = BytesMut::new();
         let publish = || Incoming::Publish {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use binary::Gateway;
+use binary::{device_sim, Gateway};
 use clients::raw::{self, encode_disconnect, packet, Connect, End, Raw, PUBACK, PUBLISH, V};
 
 const PUBREC: u8 = 0x50;
@@ -311,23 +311,6 @@ async fn a_qos2_delivery_interrupted_by_a_crash_is_resumed_not_repeated() {
         assert_ne!(f.kind(), PUBLISH, "delivered again: {f:?}");
         sub.send(&packet(PUBCOMP, &f.body[..2])).await;
     }
-}
-
-/// device-sim, beside this test's gateway binary; built here when missing (`cargo test -p
-/// gateway` alone does not build it, `scripts/test.sh` does).
-fn device_sim() -> PathBuf {
-    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
-    let sim = gateway.with_file_name("device-sim");
-    if !sim.exists() {
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build.args(["build", "-p", "device-sim", "--bin", "device-sim"]);
-        if gateway.parent().is_some_and(|d| d.ends_with("release")) {
-            build.arg("--release");
-        }
-        let built = build.status().is_ok_and(|s| s.success());
-        assert!(built && sim.exists(), "cannot build device-sim");
-    }
-    sim
 }
 
 /// The same guarantee as device-sim reports it, as a fleet would see it: 50 devices at QoS 1

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,23 @@ pub fn run_refused_config(config: &Path) -> Output {
         .arg(config)
         .output()
         .expect("run gateway")
+}
+
+/// device-sim, beside this test's gateway binary; built here when missing (`cargo test -p
+/// gateway` alone does not build it, `scripts/test.sh` does).
+pub fn device_sim() -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
+    let sim = gateway.with_file_name("device-sim");
+    if !sim.exists() {
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "-p", "device-sim", "--bin", "device-sim"]);
+        if gateway.parent().is_some_and(|d| d.ends_with("release")) {
+            build.arg("--release");
+        }
+        let built = build.status().is_ok_and(|s| s.success());
+        assert!(built && sim.exists(), "cannot build device-sim");
+    }
+    sim
 }
 
 pub struct Gateway {

@@ -1,0 +1,98 @@
+//! A fleet on a cluster whose node dies: two gateway processes form one broker over a real
+//! nats-server, device-sim spreads its devices and subscribers over both (`--cluster`, one
+//! `--target` per node), and one node is killed with SIGKILL while they publish. The devices and
+//! subscribers of the dead node must fail over to the other target by themselves and go on
+//! publishing and receiving there. What a persistent session of the dead node keeps is the
+//! cluster's session store's matter, not tested here.
+//!
+//! Without `nats-server` the test is skipped with a loud message, and fails under CI.
+
+mod binary;
+mod common;
+
+use std::time::Duration;
+
+use binary::{device_sim, Gateway};
+use common::nats::NatsServer;
+
+/// A node of the cluster on `nats`, named `name`, as its own process.
+fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
+    let config = dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nservers = [{:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n",
+            nats.url()
+        ),
+    )
+    .expect("write node config");
+    Gateway::start(&["--config", config.to_str().expect("utf-8 path")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("failover");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    const DEVICES: u64 = 40;
+    const SECONDS: u64 = 14;
+    let scenario = dir.path().join("fleet.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {DEVICES}\nconnect_rate = 400\n\
+             client_id = \"fo-{{id}}\"\ntopic = \"fo/{{id}}\"\npayload = 32\n\
+             publish_interval = \"100ms\"\nqos = 1\nprotocol = \"3.1.1\"\nsubscribers = 2\n\
+             subscriber_client_id = \"fo-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
+             connect_timeout = \"2s\"\n\
+             duration = \"{SECONDS}s\"\ndrain = \"3s\"\n",
+            a.addr.to_string(),
+            b.addr.to_string(),
+        ),
+    )
+    .expect("write scenario");
+    let report = dir.path().join("report.json");
+    let sim = tokio::process::Command::new(device_sim())
+        .arg("run")
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn device-sim");
+    // Half the fleet (and one subscriber) is on `a` when it dies, a third of the way in.
+    tokio::time::sleep(Duration::from_secs(SECONDS / 3)).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    let out = tokio::time::timeout(Duration::from_secs(SECONDS + 30), sim.wait_with_output())
+        .await
+        .expect("device-sim ends by itself")
+        .expect("device-sim ran");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let json = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("no report: {out:?}"));
+    println!("{said}");
+    let r: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {json}"));
+    // Everyone is on `b` at the end: nobody waits for the dead node to come back.
+    assert_eq!(n("devices_connected"), DEVICES, "{said}");
+    assert_eq!(n("subscribers_connected"), 2, "{said}");
+    // The dead node's devices were cut off and found it gone before they moved on.
+    assert!(n("connect_failures") > 0, "{said}");
+    // 10 messages a second per device: had `a`'s half stopped at the kill, at most two thirds
+    // of the run's messages would be acknowledged; failed over, nearly all of them are.
+    let full = DEVICES * 10 * SECONDS;
+    assert!(
+        n("messages_acked") > full * 8 / 10,
+        "{} acknowledged of about {full}: {said}",
+        n("messages_acked")
+    );
+    // The surviving node's subscribers receive from every device after the fail-over.
+    assert!(n("messages_received") > full, "{said}");
+    drop(b);
+}
