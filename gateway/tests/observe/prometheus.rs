@@ -91,9 +91,15 @@ impl Prometheus {
         let mut config = String::from(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
         );
+        // One scrape config per job (Prometheus refuses a job name twice), with its targets.
+        let mut jobs: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for (job, target) in targets {
+            jobs.entry(job).or_default().push(format!("\"{target}\""));
+        }
+        for (job, targets) in jobs {
             config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
             ));
         }
         std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
@@ -149,6 +155,22 @@ impl Prometheus {
             ));
         }
         Ok(reply["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+
+    /// Waits until `promql` returns at least one series (a comparison such as `x > 0` returns
+    /// none while it does not hold); panics after `FILL_DEADLINE`.
+    pub async fn holds(&self, promql: &str) {
+        let deadline = Instant::now() + FILL_DEADLINE;
+        loop {
+            match self.query(promql).await {
+                Ok(n) if n > 0 => return,
+                Err(e) => panic!("{promql} is rejected by Prometheus: {e}"),
+                Ok(_) if Instant::now() > deadline => {
+                    panic!("{promql} did not hold within {FILL_DEADLINE:?}")
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     }
 
     /// Runs every panel and variable query of `dashboards/{file}` until each returns at least
