@@ -740,6 +740,25 @@ impl Session {
             crate::ingest::dedup::PublishIds::restored(pending.ingest_ids).map(Box::new);
     }
 
+    /// A copy of what `restore_pending` takes, for handing the session to another cluster node
+    /// while its owner holds it: the queue (with retained messages still owed after a
+    /// SUBSCRIBE at its end), the outbound window with each flow's stage, the inbound QoS 2 ids.
+    /// A backlog a restart left in the store stays there, and ingestion numbering starts anew.
+    pub(crate) fn export_pending(&self) -> Pending {
+        let st = self.state.lock();
+        let retained = st.retained_backlog.iter().flat_map(|b| b.deliveries.iter());
+        Pending {
+            queue: st.queue.iter().chain(retained).cloned().collect(),
+            inflight: st
+                .inflight
+                .iter()
+                .map(|i| (i.packet_id, i.stage, i.delivery.clone()))
+                .collect(),
+            incoming_qos2: st.incoming_qos2.as_deref().cloned().unwrap_or_default(),
+            ingest_ids: Vec::new(),
+        }
+    }
+
     pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {
         self.state.lock().subscriptions.clone()
     }

@@ -9,7 +9,7 @@ use bytestring::ByteString;
 
 use super::{Router, Subscriber};
 use crate::clock::unix_millis;
-use crate::cluster::{Claiming, Cluster, Interest};
+use crate::cluster::{Claim, Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
@@ -718,7 +718,7 @@ impl Cluster for Heard {
         self.0.lock().push(format!("{change:?} {filter} {group:?}"));
     }
     fn claim(&self, _: &str) -> Claiming {
-        Box::pin(std::future::ready(()))
+        Box::pin(std::future::ready(Claim::granted()))
     }
 }
 
