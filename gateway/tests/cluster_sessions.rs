@@ -155,6 +155,10 @@ async fn connecting_on_another_node_closes_the_stale_connection() {
     let id = unique_id("v5-twice");
     let mut first = v5::connect(a.mqtt, &id).await;
     let mut second = v5::connect(b.mqtt, &id).await;
+    assert!(
+        !second.connack.session_present,
+        "clean start drops what came over"
+    );
     assert_eq!(first.closed(WAIT).await, Some(SESSION_TAKEN_OVER));
     second
         .publish_confirmed("still/here", v5::QoS::AtLeastOnce, false, "b")
@@ -263,4 +267,33 @@ async fn a_qos2_flow_begun_on_one_node_completes_on_another() {
         comp.body.len() == 2 || comp.body[2] == 0,
         "PUBCOMP reason {comp:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_a_connect_is_granted_locally_at_once_and_counted() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = node(&nats, "a").await;
+    nats.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&a, "gateway_cluster_connected", &[]).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NATS loss never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let c = v5::connect(a.mqtt, &unique_id("offline")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "CONNACK took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(&a, "gateway_cluster_claims_total", &["outcome=\"local\""]).await,
+        1.0
+    );
+    c.disconnect().await;
 }
