@@ -605,6 +605,49 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a session holds comes back from a hand-over as it was: each flow with its
+        /// packet id and stage, the queue in order, the inbound QoS 2 ids.
+        #[test]
+        fn any_handed_over_session_reads_back_as_it_was(
+            flows in proptest::collection::vec((1u16.., 0u8..3, 1u8..3), 0..20),
+            queued in proptest::collection::vec((0u8..3, proptest::collection::vec(0u8.., 0..40)), 0..20),
+            incoming in proptest::collection::vec(1u16.., 0..20),
+        ) {
+            let stages = [Stage::PubAck, Stage::PubRec, Stage::PubComp];
+            let d = |qos: u8, payload: Vec<u8>| Delivery {
+                msg: Arc::new(Message::restored(
+                    "t".into(), Bytes::from(payload), QoS::AtLeastOnce, false, None, None,
+                )),
+                qos: QoS::from_u8(qos).unwrap_or(QoS::AtMostOnce),
+                retain: false,
+                subscription_ids: vec![],
+                seq: 1,
+            };
+            let pending = Pending {
+                inflight: flows.iter().map(|&(id, st, q)| (id, stages[st as usize], d(q, vec![]))).collect(),
+                queue: queued.iter().map(|(q, p)| d(*q, p.clone())).collect(),
+                incoming_qos2: incoming.clone(),
+                ingest_ids: vec![],
+            };
+            let record = SessionRecord {
+                client_id: "c".into(),
+                expiry_interval: 7,
+                expires_at: None,
+                subscriptions: vec![],
+                will: None,
+            };
+            let (_, back) = read_handover("c", &handover(&record, &pending)).unwrap();
+            let flows_back: Vec<_> = back.inflight.iter().map(|(id, st, d)| (*id, *st, d.qos)).collect();
+            let flows_in: Vec<_> = pending.inflight.iter().map(|(id, st, d)| (*id, *st, d.qos)).collect();
+            proptest::prop_assert_eq!(flows_back, flows_in);
+            let queue_back: Vec<_> = back.queue.iter().map(|d| (d.qos, d.msg.payload.clone())).collect();
+            let queue_in: Vec<_> = pending.queue.iter().map(|d| (d.qos, d.msg.payload.clone())).collect();
+            proptest::prop_assert_eq!(queue_back, queue_in);
+            proptest::prop_assert_eq!(back.incoming_qos2, incoming);
+        }
+    }
+
     /// Every prefix of a record and every flipped byte is refused or read as some record,
     /// never a panic.
     #[test]
