@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -65,7 +64,6 @@ pub(crate) struct Handover {
     prefix: String,
     me: Owner,
     owners: Owners,
-    client: Client,
     nats: Arc<Nats>,
     /// Client ids with a claim (its epoch) or a surrender (0) in progress on this node. Bounded
     /// by the connections in their handshakes and the take requests being answered.
@@ -87,16 +85,11 @@ impl Drop for Hold {
 
 impl Handover {
     pub(crate) fn new(prefix: &str, me: Owner, nats: Arc<Nats>, metrics: Arc<Metrics>) -> Handover {
-        let client = nats.client.clone();
+        let js = async_nats::jetstream::new(nats.client.clone());
         Handover {
             prefix: prefix.to_owned(),
-            owners: Owners::new(
-                prefix,
-                me.clone(),
-                async_nats::jetstream::new(client.clone()),
-            ),
+            owners: Owners::new(prefix, me.clone(), js),
             me,
-            client,
             nats,
             busy: Mutex::new(HashMap::new()),
             metrics,
@@ -196,6 +189,7 @@ impl Handover {
         // Serializing a plain struct cannot fail.
         let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
         let asked = self
+            .nats
             .client
             .request(self.take_subject(&previous.node), payload);
         let answer = match tokio::time::timeout_at(deadline, asked).await {
@@ -243,6 +237,7 @@ impl Handover {
     /// so that a surrender waiting for its connection holds up no other.
     pub(crate) async fn serve(self: Arc<Self>, sessions: Weak<dyn Sessions>) {
         let mut requests = match self
+            .nats
             .client
             .subscribe(self.take_subject(&self.me.node))
             .await
@@ -264,7 +259,7 @@ impl Handover {
             let this = self.clone();
             tokio::spawn(async move {
                 let answer = this.surrender(take, &*sessions).await;
-                if let Err(e) = this.client.publish(reply, answer).await {
+                if let Err(e) = this.nats.client.publish(reply, answer).await {
                     debug!("cluster: take answer not sent: {e}");
                 }
             });
@@ -305,7 +300,7 @@ impl Handover {
         debug!(client = %client_id, to = %take.node, "cluster: session handed over");
         Bytes::from(encode(
             state,
-            self.client.server_info().max_payload,
+            self.nats.client.server_info().max_payload,
             &self.metrics,
         ))
     }
