@@ -184,6 +184,20 @@ async fn raw_connect(addr: SocketAddr, id: String) -> Raw {
     Raw::connect(addr, &Connect::v5(&id, true, 60)).await.0
 }
 
+/// Whether `raw` was closed (after DISCONNECT 0x8E), looking for a moment.
+async fn closed(raw: &mut Raw) -> bool {
+    loop {
+        match raw.read_packet_within(Duration::from_millis(10)).await {
+            Ok(f) if f.first == raw::DISCONNECT => {
+                assert_eq!(f.body.first(), Some(&SESSION_TAKEN_OVER), "{f:?}");
+            }
+            Ok(f) => panic!("unexpected {f:?}"),
+            Err(End::Closed) => return true,
+            Err(End::Silent) => return false,
+        }
+    }
+}
+
 /// Whether `raw` is still an open, working connection (else it saw DISCONNECT 0x8E and close).
 async fn survives(raw: &mut Raw) -> bool {
     raw.send_lenient(&raw::encode_pingreq()).await;
@@ -212,9 +226,27 @@ async fn nodes_racing_for_one_client_id_end_with_one_owner() {
             raw_connect(a.mqtt, id.clone()),
             raw_connect(b.mqtt, id.clone())
         );
-        // Both CONNACKed; the loser is being closed. Let the takeover settle.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (alive_a, alive_b) = tokio::join!(survives(&mut on_a), survives(&mut on_b));
+        // Both CONNACKed; the loser is being closed: wait for one to close, then the other
+        // must still work.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let (mut gone_a, mut gone_b) = (false, false);
+        while !gone_a && !gone_b {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: neither connection closed"
+            );
+            gone_a = closed(&mut on_a).await;
+            gone_b = closed(&mut on_b).await;
+        }
+        assert!(
+            !(gone_a && gone_b),
+            "round {round}: both connections closed"
+        );
+        let (alive_a, alive_b) = if gone_a {
+            (false, survives(&mut on_b).await)
+        } else {
+            (survives(&mut on_a).await, false)
+        };
         assert!(
             alive_a != alive_b,
             "round {round}: a alive {alive_a}, b alive {alive_b}"
