@@ -122,14 +122,16 @@ impl Registry {
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
+    /// `deadline` bounds the cluster's claim (the handshake's), not the local takeover.
     pub(crate) async fn attach(
         &self,
         client_id: &str,
         clean_start: bool,
         router: &Router,
+        deadline: tokio::time::Instant,
     ) -> Attached {
         // Held until attached: another node's take request for this client id waits for it.
-        let mut claim = router.cluster.claim(client_id).await;
+        let mut claim = router.cluster.claim(client_id, deadline).await;
         loop {
             let (session, existed) = match self.sessions.get(client_id) {
                 Some(s) => (s.key().0.clone(), true),

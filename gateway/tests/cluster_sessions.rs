@@ -26,6 +26,14 @@ const SESSION_TAKEN_OVER: u8 = 0x8E;
 
 /// A node of the cluster on `nats`, once connected to it (before, its claims are local).
 async fn node(nats: &NatsServer, name: &str) -> Observed {
+    node_with(nats, name, |_| {}).await
+}
+
+async fn node_with(
+    nats: &NatsServer,
+    name: &str,
+    tune: impl FnOnce(&mut gateway::Config),
+) -> Observed {
     let url = nats.url();
     let name = name.to_owned();
     let node = Observed::start(move |c| {
@@ -33,6 +41,7 @@ async fn node(nats: &NatsServer, name: &str) -> Observed {
         c.nats.servers = vec![url];
         c.cluster.enabled = true;
         c.cluster.node_name = name;
+        tune(c);
     })
     .await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -327,5 +336,59 @@ async fn with_nats_down_a_connect_is_granted_locally_at_once_and_counted() {
         metric(&a, "gateway_cluster_claims_total", &["outcome=\"local\""]).await,
         1.0
     );
+    c.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_previous_owner_holds_a_connect_no_longer_than_its_connect_timeout() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = node_with(&nats, "a", |c| {
+        c.mqtt.connect_timeout = Duration::from_secs(1)
+    })
+    .await;
+    // Node "z" owns the client id and takes its requests, but never answers them.
+    let id = unique_id("orphan");
+    let z = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let _silent = z.subscribe("gateway.c.take.z").await.expect("subscribe");
+    z.flush().await.expect("flush");
+    let kv = async_nats::jetstream::new(z.clone())
+        .get_key_value("gateway_sessions")
+        .await;
+    let kv = match kv {
+        Ok(kv) => kv,
+        Err(_) => {
+            // The bucket comes with the first claim: make one.
+            v5::connect(a.mqtt, &unique_id("first"))
+                .await
+                .disconnect()
+                .await;
+            async_nats::jetstream::new(z.clone())
+                .get_key_value("gateway_sessions")
+                .await
+                .expect("owner bucket")
+        }
+    };
+    let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
+    kv.put(key, r#"{"node":"z","instance":1}"#.into())
+        .await
+        .expect("owner record");
+
+    let started = tokio::time::Instant::now();
+    let c = v5::connect(a.mqtt, &id).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_900), "CONNACK took {took:?}");
+    assert!(!c.connack.session_present);
+    assert_eq!(
+        metric(
+            &a,
+            "gateway_cluster_takeovers_total",
+            &["result=\"unreachable\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(owner_record(&nats, &id).await, "a");
     c.disconnect().await;
 }

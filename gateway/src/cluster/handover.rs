@@ -15,8 +15,9 @@
 //! claims never wait for each other.
 //!
 //! Bounds: the owner record within `CLAIM_TIMEOUT`, the previous owner's answer within
-//! `TAKE_TIMEOUT`; past either the CONNECT goes on with what this node has (counted), so a
-//! claim never holds a handshake beyond both, well within the connect timeout.
+//! `TAKE_TIMEOUT`, both within the CONNECT's handshake deadline; past either the CONNECT goes
+//! on with what this node has (counted), so a claim never holds a handshake beyond its
+//! connect timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -101,13 +102,15 @@ impl Handover {
     }
 
     /// Claims `client_id` for a CONNECT on this node (see the module comment).
-    pub(crate) async fn claim(self: Arc<Self>, client_id: Arc<str>) -> Claim {
+    pub(crate) async fn claim(self: Arc<Self>, client_id: Arc<str>, deadline: Instant) -> Claim {
         let m = &self.metrics.cluster;
         if !self.nats.is_connected() {
             m.claimed(ClaimOutcome::Local);
             return Claim::granted();
         }
-        let won = match tokio::time::timeout(CLAIM_TIMEOUT, self.owners.claim(&client_id)).await {
+        let written_by = deadline.min(Instant::now() + CLAIM_TIMEOUT);
+        let claimed = tokio::time::timeout_at(written_by, self.owners.claim(&client_id));
+        let won = match claimed.await {
             Ok(Ok(won)) => won,
             Ok(Err(e)) => {
                 if !matches!(e, ClaimError::KeyTooLong) {
@@ -117,7 +120,7 @@ impl Handover {
                 return Claim::granted();
             }
             Err(_) => {
-                warn!(client = %client_id, "cluster: owner record not written within {CLAIM_TIMEOUT:?}; claim granted on this node alone");
+                warn!(client = %client_id, "cluster: owner record not written in time; claim granted on this node alone");
                 m.claimed(ClaimOutcome::Local);
                 return Claim::granted();
             }
@@ -127,7 +130,7 @@ impl Handover {
         } else {
             ClaimOutcome::Won
         });
-        let deadline = Instant::now() + TAKE_TIMEOUT;
+        let deadline = deadline.min(Instant::now() + TAKE_TIMEOUT);
         let hold = self.clone().hold(&client_id, won.epoch, deadline).await;
         let handed_over = match won.previous {
             // This node (this start of it) held it: the local registry's takeover does the rest.
@@ -200,7 +203,7 @@ impl Handover {
                 return None;
             }
             Err(_) => {
-                warn!(client = %client_id, node = %previous.node, "cluster: previous owner did not hand the session over within {TAKE_TIMEOUT:?}");
+                warn!(client = %client_id, node = %previous.node, "cluster: previous owner did not hand the session over in time");
                 m.took_over(Takeover::Unreachable);
                 return None;
             }

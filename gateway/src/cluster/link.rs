@@ -274,8 +274,8 @@ impl Cluster for NatsCluster {
         true
     }
 
-    fn claim(&self, client_id: &str) -> Claiming {
-        Box::pin(self.handover.clone().claim(Arc::from(client_id)))
+    fn claim(&self, client_id: &str, deadline: tokio::time::Instant) -> Claiming {
+        Box::pin(self.handover.clone().claim(Arc::from(client_id), deadline))
     }
 
     fn state(&self) -> ClusterState {

@@ -123,8 +123,9 @@ pub(crate) trait Cluster: Send + Sync + 'static {
     fn retained(&self, _message: &Arc<Message>) -> bool {
         false
     }
-    /// Resolves when this node may attach the session of `client_id`.
-    fn claim(&self, client_id: &str) -> Claiming;
+    /// Resolves when this node may attach the session of `client_id`, no later than
+    /// `deadline` (the CONNECT's handshake deadline): past it the claim is granted locally.
+    fn claim(&self, client_id: &str, deadline: tokio::time::Instant) -> Claiming;
     /// The cluster's state for metrics and readiness.
     fn state(&self) -> ClusterState {
         ClusterState::default()
@@ -143,7 +144,7 @@ impl Cluster for Standalone {
 
     fn interest(&self, _: &str, _: Option<&str>, _: Interest) {}
 
-    fn claim(&self, _: &str) -> Claiming {
+    fn claim(&self, _: &str, _: tokio::time::Instant) -> Claiming {
         Box::pin(std::future::ready(Claim::granted()))
     }
 }

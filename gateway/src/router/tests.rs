@@ -717,7 +717,7 @@ impl Cluster for Heard {
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {
         self.0.lock().push(format!("{change:?} {filter} {group:?}"));
     }
-    fn claim(&self, _: &str) -> Claiming {
+    fn claim(&self, _: &str, _: tokio::time::Instant) -> Claiming {
         Box::pin(std::future::ready(Claim::granted()))
     }
 }
