@@ -101,7 +101,11 @@ async fn a_persistent_session_follows_its_client_to_another_node_with_its_queue(
     let Some(nats) = NatsServer::start().await else {
         return;
     };
-    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (a, b, c3) = (
+        node(&nats, "a").await,
+        node(&nats, "b").await,
+        node(&nats, "c").await,
+    );
     let id = unique_id("roamer");
     let mut c = v5::Client::connect(v5::persistent(a.mqtt, &id, 300)).await;
     assert!(!c.connack.session_present);
@@ -151,6 +155,29 @@ async fn a_persistent_session_follows_its_client_to_another_node_with_its_queue(
         1.0
     );
     assert_eq!(owner_record(&nats, &id).await, "b");
+    c.disconnect().await;
+
+    // On to a third node: what was queued for it on b while it was away comes along (once it
+    // reached b: a message still crossing NATS when its session moves is not followed).
+    let received = "gateway_cluster_messages_received_total";
+    let before = metric(&b, received, &[]).await;
+    publisher
+        .publish_confirmed("fleet/3/cmd", v5::QoS::AtLeastOnce, false, "later")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&b, received, &[]).await == before {
+        assert!(tokio::time::Instant::now() < deadline, "b never got it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = v5::Client::connect(v5::persistent(c3.mqtt, &id, 300)).await;
+    assert!(
+        c.connack.session_present,
+        "the session came over from node b"
+    );
+    assert_eq!(&c.next_publish(WAIT).await.payload[..], b"later");
+    c.expect_no_publish(QUIET).await;
+    assert!(!holds(&a, &id).await && !holds(&b, &id).await);
+    assert_eq!(owner_record(&nats, &id).await, "c");
     c.disconnect().await;
 }
 
