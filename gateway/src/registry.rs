@@ -24,7 +24,7 @@ use crate::clock::{unix_millis, UnixMillis};
 use crate::cluster::HandedOver;
 use crate::message::Message;
 use crate::router::Router;
-use crate::session::{Kick, Ownership, Session};
+use crate::session::{Delivery, Kick, Ownership, Session};
 use crate::store::{Restored, SessionRecord, StoredWill};
 use crate::timers::Timers;
 
@@ -212,7 +212,7 @@ impl Registry {
             subscriptions: session.subscriptions(),
             will: None,
         };
-        let pending = session.export_pending();
+        let pending = session.export_pending(read_stored(&session, router));
         self.end(&session, router);
         Some(HandedOver { record, pending })
     }
@@ -394,6 +394,32 @@ impl Registry {
             }
         }
     }
+}
+
+/// The queue a restart left in the store for `session` (owned) and not read yet, all of it:
+/// bounded by the session's queue limit, as when it was queued.
+fn read_stored(session: &Session, router: &Router) -> Vec<Delivery> {
+    let mut stored = Vec::new();
+    let Some((mut from, until, count)) = session.stored_left() else {
+        return stored;
+    };
+    while stored.len() < count {
+        match router
+            .store
+            .read_queued(&session.client_id, from, until, count - stored.len())
+        {
+            Ok(chunk) => {
+                let Some(last) = chunk.last() else { break };
+                from = last.seq + 1;
+                stored.extend(chunk);
+            }
+            Err(e) => {
+                tracing::error!(client = %session.client_id, "stored queue not handed over: {e}");
+                break;
+            }
+        }
+    }
+    stored
 }
 
 /// Puts a session handed over by another node into `session` (owned, empty): its queue and

@@ -419,3 +419,46 @@ async fn a_silent_previous_owner_holds_a_connect_no_longer_than_its_connect_time
     assert_eq!(owner_record(&nats, &id).await, "a");
     c.disconnect().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_a_restart_left_on_the_old_nodes_disk_comes_over_too() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let store = observe::scratch::Scratch::new("roam-store");
+    let dir = store.path().to_owned();
+    let with_store = |dir: std::path::PathBuf| {
+        move |c: &mut gateway::Config| {
+            c.storage.enabled = true;
+            c.storage.dir = dir;
+        }
+    };
+    let a = node_with(&nats, "a", with_store(dir.clone())).await;
+    let b = node(&nats, "b").await;
+    let id = unique_id("stored");
+    let mut c = v5::Client::connect(v5::persistent(a.mqtt, &id, 300)).await;
+    c.subscribe("disk/#", v5::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut publisher = v5::connect(a.mqtt, &unique_id("pub")).await;
+    for i in 0..20 {
+        publisher
+            .publish_confirmed("disk/x", v5::QoS::AtLeastOnce, false, format!("d{i}"))
+            .await;
+    }
+    publisher.disconnect().await;
+    // Node a restarts on its store: the queue waits on its disk.
+    a.shutdown().await;
+    // The store's writer lets go of the database file just after the broker's task ends.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = node_with(&nats, "a", with_store(dir)).await;
+
+    let mut c = v5::Client::connect(v5::persistent(b.mqtt, &id, 300)).await;
+    assert!(c.connack.session_present);
+    for i in 0..20 {
+        let got = c.next_publish(WAIT).await;
+        assert_eq!(&got.payload[..], format!("d{i}").as_bytes(), "message {i}");
+    }
+    c.expect_no_publish(QUIET).await;
+    assert!(!holds(&a, &id).await);
+    c.disconnect().await;
+}
