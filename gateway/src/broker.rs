@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::admission::Admission;
 use crate::auth::Security;
-use crate::cluster::{Link, NatsCluster};
+use crate::cluster::{Link, NatsCluster, Sessions};
 use crate::config::Config;
 use crate::context::Context;
 use crate::endpoint::Endpoint;
@@ -206,7 +206,11 @@ impl Broker {
         let (cluster, _link) = match self.cluster {
             Some((cluster, link)) => {
                 let router = Arc::downgrade(&ctx.router);
-                (Some(cluster), Some(Background::spawn(link.run(router))))
+                let sessions: Weak<dyn Sessions> = Arc::downgrade(&ctx) as Weak<Context>;
+                (
+                    Some(cluster),
+                    Some(Background::spawn(link.run(router, sessions))),
+                )
             }
             None => (None, None),
         };

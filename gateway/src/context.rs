@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::admission::Admission;
 use crate::auth::Security;
+use crate::cluster::{HandedOver, Sessions};
 use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::hibernate::Parker;
@@ -137,5 +138,15 @@ impl Drop for ConnectionSlot {
             open.fetch_sub(1, Ordering::AcqRel);
         }
         self.0.admission.closed();
+    }
+}
+
+impl Sessions for Context {
+    fn surrender<'a>(
+        &'a self,
+        client_id: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<HandedOver>> + Send + 'a>> {
+        Box::pin(self.registry.surrender(client_id, &self.router, deadline))
     }
 }

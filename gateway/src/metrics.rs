@@ -164,6 +164,45 @@ const CLUSTER_DROPS: [(ClusterDrop, &str); 4] = [
     (ClusterDrop::Overflow, "overflow"),
 ];
 
+/// How a CONNECT's claim of its client id across the cluster was settled.
+#[derive(Debug, Clone, Copy)]
+pub enum ClaimOutcome {
+    /// Won at the first compare-and-swap of the owner record.
+    Won,
+    /// Won after losing a round to another node's write (re-read, written again).
+    WonAfterRetry,
+    /// Granted on this node alone: NATS down, the owner record unreachable within its bound,
+    /// or a client id too long for a key.
+    Local,
+}
+
+const CLAIM_OUTCOMES: [(ClaimOutcome, &str); 3] = [
+    (ClaimOutcome::Won, "won"),
+    (ClaimOutcome::WonAfterRetry, "won_after_retry"),
+    (ClaimOutcome::Local, "local"),
+];
+
+/// A session taken over from another node, by what came of asking that node for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Takeover {
+    /// Its state came over and was installed here.
+    State,
+    /// The other node held no session for the client id.
+    Empty,
+    /// A newer claim (of a third connection) already superseded this one.
+    Superseded,
+    /// No answer within the bound, or an answer that does not decode: what that node held is
+    /// lost to this connection.
+    Unreachable,
+}
+
+const TAKEOVERS: [(Takeover, &str); 4] = [
+    (Takeover::State, "state"),
+    (Takeover::Empty, "empty"),
+    (Takeover::Superseded, "superseded"),
+    (Takeover::Unreachable, "unreachable"),
+];
+
 /// What the cluster link records (`cluster::link`); all at 0 on a standalone node.
 pub struct ClusterMetrics {
     /// Messages published to NATS for other nodes (one per NATS message, whatever the number
@@ -181,11 +220,23 @@ pub struct ClusterMetrics {
     /// Retained sets and clears read from the retained stream into this node's copy.
     pub retained_applied: Counter,
     dropped: [Counter; CLUSTER_DROPS.len()],
+    claims: [Counter; CLAIM_OUTCOMES.len()],
+    takeovers: [Counter; TAKEOVERS.len()],
+    /// Sessions this node handed to another node that claimed their client id.
+    pub handed_over: Counter,
 }
 
 impl ClusterMetrics {
     pub fn dropped(&self, reason: ClusterDrop) {
         self.dropped[reason as usize].increment(1);
+    }
+
+    pub fn claimed(&self, outcome: ClaimOutcome) {
+        self.claims[outcome as usize].increment(1);
+    }
+
+    pub fn took_over(&self, result: Takeover) {
+        self.takeovers[result as usize].increment(1);
     }
 }
 
@@ -484,6 +535,13 @@ impl Metrics {
                 duplicates: counter!("gateway_cluster_duplicates_total"),
                 retained_written: counter!("gateway_cluster_retained_writes_total"),
                 retained_applied: counter!("gateway_cluster_retained_updates_total"),
+                claims: CLAIM_OUTCOMES.map(|(_, outcome)| {
+                    counter!("gateway_cluster_claims_total", "outcome" => outcome)
+                }),
+                takeovers: TAKEOVERS.map(|(_, result)| {
+                    counter!("gateway_cluster_takeovers_total", "result" => result)
+                }),
+                handed_over: counter!("gateway_cluster_sessions_handed_over_total"),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
                 }),
@@ -879,6 +937,19 @@ fn describe() {
         "Messages not sent to or not taken from the cluster, by reason."
     );
     describe_counter!(
+        "gateway_cluster_claims_total",
+        "CONNECTs' claims of their client id across the cluster, by outcome (local: granted on \
+         this node alone, NATS or the owner record unreachable)."
+    );
+    describe_counter!(
+        "gateway_cluster_takeovers_total",
+        "Sessions taken over from another node at CONNECT, by what that node answered."
+    );
+    describe_counter!(
+        "gateway_cluster_sessions_handed_over_total",
+        "Sessions this node handed to another node that claimed their client id."
+    );
+    describe_counter!(
         "gateway_cluster_retained_writes_total",
         "Retained sets and clears of this node's clients acknowledged by the retained stream."
     );
@@ -1057,6 +1128,12 @@ mod tests {
         }
         for (i, (reason, _)) in CLUSTER_DROPS.iter().enumerate() {
             assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for (i, (outcome, _)) in CLAIM_OUTCOMES.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
+        }
+        for (i, (result, _)) in TAKEOVERS.iter().enumerate() {
+            assert_eq!(*result as usize, i, "{result:?}");
         }
         for (i, (limit, _)) in LIMITS_EXCEEDED.iter().enumerate() {
             assert_eq!(*limit as usize, i, "{limit:?}");

@@ -21,10 +21,11 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::{unix_millis, UnixMillis};
+use crate::cluster::HandedOver;
 use crate::message::Message;
 use crate::router::Router;
-use crate::session::{Kick, Ownership, Session};
-use crate::store::{Restored, StoredWill};
+use crate::session::{Delivery, Kick, Ownership, Session};
+use crate::store::{Restored, SessionRecord, StoredWill};
 use crate::timers::Timers;
 
 /// How often an attacher checks whether the kicked holder has let go: from quickly (a takeover
@@ -121,13 +122,16 @@ impl Registry {
 
     /// Finds or creates the session for `client_id` and takes ownership of it, kicking a
     /// connection that holds it. With `clean_start` the session's previous state is discarded.
+    /// `deadline` bounds the cluster's claim (the handshake's), not the local takeover.
     pub(crate) async fn attach(
         &self,
         client_id: &str,
         clean_start: bool,
         router: &Router,
+        deadline: tokio::time::Instant,
     ) -> Attached {
-        router.cluster.claim(client_id).await;
+        // Held until attached: another node's take request for this client id waits for it.
+        let mut claim = router.cluster.claim(client_id, deadline).await;
         loop {
             let (session, existed) = match self.sessions.get(client_id) {
                 Some(s) => (s.key().0.clone(), true),
@@ -151,7 +155,9 @@ impl Registry {
             // came back in time.
             session.take_kick();
             let generation = session.begin_generation();
-            if clean_start {
+            let handed_over = claim.handed_over.take();
+            let came_over = handed_over.is_some();
+            if clean_start || came_over {
                 let stored = session.is_persistent();
                 let old = session.reset();
                 router.unsubscribe_all(&session, &old);
@@ -159,13 +165,56 @@ impl Registry {
                     router.store.session_removed(&session.client_id);
                 }
             }
+            if let (Some(h), false) = (handed_over, clean_start) {
+                install(&session, h, router);
+            }
             return Attached {
-                present: existed && !clean_start,
+                present: (existed || came_over) && !clean_start,
                 session,
                 owner,
                 generation,
             };
         }
+    }
+
+    /// Gives `client_id`'s session up to another node: kicks its connection (taken over), waits
+    /// until it let go (no later than `deadline`) and ends the session here, returning its
+    /// state. A delayed will of its last connection is voided: its client is back, elsewhere.
+    pub(crate) async fn surrender(
+        &self,
+        client_id: &str,
+        router: &Router,
+        deadline: tokio::time::Instant,
+    ) -> Option<HandedOver> {
+        let session = self.get(client_id)?;
+        let mut pause = TAKEOVER_POLL_MIN;
+        let _owner = loop {
+            if let Some(o) = session.try_own() {
+                break o;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(client = %client_id, "cluster: connection did not let go of its session in time; not handed over");
+                return None;
+            }
+            session.kick(Kick::TakenOver);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(TAKEOVER_POLL_MAX);
+        };
+        if session.is_discarded() {
+            return None;
+        }
+        session.take_kick();
+        session.begin_generation();
+        let record = SessionRecord {
+            client_id: session.client_id.clone(),
+            expiry_interval: session.expiry_interval(),
+            expires_at: None,
+            subscriptions: session.subscriptions(),
+            will: None,
+        };
+        let pending = session.export_pending(read_stored(&session, router));
+        self.end(&session, router);
+        Some(HandedOver { record, pending })
     }
 
     /// A new session for `client_id`, or the one another connection mapped first. The map is keyed
@@ -343,6 +392,44 @@ impl Registry {
                     self.end(&session, router);
                 }
             }
+        }
+    }
+}
+
+/// The queue a restart left in the store for `session` (owned) and not read yet, all of it:
+/// bounded by the session's queue limit, as when it was queued.
+fn read_stored(session: &Session, router: &Router) -> Vec<Delivery> {
+    let mut stored = Vec::new();
+    let Some((mut from, until, count)) = session.stored_left() else {
+        return stored;
+    };
+    while stored.len() < count {
+        match router
+            .store
+            .read_queued(&session.client_id, from, until, count - stored.len())
+        {
+            Ok(chunk) => {
+                let Some(last) = chunk.last() else { break };
+                from = last.seq + 1;
+                stored.extend(chunk);
+            }
+            Err(e) => {
+                tracing::error!(client = %session.client_id, "stored queue not handed over: {e}");
+                break;
+            }
+        }
+    }
+    stored
+}
+
+/// Puts a session handed over by another node into `session` (owned, empty): its queue and
+/// flows first, while nothing can reach it, then its subscriptions.
+fn install(session: &Arc<Session>, h: HandedOver, router: &Router) {
+    session.set_expiry_interval(h.record.expiry_interval);
+    session.restore_pending(h.pending);
+    for sub in &h.record.subscriptions {
+        if let Err(e) = router.subscribe(session, &sub.filter, sub.options, sub.id) {
+            tracing::warn!(client = %session.client_id, filter = %sub.filter, "handed-over subscription not installed: {e}");
         }
     }
 }

@@ -740,6 +740,44 @@ impl Session {
             crate::ingest::dedup::PublishIds::restored(pending.ingest_ids).map(Box::new);
     }
 
+    /// A copy of what `restore_pending` takes, for handing the session to another cluster node
+    /// while its owner holds it: the queue (with retained messages still owed after a
+    /// SUBSCRIBE at its end), the outbound window with each flow's stage, the inbound QoS 2 ids.
+    /// `stored`: what `stored_left` named, read from the store, spliced in where it belongs
+    /// (after what was read of it, before what was queued since the restart). Ingestion
+    /// numbering starts anew on the other node.
+    pub(crate) fn export_pending(&self, stored: Vec<Delivery>) -> Pending {
+        let st = self.state.lock();
+        let live_from = st.stored.as_ref().map_or(0, |b| b.live_from);
+        let read = st
+            .queue
+            .iter()
+            .take_while(|d| d.seq != 0 && d.seq < live_from)
+            .count();
+        let retained = st.retained_backlog.iter().flat_map(|b| b.deliveries.iter());
+        let queue = st.queue.iter().take(read).cloned();
+        let queue = queue.chain(stored);
+        let queue = queue.chain(st.queue.iter().skip(read).chain(retained).cloned());
+        Pending {
+            queue: queue.collect(),
+            inflight: st
+                .inflight
+                .iter()
+                .map(|i| (i.packet_id, i.stage, i.delivery.clone()))
+                .collect(),
+            incoming_qos2: st.incoming_qos2.as_deref().cloned().unwrap_or_default(),
+            ingest_ids: Vec::new(),
+        }
+    }
+
+    /// What a restart left of the queue in the store and is not read yet: seqs from, until
+    /// (exclusive) and how many.
+    pub(crate) fn stored_left(&self) -> Option<(u64, u64, usize)> {
+        let st = self.state.lock();
+        let b = st.stored.as_ref()?;
+        Some((b.next_seq, b.live_from, b.count as usize))
+    }
+
     pub fn subscriptions(&self) -> Vec<SubscriptionRecord> {
         self.state.lock().subscriptions.clone()
     }

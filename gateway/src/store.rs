@@ -47,6 +47,7 @@ use crate::session::{Pending, Session, Stage, SubscriptionRecord};
 
 pub(crate) use disk::DiskStore;
 pub use inspect::{check_store, export_store, StoreSummary};
+pub(crate) use record::{handover, read_handover};
 pub use repair::{repair_store, Found, RepairReport};
 
 /// A point in a store's sequence of changes: durable once everything recorded up to it is.

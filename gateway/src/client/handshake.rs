@@ -240,10 +240,10 @@ impl Client {
 
         // Not under the deadline: once the holder has been told to go, giving up would leave the
         // session to nobody (its holder departs as taken over). The wait is that holder's close,
-        // which is bounded (`CLOSE_FLUSH`).
+        // which is bounded (`CLOSE_FLUSH`). The cluster's claim before it keeps to the deadline.
         let attached = ctx
             .registry
-            .attach(&client_id, connect.clean_start, &ctx.router)
+            .attach(&client_id, connect.clean_start, &ctx.router, from.deadline)
             .await;
         let session = attached.session;
         session.set_expiry_interval(session_expiry);

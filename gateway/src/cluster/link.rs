@@ -39,10 +39,12 @@ use tokio_stream::StreamMap;
 use tracing::{debug, info, warn};
 
 use super::envelope;
+use super::handover::Handover;
 use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
+use super::owners::Owner;
 use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
-use super::{Claiming, Cluster, ClusterState, Interest};
+use super::{Claiming, Cluster, ClusterState, Interest, Sessions};
 use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::message::Message;
@@ -83,7 +85,7 @@ pub(crate) struct NatsCluster {
     instance: u64,
     seq: AtomicU64,
     remote: RemoteInterest,
-    nats: Nats,
+    nats: Arc<Nats>,
     /// Filters whose local interest changed since the link last looked (the router's reports;
     /// the link reads the truth from the router).
     dirty: Mutex<HashSet<Entry>>,
@@ -93,6 +95,8 @@ pub(crate) struct NatsCluster {
     turn: AtomicUsize,
     /// Retained messages in JetStream.
     retained: RetainedStream,
+    /// Client ids claimed across the cluster, sessions moved between nodes.
+    handover: Arc<Handover>,
     metrics: Arc<Metrics>,
 }
 
@@ -114,12 +118,24 @@ impl NatsCluster {
     ) -> Result<(Arc<NatsCluster>, Link), NatsError> {
         let node = config.cluster.node_name.clone();
         let (event_tx, events) = mpsc::channel(EVENT_BACKLOG);
-        let nats = Nats::connect(&config.nats, &format!("gateway-{node}"), true, event_tx).await?;
+        let nats = Arc::new(
+            Nats::connect(&config.nats, &format!("gateway-{node}"), true, event_tx).await?,
+        );
         let (outbox_tx, outbox) = mpsc::channel(OUTBOX);
         let instance = RandomState::new().hash_one((std::process::id(), Instant::now()));
         info!(
             node,
             instance, "cluster: connecting to NATS in the background"
+        );
+        let me = Owner {
+            node: node.clone(),
+            instance,
+        };
+        let handover = Handover::new(
+            &config.cluster.subject_prefix,
+            me,
+            nats.clone(),
+            metrics.clone(),
         );
         let cluster = Arc::new(NatsCluster {
             node,
@@ -137,6 +153,7 @@ impl NatsCluster {
                 instance,
                 metrics.clone(),
             ),
+            handover: Arc::new(handover),
             metrics,
         });
         let link = Link {
@@ -257,9 +274,8 @@ impl Cluster for NatsCluster {
         true
     }
 
-    fn claim(&self, _: &str) -> Claiming {
-        // Cluster-wide sessions come later: a claim is granted at once, as on one node.
-        Box::pin(std::future::ready(()))
+    fn claim(&self, client_id: &str, deadline: tokio::time::Instant) -> Claiming {
+        Box::pin(self.handover.clone().claim(Arc::from(client_id), deadline))
     }
 
     fn state(&self) -> ClusterState {
@@ -376,12 +392,17 @@ struct State {
 }
 
 impl Link {
-    /// Runs until the broker stops (aborted with its `Background`): the routing link and the
-    /// retained stream.
-    pub(crate) async fn run(self, router: Weak<Router>) {
+    /// Runs until the broker stops (aborted with its `Background`): the routing link, the
+    /// retained stream and the answers to other nodes' claims of local sessions.
+    pub(crate) async fn run(self, router: Weak<Router>, sessions: Weak<dyn Sessions>) {
         let c = self.cluster.clone();
         let js = async_nats::jetstream::new(c.nats.client.clone());
-        futures_util::future::join(self.route(router.clone()), c.retained.run(js, router)).await;
+        futures_util::future::join3(
+            self.route(router.clone()),
+            c.retained.run(js, router),
+            c.handover.clone().serve(sessions),
+        )
+        .await;
     }
 
     async fn route(mut self, router: Weak<Router>) {

@@ -3,27 +3,34 @@
 //! A node forwards a locally published message to the nodes that want it, announces when it gains
 //! its first or loses its last local subscriber for a filter (the topic index reports both, as
 //! nats-server's sublist does for route interest), and claims a client id before attaching its
-//! session, so that a client id is unique across the cluster. `Standalone`, the default, is a
-//! single node: nobody else wants anything, and every claim is granted.
+//! session, so that a client id is unique across the cluster: the claim brings along the state
+//! another node held for it (`Claim`), which that node gives up through `Sessions`.
+//! `Standalone`, the default, is a single node: nobody else wants anything, and every claim is
+//! granted.
 //!
 //! `[cluster] enabled` puts `NatsCluster` (`link`) in its place: nodes form one broker over
 //! NATS. One concept a file: `subject` maps MQTT topics and filters to NATS subjects,
 //! `envelope` is the wire form of a forwarded message, `interest` the other nodes' filters as
 //! this node learns them, and `link` the NATS connection's work: forwarding, receiving into the
 //! local router (which never forwards again), and keeping this node's interest announced.
+//! `owners` is the record of which node holds each client id, `handover` the moving of a
+//! session from the node that held it to the one that claimed it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
-use crate::session::SessionId;
+use crate::session::{Pending, SessionId};
+use crate::store::SessionRecord;
 use crate::subscriber::Subscriber;
 use crate::topic_index::Matches;
 
 mod envelope;
+mod handover;
 mod interest;
 mod link;
+mod owners;
 mod retained;
 mod subject;
 
@@ -57,7 +64,47 @@ pub(crate) enum Interest {
 }
 
 /// Resolves when the claim is settled: any session of the client id elsewhere was handed over.
-pub(crate) type Claiming = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Claiming = Pin<Box<dyn Future<Output = Claim> + Send>>;
+
+/// A settled claim of a client id: the session state another node gave up for it, if any. Held
+/// until the session is attached here: meanwhile this node answers another node's claim of the
+/// same client id only after it (so a hand-over never reads a session half attached).
+pub(crate) struct Claim {
+    pub(crate) handed_over: Option<HandedOver>,
+    _hold: Option<handover::Hold>,
+}
+
+impl Claim {
+    /// Nothing to take over and nothing held: the client id is this node's.
+    pub(crate) fn granted() -> Claim {
+        Claim {
+            handed_over: None,
+            _hold: None,
+        }
+    }
+}
+
+/// A session as one node hands it to another: subscriptions and expiry interval (the record's
+/// will is never set: a will belongs to the connection that gave it), queue, outbound window and
+/// inbound QoS 2 state.
+#[derive(Debug)]
+pub(crate) struct HandedOver {
+    pub(crate) record: SessionRecord,
+    pub(crate) pending: Pending,
+}
+
+/// The local sessions as the cluster sees them: the node that claims a client id asks the
+/// previous owner to give its session up.
+pub(crate) trait Sessions: Send + Sync + 'static {
+    /// Closes the connection attached to `client_id`'s session here (taken over), waits until it
+    /// let go (no later than `deadline`), and ends the session here, returning its state; `None`
+    /// when there is none, or its holder did not let go in time.
+    fn surrender<'a>(
+        &'a self,
+        client_id: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> Pin<Box<dyn Future<Output = Option<HandedOver>> + Send + 'a>>;
+}
 
 pub(crate) trait Cluster: Send + Sync + 'static {
     /// A message published on this node, after local delivery: sent to the nodes with interest.
@@ -76,8 +123,9 @@ pub(crate) trait Cluster: Send + Sync + 'static {
     fn retained(&self, _message: &Arc<Message>) -> bool {
         false
     }
-    /// Resolves when this node may attach the session of `client_id`.
-    fn claim(&self, client_id: &str) -> Claiming;
+    /// Resolves when this node may attach the session of `client_id`, no later than
+    /// `deadline` (the CONNECT's handshake deadline): past it the claim is granted locally.
+    fn claim(&self, client_id: &str, deadline: tokio::time::Instant) -> Claiming;
     /// The cluster's state for metrics and readiness.
     fn state(&self) -> ClusterState {
         ClusterState::default()
@@ -96,7 +144,7 @@ impl Cluster for Standalone {
 
     fn interest(&self, _: &str, _: Option<&str>, _: Interest) {}
 
-    fn claim(&self, _: &str) -> Claiming {
-        Box::pin(std::future::ready(()))
+    fn claim(&self, _: &str, _: tokio::time::Instant) -> Claiming {
+        Box::pin(std::future::ready(Claim::granted()))
     }
 }

@@ -25,6 +25,11 @@ fn router(store: &Arc<Recording>) -> Router {
     Router::new(limits, 100, 32, Arc::new(Metrics::new())).with_store(store.clone())
 }
 
+/// A handshake deadline that never matters here (a standalone router grants every claim).
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 fn message(topic: &'static str, qos: QoS) -> Arc<Message> {
     let (topic, payload) = (ByteString::from_static(topic), Bytes::from_static(b"x"));
     Arc::new(Message::new(&topic, &payload, qos, false, 1, None))
@@ -41,7 +46,7 @@ fn qos1() -> SubscriptionOptions {
 async fn a_clean_session_ends_with_its_connection_and_stores_nothing() {
     let store = Arc::new(Recording::default());
     let (registry, router) = (Registry::new(), router(&store));
-    let a = registry.attach("dev-1", true, &router).await;
+    let a = registry.attach("dev-1", true, &router, far()).await;
     assert!(!a.present);
     router
         .subscribe(&a.session, &"t/#".into(), qos1(), None)
@@ -66,7 +71,7 @@ async fn a_clean_session_ends_with_its_connection_and_stores_nothing() {
 async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     let store = Arc::new(Recording::default());
     let (registry, router) = (Registry::new(), router(&store));
-    let a = registry.attach("dev-2", false, &router).await;
+    let a = registry.attach("dev-2", false, &router, far()).await;
     a.session.set_expiry_interval(3600);
     router
         .subscribe(&a.session, &"t/#".into(), qos1(), None)
@@ -109,7 +114,7 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
     router.publish(message("t/2", QoS::AtMostOnce));
     assert_eq!(store.lines("queued").len(), 1, "QoS 0 never is");
 
-    let b = registry.attach("dev-2", false, &router).await;
+    let b = registry.attach("dev-2", false, &router, far()).await;
     assert!(b.present, "the session carried over");
     assert_ne!(
         b.generation, a.generation,
@@ -121,11 +126,11 @@ async fn a_persistent_session_lives_on_offline_queues_and_is_saved() {
 async fn a_takeover_keeps_the_session_and_sends_only_an_undelayed_will() {
     let store = Arc::new(Recording::default());
     let (registry, router) = (Registry::new(), router(&store));
-    let watcher = registry.attach("watcher", true, &router).await;
+    let watcher = registry.attach("watcher", true, &router, far()).await;
     router
         .subscribe(&watcher.session, &"will/#".into(), qos1(), None)
         .expect("valid filter");
-    let a = registry.attach("dev-3", true, &router).await;
+    let a = registry.attach("dev-3", true, &router, far()).await;
     for (delay, sent) in [(5, 0), (0, 1)] {
         let departure = Departure {
             generation: a.generation,
@@ -244,7 +249,7 @@ async fn restore_gives_a_session_back_its_queue_window_and_qos2_ids() {
     let registry = Registry::new();
     registry.restore(store.load().expect("loads"), &router);
 
-    let a = registry.attach("dev-5", false, &router).await;
+    let a = registry.attach("dev-5", false, &router, far()).await;
     assert!(a.present);
     let mut resend = Vec::new();
     a.session.inflight_for_resend(usize::MAX, &mut resend);
@@ -276,7 +281,7 @@ async fn a_client_reconnecting_in_a_loop_leaves_a_bounded_number_of_timers() {
     let store = Arc::new(Recording::default());
     let (registry, router) = (Registry::new(), router(&store));
     for _ in 0..1000 {
-        let a = registry.attach("flapper", false, &router).await;
+        let a = registry.attach("flapper", false, &router, far()).await;
         a.session.set_expiry_interval(86_400);
         let departure = Departure {
             generation: a.generation,

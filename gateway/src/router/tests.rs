@@ -9,7 +9,7 @@ use bytestring::ByteString;
 
 use super::{Router, Subscriber};
 use crate::clock::unix_millis;
-use crate::cluster::{Claiming, Cluster, Interest};
+use crate::cluster::{Claim, Claiming, Cluster, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
@@ -717,8 +717,8 @@ impl Cluster for Heard {
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {
         self.0.lock().push(format!("{change:?} {filter} {group:?}"));
     }
-    fn claim(&self, _: &str) -> Claiming {
-        Box::pin(std::future::ready(()))
+    fn claim(&self, _: &str, _: tokio::time::Instant) -> Claiming {
+        Box::pin(std::future::ready(Claim::granted()))
     }
 }
 

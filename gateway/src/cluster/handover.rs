@@ -1,0 +1,331 @@
+//! Claiming a client id across the cluster and moving its session to the claiming node.
+//!
+//! A CONNECT's claim (`Handover::claim`): write this node as the client id's owner (`owners`,
+//! compare-and-swap), then, when another node owned it, ask that node on its take subject
+//! (`{prefix}.c.take.{node}`) to give the session up. That node closes the connection attached
+//! to it (v5 DISCONNECT 0x8E, as a local takeover), waits until the connection let go of the
+//! session, ends the session there and answers with its state in the store's encoding
+//! (`store::handover`); the claiming node installs it before CONNACK.
+//!
+//! One claim or surrender of a client id at a time per node (`busy`): a node answers a take
+//! request only once its own claim of that client id in progress has attached its session.
+//! Two nodes claiming one client id at once each wait for the other only if the other's epoch is
+//! older: a node whose claim in progress is newer than the request answers `superseded` at once
+//! (the requester's connection is then closed by the newer claim's own take request), so two
+//! claims never wait for each other.
+//!
+//! Bounds: the owner record within `CLAIM_TIMEOUT`, the previous owner's answer within
+//! `TAKE_TIMEOUT`, both within the CONNECT's handshake deadline; past either the CONNECT goes
+//! on with what this node has (counted), so a claim never holds a handshake beyond its
+//! connect timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::owners::{ClaimError, Owner, Owners};
+use super::{Claim, HandedOver, Sessions};
+use crate::metrics::{ClaimOutcome, ClusterDrop, Metrics, Takeover};
+use crate::nats::Nats;
+use crate::store;
+
+/// How long the owner record may take to be written.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the previous owner may take to give the session up.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a take request waits for this node's claim in progress, and for the connection it
+/// closes to let go. Below `TAKE_TIMEOUT`, so the answer reaches the requester in time.
+const SURRENDER_TIMEOUT: Duration = Duration::from_millis(2_500);
+/// Waits for a busy client id: from quickly (a claim usually settles within milliseconds)
+/// backing off to a bound.
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// Answers to a take request, in their first byte.
+const NONE: u8 = 0;
+const STATE: u8 = 1;
+const SUPERSEDED: u8 = 2;
+
+/// A take request: `node`'s claim of `client_id` won with owner epoch `epoch`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Take {
+    client_id: String,
+    epoch: u64,
+    node: String,
+}
+
+pub(crate) struct Handover {
+    prefix: String,
+    me: Owner,
+    owners: Owners,
+    nats: Arc<Nats>,
+    /// Client ids with a claim (its epoch) or a surrender (0) in progress on this node. Bounded
+    /// by the connections in their handshakes and the take requests being answered.
+    busy: Mutex<HashMap<Arc<str>, u64>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A client id held busy on this node until dropped.
+pub(crate) struct Hold {
+    handover: Arc<Handover>,
+    client_id: Arc<str>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.handover.busy.lock().remove(&self.client_id);
+    }
+}
+
+impl Handover {
+    pub(crate) fn new(prefix: &str, me: Owner, nats: Arc<Nats>, metrics: Arc<Metrics>) -> Handover {
+        let js = async_nats::jetstream::new(nats.client.clone());
+        Handover {
+            prefix: prefix.to_owned(),
+            owners: Owners::new(prefix, me.clone(), js),
+            me,
+            nats,
+            busy: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn take_subject(&self, node: &str) -> String {
+        format!("{}.c.take.{node}", self.prefix)
+    }
+
+    /// Claims `client_id` for a CONNECT on this node (see the module comment).
+    pub(crate) async fn claim(self: Arc<Self>, client_id: Arc<str>, deadline: Instant) -> Claim {
+        let m = &self.metrics.cluster;
+        if !self.nats.is_connected() {
+            m.claimed(ClaimOutcome::Local);
+            return Claim::granted();
+        }
+        let written_by = deadline.min(Instant::now() + CLAIM_TIMEOUT);
+        let claimed = tokio::time::timeout_at(written_by, self.owners.claim(&client_id));
+        let won = match claimed.await {
+            Ok(Ok(won)) => won,
+            Ok(Err(e)) => {
+                if !matches!(e, ClaimError::KeyTooLong) {
+                    warn!(client = %client_id, "cluster: claim granted on this node alone: {e}");
+                }
+                m.claimed(ClaimOutcome::Local);
+                return Claim::granted();
+            }
+            Err(_) => {
+                warn!(client = %client_id, "cluster: owner record not written in time; claim granted on this node alone");
+                m.claimed(ClaimOutcome::Local);
+                return Claim::granted();
+            }
+        };
+        m.claimed(if won.retried {
+            ClaimOutcome::WonAfterRetry
+        } else {
+            ClaimOutcome::Won
+        });
+        let deadline = deadline.min(Instant::now() + TAKE_TIMEOUT);
+        let hold = self.clone().hold(&client_id, won.epoch, deadline).await;
+        let handed_over = match won.previous {
+            // This node (this start of it) held it: the local registry's takeover does the rest.
+            // Another start of this node held it: what that process held is gone with it.
+            Some(p) if p.node != self.me.node => {
+                self.take(&client_id, won.epoch, &p, deadline).await
+            }
+            _ => None,
+        };
+        Claim {
+            handed_over,
+            _hold: hold,
+        }
+    }
+
+    /// Marks `client_id` busy with this node's claim of `epoch`, once nothing else holds it.
+    /// `None` (the claim goes on unheld) when the holder keeps it past `deadline`.
+    async fn hold(
+        self: Arc<Self>,
+        client_id: &Arc<str>,
+        epoch: u64,
+        deadline: Instant,
+    ) -> Option<Hold> {
+        let mut pause = POLL_MIN;
+        loop {
+            {
+                let mut busy = self.busy.lock();
+                if !busy.contains_key(client_id) {
+                    busy.insert(client_id.clone(), epoch);
+                    drop(busy);
+                    return Some(Hold {
+                        handover: self,
+                        client_id: client_id.clone(),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+
+    /// Asks `previous` to give `client_id`'s session up to this node's claim of `epoch`.
+    async fn take(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        previous: &Owner,
+        deadline: Instant,
+    ) -> Option<HandedOver> {
+        let m = &self.metrics.cluster;
+        let request = Take {
+            client_id: client_id.to_owned(),
+            epoch,
+            node: self.me.node.clone(),
+        };
+        // Serializing a plain struct cannot fail.
+        let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let asked = self
+            .nats
+            .client
+            .request(self.take_subject(&previous.node), payload);
+        let answer = match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                debug!(client = %client_id, node = %previous.node, "cluster: take request failed: {e}");
+                m.took_over(Takeover::Unreachable);
+                return None;
+            }
+            Err(_) => {
+                warn!(client = %client_id, node = %previous.node, "cluster: previous owner did not hand the session over in time");
+                m.took_over(Takeover::Unreachable);
+                return None;
+            }
+        };
+        match answer.payload.split_first() {
+            Some((&STATE, state)) => match store::read_handover(client_id, state) {
+                Ok((record, pending)) => {
+                    m.took_over(Takeover::State);
+                    Some(HandedOver { record, pending })
+                }
+                Err(e) => {
+                    warn!(client = %client_id, node = %previous.node, "cluster: handed-over session does not decode: {e}");
+                    m.took_over(Takeover::Unreachable);
+                    None
+                }
+            },
+            Some((&SUPERSEDED, _)) => {
+                m.took_over(Takeover::Superseded);
+                None
+            }
+            Some((&NONE, _)) => {
+                m.took_over(Takeover::Empty);
+                None
+            }
+            _ => {
+                m.dropped(ClusterDrop::Malformed);
+                m.took_over(Takeover::Unreachable);
+                None
+            }
+        }
+    }
+
+    /// Answers the take requests of other nodes until the broker stops; each in its own task,
+    /// so that a surrender waiting for its connection holds up no other.
+    pub(crate) async fn serve(self: Arc<Self>, sessions: Weak<dyn Sessions>) {
+        let mut requests = match self
+            .nats
+            .client
+            .subscribe(self.take_subject(&self.me.node))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cluster: cannot subscribe to the take subject: {e}");
+                return;
+            }
+        };
+        while let Some(msg) = requests.next().await {
+            let (Some(reply), Some(sessions)) = (msg.reply, sessions.upgrade()) else {
+                continue;
+            };
+            let Ok(take) = serde_json::from_slice::<Take>(&msg.payload) else {
+                self.metrics.cluster.dropped(ClusterDrop::Malformed);
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let answer = this.surrender(take, &*sessions).await;
+                if let Err(e) = this.nats.client.publish(reply, answer).await {
+                    debug!("cluster: take answer not sent: {e}");
+                }
+            });
+        }
+    }
+
+    /// This node's answer to `take`: the session given up, none, or superseded.
+    async fn surrender(self: &Arc<Self>, take: Take, sessions: &dyn Sessions) -> Bytes {
+        let deadline = Instant::now() + SURRENDER_TIMEOUT;
+        let client_id: Arc<str> = Arc::from(take.client_id);
+        let mut pause = POLL_MIN;
+        let _hold = loop {
+            {
+                let mut busy = self.busy.lock();
+                match busy.get(&client_id) {
+                    Some(&mine) if mine > take.epoch => return Bytes::from_static(&[SUPERSEDED]),
+                    Some(_) => {}
+                    None => {
+                        busy.insert(client_id.clone(), 0);
+                        break Hold {
+                            handover: self.clone(),
+                            client_id: client_id.clone(),
+                        };
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                // The requester goes on without this node's state; counted there.
+                return Bytes::from_static(&[NONE]);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        };
+        let Some(state) = sessions.surrender(&client_id, deadline).await else {
+            return Bytes::from_static(&[NONE]);
+        };
+        self.metrics.cluster.handed_over.increment(1);
+        debug!(client = %client_id, to = %take.node, "cluster: session handed over");
+        Bytes::from(encode(
+            state,
+            self.nats.client.server_info().max_payload,
+            &self.metrics,
+        ))
+    }
+}
+
+/// `state` as a take answer within `max_payload`: queued messages (never the outbound window
+/// or the QoS 2 state) are left out from the newest back until it fits, each counted.
+fn encode(mut state: HandedOver, max_payload: usize, metrics: &Metrics) -> Vec<u8> {
+    // Room for the NATS header of a reply and the answer byte.
+    let room = max_payload.saturating_sub(1_024);
+    loop {
+        let bytes = store::handover(&state.record, &state.pending);
+        if bytes.len() <= room || state.pending.queue.is_empty() {
+            let mut answer = Vec::with_capacity(bytes.len() + 1);
+            answer.push(STATE);
+            answer.extend_from_slice(&bytes);
+            return answer;
+        }
+        let keep = state.pending.queue.len() / 2;
+        for _ in keep..state.pending.queue.len() {
+            metrics.cluster.dropped(ClusterDrop::TooLarge);
+        }
+        state.pending.queue.truncate(keep);
+    }
+}
