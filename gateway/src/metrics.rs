@@ -55,6 +55,10 @@ pub const INGEST_ACK_BUCKETS: [f64; 16] = [
 
 const INGEST_ACK: &str = "gateway_ingest_ack_seconds";
 
+/// A request to another node and its answer over NATS: a fraction of a millisecond on
+/// loopback, milliseconds across machines; the same buckets as a store commit.
+const CLUSTER_ROUND_TRIP: &str = "gateway_cluster_round_trip_seconds";
+
 /// MQTT control packet type names, indexed by the type nibble of the fixed header.
 const PACKET_TYPES: [&str; 16] = [
     "reserved",
@@ -224,6 +228,8 @@ pub struct ClusterMetrics {
     takeovers: [Counter; TAKEOVERS.len()],
     /// Sessions this node handed to another node that claimed their client id.
     pub handed_over: Counter,
+    /// A ping to another node and its answer (`cluster::probe`).
+    pub round_trip: Histogram,
 }
 
 impl ClusterMetrics {
@@ -542,6 +548,7 @@ impl Metrics {
                     counter!("gateway_cluster_takeovers_total", "result" => result)
                 }),
                 handed_over: counter!("gateway_cluster_sessions_handed_over_total"),
+                round_trip: histogram!(CLUSTER_ROUND_TRIP),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
                 }),
@@ -587,6 +594,10 @@ impl Metrics {
             )?
             .set_buckets_for_metric(Matcher::Full(STORE_COMMIT.to_owned()), &COMMIT_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(INGEST_ACK.to_owned()), &INGEST_ACK_BUCKETS)?
+            .set_buckets_for_metric(
+                Matcher::Full(CLUSTER_ROUND_TRIP.to_owned()),
+                &COMMIT_BUCKETS,
+            )?
             .build_recorder();
         let (mut metrics, state) = metrics::with_local_recorder(&recorder, || {
             describe();
@@ -948,6 +959,11 @@ fn describe() {
     describe_counter!(
         "gateway_cluster_sessions_handed_over_total",
         "Sessions this node handed to another node that claimed their client id."
+    );
+    describe_histogram!(
+        CLUSTER_ROUND_TRIP,
+        metrics::Unit::Seconds,
+        "A ping to another node of the cluster and its answer over NATS (one node in turn, each second)."
     );
     describe_counter!(
         "gateway_cluster_retained_writes_total",

@@ -963,3 +963,40 @@ async fn retained_max_applies_to_what_other_nodes_retain() {
     .await;
     assert_eq!(retained_on(&small, "lim/#").await.len(), 1);
 }
+
+/// Each node pings the others over NATS once a second and records the round trip; a node alone
+/// pings nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_round_trip_to_the_other_nodes_is_measured() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let url = nats.url();
+    let a = node(&url, "a").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        metric(&a, "gateway_cluster_round_trip_seconds_count", &[]).await,
+        0.0,
+        "a node alone has nobody to ping"
+    );
+    let b = node(&url, "b").await;
+    within(WAIT * 3, "three round trips measured on each node", async {
+        loop {
+            let mut done = true;
+            for n in [&a, &b] {
+                done &= metric(n, "gateway_cluster_round_trip_seconds_count", &[]).await >= 3.0;
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let count = metric(&a, "gateway_cluster_round_trip_seconds_count", &[]).await;
+    let sum = metric(&a, "gateway_cluster_round_trip_seconds_sum", &[]).await;
+    assert!(
+        sum > 0.0 && sum / count < 0.1,
+        "{sum} s over {count} round trips"
+    );
+}

@@ -189,6 +189,11 @@ impl RemoteInterest {
         self.nodes.load(Ordering::Relaxed)
     }
 
+    /// Names of the nodes known.
+    pub(crate) fn node_names(&self) -> Vec<String> {
+        self.peers.lock().keys().cloned().collect()
+    }
+
     /// Instances of the nodes known, for the duplicate filter to forget the others.
     pub(crate) fn instances(&self) -> HashSet<u64> {
         self.peers.lock().values().map(|p| p.instance).collect()

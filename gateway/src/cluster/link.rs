@@ -42,6 +42,7 @@ use super::envelope;
 use super::handover::Handover;
 use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
 use super::owners::Owner;
+use super::probe;
 use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
 use super::{Claiming, Cluster, ClusterState, Interest, Sessions};
@@ -397,10 +398,22 @@ impl Link {
     pub(crate) async fn run(self, router: Weak<Router>, sessions: Weak<dyn Sessions>) {
         let c = self.cluster.clone();
         let js = async_nats::jetstream::new(c.nats.client.clone());
-        futures_util::future::join3(
+        let peers = {
+            let c = c.clone();
+            move || c.remote.node_names()
+        };
+        let probe = probe::run(
+            c.nats.client.clone(),
+            c.prefix.clone(),
+            c.node.clone(),
+            peers,
+            c.metrics.cluster.round_trip.clone(),
+        );
+        futures_util::future::join4(
             self.route(router.clone()),
             c.retained.run(js, router),
             c.handover.clone().serve(sessions),
+            probe,
         )
         .await;
     }

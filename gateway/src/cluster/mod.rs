@@ -31,6 +31,7 @@ mod handover;
 mod interest;
 mod link;
 mod owners;
+mod probe;
 mod retained;
 mod subject;
 
