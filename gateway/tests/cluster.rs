@@ -1000,3 +1000,70 @@ async fn the_round_trip_to_the_other_nodes_is_measured() {
         "{sum} s over {count} round trips"
     );
 }
+
+/// Production runs NATS itself as a cluster: node a on one nats-server, node b on another, the
+/// two servers routed to each other with JetStream clustered over both. Messages, retained
+/// messages and a session cross from one server's node to the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_two_clustered_nats_servers_form_one_broker() {
+    let (c1, c2) = (free_port(), free_port());
+    let server = |name: &str, own: u16, other: u16| {
+        let args: Vec<String> = [
+            "-n",
+            name,
+            "--cluster_name",
+            "gw",
+            "--cluster",
+            &format!("nats://127.0.0.1:{own}"),
+            "--routes",
+            &format!("nats://127.0.0.1:{other}"),
+        ]
+        .map(str::to_owned)
+        .into();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            NatsServer::start_with(free_port(), &args).await
+        }
+    };
+    let Some(s1) = server("s1", c1, c2).await else {
+        return;
+    };
+    let s2 = server("s2", c2, c1).await.expect("second nats-server");
+    let a = node(&s1.url(), "a").await;
+    let b = node(&s2.url(), "b").await;
+
+    let mut sub = v5::connect(b.mqtt, &unique_id("two-sub")).await;
+    sub.subscribe("two/+", v5::QoS::AtLeastOnce).await;
+    interest(&a, 1.0).await;
+    let mut publ = v3::connect(a.mqtt, &unique_id("two-pub")).await;
+    publ.publish_confirmed("two/x", v3::QoS::AtLeastOnce, false, "across")
+        .await;
+    let got = sub.next_publish(WAIT).await;
+    assert_eq!(payload_v5(&got), "across");
+
+    // The retained stream lives in the clustered JetStream (its meta leader may take a few
+    // seconds to be elected after start: the node retries meanwhile).
+    publ.publish_confirmed("two/r", v3::QoS::AtLeastOnce, true, "kept")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT * 4;
+    while retained_on(&b, "two/r").await != [("two/r".to_owned(), "kept".to_owned())] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retained message never reached b"
+        );
+    }
+
+    // A persistent session on a, offline with a message queued, taken over on b.
+    let id = unique_id("two-roam");
+    let mut c = v5::Client::connect(v5::persistent(a.mqtt, &id, 300)).await;
+    c.subscribe("roam/+", v5::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    publ.publish_confirmed("roam/q", v3::QoS::AtLeastOnce, false, "queued")
+        .await;
+    let mut c = v5::Client::connect(v5::persistent(b.mqtt, &id, 300)).await;
+    let got = c.next_publish(WAIT * 2).await;
+    assert_eq!(
+        (v5::topic_of(&got), payload_v5(&got)),
+        ("roam/q".to_owned(), "queued".to_owned())
+    );
+}
