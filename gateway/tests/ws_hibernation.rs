@@ -243,7 +243,7 @@ async fn ws_and_wss_sessions_hibernate_and_wake_on_packets_deliveries_pings_and_
         // A packet wakes it.
         c.send(&V::V311.publish(0x32, topic.as_bytes(), Some(7), &[], b"woken"))
             .await;
-        let mut got = vec![
+        let mut got = [
             c.packet().await.expect("packet"),
             c.packet().await.expect("packet"),
         ];
@@ -285,7 +285,7 @@ async fn ws_and_wss_sessions_hibernate_and_wake_on_packets_deliveries_pings_and_
             5,
         )
         .await;
-        let mut got = vec![
+        let mut got = [
             c.packet().await.expect("packet"),
             c.packet().await.expect("packet"),
         ];
