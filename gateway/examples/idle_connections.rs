@@ -4,13 +4,27 @@
 //! ports never run out, prints one line once all are connected, then holds them for the given
 //! number of seconds (a bounded run: it always stops by itself).
 //!
-//! `cargo run --release --example idle_connections -- ADDR COUNT HOLD_SECS [clean|persistent]`
+//! The transport is plain TCP, TLS, WebSocket (`ws`, path `/mqtt`) or WebSocket on TLS (`wss`);
+//! TLS verifies the broker against CA_FILE for `localhost` and always does a full handshake.
+//!
+//! `cargo run --release --example idle_connections -- ADDR COUNT HOLD_SECS [clean|persistent]
+//!  [tcp|tls|ws|wss] [CA_FILE]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Connections kept in flight while connecting.
 const IN_FLIGHT: usize = 200;
@@ -40,28 +54,120 @@ fn subscribe_packet(id: usize) -> Vec<u8> {
     p
 }
 
-async fn open(addr: SocketAddr, id: usize, persistent: bool) -> anyhow::Result<TcpStream> {
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// A connection held open: a byte stream, or a WebSocket carrying one in binary messages.
+enum Conn {
+    Bytes(Pin<Box<dyn Io>>),
+    Ws(Box<WebSocketStream<Pin<Box<dyn Io>>>>),
+}
+
+impl Conn {
+    async fn send(&mut self, packet: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Conn::Bytes(s) => s.write_all(&packet).await?,
+            Conn::Ws(ws) => ws.send(Message::binary(packet)).await?,
+        }
+        Ok(())
+    }
+
+    /// The next `len` bytes of the MQTT stream (one packet: the broker sends nothing else here).
+    async fn receive(&mut self, len: usize) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Conn::Bytes(s) => {
+                let mut packet = vec![0; len];
+                s.read_exact(&mut packet).await?;
+                Ok(packet)
+            }
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("closed"),
+                }
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+async fn open(
+    addr: SocketAddr,
+    id: usize,
+    persistent: bool,
+    transport: Transport,
+    tls: Option<Arc<ClientConfig>>,
+) -> anyhow::Result<Conn> {
     let source = Ipv4Addr::new(127, 0, 0, 1 + (id / PER_SOURCE) as u8);
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let mut s = socket.connect(addr).await?;
-    s.write_all(&connect_packet(id, persistent)).await?;
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await?;
+    let tcp = socket.connect(addr).await?;
+    let stream: Pin<Box<dyn Io>> = match tls {
+        Some(config) => {
+            let name = ServerName::try_from("localhost")?;
+            Box::pin(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?,
+            )
+        }
+        None => Box::pin(tcp),
+    };
+    let mut s = if matches!(transport, Transport::Ws | Transport::Wss) {
+        let scheme = if transport == Transport::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
+        let mut request =
+            format!("{scheme}://localhost:{}/mqtt", addr.port()).into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "mqtt".parse()?);
+        // tungstenite's default read buffer is 128 KiB per connection: too much for thousands.
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+        Conn::Ws(Box::new(ws))
+    } else {
+        Conn::Bytes(stream)
+    };
+    s.send(connect_packet(id, persistent)).await?;
+    let connack = s.receive(4).await?;
     anyhow::ensure!(
-        connack[0] == 0x20 && connack[3] == 0,
+        connack.len() == 4 && connack[0] == 0x20 && connack[3] == 0,
         "refused: {connack:?}"
     );
     if persistent {
-        s.write_all(&subscribe_packet(id)).await?;
-        let mut suback = [0u8; 5];
-        s.read_exact(&mut suback).await?;
+        s.send(subscribe_packet(id)).await?;
+        let suback = s.receive(5).await?;
         anyhow::ensure!(
-            suback[0] == 0x90 && suback[4] == 1,
+            suback.len() == 5 && suback[0] == 0x90 && suback[4] == 1,
             "subscription refused: {suback:?}"
         );
     }
     Ok(s)
+}
+
+fn tls_config(ca: &str) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,12 +184,28 @@ async fn main() -> anyhow::Result<()> {
         Some("persistent") => true,
         Some(other) => anyhow::bail!("sessions: clean or persistent, not {other:?}"),
     };
+    let transport = match args.next().as_deref() {
+        None | Some("tcp") => Transport::Tcp,
+        Some("tls") => Transport::Tls,
+        Some("ws") => Transport::Ws,
+        Some("wss") => Transport::Wss,
+        Some(other) => anyhow::bail!("transport: tcp, tls, ws or wss, not {other:?}"),
+    };
+    let tls = match transport {
+        Transport::Tls | Transport::Wss => {
+            let ca = args
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("tls and wss need CA_FILE"))?;
+            Some(tls_config(&ca)?)
+        }
+        Transport::Tcp | Transport::Ws => None,
+    };
     let started = Instant::now();
     let mut conns = Vec::with_capacity(count);
     let mut next = 0;
     while next < count {
         let batch: Vec<_> = (next..(next + IN_FLIGHT).min(count))
-            .map(|id| tokio::spawn(open(addr, id, persistent)))
+            .map(|id| tokio::spawn(open(addr, id, persistent, transport, tls.clone())))
             .collect();
         next += batch.len();
         for t in batch {

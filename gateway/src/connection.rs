@@ -16,8 +16,9 @@
 //! scratch buffer, and keeping what it returned until `try_read_frames` takes it. Their writes
 //! go through `poll_write_vectored` and `poll_flush`; what the stream buffered but has not
 //! flushed counts as pending. The plain TCP path is untouched by this. A stream that implements
-//! `Hibernates` (TLS: `tls::stream`) hibernates like a plain socket once it holds no bytes of its
-//! own; other streams (WebSocket) keep their task.
+//! `Hibernates` (TLS: `tls::stream`, WebSocket and WSS: `ws::stream`) hibernates like a plain
+//! socket once it holds no bytes of its own; other streams (the in-memory ones of the tests and
+//! the session fuzz target) keep their task.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -109,6 +110,7 @@ enum Transport {
 
 /// A stream transport, and whether it can hibernate.
 enum Io {
+    #[cfg(any(test, feature = "fuzzing"))]
     Fixed(Box<dyn AsyncStream>),
     Hibernates(Box<dyn Hibernates>),
 }
@@ -116,6 +118,7 @@ enum Io {
 impl Io {
     fn get(&mut self) -> &mut dyn AsyncStream {
         match self {
+            #[cfg(any(test, feature = "fuzzing"))]
             Io::Fixed(io) => &mut **io,
             Io::Hibernates(io) => &mut **io,
         }
@@ -156,12 +159,14 @@ impl Connection {
         Connection::with(Transport::Tcp(stream))
     }
 
-    /// A TLS or WebSocket connection.
+    /// A connection over a stream that cannot hibernate (in memory: tests, the session fuzz
+    /// target).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn stream(io: Box<dyn AsyncStream>) -> Connection {
         Connection::over(Io::Fixed(io))
     }
 
-    /// A TLS or WebSocket connection that hibernates like a plain one.
+    /// A TLS, WebSocket or WSS connection, which hibernates like a plain one.
     pub(crate) fn hibernating_stream(io: Box<dyn Hibernates>) -> Connection {
         Connection::over(Io::Hibernates(io))
     }
@@ -201,6 +206,7 @@ impl Connection {
             Transport::Tcp(_) => true,
             Transport::Stream(s) => match &s.io {
                 Io::Hibernates(io) => s.received.is_none() && !s.eof && !s.unflushed && io.idle(),
+                #[cfg(any(test, feature = "fuzzing"))]
                 Io::Fixed(_) => false,
             },
             Transport::Hibernating(_) => false,
@@ -228,6 +234,7 @@ impl Connection {
                 self.pending = VecDeque::new();
                 let slept = match &mut s.io {
                     Io::Hibernates(io) => io.hibernate(),
+                    #[cfg(any(test, feature = "fuzzing"))]
                     Io::Fixed(_) => Ok(()),
                 };
                 self.transport = Transport::Stream(s);
@@ -250,6 +257,7 @@ impl Connection {
             Transport::Stream(mut s) => {
                 let resumed = match &mut s.io {
                     Io::Hibernates(io) => io.resume(),
+                    #[cfg(any(test, feature = "fuzzing"))]
                     Io::Fixed(_) => Err(hibernating()),
                 };
                 self.transport = Transport::Stream(s);
@@ -269,6 +277,7 @@ impl Connection {
             Transport::Hibernating(Some(stream)) => stream.as_raw_fd(),
             Transport::Stream(s) => match &s.io {
                 Io::Hibernates(io) => io.hibernating_fd(),
+                #[cfg(any(test, feature = "fuzzing"))]
                 Io::Fixed(_) => -1,
             },
             _ => -1,

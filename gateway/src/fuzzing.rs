@@ -27,6 +27,11 @@ pub fn store_record(data: &[u8]) {
     crate::store::fuzzing::store_record(data);
 }
 
+/// The WebSocket frame decoder of `ws` and `wss` listeners. See `ws::fuzzing`.
+pub fn ws_frame(data: &[u8]) {
+    crate::ws::fuzzing::ws_frame(data);
+}
+
 /// A fuzz target's checks: arbitrary bytes in, a panic when a property is broken.
 pub type Check = fn(&[u8]);
 
@@ -38,4 +43,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config", config),
     ("auth_files", auth_files),
     ("session", session),
+    ("ws_frame", ws_frame),
 ];

@@ -225,11 +225,11 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
     // Room for the largest MQTT packet the gateway accepts plus its fixed header.
     let max_frame = ctx.config.mqtt.max_packet_size as usize + 8;
     let Some(tls) = &l.tls else {
-        let ws = ws::accept(stream, &l.config.path, max_frame)
+        let ws = ws::accept(ws::Socket::Live(stream), &l.config.path, max_frame)
             .await
             .map_err(|e| e.to_string())?;
         return Ok(Opened {
-            conn: Connection::stream(Box::new(ws)),
+            conn: Connection::hibernating_stream(Box::new(ws)),
             identity: None,
             default_listener: false,
         });
@@ -258,7 +258,7 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
         let ws = ws::accept(secured, &l.config.path, max_frame)
             .await
             .map_err(|e| e.to_string())?;
-        Connection::stream(Box::new(ws))
+        Connection::hibernating_stream(Box::new(ws))
     } else {
         Connection::hibernating_stream(Box::new(secured))
     };

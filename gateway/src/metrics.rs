@@ -103,14 +103,16 @@ const REJECT_REASONS: [&str; 14] = [
 ];
 
 /// Labels of `gateway_malformed_packets_total`: the decoder's error kinds plus the checks the
-/// client task makes after decoding; anything else is counted as "other".
-const MALFORMED_KINDS: [&str; 7] = [
+/// client task makes after decoding, and WebSocket frames refused (`ws::frame`); anything else
+/// is counted as "other".
+const MALFORMED_KINDS: [&str; 8] = [
     "malformed",
     "protocol",
     "too_large",
     "unsupported_protocol",
     "topic_filter",
     "payload_format",
+    "websocket",
     "other",
 ];
 

@@ -129,13 +129,7 @@ impl Client {
             })
             .await;
             match event {
-                Err(_) => {
-                    break Close {
-                        reason: CloseReason::Network,
-                        code: None,
-                        will: true,
-                    }
-                }
+                Err(e) => break self.stream_failed(&e),
                 Ok(Event::Readable) => {
                     fresh = false;
                     if let Some(close) = self.read_frames(&mut frames) {
@@ -215,11 +209,7 @@ impl Client {
             }
             Err(ReadError::Io(e)) => {
                 debug!(client = %self.session.client_id, "read failed: {e}");
-                return Some(Close {
-                    reason: CloseReason::Network,
-                    code: None,
-                    will: true,
-                });
+                return Some(self.stream_failed(&e));
             }
             Err(ReadError::Decode(e)) => return Some(self.bad_input(&e)),
         }
@@ -240,6 +230,22 @@ impl Client {
             }
         }
         outcome
+    }
+
+    /// The socket or the stream over it failed: a network close, unless the client's WebSocket
+    /// frames were refused (a protocol error, counted; the WebSocket's close frame says why).
+    fn stream_failed(&self, e: &std::io::Error) -> Close {
+        let reason = if crate::ws::refused(e) {
+            self.ctx.metrics.bad_input("websocket");
+            CloseReason::ProtocolError
+        } else {
+            CloseReason::Network
+        };
+        Close {
+            reason,
+            code: None,
+            will: true,
+        }
     }
 
     fn bad_input(&self, e: &DecodeError) -> Close {

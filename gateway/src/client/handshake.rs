@@ -95,7 +95,12 @@ async fn read_connect(
     let max = ctx.policy.max_packet_size as usize;
     let mut frames = Vec::with_capacity(1);
     loop {
-        conn.readable().await.map_err(|e| e.to_string())?;
+        if let Err(e) = conn.readable().await {
+            if crate::ws::refused(&e) {
+                ctx.metrics.bad_input("websocket");
+            }
+            return Err(e.to_string());
+        }
         match conn.try_read_frames(max, &mut frames) {
             Ok(n) => ctx.metrics.add_bytes_received(n as u64),
             Err(ReadError::Decode(e)) => {

@@ -23,6 +23,8 @@ pub struct TestBroker {
     pub listeners: Vec<SocketAddr>,
     /// The broker's shared state, to read what it holds (`state()`).
     pub ctx: std::sync::Arc<gateway::Context>,
+    /// The HTTP endpoint, when a test turned it on (`http.listen`).
+    pub http: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _data: scratch::Scratch,
@@ -48,6 +50,7 @@ impl TestBroker {
         let addr = broker.local_addr();
         let listeners = broker.listener_addrs();
         let ctx = broker.context();
+        let http = broker.http_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(broker.run(async move {
             let _ = stopped.await;
@@ -56,6 +59,7 @@ impl TestBroker {
             addr,
             listeners,
             ctx,
+            http,
             stop: Some(stop),
             task: Some(task),
             _data: data,

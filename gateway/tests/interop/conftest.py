@@ -1,8 +1,9 @@
 """Fixtures for the interop tests: the real `gateway` binary as a child process.
 
-`gateway_factory(config=None, args=None, no_args=False)` starts the binary (path from the
-GATEWAY_BIN environment variable, default `target/debug/gateway` under the repository root) on a
-free loopback port with `--mqtt-listen 127.0.0.1:PORT --http-listen off` and, when `config` (TOML
+`gateway_factory(config=None, args=None, no_args=False, http_listen="off")` starts the binary
+(path from the GATEWAY_BIN environment variable, default `target/debug/gateway` under the
+repository root) on a free loopback port with `--mqtt-listen 127.0.0.1:PORT --http-listen
+HTTP_LISTEN` and, when `config` (TOML
 text) is given, `--config FILE` pointing to a file written in the test's temporary directory.
 It waits until the port accepts a TCP connection, and on teardown sends SIGTERM and asserts the
 process exits with code 0 within 10 s. `broker` is one such gateway with default settings.
@@ -139,7 +140,8 @@ def gateway_factory(request, tmp_path):
     started: list[Gateway] = []
     request.node._gateways = started
 
-    def start(config: str | None = None, args: list[str] | None = None, no_args: bool = False):
+    def start(config: str | None = None, args: list[str] | None = None, no_args: bool = False,
+              http_listen: str = "off"):
         binary = gateway_bin()
         if not binary.is_file():
             pytest.fail(
@@ -147,7 +149,7 @@ def gateway_factory(request, tmp_path):
                 "or set GATEWAY_BIN"
             )
         for attempt in range(5):
-            gw = _spawn(binary, config, args, no_args)
+            gw = _spawn(binary, config, args, no_args, http_listen)
             try:
                 wait_until_accepting(gw)
                 return gw
@@ -157,7 +159,7 @@ def gateway_factory(request, tmp_path):
                     raise
                 started.remove(gw)
 
-    def _spawn(binary, config, args, no_args) -> Gateway:
+    def _spawn(binary, config, args, no_args, http_listen) -> Gateway:
         idx = len(started)
         log_path = tmp_path / f"gateway{idx}.log"
         if no_args:
@@ -165,7 +167,7 @@ def gateway_factory(request, tmp_path):
             port = 1883
         else:
             port = free_port()
-            cmd = [str(binary), "--mqtt-listen", f"127.0.0.1:{port}", "--http-listen", "off"]
+            cmd = [str(binary), "--mqtt-listen", f"127.0.0.1:{port}", "--http-listen", http_listen]
             if config is not None:
                 cfg = tmp_path / f"gateway{idx}.toml"
                 cfg.write_text(config)

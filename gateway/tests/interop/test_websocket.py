@@ -4,14 +4,19 @@ The gateway runs with two `[[listeners]]` besides its plain one; certificates fo
 listener come from the `openssl` CLI in the test's temporary directory. Each test publishes over
 one transport and receives over another, with payloads small and larger than one WebSocket frame
 paho sends, so MQTT framing across (and within) WebSocket frames is exercised; the subprotocol
-`mqtt` must be negotiated (paho insists on it) and a wrong path must be refused.
+`mqtt` must be negotiated (paho insists on it) and a wrong path must be refused. With
+`mqtt.hibernate_after` short, an idle paho session over ws and wss hibernates (the gauge
+`gateway_sessions_hibernating` says so) and wakes for a delivery and for its own PUBLISH.
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import ssl
 import subprocess
+import time
+import urllib.request
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -42,11 +47,11 @@ def make_certs(directory) -> tuple[str, str, str]:
     return str(ca), str(cert), str(key)
 
 
-@pytest.fixture
-def ws_gateway(gateway_factory, tmp_path):
-    ca, cert, key = make_certs(tmp_path)
-    ws_port, wss_port = free_port(), free_port()
-    config = f"""
+def ws_config(ws_port: int, wss_port: int, cert: str, key: str, mqtt: str = "") -> str:
+    return f"""
+[mqtt]
+{mqtt}
+
 [auth]
 allow_anonymous = true
 
@@ -62,7 +67,13 @@ cert = "{cert}"
 key = "{key}"
 path = "/secure"
 """
-    gw = gateway_factory(config=config)
+
+
+@pytest.fixture
+def ws_gateway(gateway_factory, tmp_path):
+    ca, cert, key = make_certs(tmp_path)
+    ws_port, wss_port = free_port(), free_port()
+    gw = gateway_factory(config=ws_config(ws_port, wss_port, cert, key))
     return gw, ws_port, wss_port, ca
 
 
@@ -141,3 +152,48 @@ def test_websocket_wrong_path_refused(ws_gateway):
     c.ws_set_options(path="/elsewhere")
     with pytest.raises(Exception):
         c.connect("localhost", ws_port, keepalive=30)
+
+
+def hibernating(http_port: int) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=WAIT).read()
+    m = re.search(rb"^gateway_sessions_hibernating (\S+)$", text, re.M)
+    return int(float(m.group(1))) if m else -1
+
+
+def until_hibernating(http_port: int, n: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while hibernating(http_port) != n:
+        assert time.monotonic() < deadline, f"{hibernating(http_port)} hibernating, expected {n}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+def test_paho_websocket_session_hibernates_and_wakes(gateway_factory, tmp_path, secure):
+    ca, cert, key = make_certs(tmp_path)
+    ws_port, wss_port, http_port = free_port(), free_port(), free_port()
+    gw = gateway_factory(
+        config=ws_config(ws_port, wss_port, cert, key, mqtt="hibernate_after = 0.3"),
+        http_listen=f"127.0.0.1:{http_port}",
+    )
+    if secure:
+        sub = Client(wss_port, v5=False, transport="websockets", path="/secure", ca=ca)
+    else:
+        sub = Client(ws_port, v5=False, transport="websockets")
+    plain = Client(gw.port, v5=False)
+    try:
+        assert sub.wait_connack() == 0
+        assert plain.wait_connack() == 0
+        sub.subscribe("hib/#")
+        plain.subscribe("back/#")
+        until_hibernating(http_port, 2)
+        # A delivery wakes the WebSocket session; it hibernates again.
+        plain.publish("hib/t", b"to-ws")
+        assert sub.messages.get(timeout=WAIT).payload == b"to-ws"
+        until_hibernating(http_port, 2)
+        # Its own PUBLISH wakes it.
+        sub.publish("back/t", b"from-ws")
+        assert plain.messages.get(timeout=WAIT).payload == b"from-ws"
+        until_hibernating(http_port, 2)
+    finally:
+        sub.close()
+        plain.close()
