@@ -103,6 +103,9 @@ pub(crate) struct Client {
     /// detected by it.
     last_write: u64,
     send_window: u16,
+    /// Topic aliases the client may use: `mqtt.topic_alias_maximum`, or 0 when its CONNACK had
+    /// no room to announce them (`negotiate`).
+    aliases_in_max: u16,
     /// The client's Maximum Packet Size (a four-byte integer in MQTT); `u32::MAX` when unset.
     client_max_packet: u32,
     will: Option<Box<LastWill>>,
