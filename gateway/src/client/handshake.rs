@@ -289,7 +289,7 @@ impl Client {
             publish_will: true,
             conn,
             ctx,
-            _slot: slot,
+            slot: Some(slot),
         };
         if client.session.is_persistent() {
             // Attached: it expires only once its connection goes (then saved with a deadline).

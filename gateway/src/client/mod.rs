@@ -121,7 +121,8 @@ pub(crate) struct Client {
     held: Option<Box<publish::HeldAcks>>,
     close: CloseReason,
     publish_will: bool,
-    _slot: ConnectionSlot,
+    /// `None` once `finish` took it for the socket's last flush.
+    slot: Option<ConnectionSlot>,
 }
 
 /// An accepted connection ready for MQTT bytes.
@@ -162,7 +163,7 @@ pub(crate) async fn serve(
         if !rest.is_empty() {
             client.ctx.metrics.received_frames(&rest);
             if let Some(close) = client.handle_frames(&mut rest) {
-                client.finish(close).await;
+                Box::new(client).finish(close).await;
                 return;
             }
         }
