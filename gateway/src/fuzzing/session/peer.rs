@@ -18,7 +18,8 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use crate::codec::{
-    decode, decode_connect, frame_len, reason, Packet, Protocol, QoS, SubscriptionOptions,
+    decode, decode_connect, frame_len, reason, DecodeError, Packet, Protocol, QoS,
+    SubscriptionOptions,
 };
 
 /// A PUBLISH the broker read from this client.
@@ -267,7 +268,14 @@ impl Peer {
                     }
                     self.client_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
                 }
-                Err(_) => self.sent.stopped = true,
+                Err(e) => {
+                    // The broker answers a CONNECT naming a protocol it does not know with
+                    // CONNACK 0x01 in 3.1.1's form, whatever the level (`handshake::read_connect`).
+                    if let DecodeError::UnsupportedProtocol { .. } = e {
+                        self.sent.protocol = Some(Protocol::V311);
+                    }
+                    self.sent.stopped = true;
+                }
             }
             return;
         };
