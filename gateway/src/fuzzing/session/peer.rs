@@ -466,6 +466,9 @@ impl Peer {
                 let id = a.packet_id;
                 match self.inflight.get_mut(&id) {
                     Some(flow @ Flow::Rel) => *flow = Flow::Comp,
+                    // The answer to the client's PUBREC for an id not in flight (3.x has no 0x92
+                    // to say so): it takes no slot of the broker's window.
+                    None if self.pubrecs.contains(&id) => {}
                     // A QoS 2 delivery of an earlier connection, resumed: in flight until PUBCOMP.
                     None if a.reason == reason::SUCCESS => {
                         self.inflight.insert(id, Flow::Comp);
