@@ -180,6 +180,12 @@ impl Connection {
         })))
     }
 
+    /// Moves the connection out, leaving one on which every I/O call fails: what a closing
+    /// client keeps while its socket's last flush goes on without it.
+    pub(crate) fn take(&mut self) -> Connection {
+        std::mem::replace(self, Connection::with(Transport::Hibernating(None)))
+    }
+
     fn with(transport: Transport) -> Connection {
         Connection {
             transport,

@@ -85,7 +85,7 @@ const PUBLISH: usize = 3;
 
 /// Labels of `gateway_connections_rejected_total`; callers pass one of these, anything else is
 /// counted as "other".
-const REJECT_REASONS: [&str; 14] = [
+const REJECT_REASONS: [&str; 15] = [
     "fd_limit",
     "max_connections",
     "connect_rate",
@@ -98,6 +98,7 @@ const REJECT_REASONS: [&str; 14] = [
     "not_authorized",
     "will_topic_invalid",
     "will_payload_invalid",
+    "connack_too_large",
     "client_gone",
     "other",
 ];

@@ -1,8 +1,9 @@
 //! Session state that outlives a connection: persistent sessions (3.1.1 clean_session=0, v5
 //! clean_start=0 with a session expiry) keep subscriptions and queue QoS 1 messages while offline;
 //! clean start discards them; a v5 session expiry that elapses ends the session; takeover by a second
-//! connection with the same client id (v5 DISCONNECT 0x8E to the first) loses nothing, and one
-//! whose client already left takes nothing over; the offline
+//! connection with the same client id (v5 DISCONNECT 0x8E to the first) loses nothing, does not
+//! wait for the old client to close its socket, and one whose client already left takes nothing
+//! over; the offline
 //! queue is bounded by `max_queued_messages`; unacknowledged messages are resent with DUP on resume.
 
 mod clients;
@@ -306,6 +307,37 @@ async fn a_connect_whose_client_already_left_takes_nothing_over() {
         other => panic!("the first connection was disturbed: {other:?}"),
     }
     first.ping().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_does_not_wait_for_the_old_client_to_close_its_socket() {
+    // Each holder is a v5 client that neither reads nor closes once connected, as a half-open
+    // socket does. Its DISCONNECT 0x8E waits up to a second for the client's close (so that a
+    // reset cannot destroy it); the session must not wait with it. Found by the session fuzz
+    // target: with three clients queued on one id, the last was answered seconds later.
+    let broker = TestBroker::start().await;
+    let id = unique_id("chain");
+    let mut holders = Vec::new();
+    for round in 0..4 {
+        let start = std::time::Instant::now();
+        let raw = Raw::connected(broker.addr, V::V5, &id).await;
+        let took = start.elapsed();
+        if round > 0 {
+            assert!(
+                took < Duration::from_millis(900),
+                "takeover {round}: CONNACK after {took:?}, waiting for the previous socket's close"
+            );
+        }
+        holders.push(raw);
+    }
+    let last = holders.pop().expect("four connections");
+    for (i, mut old) in holders.into_iter().enumerate() {
+        old.expect_disconnect(SESSION_TAKEN_OVER, &format!("holder {i}"))
+            .await;
+    }
+    let mut last = last;
+    last.ping().await;
     broker.shutdown().await;
 }
 

@@ -1,11 +1,13 @@
 //! MQTT 5.0 features end to end: forwarded publish properties (user properties in order with
 //! duplicates, content type, response topic, correlation data, payload format indicator), message
-//! expiry for queued messages, topic aliases in both directions, the client's maximum packet size,
+//! expiry for queued messages, topic aliases in both directions, the client's maximum packet size
+//! (CONNACK included),
 //! assigned client identifiers, server keep alive, the advertised receive maximum, and
 //! subscription identifiers.
 
 mod clients;
 mod common;
+mod observe;
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use bytes::Bytes;
 use clients::raw::{self, Raw, V};
 use clients::{unique_id, v5, WAIT};
 use common::TestBroker;
+use observe::{samples, total, Observed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_properties_are_forwarded() {
@@ -270,6 +273,80 @@ async fn publishes_above_the_client_maximum_packet_size_are_not_sent_to_it() {
         assert_eq!(&small.next_publish(WAIT).await.payload[..], &[i]);
     }
     broker.shutdown().await;
+}
+
+/// The wire size of a packet read from the broker.
+fn wire_len(f: &raw::Frame) -> usize {
+    1 + raw::varint(f.body.len()).len() + f.body.len()
+}
+
+/// A v5 CONNECT (clean start, keep alive 60 s) with the client's Maximum Packet Size.
+fn connect_with_max_packet(client_id: &str, max: u32) -> Vec<u8> {
+    let mut c = raw::Connect::v5(client_id, true, 60);
+    c.properties = raw::prop_u32(0x27, max);
+    raw::encode_connect(&c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_keeps_to_the_client_maximum_packet_size() {
+    // Found by the session fuzz target: CONNACK was written whole (37 bytes) to a client whose
+    // Maximum Packet Size was 24 [MQTT-3.1.2-24].
+    let obs = Observed::start(|c| c.mqtt.topic_alias_maximum = 10).await;
+    let id = unique_id("small");
+
+    // The whole CONNACK, for a client without a limit, carries a Topic Alias Maximum.
+    let mut full = Raw::open_with(obs.mqtt, &V::V5.connect(&id)).await;
+    let ack = full.expect_packet("CONNACK").await;
+    assert_eq!((ack.first, ack.body[1]), (raw::CONNACK, 0), "{ack:?}");
+    let whole = wire_len(&ack);
+    drop(full);
+
+    // One byte less: the Topic Alias Maximum is left out, and aliases are then refused.
+    let mut trimmed =
+        Raw::open_with(obs.mqtt, &connect_with_max_packet(&id, whole as u32 - 1)).await;
+    let ack = trimmed.expect_packet("CONNACK").await;
+    assert_eq!((ack.first, ack.body[1]), (raw::CONNACK, 0), "{ack:?}");
+    assert!(
+        wire_len(&ack) < whole,
+        "a {}-byte CONNACK to a client whose maximum is {}",
+        wire_len(&ack),
+        whole - 1
+    );
+    let alias = [0x23, 0, 1];
+    trimmed
+        .send(&V::V5.publish(0x30, b"a/b", None, &alias, b"x"))
+        .await;
+    trimmed
+        .expect_disconnect(0x94, "a topic alias the CONNACK did not offer")
+        .await;
+
+    // An assigned client identifier cannot be left out [MQTT-3.2.2-16]: refused with the bare
+    // CONNACK 0x95 (5 bytes) where it fits, closed without one where even that does not.
+    let mut assigned = Raw::open_with(obs.mqtt, &connect_with_max_packet("", 24)).await;
+    let ack = assigned.expect_packet("CONNACK").await;
+    assert_eq!(
+        ack,
+        raw::Frame {
+            first: raw::CONNACK,
+            body: vec![0, 0x95, 0]
+        }
+    );
+    assigned
+        .expect_closed("refused for its CONNACK's size")
+        .await;
+    let mut tiny = Raw::open_with(obs.mqtt, &connect_with_max_packet(&id, 4)).await;
+    tiny.expect_closed("no CONNACK fits 4 bytes").await;
+
+    let s = samples(&obs.metrics().await);
+    assert_eq!(
+        total(
+            &s,
+            "gateway_connections_rejected_total",
+            &["\"connack_too_large\""]
+        ),
+        2.0
+    );
+    obs.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@ use tracing::{debug, warn};
 
 use super::{Client, Close, CLOSE_FLUSH};
 use crate::codec::{reason, Disconnect, LastWill, Packet, Properties};
+use crate::connection::Connection;
+use crate::context::ConnectionSlot;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::CloseReason;
 use crate::registry::Departure;
@@ -33,19 +35,28 @@ impl Client {
         }
     }
 
-    pub(super) async fn finish(&mut self, close: Close) {
-        if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
+    /// Ends the connection: DISCONNECT with the close's code to a v5 client, the session handed
+    /// back (the client dropped: `Drop` below), then the socket's last flush. The session goes
+    /// first because a client taking it over waits for it, and the flush may take all of
+    /// `CLOSE_FLUSH` (a client that neither reads nor closes its end, a half-open socket): held
+    /// through it, every takeover of such a connection waited that long before its CONNACK, and
+    /// clients queued on one client id waited that long each.
+    pub(super) async fn finish(mut self: Box<Self>, close: Close) {
+        let disconnect = close.code.filter(|_| self.protocol.is_v5());
+        if let Some(code) = disconnect {
             self.send(&Packet::Disconnect(Disconnect {
                 reason: code,
                 properties: Properties::default(),
             }));
-            // The DISCONNECT must reach the client, even one still sending (takeover, shutdown).
-            Box::pin(self.conn.close_gracefully(CLOSE_FLUSH)).await;
-        } else {
-            Box::pin(self.conn.finish_within(CLOSE_FLUSH)).await;
         }
         self.close = close.reason;
         self.publish_will = close.will;
+        let conn = self.conn.take();
+        // The connection counts as open until its socket is closed.
+        let slot = self.slot.take();
+        drop(self);
+        // Boxed: the session task's future stays small (`tests::session_future_stays_small`).
+        Box::pin(last_flush(conn, slot, disconnect.is_some())).await;
     }
 
     /// The connection's will as a persistent session's record keeps it while connected: what a
@@ -59,6 +70,16 @@ impl Client {
     fn departing_will(&mut self) -> Option<(Arc<Message>, u32)> {
         let will = self.will.take().filter(|_| self.publish_will)?;
         Some(will_message(&will, self.session.id))
+    }
+}
+
+/// `graceful`: a DISCONNECT is queued, which must reach the client even while it is still
+/// sending (takeover, shutdown).
+async fn last_flush(mut conn: Connection, _slot: Option<ConnectionSlot>, graceful: bool) {
+    if graceful {
+        conn.close_gracefully(CLOSE_FLUSH).await;
+    } else {
+        conn.finish_within(CLOSE_FLUSH).await;
     }
 }
 

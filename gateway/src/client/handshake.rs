@@ -189,6 +189,7 @@ impl Client {
             send_window,
             client_max_packet,
             aliases_out,
+            aliases_in,
         } = match negotiate(&connect, &ctx.policy, assign_id) {
             Ok(agreed) => agreed,
             Err(Refused {
@@ -276,6 +277,7 @@ impl Client {
             last_read: now,
             last_write: now,
             send_window,
+            aliases_in_max: aliases_in,
             client_max_packet,
             will: connect.will.map(Box::new),
             aliases_in: None,
@@ -292,7 +294,7 @@ impl Client {
             publish_will: true,
             conn,
             ctx,
-            _slot: slot,
+            slot: Some(slot),
         };
         if client.session.is_persistent() {
             // Attached: it expires only once its connection goes (then saved with a deadline).
@@ -383,6 +385,8 @@ fn reject_label(code: u8) -> &'static str {
         reason::BAD_AUTHENTICATION_METHOD => "bad_auth_method",
         reason::TOPIC_NAME_INVALID => "will_topic_invalid",
         reason::PAYLOAD_FORMAT_INVALID => "will_payload_invalid",
+        // Only `negotiate` refuses a CONNECT with it (a CONNECT too large is a "bad_connect").
+        reason::PACKET_TOO_LARGE => "connack_too_large",
         reason::BAD_USERNAME_OR_PASSWORD => "bad_credentials",
         reason::NOT_AUTHORIZED => "not_authorized",
         reason::SERVER_BUSY => "memory",

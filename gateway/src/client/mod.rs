@@ -103,6 +103,9 @@ pub(crate) struct Client {
     /// detected by it.
     last_write: u64,
     send_window: u16,
+    /// Topic aliases the client may use: `mqtt.topic_alias_maximum`, or 0 when its CONNACK had
+    /// no room to announce them (`negotiate`).
+    aliases_in_max: u16,
     /// The client's Maximum Packet Size (a four-byte integer in MQTT); `u32::MAX` when unset.
     client_max_packet: u32,
     will: Option<Box<LastWill>>,
@@ -118,7 +121,8 @@ pub(crate) struct Client {
     held: Option<Box<publish::HeldAcks>>,
     close: CloseReason,
     publish_will: bool,
-    _slot: ConnectionSlot,
+    /// `None` once `finish` took it for the socket's last flush.
+    slot: Option<ConnectionSlot>,
 }
 
 /// An accepted connection ready for MQTT bytes.
@@ -159,7 +163,7 @@ pub(crate) async fn serve(
         if !rest.is_empty() {
             client.ctx.metrics.received_frames(&rest);
             if let Some(close) = client.handle_frames(&mut rest) {
-                client.finish(close).await;
+                Box::new(client).finish(close).await;
                 return;
             }
         }

@@ -6,7 +6,7 @@
 use bytestring::ByteString;
 
 use super::publish::payload_format_ok;
-use crate::codec::{reason, Connect, Properties, Protocol};
+use crate::codec::{connack_len, reason, Connect, Properties, Protocol};
 use crate::policy::Policy;
 use crate::topic;
 
@@ -27,6 +27,9 @@ pub(super) struct Agreed {
     pub(super) client_max_packet: u32,
     /// Topic aliases the broker may use towards the client; 0: none.
     pub(super) aliases_out: u16,
+    /// Topic aliases the client may use towards the broker (the Topic Alias Maximum announced
+    /// in CONNACK); 0: none.
+    pub(super) aliases_in: u16,
 }
 
 /// A CONNECT refused on its own terms (before authentication).
@@ -116,6 +119,9 @@ pub(super) fn negotiate(
             props.topic_alias_maximum = Some(policy.topic_alias_maximum);
         }
     }
+    let client_max_packet = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+    let mut aliases_in = policy.topic_alias_maximum;
+    fit_connack(&mut props, protocol, client_max_packet, &mut aliases_in)?;
     let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     // Aliases towards the client cost a map entry each: bounded by our own maximum too, so a
     // client announcing 65535 cannot make us keep 65535 topics for it.
@@ -130,12 +136,45 @@ pub(super) fn negotiate(
         keep_alive,
         connack: props,
         send_window: policy.max_inflight.min(client_receive_max),
-        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        client_max_packet,
         aliases_out: if v5 && policy.outbound_topic_aliases {
             client_alias_max
         } else {
             0
         },
+        aliases_in,
+    })
+}
+
+/// Makes CONNACK fit the client's Maximum Packet Size, which binds CONNACK as every other packet
+/// [MQTT-3.1.2-24]. The broker sends no Reason String or User Property, the properties the
+/// specification drops first [MQTT-3.2.2-19, -20]. Of the others only the Topic Alias Maximum can
+/// go: without it the client may send no aliases, and none are accepted from it (`aliases_in`
+/// becomes 0). The rest are limits the client must keep to (Receive Maximum, Maximum Packet
+/// Size), values it must use (Server Keep Alive, Session Expiry Interval) or an identifier it
+/// must be given [MQTT-3.2.2-16]; leaving one out would answer the client with a connection that
+/// breaks later. A CONNACK that still does not fit refuses the connection: with the bare 5-byte
+/// CONNACK 0x95 (Packet too large) where that fits, or closed without a word where even that is
+/// too large (Mosquitto closes without CONNACK in both cases).
+fn fit_connack(
+    props: &mut Properties,
+    protocol: Protocol,
+    client_max_packet: u32,
+    aliases_in: &mut u16,
+) -> Result<(), Refused> {
+    let max = client_max_packet as usize;
+    if connack_len(props, protocol) <= max {
+        return Ok(());
+    }
+    if props.topic_alias_maximum.take().is_some() {
+        *aliases_in = 0;
+        if connack_len(props, protocol) <= max {
+            return Ok(());
+        }
+    }
+    Err(Refused {
+        code: reason::PACKET_TOO_LARGE,
+        connack: connack_len(&Properties::default(), protocol) <= max,
     })
 }
 
@@ -455,6 +494,61 @@ mod tests {
             assert_eq!(a.aliases_out, aliases, "{case}");
             assert_eq!(a.connack.topic_alias_maximum, announced, "{case}");
         }
+    }
+
+    #[test]
+    fn connack_fits_the_client_maximum_packet_size() {
+        let mut config = Config::default();
+        config.mqtt.topic_alias_maximum = 10;
+        config.mqtt.max_keepalive = 30;
+        let policy = Policy::new(&config);
+        let assign = || ByteString::from_static("auto-0123456789abcdef");
+        // (client id, keep-alive) -> its CONNACK's size with every property
+        for (id, keep_alive) in [("dev", 10), ("dev", 0), ("", 10), ("", 100)] {
+            let mut c = connect(V5);
+            c.client_id = ByteString::from(id);
+            c.keep_alive = keep_alive;
+            let whole = negotiate(&c, &policy, assign).expect("accepted");
+            let full = connack_len(&whole.connack, V5);
+            let mut without_aliases = whole.connack.clone();
+            without_aliases.topic_alias_maximum = None;
+            let trimmed = connack_len(&without_aliases, V5);
+            assert_eq!(trimmed, full - 3, "Topic Alias Maximum: 3 bytes");
+            let case = format!("id {id:?} keep-alive {keep_alive}");
+            for max in [
+                1,
+                4,
+                5,
+                6,
+                trimmed - 1,
+                trimmed,
+                full - 1,
+                full,
+                u32::MAX as usize,
+            ] {
+                c.properties.maximum_packet_size = Some(max as u32);
+                let got = negotiate(&c, &policy, assign);
+                let terms = got.map(|a| (a.connack, a.aliases_in, a.aliases_out));
+                if max >= full {
+                    let want = (whole.connack.clone(), whole.aliases_in, whole.aliases_out);
+                    assert_eq!(terms, Ok(want), "{case} max {max}");
+                } else if max >= trimmed {
+                    let (connack, aliases_in, aliases_out) =
+                        terms.unwrap_or_else(|r| panic!("{case} max {max}: {r:?}"));
+                    assert_eq!(connack, without_aliases, "{case} max {max}");
+                    assert_eq!((aliases_in, aliases_out), (0, 0), "{case} max {max}");
+                    assert_eq!(whole.aliases_in, 10, "{case}");
+                } else {
+                    let refused = Refused {
+                        code: reason::PACKET_TOO_LARGE,
+                        connack: max >= 5,
+                    };
+                    assert_eq!(terms, Err(refused), "{case} max {max}");
+                }
+            }
+        }
+        // A 3.x CONNACK has 4 bytes and no properties to drop; 3.x has no Maximum Packet Size.
+        assert_eq!(connack_len(&Properties::default(), V311), 4);
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Client {
             }
             return Ok(p.topic.clone());
         };
-        let max = self.ctx.policy.topic_alias_maximum;
+        let max = self.aliases_in_max;
         if alias == 0 || alias > max {
             return Err(self.violation(
                 reason::TOPIC_ALIAS_INVALID,

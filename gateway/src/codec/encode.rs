@@ -189,6 +189,17 @@ fn connack_return_code(reason: u8) -> u8 {
     }
 }
 
+/// The bytes a CONNACK with `properties` takes on the wire at `protocol`, fixed header included
+/// (what a client's Maximum Packet Size counts).
+pub fn connack_len(properties: &Properties, protocol: Protocol) -> usize {
+    if protocol.is_v5() {
+        let remaining = 2 + properties::wire_len(properties);
+        1 + varint_len(remaining) + remaining
+    } else {
+        4
+    }
+}
+
 fn connack(c: &ConnAck, protocol: Protocol, out: &mut BytesMut) {
     let flags = u8::from(c.session_present);
     if protocol.is_v5() {
@@ -509,6 +520,28 @@ mod tests {
             let packet =
                 Packet::Publish(publish(QoS::AtMostOnce, "abc", Properties::default(), len));
             roundtrip(&packet, Protocol::V311);
+        }
+    }
+
+    #[test]
+    fn connack_len_is_what_encode_writes() {
+        let long = Properties {
+            assigned_client_identifier: Some("x".repeat(200).into()),
+            ..props("welcome")
+        };
+        for protocol in ALL {
+            for properties in [Properties::default(), props("welcome"), long.clone()] {
+                let packet = Packet::ConnAck(ConnAck {
+                    session_present: true,
+                    reason: 0,
+                    properties: properties.clone(),
+                });
+                assert_eq!(
+                    connack_len(&properties, protocol),
+                    bytes_of(&packet, protocol).len(),
+                    "{protocol:?} {properties:?}"
+                );
+            }
         }
     }
 

@@ -11,6 +11,6 @@ mod properties;
 mod wire;
 
 pub use decode::{decode, decode_connect, frame_len, frame_size};
-pub use encode::{encode, encode_publish_head};
+pub use encode::{connack_len, encode, encode_publish_head};
 pub use packet::*;
 pub use wire::DecodeError;

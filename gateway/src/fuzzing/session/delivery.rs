@@ -6,8 +6,8 @@
 //! before the PUBLISH was sent and nothing changed it (UNSUBSCRIBE, SUBSCRIBE to the same filter)
 //! before the publisher's acknowledgement came back; the subscriber is still connected at the
 //! end and has acknowledged everything; the broker dropped nothing by its limits (counted);
-//! the message is not retained (a new subscription gets a retained copy again) and cannot
-//! expire; No Local and shared subscriptions are left out. Each PUBLISH carries a tag of its
+//! the message is not retained (a new subscription gets a retained copy again), cannot
+//! expire and is not for `$SYS/` (refused to clients); No Local and shared subscriptions are left out. Each PUBLISH carries a tag of its
 //! own in its payload; exactly once is judged for a tag the broker only read in QoS 2 PUBLISHes
 //! of one connection under one packet id not released (PUBREL) in between: resends of one
 //! message, which the broker must route once.
@@ -34,7 +34,13 @@ pub(super) fn check(peers: &[&Peer], dropped: bool) {
             else {
                 continue;
             };
-            if publish.qos == QoS::AtMostOnce || publish.retain || publish.expires {
+            // Without an ACL file a client may not write `$SYS/`: the broker drops it (counted as
+            // `not_authorized`), and a 3.x PUBACK, having no reason code, reads as success.
+            if publish.qos == QoS::AtMostOnce
+                || publish.retain
+                || publish.expires
+                || topic::is_sys(topic)
+            {
                 continue;
             }
             let once = exactly_once(&origins[&tag], publisher, a);
