@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use binary::{device_sim, Gateway};
+use binary::{device_sim_run, Gateway};
 use common::nats::NatsServer;
 
 /// A node of the cluster on `nats`, named `name`, as its own process.
@@ -55,17 +55,7 @@ async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
     )
     .expect("write scenario");
     let report = dir.path().join("report.json");
-    let sim = tokio::process::Command::new(device_sim())
-        .arg("run")
-        .arg("--scenario")
-        .arg(&scenario)
-        .arg("--report")
-        .arg(&report)
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn device-sim");
+    let sim = device_sim_run(&scenario, &report);
     // Half the fleet (and one subscriber) is on `a` when it dies, a third of the way in.
     tokio::time::sleep(Duration::from_secs(SECONDS / 3)).await;
     a.child.kill().expect("SIGKILL node a");

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use binary::{device_sim, Gateway};
+use binary::{device_sim_run, Gateway};
 use clients::raw::{self, encode_disconnect, packet, Connect, End, Raw, PUBACK, PUBLISH, V};
 
 const PUBREC: u8 = 0x50;
@@ -345,17 +345,7 @@ async fn device_sim_reports_no_acknowledged_message_lost_across_20_kills() {
                 ),
             )
             .expect("write scenario");
-            let child = tokio::process::Command::new(device_sim())
-                .arg("run")
-                .arg("--scenario")
-                .arg(&scenario)
-                .arg("--report")
-                .arg(&report)
-                .kill_on_drop(true)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn device-sim");
+            let child = device_sim_run(&scenario, &report);
             (qos, report, child)
         })
         .collect();

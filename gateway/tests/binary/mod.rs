@@ -38,7 +38,7 @@ pub fn run_refused_config(config: &Path) -> Output {
 
 /// device-sim, beside this test's gateway binary; built here when missing (`cargo test -p
 /// gateway` alone does not build it, `scripts/test.sh` does).
-pub fn device_sim() -> PathBuf {
+fn device_sim() -> PathBuf {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
     let sim = gateway.with_file_name("device-sim");
     if !sim.exists() {
@@ -51,6 +51,21 @@ pub fn device_sim() -> PathBuf {
         assert!(built && sim.exists(), "cannot build device-sim");
     }
     sim
+}
+
+/// `device-sim run --scenario SCENARIO --report REPORT`, its output captured, killed if dropped.
+pub fn device_sim_run(scenario: &Path, report: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(device_sim())
+        .arg("run")
+        .arg("--scenario")
+        .arg(scenario)
+        .arg("--report")
+        .arg(report)
+        .kill_on_drop(true)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn device-sim")
 }
 
 pub struct Gateway {
