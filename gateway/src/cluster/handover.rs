@@ -14,12 +14,19 @@
 //! (the requester's connection is then closed by the newer claim's own take request), so two
 //! claims never wait for each other.
 //!
+//! A take request can reach this node between its own claim's win of the owner record and that
+//! claim marking the client id busy; it then finds nothing to give up. So the node remembers,
+//! for `SURRENDERED_FOR`, the epoch of every take request it answered (`Surrendered`): its own
+//! claim of an older epoch is then stale: once attached, its session is given up as a take
+//! request would have had it (connection closed with 0x8E, session ended here), so that the
+//! newer claim's connection is the only one left.
+//!
 //! Bounds: the owner record within `CLAIM_TIMEOUT`, the previous owner's answer within
 //! `TAKE_TIMEOUT`, both within the CONNECT's handshake deadline; past either the CONNECT goes
 //! on with what this node has (counted), so a claim never holds a handshake beyond its
 //! connect timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -43,6 +50,9 @@ const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a take request waits for this node's claim in progress, and for the connection it
 /// closes to let go. Below `TAKE_TIMEOUT`, so the answer reaches the requester in time.
 const SURRENDER_TIMEOUT: Duration = Duration::from_millis(2_500);
+/// How long an answered take request is remembered: longer than any claim of this node takes
+/// from its owner record to its hold (both within a handshake's deadline).
+const SURRENDERED_FOR: Duration = Duration::from_secs(30);
 /// Waits for a busy client id: from quickly (a claim usually settles within milliseconds)
 /// backing off to a bound.
 const POLL_MIN: Duration = Duration::from_millis(1);
@@ -69,7 +79,44 @@ pub(crate) struct Handover {
     /// Client ids with a claim (its epoch) or a surrender (0) in progress on this node. Bounded
     /// by the connections in their handshakes and the take requests being answered.
     busy: Mutex<HashMap<Arc<str>, u64>>,
+    surrendered: Mutex<Surrendered>,
+    /// The local sessions, once `serve` runs.
+    sessions: Mutex<Option<Weak<dyn Sessions>>>,
     metrics: Arc<Metrics>,
+}
+
+/// The take requests this node answered lately: client id -> the requester's epoch, and the
+/// order they expire in. Bounded by the take requests of `SURRENDERED_FOR`.
+#[derive(Default)]
+struct Surrendered {
+    epochs: HashMap<Arc<str>, (u64, Instant)>,
+    expiry: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl Surrendered {
+    fn record(&mut self, client_id: &Arc<str>, epoch: u64) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.expiry.front() {
+            if now.duration_since(*at) < SURRENDERED_FOR {
+                break;
+            }
+            if let Some((at, id)) = self.expiry.pop_front() {
+                if self.epochs.get(&id).is_some_and(|(_, when)| *when == at) {
+                    self.epochs.remove(&id);
+                }
+            }
+        }
+        let entry = self.epochs.entry(client_id.clone()).or_insert((0, now));
+        *entry = (entry.0.max(epoch), now);
+        self.expiry.push_back((now, client_id.clone()));
+    }
+
+    /// Whether a take request newer than `epoch` was answered for `client_id`.
+    fn newer_than(&self, client_id: &str, epoch: u64) -> bool {
+        self.epochs
+            .get(client_id)
+            .is_some_and(|(taken, _)| *taken > epoch)
+    }
 }
 
 /// A client id held busy on this node until dropped.
@@ -93,6 +140,8 @@ impl Handover {
             me,
             nats,
             busy: Mutex::new(HashMap::new()),
+            surrendered: Mutex::new(Surrendered::default()),
+            sessions: Mutex::new(None),
             metrics,
         }
     }
@@ -132,6 +181,14 @@ impl Handover {
         });
         let deadline = deadline.min(Instant::now() + TAKE_TIMEOUT);
         let hold = self.clone().hold(&client_id, won.epoch, deadline).await;
+        if self.surrendered.lock().newer_than(&client_id, won.epoch) {
+            m.took_over(Takeover::Superseded);
+            tokio::spawn(self.clone().give_up(client_id.clone(), won.epoch));
+            return Claim {
+                handed_over: None,
+                _hold: hold,
+            };
+        }
         let handed_over = match won.previous {
             // This node (this start of it) held it: the local registry's takeover does the rest.
             // Another start of this node held it: what that process held is gone with it.
@@ -239,6 +296,7 @@ impl Handover {
     /// Answers the take requests of other nodes until the broker stops; each in its own task,
     /// so that a surrender waiting for its connection holds up no other.
     pub(crate) async fn serve(self: Arc<Self>, sessions: Weak<dyn Sessions>) {
+        *self.sessions.lock() = Some(sessions.clone());
         let mut requests = match self
             .nats
             .client
@@ -273,28 +331,13 @@ impl Handover {
     async fn surrender(self: &Arc<Self>, take: Take, sessions: &dyn Sessions) -> Bytes {
         let deadline = Instant::now() + SURRENDER_TIMEOUT;
         let client_id: Arc<str> = Arc::from(take.client_id);
-        let mut pause = POLL_MIN;
-        let _hold = loop {
-            {
-                let mut busy = self.busy.lock();
-                match busy.get(&client_id) {
-                    Some(&mine) if mine > take.epoch => return Bytes::from_static(&[SUPERSEDED]),
-                    Some(_) => {}
-                    None => {
-                        busy.insert(client_id.clone(), 0);
-                        break Hold {
-                            handover: self.clone(),
-                            client_id: client_id.clone(),
-                        };
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                // The requester goes on without this node's state; counted there.
-                return Bytes::from_static(&[NONE]);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL_MAX);
+        self.surrendered.lock().record(&client_id, take.epoch);
+        let _hold = match self
+            .hold_for_surrender(&client_id, take.epoch, deadline)
+            .await
+        {
+            Ok(hold) => hold,
+            Err(answer) => return Bytes::from_static(answer),
         };
         let Some(state) = sessions.surrender(&client_id, deadline).await else {
             return Bytes::from_static(&[NONE]);
@@ -306,6 +349,59 @@ impl Handover {
             self.nats.client.server_info().max_payload,
             &self.metrics,
         ))
+    }
+}
+
+impl Handover {
+    /// Marks `client_id` busy with a surrender once this node's claim in progress (older than
+    /// `epoch`) is attached; the answer to send instead when that claim is newer, or when it
+    /// holds on past `deadline`.
+    async fn hold_for_surrender(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        epoch: u64,
+        deadline: Instant,
+    ) -> Result<Hold, &'static [u8]> {
+        let mut pause = POLL_MIN;
+        loop {
+            {
+                let mut busy = self.busy.lock();
+                match busy.get(client_id) {
+                    Some(&mine) if mine > epoch => return Err(&[SUPERSEDED]),
+                    Some(_) => {}
+                    None => {
+                        busy.insert(client_id.clone(), 0);
+                        return Ok(Hold {
+                            handover: self.clone(),
+                            client_id: client_id.clone(),
+                        });
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                // The requester goes on without this node's state; counted there.
+                return Err(&[NONE]);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+
+    /// A stale claim of this node (of `epoch`; see the module comment): once its connection has
+    /// attached, the session is given up as to a take request, and its state dropped: the newer
+    /// claim went on without it.
+    async fn give_up(self: Arc<Self>, client_id: Arc<str>, epoch: u64) {
+        let deadline = Instant::now() + SURRENDER_TIMEOUT;
+        let Ok(_hold) = self
+            .hold_for_surrender(&client_id, epoch.saturating_add(1), deadline)
+            .await
+        else {
+            return;
+        };
+        let sessions = self.sessions.lock().as_ref().and_then(Weak::upgrade);
+        if let Some(sessions) = sessions {
+            let _ = sessions.surrender(&client_id, deadline).await;
+        }
     }
 }
 
