@@ -1002,14 +1002,20 @@ async fn nats_killed_mid_traffic_holds_the_pubacks_loses_nothing_and_resumes() {
     };
     let gw = gateway(&nats, vec![IngestRule::new("d/#", "MID", "m.{client_id}")]).await;
     const SENT: u16 = 300;
+    // Most of each burst goes before the kill; the rest right after it, so that some PUBACKs
+    // are surely held however fast JetStream took the first part.
+    const BEFORE_KILL: u16 = 250;
+    let burst = |v: V, ids: std::ops::RangeInclusive<u16>| {
+        let mut burst = Vec::new();
+        for id in ids {
+            burst.extend(qos1(v, "d/1", id, format!("{v:?}-{id}").as_bytes(), false));
+        }
+        burst
+    };
     let mut devices = Vec::new();
     for v in V::BOTH {
         let mut device = Raw::connected(gw.mqtt, v, &unique_id("mid")).await;
-        let mut burst = Vec::new();
-        for id in 1..=SENT {
-            burst.extend(qos1(v, "d/1", id, format!("{v:?}-{id}").as_bytes(), false));
-        }
-        device.stream_write(&burst).await;
+        device.stream_write(&burst(v, 1..=BEFORE_KILL)).await;
         devices.push((v, device, std::collections::BTreeSet::new()));
     }
     let record = |acked: &mut std::collections::BTreeSet<u16>, f: &raw::Frame| {
@@ -1022,6 +1028,11 @@ async fn nats_killed_mid_traffic_holds_the_pubacks_loses_nothing_and_resumes() {
         record(acked, &f);
     }
     nats.kill();
+    for (v, device, _) in &mut devices {
+        device
+            .stream_write(&burst(*v, BEFORE_KILL + 1..=SENT))
+            .await;
+    }
     // What JetStream had acknowledged still comes; then nothing.
     for (v, device, acked) in &mut devices {
         while let Ok(f) = device.read_packet_within(Duration::from_secs(1)).await {
