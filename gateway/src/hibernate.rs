@@ -28,7 +28,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
@@ -82,6 +82,19 @@ pub(crate) struct Parker {
     woken: Mutex<Vec<u64>>,
     notify: Notify,
     epoch: Instant,
+    /// Sessions that wait awake, in their task, for the first packet after CONNACK: they are
+    /// about to sleep here, and how many may do so at once is bounded (`Parker::grace`).
+    graced: AtomicUsize,
+}
+
+/// A session's place among those waiting awake for their first packet; given back when dropped
+/// (first packet read, hibernated, closed, or its task unwound).
+pub(crate) struct Grace(Arc<Parker>);
+
+impl Drop for Grace {
+    fn drop(&mut self) {
+        self.0.graced.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn token(key: usize, generation: u16) -> u64 {
@@ -122,6 +135,7 @@ impl Parker {
             woken: Mutex::new(Vec::new()),
             notify: Notify::new(),
             epoch: Instant::now(),
+            graced: AtomicUsize::new(0),
         });
         // Enlisted only once it is alive: an entry whose parker is still being built would look
         // dead, and a parker built at the same time on another thread would take its index.
@@ -129,6 +143,17 @@ impl Parker {
         let index = enlist(me)?;
         parker.index.store(index, Ordering::Relaxed);
         Ok(parker)
+    }
+
+    /// A place among the sessions that wait awake for their first packet, if fewer than `max`
+    /// hold one.
+    pub(crate) fn grace(self: &Arc<Self>, max: usize) -> Option<Grace> {
+        self.graced
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Grace(self.clone()))
     }
 
     /// How many sleepers hibernate now.

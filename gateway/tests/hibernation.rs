@@ -207,6 +207,55 @@ async fn a_client_that_stops_reading_is_still_closed_when_silence_would_hibernat
 /// SUBSCRIBE could be routed first and miss it (Paho's `test_subscribe_options`). A new session
 /// now keeps its task for a second of silence (less when `hibernate_after` is shorter), and a
 /// packet within it is handled by that task; hibernation follows the silence as before.
+/// A connection storm does not keep all its sessions awake through their grace: beyond
+/// `GRACE_SLOTS` (1,024) sessions waiting for a first packet at once, a new session hibernates
+/// right after CONNACK (a storm's sessions awake at once are what its idle sessions cost in RSS
+/// afterwards: BENCHMARKS.md (a)). Both kinds answer their clients; the places are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_beyond_the_grace_places_hibernates_at_once() {
+    const GRACE_SLOTS: usize = 1024;
+    const BEYOND: usize = 300;
+    let broker = TestBroker::start().await;
+    let mut told = false;
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let connects: Vec<_> = (0..GRACE_SLOTS + BEYOND)
+            .map(|i| {
+                let addr = broker.addr;
+                let id = format!("storm-{attempt}-{i}");
+                tokio::spawn(async move { Raw::connected(addr, V::V311, &id).await })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for c in connects {
+            clients.push(c.await.expect("connect task"));
+        }
+        // A session parks just after its CONNACK went out: give the last ones a moment.
+        eventually(Duration::from_millis(200), || hibernating(&broker) >= BEYOND).await;
+        let asleep = hibernating(&broker);
+        let took = started.elapsed();
+        // Graces last a second from CONNACK: checked sooner, no session slept for its silence.
+        if took >= Duration::from_millis(900) {
+            println!("attempt {attempt}: the storm took {took:?}, too long to tell");
+            drop(clients);
+            assert!(eventually(WAIT, || broker.ctx.state().connections == 0).await);
+            continue;
+        }
+        assert_eq!(asleep, BEYOND, "hibernating right after a storm of {took:?}");
+        until_hibernating(&broker, GRACE_SLOTS + BEYOND).await;
+        // The places came back: a new session waits for its first packet awake again.
+        let _late = Raw::connected(broker.addr, V::V311, &format!("late-{attempt}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(hibernating(&broker), GRACE_SLOTS + BEYOND);
+        clients[0].ping().await;
+        clients[GRACE_SLOTS + BEYOND - 1].ping().await;
+        told = true;
+        break;
+    }
+    assert!(told, "three storms each took 900 ms or more");
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_waits_for_its_first_packet_in_its_task() {
     let broker = TestBroker::start().await;

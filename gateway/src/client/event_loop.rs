@@ -11,6 +11,7 @@ use super::timing::broker_nanos;
 use super::{Client, Close, Event, READ_PAUSE_BYTES};
 use crate::codec::{self, reason, DecodeError, Packet};
 use crate::connection::ReadError;
+use crate::hibernate::Grace;
 use crate::metrics::CloseReason;
 use crate::session::Kick;
 
@@ -19,17 +20,17 @@ const PUBLISH: u8 = 3;
 
 impl Client {
     /// Boxed so that the task's future holds a pointer, not a second copy of the client state.
-    /// `fresh`: just attached, so a silence of `FIRST_PACKET_GRACE` already hibernates it (a
+    /// `grace`: just attached, so a silence of `FIRST_PACKET_GRACE` already hibernates it (a
     /// device that connects and then talks every few minutes keeps its task that long only),
-    /// until its first packet. Otherwise it was resumed from hibernation, mostly because its
+    /// until its first packet; the place is given back then. Otherwise it was resumed from hibernation, mostly because its
     /// client sent something: the socket is read at once rather than after tokio's reactor,
     /// which has just been given the socket, reports it readable (one turn of it saved on the
     /// first packet after a silence; a read that finds nothing costs one syscall).
-    pub(super) async fn run(mut self: Box<Self>, mut fresh: bool) {
-        let mut read_at_once = !fresh;
+    pub(super) async fn run(mut self: Box<Self>, mut grace: Option<Grace>) {
+        let mut read_at_once = grace.is_none();
         // Only what the loop needs across waits lives here: this future is every active
         // session's task.
-        let first = self.next_timer(broker_nanos(&self.ctx), fresh);
+        let first = self.next_timer(broker_nanos(&self.ctx), grace.is_some());
         let mut timed = first.is_some();
         let timer = tokio::time::sleep_until(self.instant(first.unwrap_or(u64::MAX)).into());
         tokio::pin!(timer);
@@ -131,7 +132,7 @@ impl Client {
             match event {
                 Err(e) => break self.stream_failed(&e),
                 Ok(Event::Readable) => {
-                    fresh = false;
+                    grace = None;
                     if let Some(close) = self.read_frames(&mut frames) {
                         break close;
                     }
@@ -172,7 +173,7 @@ impl Client {
                     if let Some(close) = self.packet_expired(now) {
                         break close;
                     }
-                    if let Some(after) = self.hibernation(fresh) {
+                    if let Some(after) = self.hibernation(grace.is_some()) {
                         if now >= self.last_read.max(self.last_write).saturating_add(after) {
                             match self.hibernate() {
                                 Ok(()) => return,
@@ -182,7 +183,7 @@ impl Client {
                             }
                         }
                     }
-                    let next = self.next_timer(now, fresh).unwrap_or(u64::MAX);
+                    let next = self.next_timer(now, grace.is_some()).unwrap_or(u64::MAX);
                     timer.as_mut().reset(self.instant(next).into());
                 }
             }

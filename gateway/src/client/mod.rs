@@ -168,9 +168,20 @@ pub(crate) async fn serve(
             }
         }
         let metrics = client.ctx.metrics.clone();
+        let client = Box::new(client);
         // The session's task handles its first packets as they come, in the order they reach
-        // the broker relative to other clients' (see `timing::FIRST_PACKET_GRACE`).
-        spawn_isolated(metrics, peer, Box::new(client).run(true));
+        // the broker relative to other clients' (see `timing::FIRST_PACKET_GRACE`), unless a
+        // storm holds every place (`timing::GRACE_SLOTS`).
+        let grace = client
+            .ctx
+            .policy
+            .hibernate_after
+            .and_then(|_| client.ctx.parker.grace(timing::GRACE_SLOTS));
+        if grace.is_some() {
+            spawn_isolated(metrics, peer, client.run(grace));
+        } else if let Err(client) = client.hibernate_at_once() {
+            spawn_isolated(metrics, peer, client.run(None));
+        }
     }
 }
 
@@ -185,7 +196,7 @@ mod tests {
     /// The session task's future is most of an active session's memory: keep it small.
     #[test]
     fn session_future_stays_small() {
-        let size = future_size(|c| c.run(true));
+        let size = future_size(|c| c.run(None));
         println!("session task future: {size} bytes");
         assert!(size <= 512, "session task future grew to {size} bytes");
     }
