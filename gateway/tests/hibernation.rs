@@ -231,7 +231,10 @@ async fn a_storm_beyond_the_grace_places_hibernates_at_once() {
             clients.push(c.await.expect("connect task"));
         }
         // A session parks just after its CONNACK went out: give the last ones a moment.
-        eventually(Duration::from_millis(200), || hibernating(&broker) >= BEYOND).await;
+        eventually(Duration::from_millis(200), || {
+            hibernating(&broker) >= BEYOND
+        })
+        .await;
         let asleep = hibernating(&broker);
         let took = started.elapsed();
         // Graces last a second from CONNACK: checked sooner, no session slept for its silence.
@@ -241,7 +244,10 @@ async fn a_storm_beyond_the_grace_places_hibernates_at_once() {
             assert!(eventually(WAIT, || broker.ctx.state().connections == 0).await);
             continue;
         }
-        assert_eq!(asleep, BEYOND, "hibernating right after a storm of {took:?}");
+        assert_eq!(
+            asleep, BEYOND,
+            "hibernating right after a storm of {took:?}"
+        );
         until_hibernating(&broker, GRACE_SLOTS + BEYOND).await;
         // The places came back: a new session waits for its first packet awake again.
         let _late = Raw::connected(broker.addr, V::V311, &format!("late-{attempt}")).await;

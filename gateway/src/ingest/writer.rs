@@ -321,7 +321,7 @@ impl Writer {
         };
         sent.bytes -= q.write.size();
         match verdict(ack) {
-            Ok(stored) => self.stored(q, &stored),
+            Ok(duplicate) => self.stored(q, duplicate),
             Err(failure) => {
                 if failure.0 == IngestFailure::Unavailable {
                     self.missing.notify_one();
@@ -387,10 +387,10 @@ impl Writer {
         }
     }
 
-    fn stored(&self, queued: Queued, ack: &PublishAck) {
+    fn stored(&self, queued: Queued, duplicate: bool) {
         self.finish(&queued);
         let m = &self.metrics;
-        if ack.duplicate {
+        if duplicate {
             m.duplicates.increment(1);
         } else {
             m.acked.increment(1);
@@ -464,16 +464,27 @@ struct Sent {
     retry: VecDeque<(Instant, Queued)>,
 }
 
-/// What JetStream's answer on a write's reply subject says.
-fn verdict(ack: &async_nats::Message) -> Result<PublishAck, (IngestFailure, String)> {
+/// What JetStream's answer on a write's reply subject says: stored (true: as a duplicate), or
+/// why not.
+fn verdict(ack: &async_nats::Message) -> Result<bool, (IngestFailure, String)> {
     if ack.status == Some(StatusCode::NO_RESPONDERS) {
         return Err((
             IngestFailure::Unavailable,
             "no stream takes the subject".to_owned(),
         ));
     }
-    match serde_json::from_slice::<Response<PublishAck>>(&ack.payload) {
-        Ok(Response::Ok(stored)) => Ok(stored),
+    // Nearly every answer is `{"stream":NAME,"seq":N}` (with `"duplicate":true` for a write
+    // JetStream had): read as such without parsing it whole. A refusal always has its "error"
+    // object, and anything unusual takes the full parse.
+    let payload = &ack.payload[..];
+    if payload.starts_with(b"{\"stream\":")
+        && payload.ends_with(b"}")
+        && !contains(payload, b"\"error\"")
+    {
+        return Ok(contains(payload, b"\"duplicate\":true"));
+    }
+    match serde_json::from_slice::<Response<PublishAck>>(payload) {
+        Ok(Response::Ok(stored)) => Ok(stored.duplicate),
         // JetStream's "store failed" (10077) is how a full stream with discard new refuses
         // (maximum bytes / messages exceeded).
         Ok(Response::Err { error }) if error.error_code() == ErrorCode::STREAM_STORE_FAILED => {
@@ -482,6 +493,10 @@ fn verdict(ack: &async_nats::Message) -> Result<PublishAck, (IngestFailure, Stri
         Ok(Response::Err { error }) => Err((IngestFailure::Other, error.to_string())),
         Err(e) => Err((IngestFailure::Other, format!("unreadable ack: {e}"))),
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn stream_missing(e: &async_nats::error::Error<GetStreamErrorKind>) -> bool {
@@ -536,4 +551,65 @@ pub(super) fn watch_connection(mut events: mpsc::Receiver<Event>) -> BoxFuture<'
         }
     }
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(payload: &'static [u8]) -> async_nats::Message {
+        async_nats::Message {
+            subject: Subject::from_static("_INBOX.x.1"),
+            reply: None,
+            payload: bytes::Bytes::from_static(payload),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    /// The quick reading of an ack says what the full parse says.
+    #[test]
+    fn acks_read_quickly_as_the_full_parse_reads_them() {
+        assert_eq!(verdict(&answer(br#"{"stream":"S","seq":7}"#)), Ok(false));
+        assert_eq!(
+            verdict(&answer(br#"{"stream":"S","seq":7,"duplicate":true}"#)),
+            Ok(true)
+        );
+        assert_eq!(
+            verdict(&answer(br#"{"stream":"S","domain":"d","seq":7}"#)),
+            Ok(false)
+        );
+        // A name that holds the words is escaped in JSON: neither fools the quick reading.
+        assert_eq!(
+            verdict(&answer(br#"{"stream":"a\"duplicate\":true","seq":1}"#)),
+            Ok(false)
+        );
+        let full = verdict(&answer(
+            br#"{"error":{"code":503,"err_code":10077,"description":"resource limits exceeded for account"}}"#,
+        ));
+        assert!(
+            matches!(full, Err((IngestFailure::StreamFull, _))),
+            "{full:?}"
+        );
+        let other = verdict(&answer(
+            br#"{"error":{"code":400,"err_code":10060,"description":"expected stream does not match"}}"#,
+        ));
+        assert!(matches!(other, Err((IngestFailure::Other, _))), "{other:?}");
+        assert!(matches!(
+            verdict(&answer(b"{\"stream\":\"S\",")),
+            Err((IngestFailure::Other, _))
+        ));
+        assert!(matches!(
+            verdict(&answer(b"not json")),
+            Err((IngestFailure::Other, _))
+        ));
+        let mut none = answer(b"");
+        none.status = Some(StatusCode::NO_RESPONDERS);
+        assert!(matches!(
+            verdict(&none),
+            Err((IngestFailure::Unavailable, _))
+        ));
+    }
 }
