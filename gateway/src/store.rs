@@ -49,8 +49,8 @@ use crate::message::Message;
 use crate::session::{Pending, Session, Stage, SubscriptionRecord};
 
 pub(crate) use disk::DiskStore;
-pub(crate) use jetstream::JetStreamStore;
 pub use inspect::{check_store, export_store, StoreSummary};
+pub(crate) use jetstream::JetStreamStore;
 pub(crate) use record::{handover, read_handover};
 pub use repair::{repair_store, Found, RepairReport};
 

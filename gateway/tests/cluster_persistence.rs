@@ -161,7 +161,11 @@ async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed
     );
     for i in 0..8 {
         let p = back3.next_publish(WAIT).await;
-        assert_eq!(&p.payload[..], format!("m{i}").as_bytes(), "3.1.1 message {i}");
+        assert_eq!(
+            &p.payload[..],
+            format!("m{i}").as_bytes(),
+            "3.1.1 message {i}"
+        );
         assert_eq!(p.dup, i < 3, "3.1.1 message {i}: DUP only on a resend");
     }
     back3.expect_no_publish(QUIET).await;
@@ -290,4 +294,64 @@ async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
     back.expect_no_publish(QUIET).await;
     back.disconnect().await;
     drop(publisher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_persistent_sessions_records_are_compacted() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("persist-compact");
+    let a = node(&nats, "a", &dir);
+    cluster_ready(&nats, a.addr).await;
+    let id = unique_id("busy");
+    let mut sub = v5::Client::connect(v5::persistent(a.addr, &id, EXPIRY)).await;
+    sub.subscribe("busy/#", v5::QoS::AtLeastOnce).await;
+    let publisher = v5::connect(a.addr, &unique_id("busy-pub")).await;
+    // Each message is three records (queued, sent, settled): 18,000 records, ~2 MB, without
+    // compaction.
+    const N: usize = 6_000;
+    for i in 0..N {
+        publisher
+            .publish("busy/x", v5::QoS::AtLeastOnce, false, format!("b{i:060}"))
+            .await;
+    }
+    for i in 0..N {
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], format!("b{i:060}").as_bytes());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("gateway_state").await.expect("state stream");
+    let subject = format!("gateway.state.c{}", URL_SAFE_NO_PAD.encode(&id));
+    let mut counts = stream.info_with_subjects(&subject).await.expect("info");
+    let mut records = 0;
+    while let Some((_, n)) = futures_util::TryStreamExt::try_next(&mut counts)
+        .await
+        .expect("subject counts")
+    {
+        records += n;
+    }
+    println!("records left on the session's subject after {N} messages: {records}");
+    // 256 KiB of records (subject, message id, payload: ~130 B each here) since the last
+    // snapshot, and the snapshot.
+    assert!(records > 0 && records < 4_000, "{records} records");
+    // The compacted session still reads back whole: nothing pending, its subscription kept.
+    sub.disconnect().await;
+    drop(publisher);
+    // A publisher of its own: the first one's confirmations may still be on their way.
+    let mut publisher = v5::connect(a.addr, &unique_id("busy-pub2")).await;
+    publisher
+        .publish_confirmed("busy/y", v5::QoS::AtLeastOnce, false, "after")
+        .await;
+    drop(a);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, b.addr).await;
+    let mut back = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
+    assert!(back.connack.session_present);
+    assert_eq!(&back.next_publish(WAIT).await.payload[..], b"after");
+    back.expect_no_publish(QUIET).await;
+    back.disconnect().await;
 }

@@ -51,9 +51,9 @@ use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::{ClusterDrop, DropReason, Metrics};
 use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
-use crate::store::JetStreamStore;
 use crate::router::{Router, Subscriber};
 use crate::session::SessionId;
+use crate::store::JetStreamStore;
 use crate::topic;
 use crate::topic_index::Matches;
 

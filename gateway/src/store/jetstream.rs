@@ -35,6 +35,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use bytestring::ByteString;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -253,21 +254,34 @@ impl Shared {
             Err(e) => return Err(format!("reading the session's last record: {e}")),
         };
         let last_at = u64::try_from(last.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        // One ordered consumer on the subject: its records come in batches, not a round trip
+        // each (a session read back at CONNECT must fit the handshake's deadline).
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("reading the session's records: {e}"))?;
+        let mut records = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("reading the session's records: {e}"))?;
         let mut folded = fold::Folded::default();
-        let mut next = 1;
-        loop {
-            let m = match stream.direct_get_next_for_subject(subject, Some(next)).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(format!("reading the session's records: {e}")),
-            };
+        while let Some(m) = records.next().await {
+            let m = m.map_err(|e| format!("reading the session's records: {e}"))?;
+            let seq = m
+                .info()
+                .map_err(|e| format!("a record without its sequence: {e}"))?
+                .stream_sequence;
+            let payload = m.payload.clone();
             folded
-                .add(m.sequence, m.payload)
-                .map_err(|e| format!("record {}: {e}", m.sequence))?;
-            if m.sequence >= last.sequence {
+                .add(seq, payload)
+                .map_err(|e| format!("record {seq}: {e}"))?;
+            if seq >= last.sequence {
                 break;
             }
-            next = m.sequence + 1;
         }
         let read = folded.finish(client_id).map_err(|e| e.to_string())?;
         Ok(read.map(|r| (r, last.sequence, last_at)))
@@ -292,11 +306,7 @@ impl Shared {
         match stored {
             Ok(_) => {
                 let stream = self.ensure_stream().await;
-                let purged = stream
-                    .purge()
-                    .filter(subject)
-                    .sequence(covers + 1)
-                    .await;
+                let purged = stream.purge().filter(subject).sequence(covers + 1).await;
                 if let Err(e) = purged {
                     debug!(client = %client_id, "session state: compacted records not purged: {e}");
                 }
@@ -358,13 +368,7 @@ impl Store for JetStreamStore {
         self.shared.marks.wake_when_durable(mark, waiter);
     }
 
-    fn read_queued(
-        &self,
-        _: &str,
-        _: u64,
-        _: u64,
-        _: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    fn read_queued(&self, _: &str, _: u64, _: u64, _: usize) -> Result<Vec<Delivery>, StoreError> {
         // A session read back is whole in memory (its queue is bounded as when it was queued).
         Ok(Vec::new())
     }

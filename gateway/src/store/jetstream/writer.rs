@@ -101,15 +101,23 @@ impl Marks {
 
 type Acked = (Record, Instant, Result<PublishAck, PublishError>);
 
+/// What piled up on one session's subject since its last snapshot.
+#[derive(Default)]
+pub(super) struct Pile {
+    bytes: u64,
+    /// `bytes` when the running compaction began (what it covers, about).
+    compacting: Option<u64>,
+}
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: StoreMetrics,
     /// A message id prefix unique to this process, so that only resends are de-duplicated.
     pub(super) id_prefix: String,
-    /// Record bytes per subject since its last snapshot, and whether it is being compacted.
-    pub(super) since_snapshot: HashMap<String, (u64, bool)>,
-    pub(super) compacted: mpsc::UnboundedReceiver<String>,
-    pub(super) compacted_tx: mpsc::UnboundedSender<String>,
+    /// Per subject: its record bytes since its last snapshot, and its compaction running.
+    pub(super) since_snapshot: HashMap<String, Pile>,
+    pub(super) compacted: mpsc::UnboundedReceiver<(Arc<str>, String)>,
+    pub(super) compacted_tx: mpsc::UnboundedSender<(Arc<str>, String)>,
 }
 
 impl Writer {
@@ -123,10 +131,13 @@ impl Writer {
                 Some((record, at, acked)) = inflight.next(), if !inflight.is_empty() => {
                     self.acked(record, at, acked).await;
                 }
-                Some(subject) = self.compacted.recv() => {
-                    if let Some(e) = self.since_snapshot.get_mut(&subject) {
-                        *e = (0, false);
+                Some((client_id, subject)) = self.compacted.recv() => {
+                    // What came while it ran is left: compacted again at once if that is a
+                    // pile too, so a subject never holds much more than `COMPACT_BYTES`.
+                    if let Some(pile) = self.since_snapshot.get_mut(&subject) {
+                        pile.bytes = pile.bytes.saturating_sub(pile.compacting.take().unwrap_or(0));
                     }
+                    self.maybe_compact(client_id, subject);
                 }
                 record = records.recv(), if inflight.len() < WINDOW => {
                     let Some(record) = record else { break };
@@ -166,7 +177,12 @@ impl Writer {
 
     /// A record's publish answered: on success the durable mark moves to it, on failure it is
     /// sent again until stored.
-    async fn acked(&mut self, record: Record, at: Instant, mut acked: Result<PublishAck, PublishError>) {
+    async fn acked(
+        &mut self,
+        record: Record,
+        at: Instant,
+        mut acked: Result<PublishAck, PublishError>,
+    ) {
         let shared = self.shared.clone();
         while let Err(e) = acked {
             self.metrics.errors.increment(1);
@@ -196,25 +212,37 @@ impl Writer {
         if fold::supersedes(&record.payload) {
             if record.payload == fold::removed() {
                 self.since_snapshot.remove(&record.subject);
-            } else {
-                self.since_snapshot.insert(record.subject.clone(), (0, false));
+            } else if let Some(pile) = self.since_snapshot.get_mut(&record.subject) {
+                pile.bytes = 0;
             }
             tokio::spawn(shared.clone().purge_before(record.subject, ack.sequence));
             return;
         }
-        let entry = self
+        let pile = self
             .since_snapshot
             .entry(record.subject.clone())
-            .or_insert((0, false));
-        entry.0 += record.payload.len() as u64;
-        if entry.0 >= COMPACT_BYTES && !entry.1 {
-            entry.1 = true;
-            let done = self.compacted_tx.clone();
-            tokio::spawn(async move {
-                shared.compact(&record.client_id, &record.subject).await;
-                let _ = done.send(record.subject);
-            });
+            .or_default();
+        // What the stream holds of it: subject, message id and payload.
+        pile.bytes +=
+            (record.subject.len() + self.id_prefix.len() + 21 + record.payload.len()) as u64;
+        self.maybe_compact(record.client_id, record.subject);
+    }
+
+    /// Starts compacting `subject` if its records pile up and no compaction of it runs.
+    fn maybe_compact(&mut self, client_id: Arc<str>, subject: String) {
+        let Some(pile) = self.since_snapshot.get_mut(&subject) else {
+            return;
+        };
+        if pile.bytes < COMPACT_BYTES || pile.compacting.is_some() {
+            return;
         }
+        pile.compacting = Some(pile.bytes);
+        let shared = self.shared.clone();
+        let done = self.compacted_tx.clone();
+        tokio::spawn(async move {
+            shared.compact(&client_id, &subject).await;
+            let _ = done.send((client_id, subject));
+        });
     }
 }
 
