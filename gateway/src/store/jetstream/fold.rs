@@ -197,7 +197,7 @@ impl Folded {
                 stage_of(code).ok_or_else(|| Corrupt(format!("stage {code}")))?;
                 let fate = self.messages.entry(seq).or_default();
                 // The furthest stage wins: a PUBREL sent is never taken back to a PUBLISH.
-                if fate.sent.is_none_or(|(_, c)| c <= code) {
+                if fate.sent.map_or(true, |(_, c)| c <= code) {
                     fate.sent = Some((id, code));
                 }
             }
