@@ -229,6 +229,11 @@ impl Shared {
         }
     }
 
+    /// Sets the stream up again at the next use.
+    fn forget_stream(&self) {
+        *self.stream.lock() = None;
+    }
+
     /// Purges `subject`'s records before stream sequence `before`.
     async fn purge_before(self: Arc<Self>, subject: String, before: u64) {
         let stream = self.ensure_stream().await;

@@ -190,6 +190,8 @@ impl Writer {
                 warn!("session state stream: a write failed, holding acknowledgements until it is stored: {e}");
             }
             tokio::time::sleep(RETRY).await;
+            // The stream may be gone (deleted, or a server restarted without its store).
+            shared.forget_stream();
             shared.ensure_stream().await;
             acked = match self.send(&record).await {
                 Ok(ack) => ack.await,
