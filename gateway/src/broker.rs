@@ -89,7 +89,7 @@ impl Broker {
             .enumerate()
             .map(|(index, l)| Endpoint::load(index, l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        if config.storage.enabled {
+        if config.storage.enabled && !config.cluster.enabled {
             // Before any socket: an unreadable store stops the gateway (exit 2 in `main`).
             router = router.with_store(Arc::new(DiskStore::open(&config.storage, &metrics.store)?));
         }
@@ -98,6 +98,12 @@ impl Broker {
             let (cluster, link) = NatsCluster::connect(&config, metrics.clone())
                 .await
                 .context("cannot set up the cluster's NATS connection")?;
+            // Persistent sessions live in JetStream, where any node can take them over; see
+            // `store::jetstream` for why `[storage]` is not used beside it.
+            if config.storage.enabled {
+                tracing::warn!("[storage] is not used in cluster mode: persistent sessions are kept in JetStream");
+            }
+            router = router.with_store(cluster.session_store());
             router = router.with_cluster(cluster.clone());
             Some((cluster, link))
         } else {

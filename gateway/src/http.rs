@@ -131,17 +131,18 @@ fn route(ctx: &Context, exporter: &Exporter, req: &Request<Incoming>) -> Respons
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: starting or shutting down\n",
                 )
+            } else if ctx.router.cluster.state().down {
+                // Local clients are still served; messages to and from other nodes are not,
+                // nor (in cluster mode, where sessions are kept in JetStream) what must be stored.
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: cluster routing is down (no connection to NATS)\n",
+                )
             } else if !ctx.router.store.available() {
                 // Still serving QoS 0 and clean sessions, but not what must be stored.
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: the store cannot write (disk full or I/O error)\n",
-                )
-            } else if ctx.router.cluster.state().down {
-                // Local clients are still served; messages to and from other nodes are not.
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: cluster routing is down (no connection to NATS)\n",
+                    "not ready: the store cannot write (disk full, I/O error, or its JetStream stream unreachable)\n",
                 )
             } else if ctx.router.cluster.state().retained_behind {
                 // New subscribers would miss retained messages of other nodes.

@@ -58,6 +58,7 @@ const INGEST_ACK: &str = "gateway_ingest_ack_seconds";
 /// A request to another node and its answer over NATS: a fraction of a millisecond on
 /// loopback, milliseconds across machines; the same buckets as a store commit.
 const CLUSTER_ROUND_TRIP: &str = "gateway_cluster_round_trip_seconds";
+const CLUSTER_SESSION_READ: &str = "gateway_cluster_session_read_seconds";
 
 /// MQTT control packet type names, indexed by the type nibble of the fixed header.
 const PACKET_TYPES: [&str; 16] = [
@@ -198,16 +199,23 @@ pub enum Takeover {
     Empty,
     /// A newer claim (of a third connection) already superseded this one.
     Superseded,
-    /// No answer within the bound, or an answer that does not decode: what that node held is
-    /// lost to this connection.
+    /// No answer within the bound (a node that is gone answers at once: no responders), or an
+    /// answer that does not decode: the session is read from the state stream instead.
     Unreachable,
+    /// Read back from the cluster's state stream (its node gone or restarted) and installed.
+    Stored,
+    /// The state stream's records could not be read (in time, or at all): the client starts
+    /// afresh.
+    Lost,
 }
 
-const TAKEOVERS: [(Takeover, &str); 4] = [
+const TAKEOVERS: [(Takeover, &str); 6] = [
     (Takeover::State, "state"),
     (Takeover::Empty, "empty"),
     (Takeover::Superseded, "superseded"),
     (Takeover::Unreachable, "unreachable"),
+    (Takeover::Stored, "stored"),
+    (Takeover::Lost, "lost"),
 ];
 
 /// What the cluster link records (`cluster::link`); all at 0 on a standalone node.
@@ -233,6 +241,8 @@ pub struct ClusterMetrics {
     pub handed_over: Counter,
     /// A ping to another node and its answer (`cluster::probe`).
     pub round_trip: Histogram,
+    /// Reading a session back from the state stream at CONNECT (its node gone).
+    pub read_seconds: Histogram,
 }
 
 impl ClusterMetrics {
@@ -552,6 +562,7 @@ impl Metrics {
                 }),
                 handed_over: counter!("gateway_cluster_sessions_handed_over_total"),
                 round_trip: histogram!(CLUSTER_ROUND_TRIP),
+                read_seconds: histogram!(CLUSTER_SESSION_READ),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
                 }),
@@ -599,6 +610,10 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Full(INGEST_ACK.to_owned()), &INGEST_ACK_BUCKETS)?
             .set_buckets_for_metric(
                 Matcher::Full(CLUSTER_ROUND_TRIP.to_owned()),
+                &COMMIT_BUCKETS,
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full(CLUSTER_SESSION_READ.to_owned()),
                 &COMMIT_BUCKETS,
             )?
             .build_recorder();
@@ -957,7 +972,13 @@ fn describe() {
     );
     describe_counter!(
         "gateway_cluster_takeovers_total",
-        "Sessions taken over from another node at CONNECT, by what that node answered."
+        "Sessions taken over from another node at CONNECT, by what that node answered \
+         (stored: read back from the state stream, its node gone; lost: that stream unreadable)."
+    );
+    describe_histogram!(
+        CLUSTER_SESSION_READ,
+        metrics::Unit::Seconds,
+        "Reading a persistent session back from the cluster's state stream at CONNECT (its node gone)."
     );
     describe_counter!(
         "gateway_cluster_sessions_handed_over_total",

@@ -161,7 +161,9 @@ impl Registry {
                 let stored = session.is_persistent();
                 let old = session.reset();
                 router.unsubscribe_all(&session, &old);
-                if stored {
+                // A session that came over and is not taken up is gone everywhere: its
+                // previous node left its records to this one (`store::jetstream`).
+                if stored || (came_over && clean_start) {
                     router.store.session_removed(&session.client_id);
                 }
             }
@@ -424,8 +426,14 @@ fn read_stored(session: &Session, router: &Router) -> Vec<Delivery> {
 
 /// Puts a session handed over by another node into `session` (owned, empty): its queue and
 /// flows first, while nothing can reach it, then its subscriptions.
-fn install(session: &Arc<Session>, h: HandedOver, router: &Router) {
+fn install(session: &Arc<Session>, mut h: HandedOver, router: &Router) {
     session.set_expiry_interval(h.record.expiry_interval);
+    // Kept here from now on: the previous node (gone, or live and surrendered) keeps nothing.
+    // Not waited for: until the store has it, the previous node's records still hold it.
+    crate::store::jetstream::number(&mut h.pending);
+    if h.record.expiry_interval > 0 {
+        router.store.adopted(&h.record, &h.pending);
+    }
     session.restore_pending(h.pending);
     for sub in &h.record.subscriptions {
         if let Err(e) = router.subscribe(session, &sub.filter, sub.options, sub.id) {

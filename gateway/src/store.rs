@@ -9,7 +9,9 @@
 //! returns a `Mark`, and the acknowledgement waits until `is_durable` says the mark is on disk.
 //!
 //! Clean sessions (expiry 0) are never recorded. `MemoryStore` keeps nothing beyond the live
-//! state (a restart starts empty); `disk::DiskStore` keeps it in an embedded database.
+//! state (a restart starts empty); `disk::DiskStore` keeps it in an embedded database;
+//! `jetstream::JetStreamStore` keeps persistent sessions in JetStream in cluster mode, where
+//! any node may have to take one over from a node that died.
 //!
 //! What a persistent session's record holds: its subscriptions, expiry and pending will
 //! (`session_saved`, whenever one of them changes); each QoS 1/2 message queued for it under its
@@ -25,6 +27,7 @@ pub(crate) mod disk;
 pub(crate) mod fuzzing;
 mod group_commit;
 mod inspect;
+pub(crate) mod jetstream;
 mod journal;
 mod layout;
 mod load;
@@ -47,6 +50,7 @@ use crate::session::{Pending, Session, Stage, SubscriptionRecord};
 
 pub(crate) use disk::DiskStore;
 pub use inspect::{check_store, export_store, StoreSummary};
+pub(crate) use jetstream::JetStreamStore;
 pub(crate) use record::{handover, read_handover};
 pub use repair::{repair_store, Found, RepairReport};
 
@@ -123,6 +127,25 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn session_saved(&self, session: &SessionRecord) -> Mark;
     /// A session ended, or started clean: it, its messages and its packet ids are gone.
     fn session_removed(&self, client_id: &str);
+    /// A session came to this node from another (handed over live, or read back from the
+    /// cluster's store after its node died): it is kept whole, replacing anything kept before
+    /// under its client id. Its deliveries are numbered (`jetstream::number`).
+    fn adopted(&self, record: &SessionRecord, pending: &Pending) -> Mark {
+        let c = &record.client_id;
+        self.session_removed(c);
+        let mut mark = self.session_saved(record);
+        for d in pending.queue.iter().filter(|d| d.seq != 0) {
+            mark = self.queued(c, d);
+        }
+        for (packet_id, stage, d) in pending.inflight.iter().filter(|(_, _, d)| d.seq != 0) {
+            self.queued(c, d);
+            mark = self.sent(c, d.seq, *packet_id, *stage);
+        }
+        for &id in &pending.incoming_qos2 {
+            mark = self.incoming_qos2(c, id, true);
+        }
+        mark
+    }
 
     /// A QoS 1/2 message was queued for a persistent session under `delivery.seq`. Called while
     /// the session's queue is locked (see `Session::enqueue`).

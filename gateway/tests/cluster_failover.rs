@@ -2,8 +2,9 @@
 //! nats-server, device-sim spreads its devices and subscribers over both (`--cluster`, one
 //! `--target` per node), and one node is killed with SIGKILL while they publish. The devices and
 //! subscribers of the dead node must fail over to the other target by themselves and go on
-//! publishing and receiving there. What a persistent session of the dead node keeps is the
-//! cluster's session store's matter, not tested here.
+//! publishing and receiving there. With persistent sessions (devices and subscriber), what the
+//! dead node acknowledged is not lost: the sessions are read back from JetStream on the
+//! surviving node.
 //!
 //! Without `nats-server` the test is skipped with a loud message, and fails under CI.
 
@@ -84,5 +85,54 @@ async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
     );
     // The surviving node's subscribers receive from every device after the fail-over.
     assert!(n("messages_received") > full, "{said}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_of_a_killed_node_lose_nothing_acknowledged() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("failover-persist");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    const DEVICES: u64 = 20;
+    const SECONDS: u64 = 12;
+    let scenario = dir.path().join("fleet.toml");
+    // The subscriber is on b (the first target); half the devices are on a, persistent: what a
+    // acknowledged to them before it died reaches the subscriber, and their sessions follow
+    // them to b.
+    std::fs::write(
+        &scenario,
+        format!(
+            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {DEVICES}\nconnect_rate = 400\n\
+             client_id = \"fp-{{id}}\"\ntopic = \"fp/{{id}}\"\npayload = 32\n\
+             publish_interval = \"100ms\"\nqos = 1\nprotocol = \"5\"\nsubscribers = 1\n\
+             clean_session = false\nsession_expiry = \"300s\"\n\
+             subscriber_client_id = \"fp-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
+             connect_timeout = \"2s\"\n\
+             duration = \"{SECONDS}s\"\ndrain = \"3s\"\n",
+            b.addr.to_string(),
+            a.addr.to_string(),
+        ),
+    )
+    .expect("write scenario");
+    let report = dir.path().join("report.json");
+    let sim = device_sim_run(&scenario, &report);
+    tokio::time::sleep(Duration::from_secs(SECONDS / 3)).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    let out = tokio::time::timeout(Duration::from_secs(SECONDS + 30), sim.wait_with_output())
+        .await
+        .expect("device-sim ends by itself")
+        .expect("device-sim ran");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let json = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("no report: {out:?}"));
+    println!("{said}");
+    let r: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {json}"));
+    assert_eq!(n("devices_connected"), DEVICES, "{said}");
+    assert!(n("connect_failures") > 0, "{said}");
+    assert_eq!(n("lost_acknowledged"), 0, "{said}");
     drop(b);
 }

@@ -41,12 +41,15 @@ use super::owners::{ClaimError, Owner, Owners};
 use super::{Claim, HandedOver, Sessions};
 use crate::metrics::{ClaimOutcome, ClusterDrop, Metrics, Takeover};
 use crate::nats::Nats;
-use crate::store;
+use crate::store::{self, JetStreamStore};
 
 /// How long the owner record may take to be written.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the previous owner may take to give the session up.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// What of the handshake's deadline is kept for reading a session from the state stream when
+/// its previous owner does not answer in time.
+const READ_RESERVE: Duration = Duration::from_millis(1_000);
 /// How long a take request waits for this node's claim in progress, and for the connection it
 /// closes to let go. Below `TAKE_TIMEOUT`, so the answer reaches the requester in time.
 const SURRENDER_TIMEOUT: Duration = Duration::from_millis(2_500);
@@ -82,7 +85,19 @@ pub(crate) struct Handover {
     surrendered: Mutex<Surrendered>,
     /// The local sessions, once `serve` runs.
     sessions: Mutex<Option<Weak<dyn Sessions>>>,
+    /// Persistent sessions' state in JetStream, for those whose owner is gone.
+    state: Arc<JetStreamStore>,
     metrics: Arc<Metrics>,
+}
+
+/// What a take request to the previous owner came to.
+enum Taken {
+    State(HandedOver),
+    /// A newer claim of another node wins: nothing to take.
+    Superseded,
+    /// The previous owner has no session (it ended, or the owner is a later start of that
+    /// node), or did not answer: whatever the state stream holds is the session.
+    Nothing,
 }
 
 /// The take requests this node answered lately: client id -> the requester's epoch, and the
@@ -132,7 +147,13 @@ impl Drop for Hold {
 }
 
 impl Handover {
-    pub(crate) fn new(prefix: &str, me: Owner, nats: Arc<Nats>, metrics: Arc<Metrics>) -> Handover {
+    pub(crate) fn new(
+        prefix: &str,
+        me: Owner,
+        nats: Arc<Nats>,
+        state: Arc<JetStreamStore>,
+        metrics: Arc<Metrics>,
+    ) -> Handover {
         let js = async_nats::jetstream::new(nats.client.clone());
         Handover {
             prefix: prefix.to_owned(),
@@ -142,6 +163,7 @@ impl Handover {
             busy: Mutex::new(HashMap::new()),
             surrendered: Mutex::new(Surrendered::default()),
             sessions: Mutex::new(None),
+            state,
             metrics,
         }
     }
@@ -179,6 +201,7 @@ impl Handover {
         } else {
             ClaimOutcome::Won
         });
+        let read_by = deadline;
         let deadline = deadline.min(Instant::now() + TAKE_TIMEOUT);
         let hold = self.clone().hold(&client_id, won.epoch, deadline).await;
         if self.surrendered.lock().newer_than(&client_id, won.epoch) {
@@ -189,13 +212,23 @@ impl Handover {
                 _hold: hold,
             };
         }
-        let handed_over = match won.previous {
-            // This node (this start of it) held it: the local registry's takeover does the rest.
-            // Another start of this node held it: what that process held is gone with it.
-            Some(p) if p.node != self.me.node => {
-                self.take(&client_id, won.epoch, &p, deadline).await
+        let taken = match won.previous {
+            // Never claimed, or this node (this start of it) held it: the local registry's
+            // takeover does the rest.
+            None => Taken::Superseded,
+            Some(p) if p == self.me => Taken::Superseded,
+            // Another start of this node held it: what that process held is in the stream.
+            Some(p) if p.node == self.me.node => Taken::Nothing,
+            Some(p) => {
+                // Room left to read the stream if the owner is hung rather than gone.
+                let asked_by = deadline.min(read_by.checked_sub(READ_RESERVE).unwrap_or(read_by));
+                self.take(&client_id, won.epoch, &p, asked_by).await
             }
-            _ => None,
+        };
+        let handed_over = match taken {
+            Taken::State(h) => Some(h),
+            Taken::Superseded => None,
+            Taken::Nothing => self.read_kept(&client_id, read_by).await,
         };
         Claim {
             handed_over,
@@ -239,7 +272,7 @@ impl Handover {
         epoch: u64,
         previous: &Owner,
         deadline: Instant,
-    ) -> Option<HandedOver> {
+    ) -> Taken {
         let m = &self.metrics.cluster;
         let request = Take {
             client_id: client_id.to_owned(),
@@ -254,40 +287,67 @@ impl Handover {
             .request(self.take_subject(&previous.node), payload);
         let answer = match tokio::time::timeout_at(deadline, asked).await {
             Ok(Ok(answer)) => answer,
+            // No responders: the node is gone (its take subscription died with its connection).
             Ok(Err(e)) => {
                 debug!(client = %client_id, node = %previous.node, "cluster: take request failed: {e}");
                 m.took_over(Takeover::Unreachable);
-                return None;
+                return Taken::Nothing;
             }
             Err(_) => {
                 warn!(client = %client_id, node = %previous.node, "cluster: previous owner did not hand the session over in time");
                 m.took_over(Takeover::Unreachable);
-                return None;
+                return Taken::Nothing;
             }
         };
         match answer.payload.split_first() {
             Some((&STATE, state)) => match store::read_handover(client_id, state) {
                 Ok((record, pending)) => {
                     m.took_over(Takeover::State);
-                    Some(HandedOver { record, pending })
+                    Taken::State(HandedOver { record, pending })
                 }
                 Err(e) => {
                     warn!(client = %client_id, node = %previous.node, "cluster: handed-over session does not decode: {e}");
                     m.took_over(Takeover::Unreachable);
-                    None
+                    Taken::Nothing
                 }
             },
             Some((&SUPERSEDED, _)) => {
                 m.took_over(Takeover::Superseded);
-                None
+                Taken::Superseded
             }
             Some((&NONE, _)) => {
                 m.took_over(Takeover::Empty);
-                None
+                Taken::Nothing
             }
             _ => {
                 m.dropped(ClusterDrop::Malformed);
                 m.took_over(Takeover::Unreachable);
+                Taken::Nothing
+            }
+        }
+    }
+
+    /// `client_id`'s session as the state stream keeps it, read by `deadline`; none when the
+    /// stream holds none or cannot be read in time (the client then starts afresh, counted).
+    async fn read_kept(&self, client_id: &str, deadline: Instant) -> Option<HandedOver> {
+        let m = &self.metrics.cluster;
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, self.state.read(client_id)).await {
+            Ok(Ok(Some((record, pending)))) => {
+                m.took_over(Takeover::Stored);
+                m.read_seconds.record(started.elapsed().as_secs_f64());
+                debug!(client = %client_id, took = ?started.elapsed(), "cluster: session read back from the state stream");
+                Some(HandedOver { record, pending })
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                warn!(client = %client_id, "cluster: stored session unreadable, starting afresh: {e}");
+                m.took_over(Takeover::Lost);
+                None
+            }
+            Err(_) => {
+                warn!(client = %client_id, "cluster: stored session not read within the handshake's deadline, starting afresh");
+                m.took_over(Takeover::Lost);
                 None
             }
         }
@@ -339,7 +399,13 @@ impl Handover {
             Ok(hold) => hold,
             Err(answer) => return Bytes::from_static(answer),
         };
-        let Some(state) = sessions.surrender(&client_id, deadline).await else {
+        // Its removal here is the claiming node's to record (it writes the session anew); and
+        // whatever this node recorded of it is in the stream before the answer goes.
+        let released = self.state.releasing(&client_id);
+        let surrendered = sessions.surrender(&client_id, deadline).await;
+        self.state.flushed(deadline).await;
+        drop(released);
+        let Some(state) = surrendered else {
             return Bytes::from_static(&[NONE]);
         };
         self.metrics.cluster.handed_over.increment(1);

@@ -53,6 +53,7 @@ use crate::metrics::{ClusterDrop, DropReason, Metrics};
 use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::router::{Router, Subscriber};
 use crate::session::SessionId;
+use crate::store::JetStreamStore;
 use crate::topic;
 use crate::topic_index::Matches;
 
@@ -98,6 +99,8 @@ pub(crate) struct NatsCluster {
     retained: RetainedStream,
     /// Client ids claimed across the cluster, sessions moved between nodes.
     handover: Arc<Handover>,
+    /// Persistent sessions' state, in JetStream.
+    state: Arc<JetStreamStore>,
     metrics: Arc<Metrics>,
 }
 
@@ -132,10 +135,17 @@ impl NatsCluster {
             node: node.clone(),
             instance,
         };
+        let state = JetStreamStore::start(
+            &config.cluster.subject_prefix,
+            format!("{node}.{instance}"),
+            nats.clone(),
+            metrics.store.clone(),
+        );
         let handover = Handover::new(
             &config.cluster.subject_prefix,
             me,
             nats.clone(),
+            state.clone(),
             metrics.clone(),
         );
         let cluster = Arc::new(NatsCluster {
@@ -155,6 +165,7 @@ impl NatsCluster {
                 metrics.clone(),
             ),
             handover: Arc::new(handover),
+            state,
             metrics,
         });
         let link = Link {
@@ -164,6 +175,12 @@ impl NatsCluster {
             warned_name: false,
         };
         Ok((cluster, link))
+    }
+
+    /// The store of this node's persistent sessions: in JetStream, so that another node can
+    /// take them over when this one dies.
+    pub(crate) fn session_store(&self) -> Arc<JetStreamStore> {
+        self.state.clone()
     }
 
     /// Tells the other nodes this one leaves (a clean shutdown), so they stop sending at once

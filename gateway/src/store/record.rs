@@ -436,6 +436,62 @@ pub(crate) fn read_handover(
     Ok((record, pending))
 }
 
+/// A session as the cluster's state stream keeps it in one record (`store::jetstream`): as
+/// `handover`, but every delivery keeps its seq, since the records after the snapshot name
+/// messages by it.
+pub(super) fn snapshot(s: &SessionRecord, pending: &Pending) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.bytes(&session(s));
+    let count = pending.inflight.len() + pending.queue.len();
+    w.u32(u32::try_from(count).unwrap_or(u32::MAX));
+    let (mut tail, mut out) = (Vec::new(), Vec::new());
+    let sent = pending
+        .inflight
+        .iter()
+        .map(|(id, stage, d)| (Some((*id, stage_code(*stage))), d));
+    let queued = pending.queue.iter().map(|d| (None, d));
+    for (sent, d) in sent.chain(queued) {
+        tail.clear();
+        delivery_tail(&mut tail, d);
+        delivery(&mut out, sent, &tail);
+        w.u64(d.seq);
+        w.bytes(&out);
+    }
+    w.u32(u32::try_from(pending.incoming_qos2.len()).unwrap_or(u32::MAX));
+    for id in &pending.incoming_qos2 {
+        w.u32(u32::from(*id));
+    }
+    w.0
+}
+
+/// A stored message as `snapshot` lists it: packet id and stage code once sent.
+pub(super) type Numbered = (Option<(u16, u8)>, Delivery);
+
+/// A `snapshot` back, every part checked.
+pub(super) fn read_snapshot(
+    client_id: &str,
+    bytes: &[u8],
+) -> Result<(SessionRecord, Vec<Numbered>, Vec<u16>), Corrupt> {
+    let mut r = Reader::new(bytes)?;
+    let record = read_session(client_id, r.bytes()?)?;
+    let mut messages = Vec::new();
+    for _ in 0..r.u32()? {
+        let seq = r.u64()?;
+        let (sent, d) = read_delivery(r.bytes()?, seq)?;
+        if let Some((_, code)) = sent {
+            stage_of(code).ok_or_else(|| corrupt(format!("stage {code}")))?;
+        }
+        messages.push((sent, d));
+    }
+    let mut incoming = Vec::new();
+    for _ in 0..r.u32()? {
+        let id = u16::try_from(r.u32()?).map_err(|_| corrupt("packet id out of range"))?;
+        incoming.push(id);
+    }
+    r.end()?;
+    Ok((record, messages, incoming))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,15 @@ impl NatsServer {
     }
 
     /// Stops the server (as a crash would: SIGKILL).
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: its connections stay open, nothing is
+    /// answered meanwhile.
+    pub fn pause(&self, paused: bool) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signals our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal nats-server");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

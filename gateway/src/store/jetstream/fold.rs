@@ -1,0 +1,394 @@
+//! The change records of one session's subject in the state stream, and folding them back into
+//! the session.
+//!
+//! A record is one tag byte and its fields (big-endian), reusing `record`'s encodings for
+//! sessions and deliveries. Folding is order-tolerant for one message's records (a record whose
+//! publish failed and was sent again can land after a later one): a message is queued, sent
+//! with the furthest stage seen, or settled, whatever order those came in. A tombstone or a
+//! snapshot starts the session anew at its place; a compaction snapshot's place is the last
+//! sequence it covers, not where it landed, so records written while it was made still apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::super::layout::stage_of;
+use super::super::record::{self, Corrupt};
+use super::super::SessionRecord;
+use crate::clock::UnixMillis;
+use crate::session::{Delivery, Pending, Stage};
+
+const SESSION: u8 = b'S';
+const QUEUED: u8 = b'Q';
+const SENT: u8 = b'T';
+const SETTLED: u8 = b'D';
+const INCOMING: u8 = b'I';
+const REMOVED: u8 = b'X';
+const ADOPTED: u8 = b'A';
+const COMPACTED: u8 = b'C';
+
+pub(super) fn session(s: &SessionRecord) -> Vec<u8> {
+    let body = record::session(s);
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(SESSION);
+    out.extend_from_slice(&body);
+    out
+}
+
+pub(super) fn queued(d: &Delivery) -> Vec<u8> {
+    let mut tail = Vec::new();
+    record::delivery_tail(&mut tail, d);
+    let mut body = Vec::new();
+    record::delivery(&mut body, None, &tail);
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.push(QUEUED);
+    out.extend_from_slice(&d.seq.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+pub(super) fn sent(seq: u64, packet_id: u16, stage: Stage) -> Vec<u8> {
+    let mut out = vec![SENT];
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    out.push(super::super::layout::stage_code(stage));
+    out
+}
+
+pub(super) fn settled(seq: u64) -> Vec<u8> {
+    let mut out = vec![SETTLED];
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+pub(super) fn incoming(packet_id: u16, held: bool) -> Vec<u8> {
+    let mut out = vec![INCOMING];
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    out.push(u8::from(held));
+    out
+}
+
+pub(super) fn removed() -> Vec<u8> {
+    vec![REMOVED]
+}
+
+/// The whole session, superseding every record before it.
+pub(super) fn adopted(s: &SessionRecord, pending: &Pending) -> Vec<u8> {
+    let body = record::snapshot(s, pending);
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(ADOPTED);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The session as of stream sequence `covers`: it stands in for the records up to it.
+pub(super) fn compacted(covers: u64, s: &SessionRecord, pending: &Pending) -> Vec<u8> {
+    let body = record::snapshot(s, pending);
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.push(COMPACTED);
+    out.extend_from_slice(&covers.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Whether a record starts its session anew (what is before it can be purged once it is stored).
+pub(super) fn supersedes(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(&REMOVED | &ADOPTED))
+}
+
+#[derive(Default)]
+struct Fate {
+    delivery: Option<Delivery>,
+    /// Packet id and the furthest stage code seen.
+    sent: Option<(u16, u8)>,
+    settled: bool,
+}
+
+/// A session's records folded so far.
+#[derive(Default)]
+pub(super) struct Folded {
+    record: Option<SessionRecord>,
+    messages: BTreeMap<u64, Fate>,
+    incoming: BTreeSet<u16>,
+    /// (logical place, payload) of the records read, folded by `finish` in place order.
+    records: Vec<(u128, bytes::Bytes)>,
+}
+
+/// A session read back from its records: its record, what it holds, and the stream sequence
+/// of the last record read.
+pub(super) struct Read {
+    pub(super) record: SessionRecord,
+    pub(super) pending: Pending,
+}
+
+fn be_u64(b: &[u8]) -> Result<u64, Corrupt> {
+    b.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Corrupt("record cut short".into()))
+}
+
+fn be_u16(b: &[u8]) -> Result<u16, Corrupt> {
+    b.get(..2)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(u16::from_be_bytes)
+        .ok_or_else(|| Corrupt("record cut short".into()))
+}
+
+impl Folded {
+    /// Takes the record stored at stream sequence `seq`.
+    pub(super) fn add(&mut self, seq: u64, payload: bytes::Bytes) -> Result<(), Corrupt> {
+        let place = match payload.first() {
+            Some(&COMPACTED) => u128::from(be_u64(&payload[1..])?) * 2 + 1,
+            Some(_) => u128::from(seq) * 2,
+            None => return Err(Corrupt("empty record".into())),
+        };
+        self.records.push((place, payload));
+        Ok(())
+    }
+
+    /// Folds the records taken, in place order; `None` when no session is left.
+    pub(super) fn finish(mut self, client_id: &str) -> Result<Option<Read>, Corrupt> {
+        let mut records = std::mem::take(&mut self.records);
+        records.sort_by_key(|(place, _)| *place);
+        for (_, payload) in records {
+            self.apply(client_id, &payload)?;
+        }
+        let Some(record) = self.record else {
+            return Ok(None);
+        };
+        let mut pending = Pending::default();
+        for fate in self.messages.into_values() {
+            let (Some(d), false) = (fate.delivery, fate.settled) else {
+                continue;
+            };
+            match fate.sent.and_then(|(id, code)| Some((id, stage_of(code)?))) {
+                Some((id, stage)) => pending.inflight.push((id, stage, d)),
+                None => pending.queue.push(d),
+            }
+        }
+        pending.incoming_qos2 = self.incoming.into_iter().collect();
+        Ok(Some(Read { record, pending }))
+    }
+
+    fn reset(&mut self) {
+        self.record = None;
+        self.messages.clear();
+        self.incoming.clear();
+    }
+
+    fn apply(&mut self, client_id: &str, payload: &[u8]) -> Result<(), Corrupt> {
+        let (&tag, body) = payload
+            .split_first()
+            .ok_or_else(|| Corrupt("empty record".into()))?;
+        match tag {
+            SESSION => self.record = Some(record::read_session(client_id, body)?),
+            QUEUED => {
+                let seq = be_u64(body)?;
+                let (sent, d) = record::read_delivery(&body[8..], seq)?;
+                let fate = self.messages.entry(seq).or_default();
+                fate.delivery = Some(d);
+                fate.sent = fate.sent.max(sent);
+            }
+            SENT => {
+                let seq = be_u64(body)?;
+                let id = be_u16(&body[8..])?;
+                let code = *body
+                    .get(10)
+                    .ok_or_else(|| Corrupt("record cut short".into()))?;
+                stage_of(code).ok_or_else(|| Corrupt(format!("stage {code}")))?;
+                let fate = self.messages.entry(seq).or_default();
+                // The furthest stage wins: a PUBREL sent is never taken back to a PUBLISH.
+                if fate.sent.map_or(true, |(_, c)| c <= code) {
+                    fate.sent = Some((id, code));
+                }
+            }
+            SETTLED => self.messages.entry(be_u64(body)?).or_default().settled = true,
+            INCOMING => {
+                let id = be_u16(body)?;
+                match body.get(2) {
+                    Some(1) => self.incoming.insert(id),
+                    Some(0) => self.incoming.remove(&id),
+                    _ => return Err(Corrupt("incoming flag".into())),
+                };
+            }
+            REMOVED => self.reset(),
+            ADOPTED | COMPACTED => {
+                let body = if tag == COMPACTED {
+                    body.get(8..)
+                        .ok_or_else(|| Corrupt("record cut short".into()))?
+                } else {
+                    body
+                };
+                let (record, messages, incoming) = record::read_snapshot(client_id, body)?;
+                self.reset();
+                self.record = Some(record);
+                for (sent, d) in messages {
+                    let fate = self.messages.entry(d.seq).or_default();
+                    fate.sent = sent;
+                    fate.delivery = Some(d);
+                }
+                self.incoming = incoming.into_iter().collect();
+            }
+            t => return Err(Corrupt(format!("record tag {t}"))),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a session read back has ended by its expiry: offline since `expires_at` was set, or
+/// (connected when its node died) `expiry_interval` after its last record, `last_at`.
+pub(super) fn expired(record: &SessionRecord, last_at: UnixMillis, now: UnixMillis) -> bool {
+    if record.expiry_interval == u32::MAX {
+        return false;
+    }
+    let ends = record
+        .expires_at
+        .unwrap_or(last_at + u64::from(record.expiry_interval) * 1000);
+    ends <= now
+}
+
+/// Gives seqs to the deliveries a live hand-over brought (numbered by the previous node as 0),
+/// after the highest one present, so that later records can name them.
+pub(crate) fn number(pending: &mut Pending) {
+    let mut next = pending
+        .queue
+        .iter()
+        .chain(pending.inflight.iter().map(|(_, _, d)| d))
+        .map(|d| d.seq)
+        .max()
+        .unwrap_or(0);
+    let unnumbered = pending
+        .inflight
+        .iter_mut()
+        .map(|(_, _, d)| d)
+        .chain(pending.queue.iter_mut())
+        .filter(|d| d.seq == 0);
+    for d in unnumbered {
+        next += 1;
+        d.seq = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::codec::QoS;
+    use crate::message::Message;
+
+    fn rec() -> SessionRecord {
+        SessionRecord {
+            client_id: Arc::from("c"),
+            expiry_interval: 60,
+            expires_at: None,
+            subscriptions: Vec::new(),
+            will: None,
+        }
+    }
+
+    fn delivery(seq: u64) -> Delivery {
+        let m = Message::restored(
+            "t".into(),
+            bytes::Bytes::from(format!("m{seq}")),
+            QoS::AtLeastOnce,
+            false,
+            None,
+            None,
+        );
+        Delivery {
+            msg: Arc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            seq,
+        }
+    }
+
+    fn fold(records: &[Vec<u8>]) -> Option<Read> {
+        let mut f = Folded::default();
+        for (i, r) in records.iter().enumerate() {
+            f.add(i as u64 + 1, bytes::Bytes::from(r.clone())).unwrap();
+        }
+        f.finish("c").unwrap()
+    }
+
+    #[test]
+    fn messages_fold_to_queue_inflight_and_settled_in_any_order() {
+        let read = fold(&[
+            session(&rec()),
+            queued(&delivery(1)),
+            sent(2, 7, Stage::PubRec),
+            queued(&delivery(2)),
+            queued(&delivery(3)),
+            settled(3),
+            sent(2, 7, Stage::PubComp),
+            sent(2, 7, Stage::PubRec),
+            incoming(9, true),
+            incoming(10, true),
+            incoming(9, false),
+        ])
+        .expect("a session");
+        let seqs = |v: &[Delivery]| v.iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&read.pending.queue), [1]);
+        assert_eq!(read.pending.inflight.len(), 1);
+        let (id, stage, d) = &read.pending.inflight[0];
+        assert_eq!((*id, *stage, d.seq), (7, Stage::PubComp, 2));
+        assert_eq!(read.pending.incoming_qos2, [10]);
+    }
+
+    #[test]
+    fn a_tombstone_ends_and_a_snapshot_restarts_the_session() {
+        assert!(fold(&[session(&rec()), queued(&delivery(1)), removed()]).is_none());
+        let mut p = Pending::default();
+        p.queue.push(delivery(4));
+        let read = fold(&[
+            session(&rec()),
+            queued(&delivery(1)),
+            adopted(&rec(), &p),
+            queued(&delivery(5)),
+        ])
+        .expect("a session");
+        let seqs: Vec<u64> = read.pending.queue.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [4, 5]);
+    }
+
+    #[test]
+    fn a_compaction_snapshot_stands_where_it_covers() {
+        let mut p = Pending::default();
+        p.queue.push(delivery(1));
+        // Records 3 and 4 were written while the snapshot of 1..=2 was made; it landed after.
+        let read = fold(&[
+            session(&rec()),
+            queued(&delivery(1)),
+            queued(&delivery(2)),
+            settled(1),
+            compacted(2, &rec(), &p),
+        ])
+        .expect("a session");
+        let seqs: Vec<u64> = read.pending.queue.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [2]);
+    }
+
+    #[test]
+    fn expiry_counts_from_the_last_record_of_a_connected_session() {
+        let mut r = rec();
+        assert!(!expired(&r, 1_000, 60_999));
+        assert!(expired(&r, 1_000, 61_000));
+        r.expires_at = Some(5_000);
+        assert!(expired(&r, 1_000, 5_000));
+        r.expiry_interval = u32::MAX;
+        assert!(!expired(&r, 0, u64::MAX));
+    }
+
+    #[test]
+    fn handed_over_deliveries_are_numbered_after_the_highest() {
+        let mut p = Pending::default();
+        p.queue.push(delivery(0));
+        p.inflight.push((1, Stage::PubAck, delivery(0)));
+        p.queue.push(delivery(3));
+        number(&mut p);
+        assert_eq!(p.inflight[0].2.seq, 4);
+        let seqs: Vec<u64> = p.queue.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [5, 3]);
+    }
+}

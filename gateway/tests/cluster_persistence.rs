@@ -1,0 +1,359 @@
+//! Persistent sessions outlive their node: three gateway processes form one broker over a real
+//! nats-server 2.9 (JetStream on), node a is killed with SIGKILL, and its clients come back on
+//! the other nodes with clean start off. Every message acknowledged to its publisher before
+//! the kill (queued offline, or sent and not yet acknowledged by the subscriber) is delivered,
+//! none twice except as a DUP resend of one in flight, and an inbound QoS 2 flow left before
+//! its PUBREL completes once. Clients: rumqttc (3.1.1 and 5.0) and raw packets where a flow
+//! must stop half way.
+//!
+//! Without `nats-server` the tests are skipped with a loud message, and fail under CI.
+
+mod binary;
+mod clients;
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use binary::Gateway;
+use clients::raw::{self, Connect, Raw, V};
+use clients::{unique_id, v3, v5, QUIET, WAIT};
+use common::nats::NatsServer;
+
+/// Long enough for the records of what the subscribers were sent (not waited for, unlike a
+/// publisher's PUBACK) to reach JetStream before the kill.
+const SETTLE: Duration = Duration::from_millis(500);
+const EXPIRY: u32 = 300;
+
+/// A node of the cluster on `nats`, named `name`, as its own process.
+fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
+    let config = dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nservers = [{:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n",
+            nats.url()
+        ),
+    )
+    .expect("write node config");
+    Gateway::start(&["--config", config.to_str().expect("utf-8 path")])
+}
+
+fn persistent_connect(v: V, id: &str) -> Connect<'_> {
+    match v {
+        V::V311 => Connect::v311(id, false, 60),
+        V::V5 => {
+            let mut c = Connect::v5(id, true, 60);
+            c.properties = raw::prop_u32(0x11, EXPIRY);
+            c
+        }
+    }
+}
+
+/// A persistent session on `addr` subscribed to `filter` at QoS 1, its connection open.
+async fn subscribed(addr: SocketAddr, v: V, id: &str, filter: &str) -> Raw {
+    let (mut raw, _) = Raw::connect(addr, &persistent_connect(v, id)).await;
+    raw.subscribe(v, filter, 1).await;
+    raw
+}
+
+/// Reads `n` PUBLISH packets and acknowledges none of them.
+async fn take_unacknowledged(raw: &mut Raw, v: V, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let f = raw.expect_kind(raw::PUBLISH, WAIT).await;
+        got.push(raw::publish_of(&f, v).payload);
+    }
+    got
+}
+
+/// Waits until the node at `addr` claims client ids across the cluster (its NATS connection
+/// comes up in the background): a probe's CONNECT there writes its owner record.
+async fn cluster_ready(nats: &NatsServer, addr: SocketAddr) {
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = unique_id("probe");
+        v5::connect(addr, &id).await.disconnect().await;
+        if let Ok(kv) = js.get_key_value("gateway_sessions").await {
+            let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
+            if matches!(kv.get(key).await, Ok(Some(_))) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node never claimed through NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("persist");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    let c = node(&nats, "c", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    cluster_ready(&nats, c.addr).await;
+    let id5 = unique_id("kill-v5");
+    let id3 = unique_id("kill-v3");
+    let mut sub5 = subscribed(a.addr, V::V5, &id5, "k5/#").await;
+    let mut sub3 = subscribed(a.addr, V::V311, &id3, "k3/#").await;
+
+    // Three each go out and stay unacknowledged (in flight), five more queue while the
+    // subscribers are away: every one acknowledged to the publisher.
+    let mut publisher = v5::connect(a.addr, &unique_id("kill-pub")).await;
+    for i in 0..3 {
+        for topic in ["k5/x", "k3/x"] {
+            publisher
+                .publish_confirmed(topic, v5::QoS::AtLeastOnce, false, format!("m{i}"))
+                .await;
+        }
+    }
+    assert_eq!(
+        take_unacknowledged(&mut sub5, V::V5, 3).await,
+        [b"m0", b"m1", b"m2"]
+    );
+    assert_eq!(
+        take_unacknowledged(&mut sub3, V::V311, 3).await,
+        [b"m0", b"m1", b"m2"]
+    );
+    drop((sub5, sub3));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 3..8 {
+        for topic in ["k5/x", "k3/x"] {
+            publisher
+                .publish_confirmed(topic, v5::QoS::AtLeastOnce, false, format!("m{i}"))
+                .await;
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+
+    let started = Instant::now();
+    let mut back5 = v5::Client::connect(v5::persistent(b.addr, &id5, EXPIRY)).await;
+    let took = started.elapsed();
+    assert!(
+        back5.connack.session_present,
+        "the v5 session came back from JetStream"
+    );
+    println!("v5 CONNACK with the session read back: {took:?}");
+    for i in 0..8 {
+        let p = back5.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes(), "v5 message {i}");
+        assert_eq!(p.dup, i < 3, "v5 message {i}: DUP only on a resend");
+    }
+    back5.expect_no_publish(QUIET).await;
+
+    let mut o = v3::options(c.addr, &id3);
+    o.set_clean_session(false);
+    let mut back3 = v3::Client::connect(o).await;
+    assert!(
+        back3.connack.session_present,
+        "the 3.1.1 session came back from JetStream"
+    );
+    for i in 0..8 {
+        let p = back3.next_publish(WAIT).await;
+        assert_eq!(
+            &p.payload[..],
+            format!("m{i}").as_bytes(),
+            "3.1.1 message {i}"
+        );
+        assert_eq!(p.dup, i < 3, "3.1.1 message {i}: DUP only on a resend");
+    }
+    back3.expect_no_publish(QUIET).await;
+
+    // Their subscriptions came along: a message published now reaches them.
+    let mut publisher = v5::connect(c.addr, &unique_id("kill-pub2")).await;
+    publisher
+        .publish_confirmed("k5/y", v5::QoS::AtLeastOnce, false, "after")
+        .await;
+    assert_eq!(&back5.next_publish(WAIT).await.payload[..], b"after");
+    back5.disconnect().await;
+    back3.disconnect().await;
+    publisher.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_qos2_flow_survives_its_node_and_completes_once() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("persist-q2");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    let mut watcher = v5::connect(b.addr, &unique_id("q2-watch")).await;
+    watcher.subscribe("q2/#", v5::QoS::ExactlyOnce).await;
+    // Until node a knows b's interest, a probe from a does not reach the watcher.
+    let mut prober = v5::connect(a.addr, &unique_id("q2-probe")).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        prober
+            .publish_confirmed("q2/probe", v5::QoS::AtLeastOnce, false, "probe")
+            .await;
+        if watcher
+            .try_next_publish(Duration::from_millis(100))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's interest never reached a");
+    }
+    prober.disconnect().await;
+    while watcher
+        .try_next_publish(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+
+    let id = unique_id("q2-kill");
+    let (mut on_a, _) = Raw::connect(a.addr, &persistent_connect(V::V5, &id)).await;
+    on_a.send(&V::V5.publish(0x34, b"q2/once", Some(7), &[], b"once"))
+        .await;
+    let rec = on_a.expect_kind(0x50, WAIT).await;
+    assert_eq!(&rec.body[..2], &[0, 7], "PUBREC for packet 7");
+    tokio::time::sleep(SETTLE).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    drop(on_a);
+
+    let connect = persistent_connect(V::V5, &id);
+    let connect = Connect {
+        clean: false,
+        ..connect
+    };
+    let (mut on_b, present) = Raw::connect(b.addr, &connect).await;
+    assert!(present, "the session came back from JetStream");
+    // The publisher did not see the PUBREC go through: it sends again, DUP set.
+    on_b.send(&V::V5.publish(0x3C, b"q2/once", Some(7), &[], b"once"))
+        .await;
+    let rec = on_b.expect_kind(0x50, WAIT).await;
+    assert_eq!(&rec.body[..2], &[0, 7], "PUBREC for the resend");
+    on_b.send(&raw::packet(0x62, &[0, 7])).await;
+    let comp = on_b.expect_kind(0x70, WAIT).await;
+    assert_eq!(&comp.body[..2], &[0, 7], "PUBCOMP for packet 7");
+    assert!(
+        comp.body.len() == 2 || comp.body[2] == 0,
+        "PUBCOMP reason {comp:?}"
+    );
+    let got = watcher.next_publish(WAIT).await;
+    assert_eq!(&got.payload[..], b"once");
+    watcher.expect_no_publish(QUIET).await;
+    watcher.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("persist-ack");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    let id = unique_id("ack-wait");
+    let sub = subscribed(a.addr, V::V5, &id, "aw/#").await;
+    drop(sub);
+    tokio::time::sleep(SETTLE).await;
+    let publisher = v5::connect(a.addr, &unique_id("ack-pub")).await;
+
+    // JetStream does not answer: the message is routed, its PUBACK waits.
+    nats.pause(true);
+    let sent = tokio::spawn(async move {
+        let mut publisher = publisher;
+        publisher
+            .publish_confirmed("aw/x", v5::QoS::AtLeastOnce, false, "kept")
+            .await;
+        publisher
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = sent.is_finished();
+    nats.pause(false);
+    assert!(!early, "PUBACK sent before JetStream stored the message");
+    // (A write whose ack timed out meanwhile is sent again after a pause: allow for it on a
+    // loaded machine.)
+    let publisher = tokio::time::timeout(WAIT * 3, sent)
+        .await
+        .expect("PUBACK once JetStream answers")
+        .expect("publisher task");
+    // Acknowledged: it outlives its node at once.
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    let mut back = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
+    assert!(back.connack.session_present);
+    assert_eq!(&back.next_publish(WAIT).await.payload[..], b"kept");
+    back.expect_no_publish(QUIET).await;
+    back.disconnect().await;
+    drop(publisher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_persistent_sessions_records_are_compacted() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("persist-compact");
+    let a = node(&nats, "a", &dir);
+    cluster_ready(&nats, a.addr).await;
+    let id = unique_id("busy");
+    let mut sub = v5::Client::connect(v5::persistent(a.addr, &id, EXPIRY)).await;
+    sub.subscribe("busy/#", v5::QoS::AtLeastOnce).await;
+    let publisher = v5::connect(a.addr, &unique_id("busy-pub")).await;
+    // Each message is three records (queued, sent, settled): 18,000 records, ~2 MB, without
+    // compaction.
+    const N: usize = 6_000;
+    for i in 0..N {
+        publisher
+            .publish("busy/x", v5::QoS::AtLeastOnce, false, format!("b{i:060}"))
+            .await;
+    }
+    for i in 0..N {
+        let p = sub.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], format!("b{i:060}").as_bytes());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("gateway_state").await.expect("state stream");
+    let subject = format!("gateway.state.c{}", URL_SAFE_NO_PAD.encode(&id));
+    let mut counts = stream.info_with_subjects(&subject).await.expect("info");
+    let mut records = 0;
+    while let Some((_, n)) = futures_util::TryStreamExt::try_next(&mut counts)
+        .await
+        .expect("subject counts")
+    {
+        records += n;
+    }
+    println!("records left on the session's subject after {N} messages: {records}");
+    // 256 KiB of records (subject, message id, payload: ~130 B each here) since the last
+    // snapshot, and the snapshot.
+    assert!(records > 0 && records < 4_000, "{records} records");
+    // The compacted session still reads back whole: nothing pending, its subscription kept.
+    sub.disconnect().await;
+    drop(publisher);
+    // A publisher of its own: the first one's confirmations may still be on their way.
+    let mut publisher = v5::connect(a.addr, &unique_id("busy-pub2")).await;
+    publisher
+        .publish_confirmed("busy/y", v5::QoS::AtLeastOnce, false, "after")
+        .await;
+    drop(a);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, b.addr).await;
+    let mut back = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
+    assert!(back.connack.session_present);
+    assert_eq!(&back.next_publish(WAIT).await.payload[..], b"after");
+    back.expect_no_publish(QUIET).await;
+    back.disconnect().await;
+}
