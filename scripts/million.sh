@@ -212,7 +212,10 @@ while [ $(( $(date +%s) - START )) -lt "$MAX_CONNECT" ] && kill -0 $SIM 2>/dev/n
   c=$(metric device_sim_devices_connected); c=${c%.*}
   [ -n "$c" ] && [ "$c" -ge "$DEVICES" ] && { CONNECTED=1; break; }
   sleep 1
-  [ $(( ($(date +%s) - START) % 15 )) = 0 ] && log "connected ${c:-?} / $DEVICES"
+  # the state of the ramp every ~15 s: if the fleet never gets there, the last one says how far
+  if [ $(( $(date +%s) - ${LAST_RAMP:=$START} )) -ge 15 ]; then
+    LAST_RAMP=$(date +%s); snap ramp; log "connected ${c:-?} / $DEVICES"
+  fi
 done
 snap connected
 if [ $CONNECTED = 1 ]; then
@@ -232,6 +235,10 @@ fi
 # the simulator stops publishing, drains (30 s) and writes its report
 kill -INT $SIM 2>/dev/null
 for _ in $(seq 900); do kill -0 $SIM 2>/dev/null || break; sleep 0.2; done
+if kill -0 $SIM 2>/dev/null; then  # 3 minutes of draining is enough: stop it and its workers
+  log "device-sim still draining after 180 s: killed"
+  kill -9 $SIM $(ps -o pid= --ppid "$SIM" 2>/dev/null) 2>/dev/null
+fi
 wait $SIM; SIM_RC=$?
 : > "$OUT/gateway-metrics.txt"
 for k in "${!GW[@]}"; do  # drops and cluster counters of every node, for the record

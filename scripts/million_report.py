@@ -45,6 +45,9 @@ def main():
     devices, subs, nodes, hold = int(devices), int(subs), int(nodes), int(hold)
     s = snaps(snap_path)
     base, conn, h0, h1 = s["base"], s["connected"], s["hold_start"], s["hold_end"]
+    # Without everyone connected, the last look at the ramp (the simulator still running) is
+    # where the run got to: its memory and sockets, per connection actually made.
+    ramp = s.get("ramp") if connected != "1" else None
     try:
         with open(os.path.join(out, "device-sim.json")) as f:
             sim = json.load(f)
@@ -118,6 +121,25 @@ def main():
                                      "simulator": pct("sim_cpu")},
         "loadavg_1m_at_end_of_hold": h1.get("loadavg"),
     }
+    if ramp is not None:
+        made = ramp.get("connected") or 0
+        fig["ramp_last_look"] = {
+            "seconds_into_ramp": round(delta(base, ramp, "t") or 0, 1),
+            "devices_connected": made,
+            "gateway_rss_total_B": ramp.get("gw_rss"),
+            "gateway_rss_per_connected_B": round(per(delta(base, ramp, "gw_rss"), made), 1)
+            if made else None,
+            "simulator_rss_total_B": ramp.get("sim_rss"),
+            "nats_rss_B": ramp.get("nats_rss"),
+            "slab_B": ramp.get("slab"),
+            "sunreclaim_B": ramp.get("sunreclaim"),
+            "mem_available_B": ramp.get("mem_available"),
+            "sockstat_tcp_inuse": ramp.get("tcp_inuse"),
+            "sockstat_tcp_mem_pages": ramp.get("tcp_mem_pages"),
+            "cpu_s": {"gateways": cpu("gw_cpu", base, ramp), "nats": cpu("nats_cpu", base, ramp),
+                      "simulator": cpu("sim_cpu", base, ramp)},
+            "loadavg_1m": ramp.get("loadavg"),
+        }
     secs = parse_duration(interval)
     if secs:
         fig["publish_rate_expected_per_s"] = round(devices / secs, 1)
