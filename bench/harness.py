@@ -8,6 +8,7 @@ queue limits, with device-sim as the load generator. Stores live in that directo
 persistence file too (nats-server's JetStream store is there for every workload). Reads broker
 CPU (utime+stime from /proc/PID/stat) and RSS (/proc/PID/status) around each run, takes the
 median of the runs, prints a table with ratios gateway / peer and writes everything as JSON.
+Two-node brokers for the cross-node workloads (l)/(m) are in bench/clusters.py.
 Started by bench/run.sh (see BENCHMARKS.md). Python 3 standard library only.
 """
 
