@@ -702,13 +702,19 @@ mod tests {
             ..RunArgs::default()
         };
         let s = Settings::resolve(&args).expect("valid");
-        assert_eq!(s.subscriber_targets, vec!["127.0.0.1:1003".parse().unwrap()]);
+        assert_eq!(
+            s.subscriber_targets,
+            vec!["127.0.0.1:1003".parse().unwrap()]
+        );
         let err = |args: RunArgs| Settings::resolve(&args).unwrap_err().to_string();
         let alone = err(RunArgs {
             cluster: None,
             ..args.clone()
         });
-        assert!(alone.contains("subscriber_targets") && alone.contains("--cluster"), "{alone}");
+        assert!(
+            alone.contains("subscriber_targets") && alone.contains("--cluster"),
+            "{alone}"
+        );
         let tls = err(RunArgs {
             tls: Some(true),
             insecure: Some(true),
