@@ -173,13 +173,16 @@ for k in "${!GW[@]}"; do
 done
 # /readyz: every node joined NATS (and loaded the retained stream), up to 60 s
 for k in "${!GW[@]}"; do
+  ready=0
   for _ in $(seq 600); do
-    curl -sf -o /dev/null "http://127.0.1.$(( k + 1 )):9090/readyz" && break; sleep 0.1
+    curl -sf -o /dev/null "http://127.0.1.$(( k + 1 )):9090/readyz" && { ready=1; break; }; sleep 0.1
   done
+  [ $ready = 1 ] || log "gateway n$k not ready after 60 s (/readyz): going on, its figures will show it"
 done
 log "nats-server $NATS, $(( NODES + 1 )) gateway nodes (n0: $SUBS subscriber(s); n1..n$NODES: $DEVICES devices, ~$(( DEVICES / NODES )) each), $SOURCES source addresses (~$PAIR per pair)"
 
-# ---- figures of processes: CPU seconds (utime+stime) and RSS bytes
+# ---- figures of processes: CPU in clock ticks (utime+stime; the report divides by CLK_TCK)
+# and RSS in bytes, summed over the PIDs given
 cpu_s() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$(( t + $(awk '{sub(/.*\) /,""); print $12+$13}' /proc/$p/stat) )); done; echo "$t"; }
 rss_b() { local t=0 p; for p in "$@"; do [ -r /proc/$p/status ] && t=$(( t + $(awk '/^VmRSS/{print $2*1024}' /proc/$p/status) )); done; echo "$t"; }
 SIM=""
