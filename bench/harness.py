@@ -8,6 +8,7 @@ queue limits, with device-sim as the load generator. Stores live in that directo
 persistence file too (nats-server's JetStream store is there for every workload). Reads broker
 CPU (utime+stime from /proc/PID/stat) and RSS (/proc/PID/status) around each run, takes the
 median of the runs, prints a table with ratios gateway / peer and writes everything as JSON.
+Two-node brokers for the cross-node workloads (l)/(m) are in bench/clusters.py.
 Started by bench/run.sh (see BENCHMARKS.md). Python 3 standard library only.
 """
 
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import clusters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM = os.path.join(ROOT, "target", "release", "device-sim")
@@ -311,6 +314,10 @@ listen {{
         time.sleep(0.5)
         self.start()
 
+    def sim_targets(self):
+        """device-sim's flags saying where its clients connect."""
+        return ["--target", f"127.0.0.1:{self.port}"]
+
     def cpu(self):
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -369,11 +376,27 @@ def rumqttd_bin():
     return found
 
 
+def make_broker(name, workdir, persistent=False):
+    """A Broker, or for gateway-cluster / nats-cluster two nodes (bench/clusters.py)."""
+    if name in clusters.CLUSTER_KINDS:
+        return clusters.make(name, workdir, {
+            "gateway_bin": next(iter(GATEWAYS.values())),
+            "gateway_config": gateway_config,
+            "children": CHILDREN,
+            "preexec": set_limits,
+        })
+    return Broker(name, workdir, persistent)
+
+
 def available_brokers(wanted):
     ok = []
     for b in wanted:
         gw = gateway_variant(b)
-        if gw and not os.path.exists(GATEWAYS[gw[0]]):
+        if b in clusters.CLUSTER_KINDS and not shutil.which("nats-server"):
+            log(f"{b}: nats-server missing (apt-get install -y nats-server); skipped")
+        elif b == "gateway-cluster" and not os.path.exists(next(iter(GATEWAYS.values()))):
+            log(f"{b}: gateway binary missing; run cargo build --release -p gateway")
+        elif gw and not os.path.exists(GATEWAYS[gw[0]]):
             log(f"{b} binary {GATEWAYS[gw[0]]} missing; run cargo build --release -p gateway")
         elif b == "mosquitto" and not os.path.exists("/usr/sbin/mosquitto"):
             log("mosquitto missing (apt-get install -y mosquitto); skipped")
@@ -415,8 +438,9 @@ def run_sim(broker, workdir, args, watch=None):
     while not port_free(port):
         port += 1
     SIM_HTTP[0] = f"127.0.0.1:{port}"
-    cmd = [SIM, "run", "--target", f"127.0.0.1:{broker.port}", "--source-ips", SOURCE_IPS,
+    cmd = [SIM, "run", *broker.sim_targets(), "--source-ips", SOURCE_IPS,
            "--report", report_path, "--http-listen", SIM_HTTP[0]] + args
+    parts0 = broker.cpu_parts() if hasattr(broker, "cpu_parts") else None
     cpu0 = broker.cpu()
     load0 = os.getloadavg()[0]
     sim = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -430,6 +454,8 @@ def run_sim(broker, workdir, args, watch=None):
         stop(sim, signal.SIGKILL)
         forget(sim)
     cpu = broker.cpu() - cpu0
+    if parts0 is not None:
+        extra["cpu_parts"] = {k: v - parts0[k] for k, v in broker.cpu_parts().items()}
     if not os.path.exists(report_path):
         raise RuntimeError(f"device-sim wrote no report; see {workdir}/sim.log")
     with open(report_path) as f:
@@ -552,6 +578,55 @@ def wl_fanin(qos, persistent=False, deep=False):
         figs["loadavg_1m"] = extra["loadavg_1m"]
         return figs
     return run
+
+
+# Brokers that run the cross-node workloads: one node of each (the local baseline) and two.
+CROSS_KINDS = ("gateway", "nats") + clusters.CLUSTER_KINDS
+
+
+def wl_cross(qos):
+    """(l)/(m): (b)/(c) with the 100 publishers on node A and the subscriber on node B of a
+    two-node broker (gateway-cluster, nats-cluster), against one node (gateway, nats) in the
+    same run. Broker CPU is every process of the broker (both nodes and nats-server), and per
+    part: node A, node B, nats (a one-node broker is all node A)."""
+    key = "lm"[qos]
+
+    def run(broker, workdir, opts):
+        if broker.kind not in CROSS_KINDS:
+            return {}
+        report, cpu, extra = run_sim(broker, workdir, [
+            "--devices", "100", "--subscribers", "1", "--qos", str(qos), "--payload", "64",
+            "--publish-interval", "0", "--window", str(opts.fanin_window),
+            "--connect-rate", "1000", "--duration", opts.duration, "--drain", "3s",
+            "--client-id", f"cross{qos}-{{id}}", "--topic", f"cross{qos}/{{id}}/t",
+        ])
+        rx = report["messages_received"]
+        per_1m = (lambda s: s / (rx / 1e6) if rx else None)
+        parts = extra.get("cpu_parts") or {"node_a": cpu}
+        figs = {
+            f"{key}_cpu_s_per_1M_delivered": per_1m(cpu),
+            **{f"{key}_cpu_{part}_s_per_1M": per_1m(c) for part, c in parts.items()},
+            f"{key}_delivered_per_s": report["receive_rate"],
+            f"{key}_lost": report["lost"],
+            f"{key}_duplicates": report["duplicates"],
+            f"{key}_latency_p99_ms": report["latency_ms"]["p99"],
+            "loadavg_1m": extra["loadavg_1m"],
+        }
+        return figs
+    return run
+
+
+def cross_ratios(summary):
+    """Cross-node over one-node broker CPU per 1M delivered, per workload: the issue's target
+    is below 2 for the gateway."""
+    out = {}
+    for key in "lm":
+        row = summary.get(f"{key}_cpu_s_per_1M_delivered", {})
+        for one, two in (("gateway", "gateway-cluster"), ("nats", "nats-cluster")):
+            a, b = row.get(one, {}).get("median"), row.get(two, {}).get("median")
+            if a and b:
+                out[f"{key}_{two}_over_{one}"] = round(b / a, 2)
+    return out
 
 
 def wl_fanout(broker, workdir, opts):
@@ -855,6 +930,8 @@ WORKLOADS = {
     "i": ("TLS reconnect storm: every TLS device dropped at once, with and without resumption", wl_tls_storm),
     "j": ("QoS 0 fan-in, deep window: (b) with 100 publishers x --deep-window in flight", wl_fanin(0, deep=True)),
     "k": ("QoS 1 fan-in, deep window: (c) with 100 publishers x --deep-window in flight", wl_fanin(1, deep=True)),
+    "l": ("cross-node QoS 0 fan-in: (b) with publishers on node A, the subscriber on node B", wl_cross(0)),
+    "m": ("cross-node QoS 1 fan-in: (c) with publishers on node A, the subscriber on node B", wl_cross(1)),
 }
 # Workloads on persistent sessions: their brokers get a store where they have one to turn on.
 PERSISTENT_WORKLOADS = {"g"}
@@ -862,12 +939,15 @@ PERSISTENT_WORKLOADS = {"g"}
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="abcdef",
-                    help="letters of the workloads to run ((g)-(k) only when named; "
-                    "(h) and (i) run against the gateway and Mosquitto only)")
+                    help="letters of the workloads to run ((g)-(m) only when named; "
+                    "(h) and (i) run against the gateway and Mosquitto only, (l) and (m) "
+                    "against gateway, gateway-cluster, nats and nats-cluster only)")
     ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd",
                     help="brokers, in the order of the table; gateway-VARIANT runs the gateway "
                     f"with a configuration variant ({', '.join(GATEWAY_VARIANTS)}), e.g. "
-                    "--brokers gateway,gateway-storage-off,mosquitto,nats")
+                    "--brokers gateway,gateway-storage-off,mosquitto,nats; gateway-cluster (two "
+                    "nodes on one nats-server) and nats-cluster (two routed nats-servers with "
+                    "MQTT) for (l)/(m)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", default="10s", help="publishing time of (b)-(e) and (g)")
     ap.add_argument("--fanin-window", type=int, default=10,
@@ -951,7 +1031,7 @@ def main():
                 # Alternate the order so no broker always runs first (warm caches, load).
                 order = brokers[r % len(brokers):] + brokers[:r % len(brokers)]
                 for name in order:
-                    broker = Broker(name, workdir, persistent=wl in PERSISTENT_WORKLOADS)
+                    broker = make_broker(name, workdir, persistent=wl in PERSISTENT_WORKLOADS)
                     try:
                         broker.start()
                         log(f"({wl}) {title}: run {r + 1}/{opts.runs} {name}")
@@ -975,12 +1055,15 @@ def main():
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "summary": summary,
+        "cross_node_over_one_node_cpu": cross_ratios(summary),
         "runs": results,
     }
     os.makedirs(os.path.dirname(opts.out), exist_ok=True)
     with open(opts.out, "w") as f:
         json.dump(doc, f, indent=2)
     print_table(summary, brokers)
+    if doc["cross_node_over_one_node_cpu"]:
+        log(f"cross-node / one-node broker CPU per 1M: {doc['cross_node_over_one_node_cpu']}")
     log(f"wrote {opts.out}")
 
 

@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// client whose node refuses or is gone fails over to the next target.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub cluster: Option<bool>,
+    /// With `--cluster`: the subscribers connect to these nodes (repeat it; subscriber K goes to
+    /// the K-th mod their count) instead of to `--target`, so that every message they verify
+    /// crossed from another node. Not with `--tls`.
+    #[arg(long = "subscriber-target", value_name = "HOST:PORT")]
+    pub subscriber_targets: Vec<String>,
     /// Length of the run from the first connection until publishing stops.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub duration: Option<Duration>,

@@ -170,18 +170,23 @@ impl Ctx {
     }
 
     /// Subscriber `index`'s target (its index and address) and source address; `moved` as
-    /// for devices.
+    /// for devices. With `--subscriber-target` the subscribers have nodes of their own.
     pub fn subscriber_route(
         &self,
         index: u32,
         moved: u16,
     ) -> (usize, SocketAddr, Option<Ipv4Addr>) {
         let s = &self.settings;
+        let targets = if s.subscriber_targets.is_empty() {
+            &s.targets
+        } else {
+            &s.subscriber_targets
+        };
         let k = u64::from(index);
-        let target = ((k + u64::from(moved)) % s.targets.len() as u64) as usize;
+        let target = ((k + u64::from(moved)) % targets.len() as u64) as usize;
         let source = (!s.source_ips.is_empty())
             .then(|| s.source_ips[(k % s.source_ips.len() as u64) as usize]);
-        (target, s.targets[target], source)
+        (target, targets[target], source)
     }
 
     /// After a failed connect, where a client goes next: with `--cluster` the targets are nodes
@@ -314,5 +319,29 @@ impl Ctx {
     /// Completes when a first handshake finishes.
     pub(crate) fn handshake_finished(&self) -> Notified<'_> {
         self.handshake_done.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::RunArgs;
+
+    #[test]
+    fn subscribers_go_to_their_own_targets_and_devices_never_do() {
+        let args = RunArgs {
+            targets: vec!["127.0.0.1:1001".into(), "127.0.0.1:1002".into()],
+            subscriber_targets: vec!["127.0.0.1:2001".into(), "127.0.0.1:2002".into()],
+            cluster: Some(true),
+            ..RunArgs::default()
+        };
+        let settings = Settings::resolve(&args).expect("valid");
+        let ctx = Ctx::new(settings, None, 0..10, 0, None);
+        let port = |a: SocketAddr| a.port();
+        let subs: Vec<u16> = (0..4).map(|k| port(ctx.subscriber_route(k, 0).1)).collect();
+        assert_eq!(subs, [2001, 2002, 2001, 2002]);
+        // Failing over keeps a subscriber among the subscriber targets.
+        assert_eq!(port(ctx.subscriber_route(0, ctx.next_target(0)).1), 2002);
+        assert!((0..10).all(|id| port(ctx.device_route(id, 0).1) < 2000));
     }
 }

@@ -82,6 +82,7 @@ struct ScenarioFile {
     share_group: Option<String>,
     subscribe_filter: Option<String>,
     cluster: Option<bool>,
+    subscriber_targets: Option<Vec<String>>,
     duration: Option<String>,
     drain: Option<String>,
     connect_timeout: Option<String>,
@@ -175,6 +176,9 @@ pub struct Settings {
     pub share_group: Option<String>,
     pub subscribe_filter: String,
     pub cluster: bool,
+    /// Where the subscribers connect when not to `targets` (`--subscriber-target`; empty:
+    /// the subscribers share `targets` with the devices).
+    pub subscriber_targets: Vec<SocketAddr>,
     pub duration: Duration,
     pub drain: Duration,
     pub connect_timeout: Duration,
@@ -473,6 +477,33 @@ impl Settings {
             None => base_filter,
         };
         let cluster = args.cluster.or(file.cluster).unwrap_or(false);
+        let subscriber_targets_text = if !args.subscriber_targets.is_empty() {
+            args.subscriber_targets.clone()
+        } else {
+            file.subscriber_targets.clone().unwrap_or_default()
+        };
+        if !subscriber_targets_text.is_empty() {
+            // Without a cluster a subscriber verifies only its own broker's devices, which a
+            // node of its own would not have; over TLS the server names follow `targets`.
+            if !cluster {
+                return Err(invalid(
+                    "subscriber_targets",
+                    subscriber_targets_text.join(","),
+                    "needs cluster (--cluster)",
+                ));
+            }
+            if tls.is_some() {
+                return Err(invalid(
+                    "subscriber_targets",
+                    subscriber_targets_text.join(","),
+                    "not with tls",
+                ));
+            }
+        }
+        let subscriber_targets = subscriber_targets_text
+            .iter()
+            .map(|t| resolve_target(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let duration = opt_duration("duration", args.duration, file.duration.as_ref())?
             .unwrap_or(Duration::from_secs(10));
         let drain = opt_duration("drain", args.drain, file.drain.as_ref())?
@@ -546,6 +577,7 @@ impl Settings {
             share_group,
             subscribe_filter,
             cluster,
+            subscriber_targets,
             duration,
             drain,
             connect_timeout,
@@ -659,6 +691,36 @@ mod tests {
         };
         let err = Settings::resolve(&bad).expect_err("rejected");
         assert!(err.to_string().contains("client_id"), "{err}");
+    }
+
+    #[test]
+    fn subscriber_targets_need_a_cluster_and_no_tls() {
+        let args = RunArgs {
+            targets: vec!["127.0.0.1:1001".into(), "127.0.0.1:1002".into()],
+            subscriber_targets: vec!["127.0.0.1:1003".into()],
+            cluster: Some(true),
+            ..RunArgs::default()
+        };
+        let s = Settings::resolve(&args).expect("valid");
+        assert_eq!(
+            s.subscriber_targets,
+            vec!["127.0.0.1:1003".parse().unwrap()]
+        );
+        let err = |args: RunArgs| Settings::resolve(&args).unwrap_err().to_string();
+        let alone = err(RunArgs {
+            cluster: None,
+            ..args.clone()
+        });
+        assert!(
+            alone.contains("subscriber_targets") && alone.contains("--cluster"),
+            "{alone}"
+        );
+        let tls = err(RunArgs {
+            tls: Some(true),
+            insecure: Some(true),
+            ..args
+        });
+        assert!(tls.contains("not with tls"), "{tls}");
     }
 
     #[test]
