@@ -481,7 +481,7 @@ fn verdict(ack: &async_nats::Message) -> Result<bool, (IngestFailure, String)> {
         && payload.ends_with(b"}")
         && !contains(payload, b"\"error\"")
     {
-        return Ok(contains(payload, b"\"duplicate\":true"));
+        return Ok(duplicate(payload));
     }
     match serde_json::from_slice::<Response<PublishAck>>(payload) {
         Ok(Response::Ok(stored)) => Ok(stored.duplicate),
@@ -497,6 +497,18 @@ fn verdict(ack: &async_nats::Message) -> Result<bool, (IngestFailure, String)> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether an ack says `"duplicate": true` (nats-server writes it with a space).
+fn duplicate(ack: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"duplicate\":";
+    ack.windows(KEY.len())
+        .position(|w| w == KEY)
+        .is_some_and(|at| {
+            ack[at + KEY.len()..]
+                .trim_ascii_start()
+                .starts_with(b"true")
+        })
 }
 
 fn stream_missing(e: &async_nats::error::Error<GetStreamErrorKind>) -> bool {
@@ -573,9 +585,18 @@ mod tests {
     #[test]
     fn acks_read_quickly_as_the_full_parse_reads_them() {
         assert_eq!(verdict(&answer(br#"{"stream":"S","seq":7}"#)), Ok(false));
+        // As nats-server 2.9 writes it, and without the space.
+        assert_eq!(
+            verdict(&answer(br#"{"stream":"S","seq":7,"duplicate": true}"#)),
+            Ok(true)
+        );
         assert_eq!(
             verdict(&answer(br#"{"stream":"S","seq":7,"duplicate":true}"#)),
             Ok(true)
+        );
+        assert_eq!(
+            verdict(&answer(br#"{"stream":"S","seq":7,"duplicate":false}"#)),
+            Ok(false)
         );
         assert_eq!(
             verdict(&answer(br#"{"stream":"S","domain":"d","seq":7}"#)),
