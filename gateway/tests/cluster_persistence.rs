@@ -29,16 +29,7 @@ const EXPIRY: u32 = 300;
 
 /// A node of the cluster on `nats`, named `name`, as its own process.
 fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
-    let config = dir.path().join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[nats]\nservers = [{:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n",
-            nats.url()
-        ),
-    )
-    .expect("write node config");
-    Gateway::start(&["--config", config.to_str().expect("utf-8 path")])
+    Gateway::cluster_node(&nats.url(), name, dir)
 }
 
 fn persistent_connect(v: V, id: &str) -> Connect<'_> {

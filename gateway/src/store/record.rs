@@ -387,27 +387,7 @@ pub(super) fn read_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecor
 /// queue as stored deliveries (with packet id and stage once sent), then the inbound QoS 2
 /// packet ids awaiting PUBREL. One encoding for both: what a store keeps is what a node hands on.
 pub(crate) fn handover(s: &SessionRecord, pending: &Pending) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.bytes(&session(s));
-    let count = pending.inflight.len() + pending.queue.len();
-    w.u32(u32::try_from(count).unwrap_or(u32::MAX));
-    let (mut tail, mut out) = (Vec::new(), Vec::new());
-    let sent = pending
-        .inflight
-        .iter()
-        .map(|(id, stage, d)| (Some((*id, stage_code(*stage))), d));
-    let queued = pending.queue.iter().map(|d| (None, d));
-    for (sent, d) in sent.chain(queued) {
-        tail.clear();
-        delivery_tail(&mut tail, d);
-        delivery(&mut out, sent, &tail);
-        w.bytes(&out);
-    }
-    w.u32(u32::try_from(pending.incoming_qos2.len()).unwrap_or(u32::MAX));
-    for id in &pending.incoming_qos2 {
-        w.u32(u32::from(*id));
-    }
-    w.0
+    with_pending(s, pending, false)
 }
 
 /// A handed-over session back, every part checked. Its deliveries come with seq 0: they were
@@ -440,6 +420,12 @@ pub(crate) fn read_handover(
 /// `handover`, but every delivery keeps its seq, since the records after the snapshot name
 /// messages by it.
 pub(super) fn snapshot(s: &SessionRecord, pending: &Pending) -> Vec<u8> {
+    with_pending(s, pending, true)
+}
+
+/// A session record with its pending messages and inbound QoS 2 ids; `seqs`: each delivery
+/// with its seq.
+fn with_pending(s: &SessionRecord, pending: &Pending, seqs: bool) -> Vec<u8> {
     let mut w = Writer::new();
     w.bytes(&session(s));
     let count = pending.inflight.len() + pending.queue.len();
@@ -454,7 +440,9 @@ pub(super) fn snapshot(s: &SessionRecord, pending: &Pending) -> Vec<u8> {
         tail.clear();
         delivery_tail(&mut tail, d);
         delivery(&mut out, sent, &tail);
-        w.u64(d.seq);
+        if seqs {
+            w.u64(d.seq);
+        }
         w.bytes(&out);
     }
     w.u32(u32::try_from(pending.incoming_qos2.len()).unwrap_or(u32::MAX));

@@ -76,6 +76,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A cluster node named `name` on the NATS server at `nats_url`, its config in `dir`.
+    pub fn cluster_node(nats_url: &str, name: &str, dir: &scratch::Scratch) -> Gateway {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[nats]\nservers = [{nats_url:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n"
+            ),
+        )
+        .expect("write node config");
+        Gateway::start(&["--config", config.to_str().expect("utf-8 path")])
+    }
+
     /// Starts the binary with `args` after the listener flags.
     pub fn start(args: &[&str]) -> Gateway {
         Gateway::spawn(
