@@ -129,14 +129,14 @@ async fn held(
             .await
         }
         (Kind::Parked, Some((config, _))) => {
-            let secured = crate::tls::accept(config.clone(), socket)
+            let secured = crate::tls::accept(config.clone(), socket, metrics::Counter::noop())
                 .await
                 .expect("TLS");
             parked(accept(secured, "/mqtt", 4096).await.expect("upgrade")).await
         }
         (Kind::Tungstenite, None) => tungstenite(socket).await,
         (Kind::Tungstenite, Some((config, _))) => {
-            let secured = crate::tls::accept(config.clone(), socket)
+            let secured = crate::tls::accept(config.clone(), socket, metrics::Counter::noop())
                 .await
                 .expect("TLS");
             tungstenite(secured).await
