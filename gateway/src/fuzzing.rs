@@ -32,6 +32,11 @@ pub fn ws_frame(data: &[u8]) {
     crate::ws::fuzzing::ws_frame(data);
 }
 
+/// The TLS record layer after the handshake. See `tls::fuzzing`.
+pub fn tls_record(data: &[u8]) {
+    crate::tls::fuzzing::tls_record(data);
+}
+
 /// A fuzz target's checks: arbitrary bytes in, a panic when a property is broken.
 pub type Check = fn(&[u8]);
 
@@ -44,4 +49,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("auth_files", auth_files),
     ("session", session),
     ("ws_frame", ws_frame),
+    ("tls_record", tls_record),
 ];

@@ -234,7 +234,8 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
             default_listener: false,
         });
     };
-    let secured = match tls::accept(tls.config(), stream).await {
+    let failures = ctx.metrics.tls_record_failures.clone();
+    let mut secured = match tls::accept(tls.config(), stream, failures).await {
         Ok(s) => s,
         Err(e) => {
             ctx.metrics.tls_handshake_failures.increment(1);
@@ -243,7 +244,8 @@ async fn upgrade(ctx: &Context, l: &Endpoint, stream: TcpStream) -> Result<Opene
     };
     let identity = if l.config.use_identity_as_username {
         let name = secured
-            .peer_certificates()
+            .take_peer_certificates()
+            .as_deref()
             .and_then(|chain| chain.first())
             .and_then(tls::certificate_identity);
         let Some(name) = name else {

@@ -450,6 +450,8 @@ pub struct Metrics {
     connections_accepted: [Counter; LISTENER_KINDS.len()],
     /// TLS handshakes (tls and wss listeners) that failed or timed out.
     pub tls_handshake_failures: Counter,
+    /// TLS records refused after the handshake (each ends its connection with an alert).
+    pub tls_record_failures: Counter,
     pub connections_current: Gauge,
     pub accept_errors: Counter,
     pub task_panics: Counter,
@@ -517,6 +519,7 @@ impl Metrics {
                 |kind| counter!("gateway_connections_accepted_total", "listener" => kind.as_str()),
             ),
             tls_handshake_failures: counter!("gateway_tls_handshake_failures_total"),
+            tls_record_failures: counter!("gateway_tls_record_failures_total"),
             connections_current: gauge!("gateway_connections"),
             accept_errors: counter!("gateway_accept_errors_total"),
             messages_received: qos("gateway_messages_received_total"),
@@ -770,6 +773,10 @@ fn describe() {
     describe_counter!(
         "gateway_tls_handshake_failures_total",
         "TLS handshakes on tls and wss listeners that failed or timed out."
+    );
+    describe_counter!(
+        "gateway_tls_record_failures_total",
+        "TLS records refused after the handshake (bad_record_mac, record_overflow, unexpected or malformed messages), each ending its connection."
     );
     describe_gauge!(
         "gateway_connections",

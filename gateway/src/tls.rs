@@ -7,7 +7,9 @@
 //! that fails to load is reported with the listener's key (`listeners[N].cert`) and the path, at
 //! start as a configuration error, on SIGHUP as a logged error that keeps the previous config.
 //!
-//! Sessions run over `stream`, which lets an idle one hibernate with its keys alone.
+//! Sessions run over `stream`, which lets an idle one hibernate with its keys alone: rustls does
+//! the handshake, then hands the traffic secrets over (`enable_secret_extraction`) to the
+//! gateway's own record layer.
 //!
 //! rustls 0.23 with the aws-lc-rs provider, TLS 1.3 and 1.2. A client that puts an IP literal in SNI
 //! (libmosquitto and other OpenSSL clients connecting by address) is served as one that sent no
@@ -31,7 +33,13 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 
 use crate::config::{ConfigError, ListenerConfig};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+mod handshake;
+mod record;
 mod stream;
+mod traffic;
+mod wire;
 
 pub(crate) use stream::accept;
 
@@ -117,6 +125,8 @@ fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, 
     server.ticketer = aws_lc_rs::Ticketer::new()
         .map_err(|e| file_error(&key_name("cert"), cert_path, format!("ticket key: {e}")))?;
     server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    // `stream` takes the records over once the handshake is done (`tls::traffic`).
+    server.enable_secret_extraction = true;
     Ok(Arc::new(server))
 }
 

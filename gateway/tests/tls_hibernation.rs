@@ -7,6 +7,7 @@
 
 mod clients;
 mod common;
+mod observe;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,6 +45,7 @@ async fn broker(pki: &Pki) -> TestBroker {
         c.mqtt.hibernate_after = Some(HIBERNATE_AFTER);
         c.auth.allow_anonymous = true;
         c.listeners = vec![tls, mutual];
+        c.http.listen = Some("127.0.0.1:0".parse().expect("literal"));
     })
     .await
 }
@@ -131,6 +133,78 @@ async fn mosquitto_sub_sessions_hibernate_and_wake_on_deliveries() {
             until_hibernating(&broker, 0).await;
         }
     }
+    broker.shutdown().await;
+}
+
+/// A record forged on the wire after the handshake (the right shape, a tag that cannot match),
+/// TLS 1.3 and 1.2: that session alone ends, with a bad_record_mac alert to its client, and
+/// `gateway_tls_record_failures_total` counts it; a parked TLS subscriber on the same listener
+/// still gets what is published afterwards (woken, its keys built again from its secrets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_ends_its_own_session_answered_and_counted() {
+    let dir = temp_dir("tls-forged");
+    let pki = Pki::new(&dir, "forged-record CA");
+    let broker = broker(&pki).await;
+    let ca = pki.ca_path();
+    let addr = broker.listeners[0];
+    let http = broker.http.expect("HTTP on");
+    let failures = || async {
+        let (status, text) = observe::request(http, "GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        observe::total(
+            &observe::samples(&text),
+            "gateway_tls_record_failures_total",
+            &[],
+        )
+    };
+    let topic = format!("forged/{}", unique_id("t"));
+    let mut sub = TlsClient::connect(addr, &Arc::new(rustls_client(&ca, "1.3", None))).await;
+    let mut hello = raw::encode_connect(&Connect::v311(&unique_id("forged-sub"), true, 60));
+    hello.extend(V::V311.subscribe(&topic, 1));
+    sub.send(&hello).await;
+    sub.expect(raw::CONNACK, "CONNACK").await;
+    sub.expect(raw::SUBACK, "SUBACK").await;
+    for (n, version) in ["1.3", "1.2"].into_iter().enumerate() {
+        let config = Arc::new(rustls_client(&ca, version, None));
+        let mut victim = TlsClient::connect(addr, &config).await;
+        victim
+            .send(&raw::encode_connect(&Connect::v311(
+                &unique_id("forged"),
+                true,
+                60,
+            )))
+            .await;
+        victim.expect(raw::CONNACK, "CONNACK").await;
+        let mut forged = vec![23, 3, 3, 0, 48];
+        forged.extend_from_slice(&[0x5c; 48]);
+        victim
+            .stream
+            .get_mut()
+            .0
+            .write_all(&forged)
+            .await
+            .expect("raw write");
+        let mut buf = [0u8; 64];
+        let answer = tokio::time::timeout(WAIT, victim.stream.read(&mut buf))
+            .await
+            .expect("an answer in time");
+        assert!(
+            format!("{answer:?}").contains("BadRecordMac"),
+            "TLS {version}: {answer:?}"
+        );
+        assert!(
+            eventually(WAIT, || broker.ctx.state().sessions_hibernating == 1).await,
+            "TLS {version}: the forged session gone, the subscriber parked"
+        );
+        assert_eq!(failures().await, (n + 1) as f64, "TLS {version}");
+    }
+    let mut publ = v5::connect(broker.addr, &unique_id("forged-pub")).await;
+    publ.publish_confirmed(&topic, v5::QoS::AtLeastOnce, false, "after")
+        .await;
+    let body = sub
+        .expect(raw::PUBLISH, "the message published after")
+        .await;
+    assert!(body.ends_with(b"after"), "{body:?}");
     broker.shutdown().await;
 }
 
