@@ -21,6 +21,29 @@ fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gatewa
     Gateway::cluster_node(&nats.url(), name, dir)
 }
 
+/// Runs device-sim on `scenario` (a run of `seconds`), kills node `a` with SIGKILL a third of
+/// the way in, and gives back what device-sim said and its report.
+async fn run_killing(
+    a: &mut Gateway,
+    scenario: &std::path::Path,
+    dir: &binary::scratch::Scratch,
+    seconds: u64,
+) -> (String, serde_json::Value) {
+    let report = dir.path().join("report.json");
+    let sim = device_sim_run(scenario, &report);
+    tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    let out = tokio::time::timeout(Duration::from_secs(seconds + 30), sim.wait_with_output())
+        .await
+        .expect("device-sim ends by itself")
+        .expect("device-sim ran");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("no report: {out:?}"));
+    println!("{said}");
+    (said, serde_json::from_str(&json).expect("report JSON"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
     let Some(nats) = NatsServer::start().await else {
@@ -46,21 +69,9 @@ async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
         ),
     )
     .expect("write scenario");
-    let report = dir.path().join("report.json");
-    let sim = device_sim_run(&scenario, &report);
     // Half the fleet (and one subscriber) is on `a` when it dies, a third of the way in.
-    tokio::time::sleep(Duration::from_secs(SECONDS / 3)).await;
-    a.child.kill().expect("SIGKILL node a");
-    a.child.wait().expect("reaped");
-    let out = tokio::time::timeout(Duration::from_secs(SECONDS + 30), sim.wait_with_output())
-        .await
-        .expect("device-sim ends by itself")
-        .expect("device-sim ran");
-    let said = String::from_utf8_lossy(&out.stdout);
-    let json = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("no report: {out:?}"));
-    println!("{said}");
-    let r: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
-    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {json}"));
+    let (said, r) = run_killing(&mut a, &scenario, &dir, SECONDS).await;
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     // Everyone is on `b` at the end: nobody waits for the dead node to come back.
     assert_eq!(n("devices_connected"), DEVICES, "{said}");
     assert_eq!(n("subscribers_connected"), 2, "{said}");
@@ -108,20 +119,8 @@ async fn persistent_sessions_of_a_killed_node_lose_nothing_acknowledged() {
         ),
     )
     .expect("write scenario");
-    let report = dir.path().join("report.json");
-    let sim = device_sim_run(&scenario, &report);
-    tokio::time::sleep(Duration::from_secs(SECONDS / 3)).await;
-    a.child.kill().expect("SIGKILL node a");
-    a.child.wait().expect("reaped");
-    let out = tokio::time::timeout(Duration::from_secs(SECONDS + 30), sim.wait_with_output())
-        .await
-        .expect("device-sim ends by itself")
-        .expect("device-sim ran");
-    let said = String::from_utf8_lossy(&out.stdout);
-    let json = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("no report: {out:?}"));
-    println!("{said}");
-    let r: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
-    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {json}"));
+    let (said, r) = run_killing(&mut a, &scenario, &dir, SECONDS).await;
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     assert_eq!(n("devices_connected"), DEVICES, "{said}");
     assert!(n("connect_failures") > 0, "{said}");
     assert_eq!(n("lost_acknowledged"), 0, "{said}");
