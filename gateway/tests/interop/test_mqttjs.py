@@ -1,5 +1,7 @@
-"""TLS with MQTT.js on node: by IP literal and by name, TLS 1.2 and 1.3, without and with a client
-certificate, against the gateway's `tls` listeners (the same PKI and listeners as `test_tls.py`).
+"""MQTT.js on node: over TLS by IP literal and by name, TLS 1.2 and 1.3, without and with a client
+certificate, against the gateway's `tls` listeners (the same PKI and listeners as `test_tls.py`);
+and over WebSocket and secure WebSocket, by IP literal and by name, MQTT 3.1.1 and 5, QoS 0, 1
+and 2 (the `ws`/`wss` listeners of `test_websocket.py`).
 
 Each case runs `node/mqttjs_client.js`, which connects, subscribes at QoS 1, publishes to its own
 topic and waits for the message; the negotiated TLS version and the SUBACK are checked here. With
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from test_websocket import ws_gateway  # noqa: F401 (a fixture)
 from tls_helpers import DEVICE, HOSTS
 
 HERE = Path(__file__).resolve().parent / "node"
@@ -86,16 +89,47 @@ def test_mqttjs_over_tls(node, tls_gateway, host, version, client_cert):
                     key=pki.client_key)
     else:
         args.update(port=tls_port, topic="open/js")
+    result, said = _run(node, args)
+    assert result == {
+        "protocol": f"TLSv{version}",
+        "granted": [1],
+        "received": args["payload"],
+    }, said
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+@pytest.mark.parametrize("mqtt", [4, 5], ids=["3.1.1", "5"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_mqttjs_over_websocket(node, ws_gateway, host, secure, mqtt, qos):
+    _gw, ws_port, wss_port, ca = ws_gateway
+    url = f"wss://{host}:{wss_port}/secure" if secure else f"ws://{host}:{ws_port}/mqtt"
+    args = {
+        "url": url,
+        "mqtt": mqtt,
+        "qos": qos,
+        "topic": f"js/ws/{int(secure)}/{mqtt}/{qos}",
+        "payload": f"mqtt.js over {url} MQTT {mqtt} QoS {qos}",
+    }
+    if secure:
+        args["ca"] = ca
+    result, said = _run(node, args)
+    # (MQTT.js's WebSocket stream does not tell the TLS version under wss.)
+    assert result == {
+        "protocol": None,
+        "granted": [qos],
+        "received": args["payload"],
+    }, said
+
+
+def _run(node: str, args: dict) -> tuple[dict, str]:
+    """Runs `node/mqttjs_client.js` with `args`: its JSON result, and what it printed."""
     env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
     done = subprocess.run(
         [node, str(HERE / "mqttjs_client.js"), json.dumps(args)],
         capture_output=True, text=True, timeout=30, env=env,
     )
     lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0 and lines, f"MQTT.js failed: {done.stdout}{done.stderr}"
-    result = json.loads(lines[-1])
-    assert result == {
-        "protocol": f"TLSv{version}",
-        "granted": [1],
-        "received": args["payload"],
-    }, done.stderr
+    said = f"{done.stdout}{done.stderr}"
+    assert done.returncode == 0 and lines, f"MQTT.js failed: {said}"
+    return json.loads(lines[-1]), said
