@@ -208,12 +208,12 @@ async fn a_client_that_stops_reading_is_still_closed_when_silence_would_hibernat
 /// now keeps its task for a second of silence (less when `hibernate_after` is shorter), and a
 /// packet within it is handled by that task; hibernation follows the silence as before.
 /// A connection storm does not keep all its sessions awake through their grace: beyond
-/// `GRACE_SLOTS` (1,024) sessions waiting for a first packet at once, a new session hibernates
+/// `GRACE_SLOTS` (128) sessions waiting for a first packet at once, a new session hibernates
 /// right after CONNACK (a storm's sessions awake at once are what its idle sessions cost in RSS
 /// afterwards: BENCHMARKS.md (a)). Both kinds answer their clients; the places are given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_beyond_the_grace_places_hibernates_at_once() {
-    const GRACE_SLOTS: usize = 1024;
+    const GRACE_SLOTS: usize = 128;
     const BEYOND: usize = 300;
     let broker = TestBroker::start().await;
     let mut told = false;

@@ -26,10 +26,12 @@ const FIRST_PACKET_GRACE: Duration = Duration::from_secs(1);
 /// registration (~1 KB), so an unbounded grace kept a whole storm awake for its last second:
 /// 19,000 sessions connected at 23,000/s, whose long-lived state was allocated among those
 /// buffers, and glibc's heap kept the peak's pages: 1.5 KB RSS per idle session afterwards
-/// instead of 0.6 KB. Bounded, the peak is about a megabyte whatever the storm; the first
-/// packets that miss the grace in a storm take the parker's way, as every session's first
-/// packet after a silence does.
-pub(super) const GRACE_SLOTS: usize = 1024;
+/// instead of 0.6 KB. Bounded, the peak is a few hundred kilobytes whatever the storm; the
+/// first packets that miss the grace in a storm take the parker's way, as every session's
+/// first packet after a silence does. 128 rather than 1,024 (BENCHMARKS.md, issue 17): RSS per
+/// idle session 1,294 / 672 / 630 B at 1,000 / 10,000 / 19,000 sessions against 2,101 / 758 /
+/// 675 B, the connect rate unchanged.
+pub(super) const GRACE_SLOTS: usize = 128;
 
 /// Now on the broker's clock: nanoseconds since `ctx.started`, the unit of a client's
 /// `last_read` / `last_write` (eight bytes each where an `Instant` takes sixteen). Read from
