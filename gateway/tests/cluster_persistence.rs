@@ -244,9 +244,6 @@ async fn an_inbound_qos2_flow_survives_its_node_and_completes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: in 2 of 3 CI runs the PUBACK came within the second nats-server was stopped \
-            (passes 8 of 8 here); acknowledged before JetStream, or refused (the test cannot tell), \
-            is not known yet: run with --ignored"]
 async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
     let Some(nats) = NatsServer::start().await else {
         return;
@@ -264,29 +261,35 @@ async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
     // Its PUBACK comes once JetStream acked its record and every one before (the subscriber's
     // leaving): nothing of the store is in flight when nats-server stops below. (CI saw the
     // PUBACK of the next one within the pause once: a write left in flight fails meanwhile.)
-    publisher
-        .publish_confirmed("aw/warm", v5::QoS::AtLeastOnce, false, "warm")
-        .await;
+    let warm = publisher.publish_acked("aw/warm", "warm").await;
+    assert_eq!(warm, v5::PubAckReason::Success, "the first message stored");
 
     // JetStream does not answer: the message is routed, its PUBACK waits.
     nats.pause(true);
+    let paused = Instant::now();
     let sent = tokio::spawn(async move {
         let mut publisher = publisher;
-        publisher
-            .publish_confirmed("aw/x", v5::QoS::AtLeastOnce, false, "kept")
-            .await;
-        publisher
+        let reason = publisher.publish_acked("aw/x", "kept").await;
+        (publisher, reason, paused.elapsed())
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let early = sent.is_finished();
     nats.pause(false);
-    assert!(!early, "PUBACK sent before JetStream stored the message");
     // (A write whose ack timed out meanwhile is sent again after a pause: allow for it on a
     // loaded machine.)
-    let publisher = tokio::time::timeout(WAIT * 3, sent)
+    let (publisher, reason, after) = tokio::time::timeout(WAIT * 3, sent)
         .await
         .expect("PUBACK once JetStream answers")
         .expect("publisher task");
+    assert!(
+        !early,
+        "PUBACK ({reason:?}) {after:?} after nats-server stopped, before JetStream stored the message"
+    );
+    assert_eq!(
+        reason,
+        v5::PubAckReason::Success,
+        "stored once JetStream answered"
+    );
     // Acknowledged: it outlives its node at once.
     a.child.kill().expect("SIGKILL node a");
     a.child.wait().expect("reaped");

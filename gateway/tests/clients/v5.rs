@@ -3,8 +3,8 @@
 
 use super::*;
 pub use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnectProperties, Filter, LastWill, LastWillProperties, Packet, Publish,
-    PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+    ConnAck, ConnectProperties, Filter, LastWill, LastWillProperties, Packet, PubAckReason,
+    Publish, PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
 };
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
@@ -154,6 +154,22 @@ impl Client {
             .wait_for(&what, |e| match incoming(e) {
                 Some(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => Some(()),
                 Some(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => Some(()),
+                _ => None,
+            })
+            .await
+    }
+
+    /// Publishes at QoS 1 and returns its PUBACK's reason (a refusal is an acknowledgement too).
+    pub async fn publish_acked(
+        &mut self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> PubAckReason {
+        self.publish(topic, QoS::AtLeastOnce, false, payload).await;
+        let what = format!("PUBACK of a publish to {topic}");
+        self.events
+            .wait_for(&what, |e| match incoming(e) {
+                Some(Packet::PubAck(a)) => Some(a.reason),
                 _ => None,
             })
             .await

@@ -134,20 +134,46 @@ impl NatsServer {
         varz["in_msgs"].as_u64().expect("in_msgs in /varz")
     }
 
-    /// Stops the server (as a crash would: SIGKILL).
     /// Stops (SIGSTOP) or resumes (SIGCONT) the server: its connections stay open, nothing is
-    /// answered meanwhile.
+    /// answered meanwhile. A stop returns only once every thread of it has stopped: kill(2)
+    /// returns before that, and on a busy machine its threads went on answering for a few
+    /// milliseconds (JetStream acks a test took for the gateway's own).
     pub fn pause(&self, paused: bool) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
         // SAFETY: signals our own child process.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal nats-server");
+        if !paused {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
+    /// Stops the server (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: libc::pid_t) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name, which may hold spaces.
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        state == Some(Some('T'))
+    })
 }
 
 /// Runs the server with its store under `dir`, its log appended to `dir`'s `nats.log`.
