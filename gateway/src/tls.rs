@@ -36,6 +36,7 @@ use crate::config::{ConfigError, ListenerConfig};
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod handshake;
+mod key_schedule;
 mod record;
 mod stream;
 mod traffic;
@@ -125,8 +126,10 @@ fn server_config(index: usize, l: &ListenerConfig) -> Result<Arc<ServerConfig>, 
     server.ticketer = aws_lc_rs::Ticketer::new()
         .map_err(|e| file_error(&key_name("cert"), cert_path, format!("ticket key: {e}")))?;
     server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    // `stream` takes the records over once the handshake is done (`tls::traffic`).
+    // `stream` takes the records over once the handshake is done (`tls::traffic`), with the
+    // TLS 1.3 traffic secrets for KeyUpdate (`tls::key_schedule`).
     server.enable_secret_extraction = true;
+    server.key_log = Arc::new(key_schedule::TrafficSecretLog);
     Ok(Arc::new(server))
 }
 

@@ -1,7 +1,8 @@
 //! A TLS handshake on rustls's unbuffered API (`UnbufferedServerConnection`), where the caller
-//! owns the record buffers, up to the point where rustls hands the session's traffic secrets
-//! over (`dangerous_into_kernel_connection`, which `tls.rs` enables with
-//! `enable_secret_extraction`): the records after it are `traffic`'s.
+//! owns the record buffers, up to the point where rustls hands the session's keys over
+//! (`dangerous_into_kernel_connection`, which `tls.rs` enables with `enable_secret_extraction`), with
+//! the TLS 1.3 traffic secrets it logged meanwhile (`key_schedule::capture`): the records after
+//! it are `traffic`'s.
 //!
 //! rustls runs until it reports `WriteTraffic` with the handshake complete: by then it has
 //! queued everything it sends (its Finished, TLS 1.3 session tickets), and decrypted any
@@ -18,6 +19,7 @@ use tokio_rustls::rustls::server::UnbufferedServerConnection;
 use tokio_rustls::rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 use tokio_rustls::rustls::ServerConfig;
 
+use super::key_schedule::{capture, Logged};
 use super::record::MAX_PLAINTEXT;
 use super::traffic::Traffic;
 use super::wire::{release, Wire};
@@ -35,11 +37,16 @@ pub(crate) async fn handshake(
     plaintext: &mut Vec<u8>,
 ) -> io::Result<Done> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    std::future::poll_fn(|cx| poll(&mut conn, wire, plaintext, cx)).await?;
+    let mut logged = Logged::default();
+    std::future::poll_fn(|cx| capture(&mut logged, || poll(&mut conn, wire, plaintext, cx)))
+        .await?;
     let peer_certificates = conn.peer_certificates().map(<[_]>::to_vec);
+    // The kernel connection's key schedule is not kept: `logged` holds what KeyUpdate needs.
     let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-    let traffic =
-        Traffic::new(secrets, kernel).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let (version, suite) = (kernel.protocol_version(), kernel.negotiated_cipher_suite());
+    drop(kernel);
+    let traffic = Traffic::new(version, suite, secrets, logged)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Done {
         traffic,
         peer_certificates,

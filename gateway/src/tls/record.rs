@@ -90,6 +90,10 @@ pub(crate) enum Aead {
 }
 
 impl Aead {
+    pub(crate) fn key_len(self) -> usize {
+        self.algorithm().key_len()
+    }
+
     fn algorithm(self) -> &'static Algorithm {
         match self {
             Aead::Aes128Gcm => &AES_128_GCM,
@@ -154,6 +158,10 @@ impl Direction {
             seq,
             key: None,
         }
+    }
+
+    pub(crate) fn aead(&self) -> Aead {
+        self.secret.aead
     }
 
     /// Records protected so far under the current secret.

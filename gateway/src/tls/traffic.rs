@@ -5,14 +5,12 @@
 //! renegotiation refused with a no_renegotiation warning as rustls does. Anything else is
 //! answered with a fatal alert (RFC 8446 §6.2) and ends the session.
 //!
-//! rustls's `KernelConnection` stays for TLS 1.3 only: it derives the next secrets of either
-//! direction on a KeyUpdate (its key schedule). TLS 1.2 has no key updates, so nothing of rustls
-//! stays.
+//! TLS 1.3 sessions keep their two application traffic secrets for KeyUpdate (`key_schedule`);
+//! TLS 1.2 has no key updates, so nothing but the record protection stays.
 
-use tokio_rustls::rustls::kernel::KernelConnection;
-use tokio_rustls::rustls::server::ServerConnectionData;
 use tokio_rustls::rustls::{ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
+use super::key_schedule::{KeySchedule, Logged};
 use super::record::{
     Direction, RecordError, Version, ALERT, APPLICATION_DATA, HANDSHAKE, MAX_PLAINTEXT,
 };
@@ -39,8 +37,8 @@ pub(crate) enum Read {
 
 pub(crate) struct Traffic {
     version: Version,
-    /// TLS 1.3's key schedule for KeyUpdate; `None` on TLS 1.2.
-    kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+    /// TLS 1.3's traffic secrets for KeyUpdate; `None` on TLS 1.2.
+    updates: Option<Box<KeySchedule>>,
     rx: Direction,
     tx: Direction,
     /// Records `tx` may seal under one key.
@@ -68,17 +66,20 @@ impl Message {
 }
 
 impl Traffic {
-    /// Takes over from rustls once the handshake is done.
+    /// Takes over from rustls once the handshake is done: the negotiated version and suite, the
+    /// current keys and sequence numbers, and (TLS 1.3) the traffic secrets it logged.
     pub(crate) fn new(
+        version: ProtocolVersion,
+        suite: SupportedCipherSuite,
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        logged: Logged,
     ) -> Result<Traffic, RecordError> {
-        let version = match kernel.protocol_version() {
+        let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
             _ => return Err(RecordError::Exhausted),
         };
-        let limit = match kernel.negotiated_cipher_suite() {
+        let limit = match suite {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
             SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
         };
@@ -86,25 +87,25 @@ impl Traffic {
         let (Some(rx), Some(tx)) = (rx, tx) else {
             return Err(RecordError::Exhausted);
         };
-        Ok(Traffic::with(
-            version,
-            (version == Version::Tls13).then(|| Box::new(kernel)),
-            rx,
-            tx,
-            limit,
-        ))
+        let updates = match version {
+            Version::Tls13 => Some(Box::new(
+                KeySchedule::new(tx.aead(), logged).ok_or(RecordError::Exhausted)?,
+            )),
+            Version::Tls12 => None,
+        };
+        Ok(Traffic::with(version, updates, rx, tx, limit))
     }
 
     pub(crate) fn with(
         version: Version,
-        kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+        updates: Option<Box<KeySchedule>>,
         rx: Direction,
         tx: Direction,
         limit: u64,
     ) -> Traffic {
         Traffic {
             version,
-            kernel,
+            updates,
             rx,
             tx,
             limit,
@@ -323,11 +324,8 @@ impl Traffic {
             .key_updates_left
             .checked_sub(1)
             .ok_or(RecordError::Unexpected)?;
-        let kernel = self.kernel.as_mut().ok_or(RecordError::Unexpected)?;
-        let next = kernel
-            .update_rx_secret()
-            .map_err(|_| RecordError::Exhausted)?;
-        self.rx = Direction::new(next).ok_or(RecordError::Exhausted)?;
+        let updates = self.updates.as_mut().ok_or(RecordError::Unexpected)?;
+        self.rx = updates.next_rx()?;
         if request == 1 {
             self.update_tx(outgoing)?;
         }
@@ -336,13 +334,10 @@ impl Traffic {
 
     /// Announces a new sending key (not asking the peer for one) and switches to it.
     fn update_tx(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
-        let kernel = self.kernel.as_mut().ok_or(RecordError::Exhausted)?;
+        let updates = self.updates.as_mut().ok_or(RecordError::Exhausted)?;
         self.tx
             .seal(self.version, HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], outgoing)?;
-        let next = kernel
-            .update_tx_secret()
-            .map_err(|_| RecordError::Exhausted)?;
-        self.tx = Direction::new(next).ok_or(RecordError::Exhausted)?;
+        self.tx = updates.next_tx()?;
         Ok(())
     }
 }

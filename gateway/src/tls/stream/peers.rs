@@ -103,30 +103,39 @@ async fn large_messages_cross_many_records_both_ways_with_every_suite() {
     assert_eq!(tried, 6, "3 TLS 1.3 suites and 3 ECDSA TLS 1.2 ones");
 }
 
-/// TLS 1.3: the client rotates its key (rustls: KeyUpdate, not requesting ours); the server
-/// rotates its own when its sending key nears the limit (lowered to a few records here).
+/// TLS 1.3, every suite (SHA-256 and SHA-384 key schedules): the client rotates its key
+/// (rustls: KeyUpdate, not requesting ours); the server rotates its own when its sending key
+/// nears the limit (lowered to a few records here). Both directions' next keys are the
+/// gateway's own derivation (`key_schedule`), checked against rustls's.
 #[tokio::test]
 async fn key_updates_from_the_client_and_at_the_servers_limit() {
     let (config, cert, _) = server_config("key-update");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let suite = aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let client = tokio::spawn(async move {
-        let mut c = connect(addr, client_config(cert, suite)).await;
-        for round in 0..6 {
-            c.get_mut().1.refresh_traffic_keys().expect("KeyUpdate");
-            round_trip(&mut c, format!("round {round}").as_bytes()).await;
-            round_trip(&mut c, &vec![round as u8; 40_000]).await;
-        }
-        c.shutdown().await.expect("close_notify");
-    });
-    let (socket, _) = listener.accept().await.expect("accept");
-    let mut tls = accept(config, socket, Counter::noop())
-        .await
-        .expect("handshake");
-    tls.traffic.lower_limit(4);
-    assert!(echo(tls).await.is_none());
-    client.await.expect("client");
+    use aws_lc_rs::cipher_suite::*;
+    for suite in [
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let cert = cert.clone();
+        let client = tokio::spawn(async move {
+            let mut c = connect(addr, client_config(cert, suite)).await;
+            for round in 0..6 {
+                c.get_mut().1.refresh_traffic_keys().expect("KeyUpdate");
+                round_trip(&mut c, format!("round {round}").as_bytes()).await;
+                round_trip(&mut c, &vec![round as u8; 40_000]).await;
+            }
+            c.shutdown().await.expect("close_notify");
+        });
+        let (socket, _) = listener.accept().await.expect("accept");
+        let mut tls = accept(config.clone(), socket, Counter::noop())
+            .await
+            .expect("handshake");
+        tls.traffic.lower_limit(4);
+        assert!(echo(tls).await.is_none(), "{suite:?}");
+        client.await.expect("client");
+    }
 }
 
 /// OpenSSL's `s_client` asks for the server's KeyUpdate (its `K` command): the server answers
