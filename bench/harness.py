@@ -918,6 +918,81 @@ backoff_max = "1s"
     return out
 
 
+def wl_tls_storm_latency(broker, workdir, opts):
+    """(n) QoS 1 latency of established TLS clients while --tls-storm-devices new TLS devices
+    connect unpaced (100 handshakes in flight): a probe of 100 TLS publishers at 10 msg/s each
+    to one wildcard subscriber runs --tls-latency-seconds, alone on a fresh broker ("quiet"),
+    then again with the storm starting 3 s in ("storm"), for each key of --tls-storm-keys.
+    The probe's p99 covers its whole run; the storm's span is reported beside it."""
+    if broker.kind not in TLS_KINDS:
+        return {}
+    pki = tls_pki(workdir)
+    secs, n = opts.tls_latency_seconds, opts.tls_storm_devices
+    out = {}
+    for key in opts.tls_storm_keys.split(","):
+        tls = pki[key]
+        for phase in ("quiet", "storm"):
+            broker.tls = tls
+            broker.restart()
+            probe_report = os.path.join(workdir, "probe.json")
+            if os.path.exists(probe_report):
+                os.remove(probe_report)
+            port = SIM_HTTP_PORT + 50
+            while not port_free(port):
+                port += 1
+            probe = subprocess.Popen(
+                [SIM, "run", *broker.sim_targets(), "--source-ips", SOURCE_IPS,
+                 "--report", probe_report, "--http-listen", f"127.0.0.1:{port}",
+                 "--devices", "100", "--subscribers", "1", "--qos", "1", "--payload", "64",
+                 "--publish-interval", "100ms", "--connect-rate", "1000",
+                 "--duration", f"{secs}s", "--drain", "3s", "--client-id", "probe-{id}",
+                 "--topic", "probe/{id}/t", *tls_args(tls)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=open(os.path.join(workdir, "probe.log"), "w"), preexec_fn=set_limits)
+            CHILDREN.append(probe)
+            try:
+                time.sleep(3)
+                if phase == "storm":
+                    def watch(sim, b):
+                        t0 = time.time()
+                        while sim.poll() is None and time.time() - t0 < secs:
+                            c = sim_metric("device_sim_devices_connected")
+                            if c is not None and c >= n:
+                                break
+                            time.sleep(0.1)
+                        span = time.time() - t0
+                        # The storm's devices stay connected (idle) until the probe ends.
+                        remaining = secs - 3 - span
+                        if remaining > 0:
+                            time.sleep(remaining)
+                        if sim.poll() is None:
+                            os.kill(sim.pid, signal.SIGINT)
+                        return {"span": span}
+
+                    report, _, extra = run_sim(broker, workdir, [
+                        "--devices", str(n), "--subscribers", "0", "--publish-interval", "0",
+                        "--keep-alive", "300s", "--connect-rate", "1000000",
+                        "--connect-window", "100", "--duration", f"{secs}s", "--drain", "0s",
+                        "--connect-timeout", "30s", "--client-id", "tls-storm-{id}",
+                        *tls_args(tls)], watch)
+                    out[f"n_{key}_storm_connected"] = report["devices_connected"]
+                    out[f"n_{key}_storm_span_s"] = round(extra["span"], 2)
+                    out[f"n_{key}_storm_connects_per_s"] = report["connect_rate_per_s"]
+                    out["loadavg_1m"] = max(out.get("loadavg_1m", 0), extra["loadavg_1m"])
+                probe.wait(timeout=secs + 60)
+            finally:
+                stop(probe, signal.SIGKILL)
+                forget(probe)
+            with open(probe_report) as f:
+                r = json.load(f)
+            out[f"n_{key}_{phase}_latency_p50_ms"] = r["latency_ms"]["p50"]
+            out[f"n_{key}_{phase}_latency_p99_ms"] = r["latency_ms"]["p99"]
+            out[f"n_{key}_{phase}_puback_p99_ms"] = r["puback_ms"]["p99"]
+            out[f"n_{key}_{phase}_lost"] = r["lost"]
+            out["loadavg_1m"] = max(out.get("loadavg_1m", 0), round(os.getloadavg()[0], 2))
+    return out
+
+
 WORKLOADS = {
     "a": ("idle connections: RSS per session, connect rate", wl_idle),
     "b": ("QoS 0 fan-in: 100 publishers -> 1 wildcard subscriber, 64 B", wl_fanin(0)),
@@ -932,6 +1007,7 @@ WORKLOADS = {
     "k": ("QoS 1 fan-in, deep window: (c) with 100 publishers x --deep-window in flight", wl_fanin(1, deep=True)),
     "l": ("cross-node QoS 0 fan-in: (b) with publishers on node A, the subscriber on node B", wl_cross(0)),
     "m": ("cross-node QoS 1 fan-in: (c) with publishers on node A, the subscriber on node B", wl_cross(1)),
+    "n": ("QoS 1 latency of 100 established TLS publishers during a TLS connect storm", wl_tls_storm_latency),
 }
 # Workloads on persistent sessions: their brokers get a store where they have one to turn on.
 PERSISTENT_WORKLOADS = {"g"}
@@ -939,8 +1015,8 @@ PERSISTENT_WORKLOADS = {"g"}
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="abcdef",
-                    help="letters of the workloads to run ((g)-(m) only when named; "
-                    "(h) and (i) run against the gateway and Mosquitto only, (l) and (m) "
+                    help="letters of the workloads to run ((g)-(n) only when named; "
+                    "(h), (i) and (n) run against the gateway and Mosquitto only, (l) and (m) "
                     "against gateway, gateway-cluster, nats and nats-cluster only)")
     ap.add_argument("--brokers", default="gateway,mosquitto,nats,rumqttd",
                     help="brokers, in the order of the table; gateway-VARIANT runs the gateway "
@@ -969,6 +1045,8 @@ def main():
     ap.add_argument("--tls-storm-devices", type=int, default=10000)
     ap.add_argument("--tls-storm-keys", default="ecdsa,rsa",
                     help="server keys of (i), comma-separated: ecdsa (P-256), rsa (2048)")
+    ap.add_argument("--tls-latency-seconds", type=int, default=20,
+                    help="(n): the probe's publishing time; the storm starts 3 s in")
     ap.add_argument("--tls-storm-at", type=int, default=20,
                     help="seconds into (i) when the devices are dropped (all must be connected)")
     ap.add_argument("--gateway-bin", action="append", default=[], metavar="LABEL=PATH",

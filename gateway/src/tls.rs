@@ -36,6 +36,7 @@ use crate::config::{ConfigError, ListenerConfig};
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod handshake;
+mod handshake_pool;
 mod key_schedule;
 mod record;
 mod stream;

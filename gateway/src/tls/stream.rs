@@ -1,8 +1,9 @@
 //! A TLS server session over a TCP socket, which hibernates with its MQTT session: parked, it
-//! keeps the traffic secrets and sequence numbers of both directions (and on TLS 1.3 rustls's key
-//! schedule, for KeyUpdate), its socket off tokio's reactor, and nothing else.
+//! keeps the keys and sequence numbers of both directions (and on TLS 1.3 the two traffic secrets,
+//! for KeyUpdate), its socket off tokio's reactor, and nothing else.
 //!
-//! rustls does the handshake (`handshake`); the records after it are ours (`traffic` over
+//! rustls does the handshake (`handshake`, on the handshake threads: `handshake_pool`); the
+//! records after it are ours (`traffic` over
 //! `record`), so that no rustls connection state outlives the handshake. Measured with a
 //! counting allocator (`tests::bytes_held_by_a_parked_session`, P-256): a parked session held
 //! 2,681 bytes for TLS 1.3 when it kept rustls's whole connection (its 1,088 bytes inline, the
@@ -26,6 +27,7 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::ServerConfig;
 
 use super::handshake::{handshake, Done};
+use super::handshake_pool;
 use super::record::RecordError;
 use super::traffic::{Read, Traffic};
 use super::wire::{release, Wire};
@@ -38,7 +40,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 pub(crate) struct TlsStream {
     wire: Wire,
-    /// Boxed: the record layer's secrets (and TLS 1.3 key schedule) are the parked session's
+    /// Boxed: the record layer's secrets (and TLS 1.3 traffic secrets) are the parked session's
     /// bulk; the stream's own fields stay small.
     traffic: Box<Traffic>,
     /// Decrypted bytes; `taken` of them returned.
@@ -53,9 +55,27 @@ pub(crate) struct TlsStream {
     close_sent: bool,
 }
 
-/// Completes a TLS handshake on `socket` with `config`; `failures` counts the records the
+/// Completes a TLS handshake on `socket` with `config`, on the handshake threads (the socket
+/// goes to their reactor and comes back: `handshake_pool`); `failures` counts the records the
 /// session refuses afterwards.
 pub(crate) async fn accept(
+    config: Arc<ServerConfig>,
+    socket: TcpStream,
+    failures: Counter,
+) -> io::Result<TlsStream> {
+    let socket = socket.into_std()?;
+    let mut tls = handshake_pool::run(async move {
+        let mut tls = accept_here(config, TcpStream::from_std(socket)?, failures).await?;
+        tls.wire.park()?;
+        Ok(tls)
+    })
+    .await?;
+    tls.wire.resume()?;
+    Ok(tls)
+}
+
+/// `accept` on the calling task.
+async fn accept_here(
     config: Arc<ServerConfig>,
     socket: TcpStream,
     failures: Counter,

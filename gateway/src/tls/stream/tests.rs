@@ -105,7 +105,8 @@ async fn held(
         tls.flush().await.expect("flush");
         Box::new(tls)
     } else {
-        let mut tls = accept(config.clone(), socket, metrics::Counter::noop())
+        // On this thread, whose allocations are the ones counted.
+        let mut tls = accept_here(config.clone(), socket, metrics::Counter::noop())
             .await
             .expect("handshake");
         tls.read_exact(&mut ping).await.expect("read");
