@@ -415,15 +415,36 @@ def available_brokers(wanted):
 # ---------------------------------------------------------------- device-sim
 
 
-def sim_metric(name):
+def sim_metric(name, labels=None):
+    """The running simulator's figure `name` (its first series, or the one with `labels`, e.g.
+    'reason="disconnect_event"')."""
+    heads = (f"{name}{{{labels}}} ",) if labels else (name + " ", name + "{")
     try:
         with urllib.request.urlopen(f"http://{SIM_HTTP[0]}/metrics", timeout=1) as r:
             for line in r.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{"):
+                if line.startswith(heads):
                     return float(line.rsplit(" ", 1)[1])
     except OSError:
         return None
     return None
+
+
+class BackAfterEvent:
+    """Tells when a storm's fleet is back: every device dropped by the disconnect event
+    (device-sim's counter), then the connected gauge at `n` in a sample taken after the drops
+    (it is updated once a second: a sample from before the event ended runs at once)."""
+
+    def __init__(self, n):
+        self.n, self.dropped_at = n, None
+
+    def back(self):
+        if self.dropped_at is None:
+            dropped = sim_metric("device_sim_disconnects_total", 'reason="disconnect_event"')
+            if dropped is not None and dropped >= self.n:
+                self.dropped_at = time.time()
+            return False
+        c = sim_metric("device_sim_devices_connected")
+        return time.time() - self.dropped_at > 1.2 and c is not None and c >= self.n
 
 
 def run_sim(broker, workdir, args, watch=None):
@@ -691,12 +712,12 @@ backoff_max = "1s"
 """)
 
     def watch(sim, b):
-        # Ends the run once the simulator's connected gauge (updated once a second) shows the
-        # fleet back after the event; the figure itself is device-sim's own, to the millisecond.
+        # Ends the run once the fleet is back after the event; the figure itself is
+        # device-sim's own, to the millisecond.
         t0 = time.time()
+        fleet = BackAfterEvent(n)
         while sim.poll() is None and time.time() - t0 < at + opts.storm_window + 10:
-            c = sim_metric("device_sim_devices_connected")
-            if time.time() - t0 > at + 3 and c is not None and c >= n:
+            if fleet.back():
                 break
             time.sleep(0.1)
         time.sleep(0.5)
@@ -888,11 +909,13 @@ backoff_max = "1s"
             t0 = time.time()
             cpu_before = None
             connected_before = None
+            fleet = None
             while sim.poll() is None and time.time() - t0 < at + opts.storm_window + 10:
-                c = sim_metric("device_sim_devices_connected")
                 if cpu_before is None and time.time() - t0 >= at - 1:
-                    cpu_before, connected_before = b.cpu(), c
-                if time.time() - t0 > at + 1 and c is not None and c >= n:
+                    cpu_before = b.cpu()
+                    connected_before = sim_metric("device_sim_devices_connected")
+                    fleet = BackAfterEvent(int(connected_before or n))
+                if fleet is not None and fleet.back():
                     break
                 time.sleep(0.1)
             cpu_after = b.cpu()

@@ -118,13 +118,13 @@ impl Broker {
             None => (None, None),
         };
         let router = Arc::new(router.with_ingest(ingest.clone()));
-        let listener = listener::bind(config.mqtt.listen)
+        let listener = listener::bind(config.mqtt.listen, &config)
             .with_context(|| format!("cannot listen on {}", config.mqtt.listen))?;
         let local_addr = listener.local_addr()?;
         info!(%local_addr, fd_limit, max_connections, "MQTT listener bound");
         let mut extra = Vec::with_capacity(config.listeners.len());
         for (index, l) in config.listeners.iter().enumerate() {
-            let socket = listener::bind(l.bind).with_context(|| {
+            let socket = listener::bind(l.bind, &config).with_context(|| {
                 format!("cannot listen on {} (listeners[{index}].bind)", l.bind)
             })?;
             info!(kind = l.kind.as_str(), local_addr = %socket.local_addr()?, "listener bound");

@@ -595,6 +595,7 @@ fn server_keepalive(client: &tokio::net::TcpStream) -> Option<(bool, Duration, D
         let socket = socket2::SockRef::from(&fd);
         let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
         if peer == Some(me) && socket.local_addr().ok().and_then(|a| a.as_socket()) != Some(me) {
+            assert!(socket.nodelay().expect("TCP_NODELAY"), "TCP_NODELAY on");
             return Some((
                 socket.keepalive().expect("SO_KEEPALIVE"),
                 socket.keepalive_time().expect("TCP_KEEPIDLE"),
@@ -607,7 +608,8 @@ fn server_keepalive(client: &tokio::net::TcpStream) -> Option<(bool, Duration, D
 }
 
 /// Accepted sockets of every listener kind get TCP keepalive as `mqtt.tcp_keepalive_*` say, so
-/// a peer that vanished without a word is found even on a connection with nothing to send.
+/// a peer that vanished without a word is found even on a connection with nothing to send, and
+/// TCP_NODELAY (both inherited from the listening socket).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_sockets_get_tcp_keepalive() {
     let ws = ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().expect("literal"));
@@ -622,8 +624,8 @@ async fn accepted_sockets_get_tcp_keepalive() {
         .await;
         for addr in [broker.addr, broker.listeners[0]] {
             let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            // The broker sets keepalive just after accepting: its socket can be seen a moment
-            // before that, so wait for the setting, not only for the socket.
+            // The broker's end appears once its accept loop took it: wait for it. (When keepalive
+            // was set after accepting, the socket could be seen a moment before the setting.)
             let mut found = None;
             for _ in 0..100 {
                 found = server_keepalive(&client);

@@ -71,6 +71,11 @@ pub(crate) async fn accept(
     })
     .await?;
     tls.wire.resume()?;
+    // What the session keeps moves into this thread's allocations: left in the handshake
+    // threads' malloc arenas, these small survivors pinned the pages of the handshakes' transient
+    // buffers there (RSS per idle TLS session 1.9 KB -> 3.2 KB at 3,000 sessions).
+    tls.traffic = Box::new(*tls.traffic);
+    tls.traffic.rehome();
     Ok(tls)
 }
 
