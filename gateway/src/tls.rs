@@ -36,11 +36,11 @@ use crate::config::{ConfigError, ListenerConfig};
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod handshake;
-mod handshake_pool;
 mod key_schedule;
 mod record;
 mod stream;
 mod traffic;
+mod turns;
 mod wire;
 
 pub(crate) use stream::accept;

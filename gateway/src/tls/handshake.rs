@@ -12,16 +12,18 @@
 
 use std::io;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::server::UnbufferedServerConnection;
 use tokio_rustls::rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
 use tokio_rustls::rustls::ServerConfig;
 
+use futures_util::FutureExt;
+
 use super::key_schedule::{capture, Logged};
 use super::record::MAX_PLAINTEXT;
 use super::traffic::Traffic;
+use super::turns;
 use super::wire::{release, Wire};
 
 /// What a handshake leaves: the session, and the client's certificate chain when it sent one.
@@ -38,8 +40,34 @@ pub(crate) async fn handshake(
 ) -> io::Result<Done> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
     let mut logged = Logged::default();
-    std::future::poll_fn(|cx| capture(&mut logged, || poll(&mut conn, wire, plaintext, cx)))
-        .await?;
+    loop {
+        let step = {
+            // rustls's work on what arrived (key exchange, signature, certificate checks) is
+            // the CPU-heavy part: it waits its turn (`turns`). Its first call has no input.
+            let _turn = match wire.incoming.is_empty() {
+                true => None,
+                false => turns::take().await,
+            };
+            capture(&mut logged, || run(&mut conn, wire, plaintext))
+        };
+        let done = match step {
+            Ok(done) => done,
+            Err(e) => {
+                // Run again for the alert rustls queued (it answers the error again then), and
+                // send it if the socket takes it at once.
+                let _ = run(&mut conn, wire, plaintext);
+                let _ = std::future::poll_fn(|cx| wire.poll_send(cx)).now_or_never();
+                return Err(e);
+            }
+        };
+        std::future::poll_fn(|cx| wire.poll_send(cx)).await?;
+        if done {
+            break;
+        }
+        if std::future::poll_fn(|cx| wire.poll_fill(cx)).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     let peer_certificates = conn.peer_certificates().map(<[_]>::to_vec);
     // The kernel connection's key schedule is not kept: `logged` holds what KeyUpdate needs.
     let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
@@ -51,33 +79,6 @@ pub(crate) async fn handshake(
         traffic,
         peer_certificates,
     })
-}
-
-fn poll(
-    conn: &mut UnbufferedServerConnection,
-    wire: &mut Wire,
-    plaintext: &mut Vec<u8>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    loop {
-        // Run again after an error for the alert rustls queued; it answers the error again then.
-        let done = match run(conn, wire, plaintext) {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = run(conn, wire, plaintext);
-                // The alert saying why, if the socket takes it at once.
-                let _ = wire.poll_send(cx);
-                return Poll::Ready(Err(e));
-            }
-        };
-        ready!(wire.poll_send(cx))?;
-        if done {
-            return Poll::Ready(Ok(()));
-        }
-        if ready!(wire.poll_fill(cx))? == 0 {
-            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
 }
 
 /// Runs rustls over the input until it needs more (false), or until the handshake is done and

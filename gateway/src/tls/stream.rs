@@ -2,8 +2,8 @@
 //! keeps the keys and sequence numbers of both directions (and on TLS 1.3 the two traffic secrets,
 //! for KeyUpdate), its socket off tokio's reactor, and nothing else.
 //!
-//! rustls does the handshake (`handshake`, on the handshake threads: `handshake_pool`); the
-//! records after it are ours (`traffic` over
+//! rustls does the handshake (`handshake`, its CPU-heavy steps in `turns`); the records after
+//! it are ours (`traffic` over
 //! `record`), so that no rustls connection state outlives the handshake. Measured with a
 //! counting allocator (`tests::bytes_held_by_a_parked_session`, P-256): a parked session held
 //! 2,681 bytes for TLS 1.3 when it kept rustls's whole connection (its 1,088 bytes inline, the
@@ -27,7 +27,6 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::ServerConfig;
 
 use super::handshake::{handshake, Done};
-use super::handshake_pool;
 use super::record::RecordError;
 use super::traffic::{Read, Traffic};
 use super::wire::{release, Wire};
@@ -55,32 +54,9 @@ pub(crate) struct TlsStream {
     close_sent: bool,
 }
 
-/// Completes a TLS handshake on `socket` with `config`, on the handshake threads (the socket
-/// goes to their reactor and comes back: `handshake_pool`); `failures` counts the records the
+/// Completes a TLS handshake on `socket` with `config`; `failures` counts the records the
 /// session refuses afterwards.
 pub(crate) async fn accept(
-    config: Arc<ServerConfig>,
-    socket: TcpStream,
-    failures: Counter,
-) -> io::Result<TlsStream> {
-    let socket = socket.into_std()?;
-    let mut tls = handshake_pool::run(async move {
-        let mut tls = accept_here(config, TcpStream::from_std(socket)?, failures).await?;
-        tls.wire.park()?;
-        Ok(tls)
-    })
-    .await?;
-    tls.wire.resume()?;
-    // What the session keeps moves into this thread's allocations: left in the handshake
-    // threads' malloc arenas, these small survivors pinned the pages of the handshakes' transient
-    // buffers there (RSS per idle TLS session 1.9 KB -> 3.2 KB at 3,000 sessions).
-    tls.traffic = Box::new(*tls.traffic);
-    tls.traffic.rehome();
-    Ok(tls)
-}
-
-/// `accept` on the calling task.
-async fn accept_here(
     config: Arc<ServerConfig>,
     socket: TcpStream,
     failures: Counter,

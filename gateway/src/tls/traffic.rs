@@ -116,13 +116,6 @@ impl Traffic {
         }
     }
 
-    /// Moves the TLS 1.3 traffic secrets into an allocation of the calling thread.
-    pub(crate) fn rehome(&mut self) {
-        if let Some(updates) = self.updates.take() {
-            self.updates = Some(Box::new(*updates));
-        }
-    }
-
     /// Lets the sending key seal `records` more before it is rotated: the limit in reach of a
     /// test.
     #[cfg(test)]

@@ -116,8 +116,7 @@ impl Wire {
         release(&mut self.incoming);
     }
 
-    /// Takes the socket off the reactor (a session parking, or a handshake done on the
-    /// handshake threads); the buffers go when empty, as a parking session's are (`idle`).
+    /// Takes the socket off the reactor; the buffers are empty (`idle`) and go.
     pub(crate) fn park(&mut self) -> io::Result<()> {
         match std::mem::replace(&mut self.socket, Socket::Lost) {
             Socket::Live(socket) => {

@@ -105,8 +105,7 @@ async fn held(
         tls.flush().await.expect("flush");
         Box::new(tls)
     } else {
-        // On this thread, whose allocations are the ones counted.
-        let mut tls = accept_here(config.clone(), socket, metrics::Counter::noop())
+        let mut tls = accept(config.clone(), socket, metrics::Counter::noop())
             .await
             .expect("handshake");
         tls.read_exact(&mut ping).await.expect("read");
@@ -152,4 +151,27 @@ async fn bytes_held_by_a_parked_session() {
         // Why the buffered API was not kept: its deframer buffer stays at 4 KiB.
         assert!(buffered > 4096, "{name}: buffered {buffered} B");
     }
+}
+
+/// rustls's work on a client's flight waits for a turn (`tls::turns`): with every turn taken, a
+/// handshake does not complete; once they are free, it does.
+#[tokio::test]
+async fn a_handshake_waits_for_its_turn() {
+    let (config, cert, _) = server_config("turns");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let all = crate::tls::turns::take_all().await;
+    let _go = client(addr, cert, &TLS13);
+    let (socket, _) = listener.accept().await.expect("accept");
+    let mut handshake = Box::pin(accept(config, socket, metrics::Counter::noop()));
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut handshake).await;
+    assert!(early.is_err(), "the handshake went on without a turn");
+    drop(all);
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .expect("the handshake completes once turns are free")
+        .expect("handshake");
+    let mut ping = [0u8; 4];
+    tls.read_exact(&mut ping).await.expect("read");
+    tls.write_all(b"pong").await.expect("write");
 }
