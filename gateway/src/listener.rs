@@ -13,8 +13,8 @@
 //! without a FIN or RST (power loss, a NAT that forgot the flow) is otherwise never noticed on a
 //! connection with nothing to send, which is every connection without an MQTT keep-alive. It and
 //! TCP_NODELAY are set once, on the listening socket: Linux copies both to each socket it accepts,
-//! which spares five system calls per connection (set on each accepted socket, they were about a
-//! tenth of the gateway's CPU per connect).
+//! which spares five system calls per connection (no difference in CPU per connect could be
+//! measured: 29.5 against 28.9 ms per 1,000, medians of 3).
 
 use std::io;
 use std::net::SocketAddr;
