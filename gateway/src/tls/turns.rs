@@ -9,8 +9,9 @@
 //! for its turn waits off the run queues, so the other workers stay free for the sessions. A
 //! handshake's turns come in arrival order (the semaphore is fair).
 //!
-//! (Handshakes on threads of their own, niced, did as well for the latency, but left ~1 KB of
-//! RSS per idle TLS session in those threads' malloc arenas: 2,532 against 1,447 B at 9,000.)
+//! Handshakes on threads of their own at nice +10 kept established sessions' p99 lower still
+//! (2.3-3.9 ms, the kernel preempting them), but left ~1 KB of RSS per idle TLS session in those
+//! threads' malloc arenas (2,532 against 1,447 B at 9,000): BENCHMARKS.md, TLS section.
 
 use std::sync::OnceLock;
 
