@@ -46,7 +46,13 @@ pub(crate) async fn handshake(
             // the CPU-heavy part: it waits its turn (`turns`). Its first call has no input.
             let _turn = match wire.incoming.is_empty() {
                 true => None,
-                false => turns::take().await,
+                false => {
+                    let turn = turns::take().await;
+                    // A turn handed over wakes its task in the releasing worker's next slot,
+                    // ahead of the sessions queued there: behind them instead.
+                    tokio::task::yield_now().await;
+                    turn
+                }
             };
             capture(&mut logged, || run(&mut conn, wire, plaintext))
         };
