@@ -20,6 +20,8 @@ use super::record::{Aead, Direction, RecordError};
 
 const CLIENT: &str = "CLIENT_TRAFFIC_SECRET_0";
 const SERVER: &str = "SERVER_TRAFFIC_SECRET_0";
+/// KeyUpdates rustls may have followed before the hand-over (its own bound on consecutive ones).
+const KEY_UPDATES: usize = 32;
 /// SHA-384's output, the longest hash of a TLS 1.3 suite.
 const MAX_SECRET: usize = 48;
 
@@ -106,12 +108,37 @@ pub(crate) struct KeySchedule {
 }
 
 impl KeySchedule {
-    /// From what a handshake logged; `None` when rustls logged neither secret or a length no
-    /// suite of `aead` has.
-    pub(crate) fn new(aead: Aead, logged: Logged) -> Option<KeySchedule> {
-        let want = hash(aead).0.hmac_algorithm().digest_algorithm().output_len;
-        let (rx, tx) = (logged.client?, logged.server?);
-        (rx.get().len() == want && tx.get().len() == want).then_some(KeySchedule { aead, rx, tx })
+    /// From what a handshake logged, brought to the keys rustls handed over (`now`: receiving,
+    /// sending). A client's KeyUpdate that came with its Finished was already followed by
+    /// rustls, which logs only the first secrets: the receiving secret is advanced until it
+    /// derives the key in use (at most `KEY_UPDATES` times). `None` when rustls logged no
+    /// secret, when none derives the keys (a session never runs on secrets that are not its
+    /// own), or when rustls already rotated its sending key: that KeyUpdate asked for ours, and
+    /// rustls keeps our answer until it next sends application data, which it never will (the
+    /// hand-over would lose it and the client could read nothing more).
+    pub(crate) fn new(
+        aead: Aead,
+        logged: Logged,
+        now: (&Direction, &Direction),
+    ) -> Option<KeySchedule> {
+        let want = hash(aead).1;
+        let (mut rx, tx) = (logged.client?, logged.server?);
+        if rx.get().len() != want || tx.get().len() != want {
+            return None;
+        }
+        let derives = |secret: &Secret, d: &Direction| {
+            direction(aead, secret.get(), 0).is_ok_and(|ours| ours.same_keys(d))
+        };
+        if !derives(&tx, now.1) {
+            return None;
+        }
+        for _ in 0..=KEY_UPDATES {
+            if derives(&rx, now.0) {
+                return Some(KeySchedule { aead, rx, tx });
+            }
+            next(aead, &mut rx).ok()?;
+        }
+        None
     }
 
     /// The receiving direction under the client's next secret.

@@ -160,6 +160,12 @@ impl Direction {
         }
     }
 
+    /// Whether both protect records alike (same suite, key and IV).
+    pub(crate) fn same_keys(&self, other: &Direction) -> bool {
+        let (a, b) = (&self.secret, &other.secret);
+        a.aead == b.aead && a.key == b.key && a.iv == b.iv
+    }
+
     pub(crate) fn aead(&self) -> Aead {
         self.secret.aead
     }

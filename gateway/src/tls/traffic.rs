@@ -89,7 +89,7 @@ impl Traffic {
         };
         let updates = match version {
             Version::Tls13 => Some(Box::new(
-                KeySchedule::new(tx.aead(), logged).ok_or(RecordError::Exhausted)?,
+                KeySchedule::new(tx.aead(), logged, (&rx, &tx)).ok_or(RecordError::Exhausted)?,
             )),
             Version::Tls12 => None,
         };
