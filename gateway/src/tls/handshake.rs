@@ -44,15 +44,14 @@ pub(crate) async fn handshake(
         let step = {
             // rustls's work on what arrived (key exchange, signature, certificate checks) is
             // the CPU-heavy part: it waits its turn (`turns`). Its first call has no input.
-            let _turn = match wire.incoming.is_empty() {
-                true => None,
-                false => {
-                    let turn = turns::take().await;
-                    // A turn handed over wakes its task in the releasing worker's next slot,
-                    // ahead of the sessions queued there: behind them instead.
-                    tokio::task::yield_now().await;
-                    turn
-                }
+            let _turn = if wire.incoming.is_empty() {
+                None
+            } else {
+                let turn = turns::take().await;
+                // A turn handed over wakes its task in the releasing worker's next slot, ahead
+                // of the sessions queued there: behind them instead.
+                tokio::task::yield_now().await;
+                turn
             };
             capture(&mut logged, || run(&mut conn, wire, plaintext))
         };
