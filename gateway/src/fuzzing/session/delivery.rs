@@ -10,7 +10,8 @@
 //! expire and is not for `$SYS/` (refused to clients); No Local and shared subscriptions are left out. Each PUBLISH carries a tag of its
 //! own in its payload; exactly once is judged for a tag the broker only read in QoS 2 PUBLISHes
 //! of one connection under one packet id not released (PUBREL) in between: resends of one
-//! message, which the broker must route once.
+//! message, which the broker must route once, and routes when it first reads it: a resend is
+//! owed only to the subscriptions in place before the first.
 
 use std::collections::HashMap;
 
@@ -44,6 +45,7 @@ pub(super) fn check(peers: &[&Peer], dropped: bool) {
                 continue;
             }
             let once = exactly_once(&origins[&tag], publisher, a);
+            let sent = first_sent(&origins[&tag], publish);
             for subscriber in peers.iter().filter(|p| p.attached()) {
                 let received = subscriber
                     .log
@@ -51,7 +53,7 @@ pub(super) fn check(peers: &[&Peer], dropped: bool) {
                     .iter()
                     .filter(|r| r.tag == Some(tag))
                     .count();
-                let granted = granted(subscriber, topic, publish.sent_at, acked);
+                let granted = granted(subscriber, topic, sent, acked);
                 if !dropped
                     && granted
                         .is_some_and(|g| g != QoS::AtMostOnce && publish.qos != QoS::AtMostOnce)
@@ -74,6 +76,22 @@ pub(super) fn check(peers: &[&Peer], dropped: bool) {
             }
         }
     }
+}
+
+/// When the broker may have routed `publish`: a QoS 2 PUBLISH sent again under its packet id
+/// before the PUBREL is the message the broker took the first time (MQTT-4.3.3-10), routed then to
+/// the subscriptions of then, not again. Whether a resend is such a one (the same session, the
+/// id not released in between) is not always certain from the wire, so the first send counts.
+fn first_sent(origins: &[(usize, &Published)], publish: &Published) -> u64 {
+    if publish.qos != QoS::ExactlyOnce {
+        return publish.sent_at;
+    }
+    origins
+        .iter()
+        .filter(|(_, p)| p.qos == QoS::ExactlyOnce && p.packet_id == publish.packet_id)
+        .map(|(_, p)| p.sent_at)
+        .min()
+        .unwrap_or(publish.sent_at)
 }
 
 /// Whether every PUBLISH with this tag is one QoS 2 message of connection `a` sent again.
