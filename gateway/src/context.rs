@@ -149,4 +149,8 @@ impl Sessions for Context {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<HandedOver>> + Send + 'a>> {
         Box::pin(self.registry.surrender(client_id, &self.router, deadline))
     }
+
+    fn adopt(&self, state: HandedOver) {
+        self.registry.adopt(state, &self.router);
+    }
 }

@@ -239,6 +239,8 @@ pub struct ClusterMetrics {
     takeovers: [Counter; TAKEOVERS.len()],
     /// Sessions this node handed to another node that claimed their client id.
     pub handed_over: Counter,
+    /// Sessions of a dead node this node took up (`cluster::adoption`).
+    pub adopted: Counter,
     /// A ping to another node and its answer (`cluster::probe`).
     pub round_trip: Histogram,
     /// Reading a session back from the state stream at CONNECT (its node gone).
@@ -564,6 +566,7 @@ impl Metrics {
                     counter!("gateway_cluster_takeovers_total", "result" => result)
                 }),
                 handed_over: counter!("gateway_cluster_sessions_handed_over_total"),
+                adopted: counter!("gateway_cluster_sessions_adopted_total"),
                 round_trip: histogram!(CLUSTER_ROUND_TRIP),
                 read_seconds: histogram!(CLUSTER_SESSION_READ),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
@@ -990,6 +993,10 @@ fn describe() {
     describe_counter!(
         "gateway_cluster_sessions_handed_over_total",
         "Sessions this node handed to another node that claimed their client id."
+    );
+    describe_counter!(
+        "gateway_cluster_sessions_adopted_total",
+        "Persistent sessions of a dead node this node took up, to queue for them until their clients return."
     );
     describe_histogram!(
         CLUSTER_ROUND_TRIP,

@@ -219,6 +219,24 @@ impl Registry {
         Some(HandedOver { record, pending })
     }
 
+    /// Hosts a session whose node died (`cluster::adoption`): offline and routable at once, as
+    /// at a restore, its expiry counted from now. Left alone when `client_id` has a session
+    /// here already (its client came back to this node meanwhile).
+    pub(crate) fn adopt(&self, state: HandedOver, router: &Router) {
+        let (session, existed) = self.insert(&state.record.client_id);
+        if existed {
+            return;
+        }
+        let generation = session.begin_generation();
+        let expiry = state.record.expiry_interval;
+        install(&session, state, router);
+        let expires_at = (expiry != u32::MAX).then(|| unix_millis() + u64::from(expiry) * 1000);
+        router.save_session(&session, expires_at, None);
+        if let Some(due) = expires_at {
+            self.schedule(due, &session, generation, Due::Expiry);
+        }
+    }
+
     /// A new session for `client_id`, or the one another connection mapped first. The map is keyed
     /// by sessions, so the candidate exists before the map is asked; a lost race only discards it.
     fn insert(&self, client_id: &str) -> (Arc<Session>, bool) {

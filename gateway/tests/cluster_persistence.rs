@@ -172,6 +172,101 @@ async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed
     publisher.disconnect().await;
 }
 
+/// The node that owns `client_id` once `dead` no longer does: a survivor that adopted its
+/// session (`cluster::adoption`), after `dead` fell silent and the owner records were scanned.
+async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("gateway_sessions")
+        .await
+        .expect("owner records");
+    let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(value)) = kv.get(&key).await {
+            let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
+            let node = owner["node"].as_str().expect("owner node").to_owned();
+            if node != dead {
+                return node;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client_id}: still owned by the dead node {dead} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A persistent session whose node is killed is taken up by a survivor once that node falls
+/// silent: what is published for it meanwhile, on any node, is queued there and reaches its
+/// client when it comes back, here on the survivor that did not adopt it (a live hand-over from
+/// the adopter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("adopt");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    let c = node(&nats, "c", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    cluster_ready(&nats, c.addr).await;
+    let id5 = unique_id("adopt-v5");
+    let id3 = unique_id("adopt-v3");
+    let sub5 = subscribed(a.addr, V::V5, &id5, "o5/#").await;
+    let sub3 = subscribed(a.addr, V::V311, &id3, "o3/#").await;
+    tokio::time::sleep(SETTLE).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    drop((sub5, sub3));
+
+    let started = Instant::now();
+    let adopter5 = adopted_by(&nats, &id5, "a").await;
+    let adopter3 = adopted_by(&nats, &id3, "a").await;
+    println!(
+        "adopted by {adopter5} and {adopter3} {:?} after the kill",
+        started.elapsed()
+    );
+    // The adopter's subscriptions reach the other nodes' interest within milliseconds.
+    tokio::time::sleep(SETTLE).await;
+    let mut publisher = v5::connect(b.addr, &unique_id("adopt-pub")).await;
+    for i in 0..5 {
+        for topic in ["o5/x", "o3/x"] {
+            publisher
+                .publish_confirmed(topic, v5::QoS::AtLeastOnce, false, format!("m{i}"))
+                .await;
+        }
+    }
+    let elsewhere = |adopter: &str| if adopter == "b" { c.addr } else { b.addr };
+
+    let mut back5 = v5::Client::connect(v5::persistent(elsewhere(&adopter5), &id5, EXPIRY)).await;
+    assert!(back5.connack.session_present, "the v5 session was kept");
+    let mut o = v3::options(elsewhere(&adopter3), &id3);
+    o.set_clean_session(false);
+    let mut back3 = v3::Client::connect(o).await;
+    assert!(back3.connack.session_present, "the 3.1.1 session was kept");
+    for i in 0..5 {
+        let p = back5.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes(), "v5 message {i}");
+        assert!(!p.dup, "v5 message {i} sent once");
+        let p = back3.next_publish(WAIT).await;
+        assert_eq!(
+            &p.payload[..],
+            format!("m{i}").as_bytes(),
+            "3.1.1 message {i}"
+        );
+        assert!(!p.dup, "3.1.1 message {i} sent once");
+    }
+    back5.expect_no_publish(QUIET).await;
+    back3.expect_no_publish(QUIET).await;
+    back5.disconnect().await;
+    back3.disconnect().await;
+    publisher.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_qos2_flow_survives_its_node_and_completes_once() {
     let Some(nats) = NatsServer::start().await else {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::owners::{ClaimError, Owner, Owners};
+use super::owners::{ClaimError, Owned, Owner, Owners};
 use super::{Claim, HandedOver, Sessions};
 use crate::metrics::{ClaimOutcome, ClusterDrop, Metrics, Takeover};
 use crate::nats::Nats;
@@ -56,6 +56,8 @@ const SURRENDER_TIMEOUT: Duration = Duration::from_millis(2_500);
 /// How long an answered take request is remembered: longer than any claim of this node takes
 /// from its owner record to its hold (both within a handshake's deadline).
 const SURRENDERED_FOR: Duration = Duration::from_secs(30);
+/// How long adopting one orphaned session may take, from its owner record to hosting it.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits for a busy client id: from quickly (a claim usually settles within milliseconds)
 /// backing off to a bound.
 const POLL_MIN: Duration = Duration::from_millis(1);
@@ -349,6 +351,65 @@ impl Handover {
                 warn!(client = %client_id, "cluster: stored session not read within the handshake's deadline, starting afresh");
                 m.took_over(Takeover::Lost);
                 None
+            }
+        }
+    }
+
+    /// The owner records naming `node`: what it held when it died.
+    pub(crate) async fn orphans(&self, node: &str) -> Result<Vec<Owned>, ClaimError> {
+        self.owners.owned_by(node).await
+    }
+
+    /// Takes up `owned`'s session, whose node is gone (`adoption`): this node becomes its owner
+    /// if the owner record is still as the scan read it, reads the session from the state
+    /// stream and hosts it offline. Whether it did; a client id without a stored session (a
+    /// clean one, or ended) is left as it is.
+    pub(crate) async fn adopt(self: Arc<Self>, owned: Owned) -> bool {
+        let Some(sessions) = self.sessions.lock().as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        match self.state.holds(&owned.client_id).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                warn!(client = %owned.client_id, "cluster: orphaned session not adopted: {e}");
+                return false;
+            }
+        }
+        let epoch = match self.owners.claim_at(&owned.client_id, owned.revision).await {
+            Ok(Some(epoch)) => epoch,
+            // Its client (or another node) claimed it since the scan.
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(client = %owned.client_id, "cluster: orphaned session not adopted: {e}");
+                return false;
+            }
+        };
+        let client_id: Arc<str> = Arc::from(owned.client_id);
+        let deadline = Instant::now() + ADOPT_TIMEOUT;
+        let Some(_hold) = self.clone().hold(&client_id, epoch, deadline).await else {
+            return false;
+        };
+        // A client's claim since ours already asked for the session: it reads the stream.
+        if self.surrendered.lock().newer_than(&client_id, epoch) {
+            return false;
+        }
+        let read = tokio::time::timeout_at(deadline, self.state.read(&client_id)).await;
+        match read {
+            Ok(Ok(Some((record, pending)))) => {
+                sessions.adopt(HandedOver { record, pending });
+                self.metrics.cluster.adopted.increment(1);
+                debug!(client = %client_id, from = %owned.owner.node, "cluster: orphaned session adopted");
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => {
+                warn!(client = %client_id, "cluster: orphaned session unreadable, not adopted: {e}");
+                false
+            }
+            Err(_) => {
+                warn!(client = %client_id, "cluster: orphaned session not read in time, not adopted");
+                false
             }
         }
     }

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::StreamMap;
 use tracing::{debug, info, warn};
 
+use super::adoption;
 use super::envelope;
 use super::handover::Handover;
 use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
@@ -460,6 +461,11 @@ impl Link {
         };
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when the NATS connection has been up without a break, as the beats saw it.
+        let mut steady_since: Option<Instant> = None;
+        // Nodes fallen silent whose sessions wait for adoption until this node's connection is
+        // steady (`adoption::STEADY`); one heard from again is taken off.
+        let mut silent: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => match event {
@@ -469,6 +475,7 @@ impl Link {
                         self.hello(&client, &st).await;
                     }
                     Event::Disconnected => {
+                        steady_since = None;
                         c.retained.connection(false);
                         warn!(node = %c.node, "cluster: NATS connection lost; routing to other nodes stops until it returns");
                     }
@@ -497,6 +504,7 @@ impl Link {
                 }
                 _ = beat.tick() => {
                     // Events can be dropped under a burst: the client's own state is the truth.
+                    let now = Instant::now();
                     if c.nats.refresh() {
                         let beat = Control::Beat {
                             node: c.node.clone(),
@@ -504,9 +512,28 @@ impl Link {
                             version: st.version,
                         };
                         let _ = client.publish(c.all_subject(), control_bytes(&beat)).await;
+                        steady_since.get_or_insert(now);
+                    } else {
+                        steady_since = None;
                     }
-                    for gone in c.remote.expire(Instant::now()) {
+                    for gone in c.remote.expire(now) {
                         info!(node = %gone, "cluster: node silent, its interest dropped");
+                        silent.push(gone);
+                    }
+                    let known = c.remote.node_names();
+                    silent.retain(|n| !known.contains(n));
+                    let steady = steady_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= adoption::STEADY);
+                    if steady {
+                        for gone in silent.drain(..) {
+                            let survivor = adoption::Survivor {
+                                handover: c.handover.clone(),
+                                client: client.clone(),
+                                prefix: c.prefix.clone(),
+                                me: c.node.clone(),
+                            };
+                            tokio::spawn(adoption::adopt_from(survivor, gone, known.clone()));
+                        }
                     }
                     st.dedup.keep(&c.remote.instances());
                 }

@@ -14,7 +14,8 @@
 //! this node learns them, and `link` the NATS connection's work: forwarding, receiving into the
 //! local router (which never forwards again), and keeping this node's interest announced.
 //! `owners` is the record of which node holds each client id, `handover` the moving of a
-//! session from the node that held it to the one that claimed it.
+//! session from the node that held it to the one that claimed it, `adoption` the taking up of
+//! a dead node's persistent sessions by the survivors.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use crate::store::SessionRecord;
 use crate::subscriber::Subscriber;
 use crate::topic_index::Matches;
 
+mod adoption;
 mod envelope;
 mod handover;
 mod interest;
@@ -105,6 +107,9 @@ pub(crate) trait Sessions: Send + Sync + 'static {
         client_id: &'a str,
         deadline: tokio::time::Instant,
     ) -> Pin<Box<dyn Future<Output = Option<HandedOver>> + Send + 'a>>;
+    /// Hosts a session whose node is gone, offline (its client is away), unless a client
+    /// attached `client_id` here meanwhile.
+    fn adopt(&self, state: HandedOver);
 }
 
 pub(crate) trait Cluster: Send + Sync + 'static {

@@ -12,6 +12,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +136,75 @@ impl Owners {
             }
         }
         Err(ClaimError::Contended)
+    }
+}
+
+/// A client id's owner record as a scan read it.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    pub(crate) client_id: String,
+    pub(crate) owner: Owner,
+    pub(crate) revision: u64,
+}
+
+impl Owners {
+    /// Every owner record naming `node` (any start of it), read in one pass over the bucket's
+    /// latest values rather than a round trip per key.
+    pub(crate) async fn owned_by(&self, node: &str) -> Result<Vec<Owned>, ClaimError> {
+        let store = self.store().await?;
+        let mut info = self
+            .js
+            .get_stream(format!("KV_{}", self.bucket))
+            .await
+            .map_err(unreachable)?;
+        // An empty bucket's watch delivers nothing, not even a last entry to stop at.
+        if info.info().await.map_err(unreachable)?.state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let mut watch = store.watch_with_history(">").await.map_err(unreachable)?;
+        let mut owned = Vec::new();
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(unreachable)?;
+            let owner = (entry.operation == Operation::Put)
+                .then(|| serde_json::from_slice::<Owner>(&entry.value).ok())
+                .flatten();
+            let client_id = entry
+                .key
+                .strip_prefix('c')
+                .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
+                .and_then(|id| String::from_utf8(id).ok());
+            if let (Some(owner), Some(client_id)) = (owner, client_id) {
+                if owner.node == node {
+                    owned.push(Owned {
+                        client_id,
+                        owner,
+                        revision: entry.revision,
+                    });
+                }
+            }
+            if entry.delta == 0 {
+                break;
+            }
+        }
+        Ok(owned)
+    }
+
+    /// Writes this node as the owner of `client_id` if its record is still at `revision` (what
+    /// a scan read): the new revision (this node's owner epoch), or `None` when the record
+    /// changed since (its client, or another node, claimed it).
+    pub(crate) async fn claim_at(
+        &self,
+        client_id: &str,
+        revision: u64,
+    ) -> Result<Option<u64>, ClaimError> {
+        let key = key_of(client_id).ok_or(ClaimError::KeyTooLong)?;
+        let store = self.store().await?;
+        let value = Bytes::from(serde_json::to_vec(&self.me).unwrap_or_default());
+        match store.update(&key, value, revision).await {
+            Ok(epoch) => Ok(Some(epoch)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(unreachable(e)),
+        }
     }
 }
 

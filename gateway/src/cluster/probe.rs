@@ -68,6 +68,13 @@ pub(super) async fn run(
     }
 }
 
+/// Whether `node` answers a ping now: a node taken as gone that answers is not.
+pub(super) async fn answers(client: &Client, prefix: &str, node: &str) -> bool {
+    ask(client.clone(), ping_subject(prefix, node))
+        .await
+        .is_some()
+}
+
 async fn ask(client: Client, subject: String) -> Option<Duration> {
     let start = Instant::now();
     tokio::time::timeout(TIMEOUT, client.request(subject, Bytes::new()))

@@ -199,6 +199,23 @@ impl JetStreamStore {
     }
 }
 
+impl JetStreamStore {
+    /// Whether the stream holds records of `client_id`'s session (a clean session never has
+    /// any): one lookup of its subject's last record, not a read of the session.
+    pub(crate) async fn holds(&self, client_id: &str) -> Result<bool, String> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let Some(subject) = subject_of(&self.shared.prefix, client_id) else {
+            return Ok(false);
+        };
+        let stream = self.shared.ensure_stream().await;
+        match stream.direct_get_last_for_subject(&subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+            Err(e) => Err(format!("looking the session up: {e}")),
+        }
+    }
+}
+
 impl Shared {
     /// Opens (or creates) the stream, retrying until it exists.
     async fn ensure_stream(&self) -> stream::Stream {
