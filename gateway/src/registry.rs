@@ -220,18 +220,38 @@ impl Registry {
     }
 
     /// Hosts a session whose node died (`cluster::adoption`): offline and routable at once, as
-    /// at a restore, its expiry counted from now. Left alone when `client_id` has a session
-    /// here already (its client came back to this node meanwhile).
-    pub(crate) fn adopt(&self, state: HandedOver, router: &Router) {
+    /// at a restore, its expiry counted from now. The will of the connection that died with
+    /// the node goes out as at a detach: after its delay, not beyond the session's end. Left
+    /// alone when `client_id` has a session here already (its client came back meanwhile).
+    pub(crate) fn adopt(&self, mut state: HandedOver, router: &Router) {
         let (session, existed) = self.insert(&state.record.client_id);
         if existed {
             return;
         }
         let generation = session.begin_generation();
         let expiry = state.record.expiry_interval;
+        let will = state.record.will.take();
         install(&session, state, router);
-        let expires_at = (expiry != u32::MAX).then(|| unix_millis() + u64::from(expiry) * 1000);
-        router.save_session(&session, expires_at, None);
+        let now = unix_millis();
+        let pending_will = match will {
+            Some(StoredWill::Armed { message, delay }) => match delay.min(expiry) {
+                0 => {
+                    router.publish_will(message, &session.client_id);
+                    None
+                }
+                wait => Some(StoredWill::Due {
+                    message,
+                    due: now + u64::from(wait) * 1000,
+                }),
+            },
+            due @ Some(StoredWill::Due { .. }) => due,
+            None => None,
+        };
+        if let Some(StoredWill::Due { message, due }) = &pending_will {
+            self.schedule(*due, &session, generation, Due::Will(message.clone()));
+        }
+        let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
+        router.save_session(&session, expires_at, pending_will);
         if let Some(due) = expires_at {
             self.schedule(due, &session, generation, Due::Expiry);
         }

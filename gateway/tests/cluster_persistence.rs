@@ -216,7 +216,13 @@ async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return(
     cluster_ready(&nats, c.addr).await;
     let id5 = unique_id("adopt-v5");
     let id3 = unique_id("adopt-v3");
-    let sub5 = subscribed(a.addr, V::V5, &id5, "o5/#").await;
+    let mut watcher = v5::connect(c.addr, &unique_id("adopt-will")).await;
+    watcher.subscribe("gone/#", v5::QoS::AtLeastOnce).await;
+    // The v5 subscriber's connection carries a will: it dies with node a.
+    let mut connect = persistent_connect(V::V5, &id5);
+    connect.will = Some(raw::Will::qos1("gone/v5", b"a died"));
+    let (mut sub5, _) = Raw::connect(a.addr, &connect).await;
+    sub5.subscribe(V::V5, "o5/#", 1).await;
     let sub3 = subscribed(a.addr, V::V311, &id3, "o3/#").await;
     tokio::time::sleep(SETTLE).await;
     a.child.kill().expect("SIGKILL node a");
@@ -230,6 +236,13 @@ async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return(
         "adopted by {adopter5} and {adopter3} {:?} after the kill",
         started.elapsed()
     );
+    // The will of the connection that died with its node goes out once its session is adopted.
+    let will = watcher.next_publish(WAIT).await;
+    assert_eq!(
+        (&will.topic[..], &will.payload[..]),
+        (&b"gone/v5"[..], &b"a died"[..])
+    );
+    watcher.expect_no_publish(QUIET).await;
     // The adopter's subscriptions reach the other nodes' interest within milliseconds.
     tokio::time::sleep(SETTLE).await;
     let mut publisher = v5::connect(b.addr, &unique_id("adopt-pub")).await;
@@ -265,6 +278,7 @@ async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return(
     back5.disconnect().await;
     back3.disconnect().await;
     publisher.disconnect().await;
+    watcher.disconnect().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

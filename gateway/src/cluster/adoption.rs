@@ -9,11 +9,12 @@
 //! compare-and-swap of the owner record at the revision the scan read (`Handover::adopt`), so a
 //! client that came back meanwhile, or a survivor that sees other nodes alive, never has its
 //! claim undone: the loser of the swap leaves the session alone. A client id without a stored
-//! session (a clean one) is not claimed.
+//! session (a clean one) is not claimed. The adopter publishes the will of the connection that
+//! died with its node, as a single broker does when a connection drops (`Registry::adopt`).
 //!
 //! Not covered: a survivor that dies before it has taken up its share leaves that share without
-//! a node until the clients come back (their claims read the state stream, as before adoption);
-//! the dead connection's will is not published (the state stream keeps no will); a node that
+//! a node until the clients come back (their claims read the state stream, as before adoption,
+//! and the dead connections' wills are not published then); a node that
 //! left cleanly (`bye`) is not adopted from, as it is expected back. A node alive but cut off
 //! from NATS (not fenced) has its sessions adopted like a dead one's: until its clients come
 //! back elsewhere, a message for one of them may reach both its old connection and the
