@@ -281,6 +281,53 @@ async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return(
     watcher.disconnect().await;
 }
 
+/// A node silent through a NATS outage and a few seconds after it (stopped here with SIGSTOP,
+/// as a node slow to reconnect) keeps its sessions: the survivor, back on NATS at once, waits
+/// for its own connection to be steady (15 s) before it adopts, and the node is heard again by
+/// then. Its client stays connected, owner and will untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_late_back_from_a_nats_outage_keeps_its_sessions() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("late");
+    let a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    let id = unique_id("late");
+    let mut connect = persistent_connect(V::V5, &id);
+    connect.will = Some(raw::Will::qos1("late/gone", b"a died"));
+    let (mut sub, _) = Raw::connect(a.addr, &connect).await;
+    sub.subscribe(V::V5, "late/#", 1).await;
+    let mut watcher = v5::connect(b.addr, &unique_id("late-will")).await;
+    watcher.subscribe("late/gone", v5::QoS::AtLeastOnce).await;
+    tokio::time::sleep(SETTLE).await;
+
+    nats.kill();
+    a.signal(libc::SIGSTOP);
+    // Longer than the 5 s after which b takes a for gone.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    nats.start_again().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.signal(libc::SIGCONT);
+    // Past b's 15 s of steady connection, and the scan it would then make.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("gateway_sessions")
+        .await
+        .expect("owner records");
+    let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
+    let value = kv.get(&key).await.expect("owner record").expect("owned");
+    let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
+    assert_eq!(owner["node"], "a", "the session stayed with its node");
+    watcher.expect_no_publish(QUIET).await;
+    sub.ping().await;
+    watcher.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_qos2_flow_survives_its_node_and_completes_once() {
     let Some(nats) = NatsServer::start().await else {
