@@ -198,6 +198,79 @@ async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
     }
 }
 
+/// `client_id`'s owner record: node and instance (which start of it).
+async fn owner_of(nats: &NatsServer, client_id: &str) -> (String, u64) {
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("gateway_sessions")
+        .await
+        .expect("owner records");
+    let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
+    let value = kv.get(&key).await.expect("owner record").expect("owned");
+    let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
+    (
+        owner["node"].as_str().expect("node").to_owned(),
+        owner["instance"].as_u64().expect("instance"),
+    )
+}
+
+/// A node killed and started again under its name takes its earlier start's sessions back as
+/// soon as it is on NATS (before any other node would take them up): what is published for
+/// them from then on, on any node, is queued there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_takes_its_sessions_back_and_queues_for_them() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("again");
+    let mut a = node(&nats, "a", &dir);
+    let b = node(&nats, "b", &dir);
+    cluster_ready(&nats, a.addr).await;
+    cluster_ready(&nats, b.addr).await;
+    let id = unique_id("again");
+    let sub = subscribed(a.addr, V::V311, &id, "again/#").await;
+    tokio::time::sleep(SETTLE).await;
+    let (_, first) = owner_of(&nats, &id).await;
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    drop(sub);
+
+    let started = Instant::now();
+    let a = node(&nats, "a", &dir);
+    cluster_ready(&nats, a.addr).await;
+    loop {
+        let (node, instance) = owner_of(&nats, &id).await;
+        if instance != first {
+            assert_eq!(node, "a", "taken back by the restarted node, not another");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the restarted node never took its session back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("taken back {:?} after the restart", started.elapsed());
+    tokio::time::sleep(SETTLE).await;
+    let mut publisher = v5::connect(b.addr, &unique_id("again-pub")).await;
+    for i in 0..3 {
+        publisher
+            .publish_confirmed("again/x", v5::QoS::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    let mut o = v3::options(b.addr, &id);
+    o.set_clean_session(false);
+    let mut back = v3::Client::connect(o).await;
+    assert!(back.connack.session_present, "the session was kept");
+    for i in 0..3 {
+        let p = back.next_publish(WAIT).await;
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes(), "message {i}");
+    }
+    back.expect_no_publish(QUIET).await;
+    back.disconnect().await;
+    publisher.disconnect().await;
+}
+
 /// A persistent session whose node is killed is taken up by a survivor once that node falls
 /// silent: what is published for it meanwhile, on any node, is queued there and reaches its
 /// client when it comes back, here on the survivor that did not adopt it (a live hand-over from

@@ -12,6 +12,9 @@
 //! session (a clean one) is not claimed. The adopter publishes the will of the connection that
 //! died with its node, as a single broker does when a connection drops (`Registry::adopt`).
 //!
+//! A node that restarts under its name before that takes its earlier start's sessions back the
+//! same way (`adopt_own`).
+//!
 //! Not covered: a survivor that dies before it has taken up its share leaves that share without
 //! a node until the clients come back (their claims read the state stream, as before adoption,
 //! and the dead connections' wills are not published then); a node that
@@ -28,6 +31,7 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::handover::Handover;
+use super::owners::Owned;
 use super::probe;
 
 /// Sessions adopted at once: each is a few round trips to JetStream.
@@ -74,13 +78,38 @@ pub(super) async fn adopt_from(survivor: Survivor, dead: String, alive: Vec<Stri
     let mine = orphans
         .into_iter()
         .filter(|o| survivors[share(&o.client_id, survivors.len())] == me);
-    let adopted = futures_util::stream::iter(mine)
-        .map(|owned| handover.clone().adopt(owned))
+    let adopted = adopt_all(&handover, mine).await;
+    info!(node = %dead, found, adopted, "cluster: a silent node's persistent sessions taken up");
+}
+
+/// Takes back, at start, the sessions an earlier start of this node still owns (it was killed
+/// and came back before the other nodes took them up): they queue here again from now on,
+/// rather than only once their clients return. Two processes never share a node name.
+pub(super) async fn adopt_own(handover: Arc<Handover>, me: String, instance: u64) {
+    let orphans = match handover.orphans(&me).await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("cluster: the sessions of this node's earlier start not taken back: {e}");
+            return;
+        }
+    };
+    let earlier = orphans.into_iter().filter(|o| o.owner.instance != instance);
+    let adopted = adopt_all(&handover, earlier).await;
+    if adopted > 0 {
+        info!(
+            adopted,
+            "cluster: the sessions of this node's earlier start taken back"
+        );
+    }
+}
+
+async fn adopt_all(handover: &Arc<Handover>, owned: impl Iterator<Item = Owned>) -> usize {
+    futures_util::stream::iter(owned)
+        .map(|o| handover.clone().adopt(o))
         .buffer_unordered(CONCURRENCY)
         .filter(|adopted| std::future::ready(*adopted))
         .count()
-        .await;
-    info!(node = %dead, found, adopted, "cluster: a silent node's persistent sessions taken up");
+        .await
 }
 
 /// Which of `n` survivors takes up `client_id`: FNV-1a, the same on every node.

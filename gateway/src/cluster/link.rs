@@ -466,6 +466,8 @@ impl Link {
         // Nodes fallen silent whose sessions wait for adoption until this node's connection is
         // steady (`adoption::STEADY`); one heard from again is taken off.
         let mut silent: Vec<String> = Vec::new();
+        // The sessions of this node's earlier start are taken back once, when NATS is first up.
+        let mut own_taken_back = false;
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => match event {
@@ -513,6 +515,14 @@ impl Link {
                         };
                         let _ = client.publish(c.all_subject(), control_bytes(&beat)).await;
                         steady_since.get_or_insert(now);
+                        if !own_taken_back {
+                            own_taken_back = true;
+                            tokio::spawn(adoption::adopt_own(
+                                c.handover.clone(),
+                                c.node.clone(),
+                                c.instance,
+                            ));
+                        }
                     } else {
                         steady_since = None;
                     }
