@@ -27,9 +27,12 @@ use common::nats::NatsServer;
 const SETTLE: Duration = Duration::from_millis(500);
 const EXPIRY: u32 = 300;
 
-/// A node of the cluster on `nats`, named `name`, as its own process.
-fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
-    Gateway::cluster_node(&nats.url(), name, dir)
+/// A node of the cluster on `nats`, named `name`, as its own process, once it claims client
+/// ids through NATS.
+async fn ready_node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
+    let node = Gateway::cluster_node(&nats.url(), name, dir);
+    cluster_ready(nats, node.addr).await;
+    node
 }
 
 fn persistent_connect(v: V, id: &str) -> Connect<'_> {
@@ -86,12 +89,9 @@ async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed
         return;
     };
     let dir = binary::scratch::Scratch::new("persist");
-    let mut a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    let c = node(&nats, "c", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
-    cluster_ready(&nats, c.addr).await;
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
+    let c = ready_node(&nats, "c", &dir).await;
     let id5 = unique_id("kill-v5");
     let id3 = unique_id("kill-v3");
     let mut sub5 = subscribed(a.addr, V::V5, &id5, "k5/#").await;
@@ -175,17 +175,9 @@ async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed
 /// The node that owns `client_id` once `dead` no longer does: a survivor that adopted its
 /// session (`cluster::adoption`), after `dead` fell silent and the owner records were scanned.
 async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
-    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("gateway_sessions")
-        .await
-        .expect("owner records");
-    let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Some(value)) = kv.get(&key).await {
-            let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
-            let node = owner["node"].as_str().expect("owner node").to_owned();
+        if let Some((node, _)) = owner_of(nats, client_id).await {
             if node != dead {
                 return node;
             }
@@ -198,20 +190,20 @@ async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
     }
 }
 
-/// `client_id`'s owner record: node and instance (which start of it).
-async fn owner_of(nats: &NatsServer, client_id: &str) -> (String, u64) {
+/// `client_id`'s owner record: node and instance (which start of it); `None` while it has none.
+async fn owner_of(nats: &NatsServer, client_id: &str) -> Option<(String, u64)> {
     let client = async_nats::connect(nats.url()).await.expect("NATS connect");
     let kv = async_nats::jetstream::new(client)
         .get_key_value("gateway_sessions")
         .await
         .expect("owner records");
     let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
-    let value = kv.get(&key).await.expect("owner record").expect("owned");
+    let value = kv.get(&key).await.expect("owner record")?;
     let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
-    (
+    Some((
         owner["node"].as_str().expect("node").to_owned(),
         owner["instance"].as_u64().expect("instance"),
-    )
+    ))
 }
 
 /// A node killed and started again under its name takes its earlier start's sessions back as
@@ -223,23 +215,20 @@ async fn a_restarted_node_takes_its_sessions_back_and_queues_for_them() {
         return;
     };
     let dir = binary::scratch::Scratch::new("again");
-    let mut a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
     let id = unique_id("again");
     let sub = subscribed(a.addr, V::V311, &id, "again/#").await;
     tokio::time::sleep(SETTLE).await;
-    let (_, first) = owner_of(&nats, &id).await;
+    let (_, first) = owner_of(&nats, &id).await.expect("owned");
     a.child.kill().expect("SIGKILL node a");
     a.child.wait().expect("reaped");
     drop(sub);
 
     let started = Instant::now();
-    let a = node(&nats, "a", &dir);
-    cluster_ready(&nats, a.addr).await;
+    let _restarted = ready_node(&nats, "a", &dir).await;
     loop {
-        let (node, instance) = owner_of(&nats, &id).await;
+        let (node, instance) = owner_of(&nats, &id).await.expect("owned");
         if instance != first {
             assert_eq!(node, "a", "taken back by the restarted node, not another");
             break;
@@ -281,12 +270,9 @@ async fn a_dead_nodes_sessions_are_adopted_and_queue_until_their_clients_return(
         return;
     };
     let dir = binary::scratch::Scratch::new("adopt");
-    let mut a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    let c = node(&nats, "c", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
-    cluster_ready(&nats, c.addr).await;
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
+    let c = ready_node(&nats, "c", &dir).await;
     let id5 = unique_id("adopt-v5");
     let id3 = unique_id("adopt-v3");
     let mut watcher = v5::connect(c.addr, &unique_id("adopt-will")).await;
@@ -364,10 +350,8 @@ async fn a_node_late_back_from_a_nats_outage_keeps_its_sessions() {
         return;
     };
     let dir = binary::scratch::Scratch::new("late");
-    let a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
+    let a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
     let id = unique_id("late");
     let mut connect = persistent_connect(V::V5, &id);
     connect.will = Some(raw::Will::qos1("late/gone", b"a died"));
@@ -387,15 +371,8 @@ async fn a_node_late_back_from_a_nats_outage_keeps_its_sessions() {
     // Past b's 15 s of steady connection, and the scan it would then make.
     tokio::time::sleep(Duration::from_secs(16)).await;
 
-    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("gateway_sessions")
-        .await
-        .expect("owner records");
-    let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
-    let value = kv.get(&key).await.expect("owner record").expect("owned");
-    let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
-    assert_eq!(owner["node"], "a", "the session stayed with its node");
+    let (node, _) = owner_of(&nats, &id).await.expect("owned");
+    assert_eq!(node, "a", "the session stayed with its node");
     watcher.expect_no_publish(QUIET).await;
     sub.ping().await;
     watcher.disconnect().await;
@@ -407,10 +384,8 @@ async fn an_inbound_qos2_flow_survives_its_node_and_completes_once() {
         return;
     };
     let dir = binary::scratch::Scratch::new("persist-q2");
-    let mut a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
     let mut watcher = v5::connect(b.addr, &unique_id("q2-watch")).await;
     watcher.subscribe("q2/#", v5::QoS::ExactlyOnce).await;
     // Until node a knows b's interest, a probe from a does not reach the watcher.
@@ -478,10 +453,8 @@ async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
         return;
     };
     let dir = binary::scratch::Scratch::new("persist-ack");
-    let mut a = node(&nats, "a", &dir);
-    let b = node(&nats, "b", &dir);
-    cluster_ready(&nats, a.addr).await;
-    cluster_ready(&nats, b.addr).await;
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
     let id = unique_id("ack-wait");
     let sub = subscribed(a.addr, V::V5, &id, "aw/#").await;
     drop(sub);
@@ -537,8 +510,7 @@ async fn a_busy_persistent_sessions_records_are_compacted() {
         return;
     };
     let dir = binary::scratch::Scratch::new("persist-compact");
-    let a = node(&nats, "a", &dir);
-    cluster_ready(&nats, a.addr).await;
+    let a = ready_node(&nats, "a", &dir).await;
     let id = unique_id("busy");
     let mut sub = v5::Client::connect(v5::persistent(a.addr, &id, EXPIRY)).await;
     sub.subscribe("busy/#", v5::QoS::AtLeastOnce).await;
@@ -582,8 +554,7 @@ async fn a_busy_persistent_sessions_records_are_compacted() {
         .publish_confirmed("busy/y", v5::QoS::AtLeastOnce, false, "after")
         .await;
     drop(a);
-    let b = node(&nats, "b", &dir);
-    cluster_ready(&nats, b.addr).await;
+    let b = ready_node(&nats, "b", &dir).await;
     let mut back = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
     assert!(back.connack.session_present);
     assert_eq!(&back.next_publish(WAIT).await.payload[..], b"after");
