@@ -10,7 +10,8 @@ the whole run, all at once:
     subscriber), for the whole run: its report must say 0 lost;
   - churn: the other 5% connect for a minute, leave, and come back as the next minute's (one
     device-sim run per minute): 5% of the devices reconnect every minute, each run verified too;
-  - 100 slow consumers subscribed to the fleet's topics at QoS 1, reading 1 KiB per second;
+  - 100 slow consumers subscribed to the fleet's topics at QoS 1, reading 1 KiB per second
+    (reopened when the gateway closes them, counted);
   - 1,000 sockets that never send CONNECT (reopened when the gateway closes them);
   - 100 clients trickling one byte of a PUBLISH per second (reopened when closed);
   - a client subscribed to `#`, reading everything;
@@ -176,24 +177,43 @@ def trickle_byte(s, step):
     s.send(TRICKLE[step % len(TRICKLE):step % len(TRICKLE) + 1])
 
 
+def open_slow(port, i, filter_):
+    s = plain(port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(connect_packet(f"slow-{i}", "soak", "soak-pass"))
+    s.sendall(subscribe_packet(filter_, 1))
+    s.setblocking(False)
+    return s
+
+
+# How many times the gateway closed a slow consumer (its bounds at work) and it came back.
+SLOW = {"reopened": 0}
+
+
 def slow_consumers(port, count, filter_):
-    """Subscribers that read 1 KiB per second: the gateway's bounds for slow clients at work."""
-    socks = []
-    for i in range(count):
-        s = plain(port)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(connect_packet(f"slow-{i}", "soak", "soak-pass"))
-        s.sendall(subscribe_packet(filter_, 1))
-        s.setblocking(False)
-        socks.append(s)
+    """Subscribers that read 1 KiB per second: the gateway's bounds for slow clients at work. One
+    the gateway closes is reopened (counted), so that `count` of them are there all along."""
+    socks = {}
     while not STOP.is_set():
-        for s in socks:
+        for i in range(count):
+            s = socks.get(i)
+            if s is None:
+                try:
+                    socks[i] = open_slow(port, i, filter_)
+                except OSError:
+                    pass
+                continue
             try:
-                s.recv(1024)
-            except (BlockingIOError, OSError):
+                if not s.recv(1024):
+                    raise OSError("closed")
+            except BlockingIOError:
                 pass
+            except OSError:
+                s.close()
+                del socks[i]
+                SLOW["reopened"] += 1
         time.sleep(1.0)
-    for s in socks:
+    for s in socks.values():
         s.close()
 
 
@@ -378,6 +398,7 @@ def main():
         "gateway_alive_at_end": gateway_alive,
         "fleet": verdict(fleet_report),
         "churn_runs": len(churn_reports),
+        "slow_consumers_reopened": SLOW["reopened"],
         "churn_lost": sum((verdict(p).get("lost") or 0) for p in churn_reports),
         "churn_lost_acknowledged": sum((verdict(p).get("lost_acknowledged") or 0)
                                        for p in churn_reports),
