@@ -184,6 +184,18 @@ async fn second_connect() {
             "second CONNECT",
         )
         .await;
+        // At a protocol level the broker does not speak: still a second CONNECT, not the
+        // CONNACK code 0x84, which no DISCONNECT may carry (found by the session fuzz target).
+        let unknown = connect_raw(b"MQTT", 6, 0x02, Some(&[]), &string(b"offender"));
+        assert_rejected(
+            &broker,
+            &mut healthy,
+            v,
+            &unknown,
+            PROTOCOL_ERROR,
+            "second CONNECT at level 6",
+        )
+        .await;
     }
 }
 

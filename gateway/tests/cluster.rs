@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clients::{unique_id, v3, v5, within, QUIET, WAIT};
-use common::nats::{free_port, NatsServer};
+use common::nats::NatsServer;
+use common::port::free_port;
 use observe::{request, samples, total, Observed};
 
 /// A node of the cluster on `nats`, named `name`.

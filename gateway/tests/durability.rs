@@ -10,6 +10,7 @@
 
 mod binary;
 mod clients;
+mod port;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -323,10 +324,9 @@ async fn device_sim_reports_no_acknowledged_message_lost_across_20_kills() {
     let setup = Setup::new();
     let mut rng = Rng::from_clock();
     let seed = rng.0;
-    let listen = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr").to_string()
-    };
+    // Restarted 20 times where the simulators expect it: outside the ephemeral range, where
+    // their own reconnecting sockets could take it between two starts.
+    let listen = format!("127.0.0.1:{}", port::free_port());
     let mut gw = setup.start_at(&listen);
     let sims: Vec<_> = [1u8, 2]
         .into_iter()

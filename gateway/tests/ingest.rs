@@ -495,7 +495,7 @@ async fn after_kill_9_of_the_gateway_every_acknowledged_message_is_in_the_stream
         return;
     };
     let dir = binary::scratch::Scratch::new("ingest-kill");
-    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let listen = format!("127.0.0.1:{}", common::port::free_port());
     let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"KILL\"\nsubject = \"k.{client_id}\"\n";
     let gw = stored_gateway(&dir, &nats, &listen, rules);
     let js = js(&nats).await;
@@ -709,7 +709,7 @@ async fn after_kill_9_and_a_restart_dup_resends_of_a_persistent_session_are_stor
     .await
     .expect("stream HELD");
     let dir = binary::scratch::Scratch::new("ingest-restart");
-    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let listen = format!("127.0.0.1:{}", common::port::free_port());
     let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"FIRST\"\nsubject = \"f.{client_id}\"\n\
                  [[ingest]]\nfilter = \"d/#\"\nstream = \"HELD\"\nsubject = \"h.{client_id}\"\n";
     let gw = stored_gateway(&dir, &nats, &listen, rules);
@@ -799,7 +799,7 @@ async fn a_clean_start_before_or_after_a_restart_never_makes_a_new_message_a_dup
     };
     let js = js(&nats).await;
     let dir = binary::scratch::Scratch::new("ingest-clean");
-    let listen = format!("127.0.0.1:{}", common::nats::free_port());
+    let listen = format!("127.0.0.1:{}", common::port::free_port());
     let rules = "[[ingest]]\nfilter = \"d/#\"\nstream = \"CLEAN\"\nsubject = \"c.{client_id}\"\n";
     let gw = stored_gateway(&dir, &nats, &listen, rules);
     stream_exists(&js, "CLEAN").await;

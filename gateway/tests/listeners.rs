@@ -667,10 +667,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
     let new = Pki::new(&new_dir, "new CA");
     let (new_cert, new_key) = new.server();
     // A free port for the TLS listener (the binary logs only the default listener's address).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::port::free_port();
     let live_cert = dir.join("live.pem");
     let live_key = dir.join("live.key");
     std::fs::copy(&cert, &live_cert).expect("copy");

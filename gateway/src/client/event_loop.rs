@@ -252,7 +252,7 @@ impl Client {
     fn bad_input(&self, e: &DecodeError) -> Close {
         self.ctx.metrics.bad_input(e.kind());
         debug!(client = %self.session.client_id, "bad packet: {e}");
-        Close::protocol(e.reason_code())
+        Close::protocol(e.disconnect_reason())
     }
 
     pub(super) fn violation(&self, code: u8, what: &'static str) -> Close {

@@ -29,7 +29,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The v5 reason code the broker answers this error with (CONNACK or DISCONNECT).
+    /// The v5 reason code the broker answers this error with in a CONNACK.
     pub fn reason_code(&self) -> u8 {
         match self {
             DecodeError::Malformed(_) => reason::MALFORMED_PACKET,
@@ -38,6 +38,16 @@ impl DecodeError {
             | DecodeError::DuplicateProperty { .. } => reason::PROTOCOL_ERROR,
             DecodeError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocol { .. } => reason::UNSUPPORTED_PROTOCOL_VERSION,
+        }
+    }
+
+    /// The reason code of the DISCONNECT that ends an established connection over this error.
+    /// There a CONNECT is a protocol error whatever its protocol level [MQTT-3.1.0-2], and 0x84
+    /// is a CONNACK code that no DISCONNECT may carry.
+    pub fn disconnect_reason(&self) -> u8 {
+        match self {
+            DecodeError::UnsupportedProtocol { .. } => reason::PROTOCOL_ERROR,
+            _ => self.reason_code(),
         }
     }
 

@@ -15,7 +15,11 @@ use tokio::sync::oneshot;
 pub mod scratch;
 
 pub mod nats;
+// A test crate may include two of these helper modules; each brings its own copy.
 pub mod pki;
+#[allow(clippy::duplicate_mod)]
+#[path = "../port/mod.rs"]
+pub mod port;
 
 pub struct TestBroker {
     pub addr: SocketAddr,

@@ -6,13 +6,14 @@
 //! Without the binary a test is skipped with a loud message, except under CI (`CI` set), where
 //! it fails: `scripts/test.sh` installs the `nats-server` package.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::port::free_port;
 use super::scratch::Scratch;
 
 pub struct NatsServer {
@@ -45,14 +46,6 @@ fn binary() -> Option<PathBuf> {
         );
     }
     found
-}
-
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 impl NatsServer {

@@ -9,6 +9,10 @@
 pub mod prometheus;
 // A test crate may include two of these helper modules; each brings its own copy.
 #[allow(clippy::duplicate_mod)]
+#[path = "../port/mod.rs"]
+pub mod port;
+// A test crate may include two of these helper modules; each brings its own copy.
+#[allow(clippy::duplicate_mod)]
 #[path = "../scratch/mod.rs"]
 pub mod scratch;
 

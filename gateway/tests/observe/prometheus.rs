@@ -7,7 +7,7 @@
 //! fails: `scripts/test.sh` installs the package, so CI never skips.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -222,8 +222,7 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr")
+    SocketAddr::from(([127, 0, 0, 1], super::port::free_port()))
 }
 
 /// Percent-encodes a query parameter value.

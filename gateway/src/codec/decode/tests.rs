@@ -639,6 +639,13 @@ fn error_reason_codes_and_kinds() {
     ];
     for (error, code, kind) in cases {
         assert_eq!((error.reason_code(), error.kind()), (code, kind), "{error}");
+        // Whatever the error, the DISCONNECT it ends a connection with is one a client decodes.
+        let code = error.disconnect_reason();
+        assert_eq!(
+            dec(0xE0, &[code, 0], Protocol::V5).map(|_| code),
+            Ok(code),
+            "{error}: DISCONNECT 0x{code:02X}"
+        );
     }
     assert_eq!(
         DecodeError::Malformed("QoS 3").to_string(),
