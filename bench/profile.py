@@ -10,6 +10,7 @@ strace slows the broker, so the rates are lower than unprofiled, the ratios are 
 Writes everything under --out DIR and prints the summary.
 
     python3 bench/profile.py --broker gateway --workload k --out bench/results/profile-k-gateway
+    python3 bench/profile.py --broker gateway --workload a --out DIR   # (a)'s connect storm
     FLASHMQ=/path/to/flashmq python3 bench/profile.py --broker flashmq --workload k ...
 """
 
@@ -45,11 +46,22 @@ def steady(sim, seconds):
     return False
 
 
-def perf(pid, seconds, out):
+def perf(pid, seconds, out, during=None):
+    """Samples `pid` for `seconds`, or while `during()` runs when given (then at a higher rate:
+    a connect storm lasts about a second)."""
     data = os.path.join(out, "perf.data")
-    subprocess.run(["perf", "record", "--call-graph", "dwarf,16384", "-F", "499", "-o", data,
-                    "-p", str(pid), "--",
-                    "sleep", str(seconds)], capture_output=True, check=True)
+    if during is None:
+        subprocess.run(["perf", "record", "--call-graph", "dwarf,16384", "-F", "499", "-o", data,
+                        "-p", str(pid), "--",
+                        "sleep", str(seconds)], capture_output=True, check=True)
+    else:
+        rec = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", "1999",
+                                "-o", data, "-p", str(pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # perf attached before the storm starts
+        during()
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=120)
     report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
                              "--sort", "dso,sym", "-g", "none", "--percent-limit", "0.7"],
                             capture_output=True, text=True).stdout
@@ -114,17 +126,61 @@ def strace(pid, seconds, out):
     return delivered, published, calls
 
 
+def connect_storm(broker, opts):
+    """(a)'s unpaced storm: `--devices` idle 3.1.1 devices, 100 handshakes in flight, the broker
+    sampled from before the first CONNECT until every device is connected; CPU of the broker and
+    of device-sim per 1,000 connects over the same span."""
+    n = opts.devices
+    summary = []
+
+    def storm():
+        cmd = [harness.SIM, "run", "--target", f"127.0.0.1:{broker.port}",
+               "--source-ips", harness.SOURCE_IPS, "--http-listen", harness.SIM_HTTP[0],
+               "--devices", str(n), "--subscribers", "0", "--publish-interval", "0",
+               "--keep-alive", "300s", "--connect-rate", "1000000", "--connect-window", "100",
+               "--duration", "60s", "--drain", "0s", "--connect-timeout", "30s",
+               "--client-id", "storm-{id}"]
+        cpu0, t0 = broker.cpu(), time.time()
+        sim = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=open(os.path.join(opts.out, "sim.log"), "w"),
+                               preexec_fn=harness.set_limits)
+        harness.CHILDREN.append(sim)
+        deadline = time.time() + 60
+        while time.time() < deadline and sim.poll() is None:
+            if (harness.sim_metric("device_sim_devices_connected") or 0) >= n:
+                break
+            time.sleep(0.05)
+        wall, gw, dev = time.time() - t0, broker.cpu() - cpu0, harness.proc_cpu(sim.pid)
+        sim.send_signal(signal.SIGINT)
+        sim.wait(timeout=60)
+        summary.append(f"# {opts.broker}, workload (a): {n} idle devices connected unpaced, "
+                       f"100 in flight, in {wall:.2f} s (polled every 50 ms)")
+        summary.append(f"CPU ms per 1,000 connects: broker {1000 * gw / (n / 1000):.1f}, "
+                       f"device-sim {1000 * dev / (n / 1000):.1f} (both on the same 2 cores)")
+
+    dsos, top, data = perf(broker.proc.pid, 0, opts.out, during=storm)
+    summary.append("perf record --call-graph dwarf -F 1999 over the storm: by object")
+    summary += dsos
+    summary.append("top symbols (self):")
+    summary += top
+    own = {"gateway": "gateway::"}.get(broker.kind, "")
+    if own:
+        summary.append(f"by leaf, with the nearest {own} caller (perf script):")
+        summary += leaf_callers(data, own)
+    return summary
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--broker", default="gateway")
-    ap.add_argument("--workload", default="k", choices=sorted(FANIN))
+    ap.add_argument("--workload", default="k", choices=sorted(FANIN) + ["a"])
+    ap.add_argument("--devices", type=int, default=19000, help="devices of (a)'s storm")
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--out", required=True)
     opts = ap.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     if not harness.available_brokers([opts.broker]):
         sys.exit(f"{opts.broker} is not available")
-    qos, window = FANIN[opts.workload]
     workdir = tempfile.mkdtemp(prefix="mqtt-profile-")
     broker = harness.Broker(opts.broker, workdir)
     summary = []
@@ -134,6 +190,10 @@ def main():
         while not harness.port_free(port):
             port += 1
         harness.SIM_HTTP[0] = f"127.0.0.1:{port}"
+        if opts.workload == "a":
+            summary = connect_storm(broker, opts)
+            return
+        qos, window = FANIN[opts.workload]
         duration = 3 * opts.seconds + 20
         cmd = [harness.SIM, "run", "--target", f"127.0.0.1:{broker.port}",
                "--source-ips", harness.SOURCE_IPS, "--http-listen", harness.SIM_HTTP[0],
@@ -173,10 +233,10 @@ def main():
     finally:
         broker.stop()
         harness.cleanup()
-    text = "\n".join(summary) + "\n"
-    with open(os.path.join(opts.out, "summary.txt"), "w") as f:
-        f.write(text)
-    print(text)
+        text = "\n".join(summary) + "\n"
+        with open(os.path.join(opts.out, "summary.txt"), "w") as f:
+            f.write(text)
+        print(text)
 
 
 if __name__ == "__main__":

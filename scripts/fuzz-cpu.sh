@@ -7,6 +7,7 @@
 #
 #   scripts/fuzz-cpu.sh TARGET CPU_SECONDS [libFuzzer flags...]
 #   nice -n 19 scripts/fuzz-cpu.sh session 3600 -max_len=1024 > /tmp/fuzz-session.log 2>&1
+#   setsid nice -n 19 scripts/fuzz-cpu.sh session 3600 &   # detached: still niced (autogroup)
 #
 # The last line printed is `fuzz-cpu: TARGET cpu_s=... wall_s=... exit=...`; libFuzzer's final
 # stats (executions, exec/s, coverage) come just before it.
@@ -27,6 +28,13 @@ if [ ! -x "$BIN" ]; then
     exit 2
 fi
 mkdir -p "fuzz/corpus/$TARGET" "fuzz/artifacts/$TARGET"
+
+# With the kernel's autogroups on, nice counts only inside a session: a fuzzer started under
+# setsid would take a full share beside builds and benchmarks whatever its nice value. A script
+# that leads its own session gives the session's group its own nice value.
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+    echo "$(nice)" > /proc/self/autogroup 2>/dev/null || true
+fi
 
 "$BIN" -artifact_prefix="fuzz/artifacts/$TARGET/" -print_final_stats=1 "$@" "fuzz/corpus/$TARGET" &
 PID=$!

@@ -163,6 +163,40 @@ async fn cross_node_qos_0_1_2_with_3_1_1_and_5_0_clients() {
     pub_a.disconnect().await;
 }
 
+/// `o/#` takes two NATS subscriptions on node b (its parent level `o` and `o.>`), each with its
+/// own channel in async-nats: a burst alternating `o` and `o/x` must still reach the
+/// subscriber in the order it was published (it came out of order before b ordered what is
+/// ready by the sender's sequence numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_order_holds_across_the_nats_subscriptions_of_one_filter() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    let mut sub = v3::connect(b.mqtt, &unique_id("ordered")).await;
+    sub.subscribe("o/#", v3::QoS::AtMostOnce).await;
+    interest(&a, 1.0).await;
+    let publisher = v3::connect(a.mqtt, &unique_id("pub")).await;
+    const N: usize = 400;
+    for i in 0..N {
+        let topic = if i % 2 == 0 { "o" } else { "o/x" };
+        publisher
+            .publish(topic, v3::QoS::AtMostOnce, false, i.to_string())
+            .await;
+    }
+    let mut got = Vec::with_capacity(N);
+    while got.len() < N {
+        let p = sub.next_publish(WAIT).await;
+        got.push(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<usize>()
+                .expect("a number"),
+        );
+    }
+    let sent: Vec<usize> = (0..N).collect();
+    assert_eq!(got, sent, "received out of publish order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_filters_and_wildcards_deliver_once_per_subscriber_across_nodes() {
     let Some(nats) = NatsServer::start().await else {

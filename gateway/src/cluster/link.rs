@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_nats::client::PublishErrorKind;
 use async_nats::{Client, Event};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::StreamMap;
@@ -485,9 +485,9 @@ impl Link {
                 },
                 Some(msg) = all.next() => self.control(&client, &st, msg).await,
                 Some(msg) = direct.next() => self.control(&client, &st, msg).await,
-                Some((sid, msg)) = st.data.next() => {
+                Some(first) = st.data.next() => {
                     if let Some(router) = router.upgrade() {
-                        receive(&c, &router, &mut st, sid, msg);
+                        receive_ready(&c, &router, &mut st, first);
                     }
                 }
                 Some(out) = self.outbox.recv() => {
@@ -717,19 +717,56 @@ impl Link {
     }
 }
 
+/// Every message ready on the data subscriptions, `first` among them, into the local router in
+/// the order each node sent them. async-nats gives each subscription its own channel and fills
+/// them one message at a time as they come off the connection, which carries one node's
+/// messages in the order it sent them: once a message is ready, every earlier one of its sender
+/// is ready too, maybe in another subscription's channel (`w` through `w/#`'s subject for its
+/// parent level, `w/x` through its wildcard). Taking all that is ready and ordering it by the
+/// sender's sequence number keeps a publisher's order across subscriptions.
+fn receive_ready(
+    c: &NatsCluster,
+    router: &Router,
+    st: &mut State,
+    first: (u64, async_nats::Message),
+) {
+    let mut ready = vec![first];
+    // Outside tokio's budget: a receive over budget says "nothing ready" while messages wait.
+    while let Some(Some(next)) = tokio::task::unconstrained(st.data.next()).now_or_never() {
+        ready.push(next);
+    }
+    let mut decoded = Vec::with_capacity(ready.len());
+    for (sid, msg) in ready {
+        let bytes = msg.payload.len() as u64;
+        match envelope::decode(msg.payload) {
+            Ok(env) => decoded.push((sid, msg.subject, bytes, env)),
+            Err(_) => c.metrics.cluster.dropped(ClusterDrop::Malformed),
+        }
+    }
+    // Stable: copies of one message through several subscriptions stay adjacent, the first
+    // taken and the others counted as duplicates.
+    decoded.sort_by_key(|(_, _, _, env)| (env.origin, env.seq));
+    for (sid, subject, bytes, env) in decoded {
+        receive(c, router, st, sid, &subject, bytes, env);
+    }
+}
+
 /// One message from a data subscription into the local router.
-fn receive(c: &NatsCluster, router: &Router, st: &mut State, sid: u64, msg: async_nats::Message) {
+fn receive(
+    c: &NatsCluster,
+    router: &Router,
+    st: &mut State,
+    sid: u64,
+    subject: &str,
+    bytes: u64,
+    env: envelope::Envelope,
+) {
     let m = &c.metrics.cluster;
     let Some(kind) = st.kinds.get(&sid) else {
         return;
     };
-    let bytes = msg.payload.len() as u64;
-    let Ok(env) = envelope::decode(msg.payload) else {
-        m.dropped(ClusterDrop::Malformed);
-        return;
-    };
     let topic = match kind {
-        Kind::Plain => topic_of(&c.prefix, msg.subject.as_str()).ok(),
+        Kind::Plain => topic_of(&c.prefix, subject).ok(),
         Kind::Group(_) => env.topic.as_ref().map(|t| t.to_string()),
     };
     let Some(topic) =
