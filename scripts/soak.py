@@ -17,8 +17,10 @@ the whole run, all at once:
   - a client subscribed to `#`, reading everything;
   - a wrong-password flood, 20 logins per second.
 Every 10 s it samples the gateway's RSS, open fds, threads, and from /metrics its connections,
-sessions and hibernating sessions, and the fleet's end-to-end p99 over those 10 s (device-sim's
-histogram). At the end: OUT.csv (the samples), OUT.svg (RSS and p99 over the run), OUT.json (the
+sessions and hibernating sessions, messages dropped (all, and at full queues), and the fleet's
+end-to-end p99 over those 10 s (device-sim's histogram); from the admin API, what the full queues
+of the verifying subscribers dropped (the fleet's since the start, the running churn run's), so a
+verifier's loss is told apart from the slow consumers', which drop by design. At the end: OUT.csv (the samples), OUT.svg (RSS and p99 over the run), OUT.json (the
 summary and both device-sim verdicts). It stops everything it started, by PID.
 """
 
@@ -76,6 +78,21 @@ def metrics(port):
             except ValueError:
                 pass
     return out
+
+
+ADMIN_TOKEN = "soak-admin-token-" + os.urandom(8).hex()
+
+
+def dropped_by(port, prefix):
+    """What the full queues of the sessions whose client ids start with `prefix` dropped (the
+    admin API's per-session `dropped_messages`); None when the API did not answer."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/clients?prefix={prefix}&limit=1000",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    try:
+        page = json.load(urllib.request.urlopen(req, timeout=5))
+    except (OSError, ValueError):
+        return None
+    return sum(c.get("dropped_messages", 0) for c in page.get("clients", []))
 
 
 def total(m, prefix):
@@ -292,7 +309,8 @@ def main():
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = os.path.join(work, "gateway.toml")
     with open(config, "w") as f:
-        f.write(f'[auth]\npassword_file = "{passwd}"\n[storage]\ndir = "{work}/data"\n')
+        f.write(f'[auth]\npassword_file = "{passwd}"\n[storage]\ndir = "{work}/data"\n'
+                f'[http]\nadmin_token = "{ADMIN_TOKEN}"\n')
     gw = start([args.gateway, "--config", config, "--mqtt-listen", f"127.0.0.1:{mqtt}",
                 "--http-listen", f"127.0.0.1:{http}", "--log-level", "warn"], cwd=work,
                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "gateway.log"), "w"))
@@ -373,6 +391,9 @@ def main():
             "hibernating": total(m, "gateway_sessions_hibernating"),
             "p99_ms": p99_between(before, now),
             "dropped": total(m, "gateway_messages_dropped_total"),
+            "dropped_queue_full": m.get('gateway_messages_dropped_total{reason="queue_full"}', 0.0),
+            "fleet_verifier_dropped": dropped_by(http, "fleet-verifier"),
+            "churn_verifier_dropped": dropped_by(http, "churn-verifier"),
         })
         before = now
         print(json.dumps(samples[-1]), flush=True)
@@ -406,6 +427,10 @@ def main():
         if warm else None,
         "fds_after_warmup": [min(s["fds"] for s in warm), max(s["fds"] for s in warm)] if warm else None,
         "p99_ms_max_10s_window": max((s["p99_ms"] for s in samples if s["p99_ms"]), default=None),
+        "fleet_verifier_dropped": samples[-1]["fleet_verifier_dropped"] if samples else None,
+        # A churn verifier's session ends with its run, so its count is sampled while it lives.
+        "churn_verifier_dropped_max_sample": max((s["churn_verifier_dropped"] or 0 for s in samples),
+                                                 default=None),
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".csv", "w") as f:

@@ -162,6 +162,9 @@ struct ClientView {
     session_expiry_interval: u32,
     queued_messages: usize,
     inflight_messages: usize,
+    /// Messages dropped because its queue was full (a slow or absent reader), since the session
+    /// began; saturates at 65,535.
+    dropped_messages: u16,
     subscription_count: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     subscriptions: Option<Vec<SubscriptionView>>,
@@ -204,6 +207,7 @@ fn view(session: &Session, detail: bool) -> ClientView {
         session_expiry_interval: session.expiry_interval(),
         queued_messages: session.queue_len(),
         inflight_messages: session.inflight_len(),
+        dropped_messages: session.dropped(),
         subscription_count: subscriptions.len(),
         subscriptions: detail.then(|| subscriptions.iter().map(SubscriptionView::of).collect()),
     }

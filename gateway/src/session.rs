@@ -9,7 +9,7 @@
 //! resume, takeover and (later) persistence a hand-over of one object rather than a copy.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytestring::ByteString;
@@ -298,6 +298,10 @@ pub struct Session {
     owned: AtomicBool,
     /// Set when the registry has let go of this session; attachers must look it up again.
     discarded: AtomicBool,
+    /// Messages dropped because the queue was at its bound, since the session began (saturating
+    /// at 65,535: it fills what would be padding, and any figure that high says enough): the
+    /// summed `gateway_messages_dropped_total` cannot tell an operator whose they were.
+    dropped: AtomicU16,
 }
 
 /// Proof of owning a session; released when dropped (also when a task unwinds).
@@ -344,6 +348,7 @@ impl Session {
             kick: AtomicU8::new(KICK_NONE),
             owned: AtomicBool::new(false),
             discarded: AtomicBool::new(false),
+            dropped: AtomicU16::new(0),
         }
     }
 
@@ -429,6 +434,10 @@ impl Session {
             let mut st = self.state.lock();
             let stored = st.stored.as_ref().map_or(0, |b| b.count as usize);
             if st.queue.len() + stored >= limits.max_queued {
+                // Saturating; Relaxed: a statistic, ordered by nothing.
+                let _ = self
+                    .dropped
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
                 return (Enqueued::QueueFull, 0);
             }
             let mark = if d.qos != QoS::AtMostOnce && self.is_persistent() {
@@ -788,6 +797,7 @@ impl Session {
         let subs = std::mem::take(&mut st.subscriptions);
         let generation = st.generation;
         self.persistent.store(false, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
         *st = State {
             next_packet_id: 1,
             generation,
@@ -869,6 +879,11 @@ impl Session {
 
     pub fn inflight_len(&self) -> usize {
         self.state.lock().inflight.len()
+    }
+
+    /// Messages dropped at the queue's bound since the session began, up to 65,535.
+    pub fn dropped(&self) -> u16 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// What the session holds against its bounds, for the session fuzz target's invariants.

@@ -1,8 +1,8 @@
 //! The observability surface with real clients: every metric moves under traffic and
 //! `promtool check metrics` accepts the exposition; the metric list of `docs/operations.md`
 //! matches what `/metrics` serves (both ways); `/healthz` and `/readyz` follow the broker's life;
-//! the admin API lists, inspects and disconnects clients and finds subscriptions; `$SYS/` topics
-//! arrive.
+//! the admin API lists, inspects (whose queue dropped what) and disconnects clients and finds
+//! subscriptions; `$SYS/` topics arrive.
 
 mod clients;
 mod observe;
@@ -347,6 +347,7 @@ async fn admin_api_lists_inspects_and_disconnects_clients() {
     assert_eq!(one["subscriptions"][0]["qos"], 1);
     assert_eq!(one["queued_messages"], 0);
     assert_eq!(one["inflight_messages"], 0);
+    assert_eq!(one["dropped_messages"], 0);
 
     let (status, body) = obs.get("/api/v1/subscriptions?topic=t%2Fx").await;
     assert_eq!(status, 200, "{body}");
@@ -403,6 +404,41 @@ async fn admin_api_lists_inspects_and_disconnects_clients() {
         .as_str()
         .is_some_and(|e| e.contains("admin_token")));
     disabled.shutdown().await;
+}
+
+/// The admin API tells whose messages a full queue dropped: the summed
+/// `gateway_messages_dropped_total` cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_counts_the_messages_each_sessions_full_queue_dropped() {
+    let obs = Observed::start(|c| c.mqtt.max_queued_messages = 5).await;
+    let mut o = v3::options(obs.mqtt, "drops-away");
+    o.set_clean_session(false);
+    let mut away = v3::Client::connect(o).await;
+    away.subscribe("dq/#", v3::QoS::AtLeastOnce).await;
+    away.disconnect().await;
+    let mut reader = v3::connect(obs.mqtt, "drops-reader").await;
+    reader.subscribe("dq/#", v3::QoS::AtLeastOnce).await;
+
+    let mut publisher = v3::connect(obs.mqtt, "drops-publisher").await;
+    for i in 0..8u8 {
+        publisher
+            .publish_confirmed("dq/x", v3::QoS::AtLeastOnce, false, vec![i])
+            .await;
+        reader.next_publish(WAIT).await;
+    }
+    let (status, body) = obs.get("/api/v1/clients/drops-away").await;
+    assert_eq!(status, 200, "{body}");
+    let away = json(&body);
+    assert_eq!(away["online"], false);
+    assert_eq!(away["queued_messages"], 5);
+    assert_eq!(away["dropped_messages"], 3, "{body}");
+    let (_, body) = obs.get("/api/v1/clients/drops-reader").await;
+    assert_eq!(json(&body)["dropped_messages"], 0, "{body}");
+    let (_, body) = obs.get("/api/v1/clients?prefix=drops-").await;
+    let listed = json(&body);
+    assert_eq!(listed["clients"][0]["client_id"], "drops-away");
+    assert_eq!(listed["clients"][0]["dropped_messages"], 3, "{body}");
+    obs.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
