@@ -11,10 +11,11 @@
 # jetstream run. Loopback; stops everything it started, by PID.
 #
 #   bench/cluster_store.sh [SECONDS]
+#   GATEWAY=/path/to/gateway MODES=jetstream bench/cluster_store.sh 10   # another build, one mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-bin=target/release/gateway
+bin=${GATEWAY:-target/release/gateway}
 sim=target/release/device-sim
 [ -x "$bin" ] && [ -x "$sim" ] || cargo build --release -p gateway -p device-sim >&2
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -84,4 +85,4 @@ print(f"{mode:9} {r['receive_rate']:>9,.0f} msg/s delivered  gateway {per(g)} CP
 P
 }
 
-for mode in off disk jetstream; do run "$mode"; done
+for mode in ${MODES:-off disk jetstream}; do run "$mode"; done

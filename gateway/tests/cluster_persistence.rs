@@ -505,12 +505,20 @@ async fn a_puback_to_an_offline_persistent_session_waits_for_jetstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_persistent_sessions_records_are_compacted() {
+async fn a_busy_persistent_sessions_records_are_batched_and_compacted() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     let dir = binary::scratch::Scratch::new("persist-compact");
-    let a = ready_node(&nats, "a", &dir).await;
+    // The publisher runs ahead of the subscriber (its PUBACKs wait only for the store): the
+    // whole burst may queue.
+    let a = Gateway::cluster_node_with(
+        &nats.url(),
+        "a",
+        &dir,
+        "[mqtt]\nmax_queued_messages = 10000\n",
+    );
+    cluster_ready(&nats, a.addr).await;
     let id = unique_id("busy");
     let mut sub = v5::Client::connect(v5::persistent(a.addr, &id, EXPIRY)).await;
     sub.subscribe("busy/#", v5::QoS::AtLeastOnce).await;
@@ -531,7 +539,20 @@ async fn a_busy_persistent_sessions_records_are_compacted() {
 
     let client = async_nats::connect(nats.url()).await.expect("NATS connect");
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("gateway_state").await.expect("state stream");
+    let mut stream = js.get_stream("gateway_state").await.expect("state stream");
+    // Every stream message ever written, purged ones included: the records that were queued
+    // together went out as one message per subject.
+    let written = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    println!("stream messages written for {N} messages (3 records each): {written}");
+    assert!(
+        written < N as u64,
+        "{written} stream messages for {N} messages"
+    );
     let subject = format!("gateway.state.c{}", URL_SAFE_NO_PAD.encode(&id));
     let mut counts = stream.info_with_subjects(&subject).await.expect("info");
     let mut records = 0;

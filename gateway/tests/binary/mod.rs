@@ -78,11 +78,21 @@ pub struct Gateway {
 impl Gateway {
     /// A cluster node named `name` on the NATS server at `nats_url`, its config in `dir`.
     pub fn cluster_node(nats_url: &str, name: &str, dir: &scratch::Scratch) -> Gateway {
+        Gateway::cluster_node_with(nats_url, name, dir, "")
+    }
+
+    /// A cluster node whose configuration also holds `more` (TOML tables of its own).
+    pub fn cluster_node_with(
+        nats_url: &str,
+        name: &str,
+        dir: &scratch::Scratch,
+        more: &str,
+    ) -> Gateway {
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[nats]\nservers = [{nats_url:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n"
+                "[nats]\nservers = [{nats_url:?}]\n[cluster]\nenabled = true\nnode_name = {name:?}\n{more}"
             ),
         )
         .expect("write node config");

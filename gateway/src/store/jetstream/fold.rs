@@ -2,7 +2,8 @@
 //! the session.
 //!
 //! A record is one tag byte and its fields (big-endian), reusing `record`'s encodings for
-//! sessions and deliveries. Folding is order-tolerant for one message's records (a record whose
+//! sessions and deliveries. A stream message holds one record, or a batch of records of its
+//! subject in order (`batch`). Folding is order-tolerant for one message's records (a record whose
 //! publish failed and was sent again can land after a later one): a message is queued, sent
 //! with the furthest stage seen, or settled, whatever order those came in. A tombstone or a
 //! snapshot starts the session anew at its place; a compaction snapshot's place is the last
@@ -24,6 +25,8 @@ const INCOMING: u8 = b'I';
 const REMOVED: u8 = b'X';
 const ADOPTED: u8 = b'A';
 const COMPACTED: u8 = b'C';
+/// Records in order, each as its length (u32) and bytes.
+const BATCH: u8 = b'B';
 
 pub(super) fn session(s: &SessionRecord) -> Vec<u8> {
     let body = record::session(s);
@@ -89,6 +92,17 @@ pub(super) fn compacted(covers: u64, s: &SessionRecord, pending: &Pending) -> Ve
     out
 }
 
+/// Several records of one subject as one stream message, in order.
+pub(super) fn batch<'a>(records: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![BATCH];
+    for r in records {
+        // A record is far below 4 GiB: it is bounded by the largest packet and the message limit.
+        out.extend_from_slice(&u32::try_from(r.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
 /// Whether a record starts its session anew (what is before it can be purged once it is stored).
 pub(super) fn supersedes(payload: &[u8]) -> bool {
     matches!(payload.first(), Some(&REMOVED | &ADOPTED))
@@ -134,14 +148,47 @@ fn be_u16(b: &[u8]) -> Result<u16, Corrupt> {
 }
 
 impl Folded {
-    /// Takes the record stored at stream sequence `seq`.
+    /// Takes the stream message stored at sequence `seq`: one record or a batch.
     pub(super) fn add(&mut self, seq: u64, payload: bytes::Bytes) -> Result<(), Corrupt> {
-        let place = match payload.first() {
-            Some(&COMPACTED) => u128::from(be_u64(&payload[1..])?) * 2 + 1,
-            Some(_) => u128::from(seq) * 2,
+        // A record's place: its message's sequence, then its index in the batch; a compaction
+        // snapshot's is after every record of the last message it covers.
+        let at = |seq: u64, index: u32| u128::from(seq) << 32 | u128::from(index);
+        match payload.first() {
+            Some(&COMPACTED) => {
+                let covers = be_u64(&payload[1..])?;
+                self.records.push((at(covers, u32::MAX), payload));
+            }
+            Some(&BATCH) => {
+                let mut rest = payload.slice(1..);
+                let mut index = 0u32;
+                while !rest.is_empty() {
+                    let len = rest
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(|b| u32::from_be_bytes(b) as usize)
+                        .ok_or_else(|| Corrupt("batch cut short".into()))?;
+                    let end = len
+                        .checked_add(4)
+                        .filter(|&end| end <= rest.len() && len > 0)
+                        .ok_or_else(|| Corrupt("batch cut short".into()))?;
+                    let record = rest.slice(4..end);
+                    if matches!(record.first(), Some(&BATCH | &COMPACTED)) {
+                        return Err(Corrupt("a batch within a batch".into()));
+                    }
+                    self.records.push((at(seq, index), record));
+                    rest = rest.slice(end..);
+                    index = index
+                        .checked_add(1)
+                        .filter(|&i| i < u32::MAX)
+                        .ok_or_else(|| Corrupt("batch too long".into()))?;
+                }
+                if index == 0 {
+                    return Err(Corrupt("empty batch".into()));
+                }
+            }
+            Some(_) => self.records.push((at(seq, 0), payload)),
             None => return Err(Corrupt("empty record".into())),
-        };
-        self.records.push((place, payload));
+        }
         Ok(())
     }
 
@@ -367,6 +414,111 @@ mod tests {
         .expect("a session");
         let seqs: Vec<u64> = read.pending.queue.iter().map(|d| d.seq).collect();
         assert_eq!(seqs, [2]);
+    }
+
+    /// What a read gives back, comparable: queued seqs, in-flight (id, stage, seq), QoS 2 ids.
+    type Summary = (Vec<u64>, Vec<(u16, Stage, u64)>, Vec<u16>);
+
+    fn summary(read: Option<Read>) -> Option<Summary> {
+        read.map(|r| {
+            (
+                r.pending.queue.iter().map(|d| d.seq).collect(),
+                r.pending
+                    .inflight
+                    .iter()
+                    .map(|(id, stage, d)| (*id, *stage, d.seq))
+                    .collect(),
+                r.pending.incoming_qos2,
+            )
+        })
+    }
+
+    /// The records of one session's life: queued, sent and settled in mixed order, a
+    /// tombstone and a new start, QoS 2 ids.
+    fn life() -> Vec<Vec<u8>> {
+        let mut p = Pending::default();
+        p.queue.push(delivery(4));
+        vec![
+            session(&rec()),
+            queued(&delivery(1)),
+            sent(1, 7, Stage::PubAck),
+            queued(&delivery(2)),
+            settled(1),
+            incoming(9, true),
+            removed(),
+            session(&rec()),
+            queued(&delivery(3)),
+            adopted(&rec(), &p),
+            queued(&delivery(5)),
+            sent(5, 8, Stage::PubRec),
+            queued(&delivery(6)),
+            incoming(10, true),
+            settled(4),
+        ]
+    }
+
+    proptest::proptest! {
+        /// However the writer cuts a subject's records into stream messages (`cuts` marks
+        /// where a new message begins), they fold as they do one by one.
+        #[test]
+        fn batches_fold_as_their_records_one_by_one(cuts in proptest::collection::vec(proptest::bool::ANY, 15)) {
+            let records = life();
+            let mut f = Folded::default();
+            let mut seq = 0;
+            let mut group: Vec<&[u8]> = Vec::new();
+            let mut flush = |group: &mut Vec<&[u8]>, f: &mut Folded| {
+                if group.is_empty() {
+                    return;
+                }
+                seq += 1;
+                let payload = if group.len() == 1 { group[0].to_vec() } else { batch(group.iter().copied()) };
+                f.add(seq, bytes::Bytes::from(payload)).unwrap();
+                group.clear();
+            };
+            for (r, cut) in records.iter().zip(cuts) {
+                if cut {
+                    flush(&mut group, &mut f);
+                }
+                group.push(r);
+            }
+            flush(&mut group, &mut f);
+            proptest::prop_assert_eq!(summary(f.finish("c").unwrap()), summary(fold(&records)));
+        }
+    }
+
+    #[test]
+    fn a_compaction_snapshot_stands_after_the_whole_batch_it_covers() {
+        let mut p = Pending::default();
+        p.queue.push(delivery(2));
+        let mut f = Folded::default();
+        let first = [session(&rec()), queued(&delivery(1)), queued(&delivery(2))];
+        f.add(1, batch(first.iter().map(|r| &r[..])).into())
+            .unwrap();
+        let later = [settled(1), queued(&delivery(3))];
+        f.add(2, batch(later.iter().map(|r| &r[..])).into())
+            .unwrap();
+        f.add(3, compacted(1, &rec(), &p).into()).unwrap();
+        let read = summary(f.finish("c").unwrap()).expect("a session");
+        // The snapshot (of 1's batch: 2 left) lands after it and before 2's batch.
+        assert_eq!(read.0, [2, 3]);
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused() {
+        let good = batch([&settled(1)[..], &settled(2)[..]].into_iter());
+        for bad in [
+            vec![BATCH],
+            good[..good.len() - 1].to_vec(),
+            vec![BATCH, 0, 0, 0, 0],
+            vec![BATCH, 0xff, 0xff, 0xff, 0xff, SETTLED],
+            batch([&good[..]].into_iter()),
+        ] {
+            assert!(
+                Folded::default().add(1, bad.clone().into()).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(Folded::default().add(1, good.into()).is_ok());
     }
 
     #[test]

@@ -2,16 +2,22 @@
 //! awaiting their JetStream acks at once, and advances the durable mark as they are acked in
 //! order.
 //!
-//! A record whose publish fails (JetStream unreachable, the stream gone, a timeout) holds the
+//! What it finds queued together goes out as one unit: the records of one session's subject in
+//! it as one stream message (`fold::batch`), so that a persistent subscriber taking a burst (a
+//! record queued, sent and settled per message) costs JetStream one write per burst, not three
+//! per message. The durable mark moves past a unit once every message of it is acked.
+//!
+//! A message whose publish fails (JetStream unreachable, the stream gone, a timeout) holds the
 //! durable mark and is sent again, with the same `Nats-Msg-Id` (the stream's duplicate window
 //! stores it once), until it is acked; meanwhile the store says it is not `available`. Acks
-//! of the later records already in flight are taken after it: those records may then lie
-//! before it in the stream, which folding tolerates (`fold`).
+//! of the later messages already in flight are taken after it: those may then lie before it
+//! in the stream, which folding tolerates (`fold`).
 //!
 //! After a record that starts its session anew (tombstone, snapshot) is stored, the records
-//! before it on its subject are purged. A session whose records since its last snapshot exceed
-//! `COMPACT_BYTES` is read back and written as one compaction snapshot, and its older records
-//! purged: a session's subject holds about its live state plus `COMPACT_BYTES`.
+//! before it on its subject are purged; such a record ends its unit and goes out alone. A
+//! session whose records since its last snapshot exceed `COMPACT_BYTES` is read back and
+//! written as one compaction snapshot, and its older records purged: a session's subject holds
+//! about its live state plus `COMPACT_BYTES`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,8 +39,12 @@ use super::{fold, Shared};
 use crate::metrics::StoreMetrics;
 use crate::session::Session;
 
-/// Records awaiting their acks at once.
+/// Units awaiting their acks at once.
 const WINDOW: usize = 4_096;
+/// Records taken into one unit at most, and record bytes in one stream message at most (well
+/// under nats-server's default `max_payload` of 1 MiB; a larger record goes alone).
+const UNIT_RECORDS: usize = 1_024;
+const MESSAGE_BYTES: usize = 256 * 1024;
 /// Pause before a failed publish is sent again.
 const RETRY: Duration = Duration::from_millis(200);
 /// Record bytes on one session's subject since its last snapshot before it is compacted.
@@ -99,7 +109,76 @@ impl Marks {
     }
 }
 
-type Acked = (Record, Instant, Result<PublishAck, PublishError>);
+/// One stream message: a record, or several of one subject in a batch.
+struct Write {
+    /// The mark of its last record.
+    mark: Mark,
+    client_id: Arc<str>,
+    subject: String,
+    payload: Bytes,
+    /// Its records' own bytes, as `Shared::backlog` counted them.
+    record_bytes: u64,
+}
+
+impl Write {
+    fn of(records: Vec<Record>) -> Option<Write> {
+        let last = records.last()?;
+        let (mark, client_id, subject) = (last.mark, last.client_id.clone(), last.subject.clone());
+        let record_bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+        let payload = if records.len() == 1 {
+            records.into_iter().next()?.payload
+        } else {
+            Bytes::from(fold::batch(records.iter().map(|r| &r.payload[..])))
+        };
+        Some(Write {
+            mark,
+            client_id,
+            subject,
+            payload,
+            record_bytes,
+        })
+    }
+}
+
+/// The records taken together, grouped into stream messages in the order each group began.
+struct Unit {
+    groups: Vec<Vec<Record>>,
+    /// Per subject, its open group (the last one begun) and that group's bytes.
+    open: HashMap<String, (usize, usize)>,
+    taken: usize,
+}
+
+impl Unit {
+    fn new() -> Unit {
+        Unit {
+            groups: Vec::new(),
+            open: HashMap::new(),
+            taken: 0,
+        }
+    }
+
+    fn add(&mut self, r: Record) {
+        self.taken += 1;
+        let len = r.payload.len();
+        match self.open.get_mut(&r.subject) {
+            Some((at, bytes)) if *bytes + len <= MESSAGE_BYTES => {
+                *bytes += len;
+                self.groups[*at].push(r);
+            }
+            _ => {
+                self.open
+                    .insert(r.subject.clone(), (self.groups.len(), len));
+                self.groups.push(vec![r]);
+            }
+        }
+    }
+
+    fn writes(self) -> Vec<Write> {
+        self.groups.into_iter().filter_map(Write::of).collect()
+    }
+}
+
+type Acked = (Vec<(Write, Result<PublishAck, PublishError>)>, Instant);
 
 /// What piled up on one session's subject since its last snapshot.
 #[derive(Default)]
@@ -128,8 +207,8 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
-                Some((record, at, acked)) = inflight.next(), if !inflight.is_empty() => {
-                    self.acked(record, at, acked).await;
+                Some((acked, at)) = inflight.next(), if !inflight.is_empty() => {
+                    self.acked(acked, at).await;
                 }
                 Some((client_id, subject)) = self.compacted.recv() => {
                     // What came while it ran is left: compacted again at once if that is a
@@ -141,29 +220,37 @@ impl Writer {
                 }
                 record = records.recv(), if inflight.len() < WINDOW => {
                     let Some(record) = record else { break };
+                    let writes = take_unit(record, &mut records);
                     let at = Instant::now();
-                    let sent = self.send(&record).await;
+                    let mut sent = Vec::with_capacity(writes.len());
+                    for w in &writes {
+                        sent.push(self.send(w).await);
+                    }
                     inflight.push_back(
                         async move {
-                            let acked = match sent {
-                                Ok(ack) => ack.await,
-                                Err(e) => Err(e),
-                            };
-                            (record, at, acked)
+                            let mut acked = Vec::with_capacity(writes.len());
+                            for (w, sent) in writes.into_iter().zip(sent) {
+                                let ack = match sent {
+                                    Ok(ack) => ack.await,
+                                    Err(e) => Err(e),
+                                };
+                                acked.push((w, ack));
+                            }
+                            (acked, at)
                         }
                         .boxed(),
                     );
                 }
             }
         }
-        while let Some((record, at, acked)) = inflight.next().await {
-            self.acked(record, at, acked).await;
+        while let Some((acked, at)) = inflight.next().await {
+            self.acked(acked, at).await;
         }
     }
 
     async fn send(
         &self,
-        r: &Record,
+        r: &Write,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, PublishError> {
         let id = format!("{}.{}", self.id_prefix, r.mark);
         let message = PublishMessage::build()
@@ -175,11 +262,24 @@ impl Writer {
             .await
     }
 
-    /// A record's publish answered: on success the durable mark moves to it, on failure it is
-    /// sent again until stored.
-    async fn acked(
+    /// A unit's publishes answered: each that failed is sent again until stored, then the
+    /// durable mark moves past the unit.
+    async fn acked(&mut self, acked: Vec<(Write, Result<PublishAck, PublishError>)>, at: Instant) {
+        let mut last = None;
+        for (write, ack) in acked {
+            last = Some(write.mark);
+            self.stored(write, at, ack).await;
+        }
+        if let Some(mark) = last {
+            self.shared.marks.advance(mark);
+        }
+    }
+
+    /// One stream message's publish answered: sent again until stored, then counted, and its
+    /// subject purged or compacted as it asks.
+    async fn stored(
         &mut self,
-        record: Record,
+        record: Write,
         at: Instant,
         mut acked: Result<PublishAck, PublishError>,
     ) {
@@ -209,8 +309,7 @@ impl Writer {
             .increment((record.subject.len() + record.payload.len()) as u64);
         shared
             .backlog
-            .fetch_sub(record.payload.len() as u64, Ordering::Relaxed);
-        shared.marks.advance(record.mark);
+            .fetch_sub(record.record_bytes, Ordering::Relaxed);
         if fold::supersedes(&record.payload) {
             if record.payload == fold::removed() {
                 self.since_snapshot.remove(&record.subject);
@@ -246,6 +345,26 @@ impl Writer {
             let _ = done.send((client_id, subject));
         });
     }
+}
+
+/// `first` and the records queued behind it, up to `UNIT_RECORDS` or a record that starts its
+/// session anew (which goes out alone, last, so that the purge after it never reaches a record
+/// of its subject that was meant to follow it), as stream messages.
+fn take_unit(first: Record, queue: &mut mpsc::UnboundedReceiver<Record>) -> Vec<Write> {
+    let mut unit = Unit::new();
+    let mut next = Some(first);
+    while let Some(r) = next.take() {
+        if fold::supersedes(&r.payload) {
+            let mut writes = unit.writes();
+            writes.extend(Write::of(vec![r]));
+            return writes;
+        }
+        unit.add(r);
+        if unit.taken < UNIT_RECORDS {
+            next = queue.try_recv().ok();
+        }
+    }
+    unit.writes()
 }
 
 /// Whether `available` may say yes: no failing write, and a backlog below `max`.
