@@ -753,8 +753,8 @@ impl Session {
     /// while its owner holds it: the queue (with retained messages still owed after a
     /// SUBSCRIBE at its end), the outbound window with each flow's stage, the inbound QoS 2 ids.
     /// `stored`: what `stored_left` named, read from the store, spliced in where it belongs
-    /// (after what was read of it, before what was queued since the restart). Ingestion
-    /// numbering starts anew on the other node.
+    /// (after what was read of it, before what was queued since the restart). Its ingestion
+    /// numbering goes along, so that a resend on the other node keeps its de-duplication id.
     pub(crate) fn export_pending(&self, stored: Vec<Delivery>) -> Pending {
         let st = self.state.lock();
         let live_from = st.stored.as_ref().map_or(0, |b| b.live_from);
@@ -775,7 +775,10 @@ impl Session {
                 .map(|i| (i.packet_id, i.stage, i.delivery.clone()))
                 .collect(),
             incoming_qos2: st.incoming_qos2.as_deref().cloned().unwrap_or_default(),
-            ingest_ids: Vec::new(),
+            ingest_ids: st
+                .ingest_ids
+                .as_ref()
+                .map_or_else(Vec::new, |ids| ids.stored()),
         }
     }
 

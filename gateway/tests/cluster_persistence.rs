@@ -10,6 +10,7 @@
 
 mod binary;
 mod clients;
+mod cluster_node;
 mod common;
 
 use std::net::SocketAddr;
@@ -30,9 +31,7 @@ const EXPIRY: u32 = 300;
 /// A node of the cluster on `nats`, named `name`, as its own process, once it claims client
 /// ids through NATS.
 async fn ready_node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
-    let node = Gateway::cluster_node(&nats.url(), name, dir);
-    cluster_ready(nats, node.addr).await;
-    node
+    cluster_node::ready_node_with(nats, name, dir, "").await
 }
 
 fn persistent_connect(v: V, id: &str) -> Connect<'_> {
@@ -61,26 +60,6 @@ async fn take_unacknowledged(raw: &mut Raw, v: V, n: usize) -> Vec<Vec<u8>> {
         got.push(raw::publish_of(&f, v).payload);
     }
     got
-}
-
-/// Waits until the node at `addr` claims client ids across the cluster (its NATS connection
-/// comes up in the background): a probe's CONNECT there writes its owner record.
-async fn cluster_ready(nats: &NatsServer, addr: SocketAddr) {
-    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
-    let js = async_nats::jetstream::new(client);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let id = unique_id("probe");
-        v5::connect(addr, &id).await.disconnect().await;
-        if let Ok(kv) = js.get_key_value("gateway_sessions").await {
-            let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
-            if matches!(kv.get(key).await, Ok(Some(_))) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "node never claimed through NATS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,13 +491,9 @@ async fn a_busy_persistent_sessions_records_are_batched_and_compacted() {
     let dir = binary::scratch::Scratch::new("persist-compact");
     // The publisher runs ahead of the subscriber (its PUBACKs wait only for the store): the
     // whole burst may queue.
-    let a = Gateway::cluster_node_with(
-        &nats.url(),
-        "a",
-        &dir,
-        "[mqtt]\nmax_queued_messages = 10000\n",
-    );
-    cluster_ready(&nats, a.addr).await;
+    let a =
+        cluster_node::ready_node_with(&nats, "a", &dir, "[mqtt]\nmax_queued_messages = 10000\n")
+            .await;
     let id = unique_id("busy");
     let mut sub = v5::Client::connect(v5::persistent(a.addr, &id, EXPIRY)).await;
     sub.subscribe("busy/#", v5::QoS::AtLeastOnce).await;

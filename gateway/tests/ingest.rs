@@ -9,6 +9,7 @@
 
 mod binary;
 mod clients;
+mod cluster_node;
 mod common;
 mod observe;
 
@@ -989,6 +990,60 @@ async fn a_rule_on_every_cluster_node_writes_each_message_once() {
     // Each node wrote its own devices' messages.
     assert_eq!(metric(&a, "gateway_ingest_acked_total", &[]).await, 10.0);
     assert_eq!(metric(&b, "gateway_ingest_acked_total", &[]).await, 10.0);
+}
+
+/// Issues 13 and 15: a device's ingestion numbering goes with its persistent session to
+/// another cluster node, so that a DUP resend there after a lost PUBACK is stored once: taken
+/// over live from node a (handed over with the session), and after node a was killed with
+/// SIGKILL (read back from the session state stream). Before, the numbering started anew on
+/// the new node and each resend was stored a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dup_resends_on_another_cluster_node_are_stored_once_after_a_takeover_or_a_kill() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let js = js(&nats).await;
+    let dir = binary::scratch::Scratch::new("ingest-cluster-dedup");
+    let rule = "[[ingest]]\nfilter = \"d/#\"\nstream = \"XDEDUP\"\nsubject = \"x.{client_id}\"\n";
+    let a = cluster_node::ready_node_with(&nats, "a", &dir, rule).await;
+    let b = cluster_node::ready_node_with(&nats, "b", &dir, rule).await;
+    stream_exists(&js, "XDEDUP").await;
+    let live = unique_id("handed");
+    let killed = unique_id("killed");
+    for (id, payload) in [(&live, b"live-1"), (&killed, b"kill-1")] {
+        let (mut device, _) = Raw::connect(a.addr, &Connect::v311(id, false, 60)).await;
+        device.send(&qos1(V::V311, "d/x", 7, payload, false)).await;
+        // Stored, and acknowledged: the PUBACK is lost with the connection.
+        device.expect_kind(PUBACK, WAIT).await;
+    }
+    holds(&js, "XDEDUP", 2).await;
+
+    // Node a alive: the session is handed over.
+    let (mut device, present) = Raw::connect(b.addr, &Connect::v311(&live, false, 60)).await;
+    assert!(present, "the session came over");
+    device.send(&qos1(V::V311, "d/x", 7, b"live-1", true)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+
+    // Node a killed: the session is read back from JetStream.
+    a.signal(libc::SIGKILL);
+    let (mut device, present) = Raw::connect(b.addr, &Connect::v311(&killed, false, 60)).await;
+    assert!(present, "the session came back from the state stream");
+    device.send(&qos1(V::V311, "d/x", 7, b"kill-1", true)).await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+    // The numbering went on: a new message reusing the packet id is a new entry.
+    device
+        .send(&qos1(V::V311, "d/x", 7, b"kill-1", false))
+        .await;
+    assert_eq!(puback_code(&device.expect_kind(PUBACK, WAIT).await), 0);
+
+    holds(&js, "XDEDUP", 3).await;
+    tokio::time::sleep(QUIET).await;
+    let counts = payload_counts(&js, "XDEDUP").await;
+    assert_eq!(
+        counts,
+        [("kill-1".to_owned(), 2), ("live-1".to_owned(), 1)].into(),
+        "each resend stored once, the new message once"
+    );
 }
 
 /// Issue 15: nats-server killed mid-traffic (a 3.1.1 and a v5 device each with a pipelined

@@ -13,9 +13,10 @@
 //! store (`Store::ingest_id`, with the packet id that fell out of the window) and the JetStream
 //! write waits until that record is committed (`writer`), so a restart gives back the epoch and
 //! the window of every message JetStream may hold, and a device that re-sends after a `kill -9`
-//! gets the same ids. A clean session is never recorded: nothing of it survives a restart, so
-//! its next session starts with a new epoch, as does a clean start (its records are removed with
-//! the old session). A record that is missing (older store, repaired store) only ever costs a new
+//! gets the same ids. In a cluster the store is the session state stream, and the numbering
+//! goes with a session handed to another node (`stored`). A clean session is never recorded:
+//! nothing of it survives a restart, so its next session starts with a new epoch, as does a
+//! clean start (its records are removed with the old session). A record that is missing (older store, repaired store) only ever costs a new
 //! epoch: a resend may then be stored twice, a new message is never taken for a duplicate.
 //!
 //! A resend whose packet id is no longer remembered (older than the window, or from before a
@@ -88,6 +89,21 @@ impl PublishIds {
             ids: stored.iter().map(|s| s.packet_id).collect(),
             entries: stored.iter().map(|s| (s.content, s.n)).collect(),
         })
+    }
+
+    /// What `restored` takes back: each remembered packet id with its latest message, as the
+    /// store records them (for a session handed to another cluster node).
+    pub(crate) fn stored(&self) -> Vec<StoredId> {
+        self.ids
+            .iter()
+            .zip(&self.entries)
+            .map(|(&packet_id, &(content, n))| StoredId {
+                packet_id,
+                epoch: self.epoch,
+                content,
+                n,
+            })
+            .collect()
     }
 
     /// The epoch and number of a message with `packet_id`, and what the store must record when
@@ -245,6 +261,26 @@ mod tests {
             for (packet_id, resend, content, window) in ops {
                 let (_, n, new) = ids.assign(packet_id, resend, content, window);
                 prop_assert_eq!((n, new), model.assign(packet_id, resend, content, window));
+            }
+        }
+
+        /// A numbering handed to another node (`stored`, then `restored` there) goes on exactly
+        /// as the original would: same epoch, numbers, resends and evictions.
+        #[test]
+        fn a_handed_over_numbering_goes_on_as_the_original(
+            before in proptest::collection::vec((1u16..40, any::<bool>(), 0u64..3, 1usize..24), 1..200),
+            after in proptest::collection::vec((1u16..40, any::<bool>(), 0u64..3, 1usize..24), 0..200),
+        ) {
+            let mut ids = PublishIds::new(9);
+            for (packet_id, resend, content, window) in before {
+                ids.assign(packet_id, resend, content, window);
+            }
+            let mut moved = PublishIds::restored(ids.stored()).expect("something numbered");
+            for (packet_id, resend, content, window) in after {
+                prop_assert_eq!(
+                    moved.assign(packet_id, resend, content, window),
+                    ids.assign(packet_id, resend, content, window)
+                );
             }
         }
 

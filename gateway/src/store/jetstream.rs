@@ -5,10 +5,10 @@
 //! session, `{prefix}.state.c{client id in unpadded URL-safe base64}` (as the owner records'
 //! keys: lossless whatever the client id holds), with the session's change records in order
 //! (`fold`): its record, each message queued, sent and settled, its inbound QoS 2 packet ids.
-//! Every change is published as it happens, many in flight (`writer`); a change's `Mark` is
-//! durable once JetStream acked it and every earlier one, so a PUBACK to a publisher, a SUBACK
-//! or an outgoing QoS 2 PUBLISH waits for JetStream exactly as it waits for the disk store's
-//! fsync. A session removed gets a tombstone and its subject is purged up to it; one adopted
+//! Changes are published as they happen, many in flight, those queued together as one stream
+//! message per session subject (`writer`); a change's `Mark` is durable once JetStream acked it
+//! and every earlier one, so a PUBACK to a publisher, a SUBACK or an outgoing QoS 2 PUBLISH
+//! waits for JetStream exactly as it waits for the disk store's fsync. A session removed gets a tombstone and its subject is purged up to it; one adopted
 //! by this node (taken over from another, live or dead) gets one snapshot record that
 //! supersedes what was before; one whose records pile up is compacted (`writer`).
 //!
@@ -356,6 +356,10 @@ impl Store for JetStreamStore {
 
     fn adopted(&self, record: &SessionRecord, pending: &Pending) -> Mark {
         self.record(&record.client_id, fold::adopted(record, pending))
+    }
+
+    fn ingest_id(&self, client_id: &Arc<str>, new: crate::ingest::dedup::NewId) -> Mark {
+        self.record(client_id, fold::ingest_id(new))
     }
 
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Mark {

@@ -12,6 +12,7 @@ use bytestring::ByteString;
 
 use crate::clock::UnixMillis;
 use crate::codec::{QoS, SubscriptionOptions};
+use crate::ingest::dedup::StoredId;
 use crate::message::{ForwardedProperties, Message};
 use crate::session::{Delivery, Pending, SubscriptionRecord};
 
@@ -20,6 +21,11 @@ use super::{SessionRecord, StoredWill};
 
 /// The first byte of every record of this format.
 const VERSION: u8 = 1;
+/// The first byte of a session with pending state (`handover`, `snapshot`) that also carries
+/// its ingestion numbering: only such records have it, so the others stay readable by nodes
+/// that predate it, and a node that predates it refuses this one by its version rather than
+/// misreading it.
+const VERSION_INGEST_IDS: u8 = 2;
 
 /// A record that is not one of ours, or is damaged.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +83,15 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Result<Reader<'a>, Corrupt> {
+        match Reader::versioned(bytes, VERSION)? {
+            (VERSION, r) => Ok(r),
+            (v, _) => Err(corrupt(format!("record of unknown format version {v}"))),
+        }
+    }
+    /// A reader of a record whose version is at most `newest`, and that version.
+    fn versioned(bytes: &'a [u8], newest: u8) -> Result<(u8, Reader<'a>), Corrupt> {
         match bytes.split_first() {
-            Some((&VERSION, rest)) => Ok(Reader { rest }),
+            Some((&v, rest)) if (VERSION..=newest).contains(&v) => Ok((v, Reader { rest })),
             Some((v, _)) => Err(corrupt(format!("record of unknown format version {v}"))),
             None => Err(corrupt("empty record")),
         }
@@ -396,7 +409,7 @@ pub(crate) fn read_handover(
     client_id: &str,
     bytes: &[u8],
 ) -> Result<(SessionRecord, Pending), Corrupt> {
-    let mut r = Reader::new(bytes)?;
+    let (version, mut r) = Reader::versioned(bytes, VERSION_INGEST_IDS)?;
     let record = read_session(client_id, r.bytes()?)?;
     let mut pending = Pending::default();
     for _ in 0..r.u32()? {
@@ -412,6 +425,7 @@ pub(crate) fn read_handover(
         let id = u16::try_from(r.u32()?).map_err(|_| corrupt("packet id out of range"))?;
         pending.incoming_qos2.push(id);
     }
+    pending.ingest_ids = read_ingest_ids(version, &mut r)?;
     r.end()?;
     Ok((record, pending))
 }
@@ -449,18 +463,56 @@ fn with_pending(s: &SessionRecord, pending: &Pending, seqs: bool) -> Vec<u8> {
     for id in &pending.incoming_qos2 {
         w.u32(u32::from(*id));
     }
+    if !pending.ingest_ids.is_empty() {
+        w.0[0] = VERSION_INGEST_IDS;
+        w.u32(u32::try_from(pending.ingest_ids.len()).unwrap_or(u32::MAX));
+        for id in &pending.ingest_ids {
+            w.u32(u32::from(id.packet_id));
+            w.u64(id.epoch);
+            w.u64(id.content);
+            w.u64(id.n);
+        }
+    }
     w.0
+}
+
+/// The ingestion numbering at the end of a `with_pending` record of `version`.
+fn read_ingest_ids(version: u8, r: &mut Reader<'_>) -> Result<Vec<StoredId>, Corrupt> {
+    if version < VERSION_INGEST_IDS {
+        return Ok(Vec::new());
+    }
+    let count = r.u32()?;
+    if count == 0 {
+        // Written only when there are some: one spelling per value.
+        return Err(corrupt("a record of ingestion numbering without any"));
+    }
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let packet_id = u16::try_from(r.u32()?).map_err(|_| corrupt("packet id out of range"))?;
+        ids.push(StoredId {
+            packet_id,
+            epoch: r.u64()?,
+            content: r.u64()?,
+            n: r.u64()?,
+        });
+    }
+    Ok(ids)
 }
 
 /// A stored message as `snapshot` lists it: packet id and stage code once sent.
 pub(super) type Numbered = (Option<(u16, u8)>, Delivery);
 
+/// A `snapshot` read back.
+pub(super) struct Snapshot {
+    pub(super) record: SessionRecord,
+    pub(super) messages: Vec<Numbered>,
+    pub(super) incoming: Vec<u16>,
+    pub(super) ingest_ids: Vec<StoredId>,
+}
+
 /// A `snapshot` back, every part checked.
-pub(super) fn read_snapshot(
-    client_id: &str,
-    bytes: &[u8],
-) -> Result<(SessionRecord, Vec<Numbered>, Vec<u16>), Corrupt> {
-    let mut r = Reader::new(bytes)?;
+pub(super) fn read_snapshot(client_id: &str, bytes: &[u8]) -> Result<Snapshot, Corrupt> {
+    let (version, mut r) = Reader::versioned(bytes, VERSION_INGEST_IDS)?;
     let record = read_session(client_id, r.bytes()?)?;
     let mut messages = Vec::new();
     for _ in 0..r.u32()? {
@@ -476,8 +528,14 @@ pub(super) fn read_snapshot(
         let id = u16::try_from(r.u32()?).map_err(|_| corrupt("packet id out of range"))?;
         incoming.push(id);
     }
+    let ingest_ids = read_ingest_ids(version, &mut r)?;
     r.end()?;
-    Ok((record, messages, incoming))
+    Ok(Snapshot {
+        record,
+        messages,
+        incoming,
+        ingest_ids,
+    })
 }
 
 #[cfg(test)]
@@ -616,8 +674,29 @@ mod tests {
             incoming_qos2: vec![7, 65_535],
             ingest_ids: vec![],
         };
+        // Without ingestion numbering, the format nodes before it read.
+        assert_eq!(handover(&s, &pending)[0], VERSION);
+        let ids = |packet_id, n| StoredId {
+            packet_id,
+            epoch: 0xfeed,
+            content: n * 31,
+            n,
+        };
+        let pending = Pending {
+            ingest_ids: vec![ids(3, 10), ids(65_535, 11)],
+            ..pending
+        };
         let bytes = handover(&s, &pending);
+        assert_eq!(bytes[0], VERSION_INGEST_IDS);
+        let mut none = handover(&s, &Pending::default());
+        none[0] = VERSION_INGEST_IDS;
+        none.extend_from_slice(&0u32.to_be_bytes());
+        assert!(
+            read_handover("dev/1", &none).is_err(),
+            "numbering of nothing"
+        );
         let (record, back) = read_handover("dev/1", &bytes).unwrap();
+        assert_eq!(back.ingest_ids, pending.ingest_ids);
         assert_eq!(record.subscriptions, s.subscriptions);
         assert_eq!(record.expiry_interval, 300);
         let flows: Vec<_> = back

@@ -15,6 +15,7 @@ use super::super::layout::stage_of;
 use super::super::record::{self, Corrupt};
 use super::super::SessionRecord;
 use crate::clock::UnixMillis;
+use crate::ingest::dedup::{NewId, StoredId};
 use crate::session::{Delivery, Pending, Stage};
 
 const SESSION: u8 = b'S';
@@ -25,6 +26,7 @@ const INCOMING: u8 = b'I';
 const REMOVED: u8 = b'X';
 const ADOPTED: u8 = b'A';
 const COMPACTED: u8 = b'C';
+const INGEST_ID: u8 = b'N';
 /// Records in order, each as its length (u32) and bytes.
 const BATCH: u8 = b'B';
 
@@ -66,6 +68,18 @@ pub(super) fn incoming(packet_id: u16, held: bool) -> Vec<u8> {
     let mut out = vec![INCOMING];
     out.extend_from_slice(&packet_id.to_be_bytes());
     out.push(u8::from(held));
+    out
+}
+
+/// A new number of ingestion's de-duplication (`ingest::dedup`), and the packet id that fell
+/// out of its window (0: none; packet ids are never 0).
+pub(super) fn ingest_id(new: NewId) -> Vec<u8> {
+    let mut out = vec![INGEST_ID];
+    out.extend_from_slice(&new.id.packet_id.to_be_bytes());
+    out.extend_from_slice(&new.id.epoch.to_be_bytes());
+    out.extend_from_slice(&new.id.content.to_be_bytes());
+    out.extend_from_slice(&new.id.n.to_be_bytes());
+    out.extend_from_slice(&new.evicted.unwrap_or(0).to_be_bytes());
     out
 }
 
@@ -122,6 +136,7 @@ pub(super) struct Folded {
     record: Option<SessionRecord>,
     messages: BTreeMap<u64, Fate>,
     incoming: BTreeSet<u16>,
+    ingest_ids: BTreeMap<u16, StoredId>,
     /// (logical place, payload) of the records read, folded by `finish` in place order.
     records: Vec<(u128, bytes::Bytes)>,
 }
@@ -213,6 +228,7 @@ impl Folded {
             }
         }
         pending.incoming_qos2 = self.incoming.into_iter().collect();
+        pending.ingest_ids = self.ingest_ids.into_values().collect();
         Ok(Some(Read { record, pending }))
     }
 
@@ -220,6 +236,7 @@ impl Folded {
         self.record = None;
         self.messages.clear();
         self.incoming.clear();
+        self.ingest_ids.clear();
     }
 
     fn apply(&mut self, client_id: &str, payload: &[u8]) -> Result<(), Corrupt> {
@@ -257,6 +274,22 @@ impl Folded {
                     _ => return Err(Corrupt("incoming flag".into())),
                 };
             }
+            INGEST_ID => {
+                let packet_id = be_u16(body)?;
+                let field = |at: usize| be_u64(body.get(at..).unwrap_or_default());
+                let id = StoredId {
+                    packet_id,
+                    epoch: field(2)?,
+                    content: field(10)?,
+                    n: field(18)?,
+                };
+                let evicted = be_u16(body.get(26..).unwrap_or_default())?;
+                if packet_id == 0 || body.len() != 28 {
+                    return Err(Corrupt("ingest id record".into()));
+                }
+                self.ingest_ids.remove(&evicted);
+                self.ingest_ids.insert(packet_id, id);
+            }
             REMOVED => self.reset(),
             ADOPTED | COMPACTED => {
                 let body = if tag == COMPACTED {
@@ -265,15 +298,20 @@ impl Folded {
                 } else {
                     body
                 };
-                let (record, messages, incoming) = record::read_snapshot(client_id, body)?;
+                let snapshot = record::read_snapshot(client_id, body)?;
                 self.reset();
-                self.record = Some(record);
-                for (sent, d) in messages {
+                self.record = Some(snapshot.record);
+                for (sent, d) in snapshot.messages {
                     let fate = self.messages.entry(d.seq).or_default();
                     fate.sent = sent;
                     fate.delivery = Some(d);
                 }
-                self.incoming = incoming.into_iter().collect();
+                self.incoming = snapshot.incoming.into_iter().collect();
+                self.ingest_ids = snapshot
+                    .ingest_ids
+                    .into_iter()
+                    .map(|id| (id.packet_id, id))
+                    .collect();
             }
             t => return Err(Corrupt(format!("record tag {t}"))),
         }
@@ -416,8 +454,9 @@ mod tests {
         assert_eq!(seqs, [2]);
     }
 
-    /// What a read gives back, comparable: queued seqs, in-flight (id, stage, seq), QoS 2 ids.
-    type Summary = (Vec<u64>, Vec<(u16, Stage, u64)>, Vec<u16>);
+    /// What a read gives back, comparable: queued seqs, in-flight (id, stage, seq), QoS 2 ids,
+    /// ingestion numbering.
+    type Summary = (Vec<u64>, Vec<(u16, Stage, u64)>, Vec<u16>, Vec<StoredId>);
 
     fn summary(read: Option<Read>) -> Option<Summary> {
         read.map(|r| {
@@ -429,39 +468,69 @@ mod tests {
                     .map(|(id, stage, d)| (*id, *stage, d.seq))
                     .collect(),
                 r.pending.incoming_qos2,
+                r.pending.ingest_ids,
             )
         })
     }
 
+    fn new_id(packet_id: u16, n: u64, evicted: Option<u16>) -> NewId {
+        NewId {
+            id: StoredId {
+                packet_id,
+                epoch: 77,
+                content: n + 100,
+                n,
+            },
+            evicted,
+        }
+    }
+
     /// The records of one session's life: queued, sent and settled in mixed order, a
-    /// tombstone and a new start, QoS 2 ids.
+    /// tombstone and a new start, QoS 2 ids, ingestion numbers (one carried by a snapshot).
     fn life() -> Vec<Vec<u8>> {
         let mut p = Pending::default();
         p.queue.push(delivery(4));
+        p.ingest_ids.push(new_id(3, 5, None).id);
         vec![
             session(&rec()),
             queued(&delivery(1)),
+            ingest_id(new_id(1, 0, None)),
             sent(1, 7, Stage::PubAck),
             queued(&delivery(2)),
             settled(1),
             incoming(9, true),
             removed(),
             session(&rec()),
+            ingest_id(new_id(2, 1, None)),
             queued(&delivery(3)),
             adopted(&rec(), &p),
             queued(&delivery(5)),
+            ingest_id(new_id(4, 6, None)),
             sent(5, 8, Stage::PubRec),
+            ingest_id(new_id(5, 7, Some(3))),
             queued(&delivery(6)),
             incoming(10, true),
             settled(4),
         ]
     }
 
+    #[test]
+    fn ingestion_numbers_fold_with_their_evictions_and_snapshots() {
+        let read = summary(fold(&life())).expect("a session");
+        let ids: Vec<(u16, u64)> = read.3.iter().map(|i| (i.packet_id, i.n)).collect();
+        // 1 went with the tombstone, 2 with the snapshot (which carried 3), 3 was evicted by 5.
+        assert_eq!(ids, [(4, 6), (5, 7)]);
+        let mut f = Folded::default();
+        f.add(1, session(&rec()).into()).unwrap();
+        f.add(2, ingest_id(new_id(0, 1, None)).into()).unwrap();
+        assert!(f.finish("c").is_err(), "packet id 0 is no packet id");
+    }
+
     proptest::proptest! {
         /// However the writer cuts a subject's records into stream messages (`cuts` marks
         /// where a new message begins), they fold as they do one by one.
         #[test]
-        fn batches_fold_as_their_records_one_by_one(cuts in proptest::collection::vec(proptest::bool::ANY, 15)) {
+        fn batches_fold_as_their_records_one_by_one(cuts in proptest::collection::vec(proptest::bool::ANY, 19)) {
             let records = life();
             let mut f = Folded::default();
             let mut seq = 0;

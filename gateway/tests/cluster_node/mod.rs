@@ -1,0 +1,42 @@
+//! Gateway cluster nodes as processes of their own (`binary::Gateway`), ready once they claim
+//! client ids through NATS: for the tests that kill one with SIGKILL.
+//!
+//! A test crate using it declares `mod binary; mod clients; mod common;` beside it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::binary::{scratch::Scratch, Gateway};
+use super::clients::{unique_id, v5, WAIT};
+use super::common::nats::NatsServer;
+
+/// A node of the cluster on `nats`, named `name`, with `more` in its configuration (TOML
+/// tables of its own), once it claims client ids through NATS.
+pub async fn ready_node_with(nats: &NatsServer, name: &str, dir: &Scratch, more: &str) -> Gateway {
+    let node = Gateway::cluster_node_with(&nats.url(), name, dir, more);
+    cluster_ready(nats, node.addr).await;
+    node
+}
+
+/// Waits until the node at `addr` claims client ids across the cluster (its NATS connection
+/// comes up in the background): a probe's CONNECT there writes its owner record.
+pub async fn cluster_ready(nats: &NatsServer, addr: SocketAddr) {
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = unique_id("probe");
+        v5::connect(addr, &id).await.disconnect().await;
+        if let Ok(kv) = js.get_key_value("gateway_sessions").await {
+            let key = format!("c{}", URL_SAFE_NO_PAD.encode(&id));
+            if matches!(kv.get(key).await, Ok(Some(_))) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node never claimed through NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
