@@ -233,23 +233,17 @@ impl Registry {
         let will = state.record.will.take();
         install(&session, state, router);
         let now = unix_millis();
-        let pending_will = match will {
-            Some(StoredWill::Armed { message, delay }) => match delay.min(expiry) {
-                0 => {
-                    router.publish_will(message, &session.client_id);
-                    None
-                }
-                wait => Some(StoredWill::Due {
-                    message,
-                    due: now + u64::from(wait) * 1000,
-                }),
-            },
-            due @ Some(StoredWill::Due { .. }) => due,
-            None => None,
+        let pending_will = match WillAfterLoss::of(will, expiry, now) {
+            WillAfterLoss::Now(message) => {
+                router.publish_will(message, &session.client_id);
+                None
+            }
+            WillAfterLoss::Due(message, due) => {
+                self.schedule(due, &session, generation, Due::Will(message.clone()));
+                Some(StoredWill::Due { message, due })
+            }
+            WillAfterLoss::None => None,
         };
-        if let Some(StoredWill::Due { message, due }) = &pending_will {
-            self.schedule(*due, &session, generation, Due::Will(message.clone()));
-        }
         let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
         router.save_session(&session, expires_at, pending_will);
         if let Some(due) = expires_at {
@@ -374,22 +368,13 @@ impl Registry {
             }
             session.restore_pending(stored.pending);
             session.restore_stored(stored.stored, stored.stored_from, stored.stored_last);
-            match record.will {
-                Some(StoredWill::Due { message, due }) => {
+            // A connection open when the broker went down was lost then.
+            match WillAfterLoss::of(record.will, record.expiry_interval, now) {
+                WillAfterLoss::Now(message) => wills.push((message, record.client_id.clone())),
+                WillAfterLoss::Due(message, due) => {
                     self.schedule(due, &session, generation, Due::Will(message));
                 }
-                // Its connection was lost when the broker went down: as at a detach, the will
-                // goes out after its delay, not beyond the session's end.
-                Some(StoredWill::Armed { message, delay }) => {
-                    match delay.min(record.expiry_interval) {
-                        0 => wills.push((message, record.client_id.clone())),
-                        wait => {
-                            let due = now + u64::from(wait) * 1000;
-                            self.schedule(due, &session, generation, Due::Will(message));
-                        }
-                    }
-                }
-                None => {}
+                WillAfterLoss::None => {}
             }
             let expires_at = record.expires_at.or_else(|| {
                 (record.expiry_interval != u32::MAX)
@@ -460,6 +445,28 @@ fn read_stored(session: &Session, router: &Router) -> Vec<Delivery> {
         }
     }
     stored
+}
+
+/// What becomes of a stored will once its connection is known lost with its broker or node (at
+/// a restore, at an adoption): as at a detach, it goes out after its delay, but not beyond the
+/// session's end; one already waiting keeps its time.
+enum WillAfterLoss {
+    Now(Arc<Message>),
+    Due(Arc<Message>, UnixMillis),
+    None,
+}
+
+impl WillAfterLoss {
+    fn of(will: Option<StoredWill>, expiry: u32, now: UnixMillis) -> WillAfterLoss {
+        match will {
+            Some(StoredWill::Armed { message, delay }) => match delay.min(expiry) {
+                0 => WillAfterLoss::Now(message),
+                wait => WillAfterLoss::Due(message, now + u64::from(wait) * 1000),
+            },
+            Some(StoredWill::Due { message, due }) => WillAfterLoss::Due(message, due),
+            None => WillAfterLoss::None,
+        }
+    }
 }
 
 /// Puts a session handed over by another node into `session` (owned, empty): its queue and
