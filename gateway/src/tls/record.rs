@@ -55,6 +55,11 @@ pub(crate) enum RecordError {
     PeerAlert(u8),
     #[error("TLS sequence numbers or key updates exhausted")]
     Exhausted,
+    /// The keys rustls handed over could not be taken on: a version or suite without a record
+    /// layer here, or traffic secrets that do not derive them (a KeyUpdate rustls followed
+    /// during the handshake, before the hand-over).
+    #[error("TLS keys not taken over from the handshake (internal_error)")]
+    HandOver,
 }
 
 impl RecordError {
@@ -66,7 +71,7 @@ impl RecordError {
             RecordError::Unexpected => Some(10),
             RecordError::Decode => Some(50),
             RecordError::IllegalParameter => Some(47),
-            RecordError::Exhausted => Some(80),
+            RecordError::Exhausted | RecordError::HandOver => Some(80),
             RecordError::PeerAlert(_) => None,
         }
     }

@@ -77,7 +77,7 @@ impl Traffic {
         let version = match version {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
             ProtocolVersion::TLSv1_2 => Version::Tls12,
-            _ => return Err(RecordError::Exhausted),
+            _ => return Err(RecordError::HandOver),
         };
         let limit = match suite {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
@@ -85,11 +85,11 @@ impl Traffic {
         };
         let (rx, tx) = (Direction::new(secrets.rx), Direction::new(secrets.tx));
         let (Some(rx), Some(tx)) = (rx, tx) else {
-            return Err(RecordError::Exhausted);
+            return Err(RecordError::HandOver);
         };
         let updates = match version {
             Version::Tls13 => Some(Box::new(
-                KeySchedule::new(tx.aead(), logged, (&rx, &tx)).ok_or(RecordError::Exhausted)?,
+                KeySchedule::new(tx.aead(), logged, (&rx, &tx)).ok_or(RecordError::HandOver)?,
             )),
             Version::Tls12 => None,
         };
