@@ -27,6 +27,12 @@ pub fn store_record(data: &[u8]) {
     crate::store::fuzzing::store_record(data);
 }
 
+/// What cluster nodes and the session state stream hand a node: a hand-over, a snapshot, a
+/// subject's records folded back. See `store::jetstream::fuzzing`.
+pub fn cluster_state(data: &[u8]) {
+    crate::store::jetstream::fuzzing::cluster_state(data);
+}
+
 /// The WebSocket frame decoder of `ws` and `wss` listeners. See `ws::fuzzing`.
 pub fn ws_frame(data: &[u8]) {
     crate::ws::fuzzing::ws_frame(data);
@@ -50,4 +56,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("session", session),
     ("ws_frame", ws_frame),
     ("tls_record", tls_record),
+    ("cluster_state", cluster_state),
 ];

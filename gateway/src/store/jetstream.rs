@@ -24,6 +24,8 @@
 //! 2.10+ with `sync_interval: always` fsyncs each.
 
 mod fold;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod writer;
 
 use std::collections::HashSet;
