@@ -17,11 +17,12 @@ the whole run, all at once:
   - a client subscribed to `#`, reading everything;
   - a wrong-password flood, 20 logins per second.
 Every 10 s it samples the gateway's RSS, open fds, threads, and from /metrics its connections,
-sessions and hibernating sessions, messages dropped (all, and at full queues), and the fleet's
-end-to-end p99 over those 10 s (device-sim's histogram); from the admin API, what the full queues
-of the verifying subscribers dropped (the fleet's since the start, the running churn run's), so a
-verifier's loss is told apart from the slow consumers', which drop by design. At the end: OUT.csv (the samples), OUT.svg (RSS and p99 over the run), OUT.json (the
-summary and both device-sim verdicts). It stops everything it started, by PID.
+sessions, hibernating sessions and runtime tasks, messages dropped (all, and at full queues), and
+the fleet's end-to-end p99 over those 10 s (device-sim's histogram); from the admin API, what the
+full queues of the verifying subscribers dropped (the fleet's since the start, the running churn
+run's), so a verifier's loss is told apart from the slow consumers', which drop by design. At the
+end: OUT.csv (the samples), OUT.svg (RSS and p99 over the run), OUT.json (the summary and both
+device-sim verdicts). It stops everything it started, by PID.
 """
 
 import argparse
@@ -389,6 +390,7 @@ def main():
             "threads": nthreads, "connections": total(m, "gateway_connections"),
             "sessions": total(m, "gateway_sessions"),
             "hibernating": total(m, "gateway_sessions_hibernating"),
+            "tasks": total(m, "gateway_runtime_tasks"),
             "p99_ms": p99_between(before, now),
             "dropped": total(m, "gateway_messages_dropped_total"),
             "dropped_queue_full": m.get('gateway_messages_dropped_total{reason="queue_full"}', 0.0),

@@ -57,6 +57,8 @@ impl Context {
             retained_bytes: self.router.retained_bytes(),
             uptime_seconds: self.started.elapsed().as_secs(),
             sessions_hibernating: self.parker.len(),
+            runtime_tasks: tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_alive_tasks()),
             ..BrokerState::default()
         };
         let store = self.router.store.stats();

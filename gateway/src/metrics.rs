@@ -877,6 +877,10 @@ fn describe() {
         "Outbound QoS 1/2 messages sent and awaiting acknowledgement."
     );
     describe_gauge!(
+        "gateway_runtime_tasks",
+        "Tasks alive in the broker's runtime: one per awake connection, plus the broker's own; a hibernating session has none."
+    );
+    describe_gauge!(
         "gateway_sessions_hibernating",
         "Online sessions hibernating: no task, socket off the reactor (mqtt.hibernate_after)."
     );
@@ -1049,6 +1053,8 @@ pub struct BrokerState {
     pub uptime_seconds: u64,
     /// Online sessions without a task, waiting in the parker (`hibernate`).
     pub sessions_hibernating: usize,
+    /// Tasks alive in the broker's runtime: one per awake connection, and the broker's own.
+    pub runtime_tasks: usize,
     pub store_size_bytes: u64,
     pub stored_sessions: u64,
     pub stored_messages: u64,
@@ -1076,6 +1082,7 @@ struct StateGauges {
     inflight: Gauge,
     uptime: Gauge,
     hibernating: Gauge,
+    tasks: Gauge,
     store_size: Gauge,
     stored_sessions: Gauge,
     stored_messages: Gauge,
@@ -1100,6 +1107,7 @@ impl StateGauges {
             inflight: gauge!("gateway_inflight_messages"),
             uptime: gauge!("gateway_uptime_seconds"),
             hibernating: gauge!("gateway_sessions_hibernating"),
+            tasks: gauge!("gateway_runtime_tasks"),
             store_size: gauge!("gateway_store_size_bytes"),
             stored_sessions: gauge!("gateway_stored_sessions"),
             stored_messages: gauge!("gateway_stored_messages"),
@@ -1133,6 +1141,7 @@ impl Exporter {
         s.queued.set(state.queued_messages as f64);
         s.inflight.set(state.inflight_messages as f64);
         s.hibernating.set(state.sessions_hibernating as f64);
+        s.tasks.set(state.runtime_tasks as f64);
         s.uptime.set(state.uptime_seconds as f64);
         s.store_size.set(state.store_size_bytes as f64);
         s.stored_sessions.set(state.stored_sessions as f64);

@@ -248,6 +248,7 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     }
     at_least("gateway_sessions", &["\"online\""], 2.0);
     at_least("gateway_sessions", &["\"offline\""], 1.0);
+    at_least("gateway_runtime_tasks", &[], 2.0);
     at_least("gateway_subscriptions", &[], 4.0);
     at_least("gateway_shared_subscriptions", &[], 1.0);
     at_least("gateway_retained_messages", &[], 1.0);
