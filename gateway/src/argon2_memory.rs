@@ -7,7 +7,7 @@
 //! core, `auth::Security`'s hashing slots), each as large as the costliest entry checked.
 
 use argon2::password_hash::PasswordHash;
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Version};
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 
@@ -27,7 +27,7 @@ impl Argon2Memory {
             Algorithm::try_from(hash.algorithm),
             hash.version
                 .map_or(Ok(Version::default()), Version::try_from),
-            Params::try_from(&hash),
+            crate::auth::argon2_params(&hash),
         );
         let (Ok(algorithm), Ok(version), Ok(params)) = parsed else {
             return false;
@@ -55,6 +55,7 @@ impl Argon2Memory {
 mod tests {
     use super::*;
     use argon2::password_hash::{PasswordHasher as _, SaltString};
+    use argon2::Params;
     use argon2::PasswordVerifier as _;
 
     fn phc(password: &str, params: Params) -> String {

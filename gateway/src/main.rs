@@ -14,10 +14,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gateway::config::Config;
+use gateway::config::{log_filter, Config};
 use gateway::Broker;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, StoreAction};
 
@@ -188,13 +187,10 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
     // The parse error's message already embeds its cause, so it is formatted inline rather than
     // chained, which would print the cause twice.
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder()
-            .parse(&directives)
+        Ok(directives) if !directives.trim().is_empty() => log_filter(&directives)
             .map_err(|e| anyhow::anyhow!("invalid RUST_LOG {directives:?}: {e}"))?,
         // log.level was validated by the config layer, so this parse cannot fail in practice.
-        _ => EnvFilter::builder()
-            .parse(level)
-            .map_err(|e| anyhow::anyhow!("invalid log level {level:?}: {e}"))?,
+        _ => log_filter(level).map_err(|e| anyhow::anyhow!("invalid log level {level:?}: {e}"))?,
     };
     // Logs go to stderr, keeping stdout free and matching where configuration errors go; colour
     // only on a terminal so journald and log files get plain text.

@@ -75,6 +75,26 @@ fn unknown_key_in_file_exits_2_naming_key_and_value() {
     );
 }
 
+/// RUST_LOG wins over the configured level; a value tracing's own parser would panic on is
+/// refused like a bad `log.level`.
+#[test]
+fn a_rust_log_tracing_cannot_parse_exits_2() {
+    for value in ["gateway=loud", " \u{aeec}["] {
+        let output = gateway()
+            .env("RUST_LOG", value)
+            .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "off"])
+            .output()
+            .expect("spawn gateway");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(EXIT_CONFIG), "stderr: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("invalid RUST_LOG {value:?}: ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
 #[test]
 fn unknown_section_in_file_exits_2() {
     let file = TempConfig::new("[metrics]\nenabled = true\n");

@@ -28,3 +28,4 @@ pub use settings::{
     AuthConfig, ClusterConfig, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerKind,
     LogConfig, MqttConfig, NatsConfig, StorageConfig, StorageSync, SysConfig,
 };
+pub use validate::log_filter;

@@ -413,8 +413,23 @@ pub(super) fn check_log_level(key: &str, level: &str) -> Result<(), ConfigError>
     if level.trim().is_empty() {
         return Err(reject(LEVEL_HINT.to_owned()));
     }
-    tracing_subscriber::EnvFilter::builder()
-        .parse(level)
+    log_filter(level)
         .map(drop)
         .map_err(|e| reject(format!("{LEVEL_HINT}: {e}")))
+}
+
+/// A log level or filter directive as tracing's filter. Only printable ASCII (and spaces) is
+/// handed to its parser: tracing-subscriber 0.3.23 panics on some directives holding other
+/// characters (it slices inside a multi-byte one; found by the `config` fuzz target), and no
+/// level, target or span name needs one.
+pub fn log_filter(directives: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    if let Some(c) = directives
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' '))
+    {
+        return Err(format!("{c:?} is not allowed: printable ASCII only"));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| e.to_string())
 }

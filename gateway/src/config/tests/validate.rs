@@ -76,6 +76,13 @@ fn bad_http_listen_and_log_level_are_named_with_their_value() {
         "{message}"
     );
     assert!(!message.contains('\n'));
+    // tracing-subscriber's own parser panics on this one (the `config` fuzz target found it).
+    let message = error("[log]\nlevel = \" \\uaeec[\"");
+    assert!(
+        message.starts_with("config: invalid value for `log.level`: \" \u{aeec}[\"")
+            && message.contains("printable ASCII only"),
+        "{message}"
+    );
 }
 
 #[test]
