@@ -118,10 +118,16 @@ def p99_between(before, after):
 
 
 def proc_sample(pid):
-    status = open(f"/proc/{pid}/status").read()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024
-    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
-    return rss, len(os.listdir(f"/proc/{pid}/fd")), threads
+    """RSS, open fds and threads of `pid`; None once it is gone (a zombie has no VmRSS)."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+        rss = re.search(r"VmRSS:\s+(\d+)", status)
+        threads = re.search(r"Threads:\s+(\d+)", status)
+        if not (rss and threads):
+            return None
+        return int(rss.group(1)) * 1024, len(os.listdir(f"/proc/{pid}/fd")), int(threads.group(1))
+    except OSError:
+        return None
 
 
 def subscribe_packet(filter_, qos):
@@ -384,7 +390,10 @@ def main():
     while time.time() - began < seconds and gw.poll() is None and not STOP.is_set():
         time.sleep(10)
         m, now = metrics(http), metrics(sim_http)
-        rss, fds, nthreads = proc_sample(gw.pid)
+        sampled = proc_sample(gw.pid)
+        if sampled is None:
+            break
+        rss, fds, nthreads = sampled
         samples.append({
             "t": round(time.time() - began, 1), "rss_mib": round(rss / 2**20, 1), "fds": fds,
             "threads": nthreads, "connections": total(m, "gateway_connections"),
@@ -399,7 +408,10 @@ def main():
         })
         before = now
         print(json.dumps(samples[-1]), flush=True)
-    fleet_sim.wait(timeout=120)
+    try:
+        fleet_sim.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass  # the gateway died before the fleet's end: stop_all ends the fleet below
     STOP.set()
     time.sleep(2)
     gateway_alive = gw.poll() is None
