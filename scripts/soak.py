@@ -17,7 +17,8 @@ the whole run, all at once:
   - a client subscribed to `#`, reading everything;
   - a wrong-password flood, 20 logins per second.
 Every 10 s it samples the gateway's RSS, open fds, threads, and from /metrics its connections,
-sessions, hibernating sessions and runtime tasks, messages dropped (all, and at full queues), and
+sessions, hibernating sessions, runtime tasks, the distinct messages the sessions hold (and their
+heap), messages dropped (all, and at full queues), and
 the fleet's end-to-end p99 over those 10 s (device-sim's histogram); from the admin API, what the
 full queues of the verifying subscribers dropped (the fleet's since the start, the running churn
 run's), so a verifier's loss is told apart from the slow consumers', which drop by design. At the
@@ -400,6 +401,8 @@ def main():
             "sessions": total(m, "gateway_sessions"),
             "hibernating": total(m, "gateway_sessions_hibernating"),
             "tasks": total(m, "gateway_runtime_tasks"),
+            "held_messages": total(m, "gateway_held_messages"),
+            "held_mib": round(total(m, "gateway_held_message_bytes") / 2**20, 2),
             "p99_ms": p99_between(before, now),
             "dropped": total(m, "gateway_messages_dropped_total"),
             "dropped_queue_full": m.get('gateway_messages_dropped_total{reason="queue_full"}', 0.0),

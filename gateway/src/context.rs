@@ -6,6 +6,7 @@
 //! counts the connection open until its last task ends. The broker's state as operators see it
 //! (`/metrics`, `$SYS`, the admin API) is computed here from the parts.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +72,8 @@ impl Context {
         state.cluster_remote_interest = cluster.remote_interest;
         state.cluster_nodes = cluster.nodes;
         state.cluster_retained_ready = cluster.connected && !cluster.retained_behind;
+        // Each message once, however many sessions hold it: what queues pin in real bytes.
+        let mut held = HashSet::new();
         for session in self.registry.all() {
             if session.is_online() {
                 state.sessions_online += 1;
@@ -79,7 +82,13 @@ impl Context {
             }
             state.queued_messages += session.queue_len();
             state.inflight_messages += session.inflight_len();
+            session.for_each_message(|m| {
+                if held.insert(Arc::as_ptr(m)) {
+                    state.held_message_bytes += crate::router::message_weight(m);
+                }
+            });
         }
+        state.held_messages = held.len();
         state
     }
 

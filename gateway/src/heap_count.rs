@@ -103,7 +103,7 @@ mod figures {
     use crate::codec::{QoS, SubscriptionOptions};
     use crate::message::Message;
     use crate::retain::{RetainStore, ENTRY_BYTES};
-    use crate::router::retained_weight;
+    use crate::router::message_weight;
     use crate::session::{subscription_bytes, Session, SubscriptionRecord};
     use crate::subscriber::Subscriber;
     use crate::topic_index::TopicIndex;
@@ -194,7 +194,7 @@ mod figures {
             );
             // What the bounds count must not undercount what the heap holds.
             let topic = shape(0);
-            let counted = retained_weight(&message(&topic)) + topic.len() + ENTRY_BYTES;
+            let counted = message_weight(&message(&topic)) + topic.len() + ENTRY_BYTES;
             println!("{name}: a retained message counts {counted} B against retained_max_bytes");
             assert!(
                 trie <= topic.len() + ENTRY_BYTES,

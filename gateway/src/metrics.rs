@@ -877,6 +877,14 @@ fn describe() {
         "Outbound QoS 1/2 messages sent and awaiting acknowledgement."
     );
     describe_gauge!(
+        "gateway_held_messages",
+        "Distinct messages the sessions hold: queued, in flight, in retained backlogs (each once, however many sessions hold it)."
+    );
+    describe_gauge!(
+        "gateway_held_message_bytes",
+        "Heap the held messages weigh: topic, payload, properties, the message and its encoded heads."
+    );
+    describe_gauge!(
         "gateway_runtime_tasks",
         "Tasks alive in the broker's runtime: one per awake connection, plus the broker's own; a hibernating session has none."
     );
@@ -1050,6 +1058,10 @@ pub struct BrokerState {
     pub retained_bytes: usize,
     pub queued_messages: usize,
     pub inflight_messages: usize,
+    /// Distinct messages the sessions hold (queued, in flight, retained backlogs), and what
+    /// they weigh on the heap (`router::message_weight`).
+    pub held_messages: usize,
+    pub held_message_bytes: usize,
     pub uptime_seconds: u64,
     /// Online sessions without a task, waiting in the parker (`hibernate`).
     pub sessions_hibernating: usize,
@@ -1080,6 +1092,8 @@ struct StateGauges {
     retained_bytes: Gauge,
     queued: Gauge,
     inflight: Gauge,
+    held: Gauge,
+    held_bytes: Gauge,
     uptime: Gauge,
     hibernating: Gauge,
     tasks: Gauge,
@@ -1105,6 +1119,8 @@ impl StateGauges {
             retained_bytes: gauge!("gateway_retained_bytes"),
             queued: gauge!("gateway_queued_messages"),
             inflight: gauge!("gateway_inflight_messages"),
+            held: gauge!("gateway_held_messages"),
+            held_bytes: gauge!("gateway_held_message_bytes"),
             uptime: gauge!("gateway_uptime_seconds"),
             hibernating: gauge!("gateway_sessions_hibernating"),
             tasks: gauge!("gateway_runtime_tasks"),
@@ -1140,6 +1156,8 @@ impl Exporter {
         s.retained_bytes.set(state.retained_bytes as f64);
         s.queued.set(state.queued_messages as f64);
         s.inflight.set(state.inflight_messages as f64);
+        s.held.set(state.held_messages as f64);
+        s.held_bytes.set(state.held_message_bytes as f64);
         s.hibernating.set(state.sessions_hibernating as f64);
         s.tasks.set(state.runtime_tasks as f64);
         s.uptime.set(state.uptime_seconds as f64);

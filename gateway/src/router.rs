@@ -101,7 +101,7 @@ impl Router {
     /// The retained store bounded to `max_bytes` too (`mqtt.retained_max_bytes`), each message
     /// counted with what it holds on the heap.
     pub(crate) fn with_retained_max_bytes(mut self, max_bytes: usize) -> Router {
-        self.retained = self.retained.with_max_bytes(max_bytes, retained_weight);
+        self.retained = self.retained.with_max_bytes(max_bytes, message_weight);
         self
     }
 
@@ -500,10 +500,11 @@ impl Router {
     }
 }
 
-/// What a retained message holds on the heap, its topic's place in the retained trie excepted
-/// (the store counts that): the shared message with its copies of topic, payload and properties,
-/// and the PUBLISH heads delivering it encodes and keeps, one per layout it goes out in.
-pub(crate) fn retained_weight(msg: &Arc<Message>) -> usize {
+/// What a message holds on the heap (for a retained one, its topic's place in the retained trie
+/// excepted: the store counts that): the shared message with its copies of topic, payload and
+/// properties, and the PUBLISH heads delivering it encodes and keeps, one per layout it goes out
+/// in.
+pub(crate) fn message_weight(msg: &Arc<Message>) -> usize {
     // The `Arc`'s two counters, and a malloc header and rounding for each of the message's
     // three allocations.
     const ALLOCATIONS: usize = 16 + 3 * 24;

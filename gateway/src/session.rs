@@ -884,6 +884,17 @@ impl Session {
         self.state.lock().inflight.len()
     }
 
+    /// Calls `f` with each message the session holds: queued, in its window, in its retained
+    /// backlog.
+    pub(crate) fn for_each_message(&self, mut f: impl FnMut(&Arc<Message>)) {
+        let st = self.state.lock();
+        st.queue.iter().for_each(|d| f(&d.msg));
+        st.inflight.iter().for_each(|i| f(&i.delivery.msg));
+        if let Some(b) = &st.retained_backlog {
+            b.deliveries.iter().for_each(|d| f(&d.msg));
+        }
+    }
+
     /// Messages dropped at the queue's bound since the session began, up to 65,535.
     pub fn dropped(&self) -> u16 {
         self.dropped.load(Ordering::Relaxed)

@@ -255,6 +255,9 @@ async fn every_metric_moves_under_traffic_and_promtool_accepts_the_exposition() 
     at_least("gateway_retained_bytes", &[], 1.0);
     at_least("gateway_queued_messages", &[], 50.0);
     at_least("gateway_inflight_messages", &[], 32.0);
+    // At least the 50 queued for one session, and what one message weighs at the least.
+    at_least("gateway_held_messages", &[], 50.0);
+    at_least("gateway_held_message_bytes", &[], 50.0 * 300.0);
     at_least("gateway_build_info", &[], 1.0);
     for name in [
         "process_cpu_seconds_total",
@@ -439,6 +442,35 @@ async fn admin_api_counts_the_messages_each_sessions_full_queue_dropped() {
     let listed = json(&body);
     assert_eq!(listed["clients"][0]["client_id"], "drops-away");
     assert_eq!(listed["clients"][0]["dropped_messages"], 3, "{body}");
+    obs.shutdown().await;
+}
+
+/// A message queued for many sessions is held once: `gateway_held_messages` counts it once and
+/// `gateway_held_message_bytes` weighs it once, where `gateway_queued_messages` counts copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_for_many_sessions_counts_once() {
+    let obs = Observed::start(|_| {}).await;
+    for id in ["held-1", "held-2", "held-3"] {
+        let mut o = v3::options(obs.mqtt, id);
+        o.set_clean_session(false);
+        let mut away = v3::Client::connect(o).await;
+        away.subscribe("held/#", v3::QoS::AtLeastOnce).await;
+        away.disconnect().await;
+    }
+    let mut publisher = v3::connect(obs.mqtt, "held-publisher").await;
+    for i in 0..5u8 {
+        publisher
+            .publish_confirmed("held/x", v3::QoS::AtLeastOnce, false, vec![i; 1000])
+            .await;
+    }
+    let s = samples(&obs.metrics().await);
+    assert_eq!(total(&s, "gateway_queued_messages", &[]), 15.0);
+    assert_eq!(total(&s, "gateway_held_messages", &[]), 5.0);
+    let bytes = total(&s, "gateway_held_message_bytes", &[]);
+    assert!(
+        (5.0 * 1000.0..3.0 * 5.0 * 1000.0).contains(&bytes),
+        "5 messages of 1,000 bytes weigh {bytes}"
+    );
     obs.shutdown().await;
 }
 
