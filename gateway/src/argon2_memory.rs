@@ -1,4 +1,5 @@
-//! argon2's working memory, kept from one password check to the next.
+//! argon2's working memory, kept from one password check to the next, and the reading of an
+//! entry's parameters.
 //!
 //! An argon2id check with the default cost needs 19 MiB. Allocated per check and freed on
 //! whichever of tokio's blocking threads ran it, glibc kept most of it in its per-thread arenas:
@@ -7,7 +8,7 @@
 //! core, `auth::Security`'s hashing slots), each as large as the costliest entry checked.
 
 use argon2::password_hash::PasswordHash;
-use argon2::{Algorithm, Argon2, Block, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 
@@ -27,7 +28,7 @@ impl Argon2Memory {
             Algorithm::try_from(hash.algorithm),
             hash.version
                 .map_or(Ok(Version::default()), Version::try_from),
-            crate::auth::argon2_params(&hash),
+            argon2_params(&hash),
         );
         let (Ok(algorithm), Ok(version), Ok(params)) = parsed else {
             return false;
@@ -51,11 +52,28 @@ impl Argon2Memory {
     }
 }
 
+/// An argon2 entry's parameters. The parallelism `p` is bounded here first: argon2 0.5.3
+/// multiplies it by 8 in 32 bits before checking its own bound, which overflows for a `p`
+/// above 2^29 (a panic where overflow is checked; found by the `auth_files` fuzz target).
+pub(crate) fn argon2_params(phc: &PasswordHash<'_>) -> Result<Params, String> {
+    let p = phc
+        .params
+        .get_decimal("p")
+        .unwrap_or(Params::DEFAULT_P_COST);
+    if !(Params::MIN_P_COST..=Params::MAX_P_COST).contains(&p) {
+        return Err(format!(
+            "parallelism p={p} outside {}..={}",
+            Params::MIN_P_COST,
+            Params::MAX_P_COST
+        ));
+    }
+    Params::try_from(phc).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use argon2::password_hash::{PasswordHasher as _, SaltString};
-    use argon2::Params;
     use argon2::PasswordVerifier as _;
 
     fn phc(password: &str, params: Params) -> String {

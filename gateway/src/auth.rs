@@ -82,7 +82,8 @@ impl Hash {
         if text.starts_with("$argon2") {
             let phc = PasswordHash::new(text).map_err(|e| format!("invalid argon2 entry: {e}"))?;
             // Parameters are checked now so that a bad entry fails the load, not a login.
-            argon2_params(&phc).map_err(|e| format!("invalid argon2 entry: {e}"))?;
+            crate::argon2_memory::argon2_params(&phc)
+                .map_err(|e| format!("invalid argon2 entry: {e}"))?;
             if phc.hash.is_none() {
                 return Err("invalid argon2 entry: no hash".to_owned());
             }
@@ -113,31 +114,12 @@ impl Hash {
             Hash::Pbkdf2 { iterations, .. } => u64::from(*iterations),
             Hash::Argon2(phc) => PasswordHash::new(phc)
                 .ok()
-                .and_then(|h| argon2_params(&h).ok())
+                .and_then(|h| crate::argon2_memory::argon2_params(&h).ok())
                 .map_or(0, |p| {
                     u64::from(u32::MAX) + u64::from(p.m_cost()) * u64::from(p.t_cost())
                 }),
         }
     }
-}
-
-/// An argon2 entry's parameters. The parallelism `p` is bounded here first: argon2 0.5.3
-/// multiplies it by 8 in 32 bits before checking its own bound, which overflows for a `p`
-/// above 2^29 (a panic where overflow is checked; found by the `auth_files` fuzz target).
-pub(crate) fn argon2_params(phc: &PasswordHash<'_>) -> Result<argon2::Params, String> {
-    use argon2::Params;
-    let p = phc
-        .params
-        .get_decimal("p")
-        .unwrap_or(Params::DEFAULT_P_COST);
-    if !(Params::MIN_P_COST..=Params::MAX_P_COST).contains(&p) {
-        return Err(format!(
-            "parallelism p={p} outside {}..={}",
-            Params::MIN_P_COST,
-            Params::MAX_P_COST
-        ));
-    }
-    Params::try_from(phc).map_err(|e| e.to_string())
 }
 
 /// A parsed password file.
