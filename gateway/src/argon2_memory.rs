@@ -52,20 +52,27 @@ impl Argon2Memory {
     }
 }
 
-/// An argon2 entry's parameters. The parallelism `p` is bounded here first: argon2 0.5.3
-/// multiplies it by 8 in 32 bits before checking its own bound, which overflows for a `p`
-/// above 2^29 (a panic where overflow is checked; found by the `auth_files` fuzz target).
+/// An argon2 entry's parameters. Each name may appear once (argon2 would take the last of a
+/// repeated one), and the parallelism `p` is bounded here first: argon2 0.5.3 multiplies it by
+/// 8 in 32 bits before checking its own bound, which overflows for a `p` above 2^29 (a panic
+/// where overflow is checked; found by the `auth_files` fuzz target, the repeated name too).
 pub(crate) fn argon2_params(phc: &PasswordHash<'_>) -> Result<Params, String> {
-    let p = phc
-        .params
-        .get_decimal("p")
-        .unwrap_or(Params::DEFAULT_P_COST);
-    if !(Params::MIN_P_COST..=Params::MAX_P_COST).contains(&p) {
-        return Err(format!(
-            "parallelism p={p} outside {}..={}",
-            Params::MIN_P_COST,
-            Params::MAX_P_COST
-        ));
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in phc.params.iter() {
+        if seen.contains(&name.as_str()) {
+            return Err(format!("parameter {} given twice", name.as_str()));
+        }
+        seen.push(name.as_str());
+        if name.as_str() == "p" {
+            let p = value.decimal().map_err(|e| e.to_string())?;
+            if !(Params::MIN_P_COST..=Params::MAX_P_COST).contains(&p) {
+                return Err(format!(
+                    "parallelism p={p} outside {}..={}",
+                    Params::MIN_P_COST,
+                    Params::MAX_P_COST
+                ));
+            }
+        }
     }
     Params::try_from(phc).map_err(|e| e.to_string())
 }

@@ -425,6 +425,10 @@ mod tests {
                 "{err}"
             );
         }
+        // A repeated name: argon2 takes the last, which is the huge one here.
+        let line = format!("bob:$argon2id$v=19$m=19456,t=2,p=1,p=1300000000{salt_and_hash}");
+        let err = PasswordFile::parse(&line).expect_err(&line).to_string();
+        assert!(err.contains("given twice"), "{err}");
         let line = format!("bob:$argon2id$v=19$m=19456,t=2,p=1{salt_and_hash}");
         assert!(PasswordFile::parse(&line).is_ok());
     }
