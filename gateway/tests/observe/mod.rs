@@ -44,9 +44,19 @@ pub struct Bound {
 
 impl Observed {
     /// A running broker with HTTP, the admin API (`TOKEN`) and `$SYS` every second.
+    /// Returns once `/readyz` no longer says the broker is starting (it may still say another
+    /// reason, such as NATS being unreachable): `run` marks it ready on a task of its own.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> Observed {
         let broker = Observed::bind(tune).await;
-        Observed::run(broker)
+        let observed = Observed::run(broker);
+        for _ in 0..500 {
+            let (_, body) = request(observed.http, "GET", "/readyz", None).await;
+            if !body.contains("starting") {
+                return observed;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the broker still says it is starting after 5 s");
     }
 
     /// Binds without running, to observe the endpoint while the broker is starting.

@@ -58,6 +58,28 @@ fn plain_levels_and_directives_are_accepted() {
 }
 
 #[test]
+fn a_span_field_value_in_the_log_level_is_a_literal_not_a_regex() {
+    // As a regex this value needs more than 2 GiB to compile (the `config` fuzz target ran
+    // out of memory on one like it); as a literal it is a few bytes.
+    let level = format!(
+        "n@s^e[ts= {{)%]=1-i6j]]]5{}+++++A++^{}<:+5+?.{}}}w],[]]],[t= 9tt",
+        ".".repeat(111),
+        "+".repeat(14),
+        "+".repeat(10)
+    );
+    let started = std::time::Instant::now();
+    let message = error(&format!("[log]\nlevel = {level:?}"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(
+        message.starts_with("config: invalid value for `log.level`"),
+        "{message}"
+    );
+    let level = "gateway[session{client_id=dev.1+}]=debug";
+    let text = format!("[log]\nlevel = {level:?}");
+    assert_eq!(Config::from_toml(&text).unwrap().log.level, level);
+}
+
+#[test]
 fn bad_http_listen_and_log_level_are_named_with_their_value() {
     assert_eq!(
         error("[http]\nlisten = \"nowhere\""),
