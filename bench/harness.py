@@ -72,6 +72,7 @@ dir = "{storage_dir}"
 {extra}[mqtt]
 listen = "127.0.0.1:{port}"
 max_queued_messages = 100000
+max_queued_bytes = 0
 max_inflight = 65535
 [http]
 listen = "off"

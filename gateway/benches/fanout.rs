@@ -24,6 +24,7 @@ const SESSIONS: u64 = 10_000;
 fn fanout(c: &mut Criterion) {
     let limits = QueueLimits {
         max_queued: 1000,
+        max_queued_bytes: 0,
         queue_qos0_offline: false,
     };
     let router = Router::new(limits, 1000, 64, Arc::new(Metrics::new()));

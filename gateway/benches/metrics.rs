@@ -34,6 +34,7 @@ impl Bench {
         let metrics = Arc::new(metrics);
         let limits = QueueLimits {
             max_queued: 1000,
+            max_queued_bytes: 0,
             queue_qos0_offline: false,
         };
         let router = Router::new(limits, 1000, 64, metrics.clone());

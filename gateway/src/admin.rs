@@ -161,6 +161,8 @@ struct ClientView {
     address: Option<String>,
     session_expiry_interval: u32,
     queued_messages: usize,
+    /// What its queue holds in memory, as `mqtt.max_queued_bytes` counts it.
+    queued_bytes: u32,
     inflight_messages: usize,
     /// Messages dropped because its queue was full (a slow or absent reader), since the session
     /// began; saturates at 65,535.
@@ -206,6 +208,7 @@ fn view(session: &Session, detail: bool) -> ClientView {
         address: conn.map(|c| std::net::SocketAddr::new(c.ip, c.port).to_string()),
         session_expiry_interval: session.expiry_interval(),
         queued_messages: session.queue_len(),
+        queued_bytes: session.queued_bytes(),
         inflight_messages: session.inflight_len(),
         dropped_messages: session.dropped(),
         subscription_count: subscriptions.len(),

@@ -72,6 +72,7 @@ impl Broker {
         let metrics = Arc::new(metrics);
         let limits = QueueLimits {
             max_queued: config.mqtt.max_queued_messages,
+            max_queued_bytes: config.mqtt.max_queued_bytes,
             queue_qos0_offline: config.mqtt.queue_qos0_offline,
         };
         let mut router = Router::new(

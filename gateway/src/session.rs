@@ -140,13 +140,16 @@ pub enum Kick {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Delivery>,
+    /// What `queue`'s messages hold (`content_bytes`), for `limits.max_queued_bytes`: counted as
+    /// if the session owned each, although a message fanned out is shared, so that one client's
+    /// bound does not depend on what others hold. u32 (saturating): the bound is at most 4 GiB,
+    /// and a word here would grow every session past its malloc chunk.
+    queued_bytes: u32,
     /// In allocation order, oldest first: acknowledgements mostly come in that order, so the
     /// entry they end is found at the front and removed there.
     inflight: VecDeque<Inflight>,
-    /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not come. Boxed and
-    /// present only while some are: most sessions never publish at QoS 2.
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes here instead of 24
-    incoming_qos2: Option<Box<Vec<u16>>>,
+    /// What its client's publishing left to remember; present only while there is some.
+    inbound: Option<Box<Inbound>>,
     subscriptions: Vec<SubscriptionRecord>,
     next_packet_id: u16,
     /// Entries of `inflight` marked `resend` (at most one per packet id).
@@ -168,14 +171,22 @@ struct State {
     generation: u32,
     /// The latest connection attached to this session, for the admin API.
     connection: Option<ConnectionInfo>,
+}
+
+/// The state a session's own publishing leaves, boxed together because most sessions have none
+/// (they publish at QoS 0 or 1 to no `[[ingest]]` rule): one pointer in `State` for both.
+#[derive(Debug, Default)]
+struct Inbound {
+    /// QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not come.
+    qos2: Vec<u16>,
     /// Numbering of its published messages for ingestion's de-duplication ids; present once it
     /// published a QoS 1/2 message an `[[ingest]]` rule matched, or restored. A clean start
     /// drops it: new session, new epoch.
-    ingest_ids: Option<Box<crate::ingest::dedup::PublishIds>>,
+    ingest_ids: Option<crate::ingest::dedup::PublishIds>,
 }
 
-/// Retained messages found for new subscriptions and not yet sent, with the bytes (topic and
-/// payload) they hold: what `limits.max_retained_backlog` and `_bytes` bound.
+/// Retained messages found for new subscriptions and not yet sent, with the bytes
+/// (`content_bytes`) they hold: what `limits.max_retained_backlog` and `_bytes` bound.
 #[derive(Debug, Default)]
 struct RetainedBacklog {
     deliveries: VecDeque<Delivery>,
@@ -216,7 +227,7 @@ impl Room {
 
     /// Takes room for `msg`, or tells which bound it does not fit in.
     pub fn take(&mut self, msg: &Message) -> Result<(), BacklogFull> {
-        let size = backlog_bytes(msg);
+        let size = content_bytes(msg);
         if self.messages == 0 {
             return Err(BacklogFull::Messages);
         }
@@ -229,9 +240,11 @@ impl Room {
     }
 }
 
-/// What a retained message counts for against `limits.max_retained_backlog_bytes`.
-fn backlog_bytes(msg: &Message) -> usize {
-    msg.topic.len() + msg.payload.len()
+/// What a message counts for against the byte bounds of a session's queue
+/// (`mqtt.max_queued_bytes`) and retained backlog (`limits.max_retained_backlog_bytes`): its
+/// topic, payload and forwarded properties on the heap.
+fn content_bytes(msg: &Message) -> usize {
+    msg.topic.len() + msg.payload.len() + msg.properties.as_deref().map_or(0, |p| p.heap_bytes())
 }
 
 /// The part of a session's queue that a restart left in the store: `count` messages from
@@ -248,6 +261,9 @@ struct StoredBacklog {
 pub(crate) struct Occupancy {
     /// Messages queued, in memory and in the store.
     pub(crate) queued: usize,
+    /// Messages queued in memory, and what they hold (`content_bytes`).
+    pub(crate) in_memory: usize,
+    pub(crate) queued_bytes: usize,
     /// Retained messages queued by SUBSCRIBEs, and their bytes (topic and payload).
     pub(crate) retained: usize,
     pub(crate) retained_bytes: usize,
@@ -327,6 +343,10 @@ impl Drop for Ownership {
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     pub max_queued: usize,
+    /// Bytes (`content_bytes`) the queue in memory may hold; 0: no byte bound. A message is
+    /// queued into an empty queue whatever its size, so a small bound never keeps a client
+    /// from every message larger than it.
+    pub max_queued_bytes: u32,
     pub queue_qos0_offline: bool,
 }
 
@@ -433,7 +453,11 @@ impl Session {
         let mark = {
             let mut st = self.state.lock();
             let stored = st.stored.as_ref().map_or(0, |b| b.count as usize);
-            if st.queue.len() + stored >= limits.max_queued {
+            let size = content_bytes(&d.msg);
+            let over_bytes = limits.max_queued_bytes != 0
+                && !st.queue.is_empty()
+                && size.saturating_add(st.queued_bytes as usize) > limits.max_queued_bytes as usize;
+            if st.queue.len() + stored >= limits.max_queued || over_bytes {
                 // Saturating; Relaxed: a statistic, ordered by nothing.
                 let _ = self
                     .dropped
@@ -447,7 +471,7 @@ impl Session {
             } else {
                 0
             };
-            st.queue.push_back(d);
+            st.push_queued(d);
             mark
         };
         self.wake();
@@ -483,7 +507,7 @@ impl Session {
         if deliveries.is_empty() {
             return;
         }
-        let bytes: usize = deliveries.iter().map(|d| backlog_bytes(&d.msg)).sum();
+        let bytes: usize = deliveries.iter().map(|d| content_bytes(&d.msg)).sum();
         let mut st = self.state.lock();
         let backlog = st.retained_backlog.get_or_insert_with(Box::default);
         backlog.deliveries.extend(deliveries);
@@ -529,7 +553,7 @@ impl Session {
             let d = if from_backlog {
                 st.pop_retained()
             } else {
-                st.queue.pop_front()
+                st.pop_queued()
             };
             let Some(d) = d else { break };
             if d.msg.is_expired(now) {
@@ -623,7 +647,7 @@ impl Session {
     /// Records an inbound QoS 2 packet id.
     pub fn incoming_qos2(&self, packet_id: u16, receive_maximum: usize) -> IncomingQos2 {
         let mut st = self.state.lock();
-        let ids = st.incoming_qos2.get_or_insert_with(Box::default);
+        let ids = &mut st.inbound.get_or_insert_with(Box::default).qos2;
         if ids.contains(&packet_id) {
             return IncomingQos2::Resent;
         }
@@ -637,14 +661,14 @@ impl Session {
     /// Applies a PUBREL; false when the id was unknown.
     pub fn release_incoming(&self, packet_id: u16) -> bool {
         let mut st = self.state.lock();
-        let Some(ids) = st.incoming_qos2.as_mut() else {
+        let Some(inbound) = st.inbound.as_mut() else {
             return false;
         };
-        let before = ids.len();
-        ids.retain(|&p| p != packet_id);
-        let released = ids.len() != before;
-        if ids.is_empty() {
-            st.incoming_qos2 = None;
+        let before = inbound.qos2.len();
+        inbound.qos2.retain(|&p| p != packet_id);
+        let released = inbound.qos2.len() != before;
+        if inbound.qos2.is_empty() && inbound.ingest_ids.is_none() {
+            st.inbound = None;
         }
         released
     }
@@ -659,8 +683,10 @@ impl Session {
         window: usize,
     ) -> (u64, u64, Option<crate::ingest::dedup::NewId>) {
         let mut st = self.state.lock();
-        st.ingest_ids
-            .get_or_insert_with(|| Box::new(crate::ingest::dedup::PublishIds::new(self.id)))
+        st.inbound
+            .get_or_insert_with(Box::default)
+            .ingest_ids
+            .get_or_insert_with(|| crate::ingest::dedup::PublishIds::new(self.id))
             .assign(packet_id, resend, content, window)
     }
 
@@ -726,7 +752,7 @@ impl Session {
             .iter()
             .chain(pending.inflight.iter().map(|(_, _, d)| d));
         st.last_seq = stored.map(|d| d.seq).fold(st.last_seq, u64::max);
-        st.queue.extend(pending.queue);
+        pending.queue.into_iter().for_each(|d| st.push_queued(d));
         if let Some(highest) = pending.inflight.iter().map(|(id, _, _)| *id).max() {
             st.next_packet_id = highest.checked_add(1).unwrap_or(1);
         }
@@ -743,10 +769,12 @@ impl Session {
                     resend: false,
                 }),
         );
-        st.incoming_qos2 =
-            (!pending.incoming_qos2.is_empty()).then(|| Box::new(pending.incoming_qos2));
-        st.ingest_ids =
-            crate::ingest::dedup::PublishIds::restored(pending.ingest_ids).map(Box::new);
+        let inbound = Inbound {
+            qos2: pending.incoming_qos2,
+            ingest_ids: crate::ingest::dedup::PublishIds::restored(pending.ingest_ids),
+        };
+        st.inbound =
+            (!inbound.qos2.is_empty() || inbound.ingest_ids.is_some()).then(|| Box::new(inbound));
     }
 
     /// A copy of what `restore_pending` takes, for handing the session to another cluster node
@@ -774,10 +802,14 @@ impl Session {
                 .iter()
                 .map(|i| (i.packet_id, i.stage, i.delivery.clone()))
                 .collect(),
-            incoming_qos2: st.incoming_qos2.as_deref().cloned().unwrap_or_default(),
-            ingest_ids: st
-                .ingest_ids
+            incoming_qos2: st
+                .inbound
                 .as_ref()
+                .map_or_else(Vec::new, |i| i.qos2.clone()),
+            ingest_ids: st
+                .inbound
+                .as_ref()
+                .and_then(|i| i.ingest_ids.as_ref())
                 .map_or_else(Vec::new, |ids| ids.stored()),
         }
     }
@@ -874,10 +906,16 @@ impl Session {
             st.stored = None;
         }
         for d in chunk.into_iter().rev() {
+            st.add_queued_bytes(&d);
             st.queue.push_front(d);
         }
         drop(st);
         self.wake();
+    }
+
+    /// What the queue in memory holds, as `QueueLimits::max_queued_bytes` counts it.
+    pub fn queued_bytes(&self) -> u32 {
+        self.state.lock().queued_bytes
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -911,6 +949,8 @@ impl Session {
             .map_or((0, 0), |b| (b.deliveries.len(), b.bytes));
         Occupancy {
             queued: st.queue.len() + stored,
+            in_memory: st.queue.len(),
+            queued_bytes: st.queued_bytes as usize,
             retained,
             retained_bytes,
             inflight: st.inflight.iter().map(|i| i.packet_id).collect(),
@@ -973,11 +1013,28 @@ impl State {
     }
 
     /// The next retained delivery; the backlog's box goes once it is drained.
+    fn push_queued(&mut self, d: Delivery) {
+        self.add_queued_bytes(&d);
+        self.queue.push_back(d);
+    }
+
+    fn add_queued_bytes(&mut self, d: &Delivery) {
+        let size = u32::try_from(content_bytes(&d.msg)).unwrap_or(u32::MAX);
+        self.queued_bytes = self.queued_bytes.saturating_add(size);
+    }
+
+    fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        let size = u32::try_from(content_bytes(&d.msg)).unwrap_or(u32::MAX);
+        self.queued_bytes = self.queued_bytes.saturating_sub(size);
+        Some(d)
+    }
+
     fn pop_retained(&mut self) -> Option<Delivery> {
         let backlog = self.retained_backlog.as_mut()?;
         let next = backlog.deliveries.pop_front();
         if let Some(d) = &next {
-            backlog.bytes = backlog.bytes.saturating_sub(backlog_bytes(&d.msg));
+            backlog.bytes = backlog.bytes.saturating_sub(content_bytes(&d.msg));
         }
         if backlog.deliveries.is_empty() {
             self.retained_backlog = None;
@@ -1048,6 +1105,7 @@ mod tests {
         s.restore_stored(3, 1, 3);
         let limits = QueueLimits {
             max_queued: 5,
+            max_queued_bytes: 0,
             queue_qos0_offline: false,
         };
         // Seqs continue after the stored ones' (the registry restores `last_seq` from them).
@@ -1084,6 +1142,7 @@ mod tests {
 
     const LIMITS: QueueLimits = QueueLimits {
         max_queued: 2,
+        max_queued_bytes: 0,
         queue_qos0_offline: false,
     };
 
@@ -1104,6 +1163,55 @@ mod tests {
             Enqueued::QueueFull
         );
         assert_eq!(s.queue_len(), 2);
+    }
+
+    /// Each delivery of `delivery` holds 2 bytes (topic "t", payload "p").
+    #[test]
+    fn queue_is_bounded_in_bytes_and_an_empty_queue_takes_any_message() {
+        let s = Session::new(1, "c".into());
+        s.set_online(true);
+        let limits = QueueLimits {
+            max_queued: 100,
+            max_queued_bytes: 5,
+            queue_qos0_offline: false,
+        };
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            outcomes.push(s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0).0);
+        }
+        assert_eq!(
+            outcomes,
+            [Enqueued::Queued, Enqueued::Queued, Enqueued::QueueFull]
+        );
+        assert_eq!(s.dropped(), 1);
+        // Sending frees the bytes.
+        let mut out = Vec::new();
+        s.take_ready(unix_millis(), 100, 100, &mut out, &mut Vec::new());
+        assert_eq!(out.len(), 2);
+        for _ in 0..2 {
+            let queued = s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0).0;
+            assert_eq!(queued, Enqueued::Queued);
+        }
+        out.clear();
+        s.take_ready(unix_millis(), 100, 100, &mut out, &mut Vec::new());
+        assert_eq!(out.len(), 2);
+        let big = Delivery {
+            msg: Arc::new(Message::new(
+                &ByteString::from_static("t"),
+                &Bytes::from(vec![0u8; 64]),
+                QoS::AtLeastOnce,
+                false,
+                0,
+                None,
+            )),
+            ..delivery(QoS::AtLeastOnce)
+        };
+        assert_eq!(s.enqueue(big.clone(), limits, |_| 0).0, Enqueued::Queued);
+        assert_eq!(s.enqueue(big, limits, |_| 0).0, Enqueued::QueueFull);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), limits, |_| 0).0,
+            Enqueued::QueueFull
+        );
     }
 
     #[test]
@@ -1129,6 +1237,7 @@ mod tests {
         s.set_online(true);
         let limits = QueueLimits {
             max_queued: 10,
+            max_queued_bytes: 0,
             queue_qos0_offline: false,
         };
         for _ in 0..3 {
@@ -1155,6 +1264,7 @@ mod tests {
         s.set_online(true);
         let limits = QueueLimits {
             max_queued: 10,
+            max_queued_bytes: 0,
             queue_qos0_offline: false,
         };
         let mut out = Vec::new();
@@ -1186,6 +1296,7 @@ mod tests {
         s.set_online(true);
         let limits = QueueLimits {
             max_queued: 10,
+            max_queued_bytes: 0,
             queue_qos0_offline: false,
         };
         let mut out = Vec::new();

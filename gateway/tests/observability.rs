@@ -435,6 +435,7 @@ async fn admin_api_counts_the_messages_each_sessions_full_queue_dropped() {
     let away = json(&body);
     assert_eq!(away["online"], false);
     assert_eq!(away["queued_messages"], 5);
+    assert_eq!(away["queued_bytes"], 5 * 5, "topic and payload: {body}");
     assert_eq!(away["dropped_messages"], 3, "{body}");
     let (_, body) = obs.get("/api/v1/clients/drops-reader").await;
     assert_eq!(json(&body)["dropped_messages"], 0, "{body}");

@@ -4,7 +4,7 @@
 //! connection with the same client id (v5 DISCONNECT 0x8E to the first) loses nothing, does not
 //! wait for the old client to close its socket, and one whose client already left takes nothing
 //! over; the offline
-//! queue is bounded by `max_queued_messages`; unacknowledged messages are resent with DUP on resume.
+//! queue is bounded by `max_queued_messages` and `max_queued_bytes`; unacknowledged messages are resent with DUP on resume.
 
 mod clients;
 mod common;
@@ -375,6 +375,45 @@ async fn offline_queue_is_bounded_by_max_queued_messages() {
         "queued messages out of order: {got:?}"
     );
     println!("bounded queue kept {got:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queue_is_bounded_by_max_queued_bytes() {
+    let broker = TestBroker::with(|cfg| cfg.mqtt.max_queued_bytes = 10_000).await;
+    let id = unique_id("bytes");
+    let mut c = v3::Client::connect(persistent_v3(broker.addr, &id)).await;
+    c.subscribe("bytes/t", v3::QoS::AtLeastOnce).await;
+    c.disconnect().await;
+
+    // Each message holds 1,031 bytes (topic and payload): nine fit in 10,000.
+    let mut publ = v3::connect(broker.addr, &unique_id("pub")).await;
+    for i in 0..30u32 {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(1024, 0);
+        publ.publish_confirmed("bytes/t", v3::QoS::AtLeastOnce, false, payload)
+            .await;
+    }
+    let mut c = v3::Client::connect(persistent_v3(broker.addr, &id)).await;
+    assert!(c.connack.session_present);
+    let mut got = Vec::new();
+    while let Some(p) = c.try_next_publish(QUIET).await {
+        got.push(seq_of(&p.payload[..4]));
+    }
+    assert_eq!(got, (0..9).collect::<Vec<_>>(), "the first nine, in order");
+    c.disconnect().await;
+
+    // A message larger than the bound still goes into an empty queue; what follows it does not.
+    publ.publish_confirmed("bytes/t", v3::QoS::AtLeastOnce, false, vec![7u8; 20_000])
+        .await;
+    publ.publish_confirmed("bytes/t", v3::QoS::AtLeastOnce, false, "small")
+        .await;
+    let mut c = v3::Client::connect(persistent_v3(broker.addr, &id)).await;
+    let mut sizes = Vec::new();
+    while let Some(p) = c.try_next_publish(QUIET).await {
+        sizes.push(p.payload.len());
+    }
+    assert_eq!(sizes, [20_000]);
     broker.shutdown().await;
 }
 

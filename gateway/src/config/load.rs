@@ -12,10 +12,10 @@ use super::validate::{
     check_admin_token, check_log_level, check_nats_url, check_token, ADMIN_TOKEN_HINT,
     COMMIT_DELAY_MS, CONNECT_BURST, CONNECT_RATE, FD_RESERVE, LEVEL_HINT, MAX_CONNECTIONS,
     MAX_HANDSHAKES, MAX_INFLIGHT, MAX_KEEPALIVE, MAX_PACKET_SIZE, MAX_PUBLISH_BYTES_RATE,
-    MAX_PUBLISH_RATE, MAX_QUEUED_MESSAGES, MAX_RETAINED_BACKLOG, MAX_RETAINED_BACKLOG_BYTES,
-    MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTION_BYTES, MAX_TOPIC_LENGTH, MAX_TOPIC_LEVELS,
-    MEMORY_HIGH_WATER, NATS_URL_HINT, RECEIVE_MAXIMUM, RETAINED_MAX, RETAINED_MAX_BYTES,
-    SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE,
+    MAX_PUBLISH_RATE, MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES, MAX_RETAINED_BACKLOG,
+    MAX_RETAINED_BACKLOG_BYTES, MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTION_BYTES, MAX_TOPIC_LENGTH,
+    MAX_TOPIC_LEVELS, MEMORY_HIGH_WATER, NATS_URL_HINT, RECEIVE_MAXIMUM, RETAINED_MAX,
+    RETAINED_MAX_BYTES, SESSION_EXPIRY_MAX, SYS_INTERVAL, TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE,
     TCP_KEEPALIVE_INTERVAL, TOPIC_ALIAS_MAXIMUM,
 };
 use super::values::{
@@ -108,6 +108,9 @@ impl Config {
             }
             ("mqtt", "max_queued_messages") => {
                 m.max_queued_messages = integer(k, value, MAX_QUEUED_MESSAGES)?;
+            }
+            ("mqtt", "max_queued_bytes") => {
+                m.max_queued_bytes = integer(k, value, MAX_QUEUED_BYTES)?;
             }
             ("mqtt", "queue_qos0_offline") => m.queue_qos0_offline = boolean(k, value)?,
             ("mqtt", "max_inflight") => m.max_inflight = integer(k, value, MAX_INFLIGHT)?,

@@ -106,6 +106,8 @@ pub struct MqttConfig {
     pub max_packet_size: u32,
     /// Bound of each session's outbound queue.
     pub max_queued_messages: usize,
+    /// Bytes (topics, payloads, properties) each session's queue in memory may hold; 0: none.
+    pub max_queued_bytes: u32,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_offline: bool,
     /// Outbound QoS 1/2 window per session.
@@ -319,6 +321,7 @@ impl Default for MqttConfig {
             receive_maximum: 256,
             max_packet_size: 1_048_576,
             max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
             queue_qos0_offline: false,
             max_inflight: 32,
             session_expiry_max: 172_800,

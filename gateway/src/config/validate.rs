@@ -26,6 +26,8 @@ pub(super) const RECEIVE_MAXIMUM: Bounds = Bounds::new(1, u16::MAX as u64);
 /// remaining length the MQTT variable-byte integer can express.
 pub(super) const MAX_PACKET_SIZE: Bounds = Bounds::new(64, 268_435_455);
 pub(super) const MAX_QUEUED_MESSAGES: Bounds = Bounds::new(1, UNBOUNDED);
+/// A session counts its queue's bytes in 32 bits (every session carries the count).
+pub(super) const MAX_QUEUED_BYTES: Bounds = Bounds::new(0, u32::MAX as u64);
 pub(super) const MAX_INFLIGHT: Bounds = Bounds::new(1, u16::MAX as u64);
 pub(super) const SESSION_EXPIRY_MAX: Bounds = Bounds::new(0, u32::MAX as u64);
 pub(super) const RETAINED_MAX: Bounds = Bounds::new(0, UNBOUNDED);
@@ -112,6 +114,11 @@ impl Config {
             "mqtt.max_queued_messages",
             m.max_queued_messages as u64,
             MAX_QUEUED_MESSAGES,
+        )?;
+        check(
+            "mqtt.max_queued_bytes",
+            m.max_queued_bytes.into(),
+            MAX_QUEUED_BYTES,
         )?;
         check("mqtt.max_inflight", m.max_inflight.into(), MAX_INFLIGHT)?;
         check(

@@ -20,6 +20,7 @@ use crate::store::{Restored, SessionRecord, Store, StoredSession, StoredWill};
 fn router(store: &Arc<Recording>) -> Router {
     let limits = QueueLimits {
         max_queued: 100,
+        max_queued_bytes: 0,
         queue_qos0_offline: false,
     };
     Router::new(limits, 100, 32, Arc::new(Metrics::new())).with_store(store.clone())

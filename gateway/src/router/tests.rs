@@ -33,6 +33,7 @@ impl Fixture {
         let (metrics, exporter) = Metrics::prometheus().expect("prometheus recorder");
         let limits = QueueLimits {
             max_queued,
+            max_queued_bytes: 0,
             queue_qos0_offline,
         };
         Fixture {
@@ -596,6 +597,7 @@ fn a_full_queue_drops_and_publish_counts_only_the_sessions_queued_for() {
                 };
                 let limits = QueueLimits {
                     max_queued: bound,
+                    max_queued_bytes: 0,
                     queue_qos0_offline: true,
                 };
                 s.enqueue(d, limits, |_| 0);

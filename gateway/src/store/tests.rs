@@ -492,6 +492,7 @@ fn startup_with_many_stored_sessions() {
     let loaded = start.elapsed();
     let limits = crate::session::QueueLimits {
         max_queued: usize::MAX,
+        max_queued_bytes: 0,
         queue_qos0_offline: false,
     };
     let router = crate::router::Router::new(limits, 1000, 32, Arc::new(Metrics::new()))

@@ -64,6 +64,7 @@ fn every_key_is_parsed() {
         receive_maximum = 10
         max_packet_size = 64
         max_queued_messages = 5
+        max_queued_bytes = 4096
         queue_qos0_offline = true
         max_inflight = 7
         session_expiry_max = 0
@@ -125,6 +126,7 @@ fn every_key_is_parsed() {
             receive_maximum: 10,
             max_packet_size: 64,
             max_queued_messages: 5,
+            max_queued_bytes: 4096,
             queue_qos0_offline: true,
             max_inflight: 7,
             session_expiry_max: 0,

@@ -24,6 +24,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.mqtt.receive_maximum, 256);
     assert_eq!(c.mqtt.max_packet_size, 1_048_576);
     assert_eq!(c.mqtt.max_queued_messages, 1000);
+    assert_eq!(c.mqtt.max_queued_bytes, 16 << 20);
     assert!(!c.mqtt.queue_qos0_offline);
     assert_eq!(c.mqtt.max_inflight, 32);
     assert_eq!(c.mqtt.session_expiry_max, 172_800);
@@ -74,7 +75,7 @@ fn shipped_file_is_exactly_the_defaults_and_lists_every_key() {
     let table: Table = text.parse().unwrap();
     let count = |section: &str| table[section].as_table().unwrap().len();
     assert_eq!(table.len(), 9);
-    assert_eq!(count("mqtt"), 21);
+    assert_eq!(count("mqtt"), 22);
     assert_eq!(count("http"), 2);
     assert_eq!(count("sys"), 1);
     assert_eq!(count("log"), 1);

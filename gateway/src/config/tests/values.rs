@@ -116,6 +116,12 @@ fn out_of_range_values_are_named_with_their_value() {
             "must be >= 1",
         ),
         (
+            "max_queued_bytes = 4294967296",
+            "mqtt.max_queued_bytes",
+            "4294967296",
+            "must be 0..=4294967295",
+        ),
+        (
             "max_inflight = 0",
             "mqtt.max_inflight",
             "0",

@@ -38,6 +38,7 @@ pub(super) fn config(input: &mut Input) -> Config {
     let mqtt = &mut config.mqtt;
     mqtt.max_inflight = input.pick(&[1, 2, 3, 32]);
     mqtt.max_queued_messages = input.pick(&[1, 3, 8, 1000]);
+    mqtt.max_queued_bytes = input.pick(&[0, 40, 16 << 20]);
     mqtt.receive_maximum = input.pick(&[1, 2, 256]);
     mqtt.topic_alias_maximum = input.pick(&[0, 2, 64]);
     mqtt.outbound_topic_aliases = input.byte() & 1 == 0;
@@ -104,6 +105,7 @@ pub(super) fn context(config: Config) -> (Arc<Context>, Arc<Counters>) {
     let metrics = Arc::new(metrics::with_local_recorder(&recorder, Metrics::new));
     let limits = QueueLimits {
         max_queued: config.mqtt.max_queued_messages,
+        max_queued_bytes: config.mqtt.max_queued_bytes,
         queue_qos0_offline: config.mqtt.queue_qos0_offline,
     };
     let router = Router::new(

@@ -267,6 +267,15 @@ impl World {
                 o.queued,
                 config.mqtt.max_queued_messages
             );
+            // One message of any size is queued into an empty queue.
+            let max_bytes = config.mqtt.max_queued_bytes as usize;
+            assert!(
+                max_bytes == 0 || o.queued_bytes <= max_bytes || o.in_memory == 1,
+                "session {who:?}: {} bytes in {} queued messages, above max_queued_bytes {}",
+                o.queued_bytes,
+                o.in_memory,
+                max_bytes
+            );
             assert!(
                 backlog.messages == 0 || o.retained <= backlog.messages,
                 "session {who:?}: {} retained messages queued, above max_retained_backlog {}",
