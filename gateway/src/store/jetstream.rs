@@ -129,6 +129,8 @@ impl JetStreamStore {
             since_snapshot: Default::default(),
             compacted,
             compacted_tx,
+            replays: writer::Replays::default(),
+            last_sent: 0,
         };
         tokio::spawn(writer.run(rx));
         Arc::new(JetStreamStore {

@@ -11,7 +11,12 @@
 //! durable mark and is sent again, with the same `Nats-Msg-Id` (the stream's duplicate window
 //! stores it once), until it is acked; meanwhile the store says it is not `available`. Acks
 //! of the later messages already in flight are taken after it: those may then lie before it
-//! in the stream, which folding tolerates (`fold`).
+//! in the stream. Folding tolerates that for a message's fate (queued, sent, settled), but not
+//! for what a later record sets again (an inbound QoS 2 id held then released, the session's
+//! record, a tombstone): so each later message of its subject that was sent before it was
+//! stored is sent once more after it (`Replays`), and the durable mark waits for those too.
+//! Replaying is safe because every record sets state rather than changing it: applied again
+//! in order after the late one, the subject folds as its records did in the order made.
 //!
 //! After a record that starts its session anew (tombstone, snapshot) is stored, the records
 //! before it on its subject are purged; such a record ends its unit and goes out alone. A
@@ -188,6 +193,32 @@ pub(super) struct Pile {
     compacting: Option<u64>,
 }
 
+/// Later writes to send again because an earlier one of their subject was stored late: per
+/// failed write, its subject and the marks after it sent by the time it was stored.
+#[derive(Default)]
+pub(super) struct Replays {
+    owed: Vec<(String, std::ops::RangeInclusive<Mark>)>,
+}
+
+impl Replays {
+    /// A write of `subject` at `mark` failed and is stored now; `last_sent` is the last mark
+    /// published so far.
+    fn stored_late(&mut self, subject: &str, mark: Mark, last_sent: Mark) {
+        if last_sent > mark {
+            self.owed.push((subject.to_owned(), mark + 1..=last_sent));
+        }
+    }
+
+    /// Whether the write of `subject` at `mark`, stored at its first try, must go again. Writes
+    /// are answered in mark order, so what lies behind `mark` is forgotten.
+    fn owed(&mut self, subject: &str, mark: Mark) -> bool {
+        self.owed.retain(|(_, marks)| *marks.end() >= mark);
+        self.owed
+            .iter()
+            .any(|(s, marks)| s == subject && marks.contains(&mark))
+    }
+}
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     pub(super) metrics: StoreMetrics,
@@ -197,6 +228,9 @@ pub(super) struct Writer {
     pub(super) since_snapshot: HashMap<String, Pile>,
     pub(super) compacted: mpsc::UnboundedReceiver<(Arc<str>, String)>,
     pub(super) compacted_tx: mpsc::UnboundedSender<(Arc<str>, String)>,
+    pub(super) replays: Replays,
+    /// The mark of the last write published.
+    pub(super) last_sent: Mark,
 }
 
 impl Writer {
@@ -224,7 +258,8 @@ impl Writer {
                     let at = Instant::now();
                     let mut sent = Vec::with_capacity(writes.len());
                     for w in &writes {
-                        sent.push(self.send(w).await);
+                        sent.push(self.send(w, "").await);
+                        self.last_sent = self.last_sent.max(w.mark);
                     }
                     inflight.push_back(
                         async move {
@@ -248,11 +283,14 @@ impl Writer {
         }
     }
 
+    /// Publishes `r` with a message id of its mark and `attempt` ("" at first and for a retry,
+    /// which JetStream must then store once; "r" for a replay, which it must store again).
     async fn send(
         &self,
         r: &Write,
+        attempt: &str,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, PublishError> {
-        let id = format!("{}.{}", self.id_prefix, r.mark);
+        let id = format!("{}.{}{attempt}", self.id_prefix, r.mark);
         let message = PublishMessage::build()
             .payload(r.payload.clone())
             .message_id(id);
@@ -275,30 +313,29 @@ impl Writer {
         }
     }
 
-    /// One stream message's publish answered: sent again until stored, then counted, and its
-    /// subject purged or compacted as it asks.
+    /// One stream message's publish answered: sent again until stored (and once more if an
+    /// earlier write of its subject was stored after it), then counted, and its subject purged
+    /// or compacted as it asks.
     async fn stored(
         &mut self,
         record: Write,
         at: Instant,
-        mut acked: Result<PublishAck, PublishError>,
+        acked: Result<PublishAck, PublishError>,
     ) {
-        let shared = self.shared.clone();
-        while let Err(e) = acked {
-            self.metrics.errors.increment(1);
-            if !shared.failing.swap(true, Ordering::Relaxed) {
-                warn!("session state stream: a write failed, holding acknowledgements until it is stored: {e}");
+        let ack = match acked {
+            // Its first sequence lies before the late one's: the purge below uses the replay's.
+            Ok(_) if self.replays.owed(&record.subject, record.mark) => {
+                self.until_stored(&record, "r", None).await
             }
-            tokio::time::sleep(RETRY).await;
-            // The stream may be gone (deleted, or a server restarted without its store).
-            shared.forget_stream();
-            shared.ensure_stream().await;
-            acked = match self.send(&record).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-        }
-        let Ok(ack) = acked else { return };
+            Ok(ack) => ack,
+            Err(e) => {
+                let ack = self.until_stored(&record, "", Some(e)).await;
+                self.replays
+                    .stored_late(&record.subject, record.mark, self.last_sent);
+                ack
+            }
+        };
+        let shared = self.shared.clone();
         if shared.failing.swap(false, Ordering::Relaxed) {
             info!("session state stream writes again");
         }
@@ -327,6 +364,36 @@ impl Writer {
         pile.bytes +=
             (record.subject.len() + self.id_prefix.len() + 21 + record.payload.len()) as u64;
         self.maybe_compact(record.client_id, record.subject);
+    }
+
+    /// Sends `record` (again) until JetStream stores it; `failed`: why its last publish failed.
+    async fn until_stored(
+        &self,
+        record: &Write,
+        attempt: &str,
+        mut failed: Option<PublishError>,
+    ) -> PublishAck {
+        let shared = &self.shared;
+        loop {
+            if let Some(e) = failed.take() {
+                self.metrics.errors.increment(1);
+                if !shared.failing.swap(true, Ordering::Relaxed) {
+                    warn!("session state stream: a write failed, holding acknowledgements until it is stored: {e}");
+                }
+                tokio::time::sleep(RETRY).await;
+                // The stream may be gone (deleted, or a server restarted without its store).
+                shared.forget_stream();
+                shared.ensure_stream().await;
+            }
+            let acked = match self.send(record, attempt).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => return ack,
+                Err(e) => failed = Some(e),
+            }
+        }
     }
 
     /// Starts compacting `subject` if its records pile up and no compaction of it runs.
@@ -370,4 +437,25 @@ fn take_unit(first: Record, queue: &mut mpsc::UnboundedReceiver<Record>) -> Vec<
 /// Whether `available` may say yes: no failing write, and a backlog below `max`.
 pub(super) fn writes(failing: &AtomicBool, backlog: &AtomicU64, max: u64) -> bool {
     !failing.load(Ordering::Relaxed) && backlog.load(Ordering::Relaxed) < max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Replays;
+
+    #[test]
+    fn what_a_late_write_owes_is_the_later_writes_of_its_subject_already_sent() {
+        let mut r = Replays::default();
+        // The write at mark 5 of "a" failed; marks up to 9 were sent when it was stored.
+        r.stored_late("a", 5, 9);
+        assert!(!r.owed("b", 6), "another subject");
+        assert!(r.owed("a", 7));
+        assert!(r.owed("a", 9));
+        assert!(!r.owed("a", 10), "sent after it was stored");
+        assert!(!r.owed("a", 8), "forgotten once answers passed it");
+        // Nothing was sent after it: nothing owed.
+        r.stored_late("a", 12, 12);
+        assert!(!r.owed("a", 12));
+        assert!(r.owed.is_empty());
+    }
 }
