@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::error;
-use crate::config::validate::{ADMIN_TOKEN_HINT, LEVEL_HINT};
+use crate::config::validate::{log_filter, ADMIN_TOKEN_HINT, LEVEL_HINT};
 use crate::config::Config;
 
 #[test]
@@ -77,6 +77,19 @@ fn a_span_field_value_in_the_log_level_is_a_literal_not_a_regex() {
     let level = "gateway[session{client_id=dev.1+}]=debug";
     let text = format!("[log]\nlevel = {level:?}");
     assert_eq!(Config::from_toml(&text).unwrap().log.level, level);
+}
+
+#[test]
+fn a_directive_repeated_with_another_level_is_taken_once() {
+    for level in [
+        "gateway[session{client_id=d1}]=info,gateway[session{client_id=d1}]=debug",
+        "info,gateway=warn,debug,gateway=trace",
+    ] {
+        let text = format!("[log]\nlevel = {level:?}");
+        assert_eq!(Config::from_toml(&text).unwrap().log.level, level);
+    }
+    let filter = log_filter("a[s{f=x}]=info,b=warn,a[s{f=x}]=debug").unwrap();
+    assert_eq!(filter.to_string(), "b=warn,a[s{f=x}]=debug");
 }
 
 #[test]
