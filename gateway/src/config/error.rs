@@ -21,14 +21,28 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("config: unknown key `{key}` (value: {value})")]
+    #[error("config: unknown key `{}` (value: {value})", printable(key))]
     UnknownKey { key: String, value: String },
-    #[error("config: invalid value for `{key}`: {value} ({reason})")]
+    #[error("config: invalid value for `{}`: {value} ({reason})", printable(key))]
     InvalidValue {
         key: String,
         value: String,
         reason: String,
     },
+}
+
+/// A key as written, on one line: a quoted TOML key may hold line breaks and other control
+/// characters, shown escaped (found by the `config` fuzz target).
+fn printable(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub(super) fn invalid(key: &str, value: &Value, reason: impl Into<String>) -> ConfigError {

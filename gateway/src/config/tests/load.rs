@@ -213,6 +213,11 @@ fn unknown_keys_and_sections_are_named_with_their_value() {
             "[mqqt]\nlisten = \"0.0.0.0:1883\"",
             "config: unknown key `mqqt` (value: { listen = \"0.0.0.0:1883\" })",
         ),
+        // A quoted key may hold line breaks: still one line (found by the `config` fuzz target).
+        (
+            "\"\\r\\nrats.a\" = \"\"",
+            "config: unknown key `\\r\\nrats.a` (value: \"\")",
+        ),
         (
             "verbose = true",
             "config: unknown key `verbose` (value: true)",
