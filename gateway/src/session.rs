@@ -471,7 +471,7 @@ impl Session {
             } else {
                 0
             };
-            st.push_queued(d);
+            st.push_queued(d, size);
             mark
         };
         self.wake();
@@ -752,7 +752,10 @@ impl Session {
             .iter()
             .chain(pending.inflight.iter().map(|(_, _, d)| d));
         st.last_seq = stored.map(|d| d.seq).fold(st.last_seq, u64::max);
-        pending.queue.into_iter().for_each(|d| st.push_queued(d));
+        for d in pending.queue {
+            let size = content_bytes(&d.msg);
+            st.push_queued(d, size);
+        }
         if let Some(highest) = pending.inflight.iter().map(|(id, _, _)| *id).max() {
             st.next_packet_id = highest.checked_add(1).unwrap_or(1);
         }
@@ -906,7 +909,7 @@ impl Session {
             st.stored = None;
         }
         for d in chunk.into_iter().rev() {
-            st.add_queued_bytes(&d);
+            st.count_queued(content_bytes(&d.msg));
             st.queue.push_front(d);
         }
         drop(st);
@@ -1012,14 +1015,14 @@ impl State {
         Some(removed)
     }
 
-    /// The next retained delivery; the backlog's box goes once it is drained.
-    fn push_queued(&mut self, d: Delivery) {
-        self.add_queued_bytes(&d);
+    /// Queues `d`, which holds `size` bytes (`content_bytes`).
+    fn push_queued(&mut self, d: Delivery, size: usize) {
+        self.count_queued(size);
         self.queue.push_back(d);
     }
 
-    fn add_queued_bytes(&mut self, d: &Delivery) {
-        let size = u32::try_from(content_bytes(&d.msg)).unwrap_or(u32::MAX);
+    fn count_queued(&mut self, size: usize) {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
         self.queued_bytes = self.queued_bytes.saturating_add(size);
     }
 
@@ -1030,6 +1033,7 @@ impl State {
         Some(d)
     }
 
+    /// The next retained delivery; the backlog's box goes once it is drained.
     fn pop_retained(&mut self) -> Option<Delivery> {
         let backlog = self.retained_backlog.as_mut()?;
         let next = backlog.deliveries.pop_front();
