@@ -71,6 +71,7 @@ impl Context {
         state.cluster_connected = cluster.connected;
         state.cluster_remote_interest = cluster.remote_interest;
         state.cluster_nodes = cluster.nodes;
+        state.cluster_unconfirmed = cluster.unconfirmed;
         state.cluster_retained_ready = cluster.connected && !cluster.retained_behind;
         // Each message once, however many sessions hold it: what queues pin in real bytes.
         let mut held = HashSet::new();

@@ -1,7 +1,8 @@
 //! Test-only fault injection (feature `fault-injection`): failures a test cannot cause from
 //! outside the process. A PUBLISH to `$fault/panic` panics its session's task (`client`), and a
 //! session whose client id starts with `PANIC_ON_RESUME` panics when the parker resumes it from
-//! hibernation (inside the parker's task); this file holds them and the process-wide switches.
+//! hibernation (inside the parker's task); this file holds them and the process-wide switches
+//! (a store that cannot write, a cluster link whose writes to NATS are not confirmed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,4 +18,16 @@ pub fn set_store_writes_fail(fail: bool) {
 
 pub(crate) fn store_writes_fail() -> bool {
     STORE_WRITES_FAIL.load(Ordering::Relaxed)
+}
+
+static CLUSTER_FLUSH_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Holds the cluster link's confirmations that a batch is written to NATS (the messages still
+/// go out) until switched off again: publishers' acknowledgements wait meanwhile.
+pub fn set_cluster_flush_held(held: bool) {
+    CLUSTER_FLUSH_HELD.store(held, Ordering::Relaxed);
+}
+
+pub(crate) fn cluster_flush_held() -> bool {
+    CLUSTER_FLUSH_HELD.load(Ordering::Relaxed)
 }

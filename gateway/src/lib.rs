@@ -64,6 +64,7 @@ mod store;
 mod subscriber;
 mod sys;
 mod task;
+mod ticket;
 mod timers;
 mod tls;
 mod topic;

@@ -365,9 +365,11 @@ pub enum CloseReason {
     /// A 3.1.1 client published what an `[[ingest]]` rule with `ack = "stream"` could not
     /// store: it has no way to be told but the close, and will resend.
     IngestRefused,
+    /// A 3.1.1 client published what the cluster link could not get to NATS: likewise.
+    ClusterUnconfirmed,
 }
 
-const CLOSE_REASONS: [CloseReason; 15] = [
+const CLOSE_REASONS: [CloseReason; 16] = [
     CloseReason::Normal,
     CloseReason::KeepAlive,
     CloseReason::TakenOver,
@@ -383,6 +385,7 @@ const CLOSE_REASONS: [CloseReason; 15] = [
     CloseReason::PacketTimeout,
     CloseReason::Idle,
     CloseReason::IngestRefused,
+    CloseReason::ClusterUnconfirmed,
 ];
 
 impl CloseReason {
@@ -403,6 +406,7 @@ impl CloseReason {
             CloseReason::PacketTimeout => "packet_timeout",
             CloseReason::Idle => "idle",
             CloseReason::IngestRefused => "ingest_refused",
+            CloseReason::ClusterUnconfirmed => "cluster_unconfirmed",
         }
     }
 }
@@ -1036,6 +1040,10 @@ fn describe() {
         "Other nodes' (node, shared group, filter) interest entries known to this node."
     );
     describe_gauge!(
+        "gateway_cluster_unconfirmed_messages",
+        "Messages published here and sent to other nodes whose acknowledgement waits for them to be written to NATS."
+    );
+    describe_gauge!(
         "gateway_cluster_nodes",
         "Other cluster nodes known to this node (heard from within the last 5 s)."
     );
@@ -1078,6 +1086,8 @@ pub struct BrokerState {
     pub cluster_remote_interest: usize,
     /// Other cluster nodes known here.
     pub cluster_nodes: usize,
+    /// Messages whose acknowledgement waits for the link to write them to NATS.
+    pub cluster_unconfirmed: usize,
     /// This node is clustered and its retained copy is caught up with the retained stream.
     pub cluster_retained_ready: bool,
 }
@@ -1104,6 +1114,7 @@ struct StateGauges {
     cluster_connected: Gauge,
     cluster_remote_interest: Gauge,
     cluster_nodes: Gauge,
+    cluster_unconfirmed: Gauge,
     cluster_retained_ready: Gauge,
 }
 
@@ -1131,6 +1142,7 @@ impl StateGauges {
             cluster_connected: gauge!("gateway_cluster_connected"),
             cluster_remote_interest: gauge!("gateway_cluster_remote_interest"),
             cluster_nodes: gauge!("gateway_cluster_nodes"),
+            cluster_unconfirmed: gauge!("gateway_cluster_unconfirmed_messages"),
             cluster_retained_ready: gauge!("gateway_cluster_retained_ready"),
         }
     }
@@ -1171,6 +1183,7 @@ impl Exporter {
         s.cluster_remote_interest
             .set(state.cluster_remote_interest as f64);
         s.cluster_nodes.set(state.cluster_nodes as f64);
+        s.cluster_unconfirmed.set(state.cluster_unconfirmed as f64);
         s.cluster_retained_ready
             .set(if state.cluster_retained_ready {
                 1.0

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::clock::unix_millis;
-use crate::cluster::{Cluster, Interest, Standalone};
+use crate::cluster::{Cluster, Confirm, Interest, Standalone};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::ingest::Ingest;
 use crate::message::Message;
@@ -30,6 +30,7 @@ use crate::session::{
     SubscriptionRecord,
 };
 use crate::store::{Mark, MemoryStore, SessionRecord, Store, StoredWill};
+use crate::ticket::Ticket;
 use crate::topic::{self, TopicError};
 use crate::topic_index::{Matches, SharedGroup, TopicIndex};
 
@@ -64,6 +65,8 @@ pub(crate) struct Routed {
     /// Some persistent session did not get it because the store cannot write: the publisher
     /// must not be acknowledged.
     pub(crate) refused: bool,
+    /// What the publisher's acknowledgement waits for from the cluster link.
+    pub(crate) confirm: Option<Arc<Ticket>>,
 }
 
 /// The outcome of a subscribe, for SUBACK and retained handling.
@@ -133,11 +136,14 @@ impl Router {
     /// Stores or clears the retained copy (when flagged) and hands a delivery to every receiver.
     /// Returns how many sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        self.route(msg).delivered
+        self.route(msg, None).delivered
     }
 
-    /// `publish`, also telling what the publisher's acknowledgement must wait for.
-    pub(crate) fn route(&self, msg: Arc<Message>) -> Routed {
+    /// `publish`, also telling what the acknowledgement of `publisher` (a client's QoS 1/2
+    /// message) must wait for: the store, and the link's sends to other nodes.
+    pub(crate) fn route(&self, msg: Arc<Message>, publisher: Option<&Arc<Session>>) -> Routed {
+        let publisher = publisher.filter(|_| msg.qos != QoS::AtMostOnce);
+        let mut confirm = Confirm::new(publisher.cloned());
         let mut stored = 0;
         if msg.retain {
             stored = self.retain(&msg);
@@ -150,7 +156,11 @@ impl Router {
         for group in &matches.shared {
             // A group with members on other nodes too takes turns with them (`Cluster::share`):
             // each message goes to exactly one member cluster-wide.
-            if clustered && !self.cluster.share(&msg, group.name(), group.filter()) {
+            if clustered
+                && !self
+                    .cluster
+                    .share(&msg, group.name(), group.filter(), &mut confirm)
+            {
                 continue;
             }
             let (n, mark) = self.deliver_to_group(&msg, group);
@@ -164,12 +174,13 @@ impl Router {
             if delivered == 0 {
                 self.metrics.dropped(DropReason::NoSubscribers, 1);
             }
-            self.cluster.forward(&msg, &matches);
+            self.cluster.forward(&msg, &matches, &mut confirm);
         }
         Routed {
             delivered,
             stored: if refused { 0 } else { stored },
             refused,
+            confirm: confirm.finish(),
         }
     }
 

@@ -135,6 +135,9 @@ pub enum Kick {
     /// Ingestion refused a message a 3.1.1 client cannot be told about: it is disconnected
     /// without the acknowledgement, so it sends again.
     IngestRefused,
+    /// The cluster link dropped a message a 3.1.1 client published on its way to other nodes:
+    /// likewise.
+    Unconfirmed,
 }
 
 #[derive(Debug, Default)]
@@ -422,6 +425,7 @@ impl Session {
             Kick::Shutdown => 2,
             Kick::Administrative => 3,
             Kick::IngestRefused => 4,
+            Kick::Unconfirmed => 5,
         };
         self.kick.store(v, Ordering::Release);
         self.wake();
@@ -433,6 +437,7 @@ impl Session {
             2 => Some(Kick::Shutdown),
             3 => Some(Kick::Administrative),
             4 => Some(Kick::IngestRefused),
+            5 => Some(Kick::Unconfirmed),
             _ => None,
         }
     }

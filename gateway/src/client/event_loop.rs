@@ -65,6 +65,11 @@ impl Client {
                         code: None,
                         will: true,
                     },
+                    Kick::Unconfirmed => Close {
+                        reason: CloseReason::ClusterUnconfirmed,
+                        code: None,
+                        will: true,
+                    },
                 };
             }
             let more = self.fill();

@@ -10,12 +10,12 @@ use tracing::debug;
 use super::{AliasesIn, Client, Close};
 use crate::clock::unix_millis;
 use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
-use crate::ingest::{Ticket, TicketState};
 use crate::limits::QuotaExceeded;
 use crate::message::{ForwardedProperties, Message};
 use crate::metrics::{CloseReason, DropReason, LimitExceeded};
 use crate::session::{IncomingQos2, Kick, Outgoing, Stage};
 use crate::store::Mark;
+use crate::ticket::{Ticket, TicketState};
 use crate::topic;
 
 impl Client {
@@ -88,7 +88,7 @@ impl Client {
         // A QoS 2 resend is not routed again, but ingestion sees it: its write may not have
         // been acknowledged yet (or was refused), and the same de-duplication id makes a
         // second write harmless.
-        let mut ticket = None;
+        let mut tickets = Tickets::default();
         if route || ctx.ingest.is_some() {
             let msg = Arc::new(Message::new(
                 &topic,
@@ -99,26 +99,28 @@ impl Client {
                 ForwardedProperties::from_properties(&p.properties),
             ));
             if route {
-                let routed = ctx.router.route(msg.clone());
+                let routed = ctx.router.route(msg.clone(), Some(&self.session));
                 if routed.refused {
                     return self.refuse_unstored(&p);
                 }
                 stored = stored.max(routed.stored);
+                tickets.cluster = routed.confirm;
             }
             if let Some(ingest) = &ctx.ingest {
                 // Every unacknowledged message can be resent, and the last `receive_maximum`
                 // acknowledged ones too (their PUBACK may be lost).
                 let window = usize::from(policy.receive_maximum) + self.held_acks();
-                ticket = ingest.offer(&msg, &self.session, p.packet_id, p.dup || !route, window);
+                tickets.ingest =
+                    ingest.offer(&msg, &self.session, p.packet_id, p.dup || !route, window);
             }
         }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                self.acknowledge_when(Held::PubAck(p.packet_id, 0), stored, ticket);
+                self.acknowledge_when(Held::PubAck(p.packet_id, 0), stored, tickets);
             }
             QoS::ExactlyOnce => {
-                self.acknowledge_when(Held::PubRec(p.packet_id, 0), stored, ticket);
+                self.acknowledge_when(Held::PubRec(p.packet_id, 0), stored, tickets);
             }
         }
         Ok(())
@@ -279,20 +281,21 @@ impl Client {
     /// Sends an acknowledgement once the store holds what it acknowledges (`mark`), in the order
     /// the acknowledged packets came: behind any still held.
     pub(super) fn acknowledge_when_stored(&mut self, held: Held, mark: Mark) {
-        self.acknowledge_when(held, mark, None);
+        self.acknowledge_when(held, mark, Tickets::default());
     }
 
-    /// `acknowledge_when_stored`, also waiting for ingestion's writes (`ticket`): the
-    /// acknowledgement goes when both the store and JetStream have the message.
-    fn acknowledge_when(&mut self, held: Held, mark: Mark, ticket: Option<Arc<Ticket>>) {
-        if mark == 0 && ticket.is_none() && self.held.is_none() {
+    /// `acknowledge_when_stored`, also waiting for ingestion's writes and the cluster link
+    /// (`tickets`): the acknowledgement goes when the store, JetStream and NATS have the
+    /// message.
+    fn acknowledge_when(&mut self, held: Held, mark: Mark, tickets: Tickets) {
+        if mark == 0 && tickets.is_empty() && self.held.is_none() {
             self.emit(held);
             return;
         }
         self.held
             .get_or_insert_with(|| Box::new(HeldAcks::new()))
             .acks
-            .push_back((mark, ticket, held));
+            .push_back((mark, tickets, held));
         self.release_acks();
     }
 
@@ -305,7 +308,7 @@ impl Client {
         let Some(mut held) = self.held.take() else {
             return;
         };
-        while let Some((mark, ticket, _)) = held.acks.front() {
+        while let Some((mark, tickets, _)) = held.acks.front() {
             let mark = *mark;
             let store = &self.ctx.router.store;
             if !store.is_durable(mark) {
@@ -315,14 +318,19 @@ impl Client {
                 }
                 break;
             }
-            let refused = match ticket.as_ref().map(|t| t.state()) {
-                None | Some(TicketState::Stored) => None,
-                Some(TicketState::Pending) => break,
-                Some(TicketState::Refused(code)) => Some(code),
+            let refused = match tickets.state() {
+                TicketState::Stored => None,
+                TicketState::Pending => break,
+                TicketState::Refused(code) => Some(code),
             };
             if refused.is_some() && !self.protocol.is_v5() {
-                debug!(client = %self.session.client_id, "ingestion refused a message: disconnecting the 3.1.1 client");
-                self.session.kick(Kick::IngestRefused);
+                let kick = if tickets.ingest_refused() {
+                    Kick::IngestRefused
+                } else {
+                    Kick::Unconfirmed
+                };
+                debug!(client = %self.session.client_id, ?kick, "a message was refused: disconnecting the 3.1.1 client");
+                self.session.kick(kick);
                 break;
             }
             if let Some((_, _, ack)) = held.acks.pop_front() {
@@ -371,12 +379,45 @@ impl Client {
     }
 }
 
-/// Acknowledgements (and QoS 2 flows to persistent sessions) held until the store and ingestion
-/// have what they depend on: boxed and present only while some are held (a session with no
-/// persistent subscriber or ingestion rule never has one).
+/// What an acknowledgement waits for besides the store: ingestion's writes, the cluster link.
+#[derive(Default)]
+pub(super) struct Tickets {
+    ingest: Option<Arc<Ticket>>,
+    cluster: Option<Arc<Ticket>>,
+}
+
+impl Tickets {
+    fn is_empty(&self) -> bool {
+        self.ingest.is_none() && self.cluster.is_none()
+    }
+
+    fn ingest_refused(&self) -> bool {
+        self.ingest
+            .as_ref()
+            .is_some_and(|t| matches!(t.state(), TicketState::Refused(_)))
+    }
+
+    /// Pending while either is; refused when either refused (ingestion's reason first).
+    fn state(&self) -> TicketState {
+        let states = [&self.ingest, &self.cluster].map(|t| t.as_ref().map(|t| t.state()));
+        if states.contains(&Some(TicketState::Pending)) {
+            return TicketState::Pending;
+        }
+        states
+            .into_iter()
+            .flatten()
+            .find(|s| matches!(s, TicketState::Refused(_)))
+            .unwrap_or(TicketState::Stored)
+    }
+}
+
+/// Acknowledgements (and QoS 2 flows to persistent sessions) held until the store, ingestion
+/// and the cluster link have what they depend on: boxed and present only while some are held
+/// (a session publishing to no persistent subscriber, ingestion rule or other node never has
+/// one).
 pub(super) struct HeldAcks {
-    /// Each with the store's mark and ingestion's ticket it waits for.
-    acks: std::collections::VecDeque<(Mark, Option<Arc<Ticket>>, Held)>,
+    /// Each with the store's mark and the tickets it waits for.
+    acks: std::collections::VecDeque<(Mark, Tickets, Held)>,
     /// The mark the session asked to be woken for.
     waiting_for: Mark,
 }

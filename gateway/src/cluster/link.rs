@@ -7,7 +7,11 @@
 //! group's subject, where a NATS queue group picks one node; a group with members here too
 //! takes turns between this node and the others (`share`), so every message reaches exactly one
 //! member cluster-wide. Messages are encoded on the publisher's task and queued for the link
-//! task; a full queue, or a link that is down, drops and counts (never blocks a publisher).
+//! task; a full queue, or a link that is down, drops and counts (never blocks a publisher). A
+//! client's QoS 1/2 message carries its publisher's ticket (`confirm`): the link completes it
+//! once the batch it went out in is written to the connection, and refuses it if the message
+//! was dropped after all, so nothing is acknowledged that a crash of this node could still lose
+//! on its way to NATS.
 //!
 //! The link task (`Link::run`) owns the connection's work in one place, in order: publishing
 //! the queue, the NATS subscriptions that mirror this node's filters (one per filter, two for a
@@ -46,7 +50,7 @@ use super::owners::Owner;
 use super::probe;
 use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
-use super::{Claiming, Cluster, ClusterState, Interest, Sessions};
+use super::{Claiming, Cluster, ClusterState, Confirm, Interest, Sessions};
 use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::message::Message;
@@ -55,6 +59,7 @@ use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::router::{Router, Subscriber};
 use crate::session::SessionId;
 use crate::store::JetStreamStore;
+use crate::ticket::{Refusal, Ticket};
 use crate::topic;
 use crate::topic_index::Matches;
 
@@ -73,11 +78,16 @@ const PUBLISH_BATCH: usize = 256;
 const QUEUE: &str = "share";
 /// How long a clean shutdown waits for its goodbye to reach NATS.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a batch's publishers wait for it to be written to the NATS connection before they
+/// are refused (and send again).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A message on its way to NATS.
 struct Outgoing {
     subject: String,
     payload: Bytes,
+    /// The publisher's acknowledgement waiting for it (`confirm`).
+    ticket: Option<Arc<Ticket>>,
 }
 
 /// This node in a cluster: the `Cluster` the router calls.
@@ -96,6 +106,8 @@ pub(crate) struct NatsCluster {
     outbox: mpsc::Sender<Outgoing>,
     /// Round-robin between this node and the others for shared groups present on both.
     turn: AtomicUsize,
+    /// Messages queued or written whose publishers wait for them to be in NATS.
+    unconfirmed: Arc<AtomicUsize>,
     /// Retained messages in JetStream.
     retained: RetainedStream,
     /// Client ids claimed across the cluster, sessions moved between nodes.
@@ -160,6 +172,7 @@ impl NatsCluster {
             wake: Notify::new(),
             outbox: outbox_tx,
             turn: AtomicUsize::new(0),
+            unconfirmed: Arc::new(AtomicUsize::new(0)),
             retained: RetainedStream::new(
                 &config.cluster.subject_prefix,
                 instance,
@@ -213,37 +226,69 @@ impl NatsCluster {
         format!("{}.c.node.{node}", self.prefix)
     }
 
-    /// Encodes `msg` for `subject` and queues it for the link; false when it was dropped.
-    fn send(&self, subject: String, msg: &Message, with_topic: bool) -> bool {
+    /// Encodes `msg` for `subject` and queues it for the link, with a ticket from `confirm`
+    /// when its publisher waits. Dropped, it gives back that ticket (if any) for the caller to
+    /// complete. A message is not held for NATS that is down (the README's outage terms) or
+    /// can never go (too large): it is dropped, counted, and nobody waits.
+    fn send(
+        &self,
+        subject: String,
+        msg: &Message,
+        with_topic: bool,
+        confirm: &mut Confirm,
+    ) -> Result<(), Option<Arc<Ticket>>> {
         let m = &self.metrics.cluster;
         if !self.nats.is_connected() {
             m.dropped(ClusterDrop::LinkDown);
-            return false;
+            return Err(None);
         }
         if subject.len() > MAX_SUBJECT {
             m.dropped(ClusterDrop::TooLarge);
-            return false;
+            return Err(None);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let payload = envelope::encode(msg, self.instance, seq, with_topic, unix_millis());
-        match self.outbox.try_send(Outgoing { subject, payload }) {
-            Ok(()) => true,
-            Err(_) => {
+        let ticket = confirm.send();
+        let waits = ticket.is_some();
+        let out = Outgoing {
+            subject,
+            payload,
+            ticket,
+        };
+        match self.outbox.try_send(out) {
+            Ok(()) => {
+                if waits {
+                    self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
                 m.dropped(ClusterDrop::Overflow);
-                false
+                Err(e.into_inner().ticket)
             }
         }
     }
 }
 
 impl Cluster for NatsCluster {
-    fn forward(&self, msg: &Arc<Message>, local: &Matches<SessionId, Subscriber>) {
+    fn forward(
+        &self,
+        msg: &Arc<Message>,
+        local: &Matches<SessionId, Subscriber>,
+        confirm: &mut Confirm,
+    ) {
         let remote = self.remote.matches(&msg.topic);
         if remote.is_empty() {
             return;
         }
+        // A send dropped with a waiting publisher refuses it: the other nodes lost the message.
+        let refuse = |dropped: Result<(), Option<Arc<Ticket>>>| {
+            if let Err(Some(ticket)) = dropped {
+                ticket.complete(Err(Refusal::Unavailable));
+            }
+        };
         if !remote.plain.is_empty() {
-            self.send(topic_subject(&self.prefix, &msg.topic), msg, false);
+            refuse(self.send(topic_subject(&self.prefix, &msg.topic), msg, false, confirm));
         }
         for group in &remote.shared {
             // A group with members here too was settled by `share` during local delivery.
@@ -253,12 +298,12 @@ impl Cluster for NatsCluster {
                 .any(|l| l.name() == group.name() && l.filter() == group.filter());
             if !settled {
                 let subject = group_subject(&self.prefix, group.name(), group.filter());
-                self.send(subject, msg, true);
+                refuse(self.send(subject, msg, true, confirm));
             }
         }
     }
 
-    fn share(&self, msg: &Arc<Message>, group: &str, filter: &str) -> bool {
+    fn share(&self, msg: &Arc<Message>, group: &str, filter: &str, confirm: &mut Confirm) -> bool {
         let remote = self.remote.matches(&msg.topic);
         let nodes = remote
             .shared
@@ -275,7 +320,21 @@ impl Cluster for NatsCluster {
         if turn % (nodes + 1) == 0 {
             return true;
         }
-        !self.send(group_subject(&self.prefix, group, filter), msg, true)
+        match self.send(
+            group_subject(&self.prefix, group, filter),
+            msg,
+            true,
+            confirm,
+        ) {
+            Ok(()) => false,
+            Err(ticket) => {
+                // Nothing lost for the publisher to wait on: a member here takes it.
+                if let Some(ticket) = ticket {
+                    ticket.complete(Ok(()));
+                }
+                true
+            }
+        }
     }
 
     fn interest(&self, filter: &str, group: Option<&str>, _change: Interest) {
@@ -304,6 +363,7 @@ impl Cluster for NatsCluster {
             down: !connected,
             remote_interest: self.remote.len(),
             nodes: self.remote.nodes(),
+            unconfirmed: self.unconfirmed.load(Ordering::Relaxed),
             retained_behind: !self.retained.ready(),
         }
     }
@@ -491,12 +551,16 @@ impl Link {
                     }
                 }
                 Some(out) = self.outbox.recv() => {
-                    self.publish(&client, out).await;
+                    let mut waiting = Vec::new();
+                    self.publish(&client, out, &mut waiting).await;
                     for _ in 1..PUBLISH_BATCH {
                         match self.outbox.try_recv() {
-                            Ok(out) => self.publish(&client, out).await,
+                            Ok(out) => self.publish(&client, out, &mut waiting).await,
                             Err(_) => break,
                         }
+                    }
+                    if !waiting.is_empty() {
+                        tokio::spawn(confirm_flushed(client.clone(), waiting, c.unconfirmed.clone()));
                     }
                 }
                 _ = c.wake.notified() => {
@@ -609,26 +673,46 @@ impl Link {
         }
     }
 
-    async fn publish(&self, client: &Client, out: Outgoing) {
-        let m = &self.cluster.metrics.cluster;
+    /// Publishes `out`; its ticket goes to `waiting` (for the batch's flush) or, dropped, is
+    /// completed here.
+    async fn publish(&self, client: &Client, out: Outgoing, waiting: &mut Vec<Arc<Ticket>>) {
+        let c = &self.cluster;
+        let m = &c.metrics.cluster;
+        let Outgoing {
+            subject,
+            payload,
+            ticket,
+        } = out;
+        let dropped = |outcome: Result<(), Refusal>| {
+            if let Some(ticket) = &ticket {
+                c.unconfirmed.fetch_sub(1, Ordering::Relaxed);
+                ticket.complete(outcome);
+            }
+        };
         // A publish while disconnected would wait in the client's buffer and then block this
-        // task: the message is dropped instead (NATS being down is counted, not hidden).
-        if !self.cluster.nats.is_connected() {
+        // task: the message is dropped instead (NATS being down is counted, not hidden), and
+        // its publisher, already waiting, refused.
+        if !c.nats.is_connected() {
             m.dropped(ClusterDrop::LinkDown);
+            dropped(Err(Refusal::Unavailable));
             return;
         }
-        let len = out.payload.len() as u64;
-        match client.publish(out.subject, out.payload).await {
+        let len = payload.len() as u64;
+        match client.publish(subject, payload).await {
             Ok(()) => {
                 m.sent.increment(1);
                 m.sent_bytes.increment(len);
+                waiting.extend(ticket);
             }
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                // It can never go: a resend would be dropped again.
                 m.dropped(ClusterDrop::TooLarge);
+                dropped(Ok(()));
             }
             Err(e) => {
                 debug!("cluster: publish failed: {e}");
                 m.dropped(ClusterDrop::LinkDown);
+                dropped(Err(Refusal::Unavailable));
             }
         }
     }
@@ -714,6 +798,27 @@ impl Link {
                 let _ = client.publish(c.all_subject(), control_bytes(&delta)).await;
             }
         }
+    }
+}
+
+/// Completes the tickets of a published batch once the client has written it to the NATS
+/// connection, or refuses them when that does not happen within `FLUSH_TIMEOUT`. A task of its
+/// own: a slow connection holds these publishers, not the link.
+async fn confirm_flushed(client: Client, tickets: Vec<Arc<Ticket>>, unconfirmed: Arc<AtomicUsize>) {
+    let flushed = async {
+        #[cfg(feature = "fault-injection")]
+        while crate::fault::cluster_flush_held() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        client.flush().await
+    };
+    let outcome = match tokio::time::timeout(FLUSH_TIMEOUT, flushed).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Refusal::Unavailable),
+    };
+    unconfirmed.fetch_sub(tickets.len(), Ordering::Relaxed);
+    for ticket in tickets {
+        ticket.complete(outcome);
     }
 }
 

@@ -15,7 +15,8 @@
 //! local router (which never forwards again), and keeping this node's interest announced.
 //! `owners` is the record of which node holds each client id, `handover` the moving of a
 //! session from the node that held it to the one that claimed it, `adoption` the taking up of
-//! a dead node's persistent sessions by the survivors.
+//! a dead node's persistent sessions by the survivors. `confirm` holds a publisher's
+//! acknowledgement until what it sent to other nodes is in NATS.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +29,7 @@ use crate::subscriber::Subscriber;
 use crate::topic_index::Matches;
 
 mod adoption;
+mod confirm;
 mod envelope;
 mod handover;
 mod interest;
@@ -37,6 +39,7 @@ mod probe;
 mod retained;
 mod subject;
 
+pub(crate) use confirm::Confirm;
 pub(crate) use link::{Link, NatsCluster};
 
 /// What the cluster reports to `/metrics` and `/readyz`.
@@ -50,6 +53,8 @@ pub(crate) struct ClusterState {
     pub(crate) remote_interest: usize,
     /// Other nodes known.
     pub(crate) nodes: usize,
+    /// Messages published here whose acknowledgements wait for the link to hand them to NATS.
+    pub(crate) unconfirmed: usize,
     /// This node is clustered and its retained messages are not (yet, or no longer) those of
     /// the cluster's retained stream: loading at start, or the stream is unreachable.
     pub(crate) retained_behind: bool,
@@ -115,12 +120,23 @@ pub(crate) trait Sessions: Send + Sync + 'static {
 pub(crate) trait Cluster: Send + Sync + 'static {
     /// A message published on this node, after local delivery: sent to the nodes with interest.
     /// `local` is what it matched here; shared groups with local members were settled by
-    /// `share` already.
-    fn forward(&self, message: &Arc<Message>, local: &Matches<SessionId, Subscriber>);
+    /// `share` already. What the publisher's acknowledgement must wait for goes in `confirm`.
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        local: &Matches<SessionId, Subscriber>,
+        confirm: &mut Confirm,
+    );
     /// Whether a member of the local shared group (`group`, `filter`) takes `message`; false
     /// when the cluster sent it to a member on another node instead (each message to exactly
-    /// one member cluster-wide).
-    fn share(&self, message: &Arc<Message>, group: &str, filter: &str) -> bool;
+    /// one member cluster-wide), and then `confirm` waits for that send.
+    fn share(
+        &self,
+        message: &Arc<Message>,
+        group: &str,
+        filter: &str,
+        confirm: &mut Confirm,
+    ) -> bool;
     /// This node's interest in `filter` (in shared group `group`) changed: the router reports the
     /// topic index's first subscriber in, last subscriber out.
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest);
@@ -142,9 +158,9 @@ pub(crate) trait Cluster: Send + Sync + 'static {
 pub(crate) struct Standalone;
 
 impl Cluster for Standalone {
-    fn forward(&self, _: &Arc<Message>, _: &Matches<SessionId, Subscriber>) {}
+    fn forward(&self, _: &Arc<Message>, _: &Matches<SessionId, Subscriber>, _: &mut Confirm) {}
 
-    fn share(&self, _: &Arc<Message>, _: &str, _: &str) -> bool {
+    fn share(&self, _: &Arc<Message>, _: &str, _: &str, _: &mut Confirm) -> bool {
         true
     }
 

@@ -32,13 +32,12 @@ mod subject;
 mod window;
 mod writer;
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::codec::{reason, QoS};
+use crate::codec::QoS;
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -46,6 +45,7 @@ use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::session::Session;
 use crate::store::{Mark, Store};
 use crate::task::Background;
+use crate::ticket::Ticket;
 
 pub(crate) use subject::Template;
 
@@ -218,72 +218,5 @@ impl Ingest {
                 .blocked()
                 .map(|why| format!("ingest rule {} (stream {}): {why}", r.index, r.stream))
         })
-    }
-}
-
-/// How a ticket ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TicketState {
-    Pending,
-    Stored,
-    /// Not stored; the v5 reason code to answer with.
-    Refused(u8),
-}
-
-const PENDING: u8 = 0;
-const REFUSED_UNAVAILABLE: u8 = 1;
-const REFUSED_FULL: u8 = 2;
-
-/// What one QoS 1/2 message's acknowledgement waits for: the writes of the rules with
-/// `ack = "stream"` that matched it.
-pub(crate) struct Ticket {
-    remaining: AtomicU32,
-    /// `PENDING` or the worst refusal so far; read once `remaining` is 0.
-    refused: AtomicU8,
-    waiter: Arc<Session>,
-}
-
-/// Why a write was not stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// The stream is full and refuses new messages (discard new), or the rule's queue is (a
-    /// client ignoring its window): v5 0x97 Quota exceeded.
-    Quota,
-    /// JetStream did not acknowledge within `ack_timeout`: v5 0x80 Unspecified error.
-    Unavailable,
-}
-
-impl Ticket {
-    fn new(writes: usize, waiter: Arc<Session>) -> Ticket {
-        Ticket {
-            remaining: AtomicU32::new(u32::try_from(writes).unwrap_or(u32::MAX)),
-            refused: AtomicU8::new(PENDING),
-            waiter,
-        }
-    }
-
-    /// One write ended; the last one wakes the session to send (or refuse) the ack.
-    pub(crate) fn complete(&self, outcome: Result<(), Refusal>) {
-        if let Err(refusal) = outcome {
-            let code = match refusal {
-                Refusal::Quota => REFUSED_FULL,
-                Refusal::Unavailable => REFUSED_UNAVAILABLE,
-            };
-            self.refused.fetch_max(code, Ordering::AcqRel);
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.waiter.wake();
-        }
-    }
-
-    pub(crate) fn state(&self) -> TicketState {
-        if self.remaining.load(Ordering::Acquire) > 0 {
-            return TicketState::Pending;
-        }
-        match self.refused.load(Ordering::Acquire) {
-            PENDING => TicketState::Stored,
-            REFUSED_FULL => TicketState::Refused(reason::QUOTA_EXCEEDED),
-            _ => TicketState::Refused(reason::UNSPECIFIED_ERROR),
-        }
     }
 }

@@ -48,7 +48,7 @@ use crate::store::Mark;
 use super::headers::headers;
 use super::subject::Template;
 use super::window::Window;
-use super::{Refusal, Ticket};
+use crate::ticket::{Refusal, Ticket};
 
 /// A QoS 1/2 write is refused at once while the queue holds this many times the room: the
 /// publishers' windows normally keep it far below.

@@ -9,7 +9,7 @@ use bytestring::ByteString;
 
 use super::{Router, Subscriber};
 use crate::clock::unix_millis;
-use crate::cluster::{Claim, Claiming, Cluster, Interest};
+use crate::cluster::{Claim, Claiming, Cluster, Confirm, Interest};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
 use crate::metrics::{BrokerState, Exporter, Metrics};
@@ -710,10 +710,10 @@ fn a_resubscribe_replaces_the_options() {
 struct Heard(Arc<Mutex<Vec<String>>>);
 
 impl Cluster for Heard {
-    fn forward(&self, m: &Arc<Message>, _: &Matches<SessionId, Subscriber>) {
+    fn forward(&self, m: &Arc<Message>, _: &Matches<SessionId, Subscriber>, _: &mut Confirm) {
         self.0.lock().push(format!("forward {}", m.topic));
     }
-    fn share(&self, _: &Arc<Message>, _: &str, _: &str) -> bool {
+    fn share(&self, _: &Arc<Message>, _: &str, _: &str, _: &mut Confirm) -> bool {
         true
     }
     fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {

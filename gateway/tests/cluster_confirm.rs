@@ -1,0 +1,126 @@
+//! A client's QoS 1/2 message that its node sends to other nodes is acknowledged only once the
+//! node has written it to NATS: a node killed before then must not have acknowledged what it
+//! still held. The link's confirmation that a batch is written is held with the
+//! `fault-injection` switch (process-wide, hence this file of its own), over a real
+//! nats-server: the PUBACK waits while the message itself still reaches the other node, goes
+//! out once the confirmation comes, and becomes a refusal (v5 0x80, 3.1.1 closed) when it does
+//! not come in time. A message no other node wants is acknowledged at once all along.
+//!
+//! Without `nats-server` the test is skipped with a loud message, and fails under CI.
+
+mod clients;
+mod common;
+mod observe;
+
+use std::time::Duration;
+
+use clients::raw::{publish_of, End, Frame, Raw, PUBACK, PUBLISH, V};
+use common::nats::NatsServer;
+use observe::{samples, total, Observed};
+
+async fn node(nats_url: &str, name: &str) -> Observed {
+    let url = nats_url.to_owned();
+    let name = name.to_owned();
+    Observed::start(move |c| {
+        c.sys.interval = 0;
+        c.nats.servers = vec![url];
+        c.cluster.enabled = true;
+        c.cluster.node_name = name;
+    })
+    .await
+}
+
+async fn metric(node: &Observed, name: &str) -> f64 {
+    total(&samples(&node.metrics().await), name, &[])
+}
+
+/// The reason code of a v5 PUBACK (absent: success), checking its packet id.
+fn reason(f: &Frame, id: u16) -> u8 {
+    assert_eq!(f.kind(), PUBACK, "{f:?}");
+    assert_eq!(&f.body[..2], &id.to_be_bytes(), "{f:?}");
+    f.body.get(2).copied().unwrap_or(0)
+}
+
+fn publish(v: V, topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+    v.publish(PUBLISH | 0x02, topic.as_bytes(), Some(id), &[], payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = node(&nats.url(), "a").await;
+    let b = node(&nats.url(), "b").await;
+    let mut sub = Raw::connected(b.mqtt, V::V5, "cc-sub").await;
+    sub.subscribe(V::V5, "cc/#", 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&a, "gateway_cluster_remote_interest").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never saw b's interest"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut p = Raw::connected(a.mqtt, V::V5, "cc-pub").await;
+    p.send(&publish(V::V5, "cc/1", 1, b"one")).await;
+    assert_eq!(reason(&p.expect_packet("PUBACK 1").await, 1), 0);
+    assert_eq!(
+        publish_of(&sub.expect_packet("one").await, V::V5).payload,
+        b"one"
+    );
+
+    gateway::fault::set_cluster_flush_held(true);
+    p.send(&publish(V::V5, "cc/2", 2, b"two")).await;
+    // The message goes out; its acknowledgement waits for the link to say it is written.
+    assert_eq!(
+        publish_of(&sub.expect_packet("two").await, V::V5).payload,
+        b"two"
+    );
+    assert!(
+        p.read_packet_within(Duration::from_millis(500))
+            .await
+            .is_err(),
+        "acknowledged before the link confirmed the write"
+    );
+    assert_eq!(
+        metric(&a, "gateway_cluster_unconfirmed_messages").await,
+        1.0
+    );
+    // A message no other node wants is not held, behind the held one or on its own.
+    let mut local = Raw::connected(a.mqtt, V::V5, "cc-local").await;
+    local.send(&publish(V::V5, "alone/1", 7, b"x")).await;
+    assert_eq!(reason(&local.expect_packet("PUBACK 7").await, 7), 0);
+    gateway::fault::set_cluster_flush_held(false);
+    assert_eq!(reason(&p.expect_packet("PUBACK 2").await, 2), 0);
+    assert_eq!(
+        metric(&a, "gateway_cluster_unconfirmed_messages").await,
+        0.0
+    );
+
+    // Not confirmed in time (5 s): refused, so the publisher sends again; a 3.1.1 publisher
+    // has no refusal to be told and is disconnected.
+    gateway::fault::set_cluster_flush_held(true);
+    p.send(&publish(V::V5, "cc/3", 3, b"three")).await;
+    let mut old = Raw::connected(a.mqtt, V::V311, "cc-old").await;
+    old.send(&publish(V::V311, "cc/4", 4, b"four")).await;
+    let refused = p
+        .read_packet_within(Duration::from_secs(8))
+        .await
+        .expect("PUBACK 3");
+    assert_eq!(reason(&refused, 3), 0x80);
+    assert_eq!(
+        old.read_packet_within(Duration::from_secs(2)).await,
+        Err(End::Closed),
+        "a 3.1.1 publisher is closed, not acknowledged"
+    );
+    gateway::fault::set_cluster_flush_held(false);
+    let closed = total(
+        &samples(&a.metrics().await),
+        "gateway_connections_closed_total",
+        &["reason=\"cluster_unconfirmed\""],
+    );
+    assert_eq!(closed, 1.0);
+    p.send(&publish(V::V5, "cc/3", 5, b"three")).await;
+    assert_eq!(reason(&p.expect_packet("PUBACK 5").await, 5), 0);
+}
