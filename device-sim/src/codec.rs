@@ -47,17 +47,21 @@ pub enum Incoming {
         pkid: u16,
         payload: Bytes,
     },
+    /// `refused`: a v5 reason code of 0x80 or above (the broker did not take the message).
     PubAck {
         pkid: u16,
+        refused: bool,
     },
     PubRec {
         pkid: u16,
+        refused: bool,
     },
     PubRel {
         pkid: u16,
     },
     PubComp {
         pkid: u16,
+        refused: bool,
     },
     SubAck {
         refused: bool,
@@ -136,10 +140,19 @@ fn from_v4(packet: v4::Packet) -> Incoming {
             pkid: p.pkid,
             payload: p.payload,
         },
-        v4::Packet::PubAck(a) => Incoming::PubAck { pkid: a.pkid },
-        v4::Packet::PubRec(a) => Incoming::PubRec { pkid: a.pkid },
+        v4::Packet::PubAck(a) => Incoming::PubAck {
+            pkid: a.pkid,
+            refused: false,
+        },
+        v4::Packet::PubRec(a) => Incoming::PubRec {
+            pkid: a.pkid,
+            refused: false,
+        },
         v4::Packet::PubRel(a) => Incoming::PubRel { pkid: a.pkid },
-        v4::Packet::PubComp(a) => Incoming::PubComp { pkid: a.pkid },
+        v4::Packet::PubComp(a) => Incoming::PubComp {
+            pkid: a.pkid,
+            refused: false,
+        },
         v4::Packet::SubAck(a) => Incoming::SubAck {
             refused: a.return_codes.contains(&v4::SubscribeReasonCode::Failure),
         },
@@ -160,10 +173,19 @@ fn from_v5(packet: v5::Packet) -> Incoming {
             pkid: p.pkid,
             payload: p.payload,
         },
-        v5::Packet::PubAck(a) => Incoming::PubAck { pkid: a.pkid },
-        v5::Packet::PubRec(a) => Incoming::PubRec { pkid: a.pkid },
+        v5::Packet::PubAck(a) => Incoming::PubAck {
+            pkid: a.pkid,
+            refused: a.reason as u8 >= 0x80,
+        },
+        v5::Packet::PubRec(a) => Incoming::PubRec {
+            pkid: a.pkid,
+            refused: a.reason as u8 >= 0x80,
+        },
         v5::Packet::PubRel(a) => Incoming::PubRel { pkid: a.pkid },
-        v5::Packet::PubComp(a) => Incoming::PubComp { pkid: a.pkid },
+        v5::Packet::PubComp(a) => Incoming::PubComp {
+            pkid: a.pkid,
+            refused: a.reason as u8 >= 0x80,
+        },
         v5::Packet::SubAck(a) => Incoming::SubAck {
             refused: a.return_codes.iter().any(|c| (*c as u8) >= 0x80),
         },
@@ -327,8 +349,71 @@ mod tests {
             assert!(
                 matches!(&got[0], Incoming::Publish { qos: 1, pkid: 7, payload } if &payload[..] == b"hello")
             );
-            assert!(matches!(got[1], Incoming::PubAck { pkid: 7 }));
+            assert!(matches!(
+                got[1],
+                Incoming::PubAck {
+                    pkid: 7,
+                    refused: false
+                }
+            ));
         }
+    }
+
+    /// A v5 acknowledgement with a reason code of 0x80 or above is a refusal; below, as
+    /// 0x10 No matching subscribers, the message was taken.
+    #[test]
+    fn v5_acknowledgements_tell_refusals() {
+        // PUBACK 7 with 0x80, PUBREC 8 with 0x97, PUBCOMP 9 with 0x92, PUBACK 10 with 0x10.
+        let mut buf = BytesMut::from(
+            &[
+                0x40u8, 0x03, 0x00, 0x07, 0x80, 0x50, 0x03, 0x00, 0x08, 0x97, 0x70, 0x03, 0x00,
+                0x09, 0x92, 0x40, 0x03, 0x00, 0x0A, 0x10,
+            ][..],
+        );
+        let mut got = Vec::new();
+        while let Some(p) = decode(&mut buf, Protocol::V5).expect("valid") {
+            got.push(p);
+        }
+        assert!(
+            matches!(
+                got[0],
+                Incoming::PubAck {
+                    pkid: 7,
+                    refused: true
+                }
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                got[1],
+                Incoming::PubRec {
+                    pkid: 8,
+                    refused: true
+                }
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                got[2],
+                Incoming::PubComp {
+                    pkid: 9,
+                    refused: true
+                }
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                got[3],
+                Incoming::PubAck {
+                    pkid: 10,
+                    refused: false
+                }
+            ),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                     }
                     if conn.has_buffered() {
                         let leftover = conn.read(ctx.settings.protocol, |packet, reply| {
-                            device.on_packet(&ctx, packet, reply)
+                            device.on_packet(&ctx, id, packet, reply)
                         });
                         if let Err(reason) = leftover {
                             break device.dropped(&ctx, reason);
@@ -195,7 +195,7 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         Event::Readable(ready) => {
                             let read = match ready {
                                 Ok(()) => conn.read(ctx.settings.protocol, |packet, reply| {
-                                    device.on_packet(&ctx, packet, reply)
+                                    device.on_packet(&ctx, id, packet, reply)
                                 }),
                                 Err(e) => Err(connection::io_reason(&e)),
                             };
@@ -461,15 +461,24 @@ impl Device {
     fn on_packet(
         &mut self,
         ctx: &Ctx,
+        id: u64,
         packet: Incoming,
         reply: &mut BytesMut,
     ) -> Result<(), Reason> {
         match packet {
-            Incoming::PubAck { pkid } | Incoming::PubComp { pkid } => self.acknowledged(ctx, pkid),
-            Incoming::PubRec { pkid } => {
-                codec::ack(reply, ctx.settings.protocol, Ack::Pubrel, pkid)
-                    .map_err(|_| Reason::Borrowed("encode_error"))?
+            Incoming::PubAck { pkid, refused } | Incoming::PubComp { pkid, refused } => {
+                self.acknowledged(ctx, id, pkid, refused)
             }
+            // A refused PUBREC ends the flow: no PUBREL follows [MQTT-4.3.3].
+            Incoming::PubRec {
+                pkid,
+                refused: true,
+            } => self.acknowledged(ctx, id, pkid, true),
+            Incoming::PubRec {
+                pkid,
+                refused: false,
+            } => codec::ack(reply, ctx.settings.protocol, Ack::Pubrel, pkid)
+                .map_err(|_| Reason::Borrowed("encode_error"))?,
             Incoming::Disconnect { reason } => {
                 return Err(Reason::Owned(format!("server_disconnect_0x{reason:02x}")))
             }
@@ -479,19 +488,28 @@ impl Device {
         Ok(())
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a message's flow; its latency is recorded.
-    fn acknowledged(&mut self, ctx: &Ctx, pkid: u16) {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) ends a message's flow; its latency is recorded. A
+    /// refusal (a v5 reason code of 0x80 or above, PUBREC's included) ends it too, but the
+    /// message was not taken: it counts as refused and unacknowledged, so that its loss is not
+    /// a loss of an acknowledged message. It is not sent again (a new message follows).
+    fn acknowledged(&mut self, ctx: &Ctx, id: u64, pkid: u16, refused: bool) {
         let Some(inflight) = &mut self.inflight else {
             return;
         };
         if let Some(at) = inflight.iter().position(|(p, _, _)| *p == pkid) {
-            if let Some((_, _, sent)) = inflight.remove(at) {
-                ctx.stats
-                    .hists
-                    .lock()
-                    .puback
-                    .saturating_record(micros(sent.elapsed()));
-                ctx.stats.acked.fetch_add(1, Relaxed);
+            if let Some((_, seq, sent)) = inflight.remove(at) {
+                if refused {
+                    ctx.stats.refused.fetch_add(1, Relaxed);
+                    ctx.stats
+                        .unacknowledged(id, std::iter::once(u64::from(seq)));
+                } else {
+                    ctx.stats
+                        .hists
+                        .lock()
+                        .puback
+                        .saturating_record(micros(sent.elapsed()));
+                    ctx.stats.acked.fetch_add(1, Relaxed);
+                }
             }
         }
         if inflight.is_empty() {

@@ -89,6 +89,10 @@ pub fn install(addr: SocketAddr, settings: &Settings) -> Result<Exporter, BuildE
         "QoS 1/2 messages acknowledged by the broker."
     );
     describe_counter!(
+        "device_sim_messages_refused_total",
+        "QoS 1/2 messages the broker refused (a v5 acknowledgement with a reason code of 0x80 or above)."
+    );
+    describe_counter!(
         "device_sim_messages_received_total",
         "Deliveries of this run's messages to subscribers."
     );
@@ -144,6 +148,7 @@ fn register_at_zero(settings: &Settings) {
         "device_sim_connect_attempts_total",
         "device_sim_messages_published_total",
         "device_sim_messages_acked_total",
+        "device_sim_messages_refused_total",
         "device_sim_messages_received_total",
         "device_sim_messages_lost_total",
         "device_sim_messages_duplicate_total",
@@ -206,6 +211,7 @@ impl Exporter {
         }
         counter!("device_sim_messages_published_total").absolute(s.published_total());
         counter!("device_sim_messages_acked_total").absolute(s.acked);
+        counter!("device_sim_messages_refused_total").absolute(s.refused);
         counter!("device_sim_messages_received_total").absolute(s.received);
         counter!("device_sim_messages_duplicate_total").absolute(s.duplicates);
         counter!("device_sim_messages_out_of_order_total").absolute(s.out_of_order);

@@ -76,6 +76,10 @@ pub struct Report {
     /// because the device's window (or, without one, its bound of 64) was full.
     pub messages_acked: u64,
     pub messages_unacked: u64,
+    /// Of `messages_unacked`, those the broker refused (a v5 PUBACK / PUBREC / PUBCOMP reason
+    /// code of 0x80 or above): not taken, and not sent again.
+    #[serde(default)]
+    pub messages_refused: u64,
     pub messages_skipped: u64,
     /// Deliveries the subscribers should have seen: each message times the subscribers that
     /// match it on its broker (one per `$share` group).
@@ -142,6 +146,7 @@ impl Report {
             messages_published: s.published_total(),
             messages_acked: s.acked,
             messages_unacked: s.unacked,
+            messages_refused: s.refused,
             messages_skipped: s.skipped,
             messages_expected: expected,
             messages_received: s.received,
@@ -238,8 +243,11 @@ impl Report {
                 &mut t,
                 "acknowledged",
                 format!(
-                    "{} (unacked {}, skipped {})",
-                    self.messages_acked, self.messages_unacked, self.messages_skipped
+                    "{} (unacked {}, of them refused {}; skipped {})",
+                    self.messages_acked,
+                    self.messages_unacked,
+                    self.messages_refused,
+                    self.messages_skipped
                 ),
             );
         }

@@ -41,6 +41,9 @@ pub struct Stats {
     /// Per target, because each broker's subscribers only see that broker's devices.
     pub published: Vec<AtomicU64>,
     pub acked: AtomicU64,
+    /// Messages the broker refused (a v5 PUBACK / PUBREC / PUBCOMP reason code of 0x80 or
+    /// above); also in `unacked`.
+    pub refused: AtomicU64,
     pub skipped: AtomicU64,
     pub unacked: AtomicU64,
     /// Which messages were left unacknowledged (device, seq), up to `UNACKED_TRACKED`: a run
@@ -77,6 +80,7 @@ impl Stats {
             connect_attempts: AtomicU64::new(0),
             published: (0..targets).map(|_| AtomicU64::new(0)).collect(),
             acked: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
             unacked_seqs: Mutex::new(Vec::new()),
@@ -140,6 +144,7 @@ impl Stats {
             disconnects: self.disconnects.lock().clone(),
             published: self.published.iter().map(|p| p.load(Relaxed)).collect(),
             acked: self.acked.load(Relaxed),
+            refused: self.refused.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             unacked: self.unacked.load(Relaxed),
             unacked_missing: None,
@@ -181,6 +186,9 @@ pub struct Snapshot {
     pub disconnects: BTreeMap<String, u64>,
     pub published: Vec<u64>,
     pub acked: u64,
+    /// Of `unacked`, those the broker refused (v5 reason code 0x80 or above).
+    #[serde(default)]
+    pub refused: u64,
     pub skipped: u64,
     pub unacked: u64,
     /// Deliveries of the unacknowledged messages that never arrived, when known: only a
@@ -257,6 +265,7 @@ impl Snapshot {
             *mine += theirs;
         }
         self.acked += other.acked;
+        self.refused += other.refused;
         self.skipped += other.skipped;
         self.unacked += other.unacked;
         self.received += other.received;

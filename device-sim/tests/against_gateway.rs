@@ -1,8 +1,8 @@
 //! The simulator against the gateway (in-process, on a free port): a clean QoS 1 run, an MQTT 5
 //! QoS 2 run whose connections the gateway must see coming from the given source addresses, a
 //! deliberately lossy one the verifier must catch, closed-loop windows (clean, and over a
-//! dropping broker), persistent sessions that must get their queued messages, and a fleet split
-//! across worker processes.
+//! dropping broker), persistent sessions that must get their queued messages, a fleet split
+//! across worker processes, and refusals (v5 reason codes) told apart from acknowledgements.
 
 mod common;
 
@@ -122,6 +122,46 @@ async fn qos0_into_a_one_message_queue_is_reported_as_loss() {
     );
     assert!(!run.success, "--max-loss 0 must fail the run");
     assert!(run.stderr.contains("--max-loss"), "{}", run.stderr);
+}
+
+/// A v5 PUBACK with a reason code of 0x80 or above is a refusal, not an acknowledgement: here
+/// every publish is refused (0x87, the ACL lets anonymous clients read but not write), so
+/// nothing counts as acknowledged and none of the losses as a loss of acknowledged messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_are_counted_as_refused_not_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read #\n").expect("write acl");
+    let gateway = Gateway::start(move |config| config.auth.acl_file = Some(acl)).await;
+    let target = gateway.addr.to_string();
+    let run = simulate(
+        &[
+            "--target",
+            &target,
+            "--devices",
+            "10",
+            "--protocol",
+            "5",
+            "--qos",
+            "1",
+            "--publish-interval",
+            "100ms",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    let published = run.n("messages_published");
+    assert!(published >= 10 * 10, "{}", run.report);
+    assert_eq!(run.n("messages_refused"), published, "{}", run.report);
+    assert_eq!(run.n("messages_unacked"), published, "{}", run.report);
+    assert_eq!(run.n("messages_acked"), 0, "{}", run.report);
+    assert_eq!(run.n("lost"), published, "{}", run.report);
+    assert_eq!(run.n("lost_acknowledged"), 0, "{}", run.report);
+    assert!(run.stdout.contains("refused"), "{}", run.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
