@@ -168,6 +168,7 @@ mod figures {
                     session: session.clone(),
                     options: SubscriptionOptions::default(),
                     id: None,
+                    durable: false,
                 };
                 index.insert(filter, None, key as u64, sub);
                 session.record_subscription(SubscriptionRecord {

@@ -69,6 +69,14 @@ pub(crate) struct Routed {
     pub(crate) confirm: Option<Arc<Ticket>>,
 }
 
+/// What a message from another node came to here: the sessions it was queued for, the store's
+/// mark covering what persistent ones keep, and whether the store refused it.
+pub(crate) struct Taken {
+    pub(crate) delivered: usize,
+    pub(crate) mark: Mark,
+    pub(crate) refused: bool,
+}
+
 /// The outcome of a subscribe, for SUBACK and retained handling.
 pub struct Subscribed {
     /// A subscription to the same filter existed and was replaced.
@@ -187,23 +195,32 @@ impl Router {
     /// A message another node forwarded: to this node's plain subscribers only. It is not
     /// retained here (a retained message reaches this node's copy through the cluster's
     /// retained stream, in the stream's order), not offered to shared groups (those get their own copy, addressed to
-    /// one group: `deliver_shared`), and never forwarded again. Returns how many sessions it
-    /// was queued for.
-    pub(crate) fn deliver_remote(&self, msg: Arc<Message>) -> usize {
+    /// one group: `deliver_shared`), and never forwarded again. Tells what it came to (`Taken`).
+    pub(crate) fn deliver_remote(&self, msg: Arc<Message>) -> Taken {
         let matches = self.index.matches(&msg.topic);
-        self.deliver_plain(&msg, &matches).0
+        let (delivered, mark, refused) = self.deliver_plain(&msg, &matches);
+        Taken {
+            delivered,
+            mark: if refused { 0 } else { mark },
+            refused,
+        }
     }
 
     /// A message another node sent to shared group (`group`, `filter`) for one of its members
-    /// here. Returns how many sessions it was queued for (0: the group has no member here any
-    /// more).
-    pub(crate) fn deliver_shared(&self, msg: Arc<Message>, group: &str, filter: &str) -> usize {
+    /// here, as `deliver_remote` (none delivered: the group has no member here any more).
+    pub(crate) fn deliver_shared(&self, msg: Arc<Message>, group: &str, filter: &str) -> Taken {
         let matches = self.index.matches(&msg.topic);
-        matches
+        let (delivered, mark) = matches
             .shared
             .iter()
             .find(|g| g.name() == group && g.filter() == filter)
-            .map_or(0, |g| self.deliver_to_group(&msg, g).0)
+            .map_or((0, 0), |g| self.deliver_to_group(&msg, g));
+        let refused = mark == REFUSED;
+        Taken {
+            delivered,
+            mark: if refused { 0 } else { mark },
+            refused,
+        }
     }
 
     /// Whether (`filter`, `group`) has a subscriber on this node now: the truth the cluster
@@ -413,15 +430,26 @@ impl Router {
         if group.is_some() {
             topic::validate_topic_filter(plain_filter, self.max_topic_levels)?;
         }
+        let durable = session.is_persistent();
         let sub = Subscriber {
             session: session.clone(),
             options,
             id,
+            durable,
         };
         let inserted = self.index.insert(plain_filter, group, session.id, sub);
         if inserted.first {
             self.cluster
                 .interest(plain_filter, group, Interest::Appeared);
+        }
+        let was_durable = inserted.previous.as_ref().is_some_and(|s| s.durable);
+        if durable != was_durable {
+            let change = if durable {
+                Interest::PersistentIn
+            } else {
+                Interest::PersistentOut
+            };
+            self.cluster.interest(plain_filter, group, change);
         }
         session.record_subscription(SubscriptionRecord {
             // Owned: the decoded filter is a slice of the read buffer.
@@ -445,6 +473,10 @@ impl Router {
             }
         };
         let removed = self.index.remove(plain_filter, group, &session.id);
+        if removed.value.as_ref().is_some_and(|s| s.durable) {
+            self.cluster
+                .interest(plain_filter, group, Interest::PersistentOut);
+        }
         if removed.last {
             self.cluster.interest(plain_filter, group, Interest::Gone);
         }

@@ -12,4 +12,8 @@ pub struct Subscriber {
     pub session: Arc<Session>,
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
+    /// Its session was persistent when it subscribed (a session goes from persistent to clean,
+    /// never back, so this may say persistent of one that no longer is, never the reverse):
+    /// counted for the cluster's durable interest (`Interest::PersistentIn`).
+    pub durable: bool,
 }

@@ -44,6 +44,11 @@ impl Confirm {
         Some(ticket.clone())
     }
 
+    /// Whether a publisher waits for this message.
+    pub(super) fn waits(&self) -> bool {
+        self.publisher.is_some()
+    }
+
     /// The router is done sending: the ticket the publisher's acknowledgement waits for, if
     /// some send took one.
     pub(crate) fn finish(self) -> Option<Arc<Ticket>> {

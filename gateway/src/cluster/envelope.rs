@@ -13,7 +13,8 @@
 //! [properties: u32 length, then entries]        flags & PROPERTIES
 //! payload: every remaining byte
 //! ```
-//! flags: bits 0-1 QoS, bit 2 RETAIN. Property entries use MQTT's identifiers: 0x01 payload
+//! flags: bits 0-1 QoS, bit 2 RETAIN, bit 6 ACK (the sender waits for this node's answer that
+//! it took the message in: `watermark`). Property entries use MQTT's identifiers: 0x01 payload
 //! format (u8), 0x03 content type, 0x08 response topic (u16-length UTF-8), 0x09 correlation data
 //! (u16-length bytes), 0x26 user property (two u16-length UTF-8 strings). Integers are
 //! big-endian. `origin` (the sending node's instance) and `seq` let a receiver discard the
@@ -31,7 +32,8 @@ const RETAIN: u8 = 0b100;
 const EXPIRY: u8 = 0b1000;
 const TOPIC: u8 = 0b1_0000;
 const PROPERTIES: u8 = 0b10_0000;
-const KNOWN_FLAGS: u8 = 0b11_1111;
+const ACK: u8 = 0b100_0000;
+const KNOWN_FLAGS: u8 = 0b111_1111;
 
 const PAYLOAD_FORMAT: u8 = 0x01;
 const CONTENT_TYPE: u8 = 0x03;
@@ -63,6 +65,8 @@ pub(crate) struct Envelope {
     pub(crate) seq: u64,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
+    /// The sender waits for an answer (`watermark`).
+    pub(crate) ack: bool,
     /// Milliseconds of message expiry left when it was sent.
     pub(crate) expiry_ms: Option<u64>,
     /// Set for shared-group messages only.
@@ -94,9 +98,13 @@ pub(crate) fn encode(
     origin: u64,
     seq: u64,
     with_topic: bool,
+    ack: bool,
     now: UnixMillis,
 ) -> Bytes {
     let mut flags = msg.qos as u8;
+    if ack {
+        flags |= ACK;
+    }
     if msg.retain {
         flags |= RETAIN;
     }
@@ -252,6 +260,7 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, EnvelopeError> {
         seq,
         qos,
         retain: flags & RETAIN != 0,
+        ack: flags & ACK != 0,
         expiry_ms,
         topic,
         properties,
@@ -306,11 +315,11 @@ mod tests {
             user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2 é".into())],
         };
         let msg = message(Some(Box::new(props.clone())), Some(10_000));
-        let wire = encode(&msg, 7, 42, true, 4_000);
+        let wire = encode(&msg, 7, 42, true, true, 4_000);
         let e = decode(wire).unwrap();
         assert_eq!(
-            (e.origin, e.seq, e.qos, e.retain),
-            (7, 42, QoS::ExactlyOnce, true)
+            (e.origin, e.seq, e.qos, e.retain, e.ack),
+            (7, 42, QoS::ExactlyOnce, true, true)
         );
         assert_eq!(e.expiry_ms, Some(6_000));
         assert_eq!(e.topic.as_deref(), Some("a/b"));
@@ -327,8 +336,9 @@ mod tests {
         let m = e.into_message("a/b".into(), 100_000);
         assert_eq!(m.expires_at, Some(106_000));
 
-        let plain = decode(encode(&message(None, None), 1, 2, false, 0)).unwrap();
+        let plain = decode(encode(&message(None, None), 1, 2, false, false, 0)).unwrap();
         assert!(plain.topic.is_none() && plain.properties.is_none() && plain.expiry_ms.is_none());
+        assert!(!plain.ack);
     }
 
     #[test]
@@ -364,7 +374,7 @@ mod tests {
                 user_properties: vec![("a".into(), "b".into())],
                 ..Default::default()
             };
-            let wire = encode(&message(Some(Box::new(props)), Some(5)), 1, 1, true, 0).to_vec();
+            let wire = encode(&message(Some(Box::new(props)), Some(5)), 1, 1, true, false, 0).to_vec();
             let mut bytes = wire[..cut.min(wire.len())].to_vec();
             if let Some(b) = bytes.get_mut(flip) {
                 *b ^= 1 << bit;

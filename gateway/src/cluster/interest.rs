@@ -21,6 +21,11 @@
 //!   `PEER_TIMEOUT` (crashed, cut off from NATS) is dropped with all its interest; `bye` drops
 //!   it at once on a clean shutdown.
 //!
+//! Each entry says whether a persistent session subscribes to it (`durable`): the node counts
+//! its persistent subscribers per entry (`Interest::PersistentIn` / `PersistentOut` from the
+//! router) and announces the entry again when that count leaves or reaches zero. A sender can
+//! tell from it which nodes hold what must not be lost.
+//!
 //! Worst cases are bounded: a node missing a delta forwards a message nobody wants (wasted, not
 //! wrong) or does not forward one for at most a beat (the new subscriber's first messages from
 //! other nodes are lost, as for a message racing a subscribe on one node).
@@ -50,6 +55,20 @@ pub(crate) struct Entry {
     pub(crate) filter: String,
 }
 
+/// An entry as announced, with whether a persistent session subscribes to it. `d` is left out
+/// when false, and nodes that predate it read an entry without it as not durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Announced {
+    #[serde(flatten)]
+    pub(crate) entry: Entry,
+    #[serde(rename = "d", default, skip_serializing_if = "is_false")]
+    pub(crate) durable: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The control messages between nodes (JSON: small, rare, and readable with `nats sub`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -65,15 +84,18 @@ pub(crate) enum Control {
         node: String,
         instance: u64,
         version: u64,
-        entries: Vec<Entry>,
+        entries: Vec<Announced>,
         more: bool,
     },
+    /// An entry new, or announced again with another `durable`.
     Add {
         node: String,
         instance: u64,
         version: u64,
         #[serde(flatten)]
         entry: Entry,
+        #[serde(rename = "d", default, skip_serializing_if = "is_false")]
+        durable: bool,
     },
     Remove {
         node: String,
@@ -95,6 +117,16 @@ pub(crate) enum Control {
         node: String,
         instance: u64,
     },
+    /// To the sending node's own subject: everything it sent to `node` from `from` up to
+    /// `seq` (its start `to`) is taken in and stored, but the `refused` ones (`watermark`).
+    Ack {
+        node: String,
+        to: u64,
+        from: u64,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<u64>,
+    },
 }
 
 impl Control {
@@ -107,7 +139,7 @@ impl Control {
             | Control::Remove { instance, .. }
             | Control::Beat { instance, .. }
             | Control::Bye { instance, .. } => Some(*instance),
-            Control::Sync { .. } => None,
+            Control::Sync { .. } | Control::Ack { .. } => None,
         }
     }
 
@@ -119,7 +151,8 @@ impl Control {
             | Control::Remove { node, .. }
             | Control::Beat { node, .. }
             | Control::Sync { node }
-            | Control::Bye { node, .. } => node,
+            | Control::Bye { node, .. }
+            | Control::Ack { node, .. } => node,
         }
     }
 }
@@ -139,18 +172,20 @@ struct Peer {
     id: u32,
     instance: u64,
     version: u64,
-    entries: HashSet<Entry>,
+    /// Each entry with whether it is durable.
+    entries: HashMap<Entry, bool>,
     last_seen: Instant,
     /// When a snapshot was last asked of it; deltas are ignored while one is awaited.
     asked: Option<Instant>,
 }
 
 /// The parts of one node's snapshot gathered so far: (instance, version, entries).
-type Parts = (u64, u64, Vec<Entry>);
+type Parts = (u64, u64, Vec<Announced>);
 
 /// Every other node's interest.
 pub(crate) struct RemoteInterest {
-    index: TopicIndex<u32, ()>,
+    /// Node ids by filter, each with whether its entry is durable.
+    index: TopicIndex<u32, bool>,
     peers: Mutex<HashMap<String, Peer>>,
     /// Snapshot parts gathered per node.
     partial: Mutex<HashMap<String, Parts>>,
@@ -173,9 +208,9 @@ impl Default for RemoteInterest {
 }
 
 impl RemoteInterest {
-    /// The other nodes' interest in `topic`: plain entries (one per node) and shared groups
-    /// (their members are nodes).
-    pub(crate) fn matches(&self, topic: &str) -> Arc<Matches<u32, ()>> {
+    /// The other nodes' interest in `topic`: plain entries (one per node, with whether it is
+    /// durable) and shared groups (their members are nodes).
+    pub(crate) fn matches(&self, topic: &str) -> Arc<Matches<u32, bool>> {
         self.index.matches(topic)
     }
 
@@ -187,6 +222,20 @@ impl RemoteInterest {
     /// Other nodes known.
     pub(crate) fn nodes(&self) -> usize {
         self.nodes.load(Ordering::Relaxed)
+    }
+
+    /// The id under which `node` is known.
+    pub(crate) fn node_id(&self, node: &str) -> Option<u32> {
+        self.peers.lock().get(node).map(|p| p.id)
+    }
+
+    /// The name of the node whose start is `instance`, if it is known.
+    pub(crate) fn node_of(&self, instance: u64) -> Option<String> {
+        self.peers
+            .lock()
+            .iter()
+            .find(|(_, p)| p.instance == instance)
+            .map(|(name, _)| name.clone())
     }
 
     /// Names of the nodes known.
@@ -211,6 +260,8 @@ impl RemoteInterest {
             p.last_seen = now;
         }
         match msg {
+            // Not interest: the link takes these before they come here.
+            Control::Ack { .. } => Reply::Nothing,
             Control::Sync { node } => Reply::SnapshotTo(node),
             Control::Bye { node, instance } => {
                 if peers.get(&node).is_some_and(|p| p.instance == instance) {
@@ -249,13 +300,17 @@ impl RemoteInterest {
                 instance,
                 version,
                 entry,
-            } => self.delta(&mut peers, &node, instance, version, entry, true, now),
+                durable,
+            } => {
+                let change = Some(durable);
+                self.delta(&mut peers, &node, instance, version, entry, change, now)
+            }
             Control::Remove {
                 node,
                 instance,
                 version,
                 entry,
-            } => self.delta(&mut peers, &node, instance, version, entry, false, now),
+            } => self.delta(&mut peers, &node, instance, version, entry, None, now),
             Control::Beat {
                 node,
                 instance,
@@ -273,8 +328,9 @@ impl RemoteInterest {
         }
     }
 
-    /// One numbered change of `node`'s set: applied when it is the next one, else (a gap, an
-    /// unknown node or instance) a snapshot is asked for.
+    /// One numbered change of `node`'s set (`added`: the entry with whether it is durable;
+    /// none: removed): applied when it is the next one, else (a gap, an unknown node or
+    /// instance) a snapshot is asked for.
     #[allow(clippy::too_many_arguments)]
     fn delta(
         &self,
@@ -283,7 +339,7 @@ impl RemoteInterest {
         instance: u64,
         version: u64,
         entry: Entry,
-        add: bool,
+        added: Option<bool>,
         now: Instant,
     ) -> Reply {
         let Some(p) = peers.get_mut(node) else {
@@ -300,13 +356,17 @@ impl RemoteInterest {
             return ask(peers, node, now);
         }
         p.version = version;
-        if add {
-            if p.entries.insert(entry.clone()) {
+        if let Some(durable) = added {
+            let was = p.entries.insert(entry.clone(), durable);
+            if was != Some(durable) {
+                // A changed flag replaces the index's value; a new entry adds one.
                 self.index
-                    .insert(&entry.filter, entry.group.as_deref(), p.id, ());
+                    .insert(&entry.filter, entry.group.as_deref(), p.id, durable);
+            }
+            if was.is_none() {
                 self.entries.fetch_add(1, Ordering::Relaxed);
             }
-        } else if p.entries.remove(&entry) {
+        } else if p.entries.remove(&entry).is_some() {
             self.index
                 .remove(&entry.filter, entry.group.as_deref(), &p.id);
             self.entries.fetch_sub(1, Ordering::Relaxed);
@@ -321,10 +381,10 @@ impl RemoteInterest {
         node: &str,
         instance: u64,
         version: u64,
-        entries: Vec<Entry>,
+        entries: Vec<Announced>,
         now: Instant,
     ) {
-        let new: HashSet<Entry> = entries.into_iter().collect();
+        let new: HashMap<Entry, bool> = entries.into_iter().map(|a| (a.entry, a.durable)).collect();
         let peer = match peers.get_mut(node) {
             Some(p) => p,
             None => {
@@ -338,21 +398,26 @@ impl RemoteInterest {
                     id,
                     instance,
                     version: 0,
-                    entries: HashSet::new(),
+                    entries: HashMap::new(),
                     last_seen: now,
                     asked: None,
                 })
             }
         };
-        for gone in peer.entries.difference(&new) {
+        for gone in peer.entries.keys().filter(|e| !new.contains_key(*e)) {
             self.index
                 .remove(&gone.filter, gone.group.as_deref(), &peer.id);
             self.entries.fetch_sub(1, Ordering::Relaxed);
         }
-        for came in new.difference(&peer.entries) {
-            self.index
-                .insert(&came.filter, came.group.as_deref(), peer.id, ());
-            self.entries.fetch_add(1, Ordering::Relaxed);
+        for (came, durable) in &new {
+            let was = peer.entries.get(came).copied();
+            if was != Some(*durable) {
+                self.index
+                    .insert(&came.filter, came.group.as_deref(), peer.id, *durable);
+            }
+            if was.is_none() {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
         }
         peer.entries = new;
         peer.instance = instance;
@@ -362,7 +427,7 @@ impl RemoteInterest {
     }
 
     fn drop_peer(&self, peer: Peer) {
-        for e in &peer.entries {
+        for e in peer.entries.keys() {
             self.index.remove(&e.filter, e.group.as_deref(), &peer.id);
         }
         self.entries
@@ -396,13 +461,13 @@ pub(crate) fn snapshot_parts(
     node: &str,
     instance: u64,
     version: u64,
-    entries: impl IntoIterator<Item = Entry>,
+    entries: impl IntoIterator<Item = Announced>,
 ) -> Vec<Control> {
     let mut parts = Vec::new();
     let mut part = Vec::new();
     let mut bytes = 0;
     for e in entries {
-        bytes += e.filter.len() + e.group.as_ref().map_or(0, String::len) + 16;
+        bytes += e.entry.filter.len() + e.entry.group.as_ref().map_or(0, String::len) + 24;
         part.push(e);
         if bytes >= PART_BYTES {
             parts.push(std::mem::take(&mut part));
@@ -450,12 +515,24 @@ mod tests {
         }
     }
 
+    fn announced(filter: &str) -> Announced {
+        Announced {
+            entry: entry(filter),
+            durable: false,
+        }
+    }
+
     fn add(node: &str, version: u64, filter: &str) -> Control {
+        add_durable(node, version, filter, false)
+    }
+
+    fn add_durable(node: &str, version: u64, filter: &str, durable: bool) -> Control {
         Control::Add {
             node: node.to_owned(),
             instance: 1,
             version,
             entry: entry(filter),
+            durable,
         }
     }
 
@@ -466,7 +543,7 @@ mod tests {
             instance: 1,
         };
         let reply = r.apply(hello, "a", t);
-        for part in snapshot_parts(node, 1, 0, entries.iter().map(|f| entry(f))) {
+        for part in snapshot_parts(node, 1, 0, entries.iter().map(|f| announced(f))) {
             assert_eq!(r.apply(part, "a", t), Reply::Nothing);
         }
         reply
@@ -496,7 +573,7 @@ mod tests {
             node: "b".into(),
             instance: 1,
             version: 4,
-            entries: vec![entry("z"), entry("x/#")],
+            entries: vec![announced("z"), announced("x/#")],
             more: false,
         };
         assert_eq!(r.apply(snapshot, "a", t), Reply::Nothing);
@@ -555,9 +632,12 @@ mod tests {
             node: node.into(),
             instance: 1,
             version: 0,
-            entries: vec![Entry {
-                group: Some("g".into()),
-                filter: "s/+".into(),
+            entries: vec![Announced {
+                entry: Entry {
+                    group: Some("g".into()),
+                    filter: "s/+".into(),
+                },
+                durable: false,
             }],
             more: false,
         };
@@ -574,7 +654,7 @@ mod tests {
         let r = RemoteInterest::default();
         let t = Instant::now();
         let filters: Vec<String> = (0..20_000).map(|i| format!("cmd/device-{i:06}")).collect();
-        let parts = snapshot_parts("b", 1, 9, filters.iter().map(|f| entry(f)));
+        let parts = snapshot_parts("b", 1, 9, filters.iter().map(|f| announced(f)));
         assert!(parts.len() > 4, "{} parts", parts.len());
         let (last, first) = parts.split_last().unwrap();
         for part in first {
@@ -600,5 +680,57 @@ mod tests {
         let back: Control = serde_json::from_str(&text).unwrap();
         assert_eq!(back, add("b", 1, "x/#"));
         assert!(serde_json::from_slice::<Control>(b"\xff{").is_err());
+        // A durable entry says so; one from a node that predates the flag reads as not durable.
+        let text = serde_json::to_string(&add_durable("b", 2, "x/#", true)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"k":"add","node":"b","instance":1,"version":2,"f":"x/#","d":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Control>(&text).unwrap(),
+            add_durable("b", 2, "x/#", true)
+        );
+        let old = r#"{"k":"snapshot","node":"b","instance":1,"version":0,"entries":[{"f":"x"}],"more":false}"#;
+        match serde_json::from_str::<Control>(old).unwrap() {
+            Control::Snapshot { entries, .. } => assert_eq!(entries, vec![announced("x")]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Which nodes hold a persistent subscriber of a topic: announced with each entry, changed
+    /// by announcing the entry again, kept through snapshots.
+    #[test]
+    fn entries_say_whether_they_are_durable() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        let durable =
+            |topic: &str| -> Vec<bool> { r.matches(topic).plain.iter().map(|(_, d)| *d).collect() };
+        hello(&r, "b", &["x/#"], t);
+        assert_eq!(durable("x/1"), [false]);
+        r.apply(add_durable("b", 1, "x/#", true), "a", t);
+        assert_eq!(durable("x/1"), [true]);
+        assert_eq!(r.len(), 1, "announced again, not added twice");
+        r.apply(add_durable("b", 2, "x/#", false), "a", t);
+        assert_eq!(durable("x/1"), [false]);
+        let snapshot = Control::Snapshot {
+            node: "b".into(),
+            instance: 1,
+            version: 3,
+            entries: vec![
+                Announced {
+                    entry: entry("x/#"),
+                    durable: true,
+                },
+                announced("y"),
+            ],
+            more: false,
+        };
+        r.apply(snapshot, "a", t);
+        assert_eq!((durable("x/1"), durable("y")), (vec![true], vec![false]));
+        assert_eq!(r.len(), 2);
+        hello(&r, "c", &["x/#"], t);
+        let mut both = durable("x/1");
+        both.sort();
+        assert_eq!(both, [false, true]);
     }
 }

@@ -11,7 +11,8 @@
 //! client's QoS 1/2 message carries its publisher's ticket (`confirm`): the link completes it
 //! once the batch it went out in is written to the connection, and refuses it if the message
 //! was dropped after all, so nothing is acknowledged that a crash of this node could still lose
-//! on its way to NATS.
+//! on its way to NATS; a message for other nodes' persistent subscribers also waits for their
+//! answers (`watermark`), which the link sends and receives on the nodes' own subjects.
 //!
 //! The link task (`Link::run`) owns the connection's work in one place, in order: publishing
 //! the queue, the NATS subscriptions that mirror this node's filters (one per filter, two for a
@@ -45,11 +46,12 @@ use tracing::{debug, info, warn};
 use super::adoption;
 use super::envelope;
 use super::handover::Handover;
-use super::interest::{snapshot_parts, Control, Entry, RemoteInterest, Reply};
+use super::interest::{snapshot_parts, Announced, Control, Entry, RemoteInterest, Reply};
 use super::owners::Owner;
 use super::probe;
 use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
+use super::watermark::{Awaiting, Receipts};
 use super::{Claiming, Cluster, ClusterState, Confirm, Interest, Sessions};
 use crate::clock::unix_millis;
 use crate::config::Config;
@@ -102,12 +104,17 @@ pub(crate) struct NatsCluster {
     /// Filters whose local interest changed since the link last looked (the router's reports;
     /// the link reads the truth from the router).
     dirty: Mutex<HashSet<Entry>>,
+    /// Persistent sessions' subscriptions per entry (the router's `PersistentIn` and
+    /// `PersistentOut`): an entry here is announced durable.
+    persistent: Mutex<HashMap<Entry, u32>>,
     wake: Notify,
     outbox: mpsc::Sender<Outgoing>,
     /// Round-robin between this node and the others for shared groups present on both.
     turn: AtomicUsize,
     /// Messages queued or written whose publishers wait for them to be in NATS.
     unconfirmed: Arc<AtomicUsize>,
+    /// Messages whose publishers wait for nodes holding persistent subscribers to answer.
+    awaiting: Awaiting,
     /// Retained messages in JetStream.
     retained: RetainedStream,
     /// Client ids claimed across the cluster, sessions moved between nodes.
@@ -169,10 +176,12 @@ impl NatsCluster {
             remote: RemoteInterest::default(),
             nats,
             dirty: Mutex::new(HashSet::new()),
+            persistent: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             outbox: outbox_tx,
             turn: AtomicUsize::new(0),
             unconfirmed: Arc::new(AtomicUsize::new(0)),
+            awaiting: Awaiting::default(),
             retained: RetainedStream::new(
                 &config.cluster.subject_prefix,
                 instance,
@@ -227,15 +236,18 @@ impl NatsCluster {
     }
 
     /// Encodes `msg` for `subject` and queues it for the link, with a ticket from `confirm`
-    /// when its publisher waits. Dropped, it gives back that ticket (if any) for the caller to
-    /// complete. A message is not held for NATS that is down (the README's outage terms) or
-    /// can never go (too large): it is dropped, counted, and nobody waits.
+    /// when its publisher waits, which then also waits for the answers of `durable` (the nodes
+    /// whose persistent subscribers it goes to: `watermark`). Dropped, it gives back the ticket
+    /// (if any) for the caller to complete. A message is not held for NATS that is down (the
+    /// README's outage terms) or can never go (too large): it is dropped, counted, and nobody
+    /// waits.
     fn send(
         &self,
         subject: String,
         msg: &Message,
         with_topic: bool,
         confirm: &mut Confirm,
+        durable: &[u32],
     ) -> Result<(), Option<Arc<Ticket>>> {
         let m = &self.metrics.cluster;
         if !self.nats.is_connected() {
@@ -247,7 +259,15 @@ impl NatsCluster {
             return Err(None);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let payload = envelope::encode(msg, self.instance, seq, with_topic, unix_millis());
+        let ack = !durable.is_empty() && confirm.waits();
+        let payload = envelope::encode(msg, self.instance, seq, with_topic, ack, unix_millis());
+        if ack {
+            // Before the message can go: its answer cannot come before this.
+            if let Some(part) = confirm.send() {
+                self.awaiting
+                    .expect(seq, part, durable.to_vec(), Instant::now());
+            }
+        }
         let ticket = confirm.send();
         let waits = ticket.is_some();
         let out = Outgoing {
@@ -264,6 +284,9 @@ impl NatsCluster {
             }
             Err(e) => {
                 m.dropped(ClusterDrop::Overflow);
+                if let Some(part) = self.awaiting.cancel(seq) {
+                    part.complete(Err(Refusal::Unavailable));
+                }
                 Err(e.into_inner().ticket)
             }
         }
@@ -288,7 +311,14 @@ impl Cluster for NatsCluster {
             }
         };
         if !remote.plain.is_empty() {
-            refuse(self.send(topic_subject(&self.prefix, &msg.topic), msg, false, confirm));
+            let durable: Vec<u32> = remote
+                .plain
+                .iter()
+                .filter(|(_, durable)| *durable)
+                .map(|(node, _)| *node)
+                .collect();
+            let subject = topic_subject(&self.prefix, &msg.topic);
+            refuse(self.send(subject, msg, false, confirm, &durable));
         }
         for group in &remote.shared {
             // A group with members here too was settled by `share` during local delivery.
@@ -298,7 +328,7 @@ impl Cluster for NatsCluster {
                 .any(|l| l.name() == group.name() && l.filter() == group.filter());
             if !settled {
                 let subject = group_subject(&self.prefix, group.name(), group.filter());
-                refuse(self.send(subject, msg, true, confirm));
+                refuse(self.send(subject, msg, true, confirm, &[]));
             }
         }
     }
@@ -325,6 +355,7 @@ impl Cluster for NatsCluster {
             msg,
             true,
             confirm,
+            &[],
         ) {
             Ok(()) => false,
             Err(ticket) => {
@@ -337,13 +368,42 @@ impl Cluster for NatsCluster {
         }
     }
 
-    fn interest(&self, filter: &str, group: Option<&str>, _change: Interest) {
-        // The report is a hint: the link asks the router what holds now (`has_interest`), so
-        // reports arriving out of order cannot leave a stale announcement behind.
-        self.dirty.lock().insert(Entry {
+    fn interest(&self, filter: &str, group: Option<&str>, change: Interest) {
+        let entry = Entry {
             group: group.map(str::to_owned),
             filter: filter.to_owned(),
-        });
+        };
+        // Counted here, in the order the router reports them (each under the index's lock of
+        // its filter); only a count leaving or reaching zero changes the announcement.
+        let durability_changed = match change {
+            Interest::Appeared | Interest::Gone => true,
+            Interest::PersistentIn => {
+                let mut counts = self.persistent.lock();
+                let n = counts.entry(entry.clone()).or_insert(0);
+                *n += 1;
+                *n == 1
+            }
+            Interest::PersistentOut => {
+                let mut counts = self.persistent.lock();
+                match counts.get_mut(&entry) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        counts.remove(&entry);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        if !durability_changed {
+            return;
+        }
+        // The report is a hint: the link asks the router what holds now (`has_interest`), so
+        // reports arriving out of order cannot leave a stale announcement behind.
+        self.dirty.lock().insert(entry);
         self.wake.notify_one();
     }
 
@@ -363,7 +423,7 @@ impl Cluster for NatsCluster {
             down: !connected,
             remote_interest: self.remote.len(),
             nodes: self.remote.nodes(),
-            unconfirmed: self.unconfirmed.load(Ordering::Relaxed),
+            unconfirmed: self.unconfirmed.load(Ordering::Relaxed) + self.awaiting.len(),
             retained_behind: !self.retained.ready(),
         }
     }
@@ -463,11 +523,14 @@ struct State {
     data: StreamMap<u64, async_nats::Subscriber>,
     kinds: HashMap<u64, Kind>,
     next_sid: u64,
-    /// This node's announced interest and the data subscriptions serving each entry.
-    local: HashMap<Entry, Vec<u64>>,
+    /// This node's announced interest: the data subscriptions serving each entry, and whether
+    /// it was announced durable.
+    local: HashMap<Entry, (Vec<u64>, bool)>,
     /// Deltas announced so far.
     version: u64,
     dedup: Dedup,
+    /// What this node owes other nodes' asking messages (`watermark`).
+    receipts: Receipts,
 }
 
 impl Link {
@@ -518,7 +581,9 @@ impl Link {
             local: HashMap::new(),
             version: 0,
             dedup: Dedup::default(),
+            receipts: Receipts::default(),
         };
+        let mut committed = router.upgrade().and_then(|r| r.store.committed());
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Since when the NATS connection has been up without a break, as the beats saw it.
@@ -548,6 +613,20 @@ impl Link {
                 Some(first) = st.data.next() => {
                     if let Some(router) = router.upgrade() {
                         receive_ready(&c, &router, &mut st, first);
+                        answer(&c, &client, &router, &mut st).await;
+                    }
+                }
+                changed = async {
+                    match committed.as_mut() {
+                        Some(marks) => marks.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if st.receipts.waiting() => {
+                    if !changed {
+                        // The store stopped: what waits for it is never answered.
+                        committed = None;
+                    } else if let Some(router) = router.upgrade() {
+                        answer(&c, &client, &router, &mut st).await;
                     }
                 }
                 Some(out) = self.outbox.recv() => {
@@ -609,7 +688,10 @@ impl Link {
                             tokio::spawn(adoption::adopt_from(survivor, gone, known.clone()));
                         }
                     }
-                    st.dedup.keep(&c.remote.instances());
+                    let instances = c.remote.instances();
+                    st.dedup.keep(&instances);
+                    st.receipts.keep(&instances);
+                    c.awaiting.expire(now);
                 }
             }
         }
@@ -629,7 +711,10 @@ impl Link {
     /// This node's whole interest, in parts, to `subject`.
     async fn snapshot(&self, client: &Client, st: &State, subject: String) {
         let c = &self.cluster;
-        let entries = st.local.keys().cloned();
+        let entries = st.local.iter().map(|(entry, (_, durable))| Announced {
+            entry: entry.clone(),
+            durable: *durable,
+        });
         for part in snapshot_parts(&c.node, c.instance, st.version, entries) {
             let _ = client.publish(subject.clone(), control_bytes(&part)).await;
         }
@@ -647,6 +732,21 @@ impl Link {
             if !self.warned_name {
                 warn!(node = %c.node, "cluster: another node uses this node's name; node names must be unique");
                 self.warned_name = true;
+            }
+            return;
+        }
+        if let Control::Ack {
+            node,
+            to,
+            from,
+            seq,
+            refused,
+        } = &control
+        {
+            if *to == c.instance {
+                if let Some(id) = c.remote.node_id(node) {
+                    c.awaiting.answered(id, *from, *seq, refused);
+                }
             }
             return;
         }
@@ -724,8 +824,18 @@ impl Link {
         let dirty: Vec<Entry> = c.dirty.lock().drain().collect();
         for entry in dirty {
             let want = router.has_interest(&entry.filter, entry.group.as_deref());
-            let have = st.local.contains_key(&entry);
-            let add = if want && !have {
+            let durable = want && c.persistent.lock().contains_key(&entry);
+            let have = st.local.get(&entry).map(|(_, d)| *d);
+            let add = if let (true, Some(announced)) = (want, have) {
+                if announced == durable {
+                    continue;
+                }
+                // Announced again with the new flag: the subscriptions stay.
+                if let Some(local) = st.local.get_mut(&entry) {
+                    local.1 = durable;
+                }
+                true
+            } else if want {
                 let subjects = match &entry.group {
                     None => filter_subjects(&c.prefix, &entry.filter),
                     Some(group) => vec![group_subject(&c.prefix, group, &entry.filter)],
@@ -763,10 +873,11 @@ impl Link {
                         }
                     }
                 }
-                st.local.insert(entry.clone(), sids);
+                st.local.insert(entry.clone(), (sids, durable));
                 true
-            } else if !want && have {
-                for sid in st.local.remove(&entry).unwrap_or_default() {
+            } else if have.is_some() {
+                let (sids, _) = st.local.remove(&entry).unwrap_or_default();
+                for sid in sids {
                     // Dropping the subscriber unsubscribes it.
                     st.data.remove(&sid);
                     st.kinds.remove(&sid);
@@ -783,6 +894,7 @@ impl Link {
                     instance,
                     version,
                     entry,
+                    durable,
                 }
             } else {
                 Control::Remove {
@@ -798,6 +910,26 @@ impl Link {
                 let _ = client.publish(c.all_subject(), control_bytes(&delta)).await;
             }
         }
+    }
+}
+
+/// Answers the other nodes' asking messages whose routing the store now holds.
+async fn answer(c: &NatsCluster, client: &Client, router: &Router, st: &mut State) {
+    for due in st.receipts.due(|mark| router.store.is_durable(mark)) {
+        // A sender not known (yet) cannot be answered: its publishers time out and resend.
+        let Some(node) = c.remote.node_of(due.origin) else {
+            continue;
+        };
+        let ack = Control::Ack {
+            node: c.node.clone(),
+            to: due.origin,
+            from: due.from,
+            seq: due.seq,
+            refused: due.refused,
+        };
+        let _ = client
+            .publish(c.node_subject(&node), control_bytes(&ack))
+            .await;
     }
 }
 
@@ -884,22 +1016,26 @@ fn receive(
         m.duplicates.increment(1);
         return;
     }
+    let (origin, seq, ack) = (env.origin, env.seq, env.ack);
     m.received.increment(1);
     m.received_bytes.increment(bytes);
     let now = unix_millis();
     let message = env.into_message(topic.into(), now);
     if message.is_expired(now) {
         c.metrics.dropped(DropReason::Expired, 1);
+        st.receipts.took(origin, seq, 0, ack, false);
         return;
     }
-    let delivered = match kind {
+    let taken = match kind {
         Kind::Plain => router.deliver_remote(Arc::new(message)),
         Kind::Group(e) => {
             let group = e.group.as_deref().unwrap_or_default();
             router.deliver_shared(Arc::new(message), group, &e.filter)
         }
     };
-    if delivered == 0 {
+    st.receipts
+        .took(origin, seq, taken.mark, ack, taken.refused);
+    if taken.delivered == 0 {
         c.metrics.dropped(DropReason::NoSubscribers, 1);
     }
 }

@@ -16,7 +16,8 @@
 //! `owners` is the record of which node holds each client id, `handover` the moving of a
 //! session from the node that held it to the one that claimed it, `adoption` the taking up of
 //! a dead node's persistent sessions by the survivors. `confirm` holds a publisher's
-//! acknowledgement until what it sent to other nodes is in NATS.
+//! acknowledgement until what it sent to other nodes is in NATS, and `watermark` until the
+//! nodes holding persistent subscribers of it have taken it in.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +39,7 @@ mod owners;
 mod probe;
 mod retained;
 mod subject;
+mod watermark;
 
 pub(crate) use confirm::Confirm;
 pub(crate) use link::{Link, NatsCluster};
@@ -69,6 +71,11 @@ pub(crate) enum Interest {
     Appeared,
     /// The last local subscriber went.
     Gone,
+    /// A persistent session subscribed (or a subscription of one was replaced by one of a
+    /// persistent session): whether the entry is durable may have changed.
+    PersistentIn,
+    /// A persistent session's subscription went (as it was when it subscribed).
+    PersistentOut,
 }
 
 /// Resolves when the claim is settled: any session of the client id elsewhere was handed over.

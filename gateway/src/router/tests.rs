@@ -748,11 +748,16 @@ fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
     sub(&a, "t/#");
     heard("a subscribes t/#", &["Appeared t/# None"]);
     sub(&b, "t/#");
-    heard("b too: no new interest", &[]);
+    heard("b too, persistent", &["PersistentIn t/# None"]);
     sub(&a, "t/#");
     heard("a again: a replacement", &[]);
+    sub(&b, "t/#");
+    heard("b again: still the same persistent subscriber", &[]);
     sub(&b, "$share/g/t/#");
-    heard("b in a group", &["Appeared t/# Some(\"g\")"]);
+    heard(
+        "b in a group",
+        &["Appeared t/# Some(\"g\")", "PersistentIn t/# Some(\"g\")"],
+    );
     publish("t/1", b"x", Q1, true, 1);
     // Stored before delivery; b twice (plain and group), a is a clean session.
     let to_b = ["queued client-2 t/1", "queued client-2 t/1"];
@@ -777,9 +782,12 @@ fn the_seams_hear_interest_forwards_retained_writes_and_persistent_queues() {
     router.unsubscribe(&a, "t/#");
     heard("a leaves", &[]);
     router.unsubscribe(&b, "t/#");
-    heard("b leaves", &["Gone t/# None"]);
+    heard("b leaves", &["PersistentOut t/# None", "Gone t/# None"]);
     router.unsubscribe(&b, "t/#");
     heard("b leaves again", &[]);
     router.unsubscribe(&b, "$share/g/t/#");
-    heard("b leaves its group", &["Gone t/# Some(\"g\")"]);
+    heard(
+        "b leaves its group",
+        &["PersistentOut t/# Some(\"g\")", "Gone t/# Some(\"g\")"],
+    );
 }

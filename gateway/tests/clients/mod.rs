@@ -128,8 +128,18 @@ impl<E> Events<E> {
     }
 
     /// Waits (within `WAIT`) for an event `pick` accepts, keeping the others for later.
-    async fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&E) -> Option<T>) -> T {
-        within(WAIT, what, async {
+    async fn wait_for<T>(&mut self, what: &str, pick: impl FnMut(&E) -> Option<T>) -> T {
+        self.wait_for_within(WAIT, what, pick).await
+    }
+
+    /// `wait_for`, within `d`.
+    async fn wait_for_within<T>(
+        &mut self,
+        d: Duration,
+        what: &str,
+        mut pick: impl FnMut(&E) -> Option<T>,
+    ) -> T {
+        within(d, what, async {
             loop {
                 if let Some(why) = &self.closed {
                     panic!("connection ended while waiting for {what}: {why}");

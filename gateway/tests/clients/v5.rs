@@ -165,10 +165,20 @@ impl Client {
         topic: &str,
         payload: impl Into<Vec<u8>>,
     ) -> PubAckReason {
+        self.publish_acked_within(WAIT, topic, payload).await
+    }
+
+    /// `publish_acked`, waiting up to `d` for the PUBACK.
+    pub async fn publish_acked_within(
+        &mut self,
+        d: Duration,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> PubAckReason {
         self.publish(topic, QoS::AtLeastOnce, false, payload).await;
         let what = format!("PUBACK of a publish to {topic}");
         self.events
-            .wait_for(&what, |e| match incoming(e) {
+            .wait_for_within(d, &what, |e| match incoming(e) {
                 Some(Packet::PubAck(a)) => Some(a.reason),
                 _ => None,
             })

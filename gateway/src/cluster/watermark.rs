@@ -1,0 +1,299 @@
+//! Watermark acknowledgements: a QoS 1/2 message a client published here and sent to a node
+//! holding a persistent subscriber of it (its entry is `durable`) is acknowledged only once that
+//! node has taken it in, so that the node dying cannot lose what the publisher was told is
+//! safe.
+//!
+//! One number answers for many messages. NATS delivers one sender's messages to a receiving
+//! connection in the order they were sent, and the link routes everything ready at once in the
+//! senders' order (`link::receive_ready`), so once a node has routed message `seq` of a sender
+//! it has routed every earlier one of that sender it was to get. The receiver keeps, per
+//! sending instance, the highest number routed and the store's mark covering what that queued
+//! (`Receipts`); once the mark is durable it answers with that number (`Control::Ack`), at most
+//! once per batch received, and only to a sender that asked (the envelope's `ack` flag). A
+//! message it could not store (the store refuses) is named in the answer as refused. The
+//! answer also says from which number on this start of the node has been taking the sender's
+//! messages in: a node that restarted never got what was sent to its earlier start after that
+//! one's last answer. The sender (`Awaiting`) completes, for every message from the first to
+//! the last number, that node's part, and refuses the ones before the first.
+//! What is not answered within `TIMEOUT` refuses its publisher, who sends again: by then the
+//! node is back, or its sessions are elsewhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::store::Mark;
+use crate::ticket::{Refusal, Ticket};
+
+/// How long a publisher waits for the nodes holding persistent subscribers to answer.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The receiving side: what this node routed per sending instance and owes an answer for.
+#[derive(Default)]
+pub(super) struct Receipts {
+    by_origin: HashMap<u64, Receipt>,
+}
+
+#[derive(Default)]
+struct Receipt {
+    /// The first sequence number routed (by this start of this node).
+    first: u64,
+    /// The highest sequence number routed.
+    seq: u64,
+    /// What the store must hold before the answer goes (the highest mark of the routing).
+    mark: Mark,
+    /// Some message since the last answer asked for one.
+    wanted: bool,
+    /// Asking messages the store refused, since the last answer.
+    refused: Vec<u64>,
+}
+
+/// One answer due: to `origin`, everything from `from` up to `seq` taken in but `refused`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Due {
+    pub(super) origin: u64,
+    pub(super) from: u64,
+    pub(super) seq: u64,
+    pub(super) refused: Vec<u64>,
+}
+
+impl Receipts {
+    /// Message `seq` of `origin` was routed here; `mark` covers what it queued for persistent
+    /// sessions, `refused` when the store could not take it, `wanted` when it asks an answer.
+    pub(super) fn took(&mut self, origin: u64, seq: u64, mark: Mark, wanted: bool, refused: bool) {
+        let r = self.by_origin.entry(origin).or_insert_with(|| Receipt {
+            first: seq,
+            ..Receipt::default()
+        });
+        r.first = r.first.min(seq);
+        r.seq = r.seq.max(seq);
+        r.mark = r.mark.max(mark);
+        r.wanted |= wanted;
+        if refused && wanted {
+            r.refused.push(seq);
+        }
+    }
+
+    /// Whether some answer waits for the store.
+    pub(super) fn waiting(&self) -> bool {
+        self.by_origin.values().any(|r| r.wanted)
+    }
+
+    /// The answers whose marks are durable now; each is owed again only once another asking
+    /// message comes.
+    pub(super) fn due(&mut self, durable: impl Fn(Mark) -> bool) -> Vec<Due> {
+        let mut due = Vec::new();
+        for (origin, r) in &mut self.by_origin {
+            if r.wanted && durable(r.mark) {
+                r.wanted = false;
+                due.push(Due {
+                    origin: *origin,
+                    from: r.first,
+                    seq: r.seq,
+                    refused: std::mem::take(&mut r.refused),
+                });
+            }
+        }
+        due
+    }
+
+    /// Forgets the senders not among `instances` (gone, or started again).
+    pub(super) fn keep(&mut self, instances: &std::collections::HashSet<u64>) {
+        self.by_origin
+            .retain(|origin, _| instances.contains(origin));
+    }
+}
+
+/// The sending side: messages whose publishers wait for nodes' answers, by sequence number.
+#[derive(Default)]
+pub(super) struct Awaiting {
+    pending: Mutex<BTreeMap<u64, Awaited>>,
+}
+
+struct Awaited {
+    ticket: Arc<Ticket>,
+    /// The nodes (ids in `RemoteInterest`) not yet answered.
+    nodes: Vec<u32>,
+    deadline: Instant,
+}
+
+impl Awaiting {
+    /// Message `seq` waits for `nodes`; `ticket` has a part for it, completed once.
+    pub(super) fn expect(&self, seq: u64, ticket: Arc<Ticket>, nodes: Vec<u32>, now: Instant) {
+        let awaited = Awaited {
+            ticket,
+            nodes,
+            deadline: now + TIMEOUT,
+        };
+        self.pending.lock().insert(seq, awaited);
+    }
+
+    /// Message `seq` was not sent after all: its part is given back to the caller.
+    pub(super) fn cancel(&self, seq: u64) -> Option<Arc<Ticket>> {
+        self.pending.lock().remove(&seq).map(|a| a.ticket)
+    }
+
+    /// `node` answered: everything from `from` up to `seq` taken in but `refused`; what it
+    /// was to get before `from` it never will (an earlier start of it got it, and died).
+    pub(super) fn answered(&self, node: u32, from: u64, seq: u64, refused: &[u64]) {
+        let mut settled = Vec::new();
+        {
+            let mut pending = self.pending.lock();
+            for r in refused {
+                if let Some(a) = pending.remove(r) {
+                    settled.push((a.ticket, Err(Refusal::Unavailable)));
+                }
+            }
+            let mut done = Vec::new();
+            for (s, a) in pending.range_mut(..=seq) {
+                if *s < from {
+                    if a.nodes.contains(&node) {
+                        done.push((*s, Err(Refusal::Unavailable)));
+                    }
+                    continue;
+                }
+                a.nodes.retain(|n| *n != node);
+                if a.nodes.is_empty() {
+                    done.push((*s, Ok(())));
+                }
+            }
+            for (s, outcome) in done {
+                if let Some(a) = pending.remove(&s) {
+                    settled.push((a.ticket, outcome));
+                }
+            }
+        }
+        for (ticket, outcome) in settled {
+            ticket.complete(outcome);
+        }
+    }
+
+    /// Refuses the publishers of the messages unanswered past their time.
+    pub(super) fn expire(&self, now: Instant) {
+        let late: Vec<Arc<Ticket>> = {
+            let mut pending = self.pending.lock();
+            let seqs: Vec<u64> = pending
+                .iter()
+                .filter(|(_, a)| a.deadline <= now)
+                .map(|(s, _)| *s)
+                .collect();
+            seqs.iter()
+                .filter_map(|s| pending.remove(s))
+                .map(|a| a.ticket)
+                .collect()
+        };
+        for ticket in late {
+            ticket.complete(Err(Refusal::Unavailable));
+        }
+    }
+
+    /// Messages waiting.
+    pub(super) fn len(&self) -> usize {
+        self.pending.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Session;
+    use crate::ticket::TicketState;
+
+    fn ticket() -> Arc<Ticket> {
+        Arc::new(Ticket::new(1, Arc::new(Session::new(1, "p".into()))))
+    }
+
+    #[test]
+    fn one_answer_covers_every_earlier_message_of_its_node() {
+        let w = Awaiting::default();
+        let now = Instant::now();
+        let (t1, t2, t3) = (ticket(), ticket(), ticket());
+        w.expect(1, t1.clone(), vec![7], now);
+        w.expect(2, t2.clone(), vec![7, 8], now);
+        w.expect(5, t3.clone(), vec![7], now);
+        w.answered(7, 1, 4, &[]);
+        assert_eq!(t1.state(), TicketState::Stored);
+        assert_eq!(t2.state(), TicketState::Pending, "8 has not answered");
+        assert_eq!(t3.state(), TicketState::Pending, "beyond the answer");
+        w.answered(8, 2, 9, &[]);
+        assert_eq!(t2.state(), TicketState::Stored);
+        assert_eq!(t3.state(), TicketState::Pending, "8 was not asked about 5");
+        w.answered(7, 1, 5, &[]);
+        assert_eq!(t3.state(), TicketState::Stored);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_node_started_again_answers_for_none_of_what_its_earlier_start_got() {
+        let w = Awaiting::default();
+        let now = Instant::now();
+        let (t1, t2, t3) = (ticket(), ticket(), ticket());
+        w.expect(1, t1.clone(), vec![7], now);
+        w.expect(2, t2.clone(), vec![8], now);
+        w.expect(3, t3.clone(), vec![7], now);
+        // Node 7 came back and has taken in from 3 on: 1 went to its earlier start.
+        w.answered(7, 3, 3, &[]);
+        assert!(matches!(t1.state(), TicketState::Refused(_)));
+        assert_eq!(t2.state(), TicketState::Pending, "not 7's to answer for");
+        assert_eq!(t3.state(), TicketState::Stored);
+    }
+
+    #[test]
+    fn a_refusal_or_silence_refuses_the_publisher() {
+        let w = Awaiting::default();
+        let now = Instant::now();
+        let (t1, t2, t3) = (ticket(), ticket(), ticket());
+        w.expect(1, t1.clone(), vec![7], now);
+        w.expect(2, t2.clone(), vec![7], now);
+        w.expect(3, t3.clone(), vec![8], now);
+        w.answered(7, 1, 2, &[1]);
+        assert!(matches!(t1.state(), TicketState::Refused(_)));
+        assert_eq!(t2.state(), TicketState::Stored);
+        w.expire(now + TIMEOUT - Duration::from_millis(1));
+        assert_eq!(t3.state(), TicketState::Pending);
+        w.expire(now + TIMEOUT);
+        assert!(matches!(t3.state(), TicketState::Refused(_)));
+        assert_eq!(w.len(), 0);
+        w.expect(4, ticket(), vec![7], now);
+        assert!(w.cancel(4).is_some());
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_receiver_answers_once_its_store_holds_what_it_took_in() {
+        let mut r = Receipts::default();
+        r.took(10, 1, 3, false, false);
+        assert!(!r.waiting(), "nobody asked");
+        assert_eq!(r.due(|_| true), []);
+        r.took(10, 2, 5, true, false);
+        r.took(10, 3, 4, true, true);
+        r.took(11, 9, 0, true, false);
+        assert!(r.waiting());
+        let mut due = r.due(|mark| mark <= 4);
+        assert_eq!(
+            due,
+            [Due {
+                origin: 11,
+                from: 9,
+                seq: 9,
+                refused: vec![]
+            }]
+        );
+        due = r.due(|mark| mark <= 5);
+        assert_eq!(
+            due,
+            [Due {
+                origin: 10,
+                from: 1,
+                seq: 3,
+                refused: vec![3]
+            }]
+        );
+        assert!(!r.waiting());
+        r.keep(&[11].into_iter().collect());
+        r.took(11, 10, 0, true, false);
+        assert_eq!(r.due(|_| true).len(), 1);
+    }
+}
