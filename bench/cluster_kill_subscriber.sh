@@ -1,33 +1,16 @@
 #!/bin/bash
-# A persistent subscriber on a node that is killed: what it loses. nats-server (JetStream), nodes
-# a and b of GW (default target/release/gateway), device-sim with 20 persistent v5 QoS 1 devices
-# at 10 messages/s over both and one persistent subscriber on a; a is SIGKILLed KILL_AT seconds
-# (default 8) into a run of SECS (default 30). Prints the report's counts (lost_acknowledged:
-# acknowledged messages the subscriber never got). Fixed ports 14333, 18333, 19101, 19102; stops
-# what it started by PID.
+# A persistent subscriber on a node that is killed: what it loses. nats-server (JetStream) and
+# nodes a and b of GW (default target/release/gateway), started by bench/cluster_nodes.sh;
+# device-sim with 20 persistent v5 QoS 1 devices at 10 messages/s over both and one persistent
+# subscriber on a; a is SIGKILLed KILL_AT seconds (default 8) into a run of SECS (default 30).
+# Prints the report's counts (lost_acknowledged: acknowledged messages the subscriber never
+# got). Fixed ports 14333, 18333, 19101, 19102; stops what it started by PID.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 GW=${GW:-target/release/gateway}; SIM=${SIM:-target/release/device-sim}
-D=$(mktemp -d /tmp/cluster-kill.XXXXXX); rm -rf $D; mkdir -p $D/js
-nats-server -a 127.0.0.1 -p 14333 -m 18333 -js -sd $D/js > $D/nats.log 2>&1 & NP=$!
-sleep 1
-for n in a b; do
- port=$([ $n = a ] && echo 19101 || echo 19102)
- cat > $D/$n.toml <<T
-[mqtt]
-listen = "127.0.0.1:$port"
-[http]
-listen = "off"
-[nats]
-servers = ["nats://127.0.0.1:14333"]
-[cluster]
-enabled = true
-node_name = "$n"
-T
- $GW --config $D/$n.toml > $D/$n.log 2>&1 &
- eval P$n=$!
-done
-sleep 2
+D=$(mktemp -d /tmp/cluster-kill.XXXXXX)
+. bench/cluster_nodes.sh
+start_cluster 14333 19101 19102
 cat > $D/fleet.toml <<T
 targets = ["127.0.0.1:19101", "127.0.0.1:19102"]
 cluster = true

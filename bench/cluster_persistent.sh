@@ -3,45 +3,14 @@
 # nodes: nats-server (JetStream), nodes A and B of GATEWAY_BINARY with the harness's gateway
 # configuration plus [nats]/[cluster], 100 publishers on A (window 10, 64 B), the subscriber on B
 # on a persistent session, 10 s. Prints CPU s per 1M delivered per part, rate and p99. Fixed ports
-# 14444, 18444, 19201, 19202; stops what it started by PID.
+# 14444, 18444, 19201, 19202; stops what it started by PID (bench/cluster_nodes.sh starts it).
 set -u
 GW=${1:?usage: bench/cluster_persistent.sh GATEWAY_BINARY}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SIM=${SIM:-target/release/device-sim}
-D=$(mktemp -d /tmp/cluster-persistent.XXXXXX); rm -rf $D; mkdir -p $D/js
-nats-server -a 127.0.0.1 -p 14444 -m 18444 -js -sd $D/js > $D/nats.log 2>&1 & NP=$!
-sleep 1
-for n in a b; do
- port=$([ $n = a ] && echo 19201 || echo 19202)
- mkdir -p $D/store-$n
- cat > $D/$n.toml <<T
-[storage]
-dir = "$D/store-$n"
-[mqtt]
-listen = "127.0.0.1:$port"
-max_queued_messages = 100000
-max_queued_bytes = 0
-max_inflight = 65535
-[http]
-listen = "off"
-[sys]
-interval = 0
-[log]
-level = "error"
-[limits]
-connect_rate = 0
-max_handshakes = 0
-max_subscriptions_per_client = 0
-[nats]
-servers = ["nats://127.0.0.1:14444"]
-[cluster]
-enabled = true
-node_name = "$n"
-T
- $GW --config $D/$n.toml > $D/$n.log 2>&1 &
- eval P$n=$!
-done
-sleep 1.5
+D=$(mktemp -d /tmp/cluster-persistent.XXXXXX)
+. bench/cluster_nodes.sh
+start_cluster 14444 19201 19202
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 a0=$(cpu $Pa); b0=$(cpu $Pb); n0=$(cpu $NP)
 $SIM run --target 127.0.0.1:19201 --subscriber-target 127.0.0.1:19202 --cluster --source-ips 127.0.0.2-127.0.0.11 \

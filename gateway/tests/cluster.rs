@@ -43,16 +43,7 @@ async fn node_with(
     name: &str,
     tune: impl FnOnce(&mut gateway::config::NatsConfig),
 ) -> Observed {
-    let url = nats_url.to_owned();
-    let name = name.to_owned();
-    Observed::start(move |c| {
-        c.sys.interval = 0;
-        c.nats.servers = vec![url];
-        tune(&mut c.nats);
-        c.cluster.enabled = true;
-        c.cluster.node_name = name;
-    })
-    .await
+    Observed::cluster_node(nats_url, name, |c| tune(&mut c.nats)).await
 }
 
 /// Waits until `/readyz` of `node` answers `status`, within `d`.
@@ -776,16 +767,7 @@ async fn node_mqtt(
     name: &str,
     tune: impl FnOnce(&mut gateway::config::MqttConfig),
 ) -> Observed {
-    let url = nats_url.to_owned();
-    let name = name.to_owned();
-    Observed::start(move |c| {
-        c.sys.interval = 0;
-        c.nats.servers = vec![url];
-        c.cluster.enabled = true;
-        c.cluster.node_name = name;
-        tune(&mut c.mqtt);
-    })
-    .await
+    Observed::cluster_node(nats_url, name, |c| tune(&mut c.mqtt)).await
 }
 
 /// The retained messages a new subscriber to `filter` on `node` gets: (topic, payload), sorted.

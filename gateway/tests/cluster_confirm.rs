@@ -18,18 +18,6 @@ use clients::raw::{publish_of, End, Frame, Raw, PUBACK, PUBLISH, V};
 use common::nats::NatsServer;
 use observe::{samples, total, Observed};
 
-async fn node(nats_url: &str, name: &str) -> Observed {
-    let url = nats_url.to_owned();
-    let name = name.to_owned();
-    Observed::start(move |c| {
-        c.sys.interval = 0;
-        c.nats.servers = vec![url];
-        c.cluster.enabled = true;
-        c.cluster.node_name = name;
-    })
-    .await
-}
-
 async fn metric(node: &Observed, name: &str) -> f64 {
     total(&samples(&node.metrics().await), name, &[])
 }
@@ -50,8 +38,8 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
-    let a = node(&nats.url(), "a").await;
-    let b = node(&nats.url(), "b").await;
+    let a = Observed::cluster_node(&nats.url(), "a", |_| {}).await;
+    let b = Observed::cluster_node(&nats.url(), "b", |_| {}).await;
     let mut sub = Raw::connected(b.mqtt, V::V5, "cc-sub").await;
     sub.subscribe(V::V5, "cc/#", 0).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

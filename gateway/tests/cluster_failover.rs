@@ -17,9 +17,41 @@ use std::time::Duration;
 use binary::{device_sim_run, Gateway};
 use common::nats::NatsServer;
 
+/// Scenario keys of persistent MQTT 5 sessions, devices and subscribers.
+const PERSISTENT_V5: &str = "protocol = \"5\"\nclean_session = false\nsession_expiry = \"300s\"\n";
+
 /// A node of the cluster on `nats`, named `name`, as its own process.
 fn node(nats: &NatsServer, name: &str, dir: &binary::scratch::Scratch) -> Gateway {
     Gateway::cluster_node(&nats.url(), name, dir)
+}
+
+/// A scenario of `devices` QoS 1 devices publishing 10 messages a second for `seconds` over
+/// both `targets` (failing over from one to the other), `subscribers` verifying subscribers on
+/// the first, client ids starting with `name`, and the scenario keys in `more`.
+fn fleet(
+    dir: &binary::scratch::Scratch,
+    name: &str,
+    targets: [&Gateway; 2],
+    devices: u64,
+    subscribers: u64,
+    seconds: u64,
+    more: &str,
+) -> std::path::PathBuf {
+    let scenario = dir.path().join("fleet.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {devices}\nconnect_rate = 400\n\
+             client_id = \"{name}-{{id}}\"\ntopic = \"{name}/{{id}}\"\npayload = 32\n\
+             publish_interval = \"100ms\"\nqos = 1\nsubscribers = {subscribers}\n\
+             subscriber_client_id = \"{name}-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
+             connect_timeout = \"2s\"\nduration = \"{seconds}s\"\ndrain = \"3s\"\n{more}",
+            targets[0].addr.to_string(),
+            targets[1].addr.to_string(),
+        ),
+    )
+    .expect("write scenario");
+    scenario
 }
 
 /// Runs device-sim on `scenario` (a run of `seconds`), kills node `a` with SIGKILL a third of
@@ -55,21 +87,8 @@ async fn device_sim_fails_over_to_the_surviving_node_when_one_is_killed() {
     let b = node(&nats, "b", &dir);
     const DEVICES: u64 = 40;
     const SECONDS: u64 = 14;
-    let scenario = dir.path().join("fleet.toml");
-    std::fs::write(
-        &scenario,
-        format!(
-            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {DEVICES}\nconnect_rate = 400\n\
-             client_id = \"fo-{{id}}\"\ntopic = \"fo/{{id}}\"\npayload = 32\n\
-             publish_interval = \"100ms\"\nqos = 1\nprotocol = \"3.1.1\"\nsubscribers = 2\n\
-             subscriber_client_id = \"fo-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
-             connect_timeout = \"2s\"\n\
-             duration = \"{SECONDS}s\"\ndrain = \"3s\"\n",
-            a.addr.to_string(),
-            b.addr.to_string(),
-        ),
-    )
-    .expect("write scenario");
+    let more = "protocol = \"3.1.1\"\n";
+    let scenario = fleet(&dir, "fo", [&a, &b], DEVICES, 2, SECONDS, more);
     // Half the fleet (and one subscriber) is on `a` when it dies, a third of the way in.
     let (said, r) = run_killing(&mut a, &scenario, &dir, SECONDS).await;
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
@@ -101,25 +120,10 @@ async fn persistent_sessions_of_a_killed_node_lose_nothing_acknowledged() {
     let b = node(&nats, "b", &dir);
     const DEVICES: u64 = 20;
     const SECONDS: u64 = 12;
-    let scenario = dir.path().join("fleet.toml");
     // The subscriber is on b (the first target); half the devices are on a, persistent: what a
     // acknowledged to them before it died reaches the subscriber, and their sessions follow
     // them to b.
-    std::fs::write(
-        &scenario,
-        format!(
-            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {DEVICES}\nconnect_rate = 400\n\
-             client_id = \"fp-{{id}}\"\ntopic = \"fp/{{id}}\"\npayload = 32\n\
-             publish_interval = \"100ms\"\nqos = 1\nprotocol = \"5\"\nsubscribers = 1\n\
-             clean_session = false\nsession_expiry = \"300s\"\n\
-             subscriber_client_id = \"fp-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
-             connect_timeout = \"2s\"\n\
-             duration = \"{SECONDS}s\"\ndrain = \"3s\"\n",
-            b.addr.to_string(),
-            a.addr.to_string(),
-        ),
-    )
-    .expect("write scenario");
+    let scenario = fleet(&dir, "fp", [&b, &a], DEVICES, 1, SECONDS, PERSISTENT_V5);
     let (said, r) = run_killing(&mut a, &scenario, &dir, SECONDS).await;
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     assert_eq!(n("devices_connected"), DEVICES, "{said}");
@@ -143,23 +147,8 @@ async fn a_persistent_subscriber_on_a_killed_node_loses_nothing_acknowledged() {
     let b = node(&nats, "b", &dir);
     const DEVICES: u64 = 20;
     const SECONDS: u64 = 15;
-    let scenario = dir.path().join("fleet.toml");
     // The subscriber is on a (the first target), the devices on both.
-    std::fs::write(
-        &scenario,
-        format!(
-            "targets = [{:?}, {:?}]\ncluster = true\ndevices = {DEVICES}\nconnect_rate = 400\n\
-             client_id = \"fs-{{id}}\"\ntopic = \"fs/{{id}}\"\npayload = 32\n\
-             publish_interval = \"100ms\"\nqos = 1\nprotocol = \"5\"\nsubscribers = 1\n\
-             clean_session = false\nsession_expiry = \"300s\"\n\
-             subscriber_client_id = \"fs-sub-{{id}}\"\nkeep_alive = \"5s\"\n\
-             connect_timeout = \"2s\"\n\
-             duration = \"{SECONDS}s\"\ndrain = \"3s\"\n",
-            a.addr.to_string(),
-            b.addr.to_string(),
-        ),
-    )
-    .expect("write scenario");
+    let scenario = fleet(&dir, "fs", [&a, &b], DEVICES, 1, SECONDS, PERSISTENT_V5);
     let (said, r) = run_killing(&mut a, &scenario, &dir, SECONDS).await;
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     assert_eq!(n("subscribers_connected"), 1, "{said}");

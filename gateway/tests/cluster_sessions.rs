@@ -34,16 +34,7 @@ async fn node_with(
     name: &str,
     tune: impl FnOnce(&mut gateway::Config),
 ) -> Observed {
-    let url = nats.url();
-    let name = name.to_owned();
-    let node = Observed::start(move |c| {
-        c.sys.interval = 0;
-        c.nats.servers = vec![url];
-        c.cluster.enabled = true;
-        c.cluster.node_name = name;
-        tune(c);
-    })
-    .await;
+    let node = Observed::cluster_node(&nats.url(), name, tune).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while metric(&node, "gateway_cluster_connected", &[]).await != 1.0 {
         assert!(

@@ -941,18 +941,11 @@ async fn a_rule_on_every_cluster_node_writes_each_message_once() {
     let Some(nats) = NatsServer::start().await else {
         return;
     };
-    let node = |name: &'static str| {
-        let url = nats.url();
-        Observed::start(move |c| {
-            c.sys.interval = 0;
-            c.nats.servers = vec![url];
-            c.cluster.enabled = true;
-            c.cluster.node_name = name.to_owned();
-            c.ingest = vec![IngestRule::new("d/#", "CLUSTER", "cl.{client_id}")];
-        })
+    let rules = |c: &mut gateway::Config| {
+        c.ingest = vec![IngestRule::new("d/#", "CLUSTER", "cl.{client_id}")];
     };
-    let a = node("a").await;
-    let b = node("b").await;
+    let a = Observed::cluster_node(&nats.url(), "a", rules).await;
+    let b = Observed::cluster_node(&nats.url(), "b", rules).await;
     assert!(eventually_ready(&a, 200).await && eventually_ready(&b, 200).await);
     let js = js(&nats).await;
     // Subscribers on both nodes: every message crosses to the other node.

@@ -59,6 +59,25 @@ impl Observed {
         panic!("the broker still says it is starting after 5 s");
     }
 
+    /// A cluster node named `name` on the NATS server at `nats_url` (no `$SYS`), with the rest
+    /// of its configuration as `tune` leaves it.
+    pub async fn cluster_node(
+        nats_url: &str,
+        name: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> Observed {
+        let url = nats_url.to_owned();
+        let name = name.to_owned();
+        Observed::start(move |c| {
+            c.sys.interval = 0;
+            c.nats.servers = vec![url];
+            c.cluster.enabled = true;
+            c.cluster.node_name = name;
+            tune(c);
+        })
+        .await
+    }
+
     /// Binds without running, to observe the endpoint while the broker is starting.
     pub async fn bind(tune: impl FnOnce(&mut Config)) -> Bound {
         let mut config = Config::default();
