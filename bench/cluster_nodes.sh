@@ -13,24 +13,11 @@ start_cluster() {
     for n in a b; do
         port=$([ $n = a ] && echo "$port_a" || echo "$port_b")
         mkdir -p "$D/store-$n"
-        cat > "$D/$n.toml" <<T
-[storage]
-dir = "$D/store-$n"
-[mqtt]
-listen = "127.0.0.1:$port"
-max_queued_messages = 100000
-max_queued_bytes = 0
-max_inflight = 65535
-[http]
-listen = "off"
-[sys]
-interval = 0
-[log]
-level = "error"
-[limits]
-connect_rate = 0
-max_handshakes = 0
-max_subscriptions_per_client = 0
+        # The harness's own gateway configuration, written by it, then the cluster's tables.
+        python3 -c 'import sys; sys.path.insert(0, "bench"); import harness
+print(harness.gateway_config(int(sys.argv[1]), sys.argv[2]), end="")' "$port" "$D/store-$n" \
+            > "$D/$n.toml"
+        cat >> "$D/$n.toml" <<T
 [nats]
 servers = ["nats://127.0.0.1:$nats_port"]
 [cluster]
