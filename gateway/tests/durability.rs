@@ -524,7 +524,9 @@ async fn a_damaged_store_is_repaired_from_what_still_verifies() {
         *b ^= 0x5A;
     }
     for (damage, damaged) in [
-        ("truncated", sound[..sound.len() / 2].to_vec()),
+        // Three quarters: which pages the first half holds depends on the order of commits,
+        // and under load it once held no whole leaf (CI, twice in 2026-12-07's runs).
+        ("truncated", sound[..sound.len() * 3 / 4].to_vec()),
         ("corrupt", corrupt),
     ] {
         let _ = std::fs::remove_dir_all(&setup.store);
@@ -553,7 +555,7 @@ async fn a_damaged_store_is_repaired_from_what_still_verifies() {
         let export = store_command("export", &setup.store);
         let lines = String::from_utf8_lossy(&export.stdout);
         let recovered = lines.lines().filter(|l| l.contains("\"retained\"")).count();
-        // A cut file keeps its first half; an XOR over all but the first and last pages may
+        // A cut file keeps its first three quarters; an XOR over all but the first and last pages may
         // leave no leaf whole (it depends on where the leaves lie).
         let least = usize::from(damage == "truncated");
         assert!(
