@@ -115,11 +115,21 @@ fn store(action: &StoreAction) -> ExitCode {
                     gateway::Found::Tree {
                         lost_pages,
                         older_commit,
+                        loose,
+                        versions,
                     } => {
                         println!(
                     "read from its last intact commit{}: {lost_pages} damaged pages left out",
                     if older_commit { " (the newest was damaged)" } else { "" }
-                )
+                );
+                        if !loose.is_empty() {
+                            println!(
+                                "the tree lost the root of {}: rebuilt from every page that \
+                             still decodes as one; entries settled or removed just before the \
+                             damage may be back ({versions} keys had several versions, one kept)",
+                                loose.join(", ")
+                            );
+                        }
                     }
                     gateway::Found::Loose { versions } => println!(
                         "no commit led to its tables: rebuilt from every page that still decodes; \

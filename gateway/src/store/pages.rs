@@ -71,6 +71,8 @@ pub(super) struct Salvaged {
     pub(super) entries: Vec<(Vec<u8>, Vec<u8>)>,
     /// Pages of this table that could not be read or did not verify (their subtrees are lost).
     pub(super) lost_pages: usize,
+    /// Its root page was among them: nothing of the table is known from the tree.
+    pub(super) root_lost: bool,
 }
 
 /// What the file still holds: its tables by name, and whether the newest commit was used.
@@ -181,6 +183,7 @@ pub(super) fn read_tables(file: &File) -> Result<Readable, Unreadable> {
                 Some(root) => reader.walk(root, table.widths).unwrap_or(Salvaged {
                     entries: Vec::new(),
                     lost_pages: 1,
+                    root_lost: true,
                 }),
             };
             tables.insert(name, salvaged);

@@ -1,8 +1,12 @@
 //! `gateway store repair DIR`: a store that redb refuses (truncated, damaged pages) rebuilt from
 //! whatever of it still verifies, the damaged file kept beside it.
 //!
-//! What is kept is exactly what `pages` could verify: every entry of an intact page of the last
-//! intact commit, each also decoded as the gateway will decode it. The new store is written to
+//! What is kept is what `pages` could verify: every entry of an intact page of the last intact
+//! commit, each also decoded as the gateway will decode it. A table of which the tree tells
+//! nothing (its root page lost, or the page of the table list naming it) is taken instead from
+//! every page of the file that still decodes as one of its leaves, as when no commit verifies
+//! at all: the tree knows nothing to contradict them, and without them a cut one page further
+//! would recover more than a cut that happened to take a root. The new store is written to
 //! a file of its own, read back whole as `gateway store check` would, and only then put in
 //! place: the damaged file is renamed, never overwritten, so a repair can always be undone by
 //! hand. What was lost is said in counts (pages, entries), since its contents cannot be known.
@@ -37,7 +41,7 @@ pub struct RepairReport {
 }
 
 /// Where a repair found what it kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// The store was sound: nothing done.
     Sound,
@@ -46,6 +50,10 @@ pub enum Found {
         lost_pages: usize,
         /// The newest commit was damaged: the one before it was restored.
         older_commit: bool,
+        /// Tables whose root was lost, taken from loose pages instead (as `Loose` says), and
+        /// how many of their keys were found with differing values.
+        loose: Vec<&'static str>,
+        versions: usize,
     },
     /// No commit led to the tables any more: every page of the file that still decodes as one
     /// of them, old copies among them. Entries removed shortly before the damage may be back
@@ -66,6 +74,14 @@ enum Table {
 }
 
 impl Table {
+    /// The tables whose leaves `loose` tells apart by decoding them.
+    const LOOSE: [Table; 4] = [
+        Table::Sessions,
+        Table::Retained,
+        Table::Messages,
+        Table::Flows,
+    ];
+
     const ALL: [Table; 6] = [
         Table::Sessions,
         Table::Messages,
@@ -145,14 +161,40 @@ fn rebuild(dir: &Path, kept: &Path) -> Result<RepairReport, StoreError> {
                     .values()
                     .map(|t| t.lost_pages)
                     .sum::<usize>();
+            let mut tables = readable.tables;
+            let unknown: Vec<&'static str> = Table::LOOSE
+                .iter()
+                .map(|t| t.name())
+                .filter(|name| match tables.get(*name) {
+                    Some(table) => table.root_lost,
+                    None => readable.lost_table_pages > 0,
+                })
+                .collect();
+            let mut versions = 0;
+            if !unknown.is_empty() {
+                let found = loose(&file).map_err(|e| unreadable(&path, e))?;
+                for (name, (salvaged, v)) in found {
+                    if unknown.contains(&name) {
+                        versions += v;
+                        tables.insert(name.to_owned(), salvaged);
+                    }
+                }
+            }
             let found = Found::Tree {
                 lost_pages,
                 older_commit: readable.older_commit,
+                loose: unknown,
+                versions,
             };
-            (readable.tables, found)
+            (tables, found)
         }
         Err(Unreadable::NoCommit) => {
-            let (tables, versions) = loose(&file).map_err(|e| unreadable(&path, e))?;
+            let found = loose(&file).map_err(|e| unreadable(&path, e))?;
+            let versions = found.values().map(|(_, v)| v).sum();
+            let tables = found
+                .into_iter()
+                .map(|(name, (salvaged, _))| (name.to_owned(), salvaged))
+                .collect();
             (tables, Found::Loose { versions })
         }
         Err(e) => return Err(unreadable(&path, e)),
@@ -200,15 +242,16 @@ fn refuse_foreign(path: &Path, tables: &BTreeMap<String, Salvaged>) -> Result<()
     }
 }
 
-/// The tables from every leaf of the file that decodes as one of them, and how many keys were
-/// found with differing values (the first found is kept).
-fn loose(file: &File) -> Result<(BTreeMap<String, Salvaged>, usize), Unreadable> {
+/// The tables from every leaf of the file that decodes as one of them, each with how many of
+/// its keys were found with differing values (the first found is kept).
+fn loose(file: &File) -> Result<BTreeMap<&'static str, (Salvaged, usize)>, Unreadable> {
     const FLOWS_WIDTHS: Widths = Widths {
         key: None,
         value: Some(3),
     };
-    let mut found: BTreeMap<&str, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
-    let mut versions = 0;
+    /// A table's entries by key, and how many keys were seen with another value.
+    type Kept = (BTreeMap<Vec<u8>, Vec<u8>>, usize);
+    let mut found: BTreeMap<&'static str, Kept> = BTreeMap::new();
     scan_leaves(
         file,
         &[Widths::VARIABLE, FLOWS_WIDTHS],
@@ -226,10 +269,10 @@ fn loose(file: &File) -> Result<(BTreeMap<String, Salvaged>, usize), Unreadable>
             let Some(table) = candidates.iter().find(|t| t.valid(k, v)) else {
                 return;
             };
-            let kept = found.entry(table.name()).or_default();
+            let (kept, versions) = found.entry(table.name()).or_default();
             for (k, v) in entries.filter(|(k, v)| table.valid(k, v)) {
                 match kept.get(k) {
-                    Some(old) if old.as_slice() != v => versions += 1,
+                    Some(old) if old.as_slice() != v => *versions += 1,
                     Some(_) => {}
                     None => {
                         kept.insert(k.to_vec(), v.to_vec());
@@ -238,17 +281,17 @@ fn loose(file: &File) -> Result<(BTreeMap<String, Salvaged>, usize), Unreadable>
             }
         },
     )?;
-    let tables = found
+    Ok(found
         .into_iter()
-        .map(|(name, entries)| {
+        .map(|(name, (entries, versions))| {
             let salvaged = Salvaged {
                 entries: entries.into_iter().collect(),
                 lost_pages: 0,
+                root_lost: false,
             };
-            (name.to_owned(), salvaged)
+            (name, (salvaged, versions))
         })
-        .collect();
-    Ok((tables, versions))
+        .collect())
 }
 
 /// A new store at `new` holding the valid entries of `tables`; returns how many were not.

@@ -2,12 +2,14 @@
 //! reopen, marks become durable and wake their waiter, a removed session takes its messages
 //! with it; and (ignored, run by hand) how long a start with many stored sessions takes.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use redb::TableHandle;
 
 use super::{DiskStore, SessionRecord, Store};
 use crate::codec::{QoS, SubscriptionOptions};
@@ -568,7 +570,9 @@ fn a_repair_keeps_every_intact_page_of_the_last_commit() {
         super::Found::Tree {
             lost_pages,
             older_commit: false,
-        } => assert!(lost_pages >= 1, "{report:?}"),
+            ref loose,
+            ..
+        } => assert!(lost_pages >= 1 && loose.is_empty(), "{report:?}"),
         _ => panic!("read from the tree: {report:?}"),
     }
     let kept = report.damaged_kept_as.expect("damaged file kept");
@@ -634,4 +638,77 @@ fn a_repair_without_a_commit_rebuilds_from_loose_pages() {
     assert_eq!(s.record.subscriptions, record("dev-1").subscriptions);
     assert_eq!((s.stored, s.stored_from, s.stored_last), (200, 1, 200));
     assert_eq!(&restored.retained[0].payload[..], b"a");
+}
+
+/// `gateway store repair` when the last commit's tree is intact but for the root page of one
+/// table: that table taken from the pages that still decode as its leaves (the tree knows
+/// nothing to contradict them), the others from the tree. Without this, a file cut one page
+/// shorter (the table list lost with it) recovered more than one cut where the root lay.
+#[test]
+fn a_table_whose_root_was_lost_is_rebuilt_from_loose_pages() {
+    let dir = Dir::new();
+    let c: Arc<str> = "dev-1".into();
+    let payload = |i: usize| format!("retained-{i:03}-").repeat(150);
+    {
+        let store = dir.open();
+        store.session_saved(&record("dev-1"));
+        for seq in 1..=20 {
+            store.queued(&c, &delivery(&format!("t/{seq}"), seq));
+        }
+        for i in 0..50 {
+            let topic = ByteString::from(format!("r/{i}"));
+            let m = Message::new(
+                &topic,
+                &Bytes::from(payload(i)),
+                QoS::AtLeastOnce,
+                true,
+                1,
+                None,
+            );
+            store.retained(&topic, Some(&Arc::new(m)));
+        }
+    }
+    let file = dir.0.join(super::layout::FILE);
+    let sound = std::fs::read(&file).expect("read store");
+    // The page whose loss leaves the table list whole and loses the retained table's root.
+    let retained = super::layout::RETAINED.name();
+    let root_of_retained = (1..sound.len() / 4096)
+        .find(|&page| {
+            let mut damaged = sound.clone();
+            damaged[page * 4096..(page + 1) * 4096].fill(0);
+            std::fs::write(&file, &damaged).expect("write store");
+            let readable = super::pages::read_tables(&File::open(&file).expect("open"));
+            readable.is_ok_and(|r| {
+                !r.older_commit
+                    && r.lost_table_pages == 0
+                    && r.tables.get(retained).is_some_and(|t| t.root_lost)
+            })
+        })
+        .expect("the retained table's root is a page of the file");
+    let before = std::fs::read(&file).expect("read store");
+    assert_ne!(before, sound, "the root page zeroed");
+
+    let report = super::repair_store(&dir.0).expect("repaired");
+    assert_eq!(
+        report.found,
+        super::Found::Tree {
+            lost_pages: 1,
+            older_commit: false,
+            loose: vec![retained],
+            versions: 0,
+        },
+        "root at page {root_of_retained}"
+    );
+    let restored = dir.open().load().expect("the repaired store opens");
+    assert_eq!(restored.retained.len(), 50, "every leaf of it was intact");
+    for m in &restored.retained {
+        let i: usize = m.topic[2..].parse().expect("topic");
+        assert_eq!(&m.payload[..], payload(i).as_bytes(), "kept exactly");
+    }
+    let s = &restored.sessions[0];
+    assert_eq!(
+        (s.stored, s.stored_from, s.stored_last),
+        (20, 1, 20),
+        "from the tree"
+    );
 }
