@@ -2,7 +2,8 @@
 //! outside the process. A PUBLISH to `$fault/panic` panics its session's task (`client`), and a
 //! session whose client id starts with `PANIC_ON_RESUME` panics when the parker resumes it from
 //! hibernation (inside the parker's task); this file holds them and the process-wide switches
-//! (a store that cannot write, a cluster link whose writes to NATS are not confirmed).
+//! (a store that cannot write, a cluster link whose writes to NATS are not confirmed, a node
+//! slow to adopt a dead node's sessions).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,4 +31,17 @@ pub fn set_cluster_flush_held(held: bool) {
 
 pub(crate) fn cluster_flush_held() -> bool {
     CLUSTER_FLUSH_HELD.load(Ordering::Relaxed)
+}
+
+static ADOPTION_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Holds this process's adoption of a silent node's sessions (`cluster::adoption`) until
+/// switched off again: the time between the node's interest expiring and its sessions having a
+/// new home, which a node with many sessions to adopt takes anyway.
+pub fn set_adoption_held(held: bool) {
+    ADOPTION_HELD.store(held, Ordering::Relaxed);
+}
+
+pub(crate) fn adoption_held() -> bool {
+    ADOPTION_HELD.load(Ordering::Relaxed)
 }

@@ -6,15 +6,23 @@
 //! out once the confirmation comes, and becomes a refusal (v5 0x80, 3.1.1 closed) when it does
 //! not come in time. A message no other node wants is acknowledged at once all along.
 //!
-//! Without `nats-server` the test is skipped with a loud message, and fails under CI.
+//! Likewise a message for the persistent sessions of a node that died is refused, not
+//! acknowledged, until a survivor has adopted them (held with the adoption switch here).
+//!
+//! Without `nats-server` the tests are skipped with a loud message, and fail under CI.
 
+mod binary;
 mod clients;
+mod cluster_node;
 mod common;
 mod observe;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use clients::raw::{publish_of, End, Frame, Raw, PUBACK, PUBLISH, V};
+use clients::raw::{self, publish_of, End, Frame, Raw, PUBACK, PUBLISH, V};
+use clients::{unique_id, v5, QUIET, WAIT};
+use cluster_node::{cluster_ready, owner_of, ready_node_with};
 use common::nats::NatsServer;
 use observe::{samples, total, Observed};
 
@@ -111,4 +119,95 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
     assert_eq!(closed, 1.0);
     p.send(&publish(V::V5, "cc/3", 5, b"three")).await;
     assert_eq!(reason(&p.expect_packet("PUBACK 5").await, 5), 0);
+}
+
+/// What is published for a dead node's persistent session after its interest expired (5 s
+/// after its last beat) and before a survivor adopted the session has nowhere safe to go: it
+/// is refused to its publisher (v5 0x80), never acknowledged and lost. Before the expiry the
+/// dead node's missing answer refuses it; after the adoption the adopter queues it. The client,
+/// back after the adoption, gets every message that was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_a_dead_nodes_session_before_its_adoption_is_refused_not_lost() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("owed");
+    let mut a = ready_node_with(&nats, "a", &dir, "").await;
+    let b = Observed::cluster_node(&nats.url(), "b", |_| {}).await;
+    cluster_ready(&nats, b.mqtt).await;
+    let id = unique_id("owed");
+    let mut connect = raw::Connect::v5(&id, true, 60);
+    connect.properties = raw::prop_u32(0x11, 300);
+    let (mut sub, _) = Raw::connect(a.addr, &connect).await;
+    sub.subscribe(V::V5, "owed/#", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway::fault::set_adoption_held(true);
+    a.child.kill().expect("SIGKILL node a");
+    a.child.wait().expect("reaped");
+    drop(sub);
+    let killed = Instant::now();
+
+    // Held for 8 s: a's interest expires after 5, so 3 s of it are the window.
+    const HELD: Duration = Duration::from_secs(8);
+    let mut publisher = v5::connect(b.mqtt, &unique_id("owed-pub")).await;
+    let (mut acked, mut refused_held, mut acked_after) = (Vec::new(), 0, 0);
+    // Acknowledged while the session had no home: what this test is about.
+    let mut homeless = Vec::new();
+    let mut adopted = false;
+    for seq in 0u32.. {
+        let held = killed.elapsed() < HELD;
+        let reason = publisher
+            .publish_acked_within(WAIT * 2, "owed/x", seq.to_string())
+            .await;
+        match reason {
+            v5::PubAckReason::Success => {
+                if held {
+                    homeless.push(seq);
+                }
+                acked.push(seq);
+                acked_after += usize::from(adopted);
+            }
+            v5::PubAckReason::UnspecifiedError => {
+                refused_held += usize::from(held);
+            }
+            other => panic!("message {seq}: {other:?}"),
+        }
+        if !held && !adopted {
+            gateway::fault::set_adoption_held(false);
+            adopted = owner_of(&nats, &id)
+                .await
+                .is_some_and(|(node, _)| node != "a");
+        }
+        if acked_after >= 20 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "not adopted in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "{} acknowledged, {refused_held} refused while adoption was held",
+        acked.len()
+    );
+
+    let mut back = v5::Client::connect(v5::persistent(b.mqtt, &id, 300)).await;
+    assert!(back.connack.session_present, "the session was adopted");
+    let mut got = BTreeSet::new();
+    while let Some(p) = back.try_next_publish(QUIET).await {
+        got.insert(String::from_utf8(p.payload.to_vec()).expect("UTF-8"));
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|seq| !got.contains(&seq.to_string()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert!(homeless.is_empty(), "acknowledged while owed: {homeless:?}");
+    assert!(
+        refused_held >= 10,
+        "refused between expiry and adoption: {refused_held}"
+    );
+    back.disconnect().await;
+    publisher.disconnect().await;
 }

@@ -21,6 +21,7 @@ use base64::Engine;
 use binary::Gateway;
 use clients::raw::{self, Connect, Raw, V};
 use clients::{unique_id, v3, v5, QUIET, WAIT};
+use cluster_node::{adopted_by, owner_of};
 use common::nats::NatsServer;
 
 /// Long enough for the records of what the subscribers were sent (not waited for, unlike a
@@ -163,40 +164,6 @@ async fn persistent_sessions_lose_nothing_acknowledged_when_their_node_is_killed
     back5.disconnect().await;
     back3.disconnect().await;
     publisher.disconnect().await;
-}
-
-/// The node that owns `client_id` once `dead` no longer does: a survivor that adopted its
-/// session (`cluster::adoption`), after `dead` fell silent and the owner records were scanned.
-async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((node, _)) = owner_of(nats, client_id).await {
-            if node != dead {
-                return node;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{client_id}: still owned by the dead node {dead} after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `client_id`'s owner record: node and instance (which start of it); `None` while it has none.
-async fn owner_of(nats: &NatsServer, client_id: &str) -> Option<(String, u64)> {
-    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("gateway_sessions")
-        .await
-        .expect("owner records");
-    let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
-    let value = kv.get(&key).await.expect("owner record")?;
-    let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
-    Some((
-        owner["node"].as_str().expect("node").to_owned(),
-        owner["instance"].as_u64().expect("instance"),
-    ))
 }
 
 /// A node killed and started again under its name takes its earlier start's sessions back as

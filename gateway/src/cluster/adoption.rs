@@ -2,10 +2,11 @@
 //! it, so that what is published for them while their clients are away is queued, and stored,
 //! somewhere, as one broker queues for an offline session.
 //!
-//! When a node falls silent (`interest::PEER_TIMEOUT`) and still does not answer a ping once
-//! this node's own NATS connection has been up for `STEADY`, every surviving node scans the owner
-//! records for the client ids the dead node owned and takes up its share of them: the nodes it
-//! knows alive, itself included, split them by a hash of the client id. Each adoption is a
+//! When a node falls silent (`interest::PEER_TIMEOUT`) and still does not answer a ping, once
+//! this node's own NATS connection has been up for `STEADY` or at once when the silent node was
+//! heard on that connection (it was back from any outage this node saw), every surviving node
+//! scans the owner records for the client ids the dead node owned and takes up its share of
+//! them: the nodes it knows alive, itself included, split them by a hash of the client id. Each adoption is a
 //! compare-and-swap of the owner record at the revision the scan read (`Handover::adopt`), so a
 //! client that came back meanwhile, or a survivor that sees other nodes alive, never has its
 //! claim undone: the loser of the swap leaves the session alone. A client id without a stored
@@ -37,9 +38,9 @@ use super::probe;
 /// Sessions adopted at once: each is a few round trips to JetStream.
 const CONCURRENCY: usize = 16;
 
-/// How long this node's NATS connection must have been up before it takes a silent node for
-/// dead: after a NATS outage every node reconnects on its own schedule, and one not back yet
-/// is silent but alive, its clients still attached.
+/// How long this node's NATS connection must have been up before it takes a silent node not
+/// heard on it for dead: after a NATS outage every node reconnects on its own schedule, and one
+/// not back yet is silent but alive, its clients still attached.
 pub(super) const STEADY: Duration = Duration::from_secs(15);
 
 /// Who is adopting, and where the dead node would answer if it were not.
@@ -58,6 +59,10 @@ pub(super) async fn adopt_from(survivor: Survivor, dead: String, alive: Vec<Stri
         prefix,
         me,
     } = survivor;
+    #[cfg(feature = "fault-injection")]
+    while crate::fault::adoption_held() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if probe::answers(&client, &prefix, &dead).await {
         info!(node = %dead, "cluster: a silent node answers its pings: its sessions stay its own");
         return;

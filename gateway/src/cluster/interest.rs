@@ -24,7 +24,9 @@
 //! Each entry says whether a persistent session subscribes to it (`durable`): the node counts
 //! its persistent subscribers per entry (`Interest::PersistentIn` / `PersistentOut` from the
 //! router) and announces the entry again when that count leaves or reaches zero. A sender can
-//! tell from it which nodes hold what must not be lost.
+//! tell from it which nodes hold what must not be lost. A node that falls silent leaves its
+//! durable plain entries behind as owed (`owes`) until its sessions are adopted (`settle`), it
+//! is heard again, or `OWED_FOR` passed: what they match has nowhere safe to go meanwhile.
 //!
 //! Worst cases are bounded: a node missing a delta forwards a message nobody wants (wasted, not
 //! wrong) or does not forward one for at most a beat (the new subscriber's first messages from
@@ -42,6 +44,10 @@ use crate::topic_index::{Matches, TopicIndex};
 
 /// A node silent for this long is taken as gone (beats come every second).
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a silent node's durable entries are owed at most: its adoption comes once the
+/// survivors' connections have been up for `adoption::STEADY` (15 s) and a ping went
+/// unanswered.
+const OWED_FOR: Duration = Duration::from_secs(30);
 /// At most one snapshot request per node in this time: beats and deltas that keep disagreeing
 /// while a snapshot is on its way must not ask again and again.
 const SYNC_BACKOFF: Duration = Duration::from_millis(500);
@@ -182,6 +188,9 @@ struct Peer {
 /// The parts of one node's snapshot gathered so far: (instance, version, entries).
 type Parts = (u64, u64, Vec<Announced>);
 
+/// What a silent node owes: its id, until when, and its durable plain entries.
+type Owed = (u32, Instant, Vec<Entry>);
+
 /// Every other node's interest.
 pub(crate) struct RemoteInterest {
     /// Node ids by filter, each with whether its entry is durable.
@@ -192,6 +201,12 @@ pub(crate) struct RemoteInterest {
     next_id: Mutex<u32>,
     entries: AtomicUsize,
     nodes: AtomicUsize,
+    /// Silent nodes' durable plain entries, by node id (`owes`).
+    owed: TopicIndex<u32, ()>,
+    /// What each silent node owes.
+    owed_by: Mutex<HashMap<String, Owed>>,
+    /// Whether `owed` holds anything: the common case asks nothing more.
+    owing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for RemoteInterest {
@@ -203,6 +218,9 @@ impl Default for RemoteInterest {
             next_id: Mutex::new(0),
             entries: AtomicUsize::new(0),
             nodes: AtomicUsize::new(0),
+            owed: TopicIndex::new(),
+            owed_by: Mutex::new(HashMap::new()),
+            owing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -271,7 +289,11 @@ impl RemoteInterest {
                 }
                 Reply::Nothing
             }
-            Control::Hello { node, .. } => Reply::SnapshotTo(node),
+            Control::Hello { node, .. } => {
+                // Back: what it owed is its own again.
+                self.settle(&node);
+                Reply::SnapshotTo(node)
+            }
             Control::Snapshot {
                 node,
                 instance,
@@ -435,20 +457,65 @@ impl RemoteInterest {
         self.nodes.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Drops the nodes not heard from within `PEER_TIMEOUT`; returns their names.
-    pub(crate) fn expire(&self, now: Instant) -> Vec<String> {
+    /// Drops the nodes not heard from within `PEER_TIMEOUT`, leaving their durable plain
+    /// entries owed, and ends what was owed for `OWED_FOR`; returns the silent nodes' names,
+    /// each with when it was last heard.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<(String, Instant)> {
         let mut peers = self.peers.lock();
-        let silent: Vec<String> = peers
+        let silent: Vec<(String, Instant)> = peers
             .iter()
             .filter(|(_, p)| now.saturating_duration_since(p.last_seen) > PEER_TIMEOUT)
-            .map(|(name, _)| name.clone())
+            .map(|(name, p)| (name.clone(), p.last_seen))
             .collect();
-        for name in &silent {
+        for (name, _) in &silent {
             if let Some(p) = peers.remove(name) {
+                let owed: Vec<Entry> = p
+                    .entries
+                    .iter()
+                    .filter(|(e, durable)| **durable && e.group.is_none())
+                    .map(|(e, _)| e.clone())
+                    .collect();
+                if !owed.is_empty() {
+                    for e in &owed {
+                        self.owed.insert(&e.filter, None, p.id, ());
+                    }
+                    self.owing.store(true, Ordering::Relaxed);
+                    self.owed_by
+                        .lock()
+                        .insert(name.clone(), (p.id, now + OWED_FOR, owed));
+                }
                 self.drop_peer(p);
             }
         }
+        drop(peers);
+        let overdue: Vec<String> = self
+            .owed_by
+            .lock()
+            .iter()
+            .filter(|(_, (_, until, _))| *until <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in overdue {
+            self.settle(&name);
+        }
         silent
+    }
+
+    /// Whether a silent node's persistent sessions wanted `topic`: a message for them has
+    /// nowhere safe to go until they are adopted.
+    pub(crate) fn owes(&self, topic: &str) -> bool {
+        self.owing.load(Ordering::Relaxed) && !self.owed.matches(topic).plain.is_empty()
+    }
+
+    /// What `node` owed is settled: its sessions adopted, or it is back.
+    pub(crate) fn settle(&self, node: &str) {
+        let mut owed_by = self.owed_by.lock();
+        if let Some((id, _, entries)) = owed_by.remove(node) {
+            for e in entries {
+                self.owed.remove(&e.filter, None, &id);
+            }
+        }
+        self.owing.store(!owed_by.is_empty(), Ordering::Relaxed);
     }
 }
 
@@ -610,7 +677,7 @@ mod tests {
         // b keeps beating, c goes silent.
         let later = t + PEER_TIMEOUT + Duration::from_secs(1);
         r.apply(beat("b", 0), "a", later - Duration::from_secs(1));
-        assert_eq!(r.expire(later), vec!["c".to_owned()]);
+        assert_eq!(r.expire(later), vec![("c".to_owned(), t)]);
         assert!(wants(&r, "b/x") && !wants(&r, "c/x"));
         r.apply(
             Control::Bye {
@@ -695,6 +762,35 @@ mod tests {
             Control::Snapshot { entries, .. } => assert_eq!(entries, vec![announced("x")]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_silent_nodes_durable_entries_are_owed_until_settled_or_overdue() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        hello(&r, "b", &["clean/#"], t);
+        r.apply(add_durable("b", 1, "keep/#", true), "a", t);
+        assert!(!r.owes("keep/1"));
+        let later = t + PEER_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(r.expire(later), [("b".to_owned(), t)]);
+        assert!(r.owes("keep/1"), "durable: owed");
+        assert!(!r.owes("clean/1"), "clean: nothing to keep");
+        assert!(!wants(&r, "keep/1"));
+        r.settle("b");
+        assert!(!r.owes("keep/1"));
+        // Back, or overdue, it owes nothing either.
+        hello(&r, "b", &[], t);
+        r.apply(add_durable("b", 1, "keep/#", true), "a", t);
+        r.expire(later);
+        assert!(r.owes("keep/1"));
+        hello(&r, "b", &[], later);
+        assert!(!r.owes("keep/1"), "heard again");
+        r.apply(add_durable("b", 1, "keep/#", true), "a", later);
+        let silent = later + PEER_TIMEOUT + Duration::from_secs(1);
+        r.expire(silent);
+        assert!(r.owes("keep/1"));
+        r.expire(silent + OWED_FOR);
+        assert!(!r.owes("keep/1"), "overdue");
     }
 
     /// Which nodes hold a persistent subscriber of a topic: announced with each entry, changed

@@ -300,6 +300,12 @@ impl Cluster for NatsCluster {
         local: &Matches<SessionId, Subscriber>,
         confirm: &mut Confirm,
     ) {
+        if confirm.waits() && self.remote.owes(&msg.topic) {
+            // A dead node's persistent sessions want it and are not adopted yet.
+            if let Some(part) = confirm.send() {
+                part.complete(Err(Refusal::Unavailable));
+            }
+        }
         let remote = self.remote.matches(&msg.topic);
         if remote.is_empty() {
             return;
@@ -586,11 +592,13 @@ impl Link {
         let mut committed = router.upgrade().and_then(|r| r.store.committed());
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Since when the NATS connection has been up without a break, as the beats saw it.
+        // Since when the NATS connection has been up without a break, as its events (or the
+        // beats, should an event be dropped) saw it.
         let mut steady_since: Option<Instant> = None;
-        // Nodes fallen silent whose sessions wait for adoption until this node's connection is
-        // steady (`adoption::STEADY`); one heard from again is taken off.
-        let mut silent: Vec<String> = Vec::new();
+        // Nodes fallen silent (with when they were last heard) whose sessions wait for adoption
+        // until this node's connection is steady (`adoption::STEADY`), unless they were heard
+        // on it; one heard from again is taken off.
+        let mut silent: Vec<(String, Instant)> = Vec::new();
         // The sessions of this node's earlier start are taken back once, when NATS is first up.
         let mut own_taken_back = false;
         loop {
@@ -598,6 +606,8 @@ impl Link {
                 Some(event) = self.events.recv() => match event {
                     Event::Connected => {
                         info!(node = %c.node, "cluster: connected to NATS");
+                        // What is heard from now on was sent after any outage this node saw.
+                        steady_since.get_or_insert_with(Instant::now);
                         c.retained.connection(true);
                         self.hello(&client, &st).await;
                     }
@@ -670,23 +680,34 @@ impl Link {
                         steady_since = None;
                     }
                     for gone in c.remote.expire(now) {
-                        info!(node = %gone, "cluster: node silent, its interest dropped");
+                        info!(node = %gone.0, "cluster: node silent, its interest dropped");
                         silent.push(gone);
                     }
                     let known = c.remote.node_names();
-                    silent.retain(|n| !known.contains(n));
-                    let steady = steady_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= adoption::STEADY);
-                    if steady {
-                        for gone in silent.drain(..) {
-                            let survivor = adoption::Survivor {
-                                handover: c.handover.clone(),
-                                client: client.clone(),
-                                prefix: c.prefix.clone(),
-                                me: c.node.clone(),
-                            };
-                            tokio::spawn(adoption::adopt_from(survivor, gone, known.clone()));
-                        }
+                    silent.retain(|(n, _)| !known.contains(n));
+                    // A node heard since this connection came up was on NATS after any outage
+                    // this node went through: its silence is not a late reconnection, and its
+                    // sessions are taken up at once (what they match is refused meanwhile).
+                    let adoptable = |heard: &Instant| {
+                        steady_since.is_some_and(|t| {
+                            *heard >= t || now.saturating_duration_since(t) >= adoption::STEADY
+                        })
+                    };
+                    let (dead, waiting): (Vec<_>, Vec<_>) =
+                        silent.drain(..).partition(|(_, heard)| adoptable(heard));
+                    silent = waiting;
+                    for (gone, _) in dead {
+                        let survivor = adoption::Survivor {
+                            handover: c.handover.clone(),
+                            client: client.clone(),
+                            prefix: c.prefix.clone(),
+                            me: c.node.clone(),
+                        };
+                        let (c, alive) = (c.clone(), known.clone());
+                        tokio::spawn(async move {
+                            adoption::adopt_from(survivor, gone.clone(), alive).await;
+                            c.remote.settle(&gone);
+                        });
                     }
                     let instances = c.remote.instances();
                     st.dedup.keep(&instances);

@@ -1,7 +1,10 @@
 //! Gateway cluster nodes as processes of their own (`binary::Gateway`), ready once they claim
 //! client ids through NATS: for the tests that kill one with SIGKILL.
 //!
-//! A test crate using it declares `mod binary; mod clients; mod common;` beside it.
+//! The owner records say which node holds a client id's session. A test crate using it
+//! declares `mod binary; mod clients; mod common;` beside it.
+
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -39,4 +42,38 @@ pub async fn cluster_ready(nats: &NatsServer, addr: SocketAddr) {
         assert!(Instant::now() < deadline, "node never claimed through NATS");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The node that owns `client_id` once `dead` no longer does: a survivor that adopted its
+/// session (`cluster::adoption`), after `dead` fell silent and the owner records were scanned.
+pub async fn adopted_by(nats: &NatsServer, client_id: &str, dead: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((node, _)) = owner_of(nats, client_id).await {
+            if node != dead {
+                return node;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client_id}: still owned by the dead node {dead} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `client_id`'s owner record: node and instance (which start of it); `None` while it has none.
+pub async fn owner_of(nats: &NatsServer, client_id: &str) -> Option<(String, u64)> {
+    let client = async_nats::connect(nats.url()).await.expect("NATS connect");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("gateway_sessions")
+        .await
+        .expect("owner records");
+    let key = format!("c{}", URL_SAFE_NO_PAD.encode(client_id));
+    let value = kv.get(&key).await.expect("owner record")?;
+    let owner: serde_json::Value = serde_json::from_slice(&value).expect("owner record");
+    Some((
+        owner["node"].as_str().expect("node").to_owned(),
+        owner["instance"].as_u64().expect("instance"),
+    ))
 }
