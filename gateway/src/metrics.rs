@@ -172,6 +172,26 @@ const CLUSTER_DROPS: [(ClusterDrop, &str); 4] = [
     (ClusterDrop::Overflow, "overflow"),
 ];
 
+/// Why a client's QoS 1/2 message sent to other nodes was refused to its publisher (v5 0x80,
+/// a 3.1.1 client closed) rather than acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub enum ClusterRefusal {
+    /// Not written to NATS: the queue towards it full, the connection lost, or not flushed
+    /// within 5 s (`cluster::confirm`).
+    Unconfirmed,
+    /// A node holding persistent subscribers of it did not answer within 5 s, said its store
+    /// failed, or had restarted since (`cluster::watermark`).
+    Unanswered,
+    /// A silent node's persistent sessions wanted it and are not adopted yet (`interest`).
+    Owed,
+}
+
+const CLUSTER_REFUSALS: [(ClusterRefusal, &str); 3] = [
+    (ClusterRefusal::Unconfirmed, "unconfirmed"),
+    (ClusterRefusal::Unanswered, "unanswered"),
+    (ClusterRefusal::Owed, "owed"),
+];
+
 /// How a CONNECT's claim of its client id across the cluster was settled.
 #[derive(Debug, Clone, Copy)]
 pub enum ClaimOutcome {
@@ -235,6 +255,7 @@ pub struct ClusterMetrics {
     /// Retained sets and clears read from the retained stream into this node's copy.
     pub retained_applied: Counter,
     dropped: [Counter; CLUSTER_DROPS.len()],
+    refused: [Counter; CLUSTER_REFUSALS.len()],
     claims: [Counter; CLAIM_OUTCOMES.len()],
     takeovers: [Counter; TAKEOVERS.len()],
     /// Sessions this node handed to another node that claimed their client id.
@@ -250,6 +271,10 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     pub fn dropped(&self, reason: ClusterDrop) {
         self.dropped[reason as usize].increment(1);
+    }
+
+    pub fn refused(&self, reason: ClusterRefusal, messages: usize) {
+        self.refused[reason as usize].increment(messages as u64);
     }
 
     pub fn claimed(&self, outcome: ClaimOutcome) {
@@ -575,6 +600,9 @@ impl Metrics {
                 read_seconds: histogram!(CLUSTER_SESSION_READ),
                 dropped: CLUSTER_DROPS.map(|(_, reason)| {
                     counter!("gateway_cluster_messages_dropped_total", "reason" => reason)
+                }),
+                refused: CLUSTER_REFUSALS.map(|(_, reason)| {
+                    counter!("gateway_cluster_messages_refused_total", "reason" => reason)
                 }),
             },
             recorder: None,
@@ -992,6 +1020,11 @@ fn describe() {
         "Messages not sent to or not taken from the cluster, by reason."
     );
     describe_counter!(
+        "gateway_cluster_messages_refused_total",
+        "Clients' QoS 1/2 messages for other nodes refused to their publishers (v5 0x80, 3.1.1 \
+         closed) instead of acknowledged, by reason."
+    );
+    describe_counter!(
         "gateway_cluster_claims_total",
         "CONNECTs' claims of their client id across the cluster, by outcome (local: granted on \
          this node alone, NATS or the owner record unreachable)."
@@ -1221,6 +1254,9 @@ mod tests {
             assert_eq!(*reason as usize, i, "{reason:?}");
         }
         for (i, (reason, _)) in CLUSTER_DROPS.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for (i, (reason, _)) in CLUSTER_REFUSALS.iter().enumerate() {
             assert_eq!(*reason as usize, i, "{reason:?}");
         }
         for (i, (outcome, _)) in CLAIM_OUTCOMES.iter().enumerate() {

@@ -117,6 +117,12 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
         &["reason=\"cluster_unconfirmed\""],
     );
     assert_eq!(closed, 1.0);
+    let refused = total(
+        &samples(&a.metrics().await),
+        "gateway_cluster_messages_refused_total",
+        &["reason=\"unconfirmed\""],
+    );
+    assert_eq!(refused, 2.0, "the v5 refusal and the 3.1.1 close");
     p.send(&publish(V::V5, "cc/3", 5, b"three")).await;
     assert_eq!(reason(&p.expect_packet("PUBACK 5").await, 5), 0);
 }
@@ -191,6 +197,21 @@ async fn a_message_for_a_dead_nodes_session_before_its_adoption_is_refused_not_l
         "{} acknowledged, {refused_held} refused while adoption was held",
         acked.len()
     );
+
+    let counted = |reason: &'static str| {
+        let b = &b;
+        async move {
+            total(
+                &samples(&b.metrics().await),
+                "gateway_cluster_messages_refused_total",
+                &[&format!("reason=\"{reason}\"")],
+            )
+        }
+    };
+    // The first message waited for the dead node's answer; the others found its entries owed
+    // (some after the hold too, until the adoption was done).
+    assert_eq!(counted("unanswered").await, 1.0);
+    assert!(counted("owed").await >= (refused_held - 1) as f64);
 
     let mut back = v5::Client::connect(v5::persistent(b.mqtt, &id, 300)).await;
     assert!(back.connack.session_present, "the session was adopted");

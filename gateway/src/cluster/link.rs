@@ -56,7 +56,7 @@ use super::{Claiming, Cluster, ClusterState, Confirm, Interest, Sessions};
 use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::message::Message;
-use crate::metrics::{ClusterDrop, DropReason, Metrics};
+use crate::metrics::{ClusterDrop, ClusterRefusal, DropReason, Metrics};
 use crate::nats::{Nats, NatsError, EVENT_BACKLOG};
 use crate::router::{Router, Subscriber};
 use crate::session::SessionId;
@@ -303,6 +303,7 @@ impl Cluster for NatsCluster {
         if confirm.waits() && self.remote.owes(&msg.topic) {
             // A dead node's persistent sessions want it and are not adopted yet.
             if let Some(part) = confirm.send() {
+                self.metrics.cluster.refused(ClusterRefusal::Owed, 1);
                 part.complete(Err(Refusal::Unavailable));
             }
         }
@@ -313,6 +314,7 @@ impl Cluster for NatsCluster {
         // A send dropped with a waiting publisher refuses it: the other nodes lost the message.
         let refuse = |dropped: Result<(), Option<Arc<Ticket>>>| {
             if let Err(Some(ticket)) = dropped {
+                self.metrics.cluster.refused(ClusterRefusal::Unconfirmed, 1);
                 ticket.complete(Err(Refusal::Unavailable));
             }
         };
@@ -649,7 +651,7 @@ impl Link {
                         }
                     }
                     if !waiting.is_empty() {
-                        tokio::spawn(confirm_flushed(client.clone(), waiting, c.unconfirmed.clone()));
+                        tokio::spawn(confirm_flushed(client.clone(), waiting, c.clone()));
                     }
                 }
                 _ = c.wake.notified() => {
@@ -712,7 +714,10 @@ impl Link {
                     let instances = c.remote.instances();
                     st.dedup.keep(&instances);
                     st.receipts.keep(&instances);
-                    c.awaiting.expire(now);
+                    let refusals = c.awaiting.expire(now);
+                    c.metrics
+                        .cluster
+                        .refused(ClusterRefusal::Unanswered, refusals);
                 }
             }
         }
@@ -766,7 +771,10 @@ impl Link {
         {
             if *to == c.instance {
                 if let Some(id) = c.remote.node_id(node) {
-                    c.awaiting.answered(id, *from, *seq, refused);
+                    let refusals = c.awaiting.answered(id, *from, *seq, refused);
+                    c.metrics
+                        .cluster
+                        .refused(ClusterRefusal::Unanswered, refusals);
                 }
             }
             return;
@@ -957,7 +965,7 @@ async fn answer(c: &NatsCluster, client: &Client, router: &Router, st: &mut Stat
 /// Completes the tickets of a published batch once the client has written it to the NATS
 /// connection, or refuses them when that does not happen within `FLUSH_TIMEOUT`. A task of its
 /// own: a slow connection holds these publishers, not the link.
-async fn confirm_flushed(client: Client, tickets: Vec<Arc<Ticket>>, unconfirmed: Arc<AtomicUsize>) {
+async fn confirm_flushed(client: Client, tickets: Vec<Arc<Ticket>>, c: Arc<NatsCluster>) {
     let flushed = async {
         #[cfg(feature = "fault-injection")]
         while crate::fault::cluster_flush_held() {
@@ -969,7 +977,12 @@ async fn confirm_flushed(client: Client, tickets: Vec<Arc<Ticket>>, unconfirmed:
         Ok(Ok(())) => Ok(()),
         _ => Err(Refusal::Unavailable),
     };
-    unconfirmed.fetch_sub(tickets.len(), Ordering::Relaxed);
+    c.unconfirmed.fetch_sub(tickets.len(), Ordering::Relaxed);
+    if outcome.is_err() {
+        c.metrics
+            .cluster
+            .refused(ClusterRefusal::Unconfirmed, tickets.len());
+    }
     for ticket in tickets {
         ticket.complete(outcome);
     }

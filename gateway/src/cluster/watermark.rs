@@ -137,7 +137,8 @@ impl Awaiting {
 
     /// `node` answered: everything from `from` up to `seq` taken in but `refused`; what it
     /// was to get before `from` it never will (an earlier start of it got it, and died).
-    pub(super) fn answered(&self, node: u32, from: u64, seq: u64, refused: &[u64]) {
+    /// Returns how many messages were refused to their publishers.
+    pub(super) fn answered(&self, node: u32, from: u64, seq: u64, refused: &[u64]) -> usize {
         let mut settled = Vec::new();
         {
             let mut pending = self.pending.lock();
@@ -165,13 +166,15 @@ impl Awaiting {
                 }
             }
         }
+        let refusals = settled.iter().filter(|(_, o)| o.is_err()).count();
         for (ticket, outcome) in settled {
             ticket.complete(outcome);
         }
+        refusals
     }
 
-    /// Refuses the publishers of the messages unanswered past their time.
-    pub(super) fn expire(&self, now: Instant) {
+    /// Refuses the publishers of the messages unanswered past their time; returns how many.
+    pub(super) fn expire(&self, now: Instant) -> usize {
         let late: Vec<Arc<Ticket>> = {
             let mut pending = self.pending.lock();
             let seqs: Vec<u64> = pending
@@ -184,9 +187,11 @@ impl Awaiting {
                 .map(|a| a.ticket)
                 .collect()
         };
+        let refusals = late.len();
         for ticket in late {
             ticket.complete(Err(Refusal::Unavailable));
         }
+        refusals
     }
 
     /// Messages waiting.
