@@ -220,6 +220,68 @@ async fn a_restarted_node_takes_its_sessions_back_and_queues_for_them() {
     publisher.disconnect().await;
 }
 
+/// A node stopped cleanly (a restart: it says so, and is not adopted from) leaves its
+/// persistent sessions without a home until it is back: what is published for them meanwhile
+/// on another node is refused to its publisher, not acknowledged and lost; once the node is
+/// back it queues for them again, and the client gets every message that was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_cleanly_has_its_sessions_messages_refused_until_it_is_back() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = binary::scratch::Scratch::new("bye");
+    let mut a = ready_node(&nats, "a", &dir).await;
+    let b = ready_node(&nats, "b", &dir).await;
+    let id = unique_id("bye");
+    let sub = subscribed(a.addr, V::V5, &id, "bye/#").await;
+    tokio::time::sleep(SETTLE).await;
+    a.signal(libc::SIGTERM);
+    assert!(a.exit_status(WAIT).await.success());
+    drop(sub);
+
+    let mut publisher = v5::connect(b.addr, &unique_id("bye-pub")).await;
+    let (mut acked, mut refused_down) = (Vec::new(), 0);
+    let mut restarted = None;
+    for seq in 1u32.. {
+        let reason = publisher
+            .publish_acked_within(WAIT * 2, "bye/x", seq.to_string())
+            .await;
+        match reason {
+            v5::PubAckReason::Success => acked.push(seq),
+            v5::PubAckReason::UnspecifiedError => refused_down += usize::from(restarted.is_none()),
+            other => panic!("message {seq}: {other:?}"),
+        }
+        match &restarted {
+            // Down for 10 messages: a's interest went with its goodbye.
+            None if seq == 10 => {
+                restarted = Some((ready_node(&nats, "a", &dir).await, Instant::now()));
+            }
+            None => {}
+            Some(_) if acked.len() >= 10 => break,
+            Some((_, at)) => assert!(
+                at.elapsed() < Duration::from_secs(20),
+                "refused 20 s after the restart"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut client = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
+    assert!(client.connack.session_present, "the session was kept");
+    let mut got = std::collections::BTreeSet::new();
+    while let Some(p) = client.try_next_publish(QUIET).await {
+        got.insert(String::from_utf8(p.payload.to_vec()).expect("UTF-8"));
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|seq| !got.contains(&seq.to_string()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert_eq!(refused_down, 10, "every message refused while a was down");
+    client.disconnect().await;
+    publisher.disconnect().await;
+}
+
 /// A persistent session whose node is killed is taken up by a survivor once that node falls
 /// silent: what is published for it meanwhile, on any node, is queued there and reaches its
 /// client when it comes back, here on the survivor that did not adopt it (a live hand-over from

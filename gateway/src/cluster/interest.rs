@@ -24,9 +24,11 @@
 //! Each entry says whether a persistent session subscribes to it (`durable`): the node counts
 //! its persistent subscribers per entry (`Interest::PersistentIn` / `PersistentOut` from the
 //! router) and announces the entry again when that count leaves or reaches zero. A sender can
-//! tell from it which nodes hold what must not be lost. A node that falls silent leaves its
-//! durable plain entries behind as owed (`owes`) until its sessions are adopted (`settle`), it
-//! is heard again, or `OWED_FOR` passed: what they match has nowhere safe to go meanwhile.
+//! tell from it which nodes hold what must not be lost. A node that falls silent, or says it is
+//! leaving (a restart, expected back), leaves its durable plain entries behind as owed
+//! (`owes`) until its sessions are adopted (`settle`), it announces each of them as durable
+//! again (back, its sessions taken back), or `OWED_FOR` passed: what they match has nowhere
+//! safe to go meanwhile.
 //!
 //! Worst cases are bounded: a node missing a delta forwards a message nobody wants (wasted, not
 //! wrong) or does not forward one for at most a beat (the new subscriber's first messages from
@@ -44,9 +46,9 @@ use crate::topic_index::{Matches, TopicIndex};
 
 /// A node silent for this long is taken as gone (beats come every second).
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a silent node's durable entries are owed at most: its adoption comes once the
-/// survivors' connections have been up for `adoption::STEADY` (15 s) and a ping went
-/// unanswered.
+/// How long a silent or leaving node's durable entries are owed at most: a silent node's
+/// adoption comes at the latest once the survivors' connections have been up for
+/// `adoption::STEADY` (15 s) and a ping went unanswered; a restart takes seconds.
 const OWED_FOR: Duration = Duration::from_secs(30);
 /// At most one snapshot request per node in this time: beats and deltas that keep disagreeing
 /// while a snapshot is on its way must not ask again and again.
@@ -207,6 +209,9 @@ pub(crate) struct RemoteInterest {
     owed_by: Mutex<HashMap<String, Owed>>,
     /// Whether `owed` holds anything: the common case asks nothing more.
     owing: std::sync::atomic::AtomicBool,
+    /// The start of each node that last said goodbye (one per node name): nothing more of it
+    /// is taken in.
+    left: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for RemoteInterest {
@@ -221,6 +226,7 @@ impl Default for RemoteInterest {
             owed: TopicIndex::new(),
             owed_by: Mutex::new(HashMap::new()),
             owing: std::sync::atomic::AtomicBool::new(false),
+            left: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -273,6 +279,11 @@ impl RemoteInterest {
         if from == me {
             return Reply::Nothing;
         }
+        // A start that said goodbye still beats or answers until its process ends: taking it
+        // back in would undo its goodbye (and settle what it owes) for a node about to vanish.
+        if msg.instance().is_some() && self.left.lock().get(&from) == msg.instance().as_ref() {
+            return Reply::Nothing;
+        }
         let mut peers = self.peers.lock();
         if let Some(p) = peers.get_mut(&from) {
             p.last_seen = now;
@@ -283,17 +294,18 @@ impl RemoteInterest {
             Control::Sync { node } => Reply::SnapshotTo(node),
             Control::Bye { node, instance } => {
                 if peers.get(&node).is_some_and(|p| p.instance == instance) {
+                    self.left.lock().insert(node.clone(), instance);
                     if let Some(p) = peers.remove(&node) {
+                        // Expected back (it is not adopted from): until it is, or for
+                        // `OWED_FOR`, what its persistent sessions want has nowhere to go.
+                        self.owe(&node, &p, now);
                         self.drop_peer(p);
                     }
                 }
                 Reply::Nothing
             }
-            Control::Hello { node, .. } => {
-                // Back: what it owed is its own again.
-                self.settle(&node);
-                Reply::SnapshotTo(node)
-            }
+            // Back: what it owed is settled entry by entry as its snapshot announces them.
+            Control::Hello { node, .. } => Reply::SnapshotTo(node),
             Control::Snapshot {
                 node,
                 instance,
@@ -379,6 +391,9 @@ impl RemoteInterest {
         }
         p.version = version;
         if let Some(durable) = added {
+            if durable {
+                self.covered(node, &entry);
+            }
             let was = p.entries.insert(entry.clone(), durable);
             if was != Some(durable) {
                 // A changed flag replaces the index's value; a new entry adds one.
@@ -407,6 +422,9 @@ impl RemoteInterest {
         now: Instant,
     ) {
         let new: HashMap<Entry, bool> = entries.into_iter().map(|a| (a.entry, a.durable)).collect();
+        for (entry, _) in new.iter().filter(|(_, durable)| **durable) {
+            self.covered(node, entry);
+        }
         let peer = match peers.get_mut(node) {
             Some(p) => p,
             None => {
@@ -469,21 +487,7 @@ impl RemoteInterest {
             .collect();
         for (name, _) in &silent {
             if let Some(p) = peers.remove(name) {
-                let owed: Vec<Entry> = p
-                    .entries
-                    .iter()
-                    .filter(|(e, durable)| **durable && e.group.is_none())
-                    .map(|(e, _)| e.clone())
-                    .collect();
-                if !owed.is_empty() {
-                    for e in &owed {
-                        self.owed.insert(&e.filter, None, p.id, ());
-                    }
-                    self.owing.store(true, Ordering::Relaxed);
-                    self.owed_by
-                        .lock()
-                        .insert(name.clone(), (p.id, now + OWED_FOR, owed));
-                }
+                self.owe(name, &p, now);
                 self.drop_peer(p);
             }
         }
@@ -501,13 +505,53 @@ impl RemoteInterest {
         silent
     }
 
+    /// Leaves `peer`'s durable plain entries owed for `OWED_FOR` at most.
+    fn owe(&self, name: &str, peer: &Peer, now: Instant) {
+        let owed: Vec<Entry> = peer
+            .entries
+            .iter()
+            .filter(|(e, durable)| **durable && e.group.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
+        if owed.is_empty() {
+            return;
+        }
+        for e in &owed {
+            self.owed.insert(&e.filter, None, peer.id, ());
+        }
+        self.owing.store(true, Ordering::Relaxed);
+        self.owed_by
+            .lock()
+            .insert(name.to_owned(), (peer.id, now + OWED_FOR, owed));
+    }
+
     /// Whether a silent node's persistent sessions wanted `topic`: a message for them has
     /// nowhere safe to go until they are adopted.
     pub(crate) fn owes(&self, topic: &str) -> bool {
         self.owing.load(Ordering::Relaxed) && !self.owed.matches(topic).plain.is_empty()
     }
 
-    /// What `node` owed is settled: its sessions adopted, or it is back.
+    /// `node` announces `entry` as durable again: what it owed for it is settled.
+    fn covered(&self, node: &str, entry: &Entry) {
+        if !self.owing.load(Ordering::Relaxed) || entry.group.is_some() {
+            return;
+        }
+        let mut owed_by = self.owed_by.lock();
+        let Some((id, _, entries)) = owed_by.get_mut(node) else {
+            return;
+        };
+        let before = entries.len();
+        entries.retain(|e| e != entry);
+        if entries.len() < before {
+            self.owed.remove(&entry.filter, None, id);
+        }
+        if entries.is_empty() {
+            owed_by.remove(node);
+        }
+        self.owing.store(!owed_by.is_empty(), Ordering::Relaxed);
+    }
+
+    /// What `node` owed is settled: its sessions adopted (or found alive), or overdue.
     pub(crate) fn settle(&self, node: &str) {
         let mut owed_by = self.owed_by.lock();
         if let Some((id, _, entries)) = owed_by.remove(node) {
@@ -764,6 +808,61 @@ mod tests {
         }
     }
 
+    /// A node that leaves cleanly (a restart) is expected back and not adopted from: until it
+    /// is back, or `OWED_FOR` passed, its persistent sessions' messages are refused, not lost.
+    #[test]
+    fn a_leaving_nodes_durable_entries_are_owed_until_it_is_back() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        hello(&r, "b", &["clean/#"], t);
+        r.apply(add_durable("b", 1, "keep/#", true), "a", t);
+        let bye = |instance| Control::Bye {
+            node: "b".into(),
+            instance,
+        };
+        let snapshot = |instance, durable| {
+            let keep = Announced {
+                entry: entry("keep/#"),
+                durable,
+            };
+            snapshot_parts("b", instance, 1, [keep]).remove(0)
+        };
+        r.apply(bye(1), "a", t);
+        assert!(!wants(&r, "keep/1") && !wants(&r, "clean/1"));
+        assert!(r.owes("keep/1") && !r.owes("clean/1"));
+        // The start that left still beats and answers until its process ends: ignored.
+        let beat = Control::Beat {
+            node: "b".into(),
+            instance: 1,
+            version: 1,
+        };
+        assert_eq!(r.apply(beat, "a", t), Reply::Nothing);
+        r.apply(snapshot(1, true), "a", t);
+        assert!(
+            !wants(&r, "keep/1") && r.owes("keep/1"),
+            "its goodbye stands"
+        );
+        // Back as a new start, its sessions not yet taken back (or their clients gone
+        // elsewhere): still owed, until it announces the entry as durable again.
+        let back = t + Duration::from_secs(2);
+        let hello2 = Control::Hello {
+            node: "b".into(),
+            instance: 2,
+        };
+        assert_eq!(r.apply(hello2, "a", back), Reply::SnapshotTo("b".into()));
+        r.apply(snapshot(2, false), "a", back);
+        assert!(wants(&r, "keep/1") && r.owes("keep/1"));
+        r.apply(snapshot(2, true), "a", back);
+        assert!(!r.owes("keep/1"), "announced as durable again");
+        r.apply(bye(2), "a", back);
+        assert!(r
+            .expire(back + OWED_FOR - Duration::from_millis(1))
+            .is_empty());
+        assert!(r.owes("keep/1"));
+        r.expire(back + OWED_FOR);
+        assert!(!r.owes("keep/1"), "not back in time: owed no longer");
+    }
+
     #[test]
     fn a_silent_nodes_durable_entries_are_owed_until_settled_or_overdue() {
         let r = RemoteInterest::default();
@@ -784,7 +883,20 @@ mod tests {
         r.expire(later);
         assert!(r.owes("keep/1"));
         hello(&r, "b", &[], later);
-        assert!(!r.owes("keep/1"), "heard again");
+        assert!(r.owes("keep/1"), "heard again, without it");
+        let parts = snapshot_parts(
+            "b",
+            1,
+            3,
+            [Announced {
+                entry: entry("keep/#"),
+                durable: true,
+            }],
+        );
+        for part in parts {
+            r.apply(part, "a", later);
+        }
+        assert!(!r.owes("keep/1"), "heard again, with it");
         r.apply(add_durable("b", 1, "keep/#", true), "a", later);
         let silent = later + PEER_TIMEOUT + Duration::from_secs(1);
         r.expire(silent);
