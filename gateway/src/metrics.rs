@@ -176,7 +176,7 @@ const CLUSTER_DROPS: [(ClusterDrop, &str); 4] = [
 /// a 3.1.1 client closed) rather than acknowledged.
 #[derive(Debug, Clone, Copy)]
 pub enum ClusterRefusal {
-    /// Not written to NATS: the queue towards it full, the connection lost, or not flushed
+    /// Not written to NATS: the connection down, the queue towards it full, or not flushed
     /// within 5 s (`cluster::confirm`).
     Unconfirmed,
     /// A node holding persistent subscribers of it did not answer within 5 s, said its store

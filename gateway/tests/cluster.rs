@@ -580,12 +580,15 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_c
     sub_b.subscribe("r/#", v3::QoS::AtLeastOnce).await;
     let mut sub_c = v3::connect(c.mqtt, &unique_id("sub-c")).await;
     sub_c.subscribe("r/+", v3::QoS::AtLeastOnce).await;
-    interest(&a, 2.0).await;
+    // A persistent session on b: what it wants must not be acknowledged and then lost.
+    let mut keep = v5::Client::connect(v5::persistent(b.mqtt, &unique_id("keep"), 300)).await;
+    keep.subscribe("p/#", v5::QoS::AtLeastOnce).await;
+    interest(&a, 3.0).await;
     // A clean shutdown says goodbye: the others drop its interest without waiting for its
     // beats to stop (5 s).
     c.shutdown().await;
     within(Duration::from_secs(1), "a forgetting c", async {
-        while metric(&a, "gateway_cluster_remote_interest", &[]).await != 1.0 {
+        while metric(&a, "gateway_cluster_remote_interest", &[]).await != 2.0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -616,6 +619,19 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_c
         .await
             >= 1.0
     );
+    // What b's persistent session wants is refused instead, so that its publisher sends it
+    // again (the local delivery above was made all the same).
+    let mut pub5 = v5::connect(a.mqtt, &unique_id("pub5")).await;
+    assert_eq!(
+        pub5.publish_acked("p/x", "refused").await,
+        v5::PubAckReason::UnspecifiedError
+    );
+    let refused = metric(
+        &a,
+        "gateway_cluster_messages_refused_total",
+        &["\"unconfirmed\""],
+    );
+    assert_eq!(refused.await, 1.0);
     // b's interest changes while NATS is away: nothing can be announced then.
     sub_b.subscribe("r2/#", v3::QoS::AtLeastOnce).await;
     let Some(_nats) = NatsServer::start_on(port).await else {
@@ -625,7 +641,7 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_c
     assert!(ready(&b, 200, Duration::from_secs(20)).await);
     // b's hello and snapshot after reconnecting (or, failing those, a beat showing another
     // version) bring a's view up to date.
-    interest(&a, 2.0).await;
+    interest(&a, 3.0).await;
     pub_a
         .publish_confirmed("r2/x", v3::QoS::AtLeastOnce, false, "new filter")
         .await;
@@ -634,6 +650,11 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_nats_restarting_heals_the_c
         .publish_confirmed("r/x", v3::QoS::AtLeastOnce, false, "back")
         .await;
     assert_eq!(&sub_b.next_publish(WAIT).await.payload[..], b"back");
+    assert_eq!(
+        pub5.publish_acked("p/x", "kept").await,
+        v5::PubAckReason::Success
+    );
+    assert_eq!(&keep.next_publish(WAIT).await.payload[..], b"kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,7 +240,7 @@ impl NatsCluster {
     /// whose persistent subscribers it goes to: `watermark`). Dropped, it gives back the ticket
     /// (if any) for the caller to complete. A message is not held for NATS that is down (the
     /// README's outage terms) or can never go (too large): it is dropped, counted, and nobody
-    /// waits.
+    /// waits, unless it was for persistent subscribers elsewhere, whose publisher is refused.
     fn send(
         &self,
         subject: String,
@@ -252,7 +252,7 @@ impl NatsCluster {
         let m = &self.metrics.cluster;
         if !self.nats.is_connected() {
             m.dropped(ClusterDrop::LinkDown);
-            return Err(None);
+            return Err((!durable.is_empty()).then(|| confirm.send()).flatten());
         }
         if subject.len() > MAX_SUBJECT {
             m.dropped(ClusterDrop::TooLarge);
