@@ -17,12 +17,11 @@ mod cluster_node;
 mod common;
 mod observe;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use clients::raw::{self, publish_of, End, Frame, Raw, PUBACK, PUBLISH, V};
-use clients::{unique_id, v5, QUIET, WAIT};
-use cluster_node::{cluster_ready, owner_of, ready_node_with};
+use clients::{unique_id, v5, WAIT};
+use cluster_node::{cluster_ready, never_delivered, owner_of, ready_node_with};
 use common::nats::NatsServer;
 use observe::{samples, total, Observed};
 
@@ -213,22 +212,12 @@ async fn a_message_for_a_dead_nodes_session_before_its_adoption_is_refused_not_l
     assert_eq!(counted("unanswered").await, 1.0);
     assert!(counted("owed").await >= (refused_held - 1) as f64);
 
-    let mut back = v5::Client::connect(v5::persistent(b.mqtt, &id, 300)).await;
-    assert!(back.connack.session_present, "the session was adopted");
-    let mut got = BTreeSet::new();
-    while let Some(p) = back.try_next_publish(QUIET).await {
-        got.insert(String::from_utf8(p.payload.to_vec()).expect("UTF-8"));
-    }
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|seq| !got.contains(&seq.to_string()))
-        .collect();
+    let lost = never_delivered(b.mqtt, &id, 300, &acked).await;
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert!(homeless.is_empty(), "acknowledged while owed: {homeless:?}");
     assert!(
         refused_held >= 10,
         "refused between expiry and adoption: {refused_held}"
     );
-    back.disconnect().await;
     publisher.disconnect().await;
 }

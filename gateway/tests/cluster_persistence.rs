@@ -21,7 +21,7 @@ use base64::Engine;
 use binary::Gateway;
 use clients::raw::{self, Connect, Raw, V};
 use clients::{unique_id, v3, v5, QUIET, WAIT};
-use cluster_node::{adopted_by, owner_of};
+use cluster_node::{adopted_by, never_delivered, owner_of};
 use common::nats::NatsServer;
 
 /// Long enough for the records of what the subscribers were sent (not waited for, unlike a
@@ -266,19 +266,9 @@ async fn a_node_restarted_cleanly_has_its_sessions_messages_refused_until_it_is_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut client = v5::Client::connect(v5::persistent(b.addr, &id, EXPIRY)).await;
-    assert!(client.connack.session_present, "the session was kept");
-    let mut got = std::collections::BTreeSet::new();
-    while let Some(p) = client.try_next_publish(QUIET).await {
-        got.insert(String::from_utf8(p.payload.to_vec()).expect("UTF-8"));
-    }
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|seq| !got.contains(&seq.to_string()))
-        .collect();
+    let lost = never_delivered(b.addr, &id, EXPIRY, &acked).await;
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     assert_eq!(refused_down, 10, "every message refused while a was down");
-    client.disconnect().await;
     publisher.disconnect().await;
 }
 

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::binary::{scratch::Scratch, Gateway};
-use super::clients::{unique_id, v5, WAIT};
+use super::clients::{unique_id, v5, QUIET, WAIT};
 use super::common::nats::NatsServer;
 
 /// A node of the cluster on `nats`, named `name`, with `more` in its configuration (TOML
@@ -76,4 +76,21 @@ pub async fn owner_of(nats: &NatsServer, client_id: &str) -> Option<(String, u64
         owner["node"].as_str().expect("node").to_owned(),
         owner["instance"].as_u64().expect("instance"),
     ))
+}
+
+/// Connects the persistent v5 session `id` again on `addr` (it must find its session there)
+/// and returns the messages of `acked` (each payload its number) it is not given.
+pub async fn never_delivered(addr: SocketAddr, id: &str, expiry: u32, acked: &[u32]) -> Vec<u32> {
+    let mut back = v5::Client::connect(v5::persistent(addr, id, expiry)).await;
+    assert!(back.connack.session_present, "{id}: its session was kept");
+    let mut got = std::collections::BTreeSet::new();
+    while let Some(p) = back.try_next_publish(QUIET).await {
+        got.insert(String::from_utf8(p.payload.to_vec()).expect("UTF-8"));
+    }
+    back.disconnect().await;
+    acked
+        .iter()
+        .copied()
+        .filter(|seq| !got.contains(&seq.to_string()))
+        .collect()
 }
