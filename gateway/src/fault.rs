@@ -3,9 +3,10 @@
 //! session whose client id starts with `PANIC_ON_RESUME` panics when the parker resumes it from
 //! hibernation (inside the parker's task); this file holds them and the process-wide switches
 //! (a store that cannot write, a cluster link whose writes to NATS are not confirmed, a node
-//! slow to adopt a dead node's sessions).
+//! slow to adopt a dead node's sessions, one that stops taking messages from the others in).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// Client ids starting with this panic on leaving hibernation (`Sleeper::resume`).
 pub const PANIC_ON_RESUME: &str = "fault-resume-panic";
@@ -44,4 +45,21 @@ pub fn set_adoption_held(held: bool) {
 
 pub(crate) fn adoption_held() -> bool {
     ADOPTION_HELD.load(Ordering::Relaxed)
+}
+
+static CLUSTER_RECEIVE_HELD: Mutex<Option<String>> = Mutex::new(None);
+
+/// Holds the cluster link of node `node` (one node of the process; None: none) from taking
+/// messages from other nodes in, until switched off again: they pile up in its NATS
+/// subscriptions, and beyond their capacity the client drops them as a slow consumer.
+pub fn set_cluster_receive_held(node: Option<&str>) {
+    if let Ok(mut held) = CLUSTER_RECEIVE_HELD.lock() {
+        *held = node.map(str::to_owned);
+    }
+}
+
+pub(crate) fn cluster_receive_held(node: &str) -> bool {
+    CLUSTER_RECEIVE_HELD
+        .lock()
+        .is_ok_and(|held| held.as_deref() == Some(node))
 }

@@ -163,13 +163,17 @@ pub enum ClusterDrop {
     TooLarge,
     /// The queue towards NATS was full (NATS slower than the publishers).
     Overflow,
+    /// A message from NATS the client dropped because this node's subscription had 8,192
+    /// waiting (the node too busy to take them in).
+    SlowConsumer,
 }
 
-const CLUSTER_DROPS: [(ClusterDrop, &str); 4] = [
+const CLUSTER_DROPS: [(ClusterDrop, &str); 5] = [
     (ClusterDrop::Malformed, "malformed"),
     (ClusterDrop::LinkDown, "link_down"),
     (ClusterDrop::TooLarge, "too_large"),
     (ClusterDrop::Overflow, "overflow"),
+    (ClusterDrop::SlowConsumer, "slow_consumer"),
 ];
 
 /// Why a client's QoS 1/2 message sent to other nodes was refused to its publisher (v5 0x80,
@@ -271,6 +275,10 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     pub fn dropped(&self, reason: ClusterDrop) {
         self.dropped[reason as usize].increment(1);
+    }
+
+    pub fn dropped_many(&self, reason: ClusterDrop, messages: u64) {
+        self.dropped[reason as usize].increment(messages);
     }
 
     pub fn refused(&self, reason: ClusterRefusal, messages: usize) {

@@ -7,7 +7,7 @@
 //! clients while NATS is down, and recover by itself when it returns. Connection events are
 //! handed to the owner through a channel; `connected` is the flag readiness and metrics read.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub(crate) enum NatsError {
 pub(crate) struct Nats {
     pub(crate) client: Client,
     connected: Arc<AtomicBool>,
+    /// Messages the client dropped because a subscription's channel was full (one event each;
+    /// counted here, since the events channel itself may drop them).
+    slow_consumer_drops: Arc<AtomicU64>,
 }
 
 impl Nats {
@@ -54,6 +57,8 @@ impl Nats {
     ) -> Result<Nats, NatsError> {
         let connected = Arc::new(AtomicBool::new(false));
         let flag = connected.clone();
+        let slow_consumer_drops = Arc::new(AtomicU64::new(0));
+        let drops = slow_consumer_drops.clone();
         let mut options = ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -64,6 +69,9 @@ impl Nats {
                 match event {
                     Event::Connected => flag.store(true, Ordering::Release),
                     Event::Disconnected | Event::Closed => flag.store(false, Ordering::Release),
+                    Event::SlowConsumer(_) => {
+                        drops.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => {}
                 }
                 let events = events.clone();
@@ -99,7 +107,16 @@ impl Nats {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         let client = options.connect(config.servers.as_slice()).await?;
-        Ok(Nats { client, connected })
+        Ok(Nats {
+            client,
+            connected,
+            slow_consumer_drops,
+        })
+    }
+
+    /// Messages dropped so far because a subscription of this connection fell behind.
+    pub(crate) fn slow_consumer_drops(&self) -> u64 {
+        self.slow_consumer_drops.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_connected(&self) -> bool {

@@ -7,7 +7,9 @@
 //! not come in time. A message no other node wants is acknowledged at once all along.
 //!
 //! Likewise a message for the persistent sessions of a node that died is refused, not
-//! acknowledged, until a survivor has adopted them (held with the adoption switch here).
+//! acknowledged, until a survivor has adopted them (held with the adoption switch here). And a
+//! node too busy to take messages from the others in (held with a third switch) has them
+//! dropped by its NATS client beyond its subscriptions' capacity: counted, not silent.
 //!
 //! Without `nats-server` the tests are skipped with a loud message, and fail under CI.
 
@@ -27,6 +29,14 @@ use observe::{samples, total, Observed};
 
 async fn metric(node: &Observed, name: &str) -> f64 {
     total(&samples(&node.metrics().await), name, &[])
+}
+
+const REFUSED: &str = "gateway_cluster_messages_refused_total";
+
+/// `name`'s series with `reason` on `node`.
+async fn reason_count(node: &Observed, name: &str, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    total(&samples(&node.metrics().await), name, &[&label])
 }
 
 /// The reason code of a v5 PUBACK (absent: success), checking its packet id.
@@ -110,18 +120,14 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
         "a 3.1.1 publisher is closed, not acknowledged"
     );
     gateway::fault::set_cluster_flush_held(false);
-    let closed = total(
-        &samples(&a.metrics().await),
+    let closed = reason_count(
+        &a,
         "gateway_connections_closed_total",
-        &["reason=\"cluster_unconfirmed\""],
+        "cluster_unconfirmed",
     );
-    assert_eq!(closed, 1.0);
-    let refused = total(
-        &samples(&a.metrics().await),
-        "gateway_cluster_messages_refused_total",
-        &["reason=\"unconfirmed\""],
-    );
-    assert_eq!(refused, 2.0, "the v5 refusal and the 3.1.1 close");
+    assert_eq!(closed.await, 1.0);
+    let refused = reason_count(&a, REFUSED, "unconfirmed");
+    assert_eq!(refused.await, 2.0, "the v5 refusal and the 3.1.1 close");
     p.send(&publish(V::V5, "cc/3", 5, b"three")).await;
     assert_eq!(reason(&p.expect_packet("PUBACK 5").await, 5), 0);
 }
@@ -197,20 +203,10 @@ async fn a_message_for_a_dead_nodes_session_before_its_adoption_is_refused_not_l
         acked.len()
     );
 
-    let counted = |reason: &'static str| {
-        let b = &b;
-        async move {
-            total(
-                &samples(&b.metrics().await),
-                "gateway_cluster_messages_refused_total",
-                &[&format!("reason=\"{reason}\"")],
-            )
-        }
-    };
     // The first message waited for the dead node's answer; the others found its entries owed
     // (some after the hold too, until the adoption was done).
-    assert_eq!(counted("unanswered").await, 1.0);
-    assert!(counted("owed").await >= (refused_held - 1) as f64);
+    assert_eq!(reason_count(&b, REFUSED, "unanswered").await, 1.0);
+    assert!(reason_count(&b, REFUSED, "owed").await >= (refused_held - 1) as f64);
 
     let lost = never_delivered(b.mqtt, &id, 300, &acked).await;
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
@@ -220,4 +216,63 @@ async fn a_message_for_a_dead_nodes_session_before_its_adoption_is_refused_not_l
         "refused between expiry and adoption: {refused_held}"
     );
     publisher.disconnect().await;
+}
+
+/// A node that does not take messages from the others in fast enough: its NATS client keeps
+/// 8,192 per subscription and drops the rest as a slow consumer, counted as
+/// `gateway_cluster_messages_dropped_total{reason="slow_consumer"}` (a lower bound: the client
+/// may drop some of its own events about it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_busy_node_cannot_take_in_are_counted_as_slow_consumer_drops() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = Observed::cluster_node(&nats.url(), "fast-a", |_| {}).await;
+    let b = Observed::cluster_node(&nats.url(), "slow-b", |_| {}).await;
+    let mut sub = Raw::connected(b.mqtt, V::V5, "slow-sub").await;
+    sub.subscribe(V::V5, "flood/#", 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&a, "gateway_cluster_remote_interest").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never saw b's interest"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    const DROPPED: &str = "gateway_cluster_messages_dropped_total";
+    assert_eq!(reason_count(&b, DROPPED, "slow_consumer").await, 0.0);
+
+    gateway::fault::set_cluster_receive_held(Some("slow-b"));
+    const SENT: usize = 12_000;
+    let mut p = Raw::connected(a.mqtt, V::V5, "flood-pub").await;
+    let one = V::V5.publish(PUBLISH, b"flood/x", None, &[], b"m");
+    p.send(&one.repeat(SENT)).await;
+    // Everything reached nats-server (a's own sent count), and piled up at b.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&a, "gateway_cluster_messages_sent_total").await < SENT as f64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never sent them all"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway::fault::set_cluster_receive_held(None);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let counted = loop {
+        let counted = reason_count(&b, DROPPED, "slow_consumer").await;
+        if counted > 0.0 || tokio::time::Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "{counted} slow-consumer drops counted of {} beyond capacity",
+        SENT - 8192
+    );
+    assert!(
+        (1.0..=(SENT - 8192) as f64).contains(&counted),
+        "{counted} counted"
+    );
 }

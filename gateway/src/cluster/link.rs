@@ -603,6 +603,8 @@ impl Link {
         let mut silent: Vec<(String, Instant)> = Vec::new();
         // The sessions of this node's earlier start are taken back once, when NATS is first up.
         let mut own_taken_back = false;
+        // Slow-consumer drops already counted.
+        let mut slow_seen = 0;
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => match event {
@@ -622,7 +624,7 @@ impl Link {
                 },
                 Some(msg) = all.next() => self.control(&client, &st, msg).await,
                 Some(msg) = direct.next() => self.control(&client, &st, msg).await,
-                Some(first) = st.data.next() => {
+                Some(first) = st.data.next(), if receiving(&c.node) => {
                     if let Some(router) = router.upgrade() {
                         receive_ready(&c, &router, &mut st, first);
                         answer(&c, &client, &router, &mut st).await;
@@ -662,6 +664,11 @@ impl Link {
                 _ = beat.tick() => {
                     // Events can be dropped under a burst: the client's own state is the truth.
                     let now = Instant::now();
+                    let slow = c.nats.slow_consumer_drops();
+                    c.metrics
+                        .cluster
+                        .dropped_many(ClusterDrop::SlowConsumer, slow - slow_seen);
+                    slow_seen = slow;
                     if c.nats.refresh() {
                         let beat = Control::Beat {
                             node: c.node.clone(),
@@ -960,6 +967,17 @@ async fn answer(c: &NatsCluster, client: &Client, router: &Router, st: &mut Stat
             .publish(c.node_subject(&node), control_bytes(&ack))
             .await;
     }
+}
+
+/// Whether the link takes messages from other nodes in now: always, but for a test holding
+/// them back (`fault::set_cluster_receive_held`) to make this node a slow consumer.
+fn receiving(node: &str) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if crate::fault::cluster_receive_held(node) {
+        return false;
+    }
+    let _ = node;
+    true
 }
 
 /// Completes the tickets of a published batch once the client has written it to the NATS
