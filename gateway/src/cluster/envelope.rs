@@ -8,13 +8,15 @@
 //!
 //! ```text
 //! version u8 (1) | flags u8 | origin u64 | seq u64
+//! [tallies: u16 count, then (instance u64, tally u64) each]    flags & ACK
 //! [expiry: u64, milliseconds left when sent]    flags & EXPIRY
 //! [topic: u16 length, UTF-8]                    flags & TOPIC
 //! [properties: u32 length, then entries]        flags & PROPERTIES
 //! payload: every remaining byte
 //! ```
-//! flags: bits 0-1 QoS, bit 2 RETAIN, bit 6 ACK (the sender waits for this node's answer that
-//! it took the message in: `watermark`). Property entries use MQTT's identifiers: 0x01 payload
+//! flags: bits 0-1 QoS, bit 2 RETAIN, bit 6 ACK (the sender waits for the answers of the nodes
+//! whose starts the tallies name, that they took the message in: `watermark`; each tally counts
+//! the asking messages the sender has sent that start). Property entries use MQTT's identifiers: 0x01 payload
 //! format (u8), 0x03 content type, 0x08 response topic (u16-length UTF-8), 0x09 correlation data
 //! (u16-length bytes), 0x26 user property (two u16-length UTF-8 strings). Integers are
 //! big-endian. `origin` (the sending node's instance) and `seq` let a receiver discard the
@@ -67,6 +69,8 @@ pub(crate) struct Envelope {
     pub(crate) retain: bool,
     /// The sender waits for an answer (`watermark`).
     pub(crate) ack: bool,
+    /// With `ack`: for each node start asked, how many asking messages the sender has sent it.
+    pub(crate) tallies: Vec<(u64, u64)>,
     /// Milliseconds of message expiry left when it was sent.
     pub(crate) expiry_ms: Option<u64>,
     /// Set for shared-group messages only.
@@ -92,17 +96,20 @@ impl Envelope {
 }
 
 /// Encodes `msg` as sent by node instance `origin` with sequence number `seq`; `with_topic` for
-/// shared-group messages. `now` counts the expiry down.
+/// shared-group messages; `ask`: the tallies of the node starts whose answers the sender waits
+/// for (`watermark`). `now` counts the expiry down.
 pub(crate) fn encode(
     msg: &Message,
     origin: u64,
     seq: u64,
     with_topic: bool,
-    ack: bool,
+    ask: Option<&[(u64, u64)]>,
     now: UnixMillis,
 ) -> Bytes {
     let mut flags = msg.qos as u8;
-    if ack {
+    // No more than a u16 counts: nobody runs 65,536 nodes; beyond, those are not asked.
+    let ask = ask.map(|t| &t[..t.len().min(usize::from(u16::MAX))]);
+    if ask.is_some() {
         flags |= ACK;
     }
     if msg.retain {
@@ -119,13 +126,27 @@ pub(crate) fn encode(
     if props.is_some() {
         flags |= PROPERTIES;
     }
+    let tallies = ask.map_or(0, |t| 2 + 16 * t.len());
     let mut out = BytesMut::with_capacity(
-        18 + 8 + 2 + msg.topic.len() + 4 + props.as_ref().map_or(0, Vec::len) + msg.payload.len(),
+        18 + tallies
+            + 8
+            + 2
+            + msg.topic.len()
+            + 4
+            + props.as_ref().map_or(0, Vec::len)
+            + msg.payload.len(),
     );
     out.put_u8(VERSION);
     out.put_u8(flags);
     out.put_u64(origin);
     out.put_u64(seq);
+    if let Some(ask) = ask {
+        out.put_u16(u16::try_from(ask.len()).unwrap_or(u16::MAX));
+        for (instance, tally) in ask {
+            out.put_u64(*instance);
+            out.put_u64(*tally);
+        }
+    }
     if let Some(left) = expiry {
         out.put_u64(left);
     }
@@ -187,10 +208,15 @@ struct Reader {
 
 impl Reader {
     fn take(&mut self, n: usize) -> Result<Bytes, EnvelopeError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+
+    fn need(&self, n: usize) -> Result<(), EnvelopeError> {
         if self.buf.len() < n {
             return Err(EnvelopeError::Truncated);
         }
-        Ok(self.buf.split_to(n))
+        Ok(())
     }
 
     fn u8(&mut self) -> Result<u8, EnvelopeError> {
@@ -238,6 +264,17 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, EnvelopeError> {
     let qos = QoS::from_u8(flags & 0b11).ok_or(EnvelopeError::Qos)?;
     let origin = r.u64()?;
     let seq = r.u64()?;
+    let ack = flags & ACK != 0;
+    let mut tallies = Vec::new();
+    if ack {
+        let n = r.u16()?;
+        // Checked against what is there before anything is allocated for it.
+        r.need(16 * usize::from(n))?;
+        tallies.reserve(usize::from(n));
+        for _ in 0..n {
+            tallies.push((r.u64()?, r.u64()?));
+        }
+    }
     let expiry_ms = if flags & EXPIRY != 0 {
         Some(r.u64()?)
     } else {
@@ -260,7 +297,8 @@ pub(crate) fn decode(buf: Bytes) -> Result<Envelope, EnvelopeError> {
         seq,
         qos,
         retain: flags & RETAIN != 0,
-        ack: flags & ACK != 0,
+        ack,
+        tallies,
         expiry_ms,
         topic,
         properties,
@@ -315,12 +353,13 @@ mod tests {
             user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2 é".into())],
         };
         let msg = message(Some(Box::new(props.clone())), Some(10_000));
-        let wire = encode(&msg, 7, 42, true, true, 4_000);
+        let wire = encode(&msg, 7, 42, true, Some(&[(9, 3), (11, 1)]), 4_000);
         let e = decode(wire).unwrap();
         assert_eq!(
             (e.origin, e.seq, e.qos, e.retain, e.ack),
             (7, 42, QoS::ExactlyOnce, true, true)
         );
+        assert_eq!(e.tallies, [(9, 3), (11, 1)]);
         assert_eq!(e.expiry_ms, Some(6_000));
         assert_eq!(e.topic.as_deref(), Some("a/b"));
         let got = e.properties.as_deref().unwrap();
@@ -336,9 +375,9 @@ mod tests {
         let m = e.into_message("a/b".into(), 100_000);
         assert_eq!(m.expires_at, Some(106_000));
 
-        let plain = decode(encode(&message(None, None), 1, 2, false, false, 0)).unwrap();
+        let plain = decode(encode(&message(None, None), 1, 2, false, None, 0)).unwrap();
         assert!(plain.topic.is_none() && plain.properties.is_none() && plain.expiry_ms.is_none());
-        assert!(!plain.ack);
+        assert!(!plain.ack && plain.tallies.is_empty());
     }
 
     #[test]
@@ -355,6 +394,11 @@ mod tests {
         let mut qos3 = vec![1, 3];
         qos3.extend_from_slice(&[0; 16]);
         assert_eq!(decode(qos3.into()).unwrap_err(), EnvelopeError::Qos);
+        // Tallies claimed beyond what is there: refused before anything is allocated for them.
+        let mut short = vec![1, ACK];
+        short.extend_from_slice(&[0; 16]);
+        short.extend_from_slice(&[0xff, 0xff, 0, 0]);
+        assert_eq!(decode(short.into()).unwrap_err(), EnvelopeError::Truncated);
         let mut bad_utf8 = vec![1, TOPIC];
         bad_utf8.extend_from_slice(&[0; 16]);
         bad_utf8.extend_from_slice(&[0, 1, 0xff]);
@@ -368,13 +412,14 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_envelopes_never_panic(cut in 0usize..80, flip in 0usize..80, bit in 0u8..8) {
+        fn corrupted_envelopes_never_panic(cut in 0usize..100, flip in 0usize..100, bit in 0u8..8) {
             let props = ForwardedProperties {
                 content_type: Some("ct".into()),
                 user_properties: vec![("a".into(), "b".into())],
                 ..Default::default()
             };
-            let wire = encode(&message(Some(Box::new(props)), Some(5)), 1, 1, true, false, 0).to_vec();
+            let ask = [(3, 4)];
+            let wire = encode(&message(Some(Box::new(props)), Some(5)), 1, 1, true, Some(&ask), 0).to_vec();
             let mut bytes = wire[..cut.min(wire.len())].to_vec();
             if let Some(b) = bytes.get_mut(flip) {
                 *b ^= 1 << bit;

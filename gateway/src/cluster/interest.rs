@@ -253,6 +253,14 @@ impl RemoteInterest {
         self.peers.lock().get(node).map(|p| p.id)
     }
 
+    /// The starts of the nodes `ids` (those still known).
+    pub(crate) fn instances_of(&self, ids: &[u32]) -> Vec<u64> {
+        let peers = self.peers.lock();
+        ids.iter()
+            .filter_map(|id| peers.values().find(|p| p.id == *id).map(|p| p.instance))
+            .collect()
+    }
+
     /// The name of the node whose start is `instance`, if it is known.
     pub(crate) fn node_of(&self, instance: u64) -> Option<String> {
         self.peers

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -92,13 +92,24 @@ struct Outgoing {
     ticket: Option<Arc<Ticket>>,
 }
 
+/// The numbering of what this node sends: a message's sequence number and the tallies of the
+/// node starts it asks to answer (`watermark`) are taken together with its place in the
+/// outbox, so that the order in which NATS delivers them is the order of their numbers.
+#[derive(Default)]
+struct Order {
+    seq: u64,
+    /// Asking messages sent to each node start.
+    tallies: HashMap<u64, u64>,
+}
+
 /// This node in a cluster: the `Cluster` the router calls.
 pub(crate) struct NatsCluster {
     node: String,
     prefix: String,
     /// Random per process start: tells a restarted node from the one before.
     instance: u64,
-    seq: AtomicU64,
+    /// Sequence numbers and tallies, taken in the order messages enter the outbox.
+    order: Mutex<Order>,
     remote: RemoteInterest,
     nats: Arc<Nats>,
     /// Filters whose local interest changed since the link last looked (the router's reports;
@@ -172,7 +183,7 @@ impl NatsCluster {
             node,
             prefix: config.cluster.subject_prefix.clone(),
             instance,
-            seq: AtomicU64::new(0),
+            order: Mutex::new(Order::default()),
             remote: RemoteInterest::default(),
             nats,
             dirty: Mutex::new(HashSet::new()),
@@ -258,9 +269,25 @@ impl NatsCluster {
             m.dropped(ClusterDrop::TooLarge);
             return Err(None);
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let ack = !durable.is_empty() && confirm.waits();
-        let payload = envelope::encode(msg, self.instance, seq, with_topic, ack, unix_millis());
+        let asked = if ack {
+            self.remote.instances_of(durable)
+        } else {
+            Vec::new()
+        };
+        let mut order = self.order.lock();
+        order.seq += 1;
+        let seq = order.seq;
+        let tallies: Vec<(u64, u64)> = asked
+            .iter()
+            .map(|instance| {
+                let tally = order.tallies.entry(*instance).or_default();
+                *tally += 1;
+                (*instance, *tally)
+            })
+            .collect();
+        let ask = ack.then_some(&tallies[..]);
+        let payload = envelope::encode(msg, self.instance, seq, with_topic, ask, unix_millis());
         if ack {
             // Before the message can go: its answer cannot come before this.
             if let Some(part) = confirm.send() {
@@ -283,6 +310,13 @@ impl NatsCluster {
                 Ok(())
             }
             Err(e) => {
+                // Never sent: the next message to those starts follows on without a gap.
+                for (instance, _) in &tallies {
+                    if let Some(tally) = order.tallies.get_mut(instance) {
+                        *tally -= 1;
+                    }
+                }
+                drop(order);
                 m.dropped(ClusterDrop::Overflow);
                 if let Some(part) = self.awaiting.cancel(seq) {
                     part.complete(Err(Refusal::Unavailable));
@@ -719,6 +753,7 @@ impl Link {
                         });
                     }
                     let instances = c.remote.instances();
+                    c.order.lock().tallies.retain(|i, _| instances.contains(i));
                     st.dedup.keep(&instances);
                     st.receipts.keep(&instances);
                     let refusals = c.awaiting.expire(now);
@@ -1069,13 +1104,18 @@ fn receive(
         return;
     }
     let (origin, seq, ack) = (env.origin, env.seq, env.ack);
+    let tally = env
+        .tallies
+        .iter()
+        .find(|(instance, _)| *instance == c.instance)
+        .map(|(_, tally)| *tally);
     m.received.increment(1);
     m.received_bytes.increment(bytes);
     let now = unix_millis();
     let message = env.into_message(topic.into(), now);
     if message.is_expired(now) {
         c.metrics.dropped(DropReason::Expired, 1);
-        st.receipts.took(origin, seq, 0, ack, false);
+        st.receipts.took(origin, seq, 0, ack, false, tally);
         return;
     }
     let taken = match kind {
@@ -1086,7 +1126,7 @@ fn receive(
         }
     };
     st.receipts
-        .took(origin, seq, taken.mark, ack, taken.refused);
+        .took(origin, seq, taken.mark, ack, taken.refused, tally);
     if taken.delivered == 0 {
         c.metrics.dropped(DropReason::NoSubscribers, 1);
     }

@@ -126,7 +126,7 @@ impl RetainedStream {
         let payload = if msg.payload.is_empty() {
             Bytes::new()
         } else {
-            envelope::encode(msg, self.instance, 0, false, false, unix_millis())
+            envelope::encode(msg, self.instance, 0, false, None, unix_millis())
         };
         let write = Write { subject, payload };
         let mut pending = self.pending.lock();

@@ -4,9 +4,14 @@
 //! safe.
 //!
 //! One number answers for many messages. NATS delivers one sender's messages to a receiving
-//! connection in the order they were sent, and the link routes everything ready at once in the
-//! senders' order (`link::receive_ready`), so once a node has routed message `seq` of a sender
-//! it has routed every earlier one of that sender it was to get. The receiver keeps, per
+//! connection in the order they were sent (the sender numbers them in that order), and the link
+//! routes everything ready at once in the senders' order (`link::receive_ready`), so once a
+//! node has routed message `seq` of a sender it has routed every earlier one of that sender it
+//! was to get, unless its NATS client dropped one (a subscription 8,192 behind: a slow
+//! consumer). For that, each asking message carries, for every node start it asks, how many
+//! asking messages the sender has sent that start (its tally): a receiver whose tally skips
+//! one missed it, and from then on answers only from the message after the gap on (`first`),
+//! so the sender refuses what it missed. The receiver keeps, per
 //! sending instance, the highest number routed and the store's mark covering what that queued
 //! (`Receipts`); once the mark is durable it answers with that number (`Control::Ack`), at most
 //! once per batch received, and only to a sender that asked (the envelope's `ack` flag). A
@@ -38,8 +43,11 @@ pub(super) struct Receipts {
 
 #[derive(Default)]
 struct Receipt {
-    /// The first sequence number routed (by this start of this node).
+    /// The first sequence number answered for: the first routed by this start of this node,
+    /// or the first after a tally showed a message missed.
     first: u64,
+    /// The last tally of this node seen in the sender's asking messages.
+    tally: Option<u64>,
     /// The highest sequence number routed.
     seq: u64,
     /// What the store must hold before the answer goes (the highest mark of the routing).
@@ -61,13 +69,29 @@ pub(super) struct Due {
 
 impl Receipts {
     /// Message `seq` of `origin` was routed here; `mark` covers what it queued for persistent
-    /// sessions, `refused` when the store could not take it, `wanted` when it asks an answer.
-    pub(super) fn took(&mut self, origin: u64, seq: u64, mark: Mark, wanted: bool, refused: bool) {
+    /// sessions, `refused` when the store could not take it, `wanted` when it asks an answer,
+    /// `tally` this node's count in it (how many asking messages the sender has sent here).
+    pub(super) fn took(
+        &mut self,
+        origin: u64,
+        seq: u64,
+        mark: Mark,
+        wanted: bool,
+        refused: bool,
+        tally: Option<u64>,
+    ) {
         let r = self.by_origin.entry(origin).or_insert_with(|| Receipt {
             first: seq,
             ..Receipt::default()
         });
-        r.first = r.first.min(seq);
+        if let Some(tally) = tally {
+            // Counted from 1 for this start: anything else not one more than the last seen
+            // means an asking message to this node never came.
+            if tally != r.tally.map_or(1, |last| last + 1) {
+                r.first = r.first.max(seq);
+            }
+            r.tally = Some(tally);
+        }
         r.seq = r.seq.max(seq);
         r.mark = r.mark.max(mark);
         r.wanted |= wanted;
@@ -269,12 +293,12 @@ mod tests {
     #[test]
     fn a_receiver_answers_once_its_store_holds_what_it_took_in() {
         let mut r = Receipts::default();
-        r.took(10, 1, 3, false, false);
+        r.took(10, 1, 3, false, false, None);
         assert!(!r.waiting(), "nobody asked");
         assert_eq!(r.due(|_| true), []);
-        r.took(10, 2, 5, true, false);
-        r.took(10, 3, 4, true, true);
-        r.took(11, 9, 0, true, false);
+        r.took(10, 2, 5, true, false, Some(1));
+        r.took(10, 3, 4, true, true, Some(2));
+        r.took(11, 9, 0, true, false, Some(1));
         assert!(r.waiting());
         let mut due = r.due(|mark| mark <= 4);
         assert_eq!(
@@ -298,7 +322,45 @@ mod tests {
         );
         assert!(!r.waiting());
         r.keep(&[11].into_iter().collect());
-        r.took(11, 10, 0, true, false);
+        r.took(11, 10, 0, true, false, Some(2));
         assert_eq!(r.due(|_| true).len(), 1);
+    }
+
+    /// An asking message its NATS client dropped (a slow consumer) shows as a skipped tally:
+    /// the answer then starts after it, so the sender refuses what never came instead of
+    /// taking it as covered by the later number.
+    #[test]
+    fn a_skipped_tally_answers_only_from_after_the_gap() {
+        let mut r = Receipts::default();
+        r.took(10, 4, 1, true, false, Some(1));
+        r.took(10, 5, 1, false, false, None);
+        // Message 6 asked this node too (tally 2) and never came.
+        r.took(10, 7, 2, true, false, Some(3));
+        let due = r.due(|_| true);
+        assert_eq!(
+            due,
+            [Due {
+                origin: 10,
+                from: 7,
+                seq: 7,
+                refused: vec![]
+            }]
+        );
+        // On the sender's side: 4 and 6 waited for node 1; the answer refuses both (4 was
+        // taken in, but the answer cannot say which before the gap were), and would have
+        // covered 6 without the tally.
+        let w = Awaiting::default();
+        let now = Instant::now();
+        let (t4, t6) = (ticket(), ticket());
+        w.expect(4, t4.clone(), vec![1], now);
+        w.expect(6, t6.clone(), vec![1], now);
+        assert_eq!(w.answered(1, due[0].from, due[0].seq, &due[0].refused), 2);
+        assert!(matches!(t6.state(), TicketState::Refused(_)));
+        assert!(matches!(t4.state(), TicketState::Refused(_)));
+        // The first tally seen not being 1 is a gap too.
+        let mut r = Receipts::default();
+        r.took(12, 20, 0, true, false, Some(2));
+        r.took(12, 21, 0, true, false, Some(3));
+        assert_eq!(r.due(|_| true)[0].from, 20);
     }
 }
