@@ -33,6 +33,12 @@ pub fn cluster_state(data: &[u8]) {
     crate::store::jetstream::fuzzing::cluster_state(data);
 }
 
+/// What other nodes send a node over NATS: message envelopes and control messages. See
+/// `cluster::fuzzing`.
+pub fn cluster_wire(data: &[u8]) {
+    crate::cluster::fuzzing::cluster_wire(data);
+}
+
 /// The WebSocket frame decoder of `ws` and `wss` listeners. See `ws::fuzzing`.
 pub fn ws_frame(data: &[u8]) {
     crate::ws::fuzzing::ws_frame(data);
@@ -57,4 +63,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("ws_frame", ws_frame),
     ("tls_record", tls_record),
     ("cluster_state", cluster_state),
+    ("cluster_wire", cluster_wire),
 ];

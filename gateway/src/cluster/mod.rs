@@ -32,6 +32,8 @@ use crate::topic_index::Matches;
 mod adoption;
 mod confirm;
 mod envelope;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod handover;
 mod interest;
 mod link;
