@@ -26,9 +26,7 @@
 //! router) and announces the entry again when that count leaves or reaches zero. A sender can
 //! tell from it which nodes hold what must not be lost. A node that falls silent, or says it is
 //! leaving (a restart, expected back), leaves its durable plain entries behind as owed
-//! (`owes`) until its sessions are adopted (`settle`), it announces each of them as durable
-//! again (back, its sessions taken back), or `OWED_FOR` passed: what they match has nowhere
-//! safe to go meanwhile.
+//! (`owed`): what they match has nowhere safe to go until its sessions have a home again.
 //!
 //! Worst cases are bounded: a node missing a delta forwards a message nobody wants (wasted, not
 //! wrong) or does not forward one for at most a beat (the new subscriber's first messages from
@@ -42,14 +40,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::owed::Owed;
 use crate::topic_index::{Matches, TopicIndex};
 
 /// A node silent for this long is taken as gone (beats come every second).
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a silent or leaving node's durable entries are owed at most: a silent node's
-/// adoption comes at the latest once the survivors' connections have been up for
-/// `adoption::STEADY` (15 s) and a ping went unanswered; a restart takes seconds.
-const OWED_FOR: Duration = Duration::from_secs(30);
 /// At most one snapshot request per node in this time: beats and deltas that keep disagreeing
 /// while a snapshot is on its way must not ask again and again.
 const SYNC_BACKOFF: Duration = Duration::from_millis(500);
@@ -190,9 +185,6 @@ struct Peer {
 /// The parts of one node's snapshot gathered so far: (instance, version, entries).
 type Parts = (u64, u64, Vec<Announced>);
 
-/// What a silent node owes: its id, until when, and its durable plain entries.
-type Owed = (u32, Instant, Vec<Entry>);
-
 /// Every other node's interest.
 pub(crate) struct RemoteInterest {
     /// Node ids by filter, each with whether its entry is durable.
@@ -203,12 +195,8 @@ pub(crate) struct RemoteInterest {
     next_id: Mutex<u32>,
     entries: AtomicUsize,
     nodes: AtomicUsize,
-    /// Silent nodes' durable plain entries, by node id (`owes`).
-    owed: TopicIndex<u32, ()>,
-    /// What each silent node owes.
-    owed_by: Mutex<HashMap<String, Owed>>,
-    /// Whether `owed` holds anything: the common case asks nothing more.
-    owing: std::sync::atomic::AtomicBool,
+    /// Silent and leaving nodes' durable plain entries (`owes`).
+    owed: Owed,
     /// The start of each node that last said goodbye (one per node name): nothing more of it
     /// is taken in.
     left: Mutex<HashMap<String, u64>>,
@@ -223,9 +211,7 @@ impl Default for RemoteInterest {
             next_id: Mutex::new(0),
             entries: AtomicUsize::new(0),
             nodes: AtomicUsize::new(0),
-            owed: TopicIndex::new(),
-            owed_by: Mutex::new(HashMap::new()),
-            owing: std::sync::atomic::AtomicBool::new(false),
+            owed: Owed::default(),
             left: Mutex::new(HashMap::new()),
         }
     }
@@ -500,74 +486,37 @@ impl RemoteInterest {
             }
         }
         drop(peers);
-        let overdue: Vec<String> = self
-            .owed_by
-            .lock()
-            .iter()
-            .filter(|(_, (_, until, _))| *until <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in overdue {
-            self.settle(&name);
-        }
+        self.owed.expire(now);
         silent
     }
 
-    /// Leaves `peer`'s durable plain entries owed for `OWED_FOR` at most.
+    /// Leaves `peer`'s durable plain entries owed (`owed`).
     fn owe(&self, name: &str, peer: &Peer, now: Instant) {
-        let owed: Vec<Entry> = peer
+        let filters: Vec<String> = peer
             .entries
             .iter()
             .filter(|(e, durable)| **durable && e.group.is_none())
-            .map(|(e, _)| e.clone())
+            .map(|(e, _)| e.filter.clone())
             .collect();
-        if owed.is_empty() {
-            return;
-        }
-        for e in &owed {
-            self.owed.insert(&e.filter, None, peer.id, ());
-        }
-        self.owing.store(true, Ordering::Relaxed);
-        self.owed_by
-            .lock()
-            .insert(name.to_owned(), (peer.id, now + OWED_FOR, owed));
+        self.owed.owe(name, peer.id, filters, now);
     }
 
-    /// Whether a silent node's persistent sessions wanted `topic`: a message for them has
-    /// nowhere safe to go until they are adopted.
+    /// Whether a silent or leaving node's persistent sessions wanted `topic`: a message for
+    /// them has nowhere safe to go until they have a home again.
     pub(crate) fn owes(&self, topic: &str) -> bool {
-        self.owing.load(Ordering::Relaxed) && !self.owed.matches(topic).plain.is_empty()
+        self.owed.owes(topic)
     }
 
     /// `node` announces `entry` as durable again: what it owed for it is settled.
     fn covered(&self, node: &str, entry: &Entry) {
-        if !self.owing.load(Ordering::Relaxed) || entry.group.is_some() {
-            return;
+        if entry.group.is_none() {
+            self.owed.covered(node, &entry.filter);
         }
-        let mut owed_by = self.owed_by.lock();
-        let Some((id, _, entries)) = owed_by.get_mut(node) else {
-            return;
-        };
-        let before = entries.len();
-        entries.retain(|e| e != entry);
-        if entries.len() < before {
-            self.owed.remove(&entry.filter, None, id);
-        }
-        if entries.is_empty() {
-            owed_by.remove(node);
-        }
-        self.owing.store(!owed_by.is_empty(), Ordering::Relaxed);
     }
 
-    /// What `node` owed is settled: its sessions adopted (or found alive), or overdue.
+    /// What `node` owed is settled: its sessions adopted (or the node found alive).
     pub(crate) fn settle(&self, node: &str) {
-        let mut owed_by = self.owed_by.lock();
-        if let Some((id, _, entries)) = owed_by.remove(node) {
-            for e in entries {
-                self.owed.remove(&e.filter, None, &id);
-            }
-        }
-        self.owing.store(!owed_by.is_empty(), Ordering::Relaxed);
+        self.owed.settle(node);
     }
 }
 
@@ -626,6 +575,7 @@ fn ask(peers: &mut HashMap<String, Peer>, node: &str, now: Instant) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::owed::OWED_FOR;
 
     fn entry(filter: &str) -> Entry {
         Entry {

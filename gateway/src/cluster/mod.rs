@@ -37,6 +37,7 @@ pub(crate) mod fuzzing;
 mod handover;
 mod interest;
 mod link;
+mod owed;
 mod owners;
 mod probe;
 mod retained;
