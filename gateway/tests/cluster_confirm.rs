@@ -76,7 +76,7 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
         b"one"
     );
 
-    gateway::fault::set_cluster_flush_held(true);
+    gateway::fault::set_cluster_flush_held(Some("a"));
     p.send(&publish(V::V5, "cc/2", 2, b"two")).await;
     // The message goes out; its acknowledgement waits for the link to say it is written.
     assert_eq!(
@@ -97,7 +97,7 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
     let mut local = Raw::connected(a.mqtt, V::V5, "cc-local").await;
     local.send(&publish(V::V5, "alone/1", 7, b"x")).await;
     assert_eq!(reason(&local.expect_packet("PUBACK 7").await, 7), 0);
-    gateway::fault::set_cluster_flush_held(false);
+    gateway::fault::set_cluster_flush_held(None);
     assert_eq!(reason(&p.expect_packet("PUBACK 2").await, 2), 0);
     assert_eq!(
         metric(&a, "gateway_cluster_unconfirmed_messages").await,
@@ -106,7 +106,7 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
 
     // Not confirmed in time (5 s): refused, so the publisher sends again; a 3.1.1 publisher
     // has no refusal to be told and is disconnected.
-    gateway::fault::set_cluster_flush_held(true);
+    gateway::fault::set_cluster_flush_held(Some("a"));
     p.send(&publish(V::V5, "cc/3", 3, b"three")).await;
     let mut old = Raw::connected(a.mqtt, V::V311, "cc-old").await;
     old.send(&publish(V::V311, "cc/4", 4, b"four")).await;
@@ -120,7 +120,7 @@ async fn a_message_sent_to_other_nodes_is_acknowledged_once_nats_has_it() {
         Err(End::Closed),
         "a 3.1.1 publisher is closed, not acknowledged"
     );
-    gateway::fault::set_cluster_flush_held(false);
+    gateway::fault::set_cluster_flush_held(None);
     let closed = reason_count(
         &a,
         "gateway_connections_closed_total",

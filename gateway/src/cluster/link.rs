@@ -1021,7 +1021,7 @@ fn receiving(node: &str) -> bool {
 async fn confirm_flushed(client: Client, tickets: Vec<Arc<Ticket>>, c: Arc<NatsCluster>) {
     let flushed = async {
         #[cfg(feature = "fault-injection")]
-        while crate::fault::cluster_flush_held() {
+        while crate::fault::cluster_flush_held(&c.node) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         client.flush().await
