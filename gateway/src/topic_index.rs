@@ -106,6 +106,11 @@ impl<K, V> SharedGroup<K, V> {
     pub fn is_empty(&self) -> bool {
         self.members.read().is_empty()
     }
+
+    /// Whether some member satisfies `f` (run under the group's read lock).
+    pub fn any(&self, f: impl Fn(&K, &V) -> bool) -> bool {
+        self.members.read().iter().any(|(k, v)| f(k, v))
+    }
 }
 
 impl<K: Clone + Eq, V: Clone> SharedGroup<K, V> {

@@ -248,6 +248,8 @@ async fn messages_a_busy_node_cannot_take_in_are_counted_as_slow_consumer_drops(
     assert_eq!(reason_count(&b, DROPPED, "slow_consumer").await, 0.0);
 
     gateway::fault::set_cluster_receive_held(Some("slow-b"));
+    // The hold takes effect when b's link next looks at its work (at the latest its next beat).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     const SENT: usize = 12_000;
     let mut p = Raw::connected(a.mqtt, V::V5, "flood-pub").await;
     let one = V::V5.publish(PUBLISH, b"flood/x", None, &[], b"m");
@@ -302,4 +304,45 @@ async fn messages_a_busy_node_cannot_take_in_are_counted_as_slow_consumer_drops(
         (1.0..=(SENT - 8192) as f64).contains(&counted),
         "{counted} counted"
     );
+}
+
+/// A shared group's message goes to one member node, picked by NATS's queue group: when a
+/// persistent session is among the members on other nodes, the publisher's acknowledgement
+/// waits for the node that took it to say so (its store holds it), as for a persistent
+/// subscriber of its own; while that node is held from taking it in, nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_message_for_a_persistent_member_waits_for_the_node_that_took_it() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let a = Observed::cluster_node(&nats.url(), "share-a", |_| {}).await;
+    let b = Observed::cluster_node(&nats.url(), "share-b", |_| {}).await;
+    let mut connect = raw::Connect::v5("share-member", true, 60);
+    connect.properties = raw::prop_u32(0x11, 300);
+    let (mut member, _) = Raw::connect(b.mqtt, &connect).await;
+    member.subscribe(V::V5, "$share/g/sh/#", 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&a, "gateway_cluster_remote_interest").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never saw b's group"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Until b announced the member as persistent: the next publish asks b for an answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = Raw::connected(a.mqtt, V::V5, "share-pub").await;
+    gateway::fault::set_cluster_receive_held(Some("share-b"));
+    // The hold takes effect when b's link next looks at its work (at the latest its next beat).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.send(&publish(V::V5, "sh/x", 1, b"kept")).await;
+    let early = p.read_packet_within(Duration::from_secs(1)).await;
+    gateway::fault::set_cluster_receive_held(None);
+    assert!(
+        early.is_err(),
+        "acknowledged before b took it in: {early:?}"
+    );
+    assert_eq!(reason(&p.expect_packet("PUBACK 1").await, 1), 0);
+    let got = member.expect_packet("the group's message").await;
+    assert_eq!(publish_of(&got, V::V5).payload, b"kept");
 }

@@ -16,7 +16,8 @@
 //! ```
 //! flags: bits 0-1 QoS, bit 2 RETAIN, bit 6 ACK (the sender waits for the answers of the nodes
 //! whose starts the tallies name, that they took the message in: `watermark`; each tally counts
-//! the asking messages the sender has sent that start). Property entries use MQTT's identifiers: 0x01 payload
+//! the asking messages the sender has sent that start; a shared group's message names none and
+//! is answered by whichever node took it). Property entries use MQTT's identifiers: 0x01 payload
 //! format (u8), 0x03 content type, 0x08 response topic (u16-length UTF-8), 0x09 correlation data
 //! (u16-length bytes), 0x26 user property (two u16-length UTF-8 strings). Integers are
 //! big-endian. `origin` (the sending node's instance) and `seq` let a receiver discard the

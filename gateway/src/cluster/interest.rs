@@ -129,6 +129,9 @@ pub(crate) enum Control {
         seq: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         refused: Vec<u64>,
+        /// Shared-group messages taken in (`watermark::ANY`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        took: Vec<u64>,
     },
 }
 

@@ -51,7 +51,7 @@ use super::owners::Owner;
 use super::probe;
 use super::retained::RetainedStream;
 use super::subject::{filter_subjects, group_subject, topic_of, topic_subject};
-use super::watermark::{Awaiting, Receipts};
+use super::watermark::{Awaiting, Receipts, ANY};
 use super::{Claiming, Cluster, ClusterState, Confirm, Interest, Sessions};
 use crate::clock::unix_millis;
 use crate::config::Config;
@@ -63,7 +63,7 @@ use crate::session::SessionId;
 use crate::store::JetStreamStore;
 use crate::ticket::{Refusal, Ticket};
 use crate::topic;
-use crate::topic_index::Matches;
+use crate::topic_index::{Matches, SharedGroup};
 
 /// Messages waiting for the link task; beyond it they are dropped and counted.
 const OUTBOX: usize = 16_384;
@@ -370,18 +370,18 @@ impl Cluster for NatsCluster {
                 .any(|l| l.name() == group.name() && l.filter() == group.filter());
             if !settled {
                 let subject = group_subject(&self.prefix, group.name(), group.filter());
-                refuse(self.send(subject, msg, true, confirm, &[]));
+                refuse(self.send(subject, msg, true, confirm, asked_of(group)));
             }
         }
     }
 
     fn share(&self, msg: &Arc<Message>, group: &str, filter: &str, confirm: &mut Confirm) -> bool {
         let remote = self.remote.matches(&msg.topic);
-        let nodes = remote
+        let remote_group = remote
             .shared
             .iter()
-            .find(|g| g.name() == group && g.filter() == filter)
-            .map_or(0, |g| g.len());
+            .find(|g| g.name() == group && g.filter() == filter);
+        let nodes = remote_group.map_or(0, |g| g.len());
         if nodes == 0 || !self.nats.is_connected() {
             return true;
         }
@@ -397,7 +397,7 @@ impl Cluster for NatsCluster {
             msg,
             true,
             confirm,
-            &[],
+            remote_group.map_or(&[][..], |g| asked_of(g)),
         ) {
             Ok(()) => false,
             Err(ticket) => {
@@ -809,11 +809,12 @@ impl Link {
             from,
             seq,
             refused,
+            took,
         } = &control
         {
             if *to == c.instance {
                 if let Some(id) = c.remote.node_id(node) {
-                    let refusals = c.awaiting.answered(id, *from, *seq, refused);
+                    let refusals = c.awaiting.answered(id, (*from, *seq), refused, took);
                     c.metrics
                         .cluster
                         .refused(ClusterRefusal::Unanswered, refusals);
@@ -997,10 +998,21 @@ async fn answer(c: &NatsCluster, client: &Client, router: &Router, st: &mut Stat
             from: due.from,
             seq: due.seq,
             refused: due.refused,
+            took: due.took,
         };
         let _ = client
             .publish(c.node_subject(&node), control_bytes(&ack))
             .await;
+    }
+}
+
+/// Whom a message for a shared group across nodes asks to answer: whichever member node NATS's
+/// queue group gives it to (`watermark::ANY`), when a persistent session is among the members.
+fn asked_of(group: &SharedGroup<u32, bool>) -> &'static [u32] {
+    if group.any(|_, durable| *durable) {
+        &[ANY]
+    } else {
+        &[]
     }
 }
 
@@ -1118,16 +1130,24 @@ fn receive(
         st.receipts.took(origin, seq, 0, ack, false, tally);
         return;
     }
-    let taken = match kind {
-        Kind::Plain => router.deliver_remote(Arc::new(message)),
+    let delivered = match kind {
+        Kind::Plain => {
+            let taken = router.deliver_remote(Arc::new(message));
+            st.receipts
+                .took(origin, seq, taken.mark, ack, taken.refused, tally);
+            taken.delivered
+        }
         Kind::Group(e) => {
             let group = e.group.as_deref().unwrap_or_default();
-            router.deliver_shared(Arc::new(message), group, &e.filter)
+            let taken = router.deliver_shared(Arc::new(message), group, &e.filter);
+            if ack {
+                st.receipts
+                    .took_shared(origin, seq, taken.mark, taken.refused);
+            }
+            taken.delivered
         }
     };
-    st.receipts
-        .took(origin, seq, taken.mark, ack, taken.refused, tally);
-    if taken.delivered == 0 {
+    if delivered == 0 {
         c.metrics.dropped(DropReason::NoSubscribers, 1);
     }
 }

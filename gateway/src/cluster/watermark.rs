@@ -20,6 +20,9 @@
 //! messages in: a node that restarted never got what was sent to its earlier start after that
 //! one's last answer. The sender (`Awaiting`) completes, for every message from the first to
 //! the last number, that node's part, and refuses the ones before the first.
+//! A shared group's message goes to whichever member node NATS's queue group picks, so no
+//! watermark can cover it: the node that took it names it in its answer (`took`), and the
+//! sender waits for that from any node (`ANY`).
 //! What is not answered within `TIMEOUT` refuses its publisher, who sends again: by then the
 //! node is back, or its sessions are elsewhere.
 
@@ -34,6 +37,10 @@ use crate::ticket::{Refusal, Ticket};
 
 /// How long a publisher waits for the nodes holding persistent subscribers to answer.
 pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
+/// Awaited from whichever node takes it: a shared group's message, which NATS's queue group
+/// gives to one of the member nodes. Its answer names it (`took`), since the one number of
+/// a watermark cannot say which of a sender's group messages came to this node.
+pub(super) const ANY: u32 = u32::MAX;
 
 /// The receiving side: what this node routed per sending instance and owes an answer for.
 #[derive(Default)]
@@ -56,6 +63,8 @@ struct Receipt {
     wanted: bool,
     /// Asking messages the store refused, since the last answer.
     refused: Vec<u64>,
+    /// Asking shared-group messages taken in, since the last answer.
+    took: Vec<u64>,
 }
 
 /// One answer due: to `origin`, everything from `from` up to `seq` taken in but `refused`.
@@ -65,6 +74,8 @@ pub(super) struct Due {
     pub(super) from: u64,
     pub(super) seq: u64,
     pub(super) refused: Vec<u64>,
+    /// Shared-group messages taken in (awaited from any node).
+    pub(super) took: Vec<u64>,
 }
 
 impl Receipts {
@@ -100,6 +111,23 @@ impl Receipts {
         }
     }
 
+    /// Shared-group message `seq` of `origin`, asking, was routed here (`took`); `mark` and
+    /// `refused` as for the others. Not part of the watermark: the queue group gave this node
+    /// some of the sender's group messages and other nodes the others.
+    pub(super) fn took_shared(&mut self, origin: u64, seq: u64, mark: Mark, refused: bool) {
+        let r = self.by_origin.entry(origin).or_insert_with(|| Receipt {
+            first: seq,
+            ..Receipt::default()
+        });
+        r.mark = r.mark.max(mark);
+        r.wanted = true;
+        if refused {
+            r.refused.push(seq);
+        } else {
+            r.took.push(seq);
+        }
+    }
+
     /// Whether some answer waits for the store.
     pub(super) fn waiting(&self) -> bool {
         self.by_origin.values().any(|r| r.wanted)
@@ -117,6 +145,7 @@ impl Receipts {
                     from: r.first,
                     seq: r.seq,
                     refused: std::mem::take(&mut r.refused),
+                    took: std::mem::take(&mut r.took),
                 });
             }
         }
@@ -159,10 +188,17 @@ impl Awaiting {
         self.pending.lock().remove(&seq).map(|a| a.ticket)
     }
 
-    /// `node` answered: everything from `from` up to `seq` taken in but `refused`; what it
-    /// was to get before `from` it never will (an earlier start of it got it, and died).
-    /// Returns how many messages were refused to their publishers.
-    pub(super) fn answered(&self, node: u32, from: u64, seq: u64, refused: &[u64]) -> usize {
+    /// `node` answered: everything from `from` up to `seq` taken in but `refused`, and the
+    /// shared-group messages `took`; what it was to get before `from` it never will (an
+    /// earlier start of it got it, and died). Returns how many messages were refused to their
+    /// publishers.
+    pub(super) fn answered(
+        &self,
+        node: u32,
+        (from, seq): (u64, u64),
+        refused: &[u64],
+        took: &[u64],
+    ) -> usize {
         let mut settled = Vec::new();
         {
             let mut pending = self.pending.lock();
@@ -172,6 +208,14 @@ impl Awaiting {
                 }
             }
             let mut done = Vec::new();
+            for s in took {
+                if let Some(a) = pending.get_mut(s) {
+                    a.nodes.retain(|n| *n != ANY);
+                    if a.nodes.is_empty() {
+                        done.push((*s, Ok(())));
+                    }
+                }
+            }
             for (s, a) in pending.range_mut(..=seq) {
                 if *s < from {
                     if a.nodes.contains(&node) {
@@ -242,14 +286,14 @@ mod tests {
         w.expect(1, t1.clone(), vec![7], now);
         w.expect(2, t2.clone(), vec![7, 8], now);
         w.expect(5, t3.clone(), vec![7], now);
-        w.answered(7, 1, 4, &[]);
+        w.answered(7, (1, 4), &[], &[]);
         assert_eq!(t1.state(), TicketState::Stored);
         assert_eq!(t2.state(), TicketState::Pending, "8 has not answered");
         assert_eq!(t3.state(), TicketState::Pending, "beyond the answer");
-        w.answered(8, 2, 9, &[]);
+        w.answered(8, (2, 9), &[], &[]);
         assert_eq!(t2.state(), TicketState::Stored);
         assert_eq!(t3.state(), TicketState::Pending, "8 was not asked about 5");
-        w.answered(7, 1, 5, &[]);
+        w.answered(7, (1, 5), &[], &[]);
         assert_eq!(t3.state(), TicketState::Stored);
         assert_eq!(w.len(), 0);
     }
@@ -263,7 +307,7 @@ mod tests {
         w.expect(2, t2.clone(), vec![8], now);
         w.expect(3, t3.clone(), vec![7], now);
         // Node 7 came back and has taken in from 3 on: 1 went to its earlier start.
-        w.answered(7, 3, 3, &[]);
+        w.answered(7, (3, 3), &[], &[]);
         assert!(matches!(t1.state(), TicketState::Refused(_)));
         assert_eq!(t2.state(), TicketState::Pending, "not 7's to answer for");
         assert_eq!(t3.state(), TicketState::Stored);
@@ -277,7 +321,7 @@ mod tests {
         w.expect(1, t1.clone(), vec![7], now);
         w.expect(2, t2.clone(), vec![7], now);
         w.expect(3, t3.clone(), vec![8], now);
-        w.answered(7, 1, 2, &[1]);
+        w.answered(7, (1, 2), &[1], &[]);
         assert!(matches!(t1.state(), TicketState::Refused(_)));
         assert_eq!(t2.state(), TicketState::Stored);
         w.expire(now + TIMEOUT - Duration::from_millis(1));
@@ -307,7 +351,8 @@ mod tests {
                 origin: 11,
                 from: 9,
                 seq: 9,
-                refused: vec![]
+                refused: vec![],
+                took: vec![]
             }]
         );
         due = r.due(|mark| mark <= 5);
@@ -317,13 +362,49 @@ mod tests {
                 origin: 10,
                 from: 1,
                 seq: 3,
-                refused: vec![3]
+                refused: vec![3],
+                took: vec![]
             }]
         );
         assert!(!r.waiting());
         r.keep(&[11].into_iter().collect());
         r.took(11, 10, 0, true, false, Some(2));
         assert_eq!(r.due(|_| true).len(), 1);
+    }
+
+    /// A shared group's message is awaited from whichever node takes it: that node names it in
+    /// its answer, apart from its watermark (which says nothing about group messages).
+    #[test]
+    fn a_group_message_is_answered_by_name_by_the_node_that_took_it() {
+        let mut r = Receipts::default();
+        r.took(10, 1, 1, true, false, Some(1));
+        r.took_shared(10, 2, 2, false);
+        r.took_shared(10, 4, 2, true);
+        let due = r.due(|_| true);
+        assert_eq!(
+            due,
+            [Due {
+                origin: 10,
+                from: 1,
+                seq: 1,
+                refused: vec![4],
+                took: vec![2]
+            }]
+        );
+        let w = Awaiting::default();
+        let now = Instant::now();
+        let (t2, t3, t4) = (ticket(), ticket(), ticket());
+        w.expect(2, t2.clone(), vec![ANY], now);
+        w.expect(3, t3.clone(), vec![ANY], now);
+        w.expect(4, t4.clone(), vec![ANY], now);
+        // Node 7's watermark reaching past 3 does not cover it: another node may have it.
+        let d = &due[0];
+        assert_eq!(w.answered(7, (d.from, 5), &d.refused, &d.took), 1);
+        assert_eq!(t2.state(), TicketState::Stored);
+        assert_eq!(t3.state(), TicketState::Pending);
+        assert!(matches!(t4.state(), TicketState::Refused(_)));
+        w.answered(8, (1, 1), &[], &[3]);
+        assert_eq!(t3.state(), TicketState::Stored);
     }
 
     /// An asking message its NATS client dropped (a slow consumer) shows as a skipped tally:
@@ -343,7 +424,8 @@ mod tests {
                 origin: 10,
                 from: 7,
                 seq: 7,
-                refused: vec![]
+                refused: vec![],
+                took: vec![]
             }]
         );
         // On the sender's side: 4 and 6 waited for node 1; the answer refuses both (4 was
@@ -354,7 +436,10 @@ mod tests {
         let (t4, t6) = (ticket(), ticket());
         w.expect(4, t4.clone(), vec![1], now);
         w.expect(6, t6.clone(), vec![1], now);
-        assert_eq!(w.answered(1, due[0].from, due[0].seq, &due[0].refused), 2);
+        assert_eq!(
+            w.answered(1, (due[0].from, due[0].seq), &due[0].refused, &[]),
+            2
+        );
         assert!(matches!(t6.state(), TicketState::Refused(_)));
         assert!(matches!(t4.state(), TicketState::Refused(_)));
         // The first tally seen not being 1 is a gap too.
