@@ -335,7 +335,7 @@ impl Cluster for NatsCluster {
         confirm: &mut Confirm,
     ) {
         if confirm.waits() && self.remote.owes(&msg.topic) {
-            // A dead node's persistent sessions want it and are not adopted yet.
+            // A silent or leaving node's persistent sessions want it and have no home yet.
             if let Some(part) = confirm.send() {
                 self.metrics.cluster.refused(ClusterRefusal::Owed, 1);
                 part.complete(Err(Refusal::Unavailable));
