@@ -189,6 +189,12 @@ SIM=""
 sim_pids() { [ -n "$SIM" ] && echo "$SIM" $(ps -o pid= --ppid "$SIM" 2>/dev/null); }
 SIM_HTTP=127.0.0.1:29391
 metric() { curl -s --max-time 2 "http://$SIM_HTTP/metrics" | awk -v m="$1" '$1==m{print $2; exit}'; }
+# The simulator's end-to-end latency histogram (cumulative bucket counts, `le` in seconds):
+# taken at both ends of the hold, its difference is the hold's own latency, apart from the ramp's.
+latency_buckets() {
+  curl -s --max-time 2 "http://$SIM_HTTP/metrics" \
+    | sed -n 's/^device_sim_latency_seconds_bucket{le="\([^"]*\)"} \([0-9.e+]*\)$/\1 \2/p'
+}
 meminfo() { awk -v k="$1:" '$1==k{print $2*1024}' /proc/meminfo; }
 snap() { # $1 label: one line of figures into $WORK/snaps
   echo "$1 t=$(date +%s.%N) gw_cpu=$(cpu_s "${GW[@]}") nats_cpu=$(cpu_s $NATS) sim_cpu=$(cpu_s $(sim_pids))" \
@@ -224,13 +230,13 @@ snap connected
 if [ $CONNECTED = 1 ]; then
   log "all $DEVICES connected after $(( $(date +%s) - START )) s; holding ${HOLD}s"
   # Workers add themselves while the fleet ramps: the hold's CPU counts the final set
-  snap hold_start
+  snap hold_start; latency_buckets > "$WORK/latency_hold_start"
   for i in $(seq "$HOLD"); do
     kill -0 $SIM 2>/dev/null || { log "device-sim ended during the hold"; break; }
     for p in "${GW[@]}" $NATS; do kill -0 "$p" 2>/dev/null || log "process $p gone during the hold"; done
     sleep 1; [ $(( i % 30 )) = 0 ] && log "held ${i}s: $(metric device_sim_devices_connected | cut -d. -f1) connected"
   done
-  snap hold_end
+  snap hold_end; latency_buckets > "$WORK/latency_hold_end"
 else
   log "not all connected within ${MAX_CONNECT}s: $(metric device_sim_devices_connected) / $DEVICES"
   snap hold_start; snap hold_end
@@ -247,7 +253,7 @@ wait $SIM; SIM_RC=$?
 for k in "${!GW[@]}"; do  # drops and cluster counters of every node, for the record
   curl -s --max-time 2 "http://127.0.1.$(( k + 1 )):9090/metrics" | sed -n "s/^\(gateway_\(cluster_\|messages_dropped\)\)/n$k \1/p" >> "$OUT/gateway-metrics.txt"
 done
-python3 "$ROOT/scripts/million_report.py" "$WORK/snaps" "$OUT" "$DEVICES" "$SUBS" "$NODES" "$INTERVAL" "$HOLD" "$SIM_RC" "$CONNECTED" \
+python3 "$ROOT/scripts/million_report.py" "$WORK" "$OUT" "$DEVICES" "$SUBS" "$NODES" "$INTERVAL" "$HOLD" "$SIM_RC" "$CONNECTED" \
   "$ARGS" "$(nats-server --version)"
 log "wrote $OUT/million.json and $OUT/million.md (device-sim exit $SIM_RC)"
 [ $CONNECTED = 1 ] && [ $SIM_RC = 0 ]

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The figures of a scripts/million.sh run: reads the snapshots the script took (base, all
-connected, start and end of the hold) and device-sim's report, writes OUT/million.json and
-OUT/million.md. Python 3 standard library only.
+"""The figures of a scripts/million.sh run: reads the snapshots the script took in WORK (base, all
+connected, start and end of the hold; the simulator's latency buckets at both ends of the hold)
+and device-sim's report, writes OUT/million.json and OUT/million.md. Python 3 standard library
+only.
 
-Usage: million_report.py SNAPS OUT DEVICES SUBSCRIBERS NODES INTERVAL HOLD SIM_RC CONNECTED ARGS NATS
+Usage: million_report.py WORK OUT DEVICES SUBSCRIBERS NODES INTERVAL HOLD SIM_RC CONNECTED ARGS NATS
 """
 
 import json
@@ -29,6 +30,46 @@ def snaps(path):
     return out
 
 
+def buckets(path):
+    """Cumulative counts by upper bound (seconds; +Inf last), or {} if the file is missing."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                le, count = line.split()
+                out[float(le)] = float(count)
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def hold_latency(work):
+    """The hold's own end-to-end latency: the difference of the cumulative buckets taken at its
+    start and end, as the bucket bounds (ms) under which 99% and 99.9% of its messages arrived
+    and the share within 100 ms. The whole run's p99 also counts the ramp, where the fleet's
+    connects and its first messages compete for the CPU."""
+    a = buckets(os.path.join(work, "latency_hold_start"))
+    b = buckets(os.path.join(work, "latency_hold_end"))
+    if not b:
+        return {}
+    d = sorted((le, b[le] - a.get(le, 0)) for le in b)
+    total = d[-1][1]
+    if total <= 0:
+        return {"messages": 0}
+
+    def bound(q):
+        le = next(le for le, n in d if n >= q * total)
+        return None if le == float("inf") else round(le * 1000, 3)
+
+    within = next((n for le, n in d if abs(le - 0.1) < 1e-9), None)
+    return {
+        "messages": int(total),
+        "p99_at_most_ms": bound(0.99),
+        "p999_at_most_ms": bound(0.999),
+        "within_100ms_pct": round(100 * within / total, 3) if within is not None else None,
+    }
+
+
 def delta(a, b, key):
     if a.get(key) is None or b.get(key) is None:
         return None
@@ -40,10 +81,10 @@ def per(x, n):
 
 
 def main():
-    (snap_path, out, devices, subs, nodes, interval, hold, sim_rc, connected, args,
+    (work, out, devices, subs, nodes, interval, hold, sim_rc, connected, args,
      nats) = sys.argv[1:12]
     devices, subs, nodes, hold = int(devices), int(subs), int(nodes), int(hold)
-    s = snaps(snap_path)
+    s = snaps(os.path.join(work, "snaps"))
     base, conn, h0, h1 = s["base"], s["connected"], s["hold_start"], s["hold_end"]
     # Without everyone connected, the last look at the ramp (the simulator still running) is
     # where the run got to: its memory and sockets, per connection actually made.
@@ -97,6 +138,7 @@ def main():
         "e2e_ms_p99": lat.get("p99"),
         "e2e_ms_p999": lat.get("p999"),
         "e2e_ms_max": lat.get("max"),
+        "hold_e2e": hold_latency(work),
         "gateway_rss_total_B": h1.get("gw_rss"),
         "gateway_rss_per_session_B": round(per(delta(base, h1, "gw_rss"), sessions), 1)
         if delta(base, h1, "gw_rss") is not None else None,
