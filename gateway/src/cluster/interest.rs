@@ -18,8 +18,9 @@
 //!   directly to the newcomer.
 //! - `beat` every second with the sender's version: a receiver whose copy has another version
 //!   asks for a snapshot, so a lost delta heals within a beat. A node not heard from for
-//!   `PEER_TIMEOUT` (crashed, cut off from NATS) is dropped with all its interest; `bye` drops
-//!   it at once on a clean shutdown.
+//!   `PEER_TIMEOUT` (crashed, cut off from NATS) is dropped with all its interest, unless
+//!   every other node fell silent with it (then after `ALL_SILENT_TIMEOUT`: see there); `bye`
+//!   drops it at once on a clean shutdown.
 //!
 //! Each entry says whether a persistent session subscribes to it (`durable`): the node counts
 //! its persistent subscribers per entry (`Interest::PersistentIn` / `PersistentOut` from the
@@ -43,8 +44,14 @@ use serde::{Deserialize, Serialize};
 use super::owed::Owed;
 use crate::topic_index::{Matches, TopicIndex};
 
-/// A node silent for this long is taken as gone (beats come every second).
+/// A node silent for this long is taken as gone (beats come every second)...
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...unless every other node fell silent with it: that is more likely this node's own trouble
+/// or NATS's (a CPU-starved box, a congested connection) than every peer dying at once, and
+/// dropping all remote interest would lose what this node's publishers send meanwhile. Nodes
+/// silent together are taken as gone after this. A node with a single peer cannot tell the two
+/// apart and keeps `PEER_TIMEOUT`.
+pub(crate) const ALL_SILENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most one snapshot request per node in this time: beats and deltas that keep disagreeing
 /// while a snapshot is on its way must not ask again and again.
 const SYNC_BACKOFF: Duration = Duration::from_millis(500);
@@ -472,14 +479,22 @@ impl RemoteInterest {
         self.nodes.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Drops the nodes not heard from within `PEER_TIMEOUT`, leaving their durable plain
+    /// Drops the nodes not heard from within `PEER_TIMEOUT` while some other node was (or
+    /// within `ALL_SILENT_TIMEOUT` when all fell silent together), leaving their durable plain
     /// entries owed, and ends what was owed for `OWED_FOR`; returns the silent nodes' names,
     /// each with when it was last heard.
     pub(crate) fn expire(&self, now: Instant) -> Vec<(String, Instant)> {
         let mut peers = self.peers.lock();
+        let quiet = |p: &Peer| now.saturating_duration_since(p.last_seen);
+        let someone_heard = peers.len() == 1 || peers.values().any(|p| quiet(p) <= PEER_TIMEOUT);
+        let timeout = if someone_heard {
+            PEER_TIMEOUT
+        } else {
+            ALL_SILENT_TIMEOUT
+        };
         let silent: Vec<(String, Instant)> = peers
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) > PEER_TIMEOUT)
+            .filter(|(_, p)| quiet(p) > timeout)
             .map(|(name, p)| (name.clone(), p.last_seen))
             .collect();
         for (name, _) in &silent {
@@ -694,6 +709,36 @@ mod tests {
         );
         assert_eq!((r.len(), r.nodes()), (0, 0));
         assert!(!wants(&r, "b/x"));
+    }
+
+    #[test]
+    fn nodes_silent_all_together_are_kept_longer_than_one_silent_alone() {
+        let r = RemoteInterest::default();
+        let t = Instant::now();
+        for node in ["b", "c", "d"] {
+            hello(&r, node, &[&format!("{node}/#")], t);
+        }
+        // Everyone silent at once: this node or NATS is the likelier fault.
+        let later = t + PEER_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(r.expire(later), vec![]);
+        assert!(wants(&r, "b/x") && wants(&r, "c/x") && wants(&r, "d/x"));
+        // One of them heard again: the others' silence is their own.
+        let beat = Control::Beat {
+            node: "d".into(),
+            instance: 1,
+            version: 0,
+        };
+        r.apply(beat, "a", later);
+        let mut gone = r.expire(later);
+        gone.sort();
+        assert_eq!(gone, vec![("b".to_owned(), t), ("c".to_owned(), t)]);
+        assert!(!wants(&r, "b/x") && wants(&r, "d/x"));
+        // Silent together for long enough, they are gone all the same.
+        hello(&r, "e", &["e/#"], later);
+        let much_later = later + ALL_SILENT_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(r.expire(much_later - PEER_TIMEOUT).len(), 0);
+        assert_eq!(r.expire(much_later).len(), 2);
+        assert_eq!(r.nodes(), 0);
     }
 
     #[test]

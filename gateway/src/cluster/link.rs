@@ -76,6 +76,9 @@ const MAX_SUBJECT: usize = 3_584;
 const DEDUP_WINDOW: u64 = 1 << 16;
 /// Messages published per wake of the link task before it looks at its other work again.
 const PUBLISH_BATCH: usize = 256;
+/// Control messages already received that a beat reads before it expires silent nodes (a
+/// bound, so that a flood of them cannot hold the beat).
+const CONTROL_BEFORE_EXPIRY: usize = 1_024;
 /// The NATS queue group name of shared-group subscriptions (each group has its own subject).
 const QUEUE: &str = "share";
 /// How long a clean shutdown waits for its goodbye to reach NATS.
@@ -722,7 +725,13 @@ impl Link {
                     } else {
                         steady_since = None;
                     }
-                    for gone in c.remote.expire(now) {
+                    // A node is judged by what it sent, not by how long this loop was busy:
+                    // beats already received are read before anyone is taken as silent.
+                    for _ in 0..CONTROL_BEFORE_EXPIRY {
+                        let Some(Some(msg)) = all.next().now_or_never() else { break };
+                        self.control(&client, &st, msg).await;
+                    }
+                    for gone in c.remote.expire(Instant::now()) {
                         info!(node = %gone.0, "cluster: node silent, its interest dropped");
                         silent.push(gone);
                     }
