@@ -212,7 +212,7 @@ RAMP=$(( DEVICES / RATE + 1 ))
 "$BIN/device-sim" run --scenario "$ROOT/config/scenarios/million.toml" "${TARGETS[@]}" \
   --subscriber-target 127.0.1.1:1883 --cluster --devices "$DEVICES" --connect-rate "$RATE" \
   --publish-interval "$INTERVAL" --qos "$QOS" --subscribers "$SUBS" --source-ips "127.0.2.1-$SRC_END" \
-  --duration "$(( MAX_CONNECT + HOLD + 60 ))s" --drain 30s --connect-timeout 30s --max-loss 0 --max-p99 100ms \
+  --duration "$(( MAX_CONNECT + HOLD + 60 ))s" --drain 30s --connect-timeout 30s --max-loss 0 \
   --report "$OUT/device-sim.json" --http-listen "$SIM_HTTP" > "$OUT/device-sim.out" 2> "$OUT/device-sim.log" &
 SIM=$!; PIDS+=($SIM)
 log "device-sim $SIM: ramp ~${RAMP}s at $RATE/s, then hold ${HOLD}s at one message per $INTERVAL per device"
@@ -256,4 +256,9 @@ done
 python3 "$ROOT/scripts/million_report.py" "$WORK" "$OUT" "$DEVICES" "$SUBS" "$NODES" "$INTERVAL" "$HOLD" "$SIM_RC" "$CONNECTED" \
   "$ARGS" "$(nats-server --version)"
 log "wrote $OUT/million.json and $OUT/million.md (device-sim exit $SIM_RC)"
-[ $CONNECTED = 1 ] && [ $SIM_RC = 0 ]
+# The issue's targets beyond device-sim's own loss check: no duplicate, and the hold's p99 under
+# 100 ms (the ramp's own latency is in the report, apart)
+HOLD_OK=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])); h=f.get("hold_e2e") or {}
+print(int(f.get("duplicates") == 0 and (h.get("within_100ms_pct") or 0) >= 99))' "$OUT/million.json")
+[ "$HOLD_OK" = 1 ] || log "duplicates, or the hold's p99 not within 100 ms: see $OUT/million.md"
+[ $CONNECTED = 1 ] && [ $SIM_RC = 0 ] && [ "$HOLD_OK" = 1 ]
