@@ -29,7 +29,7 @@ thread_local! {
     static TX: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-fn codec_reason(e: CodecError) -> Reason {
+pub fn codec_reason(e: CodecError) -> Reason {
     match e {
         CodecError::Malformed(_) => Cow::Borrowed("malformed_packet"),
         CodecError::Encode(_) => Cow::Borrowed("encode_error"),
@@ -347,6 +347,22 @@ impl Conn {
             tx.clear();
             encode(&mut tx).map_err(codec_reason)?;
             self.write_now(&tx)
+        })
+    }
+
+    /// Encodes several packets and writes them together: a burst of publishes costs one
+    /// system call instead of one each (on loopback a write also pays for the peer's receive,
+    /// and a closed loop's bursts are several messages long).
+    pub fn send_many<R>(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<R, Reason>,
+    ) -> Result<R, Reason> {
+        TX.with(|tx| {
+            let mut tx = tx.borrow_mut();
+            tx.clear();
+            let encoded = encode(&mut tx)?;
+            self.write_now(&tx)?;
+            Ok(encoded)
         })
     }
 

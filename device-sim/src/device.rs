@@ -147,13 +147,18 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                         // Fill the window; a completion (a PUBACK read below, or the wake of a
                         // subscriber that has seen one of its messages) brings the device back.
                         let window = ctx.settings.window;
-                        let mut burst = 0;
-                        while burst < window && device.window_room(&ctx, id) {
-                            if let Err(reason) = device.publish(&ctx, &mut conn, id) {
-                                break 'connected device.dropped(&ctx, reason);
+                        let sent = conn.send_many(|out| {
+                            let mut burst = 0;
+                            while burst < window && device.window_room(&ctx, id) {
+                                device.publish(&ctx, out, id)?;
+                                burst += 1;
                             }
-                            burst += 1;
-                        }
+                            Ok(burst)
+                        });
+                        let burst = match sent {
+                            Ok(burst) => burst,
+                            Err(reason) => break 'connected device.dropped(&ctx, reason),
+                        };
                         if burst > 0 {
                             last_sent = now_ms();
                         }
@@ -220,7 +225,9 @@ pub fn run(ctx: Arc<Ctx>, id: u64) -> impl Future<Output = ()> + Send {
                             let publishing = ctx.phase() == Phase::Publishing && leaving == NEVER;
                             let now = now_ms();
                             if publishing && next_publish <= now {
-                                if let Err(reason) = device.publish(&ctx, &mut conn, id) {
+                                if let Err(reason) =
+                                    conn.send_many(|out| device.publish(&ctx, out, id))
+                                {
                                     break device.dropped(&ctx, reason);
                                 }
                                 last_sent = now;
@@ -402,7 +409,9 @@ impl Device {
         Outcome::Dropped
     }
 
-    fn publish(&mut self, ctx: &Ctx, conn: &mut Conn, id: u64) -> Result<(), Reason> {
+    /// Encodes the device's next message into `out` (written by the caller, with the rest of
+    /// its burst).
+    fn publish(&mut self, ctx: &Ctx, out: &mut BytesMut, id: u64) -> Result<(), Reason> {
         let settings = &ctx.settings;
         let (target_index, _, _) = ctx.device_route(id, self.moved);
         let qos = settings.qos;
@@ -425,7 +434,8 @@ impl Device {
             let mut payload = payload.borrow_mut();
             settings.payload.encode(stamp, &mut payload);
             let topic = render(&settings.topic, id);
-            conn.send(|buf| codec::publish(buf, settings.protocol, topic, qos, pkid, &payload))
+            codec::publish(out, settings.protocol, topic, qos, pkid, &payload)
+                .map_err(connection::codec_reason)
         })?;
         self.seq = self.seq.wrapping_add(1);
         ctx.stats.published[target_index].fetch_add(1, Relaxed);
