@@ -455,10 +455,11 @@ impl Session {
         if d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline && !self.is_online() {
             return (Enqueued::OfflineQos0, 0);
         }
+        // Measured before the lock, which every publisher to this session takes.
+        let size = content_bytes(&d.msg);
         let mark = {
             let mut st = self.state.lock();
             let stored = st.stored.as_ref().map_or(0, |b| b.count as usize);
-            let size = content_bytes(&d.msg);
             let over_bytes = limits.max_queued_bytes != 0
                 && !st.queue.is_empty()
                 && size.saturating_add(st.queued_bytes as usize) > limits.max_queued_bytes as usize;
@@ -629,8 +630,11 @@ impl Session {
         match ack {
             Stage::PubRec => st.inflight[pos].stage = Stage::PubComp,
             Stage::PubAck | Stage::PubComp => {
-                st.remove_inflight(pos);
+                let done = st.remove_inflight(pos);
                 drop(st);
+                // Freed outside the lock: the last reference to a message frees it, and the
+                // publishers' tasks wait for this lock to queue the next ones.
+                drop(done);
                 // A slot in the window opened: the connection may send more.
                 self.wake();
             }
