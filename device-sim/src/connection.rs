@@ -342,12 +342,7 @@ impl Conn {
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
     ) -> Result<(), Reason> {
-        TX.with(|tx| {
-            let mut tx = tx.borrow_mut();
-            tx.clear();
-            encode(&mut tx).map_err(codec_reason)?;
-            self.write_now(&tx)
-        })
+        self.send_many(|tx| encode(tx).map_err(codec_reason))
     }
 
     /// Encodes several packets and writes them together: a burst of publishes costs one
